@@ -1,0 +1,1 @@
+"""pinnacle-updates client: verified A/B installs with automatic rollback."""

@@ -1,0 +1,56 @@
+"""The client's exception hierarchy: one root, so callers catch one family.
+
+Every error carries a one-line message meant for a person; the CLI prints it as is and exits
+with ``exit_code``. Errors from python-tuf, httpx and the OS are translated at the seam where
+they occur (``raise ... from exc``), never leaked raw.
+"""
+
+from __future__ import annotations
+
+
+class UpdateError(Exception):
+    """Root of every error the client raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(UpdateError):
+    """The install directory's config is missing or invalid."""
+
+    exit_code = 2
+
+
+class RepositoryError(UpdateError):
+    """The repository could not be reached or served something unusable."""
+
+    exit_code = 3
+
+
+class TrustError(UpdateError):
+    """Metadata or a target failed TUF verification (tampering, expiry, rollback attack, bad signature)."""
+
+    exit_code = 4
+
+
+class InstallError(UpdateError):
+    """An install could not complete; the running slot is untouched."""
+
+    exit_code = 5
+
+
+class HealthCheckError(UpdateError):
+    """The new version failed its hooks or health check and was rolled back."""
+
+    exit_code = 6
+
+
+class StateError(UpdateError):
+    """The local install state is inconsistent or an operation is not allowed in this state."""
+
+    exit_code = 7
+
+
+class BusyError(UpdateError):
+    """Another update process holds the install lock."""
+
+    exit_code = 8

@@ -1,0 +1,125 @@
+"""Crash-safe file primitives shared by the publisher and the client.
+
+Every state change in pinnacle goes through these: write to a temporary file in the same
+directory, fsync it, rename it over the destination, fsync the directory. A kill at any
+instant leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or creation inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_path(dest: Path) -> Path:
+    return dest.with_name(f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{dest.name}")
+
+
+@contextlib.contextmanager
+def atomic_writer(dest: str | os.PathLike[str], mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """Yield a binary file that replaces ``dest`` atomically when the block exits cleanly.
+
+    On an exception the temporary file is removed and ``dest`` is left as it was.
+    """
+    dest = Path(dest)
+    tmp = _temp_path(dest)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # umask must not weaken or widen what the caller asked for
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dest.parent)
+
+
+def atomic_write(dest: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """Replace ``dest`` with ``data`` atomically and durably."""
+    with atomic_writer(dest, mode) as f:
+        f.write(data)
+
+
+def atomic_move(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Fsync ``src`` and rename it over ``dest`` (same file system), then fsync the directory."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dest)
+    fsync_dir(Path(dest).parent)
+
+
+def atomic_symlink(target: str, link: str | os.PathLike[str]) -> None:
+    """Point ``link`` at ``target`` by renaming a new symlink over the old one."""
+    link = Path(link)
+    tmp = _temp_path(link)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(link.parent)
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> int:
+    """Delete temporary files a killed writer left in ``directory``; return how many."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if entry.name.startswith(TEMP_PREFIX) and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+class LockBusyError(OSError):
+    """Another process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], wait: bool = False) -> Iterator[None]:
+    """Hold an advisory ``flock`` on ``path`` for the block.
+
+    The kernel drops the lock when the holder dies, so a ``kill -9`` never leaves a stale lock.
+    Raises ``LockBusyError`` at once when ``wait`` is false and another process holds it.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+        try:
+            fcntl.flock(fd, flags)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LockBusyError(errno.EWOULDBLOCK, f"{path} is held by another process") from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)

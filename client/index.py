@@ -1,0 +1,379 @@
+"""The channel index and release manifest: the signed wire formats a client reads.
+
+Pure: bytes in, validated objects out (and back). The publisher (``repo_tools``) writes these
+formats through the same code, so there is one definition of each.
+
+Target paths inside a channel (all TUF targets of the channel's delegated role)::
+
+    <channel>/index.json                                   the channel index
+    <channel>/<platform>/<version>/full.tar.zst            the full artifact (zstd of the canonical tar)
+    <channel>/<platform>/<version>/manifest.json.zst       the file manifest (zstd of JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+INDEX_FORMAT = 1
+MANIFEST_FORMAT = 1
+CHANNELS = ("stable", "beta", "alpha")
+PLATFORM_ANY = "any"
+_PLATFORM_RE = re.compile(r"^(any|[a-z0-9]+-[a-z0-9_]+)$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class FormatError(ValueError):
+    """A document does not follow its format; the message names the field."""
+
+
+class UpdateType(str, Enum):
+    """What kind of change a release is; policy decides per type what installs by itself."""
+
+    PATCH = "patch"
+    MINOR = "minor"
+    MAJOR = "major"
+    SECURITY = "security"
+    HOTFIX = "hotfix"
+
+
+def parse_version(text: str) -> Version:
+    """PEP 440 version, or ``FormatError``."""
+    try:
+        return Version(text)
+    except InvalidVersion as exc:
+        raise FormatError(f"not a PEP 440 version: {text!r}") from exc
+
+
+def check_platform(tag: str) -> str:
+    if not _PLATFORM_RE.match(tag):
+        raise FormatError(f"bad platform tag {tag!r} (expected e.g. linux-x86_64, macos-arm64 or any)")
+    return tag
+
+
+def check_channel(name: str) -> str:
+    if not _CHANNEL_RE.match(name):
+        raise FormatError(f"bad channel name {name!r} (letters, digits, '.', '_', '-')")
+    return name
+
+
+def release_dir(channel: str, platform: str, version: str) -> str:
+    return f"{channel}/{platform}/{version}"
+
+
+def index_path(channel: str) -> str:
+    return f"{channel}/index.json"
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """A TUF target the release points at. The authoritative length and hash are in signed TUF metadata."""
+
+    path: str
+    length: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "length": self.length, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TargetRef:
+        d = _mapping(data, where)
+        return cls(
+            path=_str(d, "path", where),
+            length=_int(d, "length", where),
+            sha256=_sha256(d, "sha256", where),
+        )
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Length and sha256 of a byte stream (here: the canonical uncompressed archive)."""
+
+    length: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"length": self.length, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Digest:
+        d = _mapping(data, where)
+        return cls(length=_int(d, "length", where), sha256=_sha256(d, "sha256", where))
+
+
+_RELEASE_KEYS = {
+    "version", "platform", "type", "published", "notes", "content", "full", "manifest",
+    "entry_point", "promoted_from",
+}
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release of one platform in one channel.
+
+    ``extra`` keeps fields this code does not know (deltas, rollout, yank, ... added by later
+    formats) so that a publisher round-trips them untouched.
+    """
+
+    version: str
+    platform: str
+    type: UpdateType
+    published: str
+    content: Digest
+    full: TargetRef
+    manifest: TargetRef
+    notes: str = ""
+    entry_point: str | None = None
+    promoted_from: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def parsed_version(self) -> Version:
+        return parse_version(self.version)
+
+    def targets(self) -> list[TargetRef]:
+        return [self.full, self.manifest]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            version=self.version,
+            platform=self.platform,
+            type=self.type.value,
+            published=self.published,
+            notes=self.notes,
+            content=self.content.to_dict(),
+            full=self.full.to_dict(),
+            manifest=self.manifest.to_dict(),
+        )
+        if self.entry_point is not None:
+            out["entry_point"] = self.entry_point
+        if self.promoted_from is not None:
+            out["promoted_from"] = self.promoted_from
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Release:
+        d = _mapping(data, where)
+        version = _str(d, "version", where)
+        parse_version(version)
+        where = f"{where} ({version})"
+        try:
+            rtype = UpdateType(_str(d, "type", where))
+        except ValueError as exc:
+            raise FormatError(f"{where}: unknown update type {d.get('type')!r}") from exc
+        entry = d.get("entry_point")
+        promoted = d.get("promoted_from")
+        return cls(
+            version=version,
+            platform=check_platform(_str(d, "platform", where)),
+            type=rtype,
+            published=_str(d, "published", where),
+            notes=str(d.get("notes", "")),
+            content=Digest.from_dict(d.get("content"), f"{where}.content"),
+            full=TargetRef.from_dict(d.get("full"), f"{where}.full"),
+            manifest=TargetRef.from_dict(d.get("manifest"), f"{where}.manifest"),
+            entry_point=entry if isinstance(entry, str) else None,
+            promoted_from=promoted if isinstance(promoted, str) else None,
+            extra={k: v for k, v in d.items() if k not in _RELEASE_KEYS},
+        )
+
+
+@dataclass(frozen=True)
+class ChannelIndex:
+    """All releases of a channel, for every platform, oldest first."""
+
+    channel: str
+    releases: tuple[Release, ...] = ()
+    updated: str = ""
+
+    def for_platform(self, platform: str) -> list[Release]:
+        """Releases usable on ``platform`` (its own and ``any``), oldest first."""
+        found = [r for r in self.releases if r.platform in (platform, PLATFORM_ANY)]
+        return sorted(found, key=lambda r: r.parsed_version)
+
+    def latest(self, platform: str) -> Release | None:
+        found = self.for_platform(platform)
+        return found[-1] if found else None
+
+    def find(self, version: str, platform: str) -> Release | None:
+        wanted = parse_version(version)
+        for r in self.for_platform(platform):
+            if r.parsed_version == wanted:
+                return r
+        return None
+
+    def with_release(self, release: Release, updated: str) -> ChannelIndex:
+        """A new index with ``release`` added; refuses a version that is not newer than every
+        existing one on the same platform (versions are immutable and strictly increasing)."""
+        same = [r for r in self.releases if r.platform == release.platform]
+        newest = max((r.parsed_version for r in same), default=None)
+        if newest is not None and release.parsed_version <= newest:
+            if any(r.parsed_version == release.parsed_version for r in same):
+                raise FormatError(
+                    f"{self.channel}: version {release.version} for {release.platform} is already published "
+                    "(versions are immutable)"
+                )
+            raise FormatError(
+                f"{self.channel}: version {release.version} for {release.platform} is not newer than "
+                f"the published {newest}"
+            )
+        return replace(self, releases=(*self.releases, release), updated=updated)
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": INDEX_FORMAT,
+            "channel": self.channel,
+            "updated": self.updated,
+            "releases": [r.to_dict() for r in self.releases],
+        }
+        return canonical_json(doc)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChannelIndex:
+        doc = _load_json(data, "channel index")
+        fmt = doc.get("format")
+        if fmt != INDEX_FORMAT:
+            raise FormatError(f"channel index: unsupported format {fmt!r} (this client reads {INDEX_FORMAT})")
+        channel = check_channel(_str(doc, "channel", "channel index"))
+        raw = doc.get("releases")
+        if not isinstance(raw, list):
+            raise FormatError("channel index: 'releases' must be a list")
+        releases = tuple(Release.from_dict(r, f"release #{i}") for i, r in enumerate(raw))
+        return cls(channel=channel, releases=releases, updated=str(doc.get("updated", "")))
+
+
+class EntryType(str, Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One path of a release. Files carry size and sha256; symlinks their (relative) target."""
+
+    path: str
+    type: EntryType
+    mode: int
+    size: int = 0
+    sha256: str = ""
+    link: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "type": self.type.value, "mode": self.mode}
+        if self.type is EntryType.FILE:
+            out.update(size=self.size, sha256=self.sha256)
+        elif self.type is EntryType.SYMLINK:
+            out["link"] = self.link
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ManifestEntry:
+        d = _mapping(data, where)
+        path = _str(d, "path", where)
+        try:
+            etype = EntryType(_str(d, "type", where))
+        except ValueError as exc:
+            raise FormatError(f"{where}: unknown entry type {d.get('type')!r}") from exc
+        mode = _int(d, "mode", where)
+        if etype is EntryType.FILE:
+            return cls(path, etype, mode, size=_int(d, "size", where), sha256=_sha256(d, "sha256", where))
+        if etype is EntryType.SYMLINK:
+            return cls(path, etype, mode, link=_str(d, "link", where))
+        return cls(path, etype, mode)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every path of a release with its mode, size and sha256, sorted by path."""
+
+    version: str
+    content: Digest
+    entries: tuple[ManifestEntry, ...]
+
+    @property
+    def total_size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def by_path(self) -> dict[str, ManifestEntry]:
+        return {e.path: e for e in self.entries}
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "format": MANIFEST_FORMAT,
+                "version": self.version,
+                "content": self.content.to_dict(),
+                "entries": [e.to_dict() for e in self.entries],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        doc = _load_json(data, "manifest")
+        if doc.get("format") != MANIFEST_FORMAT:
+            raise FormatError(f"manifest: unsupported format {doc.get('format')!r}")
+        raw = doc.get("entries")
+        if not isinstance(raw, list):
+            raise FormatError("manifest: 'entries' must be a list")
+        entries = tuple(ManifestEntry.from_dict(e, f"manifest entry #{i}") for i, e in enumerate(raw))
+        return cls(
+            version=_str(doc, "version", "manifest"),
+            content=Digest.from_dict(doc.get("content"), "manifest.content"),
+            entries=entries,
+        )
+
+
+def canonical_json(doc: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no insignificant whitespace, UTF-8."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def newest(releases: Iterable[Release]) -> Release | None:
+    return max(releases, key=lambda r: r.parsed_version, default=None)
+
+
+def _load_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{what}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise FormatError(f"{what}: expected a JSON object")
+    return doc
+
+
+def _mapping(data: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise FormatError(f"{where}: expected an object")
+    return data
+
+
+def _str(d: Mapping[str, Any], key: str, where: str) -> str:
+    value = d.get(key)
+    if not isinstance(value, str) or not value:
+        raise FormatError(f"{where}: '{key}' must be a non-empty string")
+    return value
+
+
+def _int(d: Mapping[str, Any], key: str, where: str) -> int:
+    value = d.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FormatError(f"{where}: '{key}' must be a non-negative integer")
+    return value
+
+
+def _sha256(d: Mapping[str, Any], key: str, where: str) -> str:
+    value = d.get(key)
+    if not isinstance(value, str) or not _SHA256_RE.match(value):
+        raise FormatError(f"{where}: '{key}' must be a lowercase hex sha256")
+    return value

@@ -1,0 +1,1 @@
+"""pinnacle-updates publishing library and the pinnacle-release CLI."""

@@ -1,0 +1,43 @@
+"""The publisher's exception hierarchy: one root, one line for a person, one exit code."""
+
+from __future__ import annotations
+
+
+class ReleaseError(Exception):
+    """Root of every error ``repo_tools`` raises on purpose."""
+
+    exit_code = 1
+
+
+class KeyStoreError(ReleaseError):
+    """Keys are missing, unreadable, wrongly encrypted or do not match the repository."""
+
+    exit_code = 2
+
+
+class UnsafeInputError(ReleaseError):
+    """A source tree holds something a release must never carry (absolute/.. paths, escaping links, devices, setuid)."""
+
+    exit_code = 3
+
+
+class PublishRefused(ReleaseError):
+    """The publish/promote request breaks a rule (version not newer, unknown channel, ...); nothing changed."""
+
+    exit_code = 4
+
+
+class RepositoryStateError(ReleaseError):
+    """The repository on disk is missing, uninitialised, or not what this command needs."""
+
+    exit_code = 5
+
+
+class VerificationFailed(ReleaseError):
+    """``verify`` found problems; ``problems`` lists every one."""
+
+    exit_code = 6
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
