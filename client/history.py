@@ -1,0 +1,68 @@
+"""``DIR/history.jsonl``: an append-only log of every check, install, rollback, repair and recovery.
+
+One JSON object per line, appended with ``O_APPEND`` and fsync'd before the call returns, so a
+record that was reported is on disk. A kill mid-append can leave at most a torn last line; readers
+skip lines that do not parse (and the next append starts on a fresh line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from client.slots import BadVersion, now
+
+
+def append(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Append ``record`` (with a ``ts`` added when missing) durably; return what was written."""
+    rec = {"ts": now(), **record}
+    line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size > 0:
+            # start on a fresh line if a killed writer left a torn one
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return rec
+
+
+def read(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Records oldest first (the last ``limit`` when given); torn lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out[-limit:] if limit else out
+
+
+def bad_versions(records: list[dict[str, Any]]) -> dict[str, BadVersion]:
+    """Rebuild the bad-version list from the log (used when the state file was lost): every
+    record naming a ``bad_version`` counts one rollback; a later commit of that version clears it."""
+    bad: dict[str, BadVersion] = {}
+    for rec in records:
+        marked = rec.get("bad_version")
+        if isinstance(marked, str):
+            prev = bad.get(marked)
+            count = (prev.rollbacks if prev else 0) + 1
+            bad[marked] = BadVersion(count, str(rec.get("reason", "")), str(rec.get("ts", "")))
+        elif rec.get("outcome") == "committed" and isinstance(rec.get("version"), str):
+            bad.pop(rec["version"], None)
+    return bad

@@ -1,0 +1,290 @@
+"""Hooks and health checks: the commands around a swap and the judgement "is the new version healthy".
+
+Every hook and health command runs through ``sh -c`` with the slot being activated as working
+directory and ``PINNACLE_VERSION``, ``PINNACLE_SLOT``, ``PINNACLE_INSTALL_DIR`` (plus
+``PINNACLE_PREVIOUS_VERSION`` / ``PINNACLE_PREVIOUS_SLOT`` when there is one) in its environment.
+Output goes to ``DIR/hooks.log``, never to a pipe: a ``start_command`` that leaves a daemon
+running in the background would otherwise hold the pipe open and hang the update. A command that
+exceeds its timeout is killed with its whole process group and counts as failed.
+
+Hooks may run more than once for one update (recovery resumes an interrupted trial from the
+swap), so they must be idempotent: ``stop`` of a stopped service and a migration already applied
+must succeed.
+
+Nothing here raises for a failing command: results are data, and the installer decides whether a
+failure aborts (before the swap) or rolls back (after it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """Which slot and version a command acts for."""
+
+    install_dir: Path
+    slot: str
+    slot_dir: Path
+    version: str
+    previous_version: str | None = None
+    previous_slot: str | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PINNACLE_VERSION=self.version,
+            PINNACLE_SLOT=self.slot,
+            PINNACLE_INSTALL_DIR=str(self.install_dir),
+        )
+        if self.previous_version is not None:
+            env["PINNACLE_PREVIOUS_VERSION"] = self.previous_version
+        if self.previous_slot is not None:
+            env["PINNACLE_PREVIOUS_SLOT"] = self.previous_slot
+        env.update(self.extra_env)
+        return env
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of one command. ``ok`` also for an empty (unconfigured) command."""
+
+    name: str
+    command: str
+    returncode: int | None
+    timed_out: bool
+    duration: float
+    output_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        """One line for an error message."""
+        if self.timed_out:
+            what = f"timed out after {self.duration:.1f}s"
+        elif self.returncode is not None and self.returncode < 0:
+            what = f"killed by signal {-self.returncode}"
+        else:
+            what = f"exited {self.returncode}"
+        tail = self.output_tail.strip().splitlines()[-1:] if self.output_tail.strip() else []
+        return f"{self.name} `{self.command}` {what}" + (f": {tail[0][:200]}" if tail else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "command": self.command,
+            "returncode": self.returncode,
+            "timed_out": self.timed_out,
+            "duration": round(self.duration, 3),
+        }
+
+
+def run_command(
+    name: str, command: str, ctx: HookContext, timeout: float, log: Path | None = None
+) -> CommandResult:
+    """Run ``command`` for ``ctx``; never raises for the command's own failure."""
+    if not command.strip():
+        return CommandResult(name, command, 0, False, 0.0)
+    start = time.monotonic()
+    log_path = log or (ctx.install_dir / "hooks.log")
+    offset = 0
+    try:
+        out = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    except OSError:
+        out = open(os.devnull, "ab")  # noqa: SIM115
+    with out:
+        with contextlib.suppress(OSError):
+            offset = out.tell()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            out.write(f"--- {stamp} {name} v{ctx.version} slot {ctx.slot}: {command}\n".encode())
+            out.flush()
+            offset = out.tell()
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                cwd=ctx.slot_dir,
+                env=ctx.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return CommandResult(name, command, 127, False, time.monotonic() - start, f"cannot run: {exc}")
+        timed_out = False
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+    return CommandResult(name, command, code, timed_out, time.monotonic() - start, _tail(log_path, offset))
+
+
+def _tail(path: Path, offset: int, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            f.seek(max(offset, end - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# ----- health --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HealthSettings:
+    command: str = ""
+    url: str = ""
+    timeout: float = 10.0
+    retries: int = 3
+    interval: float = 1.0
+    grace_period: float = 0.0
+    max_latency_ms: int = 0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.command.strip() or self.url.strip())
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> HealthSettings:
+        """From a ``client.config.ClientConfig``."""
+        return cls(
+            command=cfg.text("health_command"),
+            url=cfg.text("health_url"),
+            timeout=cfg.number("health_timeout"),
+            retries=cfg.integer("health_retries"),
+            interval=cfg.number("health_interval"),
+            grace_period=cfg.number("health_grace_period"),
+            max_latency_ms=cfg.integer("max_latency_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    healthy: bool
+    reason: str
+    attempts: int
+    duration: float
+    latency_ms: float | None = None
+    baseline_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "duration": round(self.duration, 3),
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+            "baseline_ms": None if self.baseline_ms is None else round(self.baseline_ms, 1),
+        }
+
+
+def probe_url(url: str, timeout: float) -> tuple[bool, str, float]:
+    """One GET: (2xx?, reason, latency in ms)."""
+    start = time.monotonic()
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            response = client.get(url)
+    except httpx.TimeoutException:
+        return False, f"{url} timed out after {timeout:g}s", (time.monotonic() - start) * 1000
+    except httpx.HTTPError as exc:
+        return False, f"{url} unreachable ({type(exc).__name__}: {exc})", (time.monotonic() - start) * 1000
+    ms = (time.monotonic() - start) * 1000
+    if 200 <= response.status_code < 300:
+        return True, f"{url} answered {response.status_code}", ms
+    return False, f"{url} answered HTTP {response.status_code}", ms
+
+
+def measure_latency(url: str, timeout: float, samples: int = 3) -> float | None:
+    """Median latency (ms) of ``samples`` successful GETs of ``url``; ``None`` if it does not answer 2xx."""
+    if not url:
+        return None
+    found = []
+    for _ in range(samples):
+        ok, _reason, ms = probe_url(url, timeout)
+        if not ok:
+            return None
+        found.append(ms)
+    return statistics.median(found)
+
+
+def check_health(
+    settings: HealthSettings,
+    ctx: HookContext,
+    baseline_ms: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Path | None = None,
+) -> HealthResult:
+    """Grace period, then up to ``retries`` attempts ``interval`` apart; each attempt runs the
+    health command (exit 0 within ``timeout``) and/or GETs the health URL (2xx within ``timeout``).
+
+    With ``max_latency_ms`` set and a URL configured, a healthy version is then judged on latency:
+    the median of three GETs may exceed ``baseline_ms`` (the previous version's median, measured
+    before the swap) by at most ``max_latency_ms``; without a baseline the median itself may not
+    exceed ``max_latency_ms``.
+    """
+    start = time.monotonic()
+    if not settings.configured:
+        return HealthResult(True, "no health check configured", 0, 0.0)
+    if settings.grace_period > 0:
+        sleep(settings.grace_period)
+    reason = ""
+    attempts = 0
+    for attempt in range(1, settings.retries + 1):
+        attempts = attempt
+        ok = True
+        if settings.command.strip():
+            result = run_command("health_command", settings.command, ctx, settings.timeout, log)
+            if not result.ok:
+                ok, reason = False, result.describe()
+        if ok and settings.url.strip():
+            ok, reason, _ms = probe_url(settings.url, settings.timeout)
+        if ok:
+            break
+        if attempt < settings.retries and settings.interval > 0:
+            sleep(settings.interval)
+    else:
+        return HealthResult(
+            False, f"unhealthy after {attempts} attempt(s): {reason}", attempts, time.monotonic() - start
+        )
+    latency: float | None = None
+    if settings.max_latency_ms > 0 and settings.url.strip():
+        latency = measure_latency(settings.url, settings.timeout)
+        if latency is None:
+            return HealthResult(
+                False,
+                f"{settings.url} stopped answering while measuring latency",
+                attempts,
+                time.monotonic() - start,
+            )
+        limit = (baseline_ms or 0.0) + settings.max_latency_ms
+        if latency > limit:
+            base = f"{baseline_ms:.0f} ms before" if baseline_ms is not None else "no baseline"
+            return HealthResult(
+                False,
+                f"performance degraded: {settings.url} median {latency:.0f} ms ({base}; "
+                f"max_latency_ms {settings.max_latency_ms})",
+                attempts,
+                time.monotonic() - start,
+                latency,
+                baseline_ms,
+            )
+    return HealthResult(True, "healthy", attempts, time.monotonic() - start, latency, baseline_ms)
