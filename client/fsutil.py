@@ -103,7 +103,7 @@ class LockBusyError(OSError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike[str], wait: bool = False) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike[str], wait: bool = False, record_pid: bool = True) -> Iterator[None]:
     """Hold an advisory ``flock`` on ``path`` for the block.
 
     The kernel drops the lock when the holder dies, so a ``kill -9`` never leaves a stale lock.
@@ -118,8 +118,9 @@ def exclusive_lock(path: str | os.PathLike[str], wait: bool = False) -> Iterator
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise LockBusyError(errno.EWOULDBLOCK, f"{path} is held by another process") from exc
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if record_pid:  # lets a refused caller name the holder
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -34,7 +34,7 @@ class FormatError(ValueError):
     """A document does not follow its format; the message names the field."""
 
 
-class UpdateType(str, Enum):
+class UpdateType(StrEnum):
     """What kind of change a release is; policy decides per type what installs by itself."""
 
     PATCH = "patch"
@@ -211,21 +211,22 @@ class ChannelIndex:
                 return r
         return None
 
-    def with_release(self, release: Release, updated: str) -> ChannelIndex:
-        """A new index with ``release`` added; refuses a version that is not newer than every
-        existing one on the same platform (versions are immutable and strictly increasing)."""
-        same = [r for r in self.releases if r.platform == release.platform]
-        newest = max((r.parsed_version for r in same), default=None)
-        if newest is not None and release.parsed_version <= newest:
-            if any(r.parsed_version == release.parsed_version for r in same):
-                raise FormatError(
-                    f"{self.channel}: version {release.version} for {release.platform} is already published "
-                    "(versions are immutable)"
-                )
+    def ensure_newer(self, platform: str, version: str) -> None:
+        """Refuse a version that is not newer than every existing one on ``platform``:
+        versions are immutable and strictly increasing per channel and platform."""
+        wanted = parse_version(version)
+        same = [r.parsed_version for r in self.releases if r.platform == platform]
+        if wanted in same:
             raise FormatError(
-                f"{self.channel}: version {release.version} for {release.platform} is not newer than "
-                f"the published {newest}"
+                f"{self.channel}: version {version} for {platform} is already published (versions are immutable)"
             )
+        newest = max(same, default=None)
+        if newest is not None and wanted < newest:
+            raise FormatError(f"{self.channel}: version {version} for {platform} is older than the published {newest}")
+
+    def with_release(self, release: Release, updated: str) -> ChannelIndex:
+        """A new index with ``release`` appended (see ``ensure_newer``)."""
+        self.ensure_newer(release.platform, release.version)
         return replace(self, releases=(*self.releases, release), updated=updated)
 
     def to_bytes(self) -> bytes:
@@ -251,7 +252,7 @@ class ChannelIndex:
         return cls(channel=channel, releases=releases, updated=str(doc.get("updated", "")))
 
 
-class EntryType(str, Enum):
+class EntryType(StrEnum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"

@@ -40,4 +40,5 @@ class VerificationFailed(ReleaseError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(f"{len(problems)} problem(s): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
+        shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+        super().__init__(f"{len(problems)} problem(s): {shown}")

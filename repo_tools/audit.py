@@ -1,0 +1,249 @@
+"""``verify``: an independent audit of a repository directory as a client would see it.
+
+It trusts nothing it reads: it walks the root chain from ``1.root.json``, checks every signature
+against its threshold, every metadata file against the length and hash its parent lists, every
+target against its signed length and sha256, every expiry, and that each channel index agrees
+with the targets its role signed. It reports every problem it finds, not just the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import zstandard
+from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, Targets
+
+from client.index import ChannelIndex, FormatError, Manifest, index_path
+
+from .core.metadata import to_bytes
+from .store import Repository
+
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+@dataclass
+class AuditReport:
+    problems: list[str] = field(default_factory=list)
+    checked_files: int = 0
+    checked_targets: int = 0
+    releases: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": not self.problems, "problems": self.problems, "checked_metadata_files": self.checked_files,
+                "checked_targets": self.checked_targets, "releases": self.releases}
+
+
+class _Auditor:
+    def __init__(self, repo: Repository, now: datetime, deep: bool) -> None:
+        self.repo = repo
+        self.now = now
+        self.deep = deep
+        self.report = AuditReport()
+
+    def problem(self, text: str) -> None:
+        self.report.problems.append(text)
+
+    def load(self, filename: str, expected: MetaFile | None = None) -> Metadata | None:  # type: ignore[type-arg]
+        """Read one metadata file, check it against its parent's length/hash, and parse it."""
+        path = self.repo.metadata_dir / filename
+        try:
+            data = path.read_bytes()
+        except OSError:
+            self.problem(f"{filename}: missing")
+            return None
+        self.report.checked_files += 1
+        if expected is not None and (expected.length is not None or expected.hashes):
+            try:
+                expected.verify_length_and_hashes(data)
+            except Exception:
+                self.problem(f"{filename}: length or hash differs from what its parent metadata signed")
+                return None
+        try:
+            md = Metadata.from_bytes(data)
+        except Exception as exc:
+            self.problem(f"{filename}: not valid TUF metadata ({exc})")
+            return None
+        # A byte change that keeps the JSON meaningful (e.g. the case of a hex digit in a signature)
+        # still shows: our files are always in canonical compact form.
+        if to_bytes(md) != data:
+            self.problem(f"{filename}: bytes differ from the canonical form the publisher writes (modified?)")
+        return md
+
+    def check_signed(self, filename: str, md: Metadata, verify: Callable[[], None], version: int | None) -> bool:  # type: ignore[type-arg]
+        ok = True
+        try:
+            verify()
+        except Exception as exc:
+            self.problem(f"{filename}: signature check failed ({exc})")
+            ok = False
+        if version is not None and md.signed.version != version:
+            self.problem(f"{filename}: version {md.signed.version} does not match the expected {version}")
+            ok = False
+        if md.signed.is_expired(self.now):
+            self.problem(f"{filename}: expired at {md.signed.expires:%Y-%m-%dT%H:%M:%SZ}")
+            ok = False
+        return ok
+
+    def root_chain(self) -> Metadata[Root] | None:
+        versions = self.repo.root_versions()
+        if not versions:
+            self.problem("1.root.json: missing")
+            return None
+        trusted: Metadata[Root] | None = None
+        for n in versions:
+            name = f"{n}.root.json"
+            md = self.load(name)
+            if md is None or md.signed.type != "root":
+                if md is not None:
+                    self.problem(f"{name}: not root metadata")
+                return None
+            signers = [md.signed] if trusted is None else [trusted.signed, md.signed]
+            for signer in signers:
+                try:
+                    signer.verify_delegate("root", md.signed_bytes, md.signatures)
+                except Exception as exc:
+                    self.problem(f"{name}: root signature check failed ({exc})")
+                    return None
+            if md.signed.version != n:
+                self.problem(f"{name}: holds version {md.signed.version}")
+                return None
+            trusted = md
+        assert trusted is not None
+        if trusted.signed.is_expired(self.now):
+            self.problem(f"{versions[-1]}.root.json: expired at {trusted.signed.expires:%Y-%m-%dT%H:%M:%SZ}")
+        return trusted
+
+    def run(self) -> AuditReport:
+        root = self.root_chain()
+        if root is None:
+            return self.report
+        ts = self.load("timestamp.json")
+        if ts is None or ts.signed.type != "timestamp":
+            return self.report
+        self.check_signed("timestamp.json", ts, lambda: root.signed.verify_delegate("timestamp", ts.signed_bytes,
+                                                                                     ts.signatures), None)
+        snap_meta = ts.signed.snapshot_meta
+        snap_name = f"{snap_meta.version}.snapshot.json"
+        snap = self.load(snap_name, snap_meta)
+        if snap is None:
+            return self.report
+        self.check_signed(snap_name, snap, lambda: root.signed.verify_delegate("snapshot", snap.signed_bytes,
+                                                                                snap.signatures), snap_meta.version)
+        meta = snap.signed.meta
+        if "targets.json" not in meta:
+            self.problem(f"{snap_name}: does not list targets.json")
+            return self.report
+        tmeta = meta["targets.json"]
+        tname = f"{tmeta.version}.targets.json"
+        top = self.load(tname, tmeta)
+        if top is None:
+            return self.report
+        self.check_signed(tname, top, lambda: root.signed.verify_delegate("targets", top.signed_bytes,
+                                                                           top.signatures), tmeta.version)
+        if top.signed.targets:
+            self.problem(f"{tname}: top-level targets should only delegate, it lists targets")
+        delegations = top.signed.delegations
+        roles = delegations.roles if delegations and delegations.roles else {}
+        for extra in sorted(set(meta) - {"targets.json"} - {f"{r}.json" for r in roles}):
+            self.problem(f"{snap_name}: lists {extra}, which no role delegates")
+        for name, role in roles.items():
+            if f"{name}.json" not in meta:
+                self.problem(f"{snap_name}: does not list the delegated role {name}")
+                continue
+            rmeta = meta[f"{name}.json"]
+            fname = f"{rmeta.version}.{name}.json"
+            md = self.load(fname, rmeta)
+            if md is None:
+                continue
+            self.check_signed(fname, md, lambda md=md, name=name: top.signed.verify_delegate(  # type: ignore[misc]
+                name, md.signed_bytes, md.signatures), rmeta.version)
+            self.channel(name, role, md)
+        return self.report
+
+    def channel(self, name: str, role: DelegatedRole, md: Metadata[Targets]) -> None:
+        targets = md.signed.targets
+        for path, info in targets.items():
+            if not role.is_delegated_path(path):
+                self.problem(f"{name}: target {path} is outside the paths delegated to {name}")
+            location = self.repo.target_location(path, info.hashes.get("sha256", ""))
+            self.report.checked_targets += 1
+            try:
+                with open(location, "rb") as f:
+                    info.verify_length_and_hashes(f)
+            except FileNotFoundError:
+                self.problem(f"target {path}: file {location.relative_to(self.repo.path)} is missing")
+            except Exception:
+                self.problem(f"target {path}: length or sha256 differs from the signed value (tampered?)")
+        self.index(name, targets)
+
+    def index(self, name: str, targets: dict[str, Any]) -> None:
+        ipath = index_path(name)
+        info = targets.get(ipath)
+        if info is None:
+            self.problem(f"{name}: no channel index {ipath} in signed targets")
+            return
+        try:
+            index = ChannelIndex.from_bytes(self.repo.target_location(ipath, info.hashes["sha256"]).read_bytes())
+        except (OSError, FormatError) as exc:
+            self.problem(f"{name}: channel index unreadable ({exc})")
+            return
+        if index.channel != name:
+            self.problem(f"{ipath}: names channel '{index.channel}'")
+        referenced = {ipath}
+        seen: set[tuple[str, str]] = set()
+        for release in index.releases:
+            self.report.releases += 1
+            key = (release.platform, str(release.parsed_version))
+            if key in seen:
+                self.problem(f"{ipath}: {release.version} for {release.platform} listed twice")
+            seen.add(key)
+            for ref in release.targets():
+                referenced.add(ref.path)
+                signed = targets.get(ref.path)
+                if signed is None:
+                    self.problem(f"{ipath}: {release.version} refers to {ref.path}, which {name} did not sign")
+                elif signed.length != ref.length or signed.hashes.get("sha256") != ref.sha256:
+                    self.problem(f"{ipath}: {release.version} length/sha256 of {ref.path} disagree with signed targets")
+            self.manifest(name, release)
+        for path in sorted(set(targets) - referenced):
+            self.problem(f"{name}: signed target {path} is not referenced by the channel index")
+
+    def manifest(self, name: str, release: Any) -> None:
+        location = self.repo.target_location(release.manifest.path, release.manifest.sha256)
+        try:
+            with open(location, "rb") as f:
+                data = zstandard.ZstdDecompressor().stream_reader(f).read(MAX_MANIFEST_BYTES + 1)
+            manifest = Manifest.from_bytes(data)
+        except (OSError, zstandard.ZstdError, FormatError) as exc:
+            self.problem(f"{name} {release.version}: manifest unreadable ({exc})")
+            return
+        if manifest.content != release.content or manifest.version != release.version:
+            self.problem(f"{name} {release.version}: manifest disagrees with the channel index")
+        if self.deep:
+            self.artifact_content(name, release)
+
+    def artifact_content(self, name: str, release: Any) -> None:
+        """Decompress the full artifact and compare it with the signed canonical-content digest."""
+        location = self.repo.target_location(release.full.path, release.full.sha256)
+        digest = hashlib.sha256()
+        length = 0
+        try:
+            with open(location, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+                while chunk := reader.read(1 << 20):
+                    digest.update(chunk)
+                    length += len(chunk)
+        except (OSError, zstandard.ZstdError) as exc:
+            self.problem(f"{name} {release.version}: full artifact unreadable ({exc})")
+            return
+        if length != release.content.length or digest.hexdigest() != release.content.sha256:
+            self.problem(f"{name} {release.version}: full artifact content differs from the signed content digest")
+
+
+def verify_repository(path: Path, now: datetime, deep: bool = False) -> AuditReport:
+    """Audit the repository at ``path``; an empty ``problems`` list means it is sound."""
+    return _Auditor(Repository(path), now, deep).run()

@@ -1,0 +1,240 @@
+"""``pinnacle-release``: thin click commands over ``repo_tools``.
+
+Commands parse options, call one library function and print its result (human text, or one
+JSON document with ``--json``). ``_Group.invoke`` is the single place where a ``ReleaseError``
+becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import publish as ops
+from .audit import verify_repository
+from .errors import ReleaseError, VerificationFailed
+from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
+from .store import Repository
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"pinnacle-release: error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VerificationFailed as exc:
+            for problem in exc.problems:
+                click.echo(f"pinnacle-release: problem: {problem}", err=True)
+            raise _Failure(f"verification failed with {len(exc.problems)} problem(s)", exc.exit_code) from exc
+        except ReleaseError as exc:
+            raise _Failure(str(exc), exc.exit_code) from exc
+
+
+def _emit(as_json: bool, data: Any, human: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(human)
+
+
+def _prompt_passphrase(role: str) -> str | None:
+    secret = env_passphrase(role)
+    if secret:
+        return secret
+    if not sys.stdin.isatty():
+        return None
+    value: str = click.prompt(f"Passphrase for the {role} key", hide_input=True, err=True)
+    return value
+
+
+def _keystore(path: Path) -> KeyStore:
+    return KeyStore(path, passphrase=_prompt_passphrase)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+keys_option = click.option(
+    "--keys", "keys_dir", envvar="PINNACLE_KEYS", required=True,
+    type=click.Path(file_okay=False, path_type=Path), help="Key directory (or PINNACLE_KEYS).",
+)
+repo_argument = click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="pinnacle-updates")
+def cli() -> None:
+    """Publish signed releases into a static TUF repository."""
+
+
+@cli.group(cls=_Group)
+def keys() -> None:
+    """Manage signing keys."""
+
+
+@keys.command("init")
+@click.argument("keys_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--root-threshold", default=1, show_default=True, help="Root signatures required.")
+@click.option("--root-keys", default=1, show_default=True, help="Root keys to create.")
+@click.option("--insecure-plaintext", is_flag=True, help="Store private keys unencrypted (demo and tests only).")
+@click.option("--force", is_flag=True, help="Overwrite an existing key directory.")
+@json_option
+def keys_init(
+    keys_dir: Path, root_threshold: int, root_keys: int, insecure_plaintext: bool, force: bool, as_json: bool
+) -> None:
+    """Create ed25519 keys for root, targets, snapshot, timestamp and each channel."""
+    passphrase: str | None = None
+    if not insecure_plaintext:
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        if not passphrase:
+            if not sys.stdin.isatty():
+                raise _Failure(f"set {PASSPHRASE_ENV} or pass --insecure-plaintext (no terminal to prompt on)", 2)
+            passphrase = click.prompt(
+                "Passphrase for the new keys", hide_input=True, confirmation_prompt=True, err=True
+            )
+    summary = create_keys(keys_dir, passphrase, root_threshold, root_keys, force=force)
+    lines = [f"keys written to {keys_dir} ({'encrypted' if passphrase else 'PLAINTEXT, demo only'})"]
+    for role, info in summary["roles"].items():
+        lines.append(f"  {role}: {len(info['keyids'])} key(s), threshold {info['threshold']}")
+    _emit(as_json, summary, "\n".join(lines))
+
+
+def _parse_expiry(values: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for value in values:
+        role, sep, days = value.partition("=")
+        if not sep or not days.isdigit():
+            raise _Failure(f"--expires takes ROLE=DAYS, got '{value}'", 2)
+        out[role] = int(days)
+    return out
+
+
+@cli.command("init")
+@repo_argument
+@keys_option
+@click.option("--expires", multiple=True, metavar="ROLE=DAYS",
+              help="Validity per role: root, targets, channel, snapshot, timestamp.")
+@click.option("--compression-level", type=int, default=None, help="zstd level for full artifacts (default 10).")
+@json_option
+def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compression_level: int | None,
+             as_json: bool) -> None:
+    """Create a new repository: root, targets delegating one role per channel, snapshot, timestamp."""
+    result = ops.init_repository(Repository(repo_dir), _keystore(keys_dir), _parse_expiry(expires), compression_level)
+    _emit(as_json, result, f"initialised {repo_dir} with channels {', '.join(result['channels'])}; "
+                           f"ship {result['root']} with your clients")
+
+
+@cli.command("publish")
+@repo_argument
+@keys_option
+@click.option("--channel", required=True)
+@click.option("--version", "version", required=True, help="PEP 440 version, newer than any in the channel.")
+@click.option("--type", "update_type", required=True,
+              type=click.Choice(["patch", "minor", "major", "security", "hotfix"]))
+@click.option("--platform", required=True, help="linux-x86_64, macos-arm64, windows-x86_64, any, ...")
+@click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Release notes file.")
+@click.option("--entry-point", help="Path inside the release that 'pinnacle-update run' executes.")
+@click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, update_type: str, platform: str,
+                notes: Path | None, entry_point: str | None, source_dir: Path, as_json: bool) -> None:
+    """Build SOURCE_DIR into a release and publish it in a channel."""
+    text = notes.read_text(encoding="utf-8") if notes else ""
+    request = ops.PublishRequest(channel, version, update_type, platform, source_dir, text, entry_point)
+    result = ops.publish(Repository(repo_dir), _keystore(keys_dir), request)
+    full = result["release"]["full"]
+    _emit(as_json, result, f"published {channel} {version} ({platform}, {update_type}): {full['path']} "
+                           f"{full['length']} bytes sha256 {full['sha256'][:16]}")
+
+
+@cli.command("promote")
+@repo_argument
+@keys_option
+@click.option("--from", "source", required=True, help="Channel holding the release.")
+@click.option("--to", "dest", required=True, help="Channel to publish it in.")
+@click.option("--version", "version", required=True)
+@click.option("--platform", default=None, help="Only this platform (default: every platform of VERSION).")
+@json_option
+def promote_cmd(repo_dir: Path, keys_dir: Path, source: str, dest: str, version: str, platform: str | None,
+                as_json: bool) -> None:
+    """Publish the same bytes of a release in another channel (no rebuild)."""
+    result = ops.promote(Repository(repo_dir), _keystore(keys_dir), source, dest, version, platform)
+    _emit(as_json, result, f"promoted {version} from {source} to {dest} "
+                           f"({', '.join(r['platform'] for r in result['releases'])})")
+
+
+@cli.command("refresh")
+@repo_argument
+@keys_option
+@click.option("--force", is_flag=True, help="Re-sign every online role now.")
+@json_option
+def refresh_cmd(repo_dir: Path, keys_dir: Path, force: bool, as_json: bool) -> None:
+    """Re-sign timestamp, snapshot and near-expiry channel roles (for cron)."""
+    result = ops.refresh(Repository(repo_dir), _keystore(keys_dir), force=force)
+    for warning in result["warnings"]:
+        click.echo(f"pinnacle-release: warning: {warning}", err=True)
+    _emit(as_json, result, f"re-signed {', '.join(result['renewed'])}")
+
+
+@cli.command("status")
+@repo_argument
+@json_option
+def status_cmd(repo_dir: Path, as_json: bool) -> None:
+    """Roles, versions, expiries, key ids and releases per channel."""
+    result = ops.status(Repository(repo_dir))
+    lines = [f"repository {repo_dir}"]
+    for role, info in result["roles"].items():
+        flag = "  EXPIRED" if info["expired"] else ""
+        lines.append(f"  {role:<10} v{info['version']:<5} expires {info['expires']}  "
+                     f"threshold {info['threshold']} keys {','.join(k[:8] for k in info['keyids'])}{flag}")
+    for channel, releases in result["channels"].items():
+        lines.append(f"  {channel}: {len(releases)} release(s)")
+        lines += [f"    {r['version']:<12} {r['platform']:<16} {r['type']:<9} {r['published']}" for r in releases]
+    _emit(as_json, result, "\n".join(lines))
+
+
+@cli.command("verify")
+@repo_argument
+@click.option("--deep", is_flag=True, help="Also decompress every full artifact and check its content digest.")
+@json_option
+def verify_cmd(repo_dir: Path, deep: bool, as_json: bool) -> None:
+    """Audit every signature, threshold, hash, length, expiry and index entry."""
+    report = verify_repository(repo_dir, ops.utcnow(), deep=deep)
+    if as_json:
+        _emit(True, report.to_dict(), "")
+    if report.problems:
+        raise VerificationFailed(report.problems)
+    if not as_json:
+        click.echo(f"ok: {report.checked_files} metadata files, {report.checked_targets} targets, "
+                   f"{report.releases} releases verified")
+
+
+@cli.command("serve")
+@click.argument("repo_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--verbose", is_flag=True, help="Log every request.")
+def serve_cmd(repo_dir: Path, host: str, port: int, verbose: bool) -> None:
+    """Serve REPO_DIR over HTTP (demos and tests; production uses any static host)."""
+    from .serve import serve
+
+    serve(repo_dir, host, port, quiet=not verbose)
+
+
+def main() -> None:
+    cli(prog_name="pinnacle-release")
+
+
+if __name__ == "__main__":
+    main()

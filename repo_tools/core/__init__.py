@@ -1,0 +1,1 @@
+"""Pure core of the publisher: no file system, no network, no clock."""

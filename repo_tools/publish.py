@@ -1,0 +1,348 @@
+"""Repository operations: init, publish, promote, refresh, status.
+
+Each operation validates everything it can and loads every signer it needs *before* it writes a
+byte, then writes in the crash-safe order (targets, channel roles, snapshot, timestamp last).
+A refused request therefore leaves the repository exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata, Targets
+
+from client.index import (
+    ChannelIndex,
+    FormatError,
+    Release,
+    TargetRef,
+    UpdateType,
+    check_channel,
+    check_platform,
+    index_path,
+    parse_version,
+    release_dir,
+)
+
+from . import artifact
+from .core import metadata as meta
+from .errors import PublishRefused, RepositoryStateError
+from .keys import KeyStore
+from .store import RepoConfig, Repository, RepoState, describe
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime(TIME_FORMAT)
+
+
+# -- the one write path ---------------------------------------------------------------------------
+
+@dataclass
+class _Change:
+    """What an operation adds: target files, and the channel roles whose targets it edited."""
+
+    files: list[tuple[str, str, Path | bytes]]  # (target path, sha256, file or bytes)
+    channels: dict[str, Metadata[Targets]]
+
+
+def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change, now: datetime) -> dict[str, int]:
+    """Sign and write ``change`` in the crash-safe order; return the new role versions."""
+    config = repo.config()
+    names = list(state.channels)
+    signers = {name: keys.signers(name) for name in change.channels}
+    snapshot_signers = keys.signers("snapshot")
+    timestamp_signers = keys.signers("timestamp")
+
+    for target_path, sha256, content in change.files:
+        if isinstance(content, bytes):
+            repo.add_target_bytes(target_path, sha256, content)
+        else:
+            repo.add_target_file(target_path, sha256, content)
+
+    written: dict[str, tuple[int, bytes]] = {}
+    for name, md in change.channels.items():
+        meta.bump(md, meta.expiry(now, config.days(name, names)))
+        meta.sign(md, signers[name])
+        written[name] = (md.signed.version, repo.write_metadata(name, md))
+
+    snapshot = meta.snapshot_of(state.snapshot, written, meta.expiry(now, config.days("snapshot", names)))
+    meta.sign(snapshot, snapshot_signers)
+    snapshot_bytes = repo.write_metadata("snapshot", snapshot)
+
+    timestamp = meta.timestamp_of(
+        state.timestamp, snapshot.signed.version, snapshot_bytes, meta.expiry(now, config.days("timestamp", names))
+    )
+    meta.sign(timestamp, timestamp_signers)
+    repo.write_metadata("timestamp", timestamp, versioned=False)  # the commit point
+    versions = {name: v for name, (v, _) in written.items()}
+    versions.update(snapshot=snapshot.signed.version, timestamp=timestamp.signed.version)
+    return versions
+
+
+def _set_index(md: Metadata[Targets], channel: str, index: ChannelIndex) -> tuple[str, str, bytes]:
+    data = index.to_bytes()
+    target = meta.target_file(index_path(channel), len(data), _sha256_bytes(data))
+    md.signed.targets[target.path] = target
+    return target.path, target.hashes["sha256"], data
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- init -----------------------------------------------------------------------------------------
+
+def init_repository(
+    repo: Repository,
+    keys: KeyStore,
+    expiry_days: Mapping[str, int] | None = None,
+    compression_level: int | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Create root v1, top-level targets delegating every channel in the key directory, an empty
+    signed index per channel, snapshot and timestamp."""
+    now = now or utcnow()
+    if repo.is_initialised() or repo.root_versions():
+        raise RepositoryStateError(f"{repo.path} already holds a repository; refusing to re-initialise")
+    config = RepoConfig()
+    for role, days in (expiry_days or {}).items():
+        if role not in config.expiry_days:
+            raise PublishRefused(f"unknown expiry role '{role}' (one of {', '.join(config.expiry_days)})")
+        if days < 1:
+            raise PublishRefused(f"expiry for '{role}' must be at least 1 day")
+        config.expiry_days[role] = days
+    if compression_level is not None:
+        if not 1 <= compression_level <= 22:
+            raise PublishRefused("compression level must be between 1 and 22")
+        config = replace(config, compression_level=compression_level)
+    channels = keys.channels
+    if not channels:
+        raise PublishRefused("the key directory defines no channel roles")
+
+    def spec(role: str) -> meta.RoleKeySpec:
+        return meta.RoleKeySpec(keys.public_keys(role), keys.role(role).threshold)
+
+    signers = {role: keys.signers(role) for role in ("root", "targets", "snapshot", "timestamp", *channels)}
+
+    root = meta.sign(meta.new_root({r: spec(r) for r in ("root", "targets", "snapshot", "timestamp")},
+                                   meta.expiry(now, config.expiry_days["root"])), signers["root"])
+    targets = meta.sign(meta.new_top_targets({c: spec(c) for c in channels},
+                                             meta.expiry(now, config.expiry_days["targets"])), signers["targets"])
+    repo.path.mkdir(parents=True, exist_ok=True)
+    with repo.locked():
+        repo.write_config(config)
+        written: dict[str, tuple[int, bytes]] = {"targets": (1, b"")}
+        for channel in channels:
+            md = meta.new_channel_role(meta.expiry(now, config.expiry_days["channel"]))
+            path, sha, data = _set_index(md, channel, ChannelIndex(channel=channel, updated=_iso(now)))
+            repo.add_target_bytes(path, sha, data)
+            meta.sign(md, signers[channel])
+            written[channel] = (1, repo.write_metadata(channel, md))
+        repo.write_metadata("root", root)
+        written["targets"] = (1, repo.write_metadata("targets", targets))
+        snapshot = meta.sign(
+            meta.snapshot_of(None, written, meta.expiry(now, config.expiry_days["snapshot"])), signers["snapshot"]
+        )
+        snapshot_bytes = repo.write_metadata("snapshot", snapshot)
+        timestamp = meta.timestamp_of(None, 1, snapshot_bytes, meta.expiry(now, config.expiry_days["timestamp"]))
+        repo.write_metadata("timestamp", meta.sign(timestamp, signers["timestamp"]), versioned=False)
+    return {"repository": str(repo.path), "channels": channels, "root": str(repo.metadata_dir / "1.root.json"),
+            "expiry_days": config.expiry_days}
+
+
+# -- publish --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PublishRequest:
+    channel: str
+    version: str
+    type: str
+    platform: str
+    source: Path
+    notes: str = ""
+    entry_point: str | None = None
+
+
+def _validate(request: PublishRequest) -> UpdateType:
+    try:
+        check_channel(request.channel)
+        check_platform(request.platform)
+        parse_version(request.version)
+    except FormatError as exc:
+        raise PublishRefused(str(exc)) from exc
+    try:
+        update_type = UpdateType(request.type)
+    except ValueError:
+        allowed = ", ".join(t.value for t in UpdateType)
+        raise PublishRefused(f"unknown update type '{request.type}' (one of {allowed})") from None
+    if not Path(request.source).is_dir():
+        raise PublishRefused(f"source {request.source} is not a directory")
+    return update_type
+
+
+def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: datetime | None = None) -> dict[str, Any]:
+    """Build the artifact from ``request.source`` and publish it as a new release of its channel."""
+    now = now or utcnow()
+    update_type = _validate(request)
+    entries = artifact.scan_tree(Path(request.source))  # refuses unsafe input before anything is locked
+    if request.entry_point is not None:
+        files = {e.path for e in entries if e.type.value == "file"}
+        if request.entry_point not in files:
+            raise PublishRefused(f"entry point '{request.entry_point}' is not a file in {request.source}")
+    with repo.locked():
+        state = repo.load()
+        md = state.channel(request.channel)
+        index = repo.channel_index(state, request.channel)
+        try:
+            index.ensure_newer(request.platform, request.version)
+        except FormatError as exc:
+            raise PublishRefused(str(exc)) from exc
+        for role in (request.channel, "snapshot", "timestamp"):
+            keys.signers(role)  # fail on a missing key or passphrase before the (long) build
+        with repo.staging_dir() as staging:
+            built = artifact.build_artifact(
+                Path(request.source), staging, request.version, level=repo.config().compression_level
+            )
+            base = release_dir(request.channel, request.platform, request.version)
+            full = TargetRef(f"{base}/full.tar.zst", built.full_length, built.full_sha256)
+            manifest = TargetRef(f"{base}/manifest.json.zst", built.manifest_length, built.manifest_sha256)
+            release = Release(
+                version=request.version,
+                platform=request.platform,
+                type=update_type,
+                published=_iso(now),
+                content=built.content,
+                full=full,
+                manifest=manifest,
+                notes=request.notes,
+                entry_point=request.entry_point,
+            )
+            files: list[tuple[str, str, Path | bytes]] = [
+                (full.path, full.sha256, built.full_path),
+                (manifest.path, manifest.sha256, built.manifest_path),
+            ]
+            for ref in (full, manifest):
+                md.signed.targets[ref.path] = meta.target_file(ref.path, ref.length, ref.sha256)
+            files.append(_set_index(md, request.channel, index.with_release(release, _iso(now))))
+            versions = _commit(repo, keys, state, _Change(files, {request.channel: md}), now)
+    return {"channel": request.channel, "release": release.to_dict(), "metadata_versions": versions}
+
+
+# -- promote --------------------------------------------------------------------------------------
+
+def promote(
+    repo: Repository,
+    keys: KeyStore,
+    source_channel: str,
+    dest_channel: str,
+    version: str,
+    platform: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Publish the very same bytes of ``version`` from one channel into another: no rebuild."""
+    now = now or utcnow()
+    if source_channel == dest_channel:
+        raise PublishRefused("promote needs two different channels")
+    try:
+        parse_version(version)
+    except FormatError as exc:
+        raise PublishRefused(str(exc)) from exc
+    with repo.locked():
+        state = repo.load()
+        state.channel(source_channel)
+        md = state.channel(dest_channel)
+        source_index = repo.channel_index(state, source_channel)
+        wanted = parse_version(version)
+        releases = [
+            r for r in source_index.releases
+            if r.parsed_version == wanted and (platform is None or r.platform == platform)
+        ]
+        if not releases:
+            where = f" for {platform}" if platform else ""
+            raise PublishRefused(f"{source_channel} has no release {version}{where} to promote")
+        index = repo.channel_index(state, dest_channel)
+        files: list[tuple[str, str, Path | bytes]] = []
+        promoted = []
+        for release in releases:
+            try:
+                index.ensure_newer(release.platform, release.version)
+            except FormatError as exc:
+                raise PublishRefused(str(exc)) from exc
+            base = release_dir(dest_channel, release.platform, release.version)
+            moved: dict[str, TargetRef] = {}
+            for kind, ref in (("full", release.full), ("manifest", release.manifest)):
+                new_ref = TargetRef(f"{base}/{ref.path.rsplit('/', 1)[1]}", ref.length, ref.sha256)
+                files.append((new_ref.path, ref.sha256, repo.target_location(ref.path, ref.sha256)))
+                md.signed.targets[new_ref.path] = meta.target_file(new_ref.path, ref.length, ref.sha256)
+                moved[kind] = new_ref
+            new_release = replace(
+                release, full=moved["full"], manifest=moved["manifest"], published=_iso(now),
+                promoted_from=source_channel,
+            )
+            index = index.with_release(new_release, _iso(now))
+            promoted.append(new_release.to_dict())
+        files.append(_set_index(md, dest_channel, index))
+        versions = _commit(repo, keys, state, _Change(files, {dest_channel: md}), now)
+    return {"from": source_channel, "to": dest_channel, "releases": promoted, "metadata_versions": versions}
+
+
+# -- refresh and status ---------------------------------------------------------------------------
+
+def refresh(repo: Repository, keys: KeyStore, now: datetime | None = None, force: bool = False) -> dict[str, Any]:
+    """Re-sign the online roles before they expire (run it from cron).
+
+    Timestamp is always renewed. A channel role or the snapshot is renewed when less than half of
+    its validity period is left (or with ``force``). Root and targets need offline keys; they are
+    only reported.
+    """
+    now = now or utcnow()
+    with repo.locked():
+        state = repo.load()
+        config = repo.config()
+        names = list(state.channels)
+        renew: dict[str, Metadata[Targets]] = {}
+        for name, md in state.channels.items():
+            if force or md.signed.expires - now < _half(config.days(name, names)):
+                renew[name] = md
+        versions = _commit(repo, keys, state, _Change([], renew), now)
+        warnings = [
+            f"{role} expires {_iso(md.signed.expires)}: re-sign it with the offline {role} key(s)"
+            for role, md in (("root", state.root), ("targets", state.targets))
+            if md.signed.expires - now < _half(config.expiry_days[role])
+        ]
+    return {"renewed": sorted([*renew, "snapshot", "timestamp"]), "metadata_versions": versions, "warnings": warnings}
+
+
+def _half(days: int) -> timedelta:
+    return timedelta(days=days) / 2
+
+
+def status(repo: Repository, now: datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    state = repo.load()
+    roles = describe(state)
+    for info in roles.values():
+        info["expired"] = info["expires"] <= _iso(now)
+    channels = {}
+    for name in state.channels:
+        index = repo.channel_index(state, name)
+        channels[name] = [
+            {"version": r.version, "platform": r.platform, "type": r.type.value, "published": r.published,
+             "full_bytes": r.full.length, "promoted_from": r.promoted_from}
+            for r in index.releases
+        ]
+    return {"repository": str(repo.path), "roles": roles, "channels": channels}
+
+
+__all__ = ["PublishRequest", "init_repository", "promote", "publish", "refresh", "status"]

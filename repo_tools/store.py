@@ -1,0 +1,235 @@
+"""The repository directory on disk: reading the committed state and writing files safely.
+
+The committed state is what a client would see: ``timestamp.json`` names the snapshot, the
+snapshot names every targets role version. Files a killed publish left behind (a newer
+``N.stable.json`` that no snapshot lists, unreferenced targets) are invisible here and are
+simply overwritten by the next publish. Every write is temp + fsync + rename + fsync dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization import DeserializationError
+
+from client.fsutil import atomic_write, atomic_writer, exclusive_lock, remove_stale_temps
+from client.index import ChannelIndex, FormatError, index_path
+
+from .core.metadata import DEFAULT_EXPIRY_DAYS, to_bytes
+from .errors import PublishRefused, RepositoryStateError
+
+CONFIG_FILE = "pinnacle-repo.json"
+LOCK_FILE = ".pinnacle.lock"
+STAGING_PREFIX = ".staging-"
+DEFAULT_COMPRESSION_LEVEL = 10
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """Publisher settings kept beside the metadata (public; no secret)."""
+
+    expiry_days: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_EXPIRY_DAYS))
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+
+    def days(self, role: str, channels: list[str]) -> int:
+        return self.expiry_days["channel" if role in channels else role]
+
+    def to_bytes(self) -> bytes:
+        doc = {"format": 1, "expiry_days": self.expiry_days, "compression_level": self.compression_level}
+        return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RepoConfig:
+        doc = json.loads(data)
+        days = dict(DEFAULT_EXPIRY_DAYS)
+        days.update({k: int(v) for k, v in doc.get("expiry_days", {}).items()})
+        return cls(expiry_days=days, compression_level=int(doc.get("compression_level", DEFAULT_COMPRESSION_LEVEL)))
+
+
+@dataclass
+class RepoState:
+    """The committed metadata, as loaded objects."""
+
+    root: Metadata[Root]
+    timestamp: Metadata[Timestamp]
+    snapshot: Metadata[Snapshot]
+    targets: Metadata[Targets]
+    channels: dict[str, Metadata[Targets]]
+
+    def channel(self, name: str) -> Metadata[Targets]:
+        try:
+            return self.channels[name]
+        except KeyError:
+            known = ", ".join(sorted(self.channels)) or "none"
+            raise PublishRefused(f"unknown channel '{name}' (this repository has: {known})") from None
+
+
+class Repository:
+    """One repository directory: ``metadata/``, ``targets/`` and the publisher config."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.metadata_dir = self.path / "metadata"
+        self.targets_dir = self.path / "targets"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def is_initialised(self) -> bool:
+        return (self.metadata_dir / "timestamp.json").exists()
+
+    def config(self) -> RepoConfig:
+        try:
+            return RepoConfig.from_bytes((self.path / CONFIG_FILE).read_bytes())
+        except FileNotFoundError:
+            return RepoConfig()
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise RepositoryStateError(f"{self.path / CONFIG_FILE} is invalid: {exc}") from exc
+
+    def root_versions(self) -> list[int]:
+        """Every root version present, 1..N without gaps (clients walk the chain in order)."""
+        versions = []
+        n = 1
+        while (self.metadata_dir / f"{n}.root.json").exists():
+            versions.append(n)
+            n += 1
+        return versions
+
+    def _load(self, filename: str) -> Metadata:  # type: ignore[type-arg]
+        path = self.metadata_dir / filename
+        try:
+            return Metadata.from_bytes(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise RepositoryStateError(f"{path} is missing") from exc
+        except DeserializationError as exc:
+            raise RepositoryStateError(f"{path} is not valid TUF metadata: {exc}") from exc
+
+    def load(self) -> RepoState:
+        if not self.is_initialised():
+            raise RepositoryStateError(
+                f"{self.path} is not an initialised repository (run 'pinnacle-release init')"
+            )
+        roots = self.root_versions()
+        if not roots:
+            raise RepositoryStateError(f"{self.metadata_dir}/1.root.json is missing")
+        root = self._load(f"{roots[-1]}.root.json")
+        timestamp = self._load("timestamp.json")
+        snapshot = self._load(f"{timestamp.signed.snapshot_meta.version}.snapshot.json")
+        targets = self._load(f"{snapshot.signed.meta['targets.json'].version}.targets.json")
+        channels = {}
+        delegations = targets.signed.delegations
+        for name in delegations.roles if delegations and delegations.roles else {}:
+            version = snapshot.signed.meta[f"{name}.json"].version
+            channels[name] = self._load(f"{version}.{name}.json")
+        return RepoState(root, timestamp, snapshot, targets, channels)
+
+    def target_location(self, target_path: str, sha256: str) -> Path:
+        """Where a target is stored under consistent snapshots: ``<dir>/<sha256>.<name>``."""
+        directory, _, name = target_path.rpartition("/")
+        return self.targets_dir / directory / f"{sha256}.{name}"
+
+    def channel_index(self, state: RepoState, channel: str) -> ChannelIndex:
+        role = state.channel(channel)
+        info = role.signed.targets.get(index_path(channel))
+        if info is None:
+            return ChannelIndex(channel=channel)
+        path = self.target_location(info.path, info.hashes["sha256"])
+        try:
+            return ChannelIndex.from_bytes(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise RepositoryStateError(f"channel index {path} is missing") from exc
+        except FormatError as exc:
+            raise RepositoryStateError(f"channel index of '{channel}' is invalid: {exc}") from exc
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise publishers; clear what a killed one left behind."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            with exclusive_lock(self.path / LOCK_FILE, wait=True, record_pid=False):
+                self._clean_leftovers()
+                yield
+        except OSError as exc:
+            raise RepositoryStateError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+
+    def _clean_leftovers(self) -> None:
+        for entry in self.path.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(entry, ignore_errors=True)
+        for directory in (self.metadata_dir, *(p for p in self.targets_dir.rglob("*") if p.is_dir())):
+            remove_stale_temps(directory)
+
+    @contextlib.contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A scratch directory on the repository's file system, so finished files move in by rename."""
+        path = self.path / f"{STAGING_PREFIX}{os.getpid()}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def write_config(self, config: RepoConfig) -> None:
+        atomic_write(self.path / CONFIG_FILE, config.to_bytes())
+
+    def add_target_file(self, target_path: str, sha256: str, source: Path) -> None:
+        """Copy ``source`` into its content-addressed place durably (a no-op when already there)."""
+        dest = self.target_location(target_path, sha256)
+        if dest.exists():
+            return  # content-addressed: same name, same bytes
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as src, atomic_writer(dest) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    def add_target_bytes(self, target_path: str, sha256: str, data: bytes) -> None:
+        dest = self.target_location(target_path, sha256)
+        if dest.exists():
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest, data)
+
+    def write_metadata(self, role: str, md: Metadata, versioned: bool = True) -> bytes:  # type: ignore[type-arg]
+        """Write signed metadata as ``N.<role>.json`` (or ``<role>.json``) and return its bytes."""
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        data = to_bytes(md)
+        name = f"{md.signed.version}.{role}.json" if versioned else f"{role}.json"
+        atomic_write(self.metadata_dir / name, data)
+        return data
+
+
+def describe(state: RepoState) -> dict[str, Any]:
+    """Versions, expiries and key ids of every role, for ``status``."""
+    roles: dict[str, Any] = {}
+    root = state.root.signed
+    for name, md in (
+        ("root", state.root),
+        ("targets", state.targets),
+        ("snapshot", state.snapshot),
+        ("timestamp", state.timestamp),
+    ):
+        role = root.roles[name]
+        roles[name] = {
+            "version": md.signed.version,
+            "expires": md.signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "threshold": role.threshold,
+            "keyids": list(role.keyids),
+        }
+    delegations = state.targets.signed.delegations
+    for name, md in state.channels.items():
+        delegated = delegations.roles[name] if delegations and delegations.roles else None
+        roles[name] = {
+            "version": md.signed.version,
+            "expires": md.signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "threshold": delegated.threshold if delegated else None,
+            "keyids": list(delegated.keyids) if delegated else [],
+        }
+    return roles
