@@ -82,7 +82,8 @@ def scan_tree(source: Path) -> list[ManifestEntry]:
     Files are hashed (streamed); modes are normalised; hard links become plain files. Raises
     ``UnsafeInputError`` naming the path for: devices, FIFOs, sockets, setuid/setgid/sticky bits,
     names with a backslash, NUL or invalid UTF-8, absolute symlinks or symlinks resolving outside the
-    tree (also through chains), a source that is not a directory or is empty.
+    tree (also through chains), a source that is not a directory or is empty. ``source`` itself may
+    be a symlink to a directory; nothing below it is ever followed.
     """
     root_fd = _open_root(source)
     entries: list[ManifestEntry] = []
@@ -196,13 +197,13 @@ def write_artifact(
         raise _refuse(source, problems[0])
     if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
         raise ReleaseError(f"compression level {level} out of range 1..{zstandard.MAX_COMPRESSION_LEVEL}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out_real, src_real = out_dir.resolve(), source.resolve()
-    except OSError as exc:
-        raise ReleaseError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
+    out_real, src_real = out_dir.resolve(), source.resolve()
     if out_real == src_real or src_real in out_real.parents:
         raise _refuse(source, f"the output directory {out_dir} is inside the source tree")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReleaseError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
 
     full_path, manifest_path = out_dir / FULL_NAME, out_dir / MANIFEST_NAME
     tar_path = out_dir / TAR_NAME if keep_tar else None

@@ -254,6 +254,7 @@ def test_refuses_source_that_is_not_a_directory(tmp_path: Path) -> None:
 def test_refuses_output_inside_source(src: Path) -> None:
     with pytest.raises(UnsafeInputError, match="inside the source tree"):
         build_artifact(src, src / "out", "1.0")
+    assert not (src / "out").exists()
 
 
 @pytest.mark.parametrize("change", ["same-size", "grown", "shrunk", "removed", "symlinked"])
