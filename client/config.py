@@ -395,7 +395,7 @@ def init(
     cfg = validate(raw)
     try:
         install_dir.mkdir(parents=True, exist_ok=True)
-        layout.create_dirs(cfg.persistent_paths)
+        layout.create_dirs()  # data/NAME appears at the first install (seeded from the release if it ships NAME)
         fsutil.atomic_write(layout.trusted_root, root_bytes, 0o644)
         if not layout.state.exists():
             slots.save(layout.state, slots.SlotState(updated=slots.now()))

@@ -419,6 +419,7 @@ def begin_rollback(s: SlotState, reason: str, mark_bad: bool = True, *, allow_ba
         return _moved(s, Event.ROLLBACK, op=back)
     if s.active is None:
         raise StateError("nothing is installed, so there is nothing to roll back")
+    transition(s.state, Event.ROLLBACK)  # the table first: no manual rollback mid-operation
     other = s.other_content
     if other is None:
         raise StateError(f"no previous version to roll back to: slot {s.next_slot} holds no complete release")

@@ -1,0 +1,154 @@
+"""Real parts for client tests: a publisher repository built with the ``pinnacle-release`` CLI,
+a real HTTP server subprocess on 127.0.0.1, and initialised install directories."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client import config
+from client.installer import Installer
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+def release_cli(*args: str) -> str:
+    proc = subprocess.run(
+        [PY, "-m", "repo_tools.cli", *args], cwd=ROOT, env=env(), capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"pinnacle-release {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Repo:
+    dir: Path
+    keys: Path
+
+    @property
+    def root_json(self) -> Path:
+        return self.dir / "metadata" / "1.root.json"
+
+
+def make_repo(base: Path) -> Repo:
+    base.mkdir(parents=True, exist_ok=True)
+    repo = Repo(base / "repo", base / "keys")
+    release_cli("keys", "init", str(repo.keys), "--insecure-plaintext")
+    release_cli("init", str(repo.dir), "--keys", str(repo.keys))
+    return repo
+
+
+def write_tree(root: Path, files: Mapping[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        if rel.startswith("bin/"):
+            path.chmod(0o755)
+
+
+def app_files(version: str, healthy: bool = True, n_files: int = 5, size: int = 200) -> dict[str, str | bytes]:
+    """A small app whose every file differs between versions (so a mix of two is detectable)."""
+    files: dict[str, str | bytes] = {
+        "bin/app": f"#!/bin/sh\necho app {version}\n",
+        "VERSION": f"{version}\n",
+    }
+    for i in range(n_files):
+        files[f"lib/part{i:03d}.dat"] = _pseudo_random(f"{version}/{i}", size)
+    if healthy:
+        files["healthy"] = "ok\n"
+    return files
+
+
+def _pseudo_random(seed: str, size: int) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}/{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def publish(
+    repo: Repo,
+    version: str,
+    files: Mapping[str, str | bytes],
+    *,
+    type: str = "patch",
+    channel: str = "stable",
+    platform: str = "any",
+) -> None:
+    src = repo.dir.parent / f"src-{channel}-{version}"
+    write_tree(src, files)
+    release_cli(
+        "publish", str(repo.dir), str(src), "--keys", str(repo.keys), "--channel", channel,
+        "--version", version, "--type", type, "--platform", platform,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def serve(repo_dir: Path) -> Iterator[str]:
+    """``pinnacle-release serve`` as a subprocess; yields its base URL."""
+    proc = subprocess.Popen(
+        [PY, "-m", "repo_tools.cli", "serve", str(repo_dir), "--port", "0"],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.startswith("serving "):
+            raise AssertionError(f"server did not start: {line!r}")
+        yield line.split(" ", 1)[1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def init_client(install_dir: Path, repo_url: str, repo: Repo, **settings: Any) -> Installer:
+    defaults: dict[str, Any] = {
+        "health_command": "test -f healthy",
+        "health_interval": 0.0,
+        "health_retries": 2,
+    }
+    defaults.update(settings)
+    config.init(install_dir, repo_url, repo.root_json, "stable", "any", **defaults)
+    return Installer(install_dir)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Path -> sha256 (files) or link text (symlinks) for everything under ``root``; no following."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[rel] = "dir"
+    return out
