@@ -153,13 +153,25 @@ def _unsafe_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     t = tree("fifo")
     os.mkfifo(t / "bin" / "pipe")
     cases["fifo"] = (t, "bin/pipe")
+    t = tree("sticky")
+    (t / "bin").chmod(0o1777)
+    cases["sticky dir"] = (t, "bin")
+    t = tree("device")
+    try:
+        os.mknod(t / "bin" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        cases["device"] = (t, "bin/null")
+    except PermissionError:
+        pass  # needs root; the other cases still run
     return cases
 
 
-@pytest.mark.parametrize("case", ["absolute symlink", "escaping symlink", "setuid", "fifo"])
+@pytest.mark.parametrize("case", ["absolute symlink", "escaping symlink", "setuid", "fifo", "sticky dir", "device"])
 def test_unsafe_source_is_refused_and_repository_unchanged(repo: Repository, keys_dir: Path, tmp_path: Path,
                                                             case: str) -> None:
-    src, offending = _unsafe_cases(tmp_path)[case]
+    cases = _unsafe_cases(tmp_path)
+    if case not in cases:
+        pytest.skip("creating a device file needs root")
+    src, offending = cases[case]
     before = tree_digest(repo.path)
     proc = run_cli("pinnacle-release", "publish", str(repo.path), "--keys", str(keys_dir),
                    "--channel", "stable", "--version", "1.0.0", "--type", "patch", "--platform", "any", str(src),

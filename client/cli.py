@@ -1,0 +1,294 @@
+"""``pinnacle-update``: thin click commands over ``client.installer``.
+
+Each command calls one ``Installer`` method and prints its result: text for people, one JSON
+document on stdout with ``--json``. Progress goes to stderr (a bar on a terminal, JSON lines with
+``--json``). ``_Group.invoke`` is the one place where an ``UpdateError`` becomes one line on
+stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import config as config_mod
+from .errors import ConfigError, UpdateError
+from .installer import Installer
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"pinnacle-update: error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UpdateError as exc:
+            raise _Failure(str(exc), exc.exit_code) from exc
+
+
+def _emit(as_json: bool, data: Any, human: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif human:
+        click.echo(human)
+
+
+class _Progress:
+    """Download progress on stderr: a bar on a terminal, JSON lines for machines, nothing otherwise."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def event(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(event, default=str), err=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-6)
+        speed = done / elapsed
+        if self.as_json:
+            click.echo(json.dumps({"event": "progress", "bytes": done, "total": total,
+                                   "bytes_per_second": round(speed)}), err=True)
+        elif self.tty and total:
+            width = 30
+            filled = int(width * done / total)
+            eta = (total - done) / speed if speed else 0
+            click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {done / 2**20:6.1f}/{total / 2**20:.1f} MiB "
+                       f"{speed / 2**20:5.1f} MiB/s ETA {eta:4.0f}s", err=True, nl=done >= total)
+
+
+pass_installer = click.make_pass_decorator(Installer)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+wait_option = click.option("--wait", is_flag=True, help="Queue behind another running update instead of failing.")
+
+
+@click.group(cls=_Group)
+@click.option("--install-dir", envvar="PINNACLE_INSTALL_DIR", required=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Install directory (or PINNACLE_INSTALL_DIR).")
+@click.version_option(package_name="pinnacle-updates")
+@click.pass_context
+def cli(ctx: click.Context, install_dir: Path) -> None:
+    """Verified A/B updates with automatic rollback."""
+    ctx.obj = Installer(install_dir)
+
+
+@cli.command("init")
+@click.option("--repo", "repo_url", required=True, help="Repository URL: http(s)://, file:// or a local path.")
+@click.option("--root", "root_json", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The trusted root.json shipped with the client.")
+@click.option("--channel", default="stable", show_default=True)
+@click.option("--platform", default="auto", show_default=True, help="auto, or a tag such as linux-x86_64.")
+@json_option
+@pass_installer
+def init_cmd(installer: Installer, repo_url: str, root_json: Path, channel: str, platform: str,
+             as_json: bool) -> None:
+    """Create the install directory: config.toml, trusted root, slots, state."""
+    cfg = config_mod.init(installer.layout.root, repo_url, root_json, channel, platform)
+    data = {"install_dir": str(installer.layout.root), "repo_url": cfg.text("repo_url"),
+            "channel": cfg.text("channel"), "platform": cfg.text("platform"), "client_id": cfg.text("client_id")}
+    _emit(as_json, data, f"initialised {installer.layout.root} ({cfg.text('channel')}, {cfg.text('platform')})")
+
+
+@cli.command("check")
+@click.argument("version", required=False)
+@json_option
+@wait_option
+@pass_installer
+def check_cmd(installer: Installer, version: str | None, as_json: bool, wait: bool) -> None:
+    """Refresh signed metadata and say whether an update is available."""
+    result = installer.check(version, wait=wait)
+    if result.update_available:
+        human = (f"update available: {result.current_version or 'nothing installed'} -> {result.version} "
+                 f"({result.type}, {result.download_bytes} bytes{', automatic' if result.auto else ''})")
+    else:
+        human = f"up to date ({result.current_version or 'nothing installed'}): {result.reason}"
+    _emit(as_json, result.to_dict(), human)
+
+
+@cli.command("install")
+@click.argument("version", required=False)
+@click.option("--yes", "confirm_major", is_flag=True, help="Confirm a major update.")
+@click.option("--force", is_flag=True, help="Also consider versions that were rolled back before.")
+@json_option
+@wait_option
+@pass_installer
+def install_cmd(installer: Installer, version: str | None, confirm_major: bool, force: bool, as_json: bool,
+                wait: bool) -> None:
+    """Install VERSION (default: what policy picks) into the inactive slot and switch to it."""
+    progress = _Progress(as_json)
+    installer = Installer(installer.layout.root, on_event=progress.event)
+    result = installer.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress)
+    if result.outcome == "up_to_date":
+        human = f"nothing to install ({result.version or 'nothing installed'}): {result.reason}"
+    else:
+        human = (f"installed {result.version} in slot {result.slot} (was {result.previous_version or 'nothing'}; "
+                 f"{result.bytes_downloaded} bytes, {result.duration:.2f}s)")
+    _emit(as_json, result.to_dict(), human)
+
+
+@cli.command("rollback")
+@click.option("--force", is_flag=True, help="Roll back even to a version marked bad.")
+@json_option
+@wait_option
+@pass_installer
+def rollback_cmd(installer: Installer, force: bool, as_json: bool, wait: bool) -> None:
+    """Switch back to the previous version in the other slot, instantly."""
+    result = installer.rollback(wait=wait, force=force)
+    _emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
+                                     f"{result.duration * 1000:.1f} ms)")
+
+
+@cli.command("status")
+@json_option
+@pass_installer
+def status_cmd(installer: Installer, as_json: bool) -> None:
+    """The active version and slot, channel and state."""
+    s = installer.status()
+    human = (f"{s['version'] or 'nothing installed'} in slot {s['slot'] or '-'} ({s['channel']}, {s['state']})"
+             + (f"; previous {s['previous_version']} in slot {s['previous_slot']}" if s["previous_version"] else "")
+             + ("; NEEDS RECOVERY (run 'recover')" if s["needs_recovery"] else ""))
+    _emit(as_json, s, human)
+
+
+@cli.command("history")
+@click.option("--limit", type=int, default=None, help="Only the newest N records.")
+@json_option
+@pass_installer
+def history_cmd(installer: Installer, limit: int | None, as_json: bool) -> None:
+    """Every check, install and rollback, oldest first."""
+    records = installer.history(limit)
+    lines = []
+    for r in records:
+        what = r.get("op", "?")
+        detail = " ".join(f"{k}={r[k]}" for k in ("version", "from_version", "outcome", "reason") if r.get(k))
+        lines.append(f"{r.get('time', '')} {what} {detail}".strip())
+    _emit(as_json, records, "\n".join(lines) or "no history yet")
+
+
+@cli.command("health-check")
+@json_option
+@pass_installer
+def health_cmd(installer: Installer, as_json: bool) -> None:
+    """Run the configured health check against the active version now."""
+    result = installer.health_check()
+    data = result.to_dict()
+    _emit(as_json, data, f"{'healthy' if result.healthy else 'UNHEALTHY'}: {data.get('reason') or ''}".strip())
+    if not result.healthy:
+        sys.exit(6)
+
+
+@cli.command("verify")
+@click.option("--all", "all_slots", is_flag=True, help="Verify both slots (the previous version too).")
+@json_option
+@wait_option
+@pass_installer
+def verify_cmd(installer: Installer, all_slots: bool, as_json: bool, wait: bool) -> None:
+    """Re-hash installed files against their signed manifest (finds local tampering)."""
+    report = installer.verify(all_slots, wait=wait)
+    if as_json:
+        _emit(True, report.to_dict(), "")
+    else:
+        for slot in report.slots:
+            state = "ok" if slot.ok else f"{len(slot.problems)} problem(s)"
+            click.echo(f"slot {slot.slot} ({slot.version or 'empty'}{', active' if slot.active else ''}): {state}")
+            for problem in slot.problems:
+                click.echo(f"  {problem}")
+    if not report.ok:
+        raise _Failure("installed files differ from the signed release (run 'repair')", 4)
+
+
+@cli.command("repair")
+@json_option
+@wait_option
+@pass_installer
+def repair_cmd(installer: Installer, as_json: bool, wait: bool) -> None:
+    """Reinstall the current version into the other slot from the repository and switch to it."""
+    result = installer.repair(wait=wait, progress=_Progress(as_json))
+    _emit(as_json, result.to_dict(), f"repaired {result.version} (now in slot {result.slot})")
+
+
+@cli.command("recover")
+@json_option
+@wait_option
+@pass_installer
+def recover_cmd(installer: Installer, as_json: bool, wait: bool) -> None:
+    """Resolve any interrupted install or rollback now."""
+    report = installer.recover(wait=wait)
+    human = "; ".join(report.actions) or "nothing to recover"
+    _emit(as_json, report.to_dict(), f"{human} (now {report.version or 'nothing installed'}, {report.state})")
+
+
+@cli.command("doctor")
+@json_option
+@pass_installer
+def doctor_cmd(installer: Installer, as_json: bool) -> None:
+    """Check free space, permissions, clock, repository, config and the lock."""
+    checks = installer.doctor()
+    _emit(as_json, [c.to_dict() for c in checks],
+          "\n".join(f"{c.to_dict()['status']:>4}  {c.name}: {c.detail}" for c in checks))
+    if any(not c.ok and not c.warning for c in checks):
+        sys.exit(1)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Read or change config.toml."""
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_installer
+def config_set(installer: Installer, key: str, value: str) -> None:
+    """Validate and store one setting (lists: space- or comma-separated)."""
+    stored = config_mod.set_value(installer.layout.root, key, value)
+    click.echo(f"{key} = {stored!r}")
+
+
+@config_group.command("show")
+@json_option
+@pass_installer
+def config_show(installer: Installer, as_json: bool) -> None:
+    """Print every setting."""
+    cfg = installer.config()
+    data = {key: cfg[key] for key in config_mod.KEYS}
+    _emit(as_json, data, "\n".join(f"{k} = {v!r}" for k, v in data.items()))
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_installer
+def run_cmd(installer: Installer, args: tuple[str, ...]) -> None:
+    """Exec the active slot's entry point with ARGS (apps need not know which slot is active)."""
+    entry = installer.entry_point()
+    if entry is None:
+        raise ConfigError("the installed release names no entry point (publish with --entry-point)")
+    os.execv(entry, [str(entry), *args])
+
+
+def main() -> None:
+    cli(prog_name="pinnacle-update")
+
+
+if __name__ == "__main__":
+    main()

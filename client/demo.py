@@ -1,0 +1,162 @@
+"""``make demo``: the whole product end to end on this machine, with the real CLIs.
+
+Dev keys in ``keys/``, a repository in ``repository/`` served on 127.0.0.1, a sample HTTP app
+published in four versions; a client installs v1, updates to v3, then meets a broken v4 whose
+health check fails and rolls back to v3 by itself. Prints a short summary; exits non-zero if
+anything did not happen as it should.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path.cwd()
+KEYS = ROOT / "keys"
+REPO = ROOT / "repository"
+WORK = ROOT / "demo-work"
+APP_SOURCE = Path(__file__).with_name("demo_app") / "app.py"
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def run(tool: str, *args: str, expect: int = 0) -> dict[str, Any] | list[Any]:
+    """Run one CLI command as a user would; return its --json document."""
+    module = {"pinnacle-release": "repo_tools", "pinnacle-update": "client"}[tool]
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--json"], capture_output=True, text=True)
+    if proc.returncode != expect:
+        raise DemoFailed(f"{tool} {' '.join(args)} exited {proc.returncode} (expected {expect}):\n"
+                         f"{proc.stderr.strip()}")
+    if expect != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""}
+    result: dict[str, Any] | list[Any] = json.loads(proc.stdout)
+    return result
+
+
+def client(*args: str, expect: int = 0) -> dict[str, Any]:
+    result = run("pinnacle-update", "--install-dir", str(WORK / "client"), *args, expect=expect)
+    assert isinstance(result, dict)
+    return result
+
+
+def clean(directory: Path) -> None:
+    """Remove what an earlier demo generated; keep the directory's README."""
+    directory.mkdir(exist_ok=True)
+    for entry in directory.iterdir():
+        if entry.name != "README.md":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_app(version: str, broken: bool = False) -> Path:
+    src = WORK / "src" / version
+    (src / "bin").mkdir(parents=True)
+    shutil.copyfile(APP_SOURCE, src / "bin" / "app.py")
+    (src / "bin" / "app.py").chmod(0o755)
+    (src / "VERSION").write_text(version + "\n")
+    if broken:
+        (src / "BROKEN").write_text("this release's /health answers 500\n")
+    return src
+
+
+def app_version(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=2) as reply:
+            return str(reply.read().decode().strip())
+    except OSError:
+        return "(not answering)"
+
+
+def main() -> int:
+    started = time.monotonic()
+    clean(KEYS)
+    clean(REPO)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    server = None
+    client_dir = WORK / "client"
+    try:
+        run("pinnacle-release", "keys", "init", str(KEYS), "--insecure-plaintext", "--force")
+        run("pinnacle-release", "init", str(REPO), "--keys", str(KEYS))
+        server = subprocess.Popen([sys.executable, "-m", "repo_tools", "serve", str(REPO), "--port", "0"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[1]
+        print(f"repository   {REPO} served at {url}")
+
+        for version, kind in (("1.0.0", "minor"), ("1.1.0", "minor"), ("1.2.0", "patch")):
+            rel = run("pinnacle-release", "publish", str(REPO), "--keys", str(KEYS), "--channel", "stable",
+                      "--version", version, "--type", kind, "--platform", "any", "--entry-point", "bin/app.py",
+                      str(make_app(version)))
+            assert isinstance(rel, dict)
+            print(f"published    {version} ({kind}, {rel['release']['full']['length']} bytes)")
+
+        port = free_port()
+        client("init", "--repo", url, "--root", str(REPO / "metadata" / "1.root.json"), "--channel", "stable")
+        settings = {
+            "start_command": f"nohup python3 bin/app.py serve {port} >> logs/app.log 2>&1 & echo $! > temp/app.pid",
+            "stop_command": "if [ -f temp/app.pid ]; then p=$(cat temp/app.pid); kill $p 2>/dev/null; "
+                            "for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; fi",
+            "health_url": f"http://127.0.0.1:{port}/health",
+            "health_retries": "8", "health_interval": "0.25", "health_grace_period": "0.2",
+        }
+        for key, value in settings.items():
+            subprocess.run([sys.executable, "-m", "client", "--install-dir", str(client_dir), "config", "set",
+                            key, value], check=True, capture_output=True)
+
+        first = client("install", "1.0.0")
+        print(f"installed    {first['version']} in slot {first['slot']}; app says {app_version(port)}")
+        if app_version(port) != "1.0.0":
+            raise DemoFailed("the app does not answer as 1.0.0 after installing it")
+
+        update = client("install")
+        print(f"updated      {update['previous_version']} -> {update['version']} in slot {update['slot']} "
+              f"({update['bytes_downloaded']} bytes, {update['duration']:.2f}s); app says {app_version(port)}")
+        if update["version"] != "1.2.0" or app_version(port) != "1.2.0":
+            raise DemoFailed("the update to 1.2.0 did not take")
+
+        run("pinnacle-release", "publish", str(REPO), "--keys", str(KEYS), "--channel", "stable",
+            "--version", "1.3.0", "--type", "patch", "--platform", "any", "--entry-point", "bin/app.py",
+            str(make_app("1.3.0", broken=True)))
+        print("published    1.3.0 (patch, broken: /health answers 500)")
+        failed = client("install", expect=6)
+        status = client("status")
+        print(f"install 1.3.0 failed its health check and rolled back:\n             {failed['error']}")
+        print(f"now          {status['version']} in slot {status['slot']} ({status['state']}); "
+              f"app says {app_version(port)}; bad versions: {', '.join(status['bad_versions']) or 'none'}")
+        if status["version"] != "1.2.0" or app_version(port) != "1.2.0":
+            raise DemoFailed("the client is not back on 1.2.0 after the failed update")
+
+        check = client("check")
+        print(f"check        {check['reason']}")
+        print(f"demo finished in {time.monotonic() - started:.1f}s: install, update and automatic rollback verified")
+        return 0
+    except DemoFailed as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        pid_file = client_dir / "data" / "temp" / "app.pid"
+        if pid_file.exists():
+            subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
+        if server is not None:
+            server.kill()
+            server.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
