@@ -1,0 +1,282 @@
+"""The client's one network seam: a python-tuf fetcher over httpx that also reads local repositories.
+
+python-tuf's ``Updater`` asks its fetcher for URLs (metadata and targets) and verifies whatever
+comes back; the fetcher only moves bytes. This one adds what a fleet of clients needs from that
+seam and nothing else:
+
+* bounded retries with exponential backoff and jitter on connection errors, timeouts and the
+  answers that mean "try again" (5xx, 429); never on 4xx, which will not change by retrying;
+* connect and read timeouts; a stalled body raises ``SlowRetrievalError`` as ngclient expects;
+* the same interface for ``file://`` URLs and plain paths, so a repository can be a directory
+  (a USB stick, an air-gapped mirror, tests); a missing file behaves like an HTTP 404;
+* request and byte counters for ``check`` and an ``on_bytes`` hook for progress.
+
+Errors leave this module only as ``tuf.api.exceptions.DownloadError`` subclasses (the contract
+of ``FetcherInterface``); ``client.trust`` turns them into the client's own errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import importlib.metadata
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import httpx
+from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
+from tuf.ngclient.fetcher import FetcherInterface
+
+
+def _client_version() -> str:
+    try:
+        return importlib.metadata.version("pinnacle-updates")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+USER_AGENT = f"pinnacle-updates/{_client_version()}"
+
+# HTTP answers worth another attempt: the server (or a proxy/CDN in front of it) is overloaded
+# or briefly broken. Everything else >= 400 is final.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """How the client talks to the repository. Defaults suit a CDN over a slow link.
+
+    ``retries`` counts attempts *after* the first. The delay before retry ``n`` (0-based) is
+    ``min(backoff_max, backoff_initial * 2**n)`` scaled by a random factor in [0.5, 1]
+    ("equal jitter"), so a fleet that lost its server does not come back in lock step.
+    A ``Retry-After`` header (429/503) is honoured up to ``backoff_max``.
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    retries: int = 3
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    chunk_size: int = 64 * 1024
+    user_agent: str = USER_AGENT
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.retries < 0 or self.backoff_initial < 0 or self.backoff_max < 0:
+            raise ValueError("retries and backoff must not be negative")
+        if self.chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        ceiling: float = min(self.backoff_max, self.backoff_initial * 2.0**attempt)
+        return ceiling * (0.5 + rng.random() / 2)
+
+
+@dataclass
+class TransportStats:
+    """What the client moved: ``requests`` counts every attempt (retries and local reads
+    included), ``bytes`` every body byte received, ``retries`` the attempts that were repeats."""
+
+    requests: int = 0
+    bytes: int = 0
+    retries: int = 0
+
+
+class HttpxFetcher(FetcherInterface):
+    """``FetcherInterface`` for http(s), ``file://`` and plain local paths.
+
+    ``on_bytes`` (if set) is called with the size of every chunk as it arrives; ``client.trust``
+    sets it around a target download to report progress. ``sleep`` and ``rng`` are injectable so
+    that tests need not wait. Call ``close()`` (or use ``with``) to release the connection pool.
+    """
+
+    def __init__(
+        self,
+        settings: TransportSettings | None = None,
+        *,
+        client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings or TransportSettings()
+        self.stats = TransportStats()
+        self.on_bytes: Callable[[int], None] | None = None
+        self.last_url: str | None = None
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        s = self.settings
+        self._client = client or httpx.Client(
+            timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
+            headers={"User-Agent": s.user_agent},
+            follow_redirects=True,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> HttpxFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- FetcherInterface -------------------------------------------------------------------
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        """Open ``url`` (retrying as configured) and return an iterator over its body.
+
+        Retries happen only until the body starts: a stream broken half way raises (a partial
+        body can never pass the signed length and hash anyway, and a whole-file retry is the
+        caller's next ``refresh``).
+        """
+        self.last_url = url
+        path = local_path(url)
+        if path is not None:
+            return self._read_file(url, path)
+        return self._chunks(url, self._open(url))
+
+    # -- local files ------------------------------------------------------------------------
+
+    def _read_file(self, url: str, path: Path) -> Iterator[bytes]:
+        self.stats.requests += 1
+        try:
+            f: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise DownloadHTTPError(f"{url}: no such file", 404) from exc
+        except PermissionError as exc:
+            raise DownloadHTTPError(f"{url}: permission denied", 403) from exc
+        except OSError as exc:
+            raise DownloadError(f"{url}: cannot read: {exc.strerror or exc}") from exc
+        if not path.is_file():  # a directory opens fine on some systems; it is not a file
+            f.close()
+            raise DownloadHTTPError(f"{url}: not a file", 404)
+        return self._file_chunks(url, f)
+
+    def _file_chunks(self, url: str, f: BinaryIO) -> Iterator[bytes]:
+        with f:
+            while True:
+                try:
+                    chunk = f.read(self.settings.chunk_size)
+                except OSError as exc:
+                    raise DownloadError(f"{url}: read failed: {exc.strerror or exc}") from exc
+                if not chunk:
+                    return
+                self._count(chunk)
+                yield chunk
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _open(self, url: str) -> httpx.Response:
+        """Send the request until a final answer arrives; return the streaming response."""
+        attempts = self.settings.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            if attempt:
+                self.stats.retries += 1
+            self.stats.requests += 1
+            try:
+                response = self._client.send(self._client.build_request("GET", url), stream=True)
+            except httpx.TimeoutException as exc:
+                if last:
+                    raise SlowRetrievalError(f"{url}: timed out ({_kind(exc)}) after {attempts} attempt(s)") from exc
+                self._sleep(self.settings.backoff(attempt, self._rng))
+                continue
+            except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+                if last:
+                    raise DownloadError(f"{url}: {_reason(exc)} after {attempts} attempt(s)") from exc
+                self._sleep(self.settings.backoff(attempt, self._rng))
+                continue
+            except httpx.HTTPError as exc:  # bad URL, unsupported scheme, ...: retrying cannot help
+                raise DownloadError(f"{url}: {_reason(exc)}") from exc
+
+            if response.status_code < 400:
+                return response
+            status = response.status_code
+            response.close()
+            if status not in RETRY_STATUSES or last:
+                tries = f" after {attempts} attempt(s)" if status in RETRY_STATUSES else ""
+                raise DownloadHTTPError(f"{url}: HTTP {status} {response.reason_phrase}{tries}", status)
+            delay = self.settings.backoff(attempt, self._rng)
+            hinted = _retry_after(response.headers.get("Retry-After"))
+            if hinted is not None:
+                delay = max(delay, min(hinted, self.settings.backoff_max))
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _chunks(self, url: str, response: httpx.Response) -> Iterator[bytes]:
+        try:
+            for chunk in response.iter_bytes(self.settings.chunk_size):
+                self._count(chunk)
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise SlowRetrievalError(f"{url}: the body stalled ({_kind(exc)})") from exc
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"{url}: transfer broke off: {_reason(exc)}") from exc
+        finally:
+            response.close()
+
+    def _count(self, chunk: bytes) -> None:
+        self.stats.bytes += len(chunk)
+        if self.on_bytes is not None:
+            self.on_bytes(len(chunk))
+
+
+def local_path(url: str) -> Path | None:
+    """The local file ``url`` names (``file://`` URL or plain path), or None for http(s).
+
+    A one-letter "scheme" is a Windows drive (``C:\\repo``), not a URL.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise DownloadError(f"{url}: remote file URLs are not supported")
+        return Path(url2pathname(parts.path))
+    if scheme == "" or len(scheme) == 1:
+        return Path(url)
+    raise DownloadError(f"{url}: unsupported URL scheme {parts.scheme!r} (use http, https, file or a path)")
+
+
+def _kind(exc: httpx.TimeoutException) -> str:
+    return {
+        httpx.ConnectTimeout: "connect",
+        httpx.ReadTimeout: "read",
+        httpx.WriteTimeout: "write",
+        httpx.PoolTimeout: "pool",
+    }.get(type(exc), "timeout")
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    """A short reason, digging out the OS message (``Connection refused``) when there is one."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).strip()
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({text or 'connection failed'})"
+    return text or type(exc).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), if parseable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None

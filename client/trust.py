@@ -1,0 +1,409 @@
+"""Everything the client trusts goes through python-tuf's ``ngclient.Updater``; this module adds
+only the product's view on top of it.
+
+* ``refresh()`` runs the TUF client workflow (root chain, timestamp, snapshot, top-level targets)
+  with a fresh ``Updater`` bootstrapped from the root shipped with the client. Trust state
+  (verified metadata, rollback protection) lives in ngclient's metadata directory, not here.
+* ``channel_index()`` downloads ``<channel>/index.json`` as a verified target and checks that every
+  artifact it names is a target signed for that channel with the same length and sha256, so
+  nothing read from the index later can point outside signed metadata.
+* ``fetch_target()`` downloads (or reuses from the cache) one verified target; ``fetch_manifest()``
+  adds bounded zstd decompression and parsing; ``prune_cache()`` drops what no release needs.
+
+Every failure leaves as one line a person can act on: python-tuf verification failures become
+``TrustError``, download and network failures ``RepositoryError``, local file system failures
+``StateError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import zstandard
+from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import TargetFile
+from tuf.api.serialization import DeserializationError
+from tuf.ngclient.config import UpdaterConfig
+from tuf.ngclient.updater import Updater
+
+from client.errors import ConfigError, RepositoryError, StateError, TrustError, UpdateError
+from client.fsutil import TEMP_PREFIX, atomic_move
+from client.index import ChannelIndex, FormatError, Manifest, Release, TargetRef, check_channel, index_path
+from client.transport import HttpxFetcher, TransportSettings, TransportStats, local_path
+
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024
+"""A signed manifest that decompresses to more than this is refused (a zstd bomb needs no key
+compromise to hurt if the publisher's tooling is buggy; 64 MiB is ~500k entries)."""
+
+Progress = Callable[[int, int], None]
+
+
+class RepositoryClient:
+    """A verified view of one repository for one client (metadata dir and target cache).
+
+    ``repo_url`` is an http(s) URL, a ``file://`` URL or a local directory; the repository keeps
+    metadata under ``metadata/`` and targets under ``targets/``. ``root_bytes`` is the root
+    metadata shipped with the client: the trust anchor, used whenever the local copy is absent.
+    """
+
+    def __init__(
+        self,
+        repo_url: str,
+        metadata_dir: Path,
+        cache_dir: Path,
+        root_bytes: bytes,
+        settings: TransportSettings | None = None,
+        *,
+        fetcher: HttpxFetcher | None = None,
+    ) -> None:
+        self.repo_url = _base_url(repo_url)
+        self.metadata_dir = Path(metadata_dir)
+        self.cache_dir = Path(cache_dir)
+        self._root_bytes = root_bytes
+        self._fetcher = fetcher or HttpxFetcher(settings)
+        self._updater: Updater | None = None
+
+    @property
+    def stats(self) -> TransportStats:
+        """Requests and bytes moved so far by this client (all refreshes and downloads)."""
+        return self._fetcher.stats
+
+    def close(self) -> None:
+        self._fetcher.close()
+
+    def __enter__(self) -> RepositoryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Run the TUF refresh with a new ``Updater``; afterwards targets resolve against it."""
+        self._updater = None
+        try:
+            self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the metadata directory {self.metadata_dir}: {_os_reason(exc)}") from exc
+        with self._seam(None, subject="the shipped root metadata"):
+            updater = Updater(
+                metadata_dir=str(self.metadata_dir),
+                metadata_base_url=f"{self.repo_url}metadata/",
+                target_dir=str(self.cache_dir),
+                target_base_url=f"{self.repo_url}targets/",
+                fetcher=self._fetcher,
+                config=UpdaterConfig(),
+                bootstrap=self._root_bytes,
+            )
+        with self._seam(updater):
+            updater.refresh()
+        self._updater = updater
+
+    def channel_index(self, channel: str) -> ChannelIndex:
+        """The channel's verified index; every artifact it names is checked against the
+        targets signed for the channel (path inside the channel, same length and sha256)."""
+        try:
+            check_channel(channel)
+        except FormatError as exc:
+            raise RepositoryError(str(exc)) from exc
+        path = index_path(channel)
+        local = self._download(self._signed(path), None)
+        try:
+            index = ChannelIndex.from_bytes(local.read_bytes())
+        except FormatError as exc:
+            raise RepositoryError(f"channel index {path} is unusable: {exc}") from exc
+        except OSError as exc:
+            raise StateError(f"cannot read the cached {path}: {_os_reason(exc)}") from exc
+        if index.channel != channel:
+            raise TrustError(f"channel index {path} claims to be channel {index.channel!r}: refused")
+        for release in index.releases:
+            for ref in release.targets():
+                where = f"release {release.version} ({release.platform}) in {path}"
+                if not ref.path.startswith(f"{channel}/"):
+                    raise TrustError(f"{where} points outside its channel at {ref.path}: refused")
+                self._signed_ref(ref, where)
+        return index
+
+    # -- targets ------------------------------------------------------------------------------
+
+    def fetch_target(self, ref: TargetRef, progress: Progress | None = None) -> Path:
+        """The local path of the verified target ``ref`` (downloaded unless the cache holds it).
+
+        ``progress(bytes_so_far, total)`` is called as bytes arrive; ``total`` is the signed length.
+        """
+        return self._download(self._signed_ref(ref, f"{ref.path} (as referenced)"), progress)
+
+    def fetch_manifest(self, release: Release) -> Manifest:
+        """The release's file manifest: verified download, bounded decompression, parsing, and a
+        check that it describes the release the signed index announced."""
+        path = self.fetch_target(release.manifest)
+        name = release.manifest.path
+        data = _decompress_bounded(path, name, MANIFEST_MAX_BYTES)
+        try:
+            manifest = Manifest.from_bytes(data)
+        except FormatError as exc:
+            raise RepositoryError(f"manifest {name} is unusable: {exc}") from exc
+        if manifest.version != release.version or manifest.content != release.content:
+            raise TrustError(
+                f"manifest {name} describes version {manifest.version} with content sha256 "
+                f"{manifest.content.sha256[:12]}..., not the release the channel index announced: refused"
+            )
+        return manifest
+
+    def prune_cache(self, keep: set[str]) -> list[str]:
+        """Delete cached targets whose path is not in ``keep`` (plus temp files left by a killed
+        download); channel indexes always stay. Returns the target paths removed."""
+        keep_names = {_cache_name(p) for p in keep}
+        removed: list[str] = []
+        try:
+            entries = list(os.scandir(self.cache_dir))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            target = unquote(entry.name)
+            temp = entry.name.startswith(TEMP_PREFIX)
+            if not temp and (entry.name in keep_names or target.endswith("/index.json")):
+                continue
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StateError(f"cannot prune the target cache {self.cache_dir}: {_os_reason(exc)}") from exc
+            if not temp:
+                removed.append(target)
+        return sorted(removed)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _require_updater(self) -> Updater:
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        return self._updater
+
+    def _signed(self, path: str) -> TargetFile:
+        """The signed ``TargetFile`` for ``path`` (walking the delegations), or TrustError."""
+        updater = self._require_updater()
+        with self._seam(updater):
+            info = updater.get_targetinfo(path)
+        if info is None:
+            raise TrustError(f"{path} is not listed in signed metadata")
+        return info
+
+    def _signed_ref(self, ref: TargetRef, where: str) -> TargetFile:
+        """The signed ``TargetFile`` for ``ref``; refuses a ref whose length or hash disagree."""
+        info = self._signed(ref.path)
+        if info.length != ref.length or info.hashes.get("sha256") != ref.sha256:
+            raise TrustError(
+                f"{where}: {ref.path} does not match its signed target metadata "
+                f"(length {ref.length} vs signed {info.length}, or sha256): refused"
+            )
+        return info
+
+    def _download(self, info: TargetFile, progress: Progress | None) -> Path:
+        """Return the cached verified copy of ``info`` or download it.
+
+        ngclient verifies length and hashes in a temporary file before writing anything to the
+        cache; the file then lands under a temp name and is renamed into place, so the cache never
+        holds a torn or unverified file under a real name.
+        """
+        updater = self._require_updater()
+        dest = self.cache_dir / _cache_name(info.path)
+        if updater.find_cached_target(info, str(dest)) is not None:
+            if progress is not None:
+                progress(info.length, info.length)
+            return dest
+        tmp = dest.with_name(f"{TEMP_PREFIX}{os.getpid()}-{dest.name}")
+        received = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal received
+            received += n
+            if progress is not None:
+                progress(received, info.length)
+
+        self._fetcher.on_bytes = on_bytes
+        try:
+            with self._seam(updater, target=info.path):
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                updater.download_target(info, str(tmp))
+                atomic_move(tmp, dest)
+        finally:
+            self._fetcher.on_bytes = None
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return dest
+
+    @contextlib.contextmanager
+    def _seam(self, updater: Updater | None, target: str | None = None, subject: str | None = None) -> Iterator[None]:
+        """Translate python-tuf, download and OS errors raised in the block into one-line
+        ``UpdateError``s. The subject is the target, or else the metadata file last fetched."""
+        try:
+            yield
+        except UpdateError:
+            raise
+        except (tuf_exc.DownloadError, tuf_exc.RepositoryError) as exc:
+            if subject is None:
+                subject = f"target {target}" if target else _metadata_subject(self._fetcher.last_url)
+            raise _translate(exc, subject, updater) from exc
+        except OSError as exc:
+            where = self.cache_dir if target else self.metadata_dir
+            raise StateError(f"cannot write {where}: {_os_reason(exc)}") from exc
+
+
+# -- error translation ------------------------------------------------------------------------
+
+_ROLLBACK_PATTERNS = (
+    # (tuf message, role group name or literal, new version group, trusted version group)
+    re.compile(r"New (?P<role>timestamp) version (?P<new>\d+) must be >= (?P<old>\d+)"),
+    re.compile(r"New (?P<role>snapshot) version must be >= (?P<old>\d+), got version (?P<new>\d+)"),
+    # update_snapshot reports a rolled-back role as "Expected <role>.json version <new>, got <old>."
+    re.compile(r"Expected (?P<role>[\w.-]+)\.json version (?P<new>\d+), got (?P<old>\d+)"),
+)
+_MISMATCH_PATTERNS = (
+    # (served version, expected version) pairs that are inconsistent rather than older
+    re.compile(r"Expected (?P<role>root) version (?P<want>\d+) instead got version (?P<got>\d+)"),
+    re.compile(r"Expected (?P<role>snapshot) version (?P<want>\d+), got (?P<got>\d+)$"),
+    re.compile(r"Expected (?P<role>[\w.-]+) v(?P<want>\d+), got v(?P<got>\d+)"),
+)
+_EXPIRED = re.compile(r"^(?:Final |New )?(?P<role>[\w.-]+?)(?:\.json)? is expired")
+_SIGNED_BY = re.compile(r"signed by (?P<n>\d+)/(?P<m>\d+) keys")
+_LENGTH = re.compile(r"Observed length (?P<got>\d+) does not match expected length (?P<want>\d+)")
+_TOO_LONG = re.compile(r"maximum allowed length of (?P<max>\d+)")
+
+
+def _translate(exc: Exception, subject: str, updater: Updater | None) -> UpdateError:
+    """One ``UpdateError`` saying what happened to ``subject`` (see the module docstring)."""
+    text = str(exc)
+    if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
+        m = _TOO_LONG.search(text)
+        limit = f" {m['max']} bytes" if m else ""
+        return TrustError(
+            f"{subject} failed verification: longer than its signed length{limit} (tampered or corrupted)"
+        )
+    if isinstance(exc, tuf_exc.DownloadHTTPError):
+        if exc.status_code in (403, 404):
+            return RepositoryError(f"{subject} is not on the repository ({text})")
+        return RepositoryError(f"the repository failed to serve {subject} ({text})")
+    if isinstance(exc, tuf_exc.SlowRetrievalError):
+        return RepositoryError(f"the repository is too slow or unreachable: {subject} timed out ({text or 'timeout'})")
+    if isinstance(exc, tuf_exc.DownloadError):
+        cause = exc.__cause__
+        detail = str(cause) if text.startswith("Failed to download") and cause else text
+        return RepositoryError(f"cannot reach the repository ({detail})")
+    if isinstance(exc, tuf_exc.ExpiredMetadataError):
+        m = _EXPIRED.search(text)
+        role = m["role"] if m else subject
+        expiry = _expiry(updater, role) if m else None
+        when = f" ({expiry})" if expiry else ""
+        return TrustError(
+            f"{role} metadata has expired{when}; the repository must be refreshed by its publisher "
+            f"(this machine's clock reads {_iso(datetime.now(UTC))})"
+        )
+    if isinstance(exc, tuf_exc.BadVersionNumberError):
+        for pattern in _ROLLBACK_PATTERNS:
+            if m := pattern.search(text):
+                return TrustError(
+                    f"{m['role']} version {m['new']} is older than the trusted version {m['old']}: "
+                    "rollback attack refused"
+                )
+        for pattern in _MISMATCH_PATTERNS:
+            if m := pattern.search(text):
+                return TrustError(
+                    f"{m['role']} version {m['got']} was served where version {m['want']} is signed: "
+                    "refused (replayed or inconsistent metadata)"
+                )
+        return TrustError(f"{subject} has a bad version number: {text}")
+    if isinstance(exc, tuf_exc.UnsignedMetadataError):
+        m = _SIGNED_BY.search(text)
+        count = f" ({m['n']} of {m['m']} required signatures valid)" if m else ""
+        return TrustError(f"{subject} is not signed by the trusted keys{count}: refused")
+    if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
+        m = _LENGTH.search(text)
+        what = f"length {m['got']} instead of the signed {m['want']}" if m else "hash mismatch"
+        return TrustError(f"{subject} failed verification: {what} (tampered or corrupted)")
+    if isinstance(exc, DeserializationError):
+        return TrustError(f"{subject} is not valid TUF metadata: {text}")
+    return TrustError(f"{subject} refused: {text}")
+
+
+def _metadata_subject(url: str | None) -> str:
+    """'snapshot metadata v3' from '.../metadata/3.snapshot.json'."""
+    if not url:
+        return "repository metadata"
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    m = re.fullmatch(r"(?:(?P<version>\d+)\.)?(?P<role>.+)\.json", name)
+    if not m:
+        return name
+    version = f" v{m['version']}" if m["version"] else ""
+    return f"{unquote(m['role'])} metadata{version}"
+
+
+def _expiry(updater: Updater | None, role: str) -> str | None:
+    """Expiry of ``role`` as ngclient last loaded it (it keeps an expired timestamp or snapshot
+    loaded for rollback protection), or None. Reads ngclient's internal state defensively: the
+    date only improves the message."""
+    trusted: Any = getattr(updater, "_trusted_set", None)
+    try:
+        expires = trusted[role].expires
+    except (TypeError, KeyError, AttributeError):
+        return None
+    return _iso(expires) if isinstance(expires, datetime) else None
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+
+def _base_url(repo_url: str) -> str:
+    """The repository URL with a trailing slash; a plain directory becomes a ``file://`` URL."""
+    url = repo_url
+    try:
+        path = local_path(repo_url)
+    except tuf_exc.DownloadError as exc:
+        raise ConfigError(f"bad repository URL: {exc}") from exc
+    if path is not None and not repo_url.lower().startswith("file:"):
+        url = path.resolve().as_uri()
+    return url if url.endswith("/") else f"{url}/"
+
+
+def _cache_name(target_path: str) -> str:
+    """A flat, reversible cache file name for a target path (the scheme ngclient uses)."""
+    return quote(target_path, safe="")
+
+
+def _decompress_bounded(path: Path, name: str, limit: int) -> bytes:
+    """zstd-decompress ``path``, refusing more than ``limit`` bytes of output."""
+    out = bytearray()
+    try:
+        dctx = zstandard.ZstdDecompressor()
+        with open(path, "rb") as f, dctx.stream_reader(f, read_across_frames=True) as reader:
+            while chunk := reader.read(1 << 20):
+                out += chunk
+                if len(out) > limit:
+                    raise RepositoryError(
+                        f"manifest {name} decompresses to more than {limit // (1 << 20)} MiB: refused"
+                    )
+    except zstandard.ZstdError as exc:
+        raise RepositoryError(f"manifest {name} is not valid zstd data: {exc}") from exc
+    except OSError as exc:
+        raise StateError(f"cannot read the cached {name}: {_os_reason(exc)}") from exc
+    return bytes(out)
