@@ -424,6 +424,8 @@ class Installer:
             s = self._load()
             with self._client(cfg) as client:
                 found = self._check(client, cfg, s, version, force, confirm_major)
+                if found.release is None and version is not None:
+                    raise InstallError(f"not installing {version}: {found.reason}")
                 if found.release is None or (auto_only and not found.auto):
                     reason = found.reason if found.release is None else f"not automatic: {found.reason}"
                     return InstallResult("up_to_date", s.active_version, s.active_version, s.active, reason=reason)

@@ -46,6 +46,7 @@ class Repo:
 
 
 def make_repo(base: Path) -> Repo:
+    base = base.absolute()
     base.mkdir(parents=True, exist_ok=True)
     repo = Repo(base / "repo", base / "keys")
     release_cli("keys", "init", str(repo.keys), "--insecure-plaintext")
