@@ -184,16 +184,16 @@ class HttpxFetcher(FetcherInterface):
             self.stats.requests += 1
             try:
                 response = self._client.send(self._client.build_request("GET", url), stream=True)
-            except httpx.TimeoutException as exc:
-                if last:
-                    raise SlowRetrievalError(f"{url}: timed out ({_kind(exc)}) after {attempts} attempt(s)") from exc
-                self._sleep(self.settings.backoff(attempt, self._rng))
-                continue
-            except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
-                if last:
-                    raise DownloadError(f"{url}: {_reason(exc)} after {attempts} attempt(s)") from exc
-                self._sleep(self.settings.backoff(attempt, self._rng))
-                continue
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+                if not last:
+                    self._sleep(self.settings.backoff(attempt, self._rng))
+                    continue
+                tries = f"after {attempts} attempt(s)"
+                if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):  # the server accepted but did not answer
+                    raise SlowRetrievalError(f"{url}: timed out ({_kind(exc)}) {tries}") from exc
+                if isinstance(exc, httpx.TimeoutException):  # connect/pool: unreachable rather than slow
+                    raise DownloadError(f"{url}: {_kind(exc)} timed out {tries}") from exc
+                raise DownloadError(f"{url}: {_reason(exc)} {tries}") from exc
             except httpx.HTTPError as exc:  # bad URL, unsupported scheme, ...: retrying cannot help
                 raise DownloadError(f"{url}: {_reason(exc)}") from exc
 

@@ -288,10 +288,8 @@ def _translate(exc: Exception, subject: str, updater: Updater | None) -> UpdateE
     text = str(exc)
     if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
         m = _TOO_LONG.search(text)
-        limit = f" {m['max']} bytes" if m else ""
-        return TrustError(
-            f"{subject} failed verification: longer than its signed length{limit} (tampered or corrupted)"
-        )
+        limit = f"the {m['max']} bytes expected" if m else "expected"
+        return TrustError(f"{subject} failed verification: longer than {limit} (tampered or corrupted)")
     if isinstance(exc, tuf_exc.DownloadHTTPError):
         if exc.status_code in (403, 404):
             return RepositoryError(f"{subject} is not on the repository ({text})")
