@@ -118,9 +118,7 @@ KEYS: Mapping[str, Key] = {
     "check_interval": Key(int, 3600, "seconds between automatic checks", _positive),
     "backup_before_update": Key(bool, True, "keep the previous version in the other slot"),
     "allowed_update_types": Key(list, list(_UPDATE_TYPES), "update types allowed", _update_types),
-    "max_rollback_attempts": Key(
-        int, 3, "rollbacks after which a version is refused even with --force", _positive
-    ),
+    "max_rollback_attempts": Key(int, 3, "rollbacks after which a version is refused even with --force", _positive),
     "max_rollback_days": Key(int, 30, "days a previous version stays eligible for rollback", _non_negative),
     "persistent_paths": Key(
         list, ["logs", "uploads", "temp"], "top-level paths shared by every slot (kept in data/)", _persistent
@@ -139,9 +137,7 @@ KEYS: Mapping[str, Key] = {
     "health_retries": Key(int, 3, "health check attempts before the version counts as unhealthy", _positive),
     "health_interval": Key(float, 1.0, "seconds between health check attempts", _non_negative),
     "health_grace_period": Key(float, 0.0, "seconds to wait after start before checking", _non_negative),
-    "max_latency_ms": Key(
-        int, 0, "allowed increase of health_url latency after the update (0 = off)", _non_negative
-    ),
+    "max_latency_ms": Key(int, 0, "allowed increase of health_url latency after the update (0 = off)", _non_negative),
 }
 
 

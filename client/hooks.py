@@ -94,9 +94,7 @@ class CommandResult:
         }
 
 
-def run_command(
-    name: str, command: str, ctx: HookContext, timeout: float, log: Path | None = None
-) -> CommandResult:
+def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: Path | None = None) -> CommandResult:
     """Run ``command`` for ``ctx``; never raises for the command's own failure."""
     if not command.strip():
         return CommandResult(name, command, 0, False, 0.0)

@@ -292,6 +292,8 @@ class Installer:
             "platform": cfg.text("platform"),
             "state": s.state.value,
             "sha256": s.active_content.sha256 if s.active_content else None,
+            "entry_point": s.active_content.entry_point if s.active_content else None,
+            "installed": s.active_content.installed if s.active_content else None,
             "previous_version": other.version if other else None,
             "previous_slot": s.next_slot if other else None,
             "operation": s.op.to_dict() if s.op else None,
@@ -308,6 +310,21 @@ class Installer:
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         return history_mod.read(self.layout.history, limit)
+
+    def entry_point(self) -> Path | None:
+        """The active release's entry point inside its slot (``None`` when the release names none),
+        for ``pinnacle-update run``. Raises ``StateError`` when nothing is installed."""
+        s = self._load()
+        content = s.active_content
+        if s.active is None or content is None:
+            raise StateError("nothing is installed, so there is nothing to run")
+        if not content.entry_point:
+            return None
+        slot_dir = self.layout.slot(s.active)
+        path = (slot_dir / content.entry_point).resolve()
+        if not path.is_relative_to(slot_dir.resolve()):
+            raise StateError(f"entry point {content.entry_point!r} leaves slot {s.active}: refused")
+        return path
 
     def health_check(self) -> HealthResult:
         """Run the configured health check against the active slot now (no state change)."""
@@ -471,7 +488,7 @@ class Installer:
         manifest = client.fetch_manifest(release)
         target = s.next_slot
         self._precheck(cfg, s, release, manifest, target)
-        s = self._save(sm.begin_install(s, release.version, release.content.sha256, kind))
+        s = self._save(sm.begin_install(s, release.version, release.content.sha256, kind, release.entry_point))
         baseline: float | None = None
         try:
             self._emit("step", step="download", version=release.version, total=release.full.length)
@@ -672,6 +689,15 @@ class Installer:
             self._recover_locked()
             cfg = self.config()
             s = self._load()
+            other = s.other_content
+            days = cfg.integer("max_rollback_days")
+            if other is not None and other.installed and days > 0 and not force:
+                age = _age_days(other.installed)
+                if age > days:
+                    raise StateError(
+                        f"the previous version {other.version} was installed {age:.0f} days ago, more than "
+                        f"max_rollback_days ({days}); use --force to switch to it anyway"
+                    )
             return self._rollback_locked(cfg, s, reason, mark_bad=True, allow_bad=force)
 
     def _rollback_locked(
@@ -1085,6 +1111,16 @@ def _one_line(exc: BaseException) -> str:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
     return " ".join(str(exc).split())
+
+
+def _age_days(stamp: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return (datetime.now(UTC) - when).total_seconds() / 86400
 
 
 def _mb(n: int) -> str:

@@ -124,9 +124,16 @@ class SlotContent:
 
     version: str
     sha256: str
+    installed: str = ""  # when it was staged (UTC, ISO 8601); empty when rebuilt from the slots
+    entry_point: str | None = None  # what ``pinnacle-update run`` executes, from the signed release
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "sha256": self.sha256}
+        return {
+            "version": self.version,
+            "sha256": self.sha256,
+            "installed": self.installed,
+            "entry_point": self.entry_point,
+        }
 
 
 @dataclass(frozen=True)
@@ -149,9 +156,11 @@ class Operation:
     leaving: str | None = None
     leaving_version: str | None = None
     mark_bad: bool = False
+    entry_point: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "entry_point": self.entry_point,
             "kind": self.kind,
             "slot": self.slot,
             "version": self.version,
@@ -244,9 +253,7 @@ class SlotState:
         if not isinstance(doc, dict):
             raise StateError("not a JSON object")
         if doc.get("schema") != SCHEMA_VERSION:
-            raise StateError(
-                f"unsupported state schema {doc.get('schema')!r} (this client reads {SCHEMA_VERSION})"
-            )
+            raise StateError(f"unsupported state schema {doc.get('schema')!r} (this client reads {SCHEMA_VERSION})")
         try:
             state = State(doc["state"])
             active = _opt_slot(doc.get("active"))
@@ -258,10 +265,7 @@ class SlotState:
             bad_raw = doc.get("bad_versions", {})
             if not isinstance(bad_raw, dict):
                 raise StateError("'bad_versions' must be an object")
-            bad = {
-                str(v): BadVersion(int(b["rollbacks"]), str(b["reason"]), str(b["at"]))
-                for v, b in bad_raw.items()
-            }
+            bad = {str(v): BadVersion(int(b["rollbacks"]), str(b["reason"]), str(b["at"])) for v, b in bad_raw.items()}
             result = cls(
                 state=state,
                 active=active,
@@ -309,7 +313,13 @@ def _content(value: Any) -> SlotContent | None:
         return None
     if not isinstance(value, dict):
         raise StateError("slot content must be an object or null")
-    return SlotContent(version=str(value["version"]), sha256=str(value["sha256"]))
+    entry = value.get("entry_point")
+    return SlotContent(
+        version=str(value["version"]),
+        sha256=str(value["sha256"]),
+        installed=str(value.get("installed", "")),
+        entry_point=None if entry is None else str(entry),
+    )
 
 
 def _operation(value: Any) -> Operation | None:
@@ -332,6 +342,7 @@ def _operation(value: Any) -> Operation | None:
         leaving=_opt_slot(value.get("leaving")),
         leaving_version=opt("leaving_version"),
         mark_bad=bool(value.get("mark_bad", False)),
+        entry_point=opt("entry_point"),
     )
 
 
@@ -348,11 +359,13 @@ def _slots_with(s: SlotState, slot: str, content: SlotContent | None) -> dict[st
     return slots
 
 
-def begin_install(s: SlotState, version: str, sha256: str, kind: str = "install") -> SlotState:
+def begin_install(
+    s: SlotState, version: str, sha256: str, kind: str = "install", entry_point: str | None = None
+) -> SlotState:
     """BEGIN: an install (or repair) of ``version`` into the inactive slot starts downloading."""
     if kind not in ("install", "repair"):
         raise StateError(f"unknown install kind {kind!r}")
-    op = Operation(kind=kind, slot=s.next_slot, version=version, sha256=sha256, started=now())
+    op = Operation(kind=kind, slot=s.next_slot, version=version, sha256=sha256, started=now(), entry_point=entry_point)
     return _moved(s, Event.BEGIN, op=op, last_error="")
 
 
@@ -367,7 +380,8 @@ def mark_staged(s: SlotState) -> SlotState:
     """STAGED: the target slot now holds exactly the verified target release."""
     op = _need_op(s)
     assert op.slot is not None and op.version is not None and op.sha256 is not None
-    return _moved(s, Event.STAGED, slots=_slots_with(s, op.slot, SlotContent(op.version, op.sha256)))
+    content = SlotContent(op.version, op.sha256, now(), op.entry_point)
+    return _moved(s, Event.STAGED, slots=_slots_with(s, op.slot, content))
 
 
 def begin_trial(s: SlotState) -> SlotState:
@@ -520,8 +534,7 @@ def load(path: Path) -> SlotState:
         return SlotState.from_bytes(data)
     except StateError as exc:
         raise StateError(
-            f"state file {path} is corrupt ({exc}); "
-            "run `pinnacle-update recover` to rebuild it from the slots"
+            f"state file {path} is corrupt ({exc}); run `pinnacle-update recover` to rebuild it from the slots"
         ) from exc
 
 

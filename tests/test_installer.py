@@ -30,7 +30,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
         files = app_files(v)
         if i < 2:
             files["logs/seed.txt"] = f"seed from {v}\n"
-        publish(r, v, files)
+        publish(r, v, files, entry_point="bin/app" if v == "1.2.0" else None)
     publish(r, BROKEN, app_files(BROKEN, healthy=False))
     return r
 
@@ -61,7 +61,10 @@ def test_install_upgrade_and_manual_rollback_over_http(tmp_path: Path, repo: Rep
     }
     assert found.download_bytes > 0
 
+    with pytest.raises(StateError, match="nothing is installed"):
+        ins.entry_point()
     first = ins.install("1.0.0")
+    assert ins.entry_point() is None  # published without --entry-point
     assert (first.outcome, first.version, first.slot, first.previous_version) == ("committed", "1.0.0", "a", None)
     assert os.readlink(d / "current") == "slots/a" and version_of(d) == "1.0.0"
     assert (d / "data/logs/seed.txt").read_text() == "seed from 1.0.0\n"  # seeded once
@@ -101,6 +104,19 @@ def test_install_upgrade_and_manual_rollback_over_http(tmp_path: Path, repo: Rep
     assert rec["from_version"] == "1.0.0" and rec["sha256"] and rec["bytes"] > 0 and rec["duration"] >= 0
 
 
+def test_rollback_to_a_version_older_than_max_rollback_days_needs_force(tmp_path: Path, repo: Repo) -> None:
+    d = tmp_path / "inst"
+    ins = init_client(d, str(repo.dir), repo, max_rollback_days=30)
+    ins.install("1.0.0")
+    ins.install("1.1.0")
+    doc = json.loads((d / "state.json").read_text())
+    doc["slots"]["a"]["installed"] = "2000-01-01T00:00:00Z"
+    (d / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(StateError, match=r"1.0.0 was installed \d+ days ago, more than max_rollback_days \(30\)"):
+        ins.rollback()
+    assert ins.rollback(force=True).version == "1.0.0"
+
+
 def test_nothing_to_roll_back_to_is_a_clear_refusal(tmp_path: Path, repo: Repo) -> None:
     ins = init_client(tmp_path / "inst", str(repo.dir), repo)
     with pytest.raises(StateError, match="nothing is installed"):
@@ -124,6 +140,9 @@ def test_automatic_rollback_on_failed_health_check(tmp_path: Path, repo: Repo, u
         max_rollback_attempts=2,
     )
     ins.install("1.2.0")
+    entry = ins.entry_point()
+    assert entry == (d / "slots/a/bin/app").resolve()
+    assert subprocess.run([str(entry)], capture_output=True, text=True).stdout == "app 1.2.0\n"
     log.write_text("")
     before = tree_digest(d / "slots/a")
     with pytest.raises(HealthCheckError) as info:
