@@ -109,9 +109,29 @@ class Digest:
         return cls(length=_int(d, "length", where), sha256=_sha256(d, "sha256", where))
 
 
+@dataclass(frozen=True)
+class DeltaRef:
+    """A signed delta target that rebuilds this release from the release ``base`` (whose canonical
+    content digest is ``base_content``, so a client can tell it holds exactly that base)."""
+
+    base: str
+    base_content: str
+    target: TargetRef
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"from": self.base, "from_content": self.base_content, **self.target.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> DeltaRef:
+        d = _mapping(data, where)
+        base = _str(d, "from", where)
+        parse_version(base)
+        return cls(base=base, base_content=_sha256(d, "from_content", where), target=TargetRef.from_dict(d, where))
+
+
 _RELEASE_KEYS = {
     "version", "platform", "type", "published", "notes", "content", "full", "manifest",
-    "entry_point", "promoted_from",
+    "entry_point", "promoted_from", "deltas",
 }
 
 
@@ -133,6 +153,7 @@ class Release:
     notes: str = ""
     entry_point: str | None = None
     promoted_from: str | None = None
+    deltas: tuple[DeltaRef, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -140,7 +161,11 @@ class Release:
         return parse_version(self.version)
 
     def targets(self) -> list[TargetRef]:
-        return [self.full, self.manifest]
+        return [self.full, self.manifest, *(d.target for d in self.deltas)]
+
+    def delta_from(self, base_version: str) -> DeltaRef | None:
+        wanted = parse_version(base_version)
+        return next((d for d in self.deltas if parse_version(d.base) == wanted), None)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
@@ -158,6 +183,8 @@ class Release:
             out["entry_point"] = self.entry_point
         if self.promoted_from is not None:
             out["promoted_from"] = self.promoted_from
+        if self.deltas:
+            out["deltas"] = [d.to_dict() for d in self.deltas]
         return out
 
     @classmethod
@@ -172,6 +199,9 @@ class Release:
             raise FormatError(f"{where}: unknown update type {d.get('type')!r}") from exc
         entry = d.get("entry_point")
         promoted = d.get("promoted_from")
+        raw_deltas = d.get("deltas", [])
+        if not isinstance(raw_deltas, list):
+            raise FormatError(f"{where}: 'deltas' must be a list")
         return cls(
             version=version,
             platform=check_platform(_str(d, "platform", where)),
@@ -183,6 +213,7 @@ class Release:
             manifest=TargetRef.from_dict(d.get("manifest"), f"{where}.manifest"),
             entry_point=entry if isinstance(entry, str) else None,
             promoted_from=promoted if isinstance(promoted, str) else None,
+            deltas=tuple(DeltaRef.from_dict(x, f"{where}.deltas[{i}]") for i, x in enumerate(raw_deltas)),
             extra={k: v for k, v in d.items() if k not in _RELEASE_KEYS},
         )
 
