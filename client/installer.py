@@ -766,8 +766,8 @@ class Installer:
 
     def _recover_locked(self) -> RecoveryReport:
         actions: list[str] = []
-        fsutil.remove_stale_temps(self.layout.root)
-        fsutil.remove_stale_temps(self.layout.slots_dir)
+        for directory in (self.layout.root, self.layout.slots_dir, self.layout.manifests):
+            fsutil.remove_stale_temps(directory)
         for name in sm.SLOT_NAMES:
             trash = self.layout.slots_dir / f".trash-{name}"
             if trash.exists():
