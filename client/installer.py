@@ -625,7 +625,7 @@ class Installer:
                 failure = stop.describe()
             else:
                 self._emit("step", step="swap", slot=op.slot, version=op.version)
-                fsutil.atomic_symlink(self.layout.link_value(op.slot), self.layout.current)
+                self.layout.point_current(op.slot)
                 for name in ("post_swap", "start_command"):
                     result = self._hook(name, cfg, ctx)
                     if not result.ok:
@@ -729,12 +729,7 @@ class Installer:
         if not stop.ok:
             notes.append(stop.describe())
         self._emit("step", step="swap_back", slot=op.slot, version=op.version)
-        if op.slot is not None:
-            fsutil.atomic_symlink(self.layout.link_value(op.slot), self.layout.current)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.layout.current)
-            fsutil.fsync_dir(self.layout.root)
+        self.layout.point_current(op.slot)
         for name in ("on_rollback", "start_command") if op.slot is not None else ("on_rollback",):
             result = self._hook(name, cfg, ctx)
             if not result.ok:
@@ -844,8 +839,7 @@ class Installer:
                 else:
                     bad = dict(s.bad_versions)
                     s = self._save(sm.rebuilt(None, dict.fromkeys(sm.SLOT_NAMES), bad, f"slot {name} was missing"))
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.layout.current)
+                    self.layout.point_current(None)
                     actions.append(
                         f"active slot {name} ({lost}) was missing and no other version is installed: "
                         "nothing is active now; install again"
@@ -853,11 +847,10 @@ class Installer:
         want = s.link_target()
         linked = self.layout.linked_slot()
         if want is not None and linked != want:
-            fsutil.atomic_symlink(self.layout.link_value(want), self.layout.current)
+            self.layout.point_current(want)
             actions.append(f"current pointed at {linked or 'nothing'}; relinked to slot {want} as the state says")
-        elif want is None and os.path.lexists(self.layout.current):
-            os.unlink(self.layout.current)
-            fsutil.fsync_dir(self.layout.root)
+        elif want is None and linked is not None:
+            self.layout.point_current(None)
             actions.append("removed a current link: nothing is installed")
         return s, actions
 

@@ -35,6 +35,7 @@ So the state always wins: in every state but ``trial`` and ``rolling_back`` the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -538,11 +539,22 @@ def load(path: Path) -> SlotState:
         ) from exc
 
 
+POINTER_FILE = "current.slot"
+USE_POINTER = os.name == "nt"
+"""Windows needs privileges for symlinks; there ``current.slot`` (a pointer file replaced atomically
+with ``os.replace``) is the switch instead, and apps start through ``pinnacle-update run``."""
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Where everything lives under an install directory."""
+    """Where everything lives under an install directory.
+
+    ``pointer``: switch slots with the pointer file instead of the ``current`` symlink (the default
+    on Windows; selectable anywhere so that the code path is tested on every platform).
+    """
 
     root: Path
+    pointer: bool = field(default_factory=lambda: USE_POINTER)
 
     @property
     def config(self) -> Path:
@@ -604,11 +616,27 @@ class Layout:
         """The relative text of the ``current`` link for ``slot``."""
         return f"slots/{self.slot(slot).name}"
 
+    @property
+    def pointer_file(self) -> Path:
+        return self.root / POINTER_FILE
+
+    def point_current(self, slot: str | None) -> None:
+        """Make ``slot`` the active one in a single atomic rename (``None``: nothing is active)."""
+        if slot is None:
+            for path in (self.current, self.pointer_file):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            fsutil.fsync_dir(self.root)
+        elif self.pointer:
+            fsutil.atomic_write(self.pointer_file, (self.link_value(slot) + "\n").encode())
+        else:
+            fsutil.atomic_symlink(self.link_value(slot), self.current)
+
     def linked_slot(self) -> str | None:
         """The slot ``current`` points at, ``None`` when the link is absent or points elsewhere."""
         try:
-            target = os.readlink(self.current)
-        except (FileNotFoundError, OSError):
+            target = self.pointer_file.read_text().strip() if self.pointer else os.readlink(self.current)
+        except (FileNotFoundError, OSError, UnicodeDecodeError):
             return None
         for name in SLOT_NAMES:
             if target.rstrip("/") == self.link_value(name):
