@@ -9,7 +9,12 @@ seam and nothing else:
 * connect and read timeouts; a stalled body raises ``SlowRetrievalError`` as ngclient expects;
 * the same interface for ``file://`` URLs and plain paths, so a repository can be a directory
   (a USB stick, an air-gapped mirror, tests); a missing file behaves like an HTTP 404;
-* request and byte counters for ``check`` and an ``on_bytes`` hook for progress.
+* request and byte counters for ``check`` and an ``on_bytes`` hook for progress;
+* resumable target downloads: with a ``partial_dir``, the body of a content-addressed target
+  (``<sha256>.<name>``, what consistent snapshots serve) is kept on disk as it arrives; a transfer
+  that breaks off (here, or in a process that was killed) continues with ``Range: bytes=N-``.
+  The kept bytes are yielded first, so ngclient hashes the whole file before anything uses it.
+  Metadata is never resumed (its names are not content addresses).
 
 Errors leave this module only as ``tuf.api.exceptions.DownloadError`` subclasses (the contract
 of ``FetcherInterface``); ``client.trust`` turns them into the client's own errors.
@@ -19,8 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import hashlib
 import importlib.metadata
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +54,12 @@ USER_AGENT = f"pinnacle-updates/{_client_version()}"
 # HTTP answers worth another attempt: the server (or a proxy/CDN in front of it) is overloaded
 # or briefly broken. Everything else >= 400 is final.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+PARTIAL_MAX_AGE = 7 * 86400
+"""Seconds after which an abandoned partial download is deleted (when another one starts)."""
+
+_CONTENT_ADDRESSED = re.compile(r"^[0-9a-f]{64}\.[^/]+$")
+_CONTENT_RANGE = re.compile(r"^bytes (?P<start>\d+)-(?P<end>\d+)/(?P<total>\d+|\*)$")
 
 
 @dataclass(frozen=True)
@@ -83,19 +97,25 @@ class TransportSettings:
 @dataclass
 class TransportStats:
     """What the client moved: ``requests`` counts every attempt (retries and local reads
-    included), ``bytes`` every body byte received, ``retries`` the attempts that were repeats."""
+    included), ``bytes`` every body byte received, ``retries`` the attempts that were repeats,
+    ``resumed`` the transfers continued with a range request and ``resumed_bytes`` the bytes
+    that did not have to be transferred again because of that."""
 
     requests: int = 0
     bytes: int = 0
     retries: int = 0
+    resumed: int = 0
+    resumed_bytes: int = 0
 
 
 class HttpxFetcher(FetcherInterface):
     """``FetcherInterface`` for http(s), ``file://`` and plain local paths.
 
-    ``on_bytes`` (if set) is called with the size of every chunk as it arrives; ``client.trust``
-    sets it around a target download to report progress. ``sleep`` and ``rng`` are injectable so
-    that tests need not wait. Call ``close()`` (or use ``with``) to release the connection pool.
+    ``on_bytes`` (if set) is called with the size of every chunk as it arrives (resumed bytes
+    included); ``client.trust`` sets it around a target download to report progress. ``sleep`` and
+    ``rng`` are injectable so that tests need not wait. ``partial_dir`` enables resumable target
+    downloads (see the module docstring). Call ``close()`` (or use ``with``) to release the
+    connection pool.
     """
 
     def __init__(
@@ -105,8 +125,10 @@ class HttpxFetcher(FetcherInterface):
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        partial_dir: Path | None = None,
     ) -> None:
         self.settings = settings or TransportSettings()
+        self.partial_dir = partial_dir
         self.stats = TransportStats()
         self.on_bytes: Callable[[int], None] | None = None
         self.last_url: str | None = None
@@ -133,14 +155,18 @@ class HttpxFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         """Open ``url`` (retrying as configured) and return an iterator over its body.
 
-        Retries happen only until the body starts: a stream broken half way raises (a partial
-        body can never pass the signed length and hash anyway, and a whole-file retry is the
-        caller's next ``refresh``).
+        Without a partial directory, or for metadata, retries happen only until the body starts:
+        a stream broken half way raises (a partial body can never pass the signed length and hash
+        anyway). A content-addressed target with a partial directory resumes instead (see
+        :meth:`_resuming`).
         """
         self.last_url = url
         path = local_path(url)
         if path is not None:
             return self._read_file(url, path)
+        part = self._partial_path(url)
+        if part is not None:
+            return self._resuming(url, part)
         return self._chunks(url, self._open(url))
 
     # -- local files ------------------------------------------------------------------------
@@ -174,16 +200,21 @@ class HttpxFetcher(FetcherInterface):
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def _open(self, url: str) -> httpx.Response:
-        """Send the request until a final answer arrives; return the streaming response."""
+    def _open(self, url: str, offset: int = 0) -> httpx.Response:
+        """Send the request until a final answer arrives; return the streaming response.
+
+        ``offset > 0`` asks for ``bytes=offset-``; the answer may then also be a 416 (returned,
+        not raised: the caller drops its partial file) or a 200 (the server ignored the range).
+        """
         attempts = self.settings.retries + 1
+        headers = {"Range": f"bytes={offset}-"} if offset else None
         for attempt in range(attempts):
             last = attempt == attempts - 1
             if attempt:
                 self.stats.retries += 1
             self.stats.requests += 1
             try:
-                response = self._client.send(self._client.build_request("GET", url), stream=True)
+                response = self._client.send(self._client.build_request("GET", url, headers=headers), stream=True)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
                 if not last:
                     self._sleep(self.settings.backoff(attempt, self._rng))
@@ -197,7 +228,7 @@ class HttpxFetcher(FetcherInterface):
             except httpx.HTTPError as exc:  # bad URL, unsupported scheme, ...: retrying cannot help
                 raise DownloadError(f"{url}: {_reason(exc)}") from exc
 
-            if response.status_code < 400:
+            if response.status_code < 400 or (offset and response.status_code == 416):
                 return response
             status = response.status_code
             response.close()
@@ -211,9 +242,11 @@ class HttpxFetcher(FetcherInterface):
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _chunks(self, url: str, response: httpx.Response) -> Iterator[bytes]:
+    def _chunks(self, url: str, response: httpx.Response, *, as_received: bool = False) -> Iterator[bytes]:
+        """The body in ``chunk_size`` pieces, or (``as_received``) in the pieces the network
+        delivers, so that nothing received is held back in a buffer when the transfer breaks."""
         try:
-            for chunk in response.iter_bytes(self.settings.chunk_size):
+            for chunk in response.iter_bytes(None if as_received else self.settings.chunk_size):
                 self._count(chunk)
                 yield chunk
         except httpx.TimeoutException as exc:
@@ -222,6 +255,124 @@ class HttpxFetcher(FetcherInterface):
             raise DownloadError(f"{url}: transfer broke off: {_reason(exc)}") from exc
         finally:
             response.close()
+
+    # -- resumable targets ------------------------------------------------------------------
+
+    def _partial_path(self, url: str) -> Path | None:
+        """Where the partial body of ``url`` is kept, or None when ``url`` is not resumable:
+        only content-addressed target names (``<sha256>.<name>``) are, and only with a
+        ``partial_dir``. The file name is a hash of the URL (a new repository URL starts over)."""
+        if self.partial_dir is None:
+            return None
+        name = urlsplit(url).path.rsplit("/", 1)[-1]
+        if not _CONTENT_ADDRESSED.match(name):
+            return None
+        return self.partial_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+    def _resuming(self, url: str, part: Path) -> Iterator[bytes]:
+        """The body of ``url``, appended to ``part`` as it arrives and continued from there.
+
+        The consumer receives every byte of the file exactly once, in order: first what ``part``
+        already holds (only after the server agreed to send the rest: a 206 whose
+        ``Content-Range`` starts where ``part`` ends), then the remainder. A server that ignores
+        the range (200) or rejects it (416) makes the download start from zero. A body that
+        breaks off is continued with another range request, up to ``settings.retries`` times.
+        When the whole body was received ``part`` is deleted (ngclient then checks length and
+        hash; a bad file is never resumed); when the consumer stops early (a file longer than the
+        signed length) it is deleted too; after a network failure or a kill it stays.
+        """
+        try:
+            self._prepare_partials()
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise DownloadError(f"{url}: cannot keep a partial download in {self.partial_dir}: {exc.strerror}") from exc
+        keep = True
+        try:
+            yield from self._resume_into(url, fd)
+            keep = False
+        except GeneratorExit:
+            keep = False  # the consumer refused the body (longer than signed): never resume it
+            raise
+        except DownloadHTTPError as exc:
+            keep = exc.status_code not in (404, 410)  # gone from the repository
+            raise
+        finally:
+            os.close(fd)
+            if not keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(part)
+
+    def _resume_into(self, url: str, fd: int) -> Iterator[bytes]:
+        """The body loop of :meth:`_resuming` over the open partial file ``fd``."""
+        given = 0  # bytes of the file the consumer has received
+        breaks = 0
+        while True:
+            have = os.fstat(fd).st_size
+            response = self._open(url, have)
+            try:
+                start = self._range_answer(response, have)
+                if start < 0:  # 416, or not the range we asked for: start over
+                    if have == 0:
+                        raise DownloadError(f"{url}: HTTP {response.status_code} to a request without a range")
+                    os.ftruncate(fd, 0)
+                    continue
+                if start == 0 and have:
+                    os.ftruncate(fd, 0)  # 200: the server ignored the range; its body replaces ours
+                    have = 0
+                else:
+                    if have:
+                        self.stats.resumed += 1
+                        self.stats.resumed_bytes += have
+                    yield from self._replay(fd, given, have)
+                    given = have
+                try:
+                    for chunk in self._chunks(url, response, as_received=True):
+                        os.write(fd, chunk)
+                        have += len(chunk)
+                        if have > given:  # after a 200 mid-transfer, skip what was already given
+                            yield chunk[len(chunk) - (have - given) :]
+                            given = have
+                    return
+                except DownloadError:
+                    if breaks >= self.settings.retries:
+                        raise
+                    self._sleep(self.settings.backoff(breaks, self._rng))
+                    breaks += 1
+                    self.stats.retries += 1
+            finally:
+                response.close()
+
+    def _range_answer(self, response: httpx.Response, have: int) -> int:
+        """How to read ``response`` to a request from ``have``: the offset its body starts at (a
+        206 starting exactly at ``have``; 0 for a 200), or -1 to discard the partial and retry."""
+        if response.status_code == 416:
+            return -1
+        if response.status_code != 206:
+            return 0
+        m = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        return have if m is not None and int(m["start"]) == have and have > 0 else -1
+
+    def _replay(self, fd: int, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start..end`` of the partial file, in chunks (counted for progress, not stats)."""
+        offset = start
+        while offset < end:
+            chunk = os.pread(fd, min(self.settings.chunk_size, end - offset), offset)
+            if not chunk:
+                raise DownloadError(f"partial download shrank while being read ({offset} of {end} bytes)")
+            offset += len(chunk)
+            if self.on_bytes is not None:
+                self.on_bytes(len(chunk))
+            yield chunk
+
+    def _prepare_partials(self) -> None:
+        """Create the partial directory and drop partial files nobody resumed for a week."""
+        assert self.partial_dir is not None
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - PARTIAL_MAX_AGE
+        for entry in os.scandir(self.partial_dir):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
 
     def _count(self, chunk: bytes) -> None:
         self.stats.bytes += len(chunk)

@@ -3,17 +3,67 @@
 The repository needs no server logic; this only serves files, with the cache headers a CDN
 should use: ``timestamp.json`` must never be cached (it is what announces new releases), every
 other file is immutable under consistent snapshots (python-tuf #2605).
+
+Single byte ranges (``Range: bytes=N-``, ``bytes=N-M``, ``bytes=-S``) are answered with 206 and
+``Content-Range`` so that an interrupted client download resumes (416 when the range starts past
+the end); anything else in a ``Range`` header is ignored and the whole file sent, as RFC 9110
+allows.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
 import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 NO_CACHE_FILES = {"timestamp.json"}
+_RANGE = re.compile(r"^bytes=(?P<start>\d*)-(?P<end>\d*)$")
+
+
+class RangeNotSatisfiable(Exception):
+    """The requested range starts at or after the end of the file (HTTP 416)."""
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive ``(first, last)`` byte positions ``header`` asks for in a file of ``size``
+    bytes; None when the header is not one single byte range (then the whole file is sent).
+    Raises :class:`RangeNotSatisfiable` when no byte of the file is in the range."""
+    m = _RANGE.match(header.strip())
+    if m is None or not (m["start"] or m["end"]):
+        return None
+    if not m["start"]:  # suffix: the last N bytes
+        length = int(m["end"])
+        if length == 0:
+            raise RangeNotSatisfiable(header)
+        return max(0, size - length), size - 1
+    first = int(m["start"])
+    if m["end"] and int(m["end"]) < first:
+        return None
+    if first >= size:
+        raise RangeNotSatisfiable(header)
+    last = int(m["end"]) if m["end"] else size - 1
+    return first, min(last, size - 1)
+
+
+class _Slice:
+    """A file object that reads at most ``remaining`` bytes (``copyfile`` reads to EOF)."""
+
+    def __init__(self, f: BinaryIO, remaining: int) -> None:
+        self._f = f
+        self._remaining = remaining
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._remaining if n < 0 else min(n, self._remaining)
+        data = self._f.read(n)
+        self._remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def cache_control_for(path: str) -> str:
@@ -29,6 +79,40 @@ class _Handler(SimpleHTTPRequestHandler):
     def end_headers(self) -> None:
         self.send_header("Cache-Control", cache_control_for(self.path.split("?", 1)[0]))
         super().end_headers()
+
+    def send_head(self) -> Any:
+        """The plain answer, or a 206/416 for a single byte range of a file."""
+        wanted = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        if wanted is None or not os.path.isfile(path):
+            return super().send_head()
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by do_GET/do_HEAD via the returned object
+        except OSError:
+            self.send_error(404, "File not found")
+            return None
+        size = os.fstat(f.fileno()).st_size
+        try:
+            span = parse_range(wanted, size)
+        except RangeNotSatisfiable:
+            f.close()
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if span is None:
+            f.close()
+            return super().send_head()
+        first, last = span
+        f.seek(first)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return _Slice(f, last - first + 1)
 
     def list_directory(self, path: Any) -> None:  # type: ignore[override]
         self.send_error(404, "Not found")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
 
 from client.transport import USER_AGENT, HttpxFetcher, TransportSettings, local_path
+from repo_tools.serve import RangeNotSatisfiable, parse_range
 from tests.fixtures_repo import Script, ScriptedServer, free_port
+from tests.range_server import RangeServer
 
 DATA = bytes(range(256)) * 1000  # 256 000 bytes: several chunks
 
@@ -162,3 +165,124 @@ def test_backoff_jitter_stays_in_range() -> None:
         ceiling = min(8.0, 0.5 * 2**attempt)
         for _ in range(50):
             assert ceiling / 2 <= s.backoff(attempt, rng) <= ceiling
+
+
+# -- resumable target downloads ------------------------------------------------------------------
+
+TARGET = f"{'ab' * 32}.full.tar.zst"  # a content-addressed name, as consistent snapshots serve targets
+
+
+@pytest.fixture
+def ranged(site: Path) -> Iterator[RangeServer]:
+    (site / TARGET).write_bytes(DATA)
+    (site / "2.snapshot.json").write_bytes(DATA)
+    with RangeServer(site) as srv:
+        yield srv
+
+
+def resumable(partial: Path, **overrides: float) -> HttpxFetcher:
+    settings = TransportSettings(**{"retries": 2, "chunk_size": 10_000, **overrides})  # type: ignore[arg-type]
+    return HttpxFetcher(settings, sleep=lambda s: None, rng=random.Random(7), partial_dir=partial)
+
+
+def test_a_broken_body_continues_with_a_range_request(ranged: RangeServer, tmp_path: Path) -> None:
+    ranged.drop_after = len(DATA) // 2
+    f = resumable(tmp_path / "partial")
+    seen: list[int] = []
+    f.on_bytes = seen.append
+    assert b"".join(f.fetch(f"{ranged.url}{TARGET}")) == DATA
+    assert ranged.bytes_for(TARGET) == len(DATA)  # nothing was sent twice
+    assert [r for _, r in ranged.ranges] == [None, f"bytes={len(DATA) // 2}-"]
+    assert f.stats.resumed == 1 and f.stats.resumed_bytes == len(DATA) // 2 and f.stats.bytes == len(DATA)
+    assert sum(seen) == len(DATA)
+    assert list((tmp_path / "partial").iterdir()) == []  # complete: nothing kept
+
+
+def test_an_interrupted_download_resumes_in_the_next_attempt(ranged: RangeServer, tmp_path: Path) -> None:
+    ranged.drop_after = 100_000
+    first = resumable(tmp_path / "partial", retries=0)
+    with pytest.raises(DownloadError, match="transfer broke off"):
+        list(first.fetch(f"{ranged.url}{TARGET}"))
+    [kept] = (tmp_path / "partial").iterdir()
+    assert kept.read_bytes() == DATA[:100_000]
+    second = resumable(tmp_path / "partial")
+    assert second.download_bytes(f"{ranged.url}{TARGET}", len(DATA)) == DATA  # as ngclient reads it
+    assert ranged.bytes_for(TARGET) == len(DATA)
+    assert second.stats.bytes == len(DATA) - 100_000 and second.stats.resumed_bytes == 100_000
+    assert not kept.exists()
+
+
+def test_a_server_ignoring_ranges_restarts_from_zero(ranged: RangeServer, tmp_path: Path) -> None:
+    ranged.drop_after = 100_000
+    ranged.ignore_range = True
+    f = resumable(tmp_path / "partial")
+    assert b"".join(f.fetch(f"{ranged.url}{TARGET}")) == DATA  # the repeated prefix is skipped, not doubled
+    assert ranged.bytes_for(TARGET) == len(DATA) + 100_000 and f.stats.resumed == 0
+
+
+def test_a_partial_longer_than_the_file_gets_416_and_starts_over(ranged: RangeServer, tmp_path: Path) -> None:
+    f = resumable(tmp_path / "partial")
+    url = f"{ranged.url}{TARGET}"
+    part = f._partial_path(url)
+    assert part is not None
+    part.parent.mkdir()
+    part.write_bytes(DATA + b"junk")
+    assert b"".join(f.fetch(url)) == DATA
+    assert [r for _, r in ranged.ranges] == [f"bytes={len(DATA) + 4}-", None]
+
+
+def test_a_body_longer_than_signed_is_not_kept(ranged: RangeServer, tmp_path: Path) -> None:
+    ranged.drop_after = 100_000
+    f = resumable(tmp_path / "partial", retries=0)
+    with pytest.raises(DownloadError):
+        list(f.fetch(f"{ranged.url}{TARGET}"))
+    with pytest.raises(DownloadError, match="exceeding"):
+        f.download_bytes(f"{ranged.url}{TARGET}", 50_000)  # the consumer stops: the partial is dropped
+    assert list((tmp_path / "partial").iterdir()) == []
+
+
+def test_metadata_is_never_resumed(ranged: RangeServer, tmp_path: Path) -> None:
+    ranged.drop_after = 100_000
+    f = resumable(tmp_path / "partial")
+    with pytest.raises(DownloadError, match="transfer broke off"):
+        list(f.fetch(f"{ranged.url}2.snapshot.json"))
+    assert [r for _, r in ranged.ranges] == [None]
+    assert not (tmp_path / "partial").exists()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-", (0, 99)),
+        ("bytes=10-19", (10, 19)),
+        ("bytes=90-500", (90, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=-500", (0, 99)),
+        ("bytes=20-10", None),
+        ("bytes=0-1,5-6", None),
+        ("items=0-", None),
+        ("bytes=-", None),
+    ],
+)
+def test_serve_parses_single_byte_ranges(header: str, expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, 100) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=500-600", "bytes=-0"])
+def test_serve_refuses_ranges_past_the_end(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(header, 100)
+
+
+def test_serve_answers_206_and_416(ranged: RangeServer) -> None:
+    import httpx
+
+    with httpx.Client() as c:
+        part = c.get(f"{ranged.url}{TARGET}", headers={"Range": "bytes=1000-1009"})
+        assert part.status_code == 206 and part.content == DATA[1000:1010]
+        assert part.headers["Content-Range"] == f"bytes 1000-1009/{len(DATA)}"
+        past = c.get(f"{ranged.url}{TARGET}", headers={"Range": f"bytes={len(DATA)}-"})
+        assert past.status_code == 416 and past.headers["Content-Range"] == f"bytes */{len(DATA)}"
+        whole = c.get(f"{ranged.url}{TARGET}")
+        assert whole.status_code == 200 and whole.content == DATA
+        assert whole.headers["Cache-Control"].endswith("immutable")
