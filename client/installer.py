@@ -86,6 +86,8 @@ class CheckResult:
     auto: bool
     reason: str
     release: Release | None = field(default=None, repr=False)
+    auto_release: Release | None = field(default=None, repr=False)
+    """What may install unattended; older than ``release`` when, e.g., a patch precedes an optional minor."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -415,6 +417,7 @@ class Installer:
             auto=decision.auto,
             reason=reason,
             release=release,
+            auto_release=decision.auto_release,
         )
 
     # -- install -------------------------------------------------------------------------------
@@ -443,10 +446,11 @@ class Installer:
                 found = self._check(client, cfg, s, version, force, confirm_major)
                 if found.release is None and version is not None:
                     raise InstallError(f"not installing {version}: {found.reason}")
-                if found.release is None or (auto_only and not found.auto):
+                target = found.auto_release if auto_only else found.release
+                if target is None:
                     reason = found.reason if found.release is None else f"not automatic: {found.reason}"
                     return InstallResult("up_to_date", s.active_version, s.active_version, s.active, reason=reason)
-                return self._install_release(client, cfg, s, found.release, "install", started, progress)
+                return self._install_release(client, cfg, s, target, "install", started, progress)
 
     def repair(self, *, wait: bool = False, progress: Progress | None = None) -> InstallResult:
         """Reinstall the active version into the inactive slot from the repository and switch to it."""
