@@ -56,7 +56,8 @@ class _Progress:
         self.last = 0.0
 
     def event(self, event: dict[str, Any]) -> None:
-        if self.as_json:
+        # Byte progress arrives through __call__ (throttled); everything else is passed on as is.
+        if self.as_json and event.get("event") != "progress":
             click.echo(json.dumps(event, default=str), err=True)
 
     def __call__(self, done: int, total: int) -> None:
@@ -181,7 +182,7 @@ def history_cmd(installer: Installer, limit: int | None, as_json: bool) -> None:
     for r in records:
         what = r.get("op", "?")
         detail = " ".join(f"{k}={r[k]}" for k in ("version", "from_version", "outcome", "reason") if r.get(k))
-        lines.append(f"{r.get('time', '')} {what} {detail}".strip())
+        lines.append(f"{r.get('ts', '')} {what} {detail}".strip())
     _emit(as_json, records, "\n".join(lines) or "no history yet")
 
 

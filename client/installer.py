@@ -649,6 +649,10 @@ class Installer:
             )
             raise HealthCheckError(f"{op.version} failed after the swap ({failure}); {where}")
         s = self._save(sm.commit(s))
+        other = s.other_content
+        if other is not None and other.version == op.version:
+            # A repair leaves the damaged copy of the same version behind: never roll back onto it.
+            s = self._save(sm.forget_slot(s, s.next_slot))
         duration = time.monotonic() - started
         self._prune_cache(cfg, op.version)
         self._history(
