@@ -15,6 +15,9 @@ from typing import Any
 
 from client import config
 from client.installer import Installer
+from tests.conftest import tree_digest
+
+__all__ = ["tree_digest"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -139,19 +142,3 @@ def init_client(install_dir: Path, repo_url: str, repo: Repo, **settings: Any) -
     defaults.update(settings)
     config.init(install_dir, repo_url, repo.root_json, "stable", "any", **defaults)
     return Installer(install_dir)
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Path -> sha256 (files) or link text (symlinks) for everything under ``root``; no following."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in sorted(dirnames + filenames):
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = "-> " + os.readlink(p)
-            elif p.is_file():
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-            else:
-                out[rel] = "dir"
-    return out
