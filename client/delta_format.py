@@ -263,11 +263,15 @@ def write_delta(out: BinaryIO, header: DeltaHeader, payload_chunks: Iterable[byt
     return PREFIX_LENGTH + len(encoded) + written
 
 
-def read_header(f: BinaryIO, file_size: int, max_header: int = MAX_HEADER) -> DeltaHeader:
-    """Read and validate the header of the delta file ``f`` (positioned at its start) of
-    ``file_size`` bytes (the signed length). Checks the magic, bounds the header length by
-    ``max_header`` and the file size, parses the header and requires the ops' payload ranges to end
-    exactly at the end of the file. Leaves ``f`` at the payload start."""
+def read_header(f: BinaryIO, file_size: int | None = None, max_header: int = MAX_HEADER) -> DeltaHeader:
+    """Read and validate the header of the delta file ``f`` (the whole file, read from offset 0) of
+    ``file_size`` bytes (the signed length; ``None``: measured by seeking ``f`` to its end). Checks
+    the magic, bounds the header length by ``max_header`` and the file size, parses the header and
+    requires the ops' payload ranges to end exactly at the end of the file. Leaves ``f`` at the
+    payload start."""
+    if file_size is None:
+        file_size = f.seek(0, 2)
+        f.seek(0)
     prefix = f.read(PREFIX_LENGTH)
     if len(prefix) < PREFIX_LENGTH or not prefix.startswith(MAGIC):
         raise DeltaFormatError("not a delta file (bad magic or truncated before the header)")
