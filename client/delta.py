@@ -1,0 +1,478 @@
+"""Delta updates on the client: choose the cheapest way to a release, then rebuild it safely.
+
+Planning (:func:`plan_update`) is pure: from the signed channel index alone (sizes of deltas,
+manifests and full artifacts are all signed), it picks the path with the fewest bytes to download:
+the full artifact, one delta from the installed release, or a chain of deltas through intermediate
+releases (Dijkstra over releases; an edge into release X costs the delta's length plus X's manifest,
+because every rebuilt tree is verified against its own signed manifest).
+
+Applying (:func:`apply_delta`) writes one release tree into an *empty* directory from a delta
+container (``client.delta_format``, see docs/ARCHITECTURE.md "Deltas") and the base release's
+tree. Nothing in the delta is trusted beyond being a signed blob: sizes, modes and hashes come from
+the signed target manifest; every base file is hashed against the base release's manifest before
+its bytes are used (a locally edited file is never patched); every output is bounded by the signed
+size while it is produced, so a malicious patch cannot write or allocate more. Any failure is a
+:class:`DeltaError`, one line naming the file and cause; the installer then falls back to the full
+artifact.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import heapq
+import io
+import itertools
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import bsdiff4.core
+import pyzstd
+from packaging.version import Version
+
+from client import delta_format
+from client.archive import CHUNK_SIZE, copy_hashed, manifest_problems, open_beneath, show_path, verify_tree
+from client.archive import _create as create_entry
+from client.archive import _finish as finish_tree
+from client.errors import InstallError
+from client.index import DeltaRef, Digest, EntryType, Manifest, ManifestEntry, Release, parse_version
+
+_Node = tuple[Version, str]
+"""A release as a planning node: (version, content sha256)."""
+
+Op = delta_format.DeltaOp
+_SHORT = re.compile(r"payload should be (?P<should>\d+) bytes, the file holds (?P<holds>-?\d+)")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+ZSTD_WINDOW_LOG = 27
+"""Largest window a plain ``zstd`` op may use (zstd's own default limit, 128 MiB)."""
+MAX_CHAIN = 8
+"""Deltas applied in one update at most: each step rebuilds a whole tree on disk."""
+
+
+class DeltaError(InstallError):
+    """A delta could not be used (bad patch, hash mismatch, truncated, missing, edited base)."""
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeltaStep:
+    """Apply ``delta`` to the tree of release ``base`` (a version) to rebuild ``release``."""
+
+    base: str
+    release: Release
+    delta: DeltaRef
+
+    @property
+    def bytes(self) -> int:
+        """Signed bytes this step downloads: the delta and the rebuilt release's manifest."""
+        return self.delta.target.length + self.release.manifest.length
+
+
+@dataclass(frozen=True)
+class UpdatePath:
+    """How to get ``target``: ``steps`` empty means the full artifact. ``total_bytes`` is what the
+    path downloads (signed sizes), ``full_bytes`` what the full artifact and manifest would cost,
+    ``note`` why no delta path was taken (empty when one was, or when nothing better exists)."""
+
+    target: Release
+    steps: tuple[DeltaStep, ...]
+    total_bytes: int
+    full_bytes: int
+    note: str = ""
+
+    @classmethod
+    def full(cls, target: Release, note: str = "") -> UpdatePath:
+        cost = full_cost(target)
+        return cls(target, (), cost, cost, note)
+
+    @property
+    def kind(self) -> str:
+        """``full``, ``delta`` (one step) or ``chain`` (several)."""
+        return "full" if not self.steps else ("delta" if len(self.steps) == 1 else "chain")
+
+    @property
+    def saved(self) -> int:
+        """Signed bytes this path saves against the full artifact."""
+        return self.full_bytes - self.total_bytes
+
+    def describe(self) -> str:
+        """``full``, ``delta:1.0.0->1.1.0`` or ``chain:1.0.0->1.1.0->1.2.0``."""
+        if not self.steps:
+            return "full"
+        versions = [self.steps[0].base, *(s.release.version for s in self.steps)]
+        return f"{self.kind}:{'->'.join(versions)}"
+
+
+def full_cost(release: Release) -> int:
+    """Signed bytes of the full path: the artifact and the manifest."""
+    return release.full.length + release.manifest.length
+
+
+def plan_update(
+    releases: Sequence[Release],
+    installed: tuple[str, str] | None,
+    target: Release,
+    *,
+    max_steps: int = MAX_CHAIN,
+) -> UpdatePath:
+    """The cheapest way from ``installed`` (version, content sha256) to ``target`` by signed bytes.
+
+    ``releases`` are the channel's releases usable on this platform (``ChannelIndex.for_platform``);
+    intermediate releases of a chain must be among them. A delta is usable only when its base is
+    exactly a release the client holds or rebuilds on the way (same version *and* content sha256),
+    so a re-published or locally different base is never patched. A delta path is chosen only when
+    it is strictly smaller than the full artifact; ties between delta paths go to fewer steps.
+    """
+    if installed is None:
+        return UpdatePath.full(target, "nothing is installed")
+    version, content = installed
+    start = (parse_version(version), content)
+    goal = (target.parsed_version, target.content.sha256)
+    if start == goal:
+        return UpdatePath.full(target, f"{target.version} is the installed release")
+    # edges[node] = steps whose base is ``node``; nodes are (version, content sha256)
+    edges: dict[_Node, list[DeltaStep]] = {}
+    unique = {(r.parsed_version, r.content.sha256): r for r in (*releases, target)}
+    for release in unique.values():
+        for delta in release.deltas:
+            edges.setdefault((parse_version(delta.base), delta.base_content), []).append(
+                DeltaStep(delta.base, release, delta)
+            )
+    if not any(s.release.content.sha256 == target.content.sha256 for s in _all(edges)):
+        return UpdatePath.full(target, f"{target.version} has no delta to rebuild it from")
+    best = _cheapest(edges, start, goal, max_steps)
+    full = UpdatePath.full(target)
+    if best is None:
+        return UpdatePath.full(target, f"no delta path from {version} to {target.version}")
+    cost = sum(s.bytes for s in best)
+    if cost >= full.total_bytes:
+        return UpdatePath.full(target, f"deltas from {version} ({cost} bytes) are not smaller than the full artifact")
+    return UpdatePath(target, best, cost, full.full_bytes)
+
+
+def _all(edges: dict[_Node, list[DeltaStep]]) -> list[DeltaStep]:
+    return [s for steps in edges.values() for s in steps]
+
+
+def _cheapest(
+    edges: dict[_Node, list[DeltaStep]],
+    start: _Node,
+    goal: _Node,
+    max_steps: int,
+) -> tuple[DeltaStep, ...] | None:
+    """Dijkstra over (node, depth): the cheapest step sequence from ``start`` to ``goal`` using at
+    most ``max_steps`` steps; ties go to fewer steps."""
+    tie = itertools.count()
+    queue: list[tuple[int, int, int, _Node, tuple[DeltaStep, ...]]] = [(0, 0, next(tie), start, ())]
+    settled: set[tuple[_Node, int]] = set()
+    while queue:
+        cost, depth, _, node, path = heapq.heappop(queue)
+        if node == goal:
+            return path
+        if (node, depth) in settled or depth >= max_steps:
+            continue
+        settled.add((node, depth))
+        for step in edges.get(node, ()):
+            nxt = (step.release.parsed_version, step.release.content.sha256)
+            if any(nxt == (s.release.parsed_version, s.release.content.sha256) for s in path) or nxt == start:
+                continue  # never revisit a release: a cycle only adds bytes
+            heapq.heappush(queue, (cost + step.bytes, depth + 1, next(tie), nxt, (*path, step)))
+    return None
+
+
+# -- applying ------------------------------------------------------------------------------------
+
+
+def base_problem(base_root: Path, base_manifest: Manifest, skip: Iterable[str] = ()) -> str | None:
+    """Why the installed tree at ``base_root`` cannot serve as the base of a delta (a file edited,
+    missing or replaced locally), or None. Checked before any delta is downloaded; files the user
+    added and changed modes do not matter (the delta never reads them)."""
+    for problem in verify_tree(base_root, base_manifest, skip=skip):
+        kind, _, path = problem.partition(": ")
+        if kind == "modified":
+            return f"base file {path} was modified locally"
+        if kind not in ("unexpected",) and not kind.startswith("mode changed"):
+            return f"base of {base_manifest.version} is damaged ({problem})"
+    return None
+
+
+def apply_delta(
+    delta_file: Path,
+    base_root: Path,
+    base_manifest: Manifest,
+    target_manifest: Manifest,
+    dest: Path,
+    *,
+    skip: Iterable[str] = (),
+) -> None:
+    """Rebuild ``target_manifest``'s tree in the empty directory ``dest`` from the delta container
+    ``delta_file`` and the tree of ``base_manifest`` at ``base_root`` (read only, never written).
+
+    Directories and symlinks come from the target manifest; each file from its op: ``copy`` (a
+    base file with the same sha256), ``bsdiff4`` or ``zstd-patch`` (a base file patched) or
+    ``zstd`` (a new file). Base files are opened below ``base_root`` without following symlinks
+    and hashed against ``base_manifest`` before their bytes are used. Outputs are created
+    ``O_EXCL|O_NOFOLLOW`` with the manifest's mode, bounded by and compared with the manifest's
+    size and sha256 while written; at the end the whole tree is verified and fsynced.
+
+    ``skip`` names top-level persistent paths (``logs``...) whose shipped content the installer
+    drops anyway: they are neither read nor written. Raises :class:`DeltaError` (one line) on any
+    failure; ``dest`` then holds partial output the caller discards.
+    """
+    label = f"delta from {base_manifest.version}"
+    skipped = frozenset(s.strip("/") for s in skip)
+    wanted = Manifest(
+        target_manifest.version,
+        target_manifest.content,
+        tuple(e for e in target_manifest.entries if not _under(e.path, skipped)),
+    )
+    problems = manifest_problems(target_manifest.entries)
+    if problems:
+        raise DeltaError(f"{label}: target manifest {target_manifest.version} rejected: {problems[0]}")
+    try:
+        with contextlib.ExitStack() as stack:
+            delta = stack.enter_context(open(delta_file, "rb"))
+            ops, payload = _read_ops(delta, label, base_manifest, target_manifest)
+            base_fd = os.open(base_root, _DIR_FLAGS)
+            stack.callback(os.close, base_fd)
+            dest_fd = os.open(dest, _DIR_FLAGS)
+            stack.callback(os.close, dest_fd)
+            if os.listdir(dest_fd):
+                raise DeltaError(f"{label}: {dest} is not empty")
+            source = _Sources(delta, payload, base_fd, base_manifest.by_path(), label)
+            for entry in wanted.entries:
+                if entry.type is not EntryType.FILE:
+                    create_entry(dest_fd, entry)
+                    continue
+                op = ops.get(entry.path)
+                if op is None:
+                    raise DeltaError(f"{label}: no op rebuilds {show_path(entry.path)}")
+                _write_output(dest_fd, entry, source, op, label)
+            finish_tree(dest_fd, wanted)
+    except DeltaError:
+        raise
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise DeltaError(f"{label}: {exc.strerror or exc}{where}") from exc
+    problems = verify_tree(dest, wanted)
+    if problems:
+        raise DeltaError(f"{label}: rebuilt tree does not match {target_manifest.version}: {problems[0]}")
+
+
+def _under(path: str, names: frozenset[str]) -> bool:
+    return any(path == n or path.startswith(n + "/") for n in names)
+
+
+class _Sources:
+    """Where op bytes come from: the delta's payload (bounded, truncation is an error) and the
+    base tree (every base file verified against the base manifest before its bytes are used)."""
+
+    def __init__(
+        self, delta: BinaryIO, payload: int, base_fd: int, base: dict[str, ManifestEntry], label: str
+    ) -> None:
+        self._delta = delta
+        self._payload = payload
+        self._size = os.fstat(delta.fileno()).st_size
+        self._base_fd = base_fd
+        self._base = base
+        self.label = label
+
+    def payload_reader(self, op: Op) -> Callable[[int], bytes]:
+        """A reader over the op's bytes of the payload; ``delta truncated`` if the file ends early."""
+        start = self._payload + op.offset
+        if start + op.length > self._size:
+            raise DeltaError(
+                f"{self.label}: delta truncated ({show_path(op.path)} needs payload bytes up to "
+                f"{start + op.length}, the file has {self._size})"
+            )
+        self._delta.seek(start)
+        left = op.length
+
+        def read(n: int) -> bytes:
+            nonlocal left
+            data = self._delta.read(min(n, left))
+            if len(data) < min(n, left):
+                raise DeltaError(f"{self.label}: delta truncated while reading {show_path(op.path)}")
+            left -= len(data)
+            return data
+
+        return read
+
+    def payload_bytes(self, op: Op) -> bytes:
+        return self.payload_reader(op)(op.length)
+
+    def base_entry(self, op: Op) -> ManifestEntry:
+        name = op.base or ""
+        entry = self._base.get(name)
+        if entry is None or entry.type is not EntryType.FILE:
+            raise DeltaError(f"{self.label}: {show_path(op.path)}: base {show_path(name)} is not a file of the base")
+        return entry
+
+    def open_base(self, op: Op) -> int:
+        """Descriptor of the base file of ``op`` (no symlink followed); must be a regular file."""
+        name = self.base_entry(op).path
+        try:
+            fd = open_beneath(self._base_fd, name, os.O_RDONLY)
+        except OSError as exc:
+            raise DeltaError(f"{self.label}: base file {show_path(name)} is unreadable ({exc.strerror})") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DeltaError(f"{self.label}: base file {show_path(name)} is no longer a regular file")
+        return fd
+
+    def base_bytes(self, op: Op) -> bytes:
+        """The whole base file of ``op``, verified against the base manifest."""
+        entry = self.base_entry(op)
+        fd = self.open_base(op)
+        out = bytearray()
+        try:
+            got, overflow = copy_hashed(lambda n: os.read(fd, n), out.extend, entry.size)
+        finally:
+            os.close(fd)
+        if overflow or got != Digest(entry.size, entry.sha256):
+            raise self.modified(entry, got, overflow)
+        return bytes(out)
+
+    def modified(self, entry: ManifestEntry, got: Digest, overflow: bool) -> DeltaError:
+        what = f"larger than its {entry.size} bytes" if overflow else f"sha256 {got.sha256[:16]}..."
+        return DeltaError(f"{self.label}: base file {show_path(entry.path)} was modified locally ({what})")
+
+
+def _write_output(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, label: str) -> None:
+    """Create ``entry`` from ``op``; its bytes bounded by and checked against the manifest."""
+    name = show_path(entry.path)
+    if op.op == "copy":
+        base = source.base_entry(op)
+        if (base.size, base.sha256) != (entry.size, entry.sha256):
+            raise DeltaError(f"{label}: {name}: copy of {show_path(base.path)}, whose signed sha256 differs")
+        fd = source.open_base(op)
+        try:
+            got, overflow = _create_file(dest_fd, entry, lambda n: os.read(fd, n))
+        finally:
+            os.close(fd)
+        if overflow or got != Digest(entry.size, entry.sha256):
+            raise source.modified(base, got, overflow)
+        return
+    if op.op == "bsdiff4":
+        data = _bspatch(source.base_bytes(op), source.payload_bytes(op), entry, label)
+        got, overflow = _create_file(dest_fd, entry, io.BytesIO(data).read)
+        what = "patched"
+    elif op.op in ("zstd", "zstd-patch"):
+        prefix = source.base_bytes(op) if op.op == "zstd-patch" else None
+        stream = _ZstdStream(source.payload_reader(op), prefix, entry.size, f"{label}: {name}")
+        got, overflow = _create_file(dest_fd, entry, stream.read)
+        if not overflow:
+            stream.finish()
+        what = "patched" if prefix is not None else "decompressed"
+    else:
+        raise DeltaError(f"{label}: {name}: unknown op {op.op!r}")
+    if overflow:
+        raise DeltaError(f"{label}: {name}: {what} output exceeds the signed size of {entry.size} bytes")
+    if got != Digest(entry.size, entry.sha256):
+        raise DeltaError(
+            f"{label}: {name}: {what} output has sha256 {got.sha256[:16]}... ({got.length} bytes), "
+            f"expected {entry.sha256[:16]}... ({entry.size} bytes)"
+        )
+
+
+def _create_file(dest_fd: int, entry: ManifestEntry, read: Callable[[int], bytes]) -> tuple[Digest, bool]:
+    """Write ``entry`` new (``O_EXCL``, no symlink followed) with its mode; at most its size."""
+    fd = open_beneath(dest_fd, entry.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), entry.mode)
+        return copy_hashed(read, out.write, entry.size)
+
+
+def _bspatch(base: bytes, patch: bytes, entry: ManifestEntry, label: str) -> bytes:
+    """bsdiff4 ``patch`` applied to ``base``, refusing before any allocation a patch that declares
+    another output size than the manifest, and bounding each decompressed block by that size."""
+    name = show_path(entry.path)
+    if len(patch) < 32 or patch[:8] != b"BSDIFF40":
+        raise DeltaError(f"{label}: {name}: not a bsdiff4 patch")
+    len_control, len_diff, len_new = (bsdiff4.core.decode_int64(patch[i : i + 8]) for i in (8, 16, 24))
+    if len_new != entry.size:
+        raise DeltaError(
+            f"{label}: {name}: patch declares {len_new} output bytes, the signed size is {entry.size}"
+        )
+    if len_control < 0 or len_diff < 0 or 32 + len_control + len_diff > len(patch):
+        raise DeltaError(f"{label}: {name}: bsdiff4 patch is truncated or malformed")
+    blocks = (patch[32 : 32 + len_control], patch[32 + len_control : 32 + len_control + len_diff],
+              patch[32 + len_control + len_diff :])  # fmt: skip
+    limits = (24 * (entry.size + 1), entry.size, entry.size)
+    try:
+        control, diff, extra = (_bunzip_bounded(b, n, f"{label}: {name}") for b, n in zip(blocks, limits, strict=True))
+        if len(control) % 24:
+            raise DeltaError(f"{label}: {name}: bsdiff4 control block is malformed")
+        out: bytes = bsdiff4.core.patch(base, len_new, control, diff, extra)
+    except (ValueError, OSError, MemoryError) as exc:
+        raise DeltaError(f"{label}: {name}: bad bsdiff4 patch ({exc})") from exc
+    return out
+
+
+def _bunzip_bounded(data: bytes, limit: int, where: str) -> bytes:
+    decomp = bz2.BZ2Decompressor()
+    out = decomp.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise DeltaError(f"{where}: a bsdiff4 block decompresses to more than the signed size allows")
+    if not decomp.eof:
+        raise DeltaError(f"{where}: a bsdiff4 block is truncated")
+    return out
+
+
+class _ZstdStream:
+    """Bounded streaming zstd decompression of one op (``prefix``: the base for patch-from).
+
+    The decoder's window is capped by what base and output need, so a frame cannot make the
+    client allocate more than the signed sizes justify."""
+
+    def __init__(self, compressed: Callable[[int], bytes], prefix: bytes | None, size: int, where: str) -> None:
+        window = delta_format.patch_window_log(len(prefix), size) if prefix else ZSTD_WINDOW_LOG
+        try:
+            zdict = pyzstd.ZstdDict(prefix, is_raw=True).as_prefix if prefix else None
+            self._d = pyzstd.ZstdDecompressor(zstd_dict=zdict, option={pyzstd.DParameter.windowLogMax: window})
+        except pyzstd.ZstdError as exc:
+            raise DeltaError(f"{where}: cannot set up zstd ({exc})") from exc
+        self._src = compressed
+        self._where = where
+
+    def read(self, n: int) -> bytes:
+        try:
+            while not self._d.eof:
+                data = b""
+                if self._d.needs_input:
+                    data = self._src(CHUNK_SIZE)
+                    if not data:
+                        raise DeltaError(f"{self._where}: zstd data ends early (delta truncated)")
+                out: bytes = self._d.decompress(data, n)
+                if out:
+                    return out
+        except pyzstd.ZstdError as exc:
+            raise DeltaError(f"{self._where}: bad zstd data ({exc})") from exc
+        return b""
+
+    def finish(self) -> None:
+        """The op's bytes must be exactly one frame."""
+        if not self._d.eof or self._d.unused_data or self._src(1):
+            raise DeltaError(f"{self._where}: zstd data does not end with the output")
+
+
+def _read_ops(delta: BinaryIO, label: str, base: Manifest, target: Manifest) -> tuple[dict[str, Op], int]:
+    """The validated header's ops by output path, and where the payload starts. A file shorter
+    than its header describes is reported as truncated."""
+    try:
+        header = delta_format.read_header(delta)
+        header.check_against(target, base)
+    except delta_format.DeltaFormatError as exc:
+        text = str(exc)
+        m = _SHORT.search(text)
+        if "truncated" in text or "past the end" in text or (m is not None and int(m["holds"]) < int(m["should"])):
+            raise DeltaError(f"{label}: delta truncated ({exc})") from exc
+        raise DeltaError(f"{label}: {exc}") from exc
+    return {op.path: op for op in header.ops}, header.payload_start

@@ -1,0 +1,323 @@
+"""Delta updates on the client: path planning, safe apply, installer fallback, resumed downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import bsdiff4
+import pytest
+import pyzstd
+
+from client.archive import verify_tree, write_canonical_tar
+from client.delta import DeltaError, UpdatePath, apply_delta, base_problem, plan_update
+from client.delta_format import DeltaHeader, DeltaOp, OpKind, patch_window_log, write_delta
+from client.index import DeltaRef, Digest, EntryType, Manifest, Release, TargetRef, UpdateType
+from repo_tools.artifact import scan_tree
+from tests.conftest import tree_digest, write_tree
+
+# -- planning (pure) -----------------------------------------------------------------------------
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def rel(version: str, full: int, manifest: int = 100, deltas: dict[str, int] | None = None) -> Release:
+    """A release whose content sha256 is derived from its version; ``deltas`` maps base -> length."""
+    base = f"stable/any/{version}"
+    return Release(
+        version=version,
+        platform="any",
+        type=UpdateType.PATCH,
+        published="2026-01-01T00:00:00Z",
+        content=Digest(1000, _sha(version)),
+        full=TargetRef(f"{base}/full.tar.zst", full, _sha(f"full {version}")),
+        manifest=TargetRef(f"{base}/manifest.json.zst", manifest, _sha(f"manifest {version}")),
+        deltas=tuple(
+            DeltaRef(b, _sha(b), TargetRef(f"{base}/from-{b}.pdelta", n, _sha(f"{b}->{version}")))
+            for b, n in (deltas or {}).items()
+        ),
+    )
+
+
+def installed(version: str) -> tuple[str, str]:
+    return version, _sha(version)
+
+
+def test_nothing_installed_means_full() -> None:
+    target = rel("1.1.0", 5000, deltas={"1.0.0": 10})
+    path = plan_update([rel("1.0.0", 5000), target], None, target)
+    assert (path.kind, path.describe(), path.total_bytes, path.saved) == ("full", "full", 5100, 0)
+    assert path.note == "nothing is installed"
+
+
+def test_direct_delta_when_smaller() -> None:
+    target = rel("1.1.0", 5000, deltas={"1.0.0": 300})
+    path = plan_update([rel("1.0.0", 5000), target], installed("1.0.0"), target)
+    assert path.describe() == "delta:1.0.0->1.1.0"
+    assert (path.total_bytes, path.full_bytes, path.saved) == (400, 5100, 4700)
+    assert [s.delta.target.path for s in path.steps] == ["stable/any/1.1.0/from-1.0.0.pdelta"]
+
+
+def test_delta_must_match_the_installed_content() -> None:
+    target = rel("1.1.0", 5000, deltas={"1.0.0": 300})
+    path = plan_update([rel("1.0.0", 5000), target], ("1.0.0", _sha("something else")), target)
+    assert path.kind == "full" and path.note == "no delta path from 1.0.0 to 1.1.0"
+
+
+def test_delta_not_smaller_than_full_is_not_used() -> None:
+    target = rel("1.1.0", 250, deltas={"1.0.0": 300})
+    path = plan_update([rel("1.0.0", 5000), target], installed("1.0.0"), target)
+    assert path.kind == "full" and "not smaller than the full artifact" in path.note
+
+
+def test_chain_through_an_intermediate_release() -> None:
+    mid = rel("1.1.0", 5000, deltas={"1.0.0": 200})
+    target = rel("1.2.0", 5000, deltas={"1.1.0": 200})
+    path = plan_update([rel("1.0.0", 5000), mid, target], installed("1.0.0"), target)
+    assert path.describe() == "chain:1.0.0->1.1.0->1.2.0"
+    assert path.total_bytes == 200 + 100 + 200 + 100  # each step's delta and rebuilt manifest
+
+
+def test_cheapest_of_direct_and_chain_wins() -> None:
+    mid = rel("1.1.0", 5000, deltas={"1.0.0": 200})
+    releases = [rel("1.0.0", 5000), mid]
+    cheap_direct = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 450})
+    assert plan_update([*releases, cheap_direct], installed("1.0.0"), cheap_direct).describe() == "delta:1.0.0->1.2.0"
+    dear_direct = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 2000})
+    path = plan_update([*releases, dear_direct], installed("1.0.0"), dear_direct)
+    assert path.describe() == "chain:1.0.0->1.1.0->1.2.0" and path.total_bytes == 600
+    tie = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 500})  # same bytes: fewer steps
+    assert plan_update([*releases, tie], installed("1.0.0"), tie).describe() == "delta:1.0.0->1.2.0"
+
+
+def test_chain_length_is_bounded() -> None:
+    versions = [f"1.{i}.0" for i in range(6)]
+    releases = [rel(v, 10_000, deltas={versions[i - 1]: 10} if i else None) for i, v in enumerate(versions)]
+    target = releases[-1]
+    assert plan_update(releases, installed("1.0.0"), target).kind == "chain"
+    assert plan_update(releases, installed("1.0.0"), target, max_steps=3).kind == "full"
+
+
+def test_reinstalling_the_installed_release_is_full() -> None:
+    target = rel("1.0.0", 5000)
+    assert plan_update([target], installed("1.0.0"), target).kind == "full"
+
+
+def test_update_path_full_constructor() -> None:
+    target = rel("2.0.0", 7000)
+    path = UpdatePath.full(target, "why")
+    assert (path.steps, path.total_bytes, path.full_bytes, path.note) == ((), 7100, 7100, "why")
+
+
+@pytest.mark.parametrize("max_steps", [1, 2])
+def test_cycles_are_not_followed(max_steps: int) -> None:
+    a = rel("1.0.0", 5000, deltas={"1.1.0": 1})  # a (bogus) delta back to the older release
+    b = rel("1.1.0", 5000, deltas={"1.0.0": 300})
+    assert plan_update([a, b], installed("1.0.0"), b, max_steps=max_steps).describe() == "delta:1.0.0->1.1.0"
+
+
+# -- applying (real trees, deltas written with the container format) -------------------------------
+
+
+def manifest_of(root: Path, version: str) -> Manifest:
+    entries = scan_tree(root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        content = write_canonical_tar(fd, entries, lambda b: None)
+    finally:
+        os.close(fd)
+    return Manifest(version, content, tuple(entries))
+
+
+def encode(kind: OpKind, old: bytes, new: bytes, window_for: int | None = None) -> bytes:
+    if kind is OpKind.BSDIFF4:
+        return bytes(bsdiff4.diff(old, new))
+    if kind is OpKind.ZSTD_PATCH:
+        option = {pyzstd.CParameter.compressionLevel: 19,
+                  pyzstd.CParameter.windowLog: patch_window_log(len(old), window_for or len(new))}  # fmt: skip
+        return pyzstd.ZstdCompressor(option, pyzstd.ZstdDict(old, is_raw=True).as_prefix).compress(
+            new, pyzstd.ZstdCompressor.FLUSH_FRAME
+        )
+    return pyzstd.compress(new, 19)
+
+
+def make_delta(
+    base: tuple[Path, Manifest],
+    target: tuple[Path, Manifest],
+    kinds: dict[str, OpKind] | None = None,
+    tamper: dict[str, bytes] | None = None,
+) -> bytes:
+    """A delta from ``base`` to ``target``: unchanged files copied, changed ones patched with
+    ``kinds[path]`` (default bsdiff4), new ones zstd; ``tamper[path]`` replaces an op's data."""
+    (base_root, base_m), (root, target_m) = base, target
+    old = {e.path: e for e in base_m.entries if e.type is EntryType.FILE}
+    ops: list[DeltaOp] = []
+    payload = bytearray()
+    for e in target_m.entries:
+        if e.type is not EntryType.FILE:
+            continue
+        same = old.get(e.path)
+        if same is not None and same.sha256 == e.sha256:
+            ops.append(DeltaOp(e.path, OpKind.COPY, e.path))
+            continue
+        kind = (kinds or {}).get(e.path, OpKind.BSDIFF4) if same is not None else OpKind.ZSTD
+        data = encode(kind, (base_root / e.path).read_bytes() if same else b"", (root / e.path).read_bytes())
+        data = (tamper or {}).get(e.path, data)
+        ops.append(DeltaOp(e.path, kind, e.path if same else None, len(payload), len(data)))
+        payload += data
+    header = DeltaHeader(base_m.version, target_m.version, base_m.content, target_m.content, tuple(ops))
+    out = io.BytesIO()
+    write_delta(out, header, [bytes(payload)])
+    return out.getvalue()
+
+
+def noise(seed: str, size: int) -> bytes:
+    return b"".join(hashlib.sha256(f"{seed}/{i}".encode()).digest() for i in range(size // 32 + 1))[:size]
+
+
+BASE_FILES: dict[str, bytes | str] = {
+    "bin/app": "#!/bin/sh\necho app 1.0.0\n",
+    "lib/big.so": noise("big", 200_000),
+    "lib/same.dat": noise("same", 50_000),
+    "share/notes.txt": "release notes\n" * 100,
+}
+
+
+def target_files() -> dict[str, bytes | str]:
+    big = bytearray(noise("big", 200_000))
+    big[1000:1010] = b"0123456789"
+    return {
+        "bin/app": "#!/bin/sh\necho app 1.1.0\n",
+        "lib/big.so": bytes(big),
+        "lib/same.dat": noise("same", 50_000),
+        "lib/new.dat": noise("new", 30_000),
+        "share/notes.txt": "release notes, edited\n" * 100,
+    }
+
+
+@pytest.fixture
+def trees(tmp_path: Path) -> tuple[tuple[Path, Manifest], tuple[Path, Manifest]]:
+    base = write_tree(tmp_path / "base", BASE_FILES)
+    (base / "lib" / "link.so").symlink_to("big.so")
+    new = write_tree(tmp_path / "new", target_files())
+    (new / "lib" / "link.so").symlink_to("big.so")
+    return (base, manifest_of(base, "1.0.0")), (new, manifest_of(new, "1.1.0"))
+
+
+Trees = tuple[tuple[Path, Manifest], tuple[Path, Manifest]]
+
+
+@pytest.mark.parametrize("kind", [OpKind.BSDIFF4, OpKind.ZSTD_PATCH])
+def test_apply_rebuilds_the_exact_tree(tmp_path: Path, trees: Trees, kind: OpKind) -> None:
+    base, target = trees
+    delta = tmp_path / "d.pdelta"
+    delta.write_bytes(make_delta(base, target, dict.fromkeys(["lib/big.so", "bin/app", "share/notes.txt"], kind)))
+    before = tree_digest(base[0])
+    dest = tmp_path / "slot"
+    dest.mkdir()
+    apply_delta(delta, base[0], base[1], target[1], dest)
+    assert verify_tree(dest, target[1]) == []
+    assert tree_digest(dest) == tree_digest(target[0])
+    assert tree_digest(base[0]) == before  # the base is only read
+    assert delta.stat().st_size < 35_000  # the 30 kB new file and small patches, of a 480 kB tree
+
+
+def apply_fails(tmp_path: Path, trees: Trees, data: bytes, match: str) -> None:
+    base, target = trees
+    delta = tmp_path / "bad.pdelta"
+    delta.write_bytes(data)
+    dest = tmp_path / "slot"
+    dest.mkdir(exist_ok=True)
+    with pytest.raises(DeltaError, match=match) as info:
+        apply_delta(delta, base[0], base[1], target[1], dest)
+    assert "\n" not in str(info.value) and str(info.value).startswith("delta from 1.0.0")
+
+
+def test_corrupted_patch_is_refused(tmp_path: Path, trees: Trees) -> None:
+    base, target = trees
+    good = encode(OpKind.BSDIFF4, (base[0] / "lib/big.so").read_bytes(), (target[0] / "lib/big.so").read_bytes())
+    bad = bytearray(good)
+    bad[-20] ^= 0xFF  # inside the bz2 "extra" block
+    apply_fails(tmp_path, trees, make_delta(base, target, tamper={"lib/big.so": bytes(bad)}), "lib/big.so")
+
+
+def test_patch_with_wrong_output_names_both_hashes(tmp_path: Path, trees: Trees) -> None:
+    base, target = trees
+    wrong = bytearray((target[0] / "lib/big.so").read_bytes())
+    wrong[5] ^= 1
+    patch = encode(OpKind.BSDIFF4, (base[0] / "lib/big.so").read_bytes(), bytes(wrong))
+    apply_fails(tmp_path, trees, make_delta(base, target, tamper={"lib/big.so": patch}),
+                r"lib/big.so: patched output has sha256 [0-9a-f]{16}\.\.\. \(200000 bytes\), expected")  # fmt: skip
+
+
+def test_truncated_delta_is_refused(tmp_path: Path, trees: Trees) -> None:
+    data = make_delta(*trees)
+    apply_fails(tmp_path, trees, data[:-100], "delta truncated")
+    apply_fails(tmp_path, trees, data[:20], "delta truncated")
+
+
+@pytest.mark.parametrize("kind", [OpKind.BSDIFF4, OpKind.ZSTD_PATCH])
+def test_output_larger_than_signed_is_refused_before_writing_it(tmp_path: Path, trees: Trees, kind: OpKind) -> None:
+    base, target = trees
+    huge = (target[0] / "lib/big.so").read_bytes() + b"\0" * 5_000_000
+    patch = encode(kind, (base[0] / "lib/big.so").read_bytes(), huge, window_for=200_000)
+    expect = "declares 5200000 output bytes, the signed size is 200000" if kind is OpKind.BSDIFF4 else (
+        "patched output exceeds the signed size of 200000 bytes")
+    apply_fails(tmp_path, trees, make_delta(base, target, {"lib/big.so": kind}, {"lib/big.so": patch}), expect)
+    written = tmp_path / "slot/lib/big.so"
+    assert not written.exists() or written.stat().st_size <= 200_000  # bsdiff4: refused before any output
+
+
+def test_zstd_frame_needing_a_larger_window_than_the_signed_sizes_is_refused(tmp_path: Path, trees: Trees) -> None:
+    base, target = trees
+    huge = (target[0] / "lib/big.so").read_bytes() + noise("pad", 3_000_000)
+    patch = encode(OpKind.ZSTD_PATCH, (base[0] / "lib/big.so").read_bytes(), huge)
+    tamper = {"lib/big.so": patch}
+    apply_fails(tmp_path, trees, make_delta(base, target, {"lib/big.so": OpKind.ZSTD_PATCH}, tamper), "too much memory")
+
+
+def test_new_file_decompressing_past_its_size_is_refused(tmp_path: Path, trees: Trees) -> None:
+    bomb = pyzstd.compress(b"\0" * 10_000_000)
+    apply_fails(tmp_path, trees, make_delta(*trees, tamper={"lib/new.dat": bomb}),
+                "lib/new.dat: decompressed output exceeds the signed size of 30000 bytes")  # fmt: skip
+
+
+def test_locally_edited_base_file_is_never_patched(tmp_path: Path, trees: Trees) -> None:
+    base, target = trees
+    data = make_delta(base, target)
+    (base[0] / "lib/big.so").write_bytes(noise("edited", 200_000))
+    apply_fails(tmp_path, trees, data, r"base file lib/big.so was modified locally \(sha256 [0-9a-f]{16}")
+    assert base_problem(base[0], base[1]) == "base file lib/big.so was modified locally"
+
+
+def test_locally_edited_copy_source_is_caught(tmp_path: Path, trees: Trees) -> None:
+    base, _ = trees
+    (base[0] / "lib/same.dat").write_bytes(noise("other", 50_000))
+    apply_fails(tmp_path, trees, make_delta(*trees), r"base file lib/same.dat was modified locally")
+
+
+def test_base_symlink_is_not_followed(tmp_path: Path, trees: Trees) -> None:
+    base, _ = trees
+    data = make_delta(*trees)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/same.dat").write_bytes(noise("same", 50_000))
+    os.rename(base[0] / "lib", base[0] / "lib.real")
+    (base[0] / "lib").symlink_to(tmp_path / "elsewhere")
+    apply_fails(tmp_path, trees, data, "base file lib/.* is unreadable")
+
+
+def test_dest_must_be_empty_and_base_mismatch_is_refused(tmp_path: Path, trees: Trees) -> None:
+    base, target = trees
+    delta = tmp_path / "d.pdelta"
+    delta.write_bytes(make_delta(base, target))
+    dest = tmp_path / "slot"
+    dest.mkdir()
+    (dest / "junk").write_text("x")
+    with pytest.raises(DeltaError, match="is not empty"):
+        apply_delta(delta, base[0], base[1], target[1], dest)
+    with pytest.raises(DeltaError, match=r"delta base version 1\.0\.0 does not match the base manifest 1\.1\.0"):
+        apply_delta(delta, target[0], target[1], target[1], tmp_path)
