@@ -101,6 +101,43 @@ def _health_url(v: str) -> None:
         raise ValueError("must be an http:// or https:// URL (or empty)")
 
 
+_NOTIFY_EVENTS = ("success", "failure", "rollback")
+_ADDRESS_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:_-]+$")
+
+
+def _webhook_url(v: str) -> None:
+    if v and (urlparse(v).scheme not in ("http", "https") or not urlparse(v).netloc):
+        raise ValueError("must be an http:// or https:// URL (or empty)")
+
+
+def _notify_on(v: list[str]) -> None:
+    for name in v:
+        if name not in _NOTIFY_EVENTS:
+            raise ValueError(f"unknown event {name!r} (known: {', '.join(_NOTIFY_EVENTS)})")
+
+
+def _host(v: str) -> None:
+    if v and not _HOST_RE.match(v):
+        raise ValueError("must be a host name or address")
+
+
+def _port(v: int) -> None:
+    if not 0 < v < 65536:
+        raise ValueError("must be a TCP port (1-65535)")
+
+
+def _address(v: str) -> None:
+    if v and not _ADDRESS_RE.match(v):
+        raise ValueError(f"{v!r} is not an e-mail address")
+
+
+def _addresses(v: list[str]) -> None:
+    for address in v:
+        if not _ADDRESS_RE.match(address):
+            raise ValueError(f"{address!r} is not an e-mail address")
+
+
 def _client_id(v: str) -> None:
     if not re.fullmatch(r"[0-9a-f]{32}", v):
         raise ValueError("must be 32 lowercase hex digits")
@@ -138,6 +175,18 @@ KEYS: Mapping[str, Key] = {
     "health_interval": Key(float, 1.0, "seconds between health check attempts", _non_negative),
     "health_grace_period": Key(float, 0.0, "seconds to wait after start before checking", _non_negative),
     "max_latency_ms": Key(int, 0, "allowed increase of health_url latency after the update (0 = off)", _non_negative),
+    # notifications and logging of the local agent (`pinnacle-update serve`)
+    "webhook_url": Key(str, "", "URL that gets a JSON POST after each update outcome (empty = none)", _webhook_url),
+    "notify_on": Key(list, list(_NOTIFY_EVENTS), "update outcomes that notify: success, failure, rollback", _notify_on),
+    "webhook_retries": Key(int, 5, "delivery attempts per notification (backoff doubles from 1 s)", _positive),
+    "smtp_host": Key(str, "", "SMTP server for e-mail notifications (empty = no e-mail)", _host),
+    "smtp_port": Key(int, 25, "SMTP server port", _port),
+    "smtp_starttls": Key(bool, False, "upgrade the SMTP connection with STARTTLS"),
+    "smtp_user": Key(str, "", "SMTP login (password from PINNACLE_SMTP_PASSWORD; empty = no login)"),
+    "smtp_from": Key(str, "", "sender address of notification e-mails", _address),
+    "smtp_to": Key(list, [], "recipients of notification e-mails", _addresses),
+    "max_log_bytes": Key(int, 1_000_000, "size at which logs/auto_updater.log is rotated", _positive),
+    "log_backups": Key(int, 5, "rotated log files kept", _non_negative),
 }
 
 
@@ -294,12 +343,29 @@ def set_value(install_dir: Path, key: str, value_text: str) -> Value:
     """Change one key safely: parse and validate the value, then rewrite the config atomically."""
     if key == "client_id":
         raise ConfigError("config key 'client_id' is created by init and cannot be changed")
-    current = load(install_dir)
+    load(install_dir)  # a broken config is reported as such, before the value
     value = parse_value(key, value_text)
-    values = dict(current.values)
-    values[key] = value
-    write(install_dir, validate(values))
+    update_values(install_dir, {key: value})
     return value
+
+
+def update_values(install_dir: Path, changes: Mapping[str, Any]) -> ClientConfig:
+    """Change several keys at once (values already typed, e.g. from JSON): all are validated
+    together and written in one atomic rewrite, or ``ConfigError`` names the first bad one and
+    nothing changes."""
+    if "client_id" in changes:
+        raise ConfigError("config key 'client_id' is created by init and cannot be changed")
+    unknown = sorted(set(changes) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r} (known keys: {', '.join(KEYS)})")
+    values: dict[str, Any] = dict(load(install_dir).values)
+    for key, value in changes.items():
+        if key == "persistent_paths" and isinstance(value, list):
+            value = [p.rstrip("/") if isinstance(p, str) else p for p in value]
+        values[key] = value
+    cfg = validate(values)
+    write(install_dir, cfg)
+    return cfg
 
 
 def write(install_dir: Path, cfg: ClientConfig) -> None:
