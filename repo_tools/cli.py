@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import click
 
 from . import publish as ops
 from .audit import verify_repository
-from .errors import ReleaseError, VerificationFailed
+from .core.expiry import expiring, parse_time
+from .errors import ExpiringSoon, ReleaseError, VerificationFailed
 from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
 from .store import Repository
 
@@ -189,8 +191,10 @@ def refresh_cmd(repo_dir: Path, keys_dir: Path, force: bool, as_json: bool) -> N
 
 @cli.command("status")
 @repo_argument
+@click.option("--warn-days", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Exit 7, naming them, when any role expires within N days.")
 @json_option
-def status_cmd(repo_dir: Path, as_json: bool) -> None:
+def status_cmd(repo_dir: Path, warn_days: int | None, as_json: bool) -> None:
     """Roles, versions, expiries, key ids and releases per channel."""
     result = ops.status(Repository(repo_dir))
     lines = [f"repository {repo_dir}"]
@@ -202,6 +206,12 @@ def status_cmd(repo_dir: Path, as_json: bool) -> None:
         lines.append(f"  {channel}: {len(releases)} release(s)")
         lines += [f"    {r['version']:<12} {r['platform']:<16} {r['type']:<9} {r['published']}" for r in releases]
     _emit(as_json, result, "\n".join(lines))
+    if warn_days is not None:
+        soon = expiring({r: parse_time(i["expires"]) for r, i in result["roles"].items()}, ops.utcnow(),
+                        timedelta(days=warn_days))
+        if soon:
+            raise ExpiringSoon(f"{len(soon)} role(s) expire within {warn_days} day(s): "
+                               + "; ".join(r.describe() for r in soon))
 
 
 @cli.command("verify")
@@ -230,6 +240,9 @@ def serve_cmd(repo_dir: Path, host: str, port: int, verbose: bool) -> None:
     from .serve import serve
 
     serve(repo_dir, host, port, quiet=not verbose)
+
+
+from . import cli_trust  # noqa: E402,F401  (registers root, targets, keys rotate/generate/import/list, sync)
 
 
 def main() -> None:

@@ -42,3 +42,9 @@ class VerificationFailed(ReleaseError):
         self.problems = problems
         shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
         super().__init__(f"{len(problems)} problem(s): {shown}")
+
+
+class ExpiringSoon(ReleaseError):
+    """``status --warn-days``: at least one role expires inside the window (or has expired)."""
+
+    exit_code = 7

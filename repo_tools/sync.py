@@ -1,0 +1,142 @@
+"""``sync REPO_DIR DEST``: copy a repository to another directory or a mounted bucket in the
+order that keeps DEST valid for clients at every instant.
+
+A client reads ``timestamp.json`` first and follows it down (snapshot, roles, targets), so DEST
+must never hold a timestamp naming files it does not have yet. Files go in this order:
+
+1. targets (content-addressed names: nothing served refers to them yet),
+2. targets-role metadata (``N.targets.json``, ``N.<channel>.json``),
+3. root versions, oldest first (a client walks ``N+1.root.json`` before anything else),
+4. snapshots,
+5. ``timestamp.json`` last: the commit point, exactly as on the publishing machine.
+
+``timestamp.json`` is read *before* the source tree is listed, so a publish running at the same
+time cannot make this sync install a timestamp whose files were not copied. Each file is written
+to a temporary name at DEST and renamed into place, so a sync killed at any point leaves DEST
+serving the previous consistent state; running it again finishes the job. Unchanged files are
+skipped: content-addressed targets by name and size, metadata by content (a killed publish may
+leave an orphan ``N.<role>.json`` that the next publish rewrites with other bytes).
+
+Nothing is deleted at DEST: old versions stay valid for clients that are mid-update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.fsutil import TEMP_PREFIX, atomic_write, atomic_writer, remove_stale_temps
+
+from .errors import RepositoryStateError
+
+_CONTENT_ADDRESSED = re.compile(r"^[0-9a-f]{64}\.")
+_VERSIONED = re.compile(r"^(?P<version>\d+)\.(?P<role>.+)\.json$")
+_SKIP_PREFIXES = (".", TEMP_PREFIX)
+
+# The order of the copy, lowest first; see the module docstring.
+TARGETS, ROLES, ROOTS, SNAPSHOTS, TIMESTAMP = range(5)
+
+
+@dataclass(frozen=True)
+class SyncItem:
+    relative: str
+    rank: int
+    version: int = 0
+
+
+def plan(source: Path) -> list[SyncItem]:
+    """Every file to publish from ``source``, in upload order (timestamp last)."""
+    items: list[SyncItem] = []
+    for relative in _walk(source):
+        items.append(_classify(relative))
+    return sorted(items, key=lambda i: (i.rank, i.version, i.relative))
+
+
+def _walk(source: Path) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(_SKIP_PREFIXES))
+        for name in sorted(filenames):
+            if not name.startswith(_SKIP_PREFIXES):
+                yield str((Path(dirpath) / name).relative_to(source))
+
+
+def _classify(relative: str) -> SyncItem:
+    directory, _, name = relative.rpartition("/")
+    if directory != "metadata":
+        return SyncItem(relative, TARGETS)
+    if name == "timestamp.json":
+        return SyncItem(relative, TIMESTAMP)
+    m = _VERSIONED.match(name)
+    if m is None:
+        return SyncItem(relative, ROLES)
+    rank = {"root": ROOTS, "snapshot": SNAPSHOTS}.get(m["role"], ROLES)
+    return SyncItem(relative, rank, int(m["version"]))
+
+
+def _unchanged(src: Path, dest: Path, item: SyncItem) -> bool:
+    try:
+        size = dest.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size != src.stat().st_size:
+        return False
+    if item.rank == TARGETS and _CONTENT_ADDRESSED.match(dest.name):
+        return True  # the name is the sha256 of the content, and DEST only ever gets whole files
+    return _sha256(src) == _sha256(dest)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Copy ``source`` (a repository) to ``dest`` in upload order; return counts.
+
+    ``progress(action, relative_path)`` is called after each file ("copied"/"skipped")."""
+    source, dest = Path(source).resolve(), Path(dest).resolve()
+    if dest == source or source in dest.parents or dest in source.parents:
+        raise RepositoryStateError(f"{dest} and {source} overlap: sync needs two separate directories")
+    try:
+        timestamp = (source / "metadata" / "timestamp.json").read_bytes()
+    except FileNotFoundError:
+        raise RepositoryStateError(f"{source} is not an initialised repository (no metadata/timestamp.json)") from None
+    items = plan(source)
+    copied = skipped = copied_bytes = 0
+    try:
+        for item in items:
+            src, out = source / item.relative, dest / item.relative
+            if item.rank == TIMESTAMP:
+                changed = not out.exists() or out.read_bytes() != timestamp
+                if changed:
+                    atomic_write(out, timestamp)  # the bytes read before listing, see the docstring
+            elif _unchanged(src, out, item):
+                changed = False
+            else:
+                changed = True
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with open(src, "rb") as f, atomic_writer(out) as w:
+                    shutil.copyfileobj(f, w, 1 << 20)
+            if changed:
+                copied += 1
+                copied_bytes += (len(timestamp) if item.rank == TIMESTAMP else src.stat().st_size)
+            else:
+                skipped += 1
+            if progress is not None:
+                progress("copied" if changed else "skipped", item.relative)
+    except OSError as exc:
+        raise RepositoryStateError(f"sync to {dest} failed: {exc.strerror or exc} ({exc.filename or ''}); "
+                                   "DEST still serves its previous state, run sync again") from exc
+    for directory in {(dest / i.relative).parent for i in items}:
+        remove_stale_temps(directory)  # what an earlier, killed sync left (one sync at a time per DEST)
+    return {"source": str(source), "dest": str(dest), "copied": copied, "skipped": skipped,
+            "copied_bytes": copied_bytes}
