@@ -1,0 +1,644 @@
+"""Delta benchmark (issue 4): bytes a client downloads, publish cost and client update cost, on real releases.
+
+For each pair of consecutive releases of a public package (see ``bench/corpus.py``), measured in one run:
+
+* full artifact: our ``full.tar.zst`` of the new release (canonical tar, zstd level 10);
+* ours: ``pinnacle-release publish --deltas 1`` into a fresh repository (delta length from the signed channel
+  index; publish CPU and peak RSS of the new release's publish), then ``pinnacle-update`` installs the old release
+  and updates to the new one over HTTP on 127.0.0.1 (bytes from ``history --json``, wall time and peak RSS);
+* whole-archive bsdiff4: ``bsdiff4.diff`` of the two canonical uncompressed tars (CPU, peak RSS);
+* ``zstd -19 --long=31 --patch-from=OLD.tar NEW.tar`` (CPU, peak RSS);
+* tufup 0.10.0 in its own venv: ``add_bundle`` + ``publish_changes`` for both releases (patch bytes, CPU and
+  peak RSS of the second publish), then tufup's own ``Client`` updates from the old release over HTTP.
+
+Every measured step is a child process; CPU is user+sys and peak RSS is ``ru_maxrss`` from ``os.wait4`` on it.
+
+    .venv/bin/python bench/delta.py [--quick] [--write-doc] [--pairs requests,ruff] [--memory-budget 2GiB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from corpus import CACHE, PAIRS, Pair, release_dir, tree_size  # noqa: E402
+
+from client.index import EntryType, Manifest  # noqa: E402
+from repo_tools import publish as ops  # noqa: E402
+from repo_tools.artifact import build_artifact  # noqa: E402
+from repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from repo_tools.store import Repository  # noqa: E402
+
+TUFUP_VERSION = "0.10.0"
+TUFUP_VENV = CACHE / "tufup-venv"
+DOC = ROOT / "docs" / "DELTA-BENCHMARK.md"
+CHANNEL, PLATFORM = "stable", "linux-x86_64"
+STEP_TIMEOUT = 1500.0
+BSDIFF_LIMIT = 20 << 30
+MiB = 1 << 20
+
+BSDIFF_CHILD = """
+import sys, bsdiff4
+old = open(sys.argv[1], "rb").read()
+new = open(sys.argv[2], "rb").read()
+open(sys.argv[3], "wb").write(bsdiff4.diff(old, new))
+"""
+
+
+class BenchError(Exception):
+    """A benchmark step failed; the message says which and why."""
+
+
+@dataclass
+class Run:
+    """One measured child process."""
+
+    wall: float
+    cpu: float
+    peak: int
+    stdout: str
+
+    def cost(self) -> str:
+        return f"{self.cpu:.1f} s / {self.peak / MiB:.0f} MiB"
+
+
+@dataclass
+class Result:
+    """Everything measured on one pair; ``None`` where a step was not run (with the reason in ``notes``)."""
+
+    pair: Pair
+    old_size: int = 0
+    new_size: int = 0
+    files: int = 0
+    files_same: int = 0
+    files_changed: int = 0
+    files_new: int = 0
+    full: int = 0
+    ours_delta: int | None = None
+    ours_bytes: int | None = None
+    ours_path: str = ""
+    ours_publish: Run | None = None
+    ours_client: Run | None = None
+    ours_client_duration: float | None = None
+    bsdiff: int | None = None
+    bsdiff_run: Run | None = None
+    zstd: int | None = None
+    zstd_run: Run | None = None
+    tufup: int | None = None
+    tufup_archive: int | None = None
+    tufup_publish: Run | None = None
+    tufup_client: Run | None = None
+    tufup_client_bytes: int | None = None
+    tufup_client_duration: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best_whole(self) -> int | None:
+        sizes = [s for s in (self.bsdiff, self.zstd) if s is not None]
+        return min(sizes) if sizes else None
+
+
+def run_child(cmd: Sequence[str], what: str, cwd: Path | None = None, timeout: float = STEP_TIMEOUT) -> Run:
+    """Run ``cmd`` to completion; wall seconds, user+sys CPU seconds and peak RSS of that child alone (wait4)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join(stderr.strip().splitlines()[-8:])
+        killed = f" (killed after {timeout:.0f} s)" if wall >= timeout else ""
+        raise BenchError(f"{what} exited {proc.returncode}{killed}: {' '.join(cmd)}\n{tail}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, stdout)
+
+
+class Server:
+    """``python -m repo_tools serve DIR --port 0`` (a plain static server on 127.0.0.1), for both clients."""
+
+    def __init__(self, directory: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "repo_tools", "serve", str(directory), "--port", "0"],
+                                     cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("serving "):
+            self.close()
+            raise BenchError(f"static server did not start: {line!r}")
+        self.url = line.split()[1]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------- tools
+
+
+def ensure_zstd() -> str:
+    """Path of the zstd CLI, installed with apt-get (Debian package ``zstd``) when missing and we are root."""
+    found = shutil.which("zstd")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("zstd CLI missing: apt-get install -y zstd", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "zstd"], check=True)
+        found = shutil.which("zstd")
+        if found:
+            return found
+    raise SystemExit("the zstd CLI is needed: run `apt-get update && apt-get install -y zstd` (as root)")
+
+
+def ensure_tufup() -> Path:
+    """The python of the bench's own venv with tufup (created and filled with pip on first use)."""
+    python = TUFUP_VENV / "bin" / "python"
+    if python.exists() and _tufup_version(python) == TUFUP_VERSION:
+        return python
+    print(f"creating {TUFUP_VENV} with tufup=={TUFUP_VERSION}", flush=True)
+    if TUFUP_VENV.exists():
+        shutil.rmtree(TUFUP_VENV)
+    subprocess.run(["python3", "-m", "venv", str(TUFUP_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"tufup=={TUFUP_VERSION}"], check=True)
+    if _tufup_version(python) != TUFUP_VERSION:
+        raise SystemExit(f"tufup {TUFUP_VERSION} did not install into {TUFUP_VENV}")
+    return python
+
+
+def _tufup_version(python: Path) -> str:
+    proc = subprocess.run([str(python), "-c", "import tufup; print(tufup.__version__)"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def publisher_has_deltas() -> bool:
+    """Whether ``pinnacle-release publish`` takes ``--deltas`` (the publish-side delta work has landed)."""
+    proc = subprocess.run([sys.executable, "-m", "repo_tools", "publish", "--help"], cwd=ROOT, capture_output=True,
+                          text=True)
+    return "--deltas" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+
+
+def compare_manifests(old: Manifest, new: Manifest, result: Result) -> None:
+    """Count the new release's files that are unchanged (same sha256 anywhere in old), changed in place, or new."""
+    old_files = {e.path: e.sha256 for e in old.entries if e.type is EntryType.FILE}
+    old_hashes = set(old_files.values())
+    for entry in new.entries:
+        if entry.type is not EntryType.FILE:
+            continue
+        result.files += 1
+        if entry.sha256 in old_hashes:
+            result.files_same += 1
+        elif entry.path in old_files:
+            result.files_changed += 1
+        else:
+            result.files_new += 1
+
+
+def measure_whole_archive(old_tar: Path, new_tar: Path, work: Path, zstd: str, result: Result) -> None:
+    """bsdiff4 and zstd patch-from on the two canonical uncompressed tars."""
+    old_len, new_len = old_tar.stat().st_size, new_tar.stat().st_size
+    estimate = 17 * old_len + new_len
+    if estimate > BSDIFF_LIMIT:
+        result.notes.append(f"bsdiff4 whole-archive skipped: needs about {estimate / 2**30:.1f} GiB (> 20 GiB)")
+    else:
+        out = work / "whole.bsdiff4"
+        result.bsdiff_run = run_child([sys.executable, "-c", BSDIFF_CHILD, str(old_tar), str(new_tar), str(out)],
+                                      "bsdiff4 whole-archive")
+        result.bsdiff = out.stat().st_size
+        out.unlink()
+    out = work / "whole.zst-patch"
+    result.zstd_run = run_child([zstd, "-q", "-f", "-19", "--long=31", f"--patch-from={old_tar}", str(new_tar),
+                                 "-o", str(out)], "zstd --patch-from")
+    result.zstd = out.stat().st_size
+    out.unlink()
+
+
+def measure_tufup(python: Path, pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: Result) -> None:
+    """tufup publishes both releases (the second one measured), then its client updates old -> new over HTTP."""
+    driver = str(BENCH / "tufup_driver.py")
+    work.mkdir()
+    run_child([str(python), driver, "init", str(work)], "tufup init")
+    run_child([str(python), driver, "add", str(work), pair.old, str(old_dir)], f"tufup publish {pair.old}")
+    result.tufup_publish = run_child([str(python), driver, "add", str(work), pair.new, str(new_dir)],
+                                     f"tufup publish {pair.new}")
+    targets = work / "repo" / "targets"
+    patch = targets / f"bench-{pair.new}.patch"
+    if not patch.exists():
+        raise BenchError(f"tufup wrote no patch {patch.name}: {sorted(p.name for p in targets.iterdir())}")
+    result.tufup = patch.stat().st_size
+    result.tufup_archive = (targets / f"bench-{pair.new}.tar.gz").stat().st_size
+
+    # The client as tufup leaves it after installing the old release: trusted root, the old archive cached.
+    client = work / "client"
+    (client / "metadata").mkdir(parents=True)
+    (client / "targets").mkdir()
+    shutil.copyfile(work / "repo" / "metadata" / "root.json", client / "metadata" / "root.json")
+    shutil.copyfile(targets / f"bench-{pair.old}.tar.gz", client / "targets" / f"bench-{pair.old}.tar.gz")
+    with Server(work / "repo") as server:
+        run = run_child([str(python), driver, "update", str(work), server.url, pair.old], "tufup client update")
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    result.tufup_client = run
+    result.tufup_client_bytes = int(report["bytes"])
+    result.tufup_client_duration = float(report["seconds"])
+    if not all(name.endswith(".patch") for name in report["targets"]):
+        result.notes.append(f"tufup client took {sorted(report['targets'])}, not its patch")
+    _check_tree(client / "app", new_dir, "tufup client")
+
+
+def _check_tree(installed: Path, expected: Path, who: str) -> None:
+    """Every regular file of the release is in ``installed`` with the same sha256 (extra links, e.g. persistent
+    ``data/`` links of a slot, are allowed; an extra regular file is not)."""
+
+    def files(root: Path) -> dict[str, str]:
+        out: dict[str, str] = {}
+        base = root.resolve()
+        for top, _, names in os.walk(base):
+            for name in names:
+                path = Path(top) / name
+                if path.is_file() and not path.is_symlink():
+                    with open(path, "rb") as f:
+                        out[path.relative_to(base).as_posix()] = hashlib.file_digest(f, "sha256").hexdigest()
+        return out
+
+    got, want = files(installed), files(expected)
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))[:3]
+        raise BenchError(f"{who} installed a tree that differs from the release ({installed}): {diff}")
+
+
+def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: Result, deltas: bool,
+                 memory_budget: str | None) -> None:
+    """Publish both releases with deltas into a fresh repository, then update a client over HTTP."""
+    keys, repo_dir = work / "keys", work / "repo"
+    create_keys(keys, passphrase=None)
+    repo = Repository(repo_dir)
+    ops.init_repository(repo, KeyStore(keys))
+    extra = ["--deltas", "1"] if deltas else []
+    if memory_budget:
+        extra += ["--memory-budget", memory_budget]
+
+    def publish(version: str, source: Path) -> Run:
+        return run_child([sys.executable, "-m", "repo_tools", "publish", str(repo_dir), "--keys", str(keys),
+                          "--channel", CHANNEL, "--version", version, "--type", "minor", "--platform", PLATFORM,
+                          *extra, "--json", str(source)], f"pinnacle-release publish {version}", cwd=ROOT)
+
+    publish(pair.old, old_dir)
+    result.ours_publish = publish(pair.new, new_dir)
+    release = repo.channel_index(repo.load(), CHANNEL).releases[-1]
+    result.full = release.full.length
+    delta = release.delta_from(pair.old)
+    if delta is not None:
+        result.ours_delta = delta.target.length
+    elif deltas:
+        result.notes.append("ours: the publisher listed no delta from the old release (not clearly smaller?)")
+
+    install_dir = work / "client"
+    with Server(repo_dir) as server:
+        client = [sys.executable, "-m", "client", "--install-dir", str(install_dir)]
+        run_child([*client, "init", "--repo", server.url, "--root", str(repo_dir / "metadata" / "1.root.json"),
+                   "--channel", CHANNEL, "--platform", PLATFORM], "pinnacle-update init", cwd=ROOT)
+        run_child([*client, "install", pair.old, "--json"], f"pinnacle-update install {pair.old}", cwd=ROOT)
+        result.ours_client = run_child([*client, "install", "--json"], f"pinnacle-update install {pair.new}",
+                                       cwd=ROOT)
+        history = json.loads(run_child([*client, "history", "--json"], "pinnacle-update history", cwd=ROOT).stdout)
+    records = history if isinstance(history, list) else history.get("records", history.get("history", []))
+    last = next((r for r in reversed(records) if r.get("version") == pair.new and r.get("outcome") == "committed"),
+                None)
+    if last is None:
+        raise BenchError(f"pinnacle-update history has no committed install of {pair.new}: {records[-3:]}")
+    result.ours_bytes = int(last["bytes"])
+    result.ours_client_duration = float(last.get("duration", 0.0))
+    result.ours_path = _describe_path(last)
+    status = json.loads(run_child([*client, "status", "--json"], "pinnacle-update status", cwd=ROOT).stdout)
+    if status.get("version") != pair.new:
+        raise BenchError(f"pinnacle-update status shows {status.get('version')}, not {pair.new}")
+    _check_tree(Path(status.get("current") or install_dir / "current"), new_dir, "pinnacle-update")
+
+
+def _describe_path(record: dict[str, Any]) -> str:
+    """What the history record says about the path taken (delta, chain, full, fallback)."""
+    keys = [k for k in record if any(w in k for w in ("path", "delta", "fallback", "via", "saved", "plan"))]
+    return ", ".join(f"{k}={record[k]}" for k in sorted(keys)) or "(history names no path)"
+
+
+def measure_pair(pair: Pair, tmp: Path, zstd: str, tufup: Path, deltas: bool, memory_budget: str | None) -> Result:
+    """Every measurement of one pair, in a scratch directory removed afterwards."""
+    result = Result(pair)
+    old_dir, new_dir = release_dir(pair, pair.old), release_dir(pair, pair.new)
+    result.old_size, result.new_size = tree_size(old_dir), tree_size(new_dir)
+    work = tmp / pair.name
+    work.mkdir()
+    try:
+        print(f"== {pair.label}: canonical tars and full artifacts", flush=True)
+        old_art = build_artifact(old_dir, work / "old-art", pair.old, keep_tar=True)
+        new_art = build_artifact(new_dir, work / "new-art", pair.new, keep_tar=True)
+        assert old_art.tar_path and new_art.tar_path
+        result.full = new_art.full_length
+        compare_manifests(old_art.manifest, new_art.manifest, result)
+        print(f"== {pair.label}: whole-archive bsdiff4 and zstd --patch-from", flush=True)
+        measure_whole_archive(old_art.tar_path, new_art.tar_path, work, zstd, result)
+        shutil.rmtree(work / "old-art")
+        shutil.rmtree(work / "new-art")
+        print(f"== {pair.label}: tufup {TUFUP_VERSION}", flush=True)
+        measure_tufup(tufup, pair, old_dir, new_dir, work / "tufup", result)
+        shutil.rmtree(work / "tufup")
+        if deltas:
+            print(f"== {pair.label}: ours", flush=True)
+            measure_ours(pair, old_dir, new_dir, work / "ours", result, deltas, memory_budget)
+        else:
+            result.notes.append("ours NOT MEASURED: `pinnacle-release publish` has no --deltas yet")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _ratio(part: int | float | None, whole: int | float | None, digits: int = 3) -> str:
+    return f"{part / whole:.{digits}f}" if part is not None and whole else "n/a"
+
+
+def _bytes(n: int | None, full: int) -> str:
+    return f"{n:,} ({_ratio(n, full)})" if n is not None else "n/a"
+
+
+def _num(x: float | None) -> str:
+    return f"{x:.2f}" if x is not None else "n/a"
+
+
+def _cost(run: Run | None, wall: bool = False) -> str:
+    if run is None:
+        return "n/a"
+    return f"{run.wall:.2f} s / {run.peak / MiB:.0f} MiB" if wall else run.cost()
+
+
+def table(results: Sequence[Result]) -> str:
+    """One markdown table: a row per measurement, a column per pair."""
+    rows: list[tuple[str, list[str]]] = [
+        ("change", [r.pair.kind for r in results]),
+        ("unpacked old -> new (MiB)", [f"{r.old_size / MiB:.1f} -> {r.new_size / MiB:.1f}" for r in results]),
+        ("files: same / changed / new", [f"{r.files_same} / {r.files_changed} / {r.files_new}" for r in results]),
+        ("full artifact (full.tar.zst) bytes", [f"{r.full:,}" for r in results]),
+        ("**ours**: client downloaded bytes (/full)", [_bytes(r.ours_bytes, r.full) for r in results]),
+        ("ours: delta target bytes (/full)", [_bytes(r.ours_delta, r.full) for r in results]),
+        ("bsdiff4 whole-archive bytes (/full)", [_bytes(r.bsdiff, r.full) for r in results]),
+        ("zstd -19 --long=31 --patch-from bytes (/full)", [_bytes(r.zstd, r.full) for r in results]),
+        ("tufup 0.10.0 patch bytes (/full)", [_bytes(r.tufup, r.full) for r in results]),
+        ("tufup full archive (.tar.gz) bytes", [f"{r.tufup_archive:,}" if r.tufup_archive else "n/a"
+                                                for r in results]),
+        ("**ours / tufup bytes**", [_ratio(r.ours_bytes, r.tufup) for r in results]),
+        ("publish CPU / peak RSS: ours", [_cost(r.ours_publish) for r in results]),
+        ("publish CPU / peak RSS: bsdiff4 whole", [_cost(r.bsdiff_run) for r in results]),
+        ("publish CPU / peak RSS: zstd patch-from", [_cost(r.zstd_run) for r in results]),
+        ("publish CPU / peak RSS: tufup", [_cost(r.tufup_publish) for r in results]),
+        ("client update wall / peak RSS: ours", [_cost(r.ours_client, wall=True) for r in results]),
+        ("client update wall / peak RSS: tufup", [_cost(r.tufup_client, wall=True) for r in results]),
+        ("client update in-process s: ours / tufup", [f"{_num(r.ours_client_duration)} / "
+                                                      f"{_num(r.tufup_client_duration)}" for r in results]),
+        ("**ours / tufup client time**", [_ratio(r.ours_client.wall if r.ours_client else None,
+                                                 r.tufup_client.wall if r.tufup_client else None, 2)
+                                          for r in results]),
+        ("ours: path in history", [r.ours_path or "n/a" for r in results]),
+    ]
+    head = "| | " + " | ".join(r.pair.label for r in results) + " |"
+    sep = "|---|" + "---|" * len(results)
+    body = [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return "\n".join([head, sep, *body])
+
+
+def goals(results: Sequence[Result]) -> tuple[list[str], bool]:
+    """The issue's four goals, PASS/FAIL each with the figures; True only when all four pass."""
+    lines: list[str] = []
+    verdicts: list[bool | None] = []
+
+    def verdict(name: str, checks: list[tuple[str, bool | None, str]]) -> None:
+        known = [ok for _, ok, _ in checks]
+        ok = None if not checks or any(v is None for v in known) else all(known)
+        verdicts.append(ok)
+        lines.append(f"- {name}: **{'PASS' if ok else 'NOT MEASURED' if ok is None else 'FAIL'}**")
+        for label, one, detail in checks:
+            lines.append(f"  - {label}: {'ok' if one else 'n/a' if one is None else 'FAIL'} ({detail})")
+
+    def bytes_vs_best(r: Result) -> tuple[str, bool | None, str]:
+        best = r.best_whole
+        if r.ours_bytes is None or best is None:
+            return r.pair.label, None, "not measured"
+        ours, limit = r.ours_bytes / r.full, best / r.full + 0.01
+        return r.pair.label, ours <= limit, f"ours/full {ours:.4f} <= best whole-archive/full + 0.01 = {limit:.4f}"
+
+    def bytes_vs_tufup(r: Result) -> tuple[str, bool | None, str]:
+        if r.ours_bytes is None or r.tufup is None:
+            return r.pair.label, None, "not measured"
+        return r.pair.label, r.ours_bytes <= 0.6 * r.tufup, f"ours/tufup {r.ours_bytes / r.tufup:.3f} <= 0.6"
+
+    def client_time(r: Result) -> tuple[str, bool | None, str]:
+        if r.ours_client is None or r.tufup_client is None:
+            return r.pair.label, None, "not measured"
+        ratio = r.ours_client.wall / r.tufup_client.wall
+        return r.pair.label, ratio <= 0.25, (f"{r.ours_client.wall:.2f} s vs {r.tufup_client.wall:.2f} s "
+                                             f"= {ratio:.2f}x <= 0.25x")
+
+    verdict("G1 every pair: ours/full <= best whole-archive delta/full + 0.01", [bytes_vs_best(r) for r in results])
+    verdict("G2 every pair: ours bytes <= 0.6x tufup's", [bytes_vs_tufup(r) for r in results])
+    largest = max(results, key=lambda r: r.new_size)
+    if largest.ours_publish is None or largest.bsdiff_run is None:
+        mem = (largest.pair.label, None, "not measured")
+    else:
+        ratio = largest.ours_publish.peak / largest.bsdiff_run.peak
+        mem = (largest.pair.label, ratio <= 0.6, f"{largest.ours_publish.peak / MiB:.0f} MiB vs "
+                                                 f"{largest.bsdiff_run.peak / MiB:.0f} MiB = {ratio:.2f}x <= 0.6x")
+    verdict("G3 largest pair: our publish peak RSS <= 0.6x whole-archive bsdiff4's", [mem])
+    verdict("G4 every pair: client update time <= 0.25x tufup's", [client_time(r) for r in results])
+    return lines, all(v is True for v in verdicts)
+
+
+def machine() -> str:
+    """nproc, RAM and CPU model of this machine."""
+    ram = 0
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), {ram / 2**30:.1f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def versions(zstd: str, tufup: Path) -> str:
+    """Versions of everything measured."""
+    from importlib.metadata import version
+
+    def pkg(name: str) -> str:
+        try:
+            return version(name)
+        except Exception:
+            return "absent"
+
+    zstd_v = subprocess.run([zstd, "--version"], capture_output=True, text=True).stdout.strip()
+    tuf_side = subprocess.run([str(tufup), "-c", "import importlib.metadata as m; print(' '.join(f'{p} '"
+                               "+ m.version(p) for p in ('tufup', 'bsdiff4', 'tuf')))"],
+                              capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    return (f"pinnacle-updates {commit}; Python {platform.python_version()}; bsdiff4 {pkg('bsdiff4')}, "
+            f"pyzstd {pkg('pyzstd')}, zstandard {pkg('zstandard')}; {zstd_v}; tufup venv: {tuf_side}")
+
+
+MEASURED = """\
+## What was measured
+
+- **Corpus**: consecutive releases downloaded with `pip download --no-deps --only-binary=:all:` (CPython 3.11,
+  manylinux2014 x86_64 wheels) or `npm pack`, unpacked (a wheel is a zip; an npm package a tgz) into directories
+  that play the role of build output. `bench/corpus.py` lists the pairs. Files are counted as *same* when their
+  sha256 occurs anywhere in the old release (renamed `*.dist-info/` folders included).
+- **Full artifact**: the new release's `full.tar.zst` as the publisher signs it (canonical tar, zstd level 10).
+  All "/full" ratios divide by it.
+- **Ours**: a fresh repository; `pinnacle-release publish --deltas 1` of the old then the new release (CLI, child
+  process; the *second* publish is measured: user+sys CPU and peak RSS, which include building the full artifact,
+  the manifest and the delta, and signing). Delta size is the signed `deltas[].length` of the channel index. The
+  client: `pinnacle-update init` against the repository served by `python -m repo_tools serve` on 127.0.0.1,
+  `install OLD`, then `install` (measured: wall time and peak RSS of that process, from start to exit, which covers
+  TUF refresh, download, delta apply into the inactive slot, per-file and manifest verification, swap and commit).
+  "client downloaded bytes" is the `bytes` of that install in `pinnacle-update history --json` (target bytes: the
+  signed manifest plus the delta or the artifact, not TUF metadata).
+- **bsdiff4 whole-archive**: `bsdiff4.diff(old_tar, new_tar)` on the two canonical uncompressed tars, in a child
+  process (CPU, peak RSS). **zstd**: `zstd -19 --long=31 --patch-from=OLD.tar NEW.tar` (CLI, CPU, peak RSS).
+  "best whole-archive delta" in G1 is the smaller of the two.
+- **tufup 0.10.0**, installed by the bench in its own venv (`bench/.cache/tufup-venv`, with tufup's pinned
+  dependencies: tuf 4.0, bsdiff4 1.2). `bench/tufup_driver.py` calls tufup's API as its CLI does:
+  `Repository(...).initialize()`, then per release `Repository.from_config()`, `add_bundle(dir, version)`,
+  `publish_changes([keys])` (tar.gz of the bundle, bsdiff4 patch of the two *uncompressed* tars, signing). The
+  second publish is measured (CPU, peak RSS). Patch bytes = the `.patch` target. The client is tufup's own
+  `tufup.client.Client` (a subclass of python-tuf's Updater) in a fresh process, prepared as tufup leaves it
+  after installing the old release (trusted `root.json`, old `.tar.gz` in its target dir); it runs
+  `check_for_updates()` and `download_and_apply_update()` over HTTP from the same static server: TUF refresh,
+  patch download, gunzip of the old archive, `bsdiff4.patch` in memory, size+sha256 check of the tar, gzip
+  re-compression, extraction; the install step (tufup ships only Windows/macOS scripts) moves the extracted files
+  into the app directory. Wall time and peak RSS of that process are reported. Both clients' installed trees are
+  checked file by file (sha256) against the new release after the update.
+- Every measured command is a separate child process; CPU = `ru_utime + ru_stime` and peak = `ru_maxrss` of that
+  process from `os.wait4`. Wall times include interpreter start-up for both clients alike.
+"""
+
+
+def write_doc(results: Sequence[Result], lines: list[str], zstd: str, tufup: Path, elapsed: float) -> None:
+    """docs/DELTA-BENCHMARK.md: date, machine, versions, the table, the goals, the method."""
+    notes = [f"- {r.pair.label}: {n}" for r in results for n in r.notes]
+    text = "\n".join([
+        "# Delta benchmark",
+        "",
+        "Generated by `.venv/bin/python bench/delta.py --write-doc` (do not edit by hand; re-run to refresh).",
+        "",
+        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} (run took {elapsed / 60:.1f} min)",
+        f"- Machine: {machine()}",
+        f"- Versions: {versions(zstd, tufup)}",
+        "",
+        "## Results",
+        "",
+        table(results),
+        "",
+        "## Goals (issue 4)",
+        "",
+        *lines,
+        "",
+        *(["## Notes", "", *notes, ""] if notes else []),
+        MEASURED,
+    ])
+    DOC.write_text(text)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+def main() -> int:
+    """Measure the selected pairs, print the table and the goals; exit 0 only when every goal passes."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="only the two smallest pairs")
+    parser.add_argument("--pairs", help="comma-separated package names (default: all)")
+    parser.add_argument("--memory-budget", help="passed to pinnacle-release publish (default: its own default)")
+    parser.add_argument("--write-doc", action="store_true", help=f"write {DOC.relative_to(ROOT)}")
+    args = parser.parse_args()
+
+    pairs = list(PAIRS)
+    if args.pairs:
+        wanted = set(args.pairs.split(","))
+        pairs = [p for p in pairs if p.name in wanted]
+        if len(pairs) != len(wanted):
+            raise SystemExit(f"unknown pairs; choose from {', '.join(p.name for p in PAIRS)}")
+    if args.quick:
+        pairs = pairs[:2]
+    zstd, tufup = ensure_zstd(), ensure_tufup()
+    print("corpus: fetching/unpacking (cached in bench/.cache/corpus)", flush=True)
+    for pair in pairs:
+        release_dir(pair, pair.old)
+        release_dir(pair, pair.new)
+    deltas = publisher_has_deltas()
+    if not deltas:
+        print("\n!!! TODO: `pinnacle-release publish` has no --deltas option yet (repo_tools/delta.py not landed):\n"
+              "!!! 'ours' is NOT MEASURED; baselines only. This run exits with status 2.\n", flush=True)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pinnacle-delta-bench-") as tmp_name:
+        results = [measure_pair(p, Path(tmp_name), zstd, tufup, deltas, args.memory_budget) for p in pairs]
+    elapsed = time.perf_counter() - started
+
+    print()
+    print(table(results))
+    lines, all_pass = goals(results)
+    print("\nGoals (issue 4):")
+    print("\n".join(lines))
+    for r in results:
+        for note in r.notes:
+            print(f"note: {r.pair.label}: {note}")
+    print(f"\nmachine: {machine()}\nrun took {elapsed / 60:.1f} min")
+    if args.write_doc:
+        write_doc(results, lines, zstd, tufup, elapsed)
+    if not deltas:
+        return 2
+    return 0 if all_pass else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
