@@ -463,19 +463,19 @@ def goals(results: Sequence[Result]) -> tuple[list[str], bool]:
         if r.ours_bytes is None or best is None:
             return r.pair.label, None, "not measured"
         ours, limit = r.ours_bytes / r.full, best / r.full + 0.01
-        return r.pair.label, ours <= limit, f"ours/full {ours:.4f} <= best whole-archive/full + 0.01 = {limit:.4f}"
+        return r.pair.label, ours <= limit, f"ours/full {ours:.4f}, limit best whole-archive/full + 0.01 = {limit:.4f}"
 
     def bytes_vs_tufup(r: Result) -> tuple[str, bool | None, str]:
         if r.ours_bytes is None or r.tufup is None:
             return r.pair.label, None, "not measured"
-        return r.pair.label, r.ours_bytes <= 0.6 * r.tufup, f"ours/tufup {r.ours_bytes / r.tufup:.3f} <= 0.6"
+        return r.pair.label, r.ours_bytes <= 0.6 * r.tufup, f"ours/tufup {r.ours_bytes / r.tufup:.3f}, limit 0.6"
 
     def client_time(r: Result) -> tuple[str, bool | None, str]:
         if r.ours_client is None or r.tufup_client is None:
             return r.pair.label, None, "not measured"
         ratio = r.ours_client.wall / r.tufup_client.wall
         return r.pair.label, ratio <= 0.25, (f"{r.ours_client.wall:.2f} s vs {r.tufup_client.wall:.2f} s "
-                                             f"= {ratio:.2f}x <= 0.25x")
+                                             f"= {ratio:.2f}x, limit 0.25x")
 
     verdict("G1 every pair: ours/full <= best whole-archive delta/full + 0.01", [bytes_vs_best(r) for r in results])
     verdict("G2 every pair: ours bytes <= 0.6x tufup's", [bytes_vs_tufup(r) for r in results])
@@ -485,7 +485,7 @@ def goals(results: Sequence[Result]) -> tuple[list[str], bool]:
     else:
         ratio = largest.ours_publish.peak / largest.bsdiff_run.peak
         mem = (largest.pair.label, ratio <= 0.6, f"{largest.ours_publish.peak / MiB:.0f} MiB vs "
-                                                 f"{largest.bsdiff_run.peak / MiB:.0f} MiB = {ratio:.2f}x <= 0.6x")
+                                                 f"{largest.bsdiff_run.peak / MiB:.0f} MiB = {ratio:.2f}x, limit 0.6x")
     verdict("G3 largest pair: our publish peak RSS <= 0.6x whole-archive bsdiff4's", [mem])
     verdict("G4 every pair: client update time <= 0.25x tufup's", [client_time(r) for r in results])
     return lines, all(v is True for v in verdicts)
