@@ -19,6 +19,7 @@ import click
 from . import publish as ops
 from .audit import verify_repository
 from .core.expiry import expiring, parse_time
+from .delta import DELTA_MAX_RATIO, parse_size
 from .errors import ExpiringSoon, ReleaseError, VerificationFailed
 from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
 from .store import Repository
@@ -147,17 +148,27 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
 @click.option("--platform", required=True, help="linux-x86_64, macos-arm64, windows-x86_64, any, ...")
 @click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Release notes file.")
 @click.option("--entry-point", help="Path inside the release that 'pinnacle-update run' executes.")
+@click.option("--deltas", "delta_count", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Build deltas from this many previous releases of the channel and platform (0: none).")
+@click.option("--memory-budget", default="2G", show_default=True, metavar="SIZE",
+              help="Peak memory of this process while building deltas (e.g. 2G, 512M); picks the encoders.")
 @click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
 @json_option
 def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, update_type: str, platform: str,
-                notes: Path | None, entry_point: str | None, source_dir: Path, as_json: bool) -> None:
+                notes: Path | None, entry_point: str | None, delta_count: int, memory_budget: str, source_dir: Path,
+                as_json: bool) -> None:
     """Build SOURCE_DIR into a release and publish it in a channel."""
     text = notes.read_text(encoding="utf-8") if notes else ""
-    request = ops.PublishRequest(channel, version, update_type, platform, source_dir, text, entry_point)
+    request = ops.PublishRequest(channel, version, update_type, platform, source_dir, text, entry_point,
+                                 deltas=delta_count, memory_budget=parse_size(memory_budget))
     result = ops.publish(Repository(repo_dir), _keystore(keys_dir), request)
     full = result["release"]["full"]
-    _emit(as_json, result, f"published {channel} {version} ({platform}, {update_type}): {full['path']} "
-                           f"{full['length']} bytes sha256 {full['sha256'][:16]}")
+    lines = [f"published {channel} {version} ({platform}, {update_type}): {full['path']} "
+             f"{full['length']} bytes sha256 {full['sha256'][:16]}"]
+    for d in result["deltas"]:
+        verdict = "published" if d["published"] else f"not published (over {DELTA_MAX_RATIO:.0%} of full)"
+        lines.append(f"  delta from {d['from']}: {d['length']} bytes ({d['ratio']:.1%} of full), {verdict}")
+    _emit(as_json, result, "\n".join(lines))
 
 
 @cli.command("promote")

@@ -18,6 +18,7 @@ from tuf.api.metadata import Metadata, Targets
 
 from client.index import (
     ChannelIndex,
+    DeltaRef,
     FormatError,
     Release,
     TargetRef,
@@ -31,6 +32,8 @@ from client.index import (
 
 from . import artifact
 from .core import metadata as meta
+from .core.delta_plan import ZSTD_MEMORY
+from .delta import DEFAULT_MEMORY_BUDGET, build_deltas, current_rss
 from .errors import PublishRefused, RepositoryStateError
 from .keys import KeyStore
 from .store import RepoConfig, Repository, RepoState, describe
@@ -172,6 +175,10 @@ class PublishRequest:
     source: Path
     notes: str = ""
     entry_point: str | None = None
+    deltas: int = 3
+    """Build deltas from this many previous releases of the channel and platform (0: none)."""
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    """Peak resident bytes the publishing process may reach while building deltas."""
 
 
 def _validate(request: PublishRequest) -> UpdateType:
@@ -188,6 +195,13 @@ def _validate(request: PublishRequest) -> UpdateType:
         raise PublishRefused(f"unknown update type '{request.type}' (one of {allowed})") from None
     if not Path(request.source).is_dir():
         raise PublishRefused(f"source {request.source} is not a directory")
+    if request.deltas < 0:
+        raise PublishRefused("--deltas must be 0 or more")
+    if request.deltas and request.memory_budget - current_rss() < ZSTD_MEMORY:
+        raise PublishRefused(
+            f"--memory-budget {request.memory_budget >> 20} MiB leaves less than the {ZSTD_MEMORY >> 20} MiB "
+            f"zstd needs above this process's {current_rss() >> 20} MiB (raise it, or --deltas 0)"
+        )
     return update_type
 
 
@@ -217,6 +231,12 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
             base = release_dir(request.channel, request.platform, request.version)
             full = TargetRef(f"{base}/full.tar.zst", built.full_length, built.full_sha256)
             manifest = TargetRef(f"{base}/manifest.json.zst", built.manifest_length, built.manifest_sha256)
+            previous = [r for r in index.releases if r.platform == request.platform]
+            bases = sorted(previous, key=lambda r: r.parsed_version, reverse=True)[: request.deltas]
+            built_deltas = build_deltas(repo, bases, Path(request.source), built.manifest, built.full_length,
+                                        staging, request.memory_budget)
+            deltas = [(d.ref(request.channel, request.platform, request.version), d.path)
+                      for d in built_deltas if d.published]
             release = Release(
                 version=request.version,
                 platform=request.platform,
@@ -227,16 +247,19 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
                 manifest=manifest,
                 notes=request.notes,
                 entry_point=request.entry_point,
+                deltas=tuple(ref for ref, _ in deltas),
             )
             files: list[tuple[str, str, Path | bytes]] = [
                 (full.path, full.sha256, built.full_path),
                 (manifest.path, manifest.sha256, built.manifest_path),
+                *((ref.target.path, ref.target.sha256, path) for ref, path in deltas),
             ]
-            for ref in (full, manifest):
+            for ref in release.targets():
                 md.signed.targets[ref.path] = meta.target_file(ref.path, ref.length, ref.sha256)
             files.append(_set_index(md, request.channel, index.with_release(release, _iso(now))))
             versions = _commit(repo, keys, state, _Change(files, {request.channel: md}), now)
-    return {"channel": request.channel, "release": release.to_dict(), "metadata_versions": versions}
+    return {"channel": request.channel, "release": release.to_dict(), "metadata_versions": versions,
+            "deltas": [d.to_dict() for d in built_deltas]}
 
 
 # -- promote --------------------------------------------------------------------------------------
@@ -280,21 +303,30 @@ def promote(
             except FormatError as exc:
                 raise PublishRefused(str(exc)) from exc
             base = release_dir(dest_channel, release.platform, release.version)
-            moved: dict[str, TargetRef] = {}
-            for kind, ref in (("full", release.full), ("manifest", release.manifest)):
+
+            def move(ref: TargetRef, base: str = base) -> TargetRef:
                 new_ref = TargetRef(f"{base}/{ref.path.rsplit('/', 1)[1]}", ref.length, ref.sha256)
                 files.append((new_ref.path, ref.sha256, repo.target_location(ref.path, ref.sha256)))
                 md.signed.targets[new_ref.path] = meta.target_file(new_ref.path, ref.length, ref.sha256)
-                moved[kind] = new_ref
+                return new_ref
+
             new_release = replace(
-                release, full=moved["full"], manifest=moved["manifest"], published=_iso(now),
+                release, full=move(release.full), manifest=move(release.manifest), published=_iso(now),
                 promoted_from=source_channel,
+                deltas=tuple(replace(d, target=move(d.target)) for d in _carried_deltas(index, release)),
             )
             index = index.with_release(new_release, _iso(now))
             promoted.append(new_release.to_dict())
         files.append(_set_index(md, dest_channel, index))
         versions = _commit(repo, keys, state, _Change(files, {dest_channel: md}), now)
     return {"from": source_channel, "to": dest_channel, "releases": promoted, "metadata_versions": versions}
+
+
+def _carried_deltas(dest: ChannelIndex, release: Release) -> list[DeltaRef]:
+    """The deltas of ``release`` whose base the destination channel holds with the same content
+    (same platform and version, same canonical-content sha256); the others would be useless there."""
+    have = {(r.parsed_version, r.content.sha256) for r in dest.releases if r.platform == release.platform}
+    return [d for d in release.deltas if (parse_version(d.base), d.base_content) in have]
 
 
 # -- refresh and status ---------------------------------------------------------------------------

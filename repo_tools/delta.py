@@ -1,0 +1,303 @@
+"""Building deltas at publish time: the I/O half of ``core.delta_plan``.
+
+For each earlier release chosen as a base, the base's full artifact is extracted from the
+repository into staging with :func:`client.archive.extract_release` (which verifies every file and
+the whole content digest against the signed manifest), then one delta container
+(``client.delta_format``) is written file by file:
+
+* the plan (pure) picks a base file and the encoders the memory budget allows;
+* each candidate encoder writes its output into a scratch file, the smallest is appended to the
+  payload spool, the others are dropped: at most one file's inputs and outputs are in memory;
+* the container (header, then the payload copied in ``CHUNK_SIZE`` pieces) is written last, since
+  the header holds every offset.
+
+Files of the new release are read from the source tree below a directory descriptor with
+``open_beneath`` and must still have the sha256 ``scan_tree`` recorded. Everything is
+deterministic: the same base and target give the same delta bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import resource
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import bsdiff4
+import pyzstd
+import zstandard
+
+from client.archive import CHUNK_SIZE, copy_hashed, extract_release, open_beneath, show_path
+from client.delta_format import DeltaHeader, DeltaOp, OpKind, delta_path, patch_window_log, write_delta
+from client.errors import InstallError
+from client.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry, Release, TargetRef
+
+from .audit import MAX_MANIFEST_BYTES
+from .core.delta_plan import FilePlan, PlanError, plan_delta
+from .errors import PublishRefused, RepositoryStateError, UnsafeInputError
+from .store import Repository
+
+DELTA_MAX_RATIO = 0.8
+"""A delta is published only if it is at most this fraction of the full artifact. Above it the
+client saves under 20% of the download yet pays for reading base files and applying patches, and
+has one more way to fail; it is also the point where tufup gives up on patches."""
+PATCH_LEVEL = 19
+"""zstd level of ``zstd`` and ``zstd-patch`` ops: bytes on the wire are what every device pays."""
+DEFAULT_MEMORY_BUDGET = 2 << 30
+
+
+@dataclass
+class DeltaResult:
+    """One base release: the delta built against it, its size and whether it is published."""
+
+    base: Release
+    path: Path
+    length: int
+    sha256: str
+    full_length: int
+    ops: dict[str, int] = field(default_factory=dict)
+    op_bytes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    peak_rss: int = 0
+
+    @property
+    def published(self) -> bool:
+        return self.length <= DELTA_MAX_RATIO * self.full_length
+
+    def ref(self, channel: str, platform: str, version: str) -> DeltaRef:
+        target = TargetRef(delta_path(channel, platform, version, self.base.version), self.length, self.sha256)
+        return DeltaRef(base=self.base.version, base_content=self.base.content.sha256, target=target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.base.version, "length": self.length, "full_length": self.full_length,
+            "ratio": round(self.length / self.full_length, 4) if self.full_length else None,
+            "published": self.published, "ops": self.ops, "op_bytes": self.op_bytes,
+            "seconds": round(self.seconds, 3), "peak_rss": self.peak_rss,
+        }
+
+
+def parse_size(text: str) -> int:
+    """``2G``, ``512M``, ``64K``, ``1.5G`` or a plain number of bytes (binary units)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(value[-1:], 1)
+    number = value[:-1] if scale > 1 else value
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise PublishRefused(f"not a size: {text!r} (e.g. 2G, 512M)") from None
+    if size <= 0:
+        raise PublishRefused(f"size must be positive: {text!r}")
+    return size
+
+
+def current_rss() -> int:
+    """This process's resident set size now (Linux ``/proc``), else its peak so far."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss()
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- several bases -------------------------------------------------------------------------------
+
+def build_deltas(
+    repo: Repository,
+    bases: Sequence[Release],
+    source: Path,
+    manifest: Manifest,
+    full_length: int,
+    staging: Path,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> list[DeltaResult]:
+    """Build one delta per release in ``bases`` (stored in ``repo``) to the release ``manifest``
+    whose files are in ``source``. Each base is extracted into ``staging`` and removed after use,
+    so disk use is one base tree at a time. Every result is returned; ``published`` says which
+    pass the :data:`DELTA_MAX_RATIO` test."""
+    results = []
+    for base in bases:
+        started = time.monotonic()
+        base_manifest = load_manifest(repo, base)
+        base_dir = staging / f"base-{base.version}"
+        base_dir.mkdir()
+        try:
+            extract_release(repo.target_location(base.full.path, base.full.sha256), base_dir, base_manifest)
+        except InstallError as exc:
+            raise RepositoryStateError(f"cannot use release {base.version} as a delta base: {exc}") from exc
+        out = staging / f"from-{base.version}.pdelta"
+        header, digest = build_delta(base_dir, base_manifest, source, manifest, out, staging, memory_budget)
+        shutil.rmtree(base_dir)
+        result = DeltaResult(base, out, digest.length, digest.sha256, full_length,
+                             seconds=time.monotonic() - started, peak_rss=peak_rss())
+        for op in header.ops:
+            result.ops[op.op.value] = result.ops.get(op.op.value, 0) + 1
+            result.op_bytes[op.op.value] = result.op_bytes.get(op.op.value, 0) + op.length
+        results.append(result)
+    return results
+
+
+def load_manifest(repo: Repository, release: Release) -> Manifest:
+    """The stored manifest of ``release``, which must agree with the index's content digest."""
+    location = repo.target_location(release.manifest.path, release.manifest.sha256)
+    try:
+        with open(location, "rb") as f:
+            manifest = Manifest.from_bytes(zstandard.ZstdDecompressor().stream_reader(f).read(MAX_MANIFEST_BYTES + 1))
+    except (OSError, zstandard.ZstdError, FormatError) as exc:
+        raise RepositoryStateError(f"manifest of {release.version} unreadable ({exc})") from exc
+    if manifest.content != release.content:
+        raise RepositoryStateError(f"manifest of {release.version} disagrees with the channel index")
+    return manifest
+
+
+# -- one pair ------------------------------------------------------------------------------------
+
+def build_delta(
+    base_root: Path,
+    base: Manifest,
+    source: Path,
+    target: Manifest,
+    out: Path,
+    work: Path,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> tuple[DeltaHeader, Digest]:
+    """Write the delta rebuilding ``target`` (files below ``source``) from ``base`` (files below
+    ``base_root``, already verified) into ``out``; scratch files go to ``work``.
+
+    ``memory_budget`` bounds the whole process: the plan gets what is left above the current
+    resident size. Returns the header and the digest of the written file.
+    """
+    try:
+        plan = plan_delta(base, target, memory_budget - current_rss())
+    except PlanError as exc:
+        raise PublishRefused(f"--memory-budget too small: {exc}") from None
+    spool = work / f"{out.name}.payload"
+    ops: list[DeltaOp] = []
+    offset = 0
+    with _Tree(base_root) as old_tree, _Tree(source) as new_tree, open(spool, "w+b") as payload:
+        for item in plan.files:
+            if item.is_copy:
+                assert item.base is not None
+                ops.append(DeltaOp(item.entry.path, OpKind.COPY, item.base.path))
+                continue
+            kind, length = _encode_best(item, old_tree, new_tree, work, payload)
+            ops.append(DeltaOp(item.entry.path, kind, item.base.path if kind.has_base and item.base else None,
+                               offset, length))
+            offset += length
+        header = DeltaHeader(base.version, target.version, base.content, target.content, tuple(ops))
+        header.check_against(target, base)
+        payload.seek(0)
+        with open(out, "wb") as f:
+            write_delta(f, header, chunks(payload))
+    spool.unlink()
+    with open(out, "rb") as f:
+        digest, _ = copy_hashed(f.read)
+    return header, digest
+
+
+class _Tree:
+    """A release tree opened once as a directory descriptor; files are read with ``open_beneath``
+    (never through a symlink) and checked against their manifest entry."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fd = -1
+
+    def __enter__(self) -> _Tree:
+        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def _changed(self, entry: ManifestEntry) -> UnsafeInputError:
+        return UnsafeInputError(f"{self.root} changed while building the delta: {show_path(entry.path)}")
+
+    def read(self, entry: ManifestEntry) -> bytes:
+        """The whole file, which must have ``entry``'s size and sha256."""
+        with os.fdopen(open_beneath(self.fd, entry.path, os.O_RDONLY), "rb", buffering=0) as f:
+            data = f.readall()
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise self._changed(entry)
+        return data
+
+    def zstd(self, entry: ManifestEntry, out: BinaryIO) -> None:
+        """Stream the file into one plain zstd frame on ``out``, checking size and sha256 on the way."""
+        with os.fdopen(open_beneath(self.fd, entry.path, os.O_RDONLY), "rb", buffering=0) as f:
+            if not _zstd_stream(f.read, out, entry):
+                raise self._changed(entry)
+
+
+def _zstd_stream(read: Callable[[int], bytes], out: BinaryIO, entry: ManifestEntry) -> bool:
+    """One zstd frame (content size recorded, no checksum: the manifest's sha256 is the check) of
+    what ``read`` yields; True if that was exactly ``entry``'s bytes."""
+    cctx = zstandard.ZstdCompressor(level=PATCH_LEVEL, threads=0, write_content_size=True, write_checksum=False)
+    writer = cctx.stream_writer(out, size=entry.size, closefd=False)
+    digest, overflow = copy_hashed(read, writer.write, entry.size)
+    if overflow or digest != Digest(entry.size, entry.sha256):
+        return False
+    writer.flush(zstandard.FLUSH_FRAME)
+    return True
+
+
+def zstd_patch(old: bytes, new: bytes) -> bytes:
+    """zstd "patch-from": one frame of ``new`` compressed with ``old`` as a raw prefix, a window
+    covering both (``patch_window_log``), long-distance matching, level 19. pyzstd exposes the
+    prefix (python-zstandard's raw-content dictionary barely uses a large reference)."""
+    option: dict[int, int] = {
+        pyzstd.CParameter.compressionLevel: PATCH_LEVEL,
+        pyzstd.CParameter.windowLog: patch_window_log(len(old), len(new)),
+        pyzstd.CParameter.enableLongDistanceMatching: 1,
+        pyzstd.CParameter.checksumFlag: 0,
+    }
+    compressor = pyzstd.ZstdCompressor(option, pyzstd.ZstdDict(old, is_raw=True).as_prefix)
+    return compressor.compress(new, pyzstd.ZstdCompressor.FLUSH_FRAME)
+
+
+def _encode_best(item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, payload: BinaryIO) -> tuple[OpKind, int]:
+    """Run every candidate of ``item`` into its own scratch file, append the smallest to
+    ``payload`` and return its kind and length (ties: the earlier candidate)."""
+    best: tuple[int, OpKind, Path] | None = None
+    old = new = b""
+    if item.base is not None:
+        old, new = old_tree.read(item.base), new_tree.read(item.entry)
+    for kind in item.candidates:
+        scratch = work / f"candidate.{kind.value}"
+        with open(scratch, "wb") as f:
+            if kind is OpKind.ZSTD and item.base is None:
+                new_tree.zstd(item.entry, f)  # a new file: streamed, never held in memory
+            elif kind is OpKind.ZSTD:
+                _zstd_stream(io.BytesIO(new).read, f, item.entry)
+            elif kind is OpKind.ZSTD_PATCH:
+                f.write(zstd_patch(old, new))
+            else:
+                f.write(bsdiff4.diff(old, new))
+        size = scratch.stat().st_size
+        if best is None or size < best[0]:
+            if best is not None:
+                best[2].unlink()
+            best = (size, kind, scratch)
+        else:
+            scratch.unlink()
+    del old, new
+    assert best is not None
+    size, kind, scratch = best
+    with open(scratch, "rb") as f:
+        shutil.copyfileobj(f, payload, CHUNK_SIZE)
+    scratch.unlink()
+    return kind, size
+
+
+def chunks(f: BinaryIO) -> Iterator[bytes]:
+    """The rest of ``f`` in ``CHUNK_SIZE`` pieces."""
+    return iter(lambda: f.read(CHUNK_SIZE), b"")

@@ -1,0 +1,486 @@
+"""Deltas at publish time: the container format, the per-file plan, and real publishes into real
+repositories whose deltas are applied back (by a small reference applier that decodes ops with
+bsdiff4/pyzstd/zstandard directly) and compared with the signed manifest byte for byte."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import bsdiff4
+import pytest
+import pyzstd
+import zstandard
+
+from client.archive import verify_tree
+from client.delta_format import (
+    MAGIC,
+    DeltaFormatError,
+    DeltaHeader,
+    DeltaOp,
+    OpKind,
+    patch_window_log,
+    read_header,
+    write_delta,
+)
+from client.index import Digest, EntryType, Manifest, ManifestEntry, Release
+from repo_tools import publish as ops
+from repo_tools.audit import verify_repository
+from repo_tools.core.delta_plan import (
+    ZSTD_MEMORY,
+    PlanError,
+    bsdiff4_memory,
+    normalise_path,
+    plan_delta,
+    zstd_patch_memory,
+)
+from repo_tools.delta import DELTA_MAX_RATIO, build_delta, load_manifest, parse_size
+from repo_tools.errors import PublishRefused
+from repo_tools.keys import KeyStore
+from repo_tools.store import Repository
+
+from .conftest import ROOT, tree_digest, write_tree
+
+MIB = 1 << 20
+SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def _blob(seed: int, size: int) -> bytes:
+    """Compressible pseudo-random bytes (a vocabulary of short random words), like real binaries."""
+    rnd = random.Random(seed)
+    words = [rnd.randbytes(rnd.randint(3, 12)) for _ in range(2000)]
+    out = bytearray()
+    while len(out) < size:
+        out += b"".join(rnd.choices(words, k=4096))
+    return bytes(out[:size])
+
+
+def _edit(data: bytes, seed: int, edits: int = 20) -> bytes:
+    rnd = random.Random(seed)
+    out = bytearray(data)
+    for _ in range(edits):
+        at = rnd.randrange(len(out) - 64)
+        out[at:at + 16] = rnd.randbytes(16)
+    return bytes(out)
+
+
+def _text(seed: int, lines: int) -> str:
+    rnd = random.Random(seed)
+    vocab = ["update", "release", "slot", "delta", "manifest", "verify", "install", "channel", "signed", "target"]
+    return "".join(f"{i:05d} " + " ".join(rnd.choices(vocab, k=8)) + "\n" for i in range(lines))
+
+
+def _pair_trees(tmp: Path) -> tuple[Path, Path]:
+    """Two releases: unchanged, changed text and binary, renamed versioned folder, versioned .so,
+    a new and a removed file, a symlink whose target moves."""
+    lib = _blob(1, 300_000)
+    text = _text(2, 3000)
+    data = _blob(3, 120_000)
+    v1 = write_tree(tmp / "v1", {
+        "bin/app": "#!/bin/sh\necho app\n",
+        "lib/libfoo.so.1.2": lib,
+        "pkg-1.2.dist-info/METADATA": "Name: pkg\nSummary: unchanged\n" * 40,
+        "pkg-1.2.dist-info/RECORD": "".join(f"pkg/mod{i}.py,sha256=x{i},{i * 7}\n" for i in range(300)),
+        "share/text.txt": text,
+        "share/data.bin": data,
+        "share/removed.txt": "gone in 1.1\n" * 50,
+        "share/empty": b"",
+    })
+    os.symlink("libfoo.so.1.2", v1 / "lib/libfoo.so")
+    v2 = write_tree(tmp / "v2", {
+        "bin/app": "#!/bin/sh\necho app\n",
+        "lib/libfoo.so.1.3": _edit(lib, 4),
+        "pkg-1.3.dist-info/METADATA": "Name: pkg\nSummary: unchanged\n" * 40,
+        "pkg-1.3.dist-info/RECORD": "".join(f"pkg/mod{i}.py,sha256=y{i},{i * 7}\n" for i in range(300)),
+        "share/text.txt": text.replace("00100 ", "00100 changed ").replace("02000 ", "02000 edited "),
+        "share/data.bin": _edit(data, 5),
+        "share/new.txt": _text(6, 200),
+        "share/empty": b"",
+    })
+    os.symlink("libfoo.so.1.3", v2 / "lib/libfoo.so")
+    return v1, v2
+
+
+def _publish(repo: Repository, keys: KeyStore, source: Path, version: str, channel: str = "beta",
+             **kwargs: object) -> dict[str, object]:
+    request = ops.PublishRequest(channel, version, "minor", "linux-x86_64", source, **kwargs)  # type: ignore[arg-type]
+    return ops.publish(repo, keys, request)
+
+
+def _release(repo: Repository, channel: str, version: str) -> Release:
+    found = repo.channel_index(repo.load(), channel).find(version, "linux-x86_64")
+    assert found is not None
+    return found
+
+
+def _delta_location(repo: Repository, release: Release, base: str) -> Path:
+    ref = release.delta_from(base)
+    assert ref is not None, f"{release.version} has no delta from {base}"
+    return repo.target_location(ref.target.path, ref.target.sha256)
+
+
+def _header(path: Path) -> DeltaHeader:
+    with open(path, "rb") as f:
+        return read_header(f, path.stat().st_size)
+
+
+def apply_reference(delta: Path, base_root: Path, base: Manifest, target: Manifest, dest: Path) -> None:
+    """A deliberately simple applier (whole files in memory), independent of the publisher's code."""
+    with open(delta, "rb") as f:
+        header = read_header(f, delta.stat().st_size)
+        header.check_against(target, base)
+        by_path = {op.path: op for op in header.ops}
+        dest.mkdir()
+        for e in target.entries:
+            out = dest / e.path
+            if e.type is EntryType.DIR:
+                out.mkdir()
+                continue
+            if e.type is EntryType.SYMLINK:
+                os.symlink(e.link, out)
+                continue
+            op = by_path[e.path]
+            start, end = header.data_range(op)
+            f.seek(start)
+            raw = f.read(end - start)
+            old = (base_root / op.base).read_bytes() if op.base else b""
+            if op.op is OpKind.COPY:
+                data = old
+            elif op.op is OpKind.BSDIFF4:
+                data = bsdiff4.patch(old, raw)
+            elif op.op is OpKind.ZSTD_PATCH:
+                window = {pyzstd.DParameter.windowLogMax: patch_window_log(len(old), e.size)}
+                data = pyzstd.ZstdDecompressor(pyzstd.ZstdDict(old, is_raw=True).as_prefix, window).decompress(raw)
+            else:
+                data = zstandard.ZstdDecompressor().decompress(raw)
+            out.write_bytes(data)
+            out.chmod(e.mode)
+    for e in target.entries:
+        if e.type is EntryType.DIR:
+            (dest / e.path).chmod(e.mode)
+
+
+# -- the container ---------------------------------------------------------------------------------
+
+def _manifest(version: str, files: dict[str, tuple[int, str]], content: str = SHA_C) -> Manifest:
+    dirs = sorted({p.rpartition("/")[0] for p in files if "/" in p})
+    entries = [ManifestEntry(d, EntryType.DIR, 0o755) for d in dirs]
+    entries += [ManifestEntry(p, EntryType.FILE, 0o644, size=s, sha256=h) for p, (s, h) in files.items()]
+    entries.sort(key=lambda e: e.path.encode())
+    return Manifest(version, Digest(sum(s for s, _ in files.values()), content), tuple(entries))
+
+
+def _sample_header() -> DeltaHeader:
+    return DeltaHeader("1.0", "1.1", Digest(10, SHA_A), Digest(12, SHA_B), (
+        DeltaOp("a/x", OpKind.COPY, "a/y"),
+        DeltaOp("a/z", OpKind.ZSTD, None, 0, 3),
+        DeltaOp("b", OpKind.BSDIFF4, "b", 3, 2),
+    ))
+
+
+def _encoded(header: DeltaHeader, payload: bytes = b"abcde") -> bytes:
+    out = io.BytesIO()
+    assert write_delta(out, header, [payload[:2], payload[2:]]) == len(out.getvalue())
+    return out.getvalue()
+
+
+def _rehead(data: bytes, old: bytes, new: bytes) -> bytes:
+    """``data`` with ``old`` replaced by ``new`` in its header, the header length field kept right."""
+    length = int.from_bytes(data[8:16], "big")
+    header = data[16:16 + length]
+    assert old in header
+    header = header.replace(old, new)
+    return MAGIC + len(header).to_bytes(8, "big") + header + data[16 + length:]
+
+
+def test_container_round_trip() -> None:
+    data = _encoded(_sample_header())
+    header = read_header(io.BytesIO(data), len(data))
+    assert header.ops == _sample_header().ops
+    assert data[slice(*header.data_range(header.ops[2]))] == b"de"
+    assert data.startswith(MAGIC)
+
+
+@pytest.mark.parametrize(("mangle", "message"), [
+    (lambda d: b"X" + d[1:], "bad magic"),
+    (lambda d: d[:12], "bad magic or truncated"),
+    (lambda d: d[:8] + (1 << 40).to_bytes(8, "big") + d[16:], "exceeds the"),
+    (lambda d: d[:8] + (10_000).to_bytes(8, "big") + d[16:], "runs past the end"),
+    (lambda d: d[:-1], "payload should be 5 bytes"),
+    (lambda d: d + b"!", "payload should be 5 bytes"),
+    (lambda d: _rehead(d, b'"bsdiff4"', b'"xdelta3"'), "unknown op"),
+    (lambda d: _rehead(d, b'"offset":3', b'"offset":4'), "contiguous"),
+    (lambda d: _rehead(d, b'"format":1', b'"format":9'), "unsupported format"),
+    (lambda d: _rehead(d, b'"from":"1.0"', b'"from":"one"'), "PEP 440"),
+    (lambda d: _rehead(d, b'"base":"a/y"', b'"base":"a/y","offset":0'), "unexpected field"),
+    (lambda d: _rehead(d, b'"ops":[', b'"extra":1,"ops":['), "unexpected field"),
+    (lambda d: _rehead(d, b'"length":3', b'"length":-3'), "non-negative integer"),
+    (lambda d: _rehead(d, b'{"format"', b'[{"format"') + b"]", "not valid JSON|expected a JSON object"),
+])
+def test_container_refusals(mangle: Callable[[bytes], bytes], message: str) -> None:
+    data = mangle(_encoded(_sample_header()))
+    with pytest.raises(DeltaFormatError, match=message):
+        read_header(io.BytesIO(data), len(data))
+
+
+def test_writer_refuses_payload_not_matching_ops() -> None:
+    with pytest.raises(DeltaFormatError, match="payload has 4 bytes"):
+        write_delta(io.BytesIO(), _sample_header(), [b"abcd"])
+
+
+def test_check_against_manifests() -> None:
+    base = _manifest("1.0", {"a/y": (4, SHA_A), "b": (2, SHA_B)}, content=SHA_A)
+    target = _manifest("1.1", {"a/x": (4, SHA_A), "a/z": (3, SHA_C), "b": (5, SHA_C)}, content=SHA_B)
+    header = _sample_header()
+    base = Manifest(base.version, header.base_content, base.entries)
+    target = Manifest(target.version, header.content, target.entries)
+    header.check_against(target, base)
+    wrong = [
+        (Manifest("1.2", target.content, target.entries), base, "target version"),
+        (target, Manifest(base.version, Digest(10, SHA_C), base.entries), "base content digest"),
+        (Manifest(target.version, target.content, target.entries[:-1]), base, "3 ops for the 2 files"),
+        (target, _manifest("1.0", {"a/y": (4, SHA_C), "b": (2, SHA_B)}, SHA_A), "whose content differs"),
+        (target, _manifest("1.0", {"a/w": (4, SHA_A), "b": (2, SHA_B)}, SHA_A), "is not a file of 1.0"),
+    ]
+    for tgt, bas, message in wrong:
+        bas = Manifest(bas.version, bas.content if message == "base content digest" else header.base_content,
+                       bas.entries)
+        with pytest.raises(DeltaFormatError, match=message):
+            header.check_against(tgt, bas)
+    swapped = DeltaHeader("1.0", "1.1", header.base_content, header.content,
+                          (header.ops[1], header.ops[0], header.ops[2]))
+    with pytest.raises(DeltaFormatError, match="is for 'a/z'"):
+        swapped.check_against(target, base)
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+def test_plan_matches_renames_versioned_paths_and_new_files() -> None:
+    base = _manifest("1.2", {
+        "pkg-1.2.dist-info/METADATA": (100, SHA_A),
+        "pkg-1.2.dist-info/RECORD": (500, SHA_B),
+        "lib/libfoo.so.1.2": (9000, "1" * 64),
+        "lib/libbar.so": (100, "2" * 64),
+        "old.txt": (10, "3" * 64),
+    })
+    target = _manifest("1.3", {
+        "pkg-1.3.dist-info/METADATA": (100, SHA_A),
+        "pkg-1.3.dist-info/RECORD": (520, SHA_C),
+        "lib/libfoo.so.1.3": (9100, "4" * 64),
+        "lib/libbar.so": (120, "5" * 64),
+        "brand-new.txt": (50, "6" * 64),
+    })
+    plan = {p.entry.path: p for p in plan_delta(base, target, 2 << 30).files}
+    assert [p.entry.path for p in plan_delta(base, target, 2 << 30).files] == [
+        e.path for e in target.entries if e.type is EntryType.FILE]
+    meta = plan["pkg-1.3.dist-info/METADATA"]
+    assert (meta.candidates, meta.base and meta.base.path, meta.match) == (
+        (OpKind.COPY,), "pkg-1.2.dist-info/METADATA", "sha256")
+    assert plan["pkg-1.3.dist-info/RECORD"].base.path == "pkg-1.2.dist-info/RECORD"  # type: ignore[union-attr]
+    assert plan["lib/libfoo.so.1.3"].match == "versioned-path"
+    assert plan["lib/libbar.so"].match == "path"
+    assert plan["lib/libbar.so"].candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF4)
+    assert (plan["brand-new.txt"].base, plan["brand-new.txt"].candidates) == (None, (OpKind.ZSTD,))
+    assert normalise_path("lib/libfoo.so.1.2") == normalise_path("lib/libfoo.so.10.3.1") == "lib/libfoo.so.#"
+
+
+def test_plan_memory_budget_picks_encoders() -> None:
+    big = 30 * MIB
+    base = _manifest("1", {"big.bin": (big, SHA_A)})
+    target = _manifest("2", {"big.bin": (big, SHA_B)})
+
+    def candidates(budget: int) -> tuple[OpKind, ...]:
+        return plan_delta(base, target, budget).files[0].candidates
+
+    assert bsdiff4_memory(big, big) == 17 * big + big + 32 * MIB
+    assert OpKind.BSDIFF4 in candidates(bsdiff4_memory(big, big))
+    assert candidates(bsdiff4_memory(big, big) - 1) == (OpKind.ZSTD, OpKind.ZSTD_PATCH)
+    assert candidates(zstd_patch_memory(big, big) - 1) == (OpKind.ZSTD,)
+    assert "bsdiff4 needs" in plan_delta(base, target, 256 * MIB).files[0].skipped[-1]
+    with pytest.raises(PlanError, match="below the 128 MiB"):
+        plan_delta(base, target, ZSTD_MEMORY - 1)
+
+
+def test_parse_size() -> None:
+    assert parse_size("2G") == 2 << 30
+    assert parse_size("512M") == parse_size("512MiB") == 512 << 20
+    assert parse_size("1.5g") == 3 << 29
+    assert parse_size("4096") == 4096
+    for bad in ("lots", "0", "-1M"):
+        with pytest.raises(PublishRefused):
+            parse_size(bad)
+
+
+# -- publishing into real repositories -------------------------------------------------------------
+
+def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, keystore: KeyStore) -> None:
+    v1, v2 = _pair_trees(tmp_path)
+    _publish(repo, keystore, v1, "1.2.0")
+    result = _publish(repo, keystore, v2, "1.3.0")
+    release = _release(repo, "beta", "1.3.0")
+    assert [d.base for d in release.deltas] == ["1.2.0"]
+    [stats] = result["deltas"]  # type: ignore[misc]
+    assert stats["published"] and stats["length"] == release.deltas[0].target.length
+    assert stats["length"] <= DELTA_MAX_RATIO * release.full.length
+
+    location = _delta_location(repo, release, "1.2.0")
+    header = _header(location)
+    kinds = {op.path: op.op for op in header.ops}
+    assert kinds["bin/app"] is OpKind.COPY
+    assert kinds["pkg-1.3.dist-info/METADATA"] is OpKind.COPY  # renamed versioned folder: a reference
+    assert kinds["share/empty"] is OpKind.COPY
+    assert kinds["share/new.txt"] is OpKind.ZSTD
+    for changed in ("lib/libfoo.so.1.3", "pkg-1.3.dist-info/RECORD", "share/text.txt", "share/data.bin"):
+        assert kinds[changed] in (OpKind.BSDIFF4, OpKind.ZSTD_PATCH), changed
+    assert {op.base for op in header.ops if op.path == "lib/libfoo.so.1.3"} == {"lib/libfoo.so.1.2"}
+
+    base_manifest = load_manifest(repo, _release(repo, "beta", "1.2.0"))
+    target_manifest = load_manifest(repo, release)
+    rebuilt = tmp_path / "rebuilt"
+    apply_reference(location, v1, base_manifest, target_manifest, rebuilt)
+    assert verify_tree(rebuilt, target_manifest) == []
+    assert tree_digest(rebuilt) == tree_digest(v2)
+    assert verify_repository(repo.path, ops.utcnow(), deep=True).problems == []
+    print(f"\npair delta {stats['length']} B vs full {release.full.length} B "
+          f"({stats['ratio']:.1%}); content {release.content.length} B; op bytes {stats['op_bytes']}")
+
+
+def test_client_applier_rebuilds_published_delta(tmp_path: Path, repo: Repository, keystore: KeyStore) -> None:
+    """The client's own applier (client/delta.py, when present) agrees with the publisher."""
+    client_delta = pytest.importorskip("client.delta")
+    v1, v2 = _pair_trees(tmp_path)
+    _publish(repo, keystore, v1, "1.2.0")
+    _publish(repo, keystore, v2, "1.3.0")
+    release = _release(repo, "beta", "1.3.0")
+    target_manifest = load_manifest(repo, release)
+    dest = tmp_path / "slot"
+    dest.mkdir()
+    client_delta.apply_delta(_delta_location(repo, release, "1.2.0"), v1,
+                             load_manifest(repo, _release(repo, "beta", "1.2.0")), target_manifest, dest)
+    assert tree_digest(dest) == tree_digest(v2)
+
+
+def _version_tree(tmp: Path, n: int, shared: bytes) -> Path:
+    return write_tree(tmp / f"k{n}", {"lib/shared.bin": shared, "share/VERSION": f"1.{n}.0\n",
+                                      "share/notes.txt": _text(n, 50 + 10 * n)})
+
+
+def test_deltas_from_the_previous_k_releases(tmp_path: Path, repo: Repository, keystore: KeyStore) -> None:
+    shared = _blob(7, 200_000)
+    for n in range(4):
+        _publish(repo, keystore, _version_tree(tmp_path, n, shared), f"1.{n}.0")
+    _publish(repo, keystore, _version_tree(tmp_path, 9, shared), "1.0.0", channel="alpha")  # another channel
+    _publish(repo, keystore, _version_tree(tmp_path, 4, shared), "1.4.0", deltas=3)
+    release = _release(repo, "beta", "1.4.0")
+    assert sorted(d.base for d in release.deltas) == ["1.1.0", "1.2.0", "1.3.0"]
+    for d in release.deltas:
+        assert _header(repo.target_location(d.target.path, d.target.sha256)).base_version == d.base
+        assert d.target.path == f"beta/linux-x86_64/1.4.0/from-{d.base}.pdelta"
+    assert [d.base for d in _release(repo, "beta", "1.1.0").deltas] == ["1.0.0"]
+    result = _publish(repo, keystore, _version_tree(tmp_path, 5, shared), "1.5.0", deltas=0)
+    assert _release(repo, "beta", "1.5.0").deltas == () and result["deltas"] == []
+    assert verify_repository(repo.path, ops.utcnow()).problems == []
+
+
+def test_delta_larger_than_threshold_is_not_published(tmp_path: Path, repo: Repository,
+                                                       keystore: KeyStore) -> None:
+    rnd = random.Random(11)
+    _publish(repo, keystore, write_tree(tmp_path / "a", {"blob": rnd.randbytes(100_000)}), "1.0.0")
+    result = _publish(repo, keystore, write_tree(tmp_path / "b", {"blob": rnd.randbytes(100_000)}), "1.1.0")
+    [stats] = result["deltas"]  # type: ignore[misc]
+    assert not stats["published"] and stats["ratio"] > DELTA_MAX_RATIO
+    assert _release(repo, "beta", "1.1.0").deltas == ()
+    signed = repo.load().channel("beta").signed.targets
+    assert not [p for p in signed if p.endswith(".pdelta")]
+    assert verify_repository(repo.path, ops.utcnow()).problems == []
+
+
+def test_same_inputs_give_the_same_delta_bytes(tmp_path: Path, keystore: KeyStore) -> None:
+    v1, v2 = _pair_trees(tmp_path)
+    digests = []
+    for name in ("one", "two"):
+        repo = Repository(tmp_path / name)
+        ops.init_repository(repo, keystore)
+        _publish(repo, keystore, v1, "1.2.0")
+        _publish(repo, keystore, v2, "1.3.0")
+        digests.append(_release(repo, "beta", "1.3.0").deltas[0].target.sha256)
+    again = tmp_path / "again.pdelta"
+    base_manifest = load_manifest(repo, _release(repo, "beta", "1.2.0"))
+    target_manifest = load_manifest(repo, _release(repo, "beta", "1.3.0"))
+    work = tmp_path / "work"
+    work.mkdir()
+    _, digest = build_delta(v1, base_manifest, v2, target_manifest, again, work)
+    assert digests[0] == digests[1] == digest.sha256
+    assert os.listdir(work) == []
+
+
+def test_promote_carries_a_delta_only_where_the_base_is(tmp_path: Path, repo: Repository,
+                                                          keystore: KeyStore) -> None:
+    v1, v2 = _pair_trees(tmp_path)
+    _publish(repo, keystore, v1, "1.2.0")
+    _publish(repo, keystore, v2, "1.3.0")
+    ops.promote(repo, keystore, "beta", "stable", "1.2.0")
+    ops.promote(repo, keystore, "beta", "stable", "1.3.0")
+    ops.promote(repo, keystore, "beta", "alpha", "1.3.0")  # alpha never had 1.2.0
+    stable = _release(repo, "stable", "1.3.0")
+    assert [(d.base, d.target.path) for d in stable.deltas] == [
+        ("1.2.0", "stable/linux-x86_64/1.3.0/from-1.2.0.pdelta")]
+    assert stable.deltas[0].target.sha256 == _release(repo, "beta", "1.3.0").deltas[0].target.sha256
+    assert _delta_location(repo, stable, "1.2.0").is_file()
+    assert _release(repo, "alpha", "1.3.0").deltas == ()
+    assert verify_repository(repo.path, ops.utcnow()).problems == []
+
+
+def test_refuses_negative_deltas_and_a_tiny_budget(tmp_path: Path, repo: Repository, keystore: KeyStore) -> None:
+    tree = write_tree(tmp_path / "t", {"a": "x"})
+    with pytest.raises(PublishRefused, match="--deltas"):
+        _publish(repo, keystore, tree, "1.0.0", deltas=-1)
+    with pytest.raises(PublishRefused, match="--memory-budget"):
+        _publish(repo, keystore, tree, "1.0.0", memory_budget=64 * MIB)
+
+
+_MEASURE = """
+import json, resource, subprocess, sys
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(json.dumps({"rc": proc.returncode, "out": proc.stdout, "err": proc.stderr,
+                  "peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+"""
+
+
+def _publish_measured(repo: Path, keys: Path, source: Path, version: str, *extra: str) -> tuple[dict, int]:  # type: ignore[type-arg]
+    """``pinnacle-release publish --json`` in a child process; its peak RSS measured by a parent
+    that has no other child."""
+    cmd = [sys.executable, "-m", "repo_tools", "publish", str(repo), "--keys", str(keys), "--channel", "beta",
+           "--version", version, "--type", "minor", "--platform", "linux-x86_64", "--json", *extra, str(source)]
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, check=True)
+    run = json.loads(proc.stdout)
+    assert run["rc"] == 0, run["err"]
+    return json.loads(run["out"]), run["peak"]
+
+
+def test_memory_budget_forces_zstd_patch_over_bsdiff4(tmp_path: Path, repo: Repository, keys_dir: Path) -> None:
+    """24 MB file, budget 384 MiB: bsdiff4 would need about 17 x 24 + 24 MB = 432 MB, so the plan
+    leaves it out and zstd patch-from wins; the whole publishing process stays under the budget."""
+    size = 24 * MIB
+    old = _blob(21, size)
+    v1 = write_tree(tmp_path / "big1", {"lib/big.so": old, "VERSION": "1"})
+    v2 = write_tree(tmp_path / "big2", {"lib/big.so": _edit(old, 22, edits=300), "VERSION": "2"})
+    budget = 384 * MIB
+    _publish_measured(repo.path, keys_dir, v1, "1.0.0", "--deltas", "0")
+    result, peak = _publish_measured(repo.path, keys_dir, v2, "1.1.0", "--memory-budget", "384M")
+    release = _release(repo, "beta", "1.1.0")
+    ops_by_path = {op.path: op for op in _header(_delta_location(repo, release, "1.0.0")).ops}
+    assert ops_by_path["lib/big.so"].op is OpKind.ZSTD_PATCH
+    assert peak <= budget, f"peak RSS {peak >> 20} MiB over the {budget >> 20} MiB budget"
+    [stats] = result["deltas"]
+    print(f"\n24 MB pair: delta {stats['length']} B vs full {release.full.length} B, peak RSS {peak >> 20} MiB "
+          f"(budget {budget >> 20} MiB), {stats['seconds']} s")
