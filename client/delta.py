@@ -25,6 +25,7 @@ import io
 import itertools
 import os
 import re
+import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -264,6 +265,39 @@ def apply_delta(
     problems = verify_tree(dest, wanted)
     if problems:
         raise DeltaError(f"{label}: rebuilt tree does not match {target_manifest.version}: {problems[0]}")
+
+
+def apply_chain(
+    steps: Sequence[tuple[Path, Manifest]],
+    base_root: Path,
+    base_manifest: Manifest,
+    dest: Path,
+    scratch: Path,
+    *,
+    skip: Iterable[str] = (),
+) -> None:
+    """Apply ``steps`` (delta file, manifest of the release it rebuilds) in order, starting from the
+    tree at ``base_root``: every intermediate release is rebuilt (and verified) in a directory under
+    ``scratch``, never in a slot; the last one goes into the empty ``dest``. ``scratch`` is removed
+    afterwards, whatever happened. Raises :class:`DeltaError` like :func:`apply_delta`."""
+    if not steps:
+        raise DeltaError("no delta to apply")
+    root, manifest = base_root, base_manifest
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        for i, (delta_file, target) in enumerate(steps):
+            out = dest
+            if i < len(steps) - 1:
+                out = scratch / f"{i}-{target.version}"
+                out.mkdir(parents=True)
+            apply_delta(delta_file, root, manifest, target, out, skip=skip)
+            if root != base_root:
+                shutil.rmtree(root)  # the previous intermediate tree is no longer needed
+            root, manifest = out, target
+    except OSError as exc:
+        raise DeltaError(f"cannot use the delta work directory {scratch}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _under(path: str, names: frozenset[str]) -> bool:

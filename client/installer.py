@@ -50,6 +50,7 @@ from client import history as history_mod
 from client import slots as sm
 from client.archive import extract_release, tree_size, verify_tree
 from client.config import ClientConfig
+from client.delta import DeltaError, UpdatePath, apply_chain, base_problem, plan_update
 from client.errors import (
     BusyError,
     ConfigError,
@@ -65,6 +66,7 @@ from client.hooks import run_command as _run_command
 from client.index import FormatError, Manifest, Release
 from client.policy import decide
 from client.slots import Layout, SlotContent, SlotState, State
+from client.transport import HttpxFetcher
 from client.trust import RepositoryClient
 
 Progress = Callable[[int, int], None]
@@ -88,6 +90,8 @@ class CheckResult:
     release: Release | None = field(default=None, repr=False)
     auto_release: Release | None = field(default=None, repr=False)
     """What may install unattended; older than ``release`` when, e.g., a patch precedes an optional minor."""
+    releases: tuple[Release, ...] = field(default=(), repr=False)
+    """The channel's releases for this platform: what delta paths are planned over."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +118,9 @@ class InstallResult:
     duration: float = 0.0
     reason: str = ""
     health: dict[str, Any] | None = None
+    route: dict[str, Any] = field(default_factory=dict)
+    """How the slot was staged: ``path`` (delta, chain, full), ``update_path``, ``bytes_saved``
+    against the full artifact and, when a delta failed, ``fallback_reason``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +132,7 @@ class InstallResult:
             "duration": round(self.duration, 3),
             "reason": self.reason,
             "health": self.health,
+            **{k: v for k, v in self.route.items() if k != "bytes_downloaded"},
         }
 
 
@@ -407,17 +415,19 @@ class Installer:
                 release = None
         if release is None:
             return CheckResult(current, False, None, None, 0, None, False, reason)
+        plan = plan_update(releases, _installed(s), release)
         return CheckResult(
             current_version=current,
             update_available=True,
             version=release.version,
             type=release.type.value,
-            download_bytes=release.full.length + release.manifest.length,
-            path=release.full.path,
+            download_bytes=plan.total_bytes,
+            path=plan.describe(),
             auto=decision.auto,
             reason=reason,
             release=release,
             auto_release=decision.auto_release,
+            releases=tuple(releases),
         )
 
     # -- install -------------------------------------------------------------------------------
@@ -450,7 +460,8 @@ class Installer:
                 if target is None:
                     reason = found.reason if found.release is None else f"not automatic: {found.reason}"
                     return InstallResult("up_to_date", s.active_version, s.active_version, s.active, reason=reason)
-                return self._install_release(client, cfg, s, target, "install", started, progress)
+                plan = plan_update(found.releases, _installed(s), target)
+                return self._install_release(client, cfg, s, target, "install", started, progress, plan)
 
     def repair(self, *, wait: bool = False, progress: Progress | None = None) -> InstallResult:
         """Reinstall the active version into the inactive slot from the repository and switch to it."""
@@ -486,7 +497,10 @@ class Installer:
         kind: str,
         started: float,
         progress: Progress | None,
+        plan: UpdatePath | None = None,
     ) -> InstallResult:
+        """Download and stage ``release`` in the inactive slot (by ``plan``'s deltas when it has
+        any, else or on any delta failure the full artifact), verify it, then activate it."""
         bytes_before = client.stats.bytes
         self._emit("step", step="manifest", version=release.version)
         manifest = client.fetch_manifest(release)
@@ -502,12 +516,12 @@ class Installer:
                 if progress is not None:
                     progress(done, total)
 
-            artifact = client.fetch_target(release.full, on_progress)
+            fetched = self._download(client, cfg, s, release, manifest, plan, on_progress)
             s = self._save(sm.begin_staging(s))  # write-ahead: the slot is listed empty first
             self._emit("step", step="staging", slot=target)
             slot_dir = self._wipe_slot(s, target)
-            extract_release(artifact, slot_dir, manifest)
-            problems = verify_tree(slot_dir, manifest)
+            route = self._write_slot(client, cfg, s, release, manifest, fetched, on_progress)
+            problems = verify_tree(slot_dir, manifest, skip=route.pop("skip"))
             if problems:
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise InstallError(f"slot {target} does not match release {release.version}: {problems[0]}{more}")
@@ -528,7 +542,80 @@ class Installer:
                 raise InstallError(f"install of {release.version} failed: {reason}; nothing was changed") from exc
             raise
         downloaded = client.stats.bytes - bytes_before
-        return self._activate(cfg, s, started, downloaded, baseline)
+        full_bytes = plan.full_bytes if plan is not None else release.full.length + release.manifest.length
+        route.update(bytes_downloaded=downloaded, bytes_saved=full_bytes - downloaded)
+        return self._activate(cfg, s, started, downloaded, baseline, route)
+
+    def _download(
+        self,
+        client: RepositoryClient,
+        cfg: ClientConfig,
+        s: SlotState,
+        release: Release,
+        manifest: Manifest,
+        plan: UpdatePath | None,
+        on_progress: Progress,
+    ) -> _Fetched:
+        """Download what staging needs (state DOWNLOADING): the deltas of ``plan`` and the
+        manifests of the releases they rebuild, or else the full artifact.
+
+        Deltas are only tried when the active slot still matches its manifest (a locally edited
+        base is never patched); any failure to get them (404, verification, network) falls back
+        to the full artifact, naming the cause."""
+        fetched = _Fetched(plan)
+        if plan is not None and plan.steps and s.active is not None and s.active_content is not None:
+            try:
+                base_manifest = self._manifest_for(s.active_content, cfg, None) or client.fetch_manifest(
+                    self._find_release(client, cfg, s.active_content)
+                )
+                fetched.base = (self.layout.slot(s.active), base_manifest)
+                fetched.fallback = base_problem(fetched.base[0], base_manifest, cfg.persistent_paths) or ""
+                for step in [] if fetched.fallback else plan.steps:
+                    same = step.release.content == release.content
+                    rebuilt = manifest if same else client.fetch_manifest(step.release)
+                    fetched.steps.append((client.fetch_target(step.delta.target, on_progress), rebuilt))
+            except UpdateError as exc:
+                fetched.fallback = f"delta download failed: {_one_line(exc)}"
+            if fetched.fallback:
+                fetched.steps = []
+                self._emit("delta_fallback", reason=fetched.fallback)
+        if not fetched.steps:
+            fetched.artifact = client.fetch_target(release.full, on_progress)
+        return fetched
+
+    def _write_slot(
+        self,
+        client: RepositoryClient,
+        cfg: ClientConfig,
+        s: SlotState,
+        release: Release,
+        manifest: Manifest,
+        fetched: _Fetched,
+        on_progress: Progress,
+    ) -> dict[str, Any]:
+        """Write ``release`` into the wiped target slot (state STAGING) from what was fetched; a
+        delta that fails to apply wipes the slot again and the full artifact is used, once.
+
+        Returns how: ``path`` (delta, chain or full), ``update_path``, ``fallback_reason`` when a
+        delta was given up, and ``skip`` (persistent paths left out of the slot) for the caller."""
+        slot_dir = self.layout.slot(s.next_slot)
+        plan = fetched.plan
+        if fetched.steps and fetched.base is not None and plan is not None:
+            skip = tuple(n for n in cfg.persistent_paths if os.path.lexists(self.layout.data / n))
+            try:
+                apply_chain(fetched.steps, *fetched.base, slot_dir, self.layout.cache / "delta-work", skip=skip)
+                return {"path": plan.kind, "update_path": plan.describe(), "skip": skip}
+            except DeltaError as exc:
+                fetched.fallback = _one_line(exc)
+                self._emit("delta_fallback", reason=fetched.fallback)
+                self._wipe_slot(s, s.next_slot)
+                fetched.artifact = client.fetch_target(release.full, on_progress)
+        assert fetched.artifact is not None
+        extract_release(fetched.artifact, slot_dir, manifest)
+        route: dict[str, Any] = {"path": "full", "update_path": "full", "skip": ()}
+        if fetched.fallback:
+            route["fallback_reason"] = fetched.fallback
+        return route
 
     def _precheck(self, cfg: ClientConfig, s: SlotState, release: Release, manifest: Manifest, target: str) -> None:
         """Refuse, before touching anything, an install that cannot finish."""
@@ -614,9 +701,16 @@ class Installer:
 
     # -- after the swap ----------------------------------------------------------------------------
     def _activate(
-        self, cfg: ClientConfig, s: SlotState, started: float, downloaded: int, baseline: float | None
+        self,
+        cfg: ClientConfig,
+        s: SlotState,
+        started: float,
+        downloaded: int,
+        baseline: float | None,
+        route: dict[str, Any] | None = None,
     ) -> InstallResult:
-        """From a saved TRIAL: stop, swap, post_swap, start, health check; commit or roll back."""
+        """From a saved TRIAL: stop, swap, post_swap, start, health check; commit or roll back.
+        ``route`` (how the slot was staged: path, bytes saved, fallback) goes into the history."""
         op = s.op
         assert op is not None and op.slot is not None and op.version is not None
         ctx = self._ctx(s, op.slot, op.version)
@@ -666,6 +760,7 @@ class Installer:
                 "duration": round(duration, 3),
                 "outcome": "committed",
                 "health": health.to_dict() if health else None,
+                **(route or {}),
             }
         )
         self._emit("step", step="committed", version=op.version, slot=op.slot)
@@ -677,6 +772,7 @@ class Installer:
             downloaded,
             duration,
             health=health.to_dict() if health else None,
+            route=dict(route or {}),
         )
 
     def _prune_cache(self, cfg: ClientConfig, version: str) -> None:
@@ -1096,7 +1192,26 @@ def _default_client(cfg: ClientConfig, layout: Layout) -> RepositoryClient:
         root = layout.trusted_root.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the trusted root {layout.trusted_root}: {exc.strerror or exc}") from exc
-    return RepositoryClient(cfg.text("repo_url"), layout.metadata, layout.cache, root)
+    fetcher = HttpxFetcher(partial_dir=layout.cache / "partial")  # interrupted downloads resume
+    return RepositoryClient(cfg.text("repo_url"), layout.metadata, layout.cache, root, fetcher=fetcher)
+
+
+@dataclass
+class _Fetched:
+    """What ``Installer._download`` got: delta files with the manifests they rebuild (and the
+    base tree they apply to), or the full artifact; ``fallback`` says why deltas were dropped."""
+
+    plan: UpdatePath | None
+    steps: list[tuple[Path, Manifest]] = field(default_factory=list)
+    base: tuple[Path, Manifest] | None = None
+    artifact: Path | None = None
+    fallback: str = ""
+
+
+def _installed(s: SlotState) -> tuple[str, str] | None:
+    """(version, content sha256) of the active release: the base deltas are planned from."""
+    content = s.active_content
+    return (content.version, content.sha256) if content is not None else None
 
 
 def _lock_holder(path: Path) -> str | None:

@@ -306,6 +306,7 @@ class HttpxFetcher(FetcherInterface):
         """The body loop of :meth:`_resuming` over the open partial file ``fd``."""
         given = 0  # bytes of the file the consumer has received
         breaks = 0
+        keeping = True  # False once the partial file could not be written (disk full): stream only
         while True:
             have = os.fstat(fd).st_size
             response = self._open(url, have)
@@ -327,7 +328,7 @@ class HttpxFetcher(FetcherInterface):
                     given = have
                 try:
                     for chunk in self._chunks(url, response, as_received=True):
-                        os.write(fd, chunk)
+                        keeping = keeping and self._keep(fd, chunk)
                         have += len(chunk)
                         if have > given:  # after a 200 mid-transfer, skip what was already given
                             yield chunk[len(chunk) - (have - given) :]
@@ -341,6 +342,18 @@ class HttpxFetcher(FetcherInterface):
                     self.stats.retries += 1
             finally:
                 response.close()
+
+    @staticmethod
+    def _keep(fd: int, chunk: bytes) -> bool:
+        """Append ``chunk`` to the partial file; on a write error (a full disk) empty the file and
+        return False: the download goes on without a partial, taking no space from the install."""
+        try:
+            os.write(fd, chunk)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            return False
 
     def _range_answer(self, response: httpx.Response, have: int) -> int:
         """How to read ``response`` to a request from ``have``: the offset its body starts at (a

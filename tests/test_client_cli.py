@@ -160,7 +160,7 @@ def test_check_json_before_and_after_install(tmp_path: Path, published: Publishe
         "version": V2,
         "type": "minor",
         "download_bytes": v2["full"]["length"] + v2["manifest"]["length"],
-        "path": f"stable/any/{V2}/full.tar.zst",
+        "path": "full",  # nothing installed: no delta applies
     }
     found = update_json(d, "check")
     assert {k: found[k] for k in want} == want
@@ -168,7 +168,9 @@ def test_check_json_before_and_after_install(tmp_path: Path, published: Publishe
 
     update(d, "install", V1)
     found = update_json(d, "check")
-    assert {k: found[k] for k in want} == want | {"current_version": V1}
+    with_delta = {"path": found["path"], "download_bytes": found["download_bytes"]}
+    assert {k: found[k] for k in want} == want | {"current_version": V1} | with_delta
+    assert found["path"] in ("full", f"delta:{V1}->{V2}") and found["download_bytes"] <= want["download_bytes"]
 
     update(d, "install")
     found = update_json(d, "check")

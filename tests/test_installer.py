@@ -55,7 +55,7 @@ def test_install_upgrade_and_manual_rollback_over_http(tmp_path: Path, repo: Rep
         "version": BROKEN,
         "type": "patch",
         "download_bytes": found.download_bytes,
-        "path": f"stable/any/{BROKEN}/full.tar.zst",
+        "path": "full",  # nothing installed: no delta applies
         "auto": True,
         "reason": "",
     }
