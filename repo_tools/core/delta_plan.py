@@ -155,9 +155,17 @@ def _preferred(same: Sequence[ManifestEntry], path: str, shape: str) -> Manifest
     return next((e for e in same if normalise_path(e.path) == shape), same[0])
 
 
+PLAIN_ZSTD_MAX = 1 * MIB
+"""Changed files up to this size also try plain zstd (cheap there, and sometimes smaller)."""
+
+
 def _encoders(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int) -> FilePlan:
-    """Candidates for patching ``entry`` against ``base`` within ``budget``, cheapest to apply first."""
-    candidates = [OpKind.ZSTD]
+    """Candidates for patching ``entry`` against ``base`` within ``budget``, cheapest to apply first.
+
+    Plain zstd is tried only for small files or when no patch encoder fits: zstd with the old file as
+    prefix is almost never beaten by it, and level 19 on a large file costs most of a publish's time.
+    """
+    candidates = []
     skipped = []
     if base.size >= ZSTD_PREFIX_MIN:
         for kind in (OpKind.ZSTD_PATCH, OpKind.BSDIFF4):
@@ -166,6 +174,8 @@ def _encoders(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int
                 candidates.append(kind)
             else:
                 skipped.append(f"{kind.value} needs {need // MIB} MiB > budget {budget // MIB} MiB")
+    if not candidates or entry.size <= PLAIN_ZSTD_MAX:
+        candidates.insert(0, OpKind.ZSTD)
     return FilePlan(entry, base, match, tuple(candidates), tuple(skipped))
 
 
