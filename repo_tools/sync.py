@@ -115,6 +115,7 @@ def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None =
     try:
         for item in items:
             src, out = source / item.relative, dest / item.relative
+            out.parent.mkdir(parents=True, exist_ok=True)
             if item.rank == TIMESTAMP:
                 changed = not out.exists() or out.read_bytes() != timestamp
                 if changed:
@@ -123,7 +124,6 @@ def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None =
                 changed = False
             else:
                 changed = True
-                out.parent.mkdir(parents=True, exist_ok=True)
                 with open(src, "rb") as f, atomic_writer(out) as w:
                     shutil.copyfileobj(f, w, 1 << 20)
             if changed:

@@ -1,0 +1,150 @@
+"""``pinnacle-release sync``: upload order, skipping unchanged files, refusals, and the property
+that matters: a sync SIGKILLed anywhere leaves DEST in a state stock ngclient accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from tuf.ngclient import Updater
+
+from repo_tools import publish as ops
+from repo_tools import rotate
+from repo_tools.errors import RepositoryStateError
+from repo_tools.keys import KeyStore
+from repo_tools.store import Repository
+from repo_tools.sync import ROLES, ROOTS, SNAPSHOTS, TARGETS, TIMESTAMP, plan, sync
+
+from .conftest import ROOT, run_cli, tree_digest
+
+
+@pytest.fixture
+def keystore(keys_dir: Path, tmp_path: Path) -> KeyStore:
+    """A private copy of the session keys: these tests rotate keys."""
+    own = tmp_path / "own-keys"
+    shutil.copytree(keys_dir, own)
+    return KeyStore(own)
+
+
+def _publish(repo: Repository, keystore: KeyStore, source, version: str, size: int = 0) -> None:  # type: ignore[no-untyped-def]
+    files = {"lib/blob.bin": os.urandom(size)} if size else None
+    ops.publish(repo, keystore, ops.PublishRequest("stable", version, "patch", "any", source(version, files)))
+
+
+def _servable(path: Path) -> dict[str, str]:
+    return {k: v for k, v in tree_digest(path).items() if not Path(k).name.startswith(".") and v != "dir"}
+
+
+def test_plan_puts_targets_first_and_timestamp_last(repo: Repository, keystore: KeyStore, source) -> None:  # type: ignore[no-untyped-def]
+    _publish(repo, keystore, source, "1.0.0")
+    rotate.rotate_key(repo, keystore, "snapshot")  # a second root version
+    items = plan(repo.path)
+    ranks = [i.rank for i in items]
+    assert ranks == sorted(ranks)
+    assert items[-1].relative == "metadata/timestamp.json"
+    names = [i.relative for i in items]
+    assert [n for n in names if n.endswith(".root.json")] == ["metadata/1.root.json", "metadata/2.root.json"]
+    assert {i.rank for i in items if i.relative.startswith("targets/")} == {TARGETS}
+    assert {i.rank for i in items if ".snapshot." in i.relative} == {SNAPSHOTS}
+    assert {i.rank for i in items if i.relative.endswith((".stable.json", ".targets.json"))} == {ROLES}
+    assert {i.rank for i in items if ".root." in i.relative} == {ROOTS}
+    assert TIMESTAMP not in ranks[:-1]
+    assert not any(Path(n).name.startswith(".") for n in names)  # lock, staging, temp files stay home
+
+
+def test_sync_copies_then_skips_unchanged_and_rewrites_changed(repo: Repository, keystore: KeyStore, source,
+                                                              tmp_path: Path) -> None:
+    _publish(repo, keystore, source, "1.0.0")
+    dest = tmp_path / "bucket"
+    first = sync(repo.path, dest)
+    assert first["skipped"] == 0 and _servable(dest) == _servable(repo.path)
+    again = sync(repo.path, dest)
+    assert again["copied"] == 0 and again["skipped"] == first["copied"]
+    # An orphan a killed publish left (same name, other bytes later) is compared by content.
+    orphan = dest / "metadata" / "1.stable.json"
+    orphan.write_bytes(orphan.read_bytes()[:-1] + b" ")
+    _publish(repo, keystore, source, "1.1.0")
+    third = sync(repo.path, dest)
+    assert third["copied"] == 7  # full, manifest, index, stable role, snapshot, timestamp + the orphan
+    assert _servable(dest) == _servable(repo.path)
+
+
+def test_sync_refusals(repo: Repository, tmp_path: Path) -> None:
+    with pytest.raises(RepositoryStateError, match="overlap"):
+        sync(repo.path, repo.path / "public")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryStateError, match="not an initialised repository"):
+        sync(tmp_path / "empty", tmp_path / "out")
+    proc = run_cli("pinnacle-release", "sync", str(tmp_path / "empty"), str(tmp_path / "out"), check=False)
+    assert proc.returncode == 5 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _ngclient_accepts(url: str, root: bytes, metadata_dir: Path) -> str:
+    """Stock ngclient: refresh, resolve and download the stable channel index; return its version line."""
+    with tempfile.TemporaryDirectory() as targets:
+        updater = Updater(str(metadata_dir), f"{url}metadata/", targets, f"{url}targets/", bootstrap=root)
+        updater.refresh()
+        info = updater.get_targetinfo("stable/index.json")
+        assert info is not None
+        path = updater.download_target(info, os.path.join(targets, "index.json"))
+        return Path(path).read_text()
+
+
+@pytest.mark.slow
+def test_sync_killed_at_random_points_never_breaks_ngclient(repo: Repository, keystore: KeyStore, source, serve,
+                                                            tmp_path: Path) -> None:
+    rng = random.Random(7)
+    dest = tmp_path / "bucket"
+    _publish(repo, keystore, source, "1.0.0", size=64 << 10)
+    sync(repo.path, dest)
+    url = serve(dest).url
+    root = (repo.metadata_dir / "1.root.json").read_bytes()
+    long_lived = tmp_path / "client-metadata"  # one client that keeps its trusted metadata across kills
+    long_lived.mkdir()
+    _ngclient_accepts(url, root, long_lived)
+
+    kills = behind = 0
+    for n in range(24):
+        version = f"1.0.{n + 1}"
+        _publish(repo, keystore, source, version, size=64 << 10)
+        if n % 6 == 5:
+            rotate.rotate_key(repo, keystore, "timestamp")  # root versions in the mix too
+            keystore = KeyStore(keystore.directory)
+        proc = subprocess.Popen([sys.executable, "-m", "repo_tools", "sync", str(repo.path), str(dest), "--verbose"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stdout is not None
+        wanted = rng.randint(0, 5)  # kill after this many copied files (of ~6-9), plus a random delay
+        copied = 0
+        while copied < wanted:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            copied += line.startswith("copied ")
+        if rng.random() < 0.5:
+            time.sleep(rng.uniform(0, 0.004))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += proc.returncode == -signal.SIGKILL
+        served_ts = (dest / "metadata" / "timestamp.json").read_bytes()
+        behind += served_ts != (repo.metadata_dir / "timestamp.json").read_bytes()
+        # Whatever the kill left, both a fresh client and the long-lived one accept DEST.
+        fresh = tmp_path / f"fresh-{n}"
+        fresh.mkdir()
+        for metadata_dir in (fresh, long_lived):
+            assert '"channel":"stable"' in _ngclient_accepts(url, root, metadata_dir)
+    assert kills >= 20
+    assert behind >= 5, "the kills never landed before the commit point: the test would prove nothing"
+
+    sync(repo.path, dest)
+    assert _servable(dest) == _servable(repo.path)
+    assert not [p for p in dest.rglob(".tmp-*")]
+    assert '"version":"1.0.24"' in _ngclient_accepts(url, root, long_lived)
