@@ -53,7 +53,10 @@ class RangeServer:
                         owner.drop_after = None  # once
                 sent = 0
                 while data := source.read(PIECE if limit is None else min(PIECE, limit - sent)):
-                    outputfile.write(data)
+                    try:
+                        outputfile.write(data)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the client is gone (killed): nothing more is served
                     outputfile.flush()
                     sent += len(data)
                     with owner._lock:

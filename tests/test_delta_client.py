@@ -5,7 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import bsdiff4
 import pytest
@@ -13,10 +22,19 @@ import pyzstd
 
 from client.archive import verify_tree, write_canonical_tar
 from client.delta import DeltaError, UpdatePath, apply_delta, base_problem, plan_update
-from client.delta_format import DeltaHeader, DeltaOp, OpKind, patch_window_log, write_delta
-from client.index import DeltaRef, Digest, EntryType, Manifest, Release, TargetRef, UpdateType
+from client.delta_format import DeltaHeader, DeltaOp, OpKind, patch_window_log, read_header, write_delta
+from client.errors import RepositoryError
+from client.index import ChannelIndex, DeltaRef, Digest, EntryType, Manifest, Release, TargetRef, UpdateType
+from client.installer import Installer, InstallResult
+from repo_tools import publish as ops
 from repo_tools.artifact import scan_tree
+from repo_tools.core import metadata as meta
+from repo_tools.keys import KeyStore
+from repo_tools.store import Repository
+from tests import helpers_client as hc
 from tests.conftest import tree_digest, write_tree
+from tests.helpers_client import Repo
+from tests.range_server import RangeServer
 
 # -- planning (pure) -----------------------------------------------------------------------------
 
@@ -74,7 +92,7 @@ def test_delta_not_smaller_than_full_is_not_used() -> None:
     assert path.kind == "full" and "not smaller than the full artifact" in path.note
 
 
-def test_chain_through_an_intermediate_release() -> None:
+def test_plan_chain_through_an_intermediate_release() -> None:
     mid = rel("1.1.0", 5000, deltas={"1.0.0": 200})
     target = rel("1.2.0", 5000, deltas={"1.1.0": 200})
     path = plan_update([rel("1.0.0", 5000), mid, target], installed("1.0.0"), target)
@@ -321,3 +339,297 @@ def test_dest_must_be_empty_and_base_mismatch_is_refused(tmp_path: Path, trees: 
         apply_delta(delta, base[0], base[1], target[1], dest)
     with pytest.raises(DeltaError, match=r"delta base version 1\.0\.0 does not match the base manifest 1\.1\.0"):
         apply_delta(delta, target[0], target[1], target[1], tmp_path)
+
+
+# -- the installer end to end: real repositories published with deltas ------------------------------
+
+CHAIN = ("1.0.0", "1.1.0", "1.2.0")
+
+
+def app(version: str, i: int) -> dict[str, str | bytes]:
+    """An app whose large library changes by a few bytes per version: deltas are tiny."""
+    big = bytearray(noise("big", 400_000))
+    big[10_000 * (i + 1) : 10_000 * (i + 1) + 16] = hashlib.md5(version.encode()).digest()
+    return {
+        "bin/app": f"#!/bin/sh\necho app {version}\n",
+        "VERSION": f"{version}\n",
+        "healthy": "ok\n",
+        "lib/big.so": bytes(big),
+        "lib/same.dat": noise("same", 100_000),
+        "logs/seed.txt": f"seed from {version}\n",
+    }
+
+
+def publish_with(repo: Repo, version: str, i: int, deltas: int = 3) -> None:
+    src = repo.dir.parent / f"src-{version}"
+    hc.write_tree(src, app(version, i))
+    hc.release_cli("publish", str(repo.dir), str(src), "--keys", str(repo.keys), "--channel", "stable",
+                   "--version", version, "--type", "patch", "--platform", "any", "--deltas", str(deltas))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """1.0.0, 1.1.0 (delta from 1.0.0), 1.2.0 (a delta from 1.1.0 only, so 1.0.0 -> 1.2.0 is a chain)."""
+    repo = hc.make_repo(tmp_path_factory.mktemp("delta-pub"))
+    for i, v in enumerate(CHAIN):
+        publish_with(repo, v, i, deltas=1)
+    return repo
+
+
+@pytest.fixture
+def repo(published: Repo, tmp_path: Path) -> Repo:
+    """A private copy of the published repository, free to tamper with (same keys)."""
+    copy = tmp_path / "repo"
+    shutil.copytree(published.dir, copy)
+    return Repo(copy, published.keys)
+
+
+def index_of(repo: Repo) -> ChannelIndex:
+    store = Repository(repo.dir)
+    return store.channel_index(store.load(), "stable")
+
+
+def delta_file(repo: Repo, version: str, base: str) -> Path:
+    release = index_of(repo).find(version, "any")
+    assert release is not None
+    ref = release.delta_from(base)
+    assert ref is not None
+    return Repository(repo.dir).target_location(ref.target.path, ref.target.sha256)
+
+
+def forge_delta(repo: Repo, version: str, base: str, mutate: Callable[[bytes], bytes]) -> None:
+    """Replace a published delta by ``mutate(delta)`` and sign it properly, as a buggy (or
+    compromised) publisher would: TUF accepts it, only the client's own checks can refuse it."""
+    store, keys = Repository(repo.dir), KeyStore(repo.keys)
+    with store.locked():
+        state = store.load()
+        role = state.channel("stable")
+        index = store.channel_index(state, "stable")
+        release = index.find(version, "any")
+        assert release is not None
+        ref = release.delta_from(base)
+        assert ref is not None
+        data = mutate(store.target_location(ref.target.path, ref.target.sha256).read_bytes())
+        sha = hashlib.sha256(data).hexdigest()
+        forged = replace(ref, target=TargetRef(ref.target.path, len(data), sha))
+        new = replace(release, deltas=tuple(forged if d is ref else d for d in release.deltas))
+        index = replace(index, releases=tuple(new if r is release else r for r in index.releases))
+        role.signed.targets[ref.target.path] = meta.target_file(ref.target.path, len(data), sha)
+        files = [(ref.target.path, sha, data), ops._set_index(role, "stable", index)]
+        ops._commit(store, keys, state, ops._Change(files, {"stable": role}), ops.utcnow())
+
+
+def rewrite_ops(data: bytes, replace_data: dict[str, tuple[OpKind, bytes]]) -> bytes:
+    """The delta ``data`` with some ops' kind and bytes replaced (offsets recomputed)."""
+    header = read_header(io.BytesIO(data))
+    ops_out: list[DeltaOp] = []
+    payload = bytearray()
+    for op in header.ops:
+        kind, chunk = replace_data.get(op.path, (op.op, data[slice(*header.data_range(op))]))
+        if kind is OpKind.COPY:
+            ops_out.append(op)
+            continue
+        ops_out.append(DeltaOp(op.path, kind, op.base, len(payload), len(chunk)))
+        payload += chunk
+    out = io.BytesIO()
+    write_delta(out, replace(header, ops=tuple(ops_out), payload_start=0), [bytes(payload)])
+    return out.getvalue()
+
+
+class Watch:
+    """Installer events, and the active slot's digest taken at the swap (it must equal the one
+    taken before the install: the running slot is never written)."""
+
+    def __init__(self, d: Path) -> None:
+        self.d = d
+        self.events: list[dict[str, Any]] = []
+        self.at_swap: dict[str, str] | None = None
+        self.active = os.readlink(d / "current") if (d / "current").is_symlink() else None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if event.get("step") == "swap" and self.active is not None:
+            self.at_swap = tree_digest(self.d / self.active)
+
+
+def install(d: Path, version: str) -> tuple[InstallResult, Watch, dict[str, str] | None]:
+    watch = Watch(d)
+    before = tree_digest(d / watch.active) if watch.active else None
+    result = Installer(d, on_event=watch).install(version)
+    assert watch.at_swap == before
+    return result, watch, before
+
+
+def installed_ok(d: Path, version: str) -> dict[str, Any]:
+    """The version is active and verified; returns its history record."""
+    ins = Installer(d)
+    assert ins.status()["version"] == version and (d / "current/VERSION").read_text() == f"{version}\n"
+    record = ins.history()[-1]
+    assert ins.verify().ok
+    assert (record["op"], record["outcome"], record["version"]) == ("install", "committed", version)
+    return record
+
+
+def test_check_and_install_take_the_delta(tmp_path: Path, repo: Repo) -> None:
+    d = tmp_path / "inst"
+    ins = hc.init_client(d, str(repo.dir), repo)
+    ins.install("1.0.0")
+    assert installed_ok(d, "1.0.0")["path"] == "full"
+    found = ins.check("1.1.0")
+    release = index_of(repo).find("1.1.0", "any")
+    assert release is not None
+    full = release.full.length + release.manifest.length
+    assert found.path == "delta:1.0.0->1.1.0" and 0 < found.download_bytes < full // 10
+    result, _, _ = install(d, "1.1.0")
+    record = installed_ok(d, "1.1.0")
+    assert record["path"] == "delta" and record["update_path"] == "delta:1.0.0->1.1.0"
+    assert record["bytes_downloaded"] == result.bytes_downloaded < full // 10
+    assert record["bytes_saved"] == full - result.bytes_downloaded > 0
+    assert "fallback_reason" not in record
+    assert result.to_dict()["path"] == "delta"
+    assert (d / "data/logs/seed.txt").read_text() == "seed from 1.0.0\n"  # persistent data untouched
+
+
+def test_chain_through_an_intermediate_release(tmp_path: Path, repo: Repo) -> None:
+    d = tmp_path / "inst"
+    ins = hc.init_client(d, str(repo.dir), repo)
+    ins.install("1.0.0")
+    assert ins.check("1.2.0").path == "chain:1.0.0->1.1.0->1.2.0"
+    install(d, "1.2.0")
+    record = installed_ok(d, "1.2.0")
+    assert record["path"] == "chain" and record["bytes_saved"] > 0
+    assert not (d / "cache/delta-work").exists()  # the intermediate tree is gone
+    assert sorted(os.listdir(d / "slots")) == ["a", "b"]  # and never was a slot
+
+
+def fallback_case(tmp_path: Path, repo: Repo, url: str | None = None) -> Path:
+    d = tmp_path / "inst"
+    hc.init_client(d, url or str(repo.dir), repo)
+    Installer(d).install("1.0.0")
+    return d
+
+
+def assert_fell_back(d: Path, watch: Watch, cause: str) -> None:
+    record = installed_ok(d, "1.1.0")
+    assert record["path"] == "full", record
+    assert re.search(cause, record["fallback_reason"]), record["fallback_reason"]
+    assert "\n" not in record["fallback_reason"]
+    assert any(e["event"] == "delta_fallback" for e in watch.events)
+
+
+def test_corrupted_delta_falls_back(tmp_path: Path, repo: Repo) -> None:
+    d = fallback_case(tmp_path, repo)
+
+    def corrupt(data: bytes) -> bytes:
+        header = read_header(io.BytesIO(data))
+        op = next(o for o in header.ops if o.path == "lib/big.so")
+        start, end = header.data_range(op)
+        out = bytearray(data)
+        out[(start + end) // 2] ^= 0xFF
+        return bytes(out)
+
+    forge_delta(repo, "1.1.0", "1.0.0", corrupt)
+    _, watch, _ = install(d, "1.1.0")
+    assert_fell_back(d, watch, r"^delta from 1\.0\.0: lib/big\.so: ")
+
+
+def test_truncated_delta_falls_back(tmp_path: Path, repo: Repo) -> None:
+    d = fallback_case(tmp_path, repo)
+    forge_delta(repo, "1.1.0", "1.0.0", lambda data: data[:-7])
+    _, watch, _ = install(d, "1.1.0")
+    assert_fell_back(d, watch, r"^delta from 1\.0\.0: delta truncated")
+
+
+def test_delta_output_beyond_the_signed_size_falls_back(tmp_path: Path, repo: Repo) -> None:
+    d = fallback_case(tmp_path, repo)
+    old, new = app("1.0.0", 0)["lib/big.so"], app("1.1.0", 1)["lib/big.so"]
+    assert isinstance(old, bytes) and isinstance(new, bytes)
+    patch = bsdiff4.diff(old, new + b"\0" * 1_000_000)
+    forge_delta(repo, "1.1.0", "1.0.0", lambda data: rewrite_ops(data, {"lib/big.so": (OpKind.BSDIFF4, patch)}))
+    _, watch, _ = install(d, "1.1.0")
+    assert_fell_back(d, watch, r"lib/big\.so: patch declares 1400000 output bytes, the signed size is 400000")
+
+
+def test_locally_edited_base_file_falls_back_before_downloading_the_delta(tmp_path: Path, repo: Repo) -> None:
+    d = fallback_case(tmp_path, repo)
+    edited = d / "slots/a/lib/big.so"
+    edited.write_bytes(noise("local edit", 400_000))
+    _, watch, _ = install(d, "1.1.0")
+    assert_fell_back(d, watch, r"^base file lib/big\.so was modified locally$")
+    assert edited.read_bytes() == noise("local edit", 400_000)  # still the user's, never written
+    assert not any(k.endswith(".pdelta") for k in os.listdir(d / "cache"))
+
+
+def test_missing_delta_target_404_falls_back(tmp_path: Path, repo: Repo) -> None:
+    delta_file(repo, "1.1.0", "1.0.0").unlink()
+    with RangeServer(repo.dir) as srv:
+        d = fallback_case(tmp_path, repo, srv.url)
+        _, watch, _ = install(d, "1.1.0")
+    assert_fell_back(d, watch, r"^delta download failed: .*from-1\.0\.0\.pdelta is not on the repository .*404")
+
+
+def test_delta_tampered_on_the_server_falls_back(tmp_path: Path, repo: Repo) -> None:
+    path = delta_file(repo, "1.1.0", "1.0.0")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 1
+    path.write_bytes(bytes(data))
+    d = fallback_case(tmp_path, repo)
+    _, watch, _ = install(d, "1.1.0")
+    assert_fell_back(d, watch, r"^delta download failed: .*failed verification")
+
+
+def test_a_failing_fallback_is_one_error_and_leaves_the_running_slot(tmp_path: Path, repo: Repo) -> None:
+    d = fallback_case(tmp_path, repo)
+    forge_delta(repo, "1.1.0", "1.0.0", lambda data: data[:-7])
+    release = index_of(repo).find("1.1.0", "any")
+    assert release is not None
+    Repository(repo.dir).target_location(release.full.path, release.full.sha256).unlink()
+    before = tree_digest(d / "slots/a")
+    with pytest.raises(RepositoryError, match=r"full\.tar\.zst is not on the repository"):
+        Installer(d).install("1.1.0")
+    assert tree_digest(d / "slots/a") == before and Installer(d).status()["version"] == "1.0.0"
+    assert Installer(d).history()[-1]["outcome"] == "failed"
+
+
+# -- a download killed half way resumes ---------------------------------------------------------------
+
+KILLED_INSTALL = """
+import sys
+from pathlib import Path
+from client.installer import Installer
+Installer(Path(sys.argv[1])).install(sys.argv[2])
+"""
+
+
+def test_a_download_killed_half_way_resumes_and_transfers_only_the_rest(tmp_path: Path, repo: Repo) -> None:
+    release = index_of(repo).find("1.0.0", "any")
+    assert release is not None
+    size = release.full.length
+    with RangeServer(repo.dir) as srv:
+        d = tmp_path / "inst"
+        hc.init_client(d, srv.url, repo)
+        srv.delay = 0.02  # 16 KiB pieces: about 1.5 s for the artifact
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_INSTALL, str(d), "1.0.0"], env=hc.env(), cwd=hc.ROOT)
+        deadline = time.monotonic() + 60
+        while srv.bytes_for("full.tar.zst") < size // 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the download did not get half way"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first = -1
+        while first != srv.bytes_for("full.tar.zst"):  # the server's last write may still be under way
+            first = srv.bytes_for("full.tar.zst")
+            time.sleep(0.2)
+        assert size // 2 <= first < size
+        [partial] = (d / "cache/partial").iterdir()
+        kept = partial.stat().st_size
+        assert 0 < kept <= first
+
+        srv.delay = 0.0
+        result = Installer(d).install("1.0.0")
+        second = srv.bytes_for("full.tar.zst") - first
+    assert result.outcome == "committed" and installed_ok(d, "1.0.0")["path"] == "full"
+    assert second == size - kept  # only the rest went over the wire
+    ranges = [r for p, r in srv.ranges if p.endswith("full.tar.zst")]
+    assert ranges == [None, f"bytes={kept}-"]
+    assert list((d / "cache/partial").iterdir()) == []
