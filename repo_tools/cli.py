@@ -202,10 +202,10 @@ def refresh_cmd(repo_dir: Path, keys_dir: Path, force: bool, as_json: bool) -> N
 
 @cli.command("status")
 @repo_argument
-@click.option("--warn-days", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Exit 7, naming them, when any role expires within N days.")
+@click.option("--warn-days", type=click.FloatRange(min=0), default=None, metavar="N",
+              help="Exit 7, naming them, when any role expires within N days (0.5 = 12 hours).")
 @json_option
-def status_cmd(repo_dir: Path, warn_days: int | None, as_json: bool) -> None:
+def status_cmd(repo_dir: Path, warn_days: float | None, as_json: bool) -> None:
     """Roles, versions, expiries, key ids and releases per channel."""
     result = ops.status(Repository(repo_dir))
     lines = [f"repository {repo_dir}"]
@@ -221,7 +221,7 @@ def status_cmd(repo_dir: Path, warn_days: int | None, as_json: bool) -> None:
         soon = expiring({r: parse_time(i["expires"]) for r, i in result["roles"].items()}, ops.utcnow(),
                         timedelta(days=warn_days))
         if soon:
-            raise ExpiringSoon(f"{len(soon)} role(s) expire within {warn_days} day(s): "
+            raise ExpiringSoon(f"{len(soon)} role(s) expire within {warn_days:g} day(s): "
                                + "; ".join(r.describe() for r in soon))
 
 
