@@ -360,3 +360,16 @@ def test_root_and_targets_keys_are_never_needed_online(team, tmp_path: Path) -> 
     assert (repo.root_versions(), repo.load().targets.signed.version) == ([1], 1)
     client("install")
     assert client.status()["version"] == "1.1.0b1"
+
+
+def test_channel_rotation_is_direct_when_the_targets_key_is_present(repo: Repository, keys_dir: Path, source,
+                                                                    tmp_path: Path) -> None:
+    own = tmp_path / "keys"
+    shutil.copytree(keys_dir, own)
+    old = KeyStore(own).role("beta").keyids[0]
+    out = json.loads(release("keys", "rotate", str(repo.path), "--keys", str(own), "beta", "--json").stdout)
+    assert out["published"] and out["version"] == {"targets": 2} and out["retired_keyids"] == [old]
+    assert repo.load().channels["beta"].signatures.keys() == {out["new_keyid"]}
+    _publish(repo, own, source, "2.0.0b1", channel="beta")
+    release("verify", str(repo.path))
+    _refused(release("keys", "rotate", str(repo.path), "--keys", str(own), "gamma", check=False), "unknown role")
