@@ -36,19 +36,20 @@ optional_keys = click.option(
 )
 
 
-def _pairs(values: tuple[str, ...], default_role: str, option: str) -> list[tuple[str, str]]:
-    """``ROLE=VALUE`` or plain ``VALUE`` (for ``default_role``)."""
+def _pairs(values: tuple[str, ...], default_role: str | None, option: str) -> list[tuple[str, str]]:
+    """``ROLE=VALUE`` or plain ``VALUE`` (for ``default_role``, when there is one)."""
     out = []
     for value in values:
         role, sep, rest = value.partition("=")
-        out.append((role, rest) if sep else (default_role, value))
-        if not out[-1][1]:
-            raise _Failure(f"{option} takes [ROLE=]VALUE, got '{value}'", 2)
+        if not (rest if sep else default_role):
+            raise _Failure(f"{option} takes {'[ROLE=]' if default_role else 'ROLE='}VALUE, got '{value}'", 2)
+        out.append((role, rest) if sep else (str(default_role), value))
     return out
 
 
-def _signing_group(role: str, default_role: str, what: str) -> click.Group:
+def _signing_group(role: str, default_role: str | None, what: str) -> click.Group:
     """``<role> prepare|sign|publish``: the same three steps for root and top-level targets."""
+    default_help = f" (default role: {default_role})" if default_role else ""
 
     @cli.group(role, cls=_Group, help=f"Offline, threshold signing of {what}: prepare -> sign -> publish.")
     def group() -> None:
@@ -57,11 +58,11 @@ def _signing_group(role: str, default_role: str, what: str) -> click.Group:
     @group.command("prepare")
     @repo_argument
     @optional_keys
-    @click.option("--add-key", multiple=True, metavar="[ROLE=]PUBFILE",
-                  help=f"Add a public key (JSON from 'keys generate', or PEM) to ROLE (default {default_role}).")
+    @click.option("--add-key", multiple=True, metavar="[ROLE=]PUBFILE" if default_role else "ROLE=PUBFILE",
+                  help=f"Add a public key (JSON from 'keys generate', or PEM) to ROLE{default_help}.")
     @click.option("--remove-key", multiple=True, metavar="KEYID", help="Remove a key (id or 8+ char prefix).")
-    @click.option("--threshold", multiple=True, metavar="[ROLE=]N", help=f"Signatures ROLE needs "
-                  f"(default role {default_role}).")
+    @click.option("--threshold", multiple=True, metavar="[ROLE=]N" if default_role else "ROLE=N",
+                  help=f"Signatures ROLE needs{default_help}.")
     @click.option("--rotate", multiple=True, metavar="ROLE",
                   help="Replace ROLE's keys by one new key generated into --keys.")
     @click.option("--expires", "expires_days", type=int, default=None, metavar="DAYS",
@@ -137,7 +138,7 @@ def _signing_group(role: str, default_role: str, what: str) -> click.Group:
 
 
 _signing_group("root", "root", "root (keys and thresholds of root, targets, snapshot, timestamp)")
-_signing_group("targets", "targets", "top-level targets (the channel delegations and their keys)")
+_signing_group("targets", None, "top-level targets (the channel delegations and their keys)")
 
 
 @keys.command("generate")

@@ -208,6 +208,15 @@ def test_leaked_timestamp_key_is_rotated_and_refused_afterwards(team, tmp_path: 
     late("init", "--repo", team[4], "--root", str(repo.metadata_dir / "1.root.json"))
     late("install", "1.0.0")
 
+    # Before anyone notices, the attacker fast-forwards the client: a timestamp 10 versions ahead, valid
+    # under root v1. Afterwards the repository serves its real timestamp again, which the client now
+    # refuses as a rollback; only the rotation can bring it back.
+    legit = (repo.metadata_dir / "timestamp.json").read_bytes()
+    _forge_timestamp(repo, leaked)
+    client("check")
+    (repo.metadata_dir / "timestamp.json").write_bytes(legit)
+    _assert_client_refuses(client, "older than the trusted version")
+
     # Root keys are offline: rotation writes the next root for the holders, who sign it, and CI publishes.
     proposal = tmp_path / "rotate-timestamp.json"
     out = release("keys", "rotate", str(repo.path), "--keys", str(keys["ci"]), "timestamp", "-o", str(proposal))
