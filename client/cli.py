@@ -287,6 +287,33 @@ def run_cmd(installer: Installer, args: tuple[str, ...]) -> None:
     os.execv(entry, [str(entry), *args])
 
 
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback exposes the agent to the network.")
+@click.option("--port", default=8004, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--debug", is_flag=True, help="Log detail (requests, transport) to logs/auto_updater.log and stderr.")
+@pass_installer
+def serve_cmd(installer: Installer, host: str, port: int, debug: bool) -> None:
+    """Run the update loop and serve the dashboard and REST API (needs the 'agent' extra)."""
+    try:
+        from .agent.app import serve
+    except ImportError as exc:
+        raise ConfigError(f"the agent needs the optional extra: pip install 'pinnacle-updates[agent]' ({exc})") from exc
+    installer.config()  # an uninitialised directory is refused before anything is created in it
+    serve(installer.layout.root, host, port, debug=debug)
+
+
+@cli.command("token")
+@click.option("--rotate", is_flag=True, help="Replace the token (dashboards must paste the new one).")
+@pass_installer
+def token_cmd(installer: Installer, rotate: bool) -> None:
+    """Print the agent's bearer token (DIR/agent.token, 0600), creating it if needed."""
+    from .agent.token import load_or_create
+
+    installer.config()
+    click.echo(load_or_create(installer.layout.root, rotate=rotate))
+
+
 def main() -> None:
     cli(prog_name="pinnacle-update")
 

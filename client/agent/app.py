@@ -1,0 +1,300 @@
+"""The agent's HTTP side: the REST API, the dashboard and the OpenAPI document (Starlette + uvicorn).
+
+Why Starlette and uvicorn, and why an optional extra: see ``client.agent``. Routes are thin:
+each parses its input, calls one ``AgentService`` method and returns JSON; errors have one shape,
+``{"error": {"code": "...", "message": "..."}}``, with the status codes listed in ``openapi``.
+
+Security, in the order ``Guard`` applies it to every request:
+
+1. **Host** must be ``127.0.0.1:PORT``, ``localhost:PORT`` or ``[::1]:PORT`` (or the address
+   given with ``--host``): a DNS-rebinding page that points its own name at 127.0.0.1 sends its
+   own name as Host and is refused (403 ``forbidden_host``).
+2. **Origin**, when a browser sends one, must be this agent's own origin; a foreign or ``null``
+   origin, or ``Sec-Fetch-Site: cross-site``, is refused (403 ``forbidden_origin``). No CORS
+   headers are ever sent, so browsers also refuse to let other pages read any answer.
+3. **Bearer token** (``DIR/agent.token``, see ``client.agent.token``) on every request that is not
+   a GET/HEAD: 401 ``unauthorized`` without it. The dashboard does not embed the token: whoever
+   opens it pastes the token once (``pinnacle-update token`` prints it) and the page keeps it in
+   ``sessionStorage`` for that tab. Serving it inside the page would hand it to every local user
+   and process that can reach 127.0.0.1, which the token exists to tell apart. Read-only GETs
+   (status, history, analytics, health) need no token so monitoring can scrape them.
+
+Pages cannot be framed (``X-Frame-Options: DENY``, CSP ``frame-ancestors 'none'``), which keeps
+a foreign page from tricking a click on the install button.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from client.agent import token as token_mod
+from client.agent.openapi import document
+from client.agent.service import AgentError, AgentService, configure_logging
+from client.errors import UpdateError
+
+log = logging.getLogger("pinnacle.agent.http")
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+MAX_BODY = 64 * 1024
+_STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+_COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+_PAGE_HEADERS = {
+    **_COMMON_HEADERS,
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape of the API."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status, headers={**_COMMON_HEADERS, **(headers or {})}
+    )
+
+
+def ok(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status, headers=_COMMON_HEADERS)
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """``Host`` header values this agent answers to."""
+    names = set(LOOPBACK_NAMES)
+    if host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    return frozenset(f"{n}:{port}".lower() for n in names)
+
+
+class Guard:
+    """ASGI middleware: Host, Origin and token checks (see the module doc) before any route."""
+
+    def __init__(self, app: ASGIApp, *, token: Callable[[], str], hosts: frozenset[str]) -> None:
+        self.app = app
+        self.token = token
+        self.hosts = hosts
+        self.origins = frozenset(f"http://{h}" for h in hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> Response | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "").strip().lower()
+        if host not in self.hosts:
+            return error(403, "forbidden_host", "requests must address this agent as 127.0.0.1 or localhost")
+        origin = headers.get("origin")
+        if origin is not None and origin.strip().lower() not in self.origins:
+            return error(403, "forbidden_origin", "cross-origin requests are refused")
+        if headers.get("sec-fetch-site", "").lower() == "cross-site":
+            return error(403, "forbidden_origin", "cross-site requests are refused")
+        if scope["method"] not in _SAFE_METHODS and not token_mod.matches(self.token(), headers.get("authorization")):
+            return error(
+                401,
+                "unauthorized",
+                "a bearer token is required (print it with `pinnacle-update token`)",
+                {"WWW-Authenticate": 'Bearer realm="pinnacle-update"'},
+            )
+        return None
+
+
+# ----- request parsing ----------------------------------------------------------------------------
+async def _body(request: Request) -> dict[str, Any]:
+    """The JSON object in the request body; an empty body is ``{}``."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise AgentError(413, "too_large", f"request body over {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise AgentError(422, "invalid_request", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise AgentError(422, "invalid_request", "the body must be a JSON object")
+    return data
+
+
+def _fields(body: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        raise AgentError(422, "invalid_request", f"unknown field {unknown[0]!r} (known: {', '.join(spec)})")
+    for name, kinds in spec.items():
+        if name in body and not isinstance(body[name], kinds):
+            raise AgentError(422, "invalid_request", f"field {name!r} has the wrong type")
+    return body
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise AgentError(422, "invalid_request", f"query parameter {name!r} must be an integer") from None
+    if not low <= value <= high:
+        raise AgentError(422, "invalid_request", f"query parameter {name!r} must be in {low}..{high}")
+    return value
+
+
+# ----- the application ----------------------------------------------------------------------------
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozenset[str]) -> ASGIApp:
+    """The ASGI application: routes wrapped in ``Guard``; ``token`` returns the current token."""
+    openapi = document()
+
+    def route(fn: Callable[[Request], Awaitable[Any]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                result = await fn(request)
+            except AgentError as exc:
+                return error(exc.status, exc.code, exc.message)
+            return result if isinstance(result, Response) else ok(result)
+
+        return endpoint
+
+    async def dashboard(_: Request) -> Response:
+        return Response(_asset("dashboard.html"), media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            raise AgentError(404, "not_found", f"no such file: {name}")
+        return Response(_asset(name), media_type=_STATIC[name], headers=_PAGE_HEADERS)
+
+    async def openapi_json(_: Request) -> Any:
+        return openapi
+
+    def view(read: Callable[[], Any]) -> Callable[[Request], Awaitable[Any]]:
+        """A GET handler for a read-only service method (run off the event loop: it reads files)."""
+
+        async def handler(_: Request) -> Any:
+            return await run_in_threadpool(read)
+
+        return handler
+
+    async def check(request: Request) -> Any:
+        body = _fields(await _body(request), {"current_version": (str, type(None))})
+        return await run_in_threadpool(service.check, body.get("current_version"))
+
+    async def install(request: Request) -> Any:
+        body = _fields(await _body(request), {"confirm_major": bool, "force": bool})
+        job = await run_in_threadpool(
+            lambda: service.start_install(
+                request.path_params["version"],
+                confirm_major=body.get("confirm_major", False),
+                force=body.get("force", False),
+            )
+        )
+        return ok({"job": job}, 202)
+
+    async def rollback(request: Request) -> Any:
+        body = _fields(await _body(request), {"force": bool})
+        return await run_in_threadpool(lambda: service.rollback(force=body.get("force", False)))
+
+    async def history(request: Request) -> Any:
+        limit = _int_param(request, "limit", 100, 1, 10_000)
+        return await run_in_threadpool(service.history, limit, request.query_params.get("op") or None)
+
+    async def config(request: Request) -> Any:
+        return await run_in_threadpool(service.update_config, await _body(request))
+
+    routes = [
+        Route("/", route(dashboard), methods=["GET"]),
+        Route("/static/{name}", route(static), methods=["GET"]),
+        Route("/openapi.json", route(openapi_json), methods=["GET"]),
+        Route("/api/updates/status", route(view(service.status)), methods=["GET"]),
+        Route("/api/updates/check", route(check), methods=["POST"]),
+        Route("/api/updates/install/{version}", route(install), methods=["POST"]),
+        Route("/api/updates/rollback", route(rollback), methods=["POST"]),
+        Route("/api/updates/history", route(history), methods=["GET"]),
+        Route("/api/updates/backups", route(view(service.backups)), methods=["GET"]),
+        Route("/api/updates/config", route(config), methods=["POST"]),
+        Route("/api/updates/channels", route(view(service.channels)), methods=["GET"]),
+        Route("/api/updates/analytics", route(view(service.analytics)), methods=["GET"]),
+        Route("/api/health", route(view(service.health)), methods=["GET"]),
+    ]
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.exception("internal error in %s %s", request.method, request.url.path)
+        return error(500, "internal", f"internal error: {type(exc).__name__}")
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+    return Guard(app, token=token, hosts=hosts)
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("client.agent").joinpath("static", name).read_bytes()
+
+
+# ----- the process -----------------------------------------------------------------------------------
+def serve(install_dir: Path, host: str = "127.0.0.1", port: int = 8004, *, debug: bool = False) -> None:
+    """``pinnacle-update serve``: token, logging, the update loop and the HTTP server, until SIGINT/SIGTERM."""
+    import uvicorn
+
+    install_dir = Path(install_dir).absolute()
+    secret = token_mod.TokenFile(install_dir)
+    log_path = configure_logging(install_dir, debug=debug, secret=secret.current)
+    sock = _listen(host, port)
+    port = sock.getsockname()[1]
+    service = AgentService(install_dir)
+    app = create_app(service, token=secret.current, hosts=allowed_hosts(host, port))
+    shown = f"[{host}]" if ":" in host else host
+    log.info("agent starting on http://%s:%d/ (log %s)", shown, port, log_path)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}, not only on this machine's loopback", file=sys.stderr, flush=True)
+    service.start()
+    config = uvicorn.Config(app, log_config=None, access_log=debug, lifespan="off", server_header=False)
+    server = uvicorn.Server(config)
+    print(f"serving http://{shown}:{port}/", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        service.stop()
+        log.info("agent stopped")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UpdateError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,212 @@
+"""The agent's OpenAPI 3.0 document, written out by hand (served at ``/openapi.json``).
+
+Hand-written rather than generated so that it states what the routes in ``client.agent.app``
+promise: every status code each one can answer with, the one error shape, and which calls need
+the bearer token. The config request body is derived from ``client.config.KEYS``, so a new key is
+documented the moment it exists. ``tests/test_agent_fuzz.py`` runs schemathesis against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from client import config as config_mod
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+_ERRORS = {
+    "401": "Bearer token missing or wrong",
+    "403": "Foreign Host or Origin (DNS rebinding, cross-site request)",
+    "404": "No such version or resource",
+    "409": "Another install or rollback is running, or the request conflicts with the install's state",
+    "413": "Request body too large",
+    "422": "Invalid request body, parameter or configuration",
+    "502": "The repository could not be reached or served data that failed verification",
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: _json(_ref("Error"), _ERRORS[code]) for code in ("403", *codes)}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": False, "content": {JSON: {"schema": schema}}}
+
+
+_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+_NSTR: dict[str, Any] = {"type": "string", "nullable": True}
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _config_body() -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    for key, spec in config_mod.KEYS.items():
+        if key == "client_id":
+            continue  # created by init, never changed
+        kind = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
+                bool: {"type": "boolean"}}.get(spec.type, {"type": "array", "items": {"type": "string"}})
+        props[key] = {**kind, "description": spec.help}
+    return {"type": "object", "properties": props, "additionalProperties": False, "minProperties": 1}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document of the agent API."""
+    check_result = {
+        "type": "object",
+        "required": ["current_version", "update_available", "version", "reason", "releases"],
+        "properties": {
+            "current_version": _NSTR,
+            "installed_version": _NSTR,
+            "update_available": {"type": "boolean"},
+            "version": _NSTR,
+            "type": _NSTR,
+            "notes": {"type": "string"},
+            "download_bytes": {"type": "integer"},
+            "auto": {"type": "boolean"},
+            "reason": {"type": "string"},
+            "releases": {"type": "array", "items": _ref("Release")},
+        },
+    }
+    paths: dict[str, Any] = {
+        "/": {"get": {"summary": "The dashboard (HTML)", "operationId": "dashboard",
+                      "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}},
+                                    **_errors()}}},
+        "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                                  "responses": {"200": _json(_OBJECT, "OpenAPI document"), **_errors()}}},
+        "/api/updates/status": {"get": {
+            "summary": "Installed version, available releases, the running job's progress, health, loop",
+            "operationId": "status",
+            "responses": {"200": _json(_ref("Status"), "Status"), **_errors()}}},
+        "/api/updates/check": {"post": {
+            "summary": "Check the repository now; with current_version, what that version would be offered",
+            "operationId": "check", "security": _SECURED,
+            "requestBody": _body({"type": "object", "additionalProperties": False,
+                                  "properties": {"current_version": _NSTR}}),
+            "responses": {"200": _json(check_result, "Check result"),
+                          **_errors("401", "409", "413", "422", "502")}}},
+        "/api/updates/install/{version}": {"post": {
+            "summary": "Start installing VERSION; follow the job in /api/updates/status",
+            "operationId": "install", "security": _SECURED,
+            "parameters": [{"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": _body({"type": "object", "additionalProperties": False,
+                                  "properties": {"confirm_major": {"type": "boolean"},
+                                                 "force": {"type": "boolean"}}}),
+            "responses": {"202": _json({"type": "object", "required": ["job"], "properties": {"job": _ref("Job")}},
+                                       "Install started"),
+                          **_errors("401", "404", "409", "413", "422", "502")}}},
+        "/api/updates/rollback": {"post": {
+            "summary": "Switch back to the previous version in the other slot",
+            "operationId": "rollback", "security": _SECURED,
+            "requestBody": _body({"type": "object", "additionalProperties": False,
+                                  "properties": {"force": {"type": "boolean"}}}),
+            "responses": {"200": _json(_OBJECT, "Rollback result"), **_errors("401", "409", "413", "422")}}},
+        "/api/updates/history": {"get": {
+            "summary": "history.jsonl records, newest first",
+            "operationId": "history",
+            "parameters": [
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}},
+                {"name": "op", "in": "query", "required": False, "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json({"type": "object", "required": ["total", "records"],
+                                        "properties": {"total": {"type": "integer"},
+                                                       "records": {"type": "array", "items": _OBJECT}}},
+                                       "History"), **_errors("422")}}},
+        "/api/updates/backups": {"get": {
+            "summary": "Previous slot and cached releases within max_rollback_days",
+            "operationId": "backups",
+            "responses": {"200": _json({"type": "object",
+                                        "required": ["max_rollback_days", "previous_slot", "cached_releases"],
+                                        "properties": {"max_rollback_days": {"type": "integer"},
+                                                       "previous_slot": {**_OBJECT, "nullable": True},
+                                                       "cached_releases": {"type": "array", "items": _OBJECT}}},
+                                       "Backups"), **_errors("409", "422")}}},
+        "/api/updates/config": {"post": {
+            "summary": "Change settings: all validated by client.config and written at once, or none",
+            "operationId": "config", "security": _SECURED,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _config_body()}}},
+            "responses": {"200": _json({"type": "object", "required": ["changed", "config"],
+                                        "properties": {"changed": {"type": "array", "items": {"type": "string"}},
+                                                       "config": _OBJECT}}, "Changed"),
+                          **_errors("401", "413", "422")}}},
+        "/api/updates/channels": {"get": {
+            "summary": "Known release channels and the configured one",
+            "operationId": "channels",
+            "responses": {"200": _json({"type": "object", "required": ["current", "channels"],
+                                        "properties": {"current": {"type": "string"},
+                                                       "channels": {"type": "array", "items": _OBJECT}}},
+                                       "Channels"), **_errors("422")}}},
+        "/api/updates/analytics": {"get": {
+            "summary": "Update statistics computed from history.jsonl",
+            "operationId": "analytics",
+            "responses": {"200": _json(_ref("Analytics"), "Analytics"), **_errors()}}},
+        "/api/health": {"get": {
+            "summary": "The agent is up; the last health check of the running version",
+            "operationId": "health",
+            "responses": {"200": _json({"type": "object", "required": ["status", "agent"],
+                                        "properties": {"status": {"type": "string", "enum": ["ok", "unhealthy"]},
+                                                       "agent": _OBJECT,
+                                                       "app": {**_OBJECT, "nullable": True},
+                                                       "loop": _OBJECT}}, "Health"), **_errors()}}},
+    }
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Release": {"type": "object", "required": ["version", "type"], "properties": {
+            "version": {"type": "string"}, "type": {"type": "string"}, "notes": {"type": "string"},
+            "published": {"type": "string"}, "download_bytes": {"type": "integer"},
+            "newer": {"type": "boolean"}, "installed": {"type": "boolean"}}},
+        "Job": {"type": "object", "required": ["id", "kind", "state", "step", "percent"], "properties": {
+            "id": {"type": "string"}, "kind": {"type": "string", "enum": ["install", "auto", "rollback"]},
+            "state": {"type": "string", "enum": ["running", "succeeded", "failed", "rolled_back", "up_to_date"]},
+            "step": {"type": "string"}, "version": _NSTR, "from_version": _NSTR,
+            "bytes": {"type": "integer"}, "total": {"type": "integer"},
+            "percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "download_percent": {"type": "number"},
+            "bytes_per_second": {"type": "number", "nullable": True},
+            "eta_seconds": {"type": "number", "nullable": True},
+            "error": _NSTR}},
+        "Status": {"type": "object",
+                   "required": ["installed", "available", "job", "health", "rollout", "loop", "busy"],
+                   "properties": {
+                       "installed": _OBJECT,
+                       "available": {"type": "object", "required": ["releases"], "properties": {
+                           "releases": {"type": "array", "items": _ref("Release")},
+                           "latest": {"allOf": [_ref("Release")], "nullable": True},
+                           "last_check": {**_OBJECT, "nullable": True}}},
+                       "job": {"allOf": [_ref("Job")], "nullable": True},
+                       "busy": {"type": "boolean"},
+                       "health": {**_OBJECT, "nullable": True},
+                       "rollout": {"type": "object", "properties": {"position": _NSTR, "group": _NSTR}},
+                       "loop": _OBJECT, "settings": _OBJECT, "notifications": _OBJECT}},
+        "Analytics": {"type": "object", "required": [
+            "total_updates", "successful_updates", "failed_updates", "average_install_time",
+            "most_common_failure", "last_update_date", "rollbacks", "bytes_downloaded", "bytes_saved"],
+            "properties": {
+                "total_updates": {"type": "integer"}, "successful_updates": {"type": "integer"},
+                "failed_updates": {"type": "integer"},
+                "average_install_time": {"type": "number", "nullable": True},
+                "most_common_failure": _NSTR, "last_update_date": _NSTR,
+                "rollbacks": {"type": "integer"}, "bytes_downloaded": {"type": "integer"},
+                "bytes_saved": {"type": "integer"}, "series": _OBJECT}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "pinnacle-update agent", "version": "1",
+                 "description": "Local update agent: status, checks, installs with live progress, rollback, "
+                                "history, analytics. Mutating calls need `Authorization: Bearer <token>` "
+                                "(`pinnacle-update token`); cross-origin requests are refused."},
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

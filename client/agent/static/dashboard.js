@@ -1,0 +1,442 @@
+// The agent dashboard: polls the JSON API, draws its own SVG charts, no external code.
+// The bearer token is pasted once and kept in sessionStorage (this tab only); a URL
+// fragment "#token=..." is accepted too and removed from the address bar at once.
+"use strict";
+
+const TOKEN_KEY = "pinnacle-agent-token";
+const SVG = "http://www.w3.org/2000/svg";
+const $ = (id) => document.getElementById(id);
+let lastStatus = null;
+let pollTimer = null;
+let lastJobId = null;
+let lastJobState = null;
+
+// ----- token ------------------------------------------------------------------------------
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+
+function takeTokenFromFragment() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+function showToken() {
+  const has = token() !== "";
+  $("token-form").classList.toggle("hidden", has);
+  $("token-ok").classList.toggle("hidden", !has);
+}
+
+// ----- API --------------------------------------------------------------------------------
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (method !== "GET") {
+    headers["Content-Type"] = "application/json";
+    if (token()) headers["Authorization"] = "Bearer " + token();
+  }
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+                                  credentials: "omit", cache: "no-store" });
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) {
+    const err = (data && data.error) || { code: "http_" + res.status, message: res.statusText };
+    if (res.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showToken();
+      err.message = "Token missing or wrong: paste the output of `pinnacle-update token` above.";
+    }
+    const e = new Error(err.message);
+    e.code = err.code;
+    e.status = res.status;
+    throw e;
+  }
+  return data;
+}
+
+function say(text, kind) {
+  const box = $("message");
+  box.textContent = text;
+  box.className = "message" + (kind === "info" ? " info" : "");
+  if (!text) box.classList.add("hidden");
+}
+
+// ----- formatting -------------------------------------------------------------------------
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0; let v = n;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i === 0 ? v : v.toFixed(1)) + " " + units[i];
+}
+function secs(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + " s";
+  return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+}
+function when(ts) { return ts ? ts.replace("T", " ").replace("Z", "") : "–"; }
+function text(id, value) { $(id).textContent = value === null || value === undefined || value === "" ? "–" : value; }
+function el(tag, attrs, children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const c of children || []) node.appendChild(c);
+  return node;
+}
+
+// ----- rendering --------------------------------------------------------------------------
+function renderStatus(s) {
+  lastStatus = s;
+  const inst = s.installed || {};
+  text("installed-version", inst.version || (inst.error ? "error" : "nothing installed"));
+  text("installed-slot", inst.slot);
+  text("installed-channel", inst.channel);
+  text("installed-state", inst.error || inst.state);
+  text("installed-since", when(inst.installed));
+  text("installed-previous", inst.previous_version ? inst.previous_version + " (slot " + inst.previous_slot + ")" : "none");
+
+  const latest = s.available.latest;
+  text("latest-version", latest ? latest.version : (s.available.last_check ? "up to date" : "–"));
+  const badge = $("latest-type");
+  badge.classList.toggle("hidden", !latest);
+  if (latest) { badge.textContent = latest.type; badge.className = "badge " + latest.type; }
+  $("latest-notes").textContent = latest ? (latest.notes || "") : "";
+  const check = s.available.last_check;
+  $("last-check").textContent = check ? "checked " + when(check.checked) + " — " + check.reason : "not checked yet";
+
+  const rollout = s.rollout || {};
+  text("rollout-position", rollout.position === null || rollout.position === undefined ? "n/a" : rollout.position);
+  text("rollout-group", rollout.group === null || rollout.group === undefined ? "n/a" : rollout.group);
+  const settings = s.settings || {};
+  text("loop-enabled", settings.enabled === undefined ? "–" :
+       (settings.enabled ? "on, every " + secs(settings.check_interval) : "off"));
+  text("loop-next", settings.enabled ? when(s.loop.next_round) : "–");
+  text("loop-last", s.loop.last_result ? when(s.loop.last_round) + ": " + s.loop.last_result : "–");
+
+  const h = s.health;
+  $("health-state").textContent = h ? (h.healthy ? "healthy" : "UNHEALTHY") : "no result yet";
+  $("health-state").className = "big" + (h ? (h.healthy ? " ok-text" : " bad-text") : "");
+  $("health-reason").textContent = h ? (h.reason || "") : "";
+  $("health-when").textContent = h ? "checked " + when(h.checked) + " (" + h.source + ")" : "";
+  const n = s.notifications || {};
+  $("notify-state").textContent = settings.webhook || settings.email ?
+    "notifications: " + n.delivered + " delivered, " + n.failed + " failed" + (n.last_error ? " (" + n.last_error + ")" : "") : "";
+
+  renderReleases(s.available.releases || []);
+  renderJob(s.job, s.busy);
+}
+
+function renderReleases(releases) {
+  const select = $("version-select");
+  const chosen = select.value;
+  select.textContent = "";
+  for (const r of releases) {
+    select.appendChild(el("option", { value: r.version, text: r.version + " (" + r.type + ")" }));
+  }
+  if (releases.some((r) => r.version === chosen)) select.value = chosen;
+  select.classList.toggle("hidden", releases.length === 0);
+  const box = $("releases");
+  box.textContent = "";
+  for (const r of releases) {
+    box.appendChild(el("div", { class: "release" }, [
+      el("span", { class: "v", text: r.version }),
+      el("span", { class: "badge " + r.type, text: r.type }),
+      el("span", { class: "muted small", text: bytes(r.download_bytes) + " · published " + when(r.published) }),
+      el("span", { class: "notes small", text: r.notes || "" }),
+    ]));
+  }
+  updateButtons();
+}
+
+function updateButtons() {
+  const s = lastStatus;
+  const busy = !s || s.busy;
+  const hasRelease = s && (s.available.releases || []).length > 0;
+  $("install-btn").disabled = busy || !hasRelease;
+  $("install-btn").textContent = hasRelease ? "Install " + $("version-select").value : "Install";
+  $("check-btn").disabled = busy;
+  $("rollback-btn").disabled = busy || !(s && s.installed && s.installed.previous_version);
+}
+
+function renderJob(job, busy) {
+  const bar = $("progress-bar");
+  if (!job) {
+    bar.style.width = "0%";
+    text("progress-text", "0%");
+    $("progress-step").textContent = "idle";
+    return;
+  }
+  const pct = job.percent || 0;
+  bar.style.width = pct + "%";
+  bar.className = "bar" + (job.state === "succeeded" ? " ok" : (job.state === "failed" || job.state === "rolled_back" ? " bad" : ""));
+  $("progress-text").textContent = Math.round(pct) + "%";
+  const label = job.kind === "rollback" ? "rollback" : job.kind === "auto" ? "automatic install" : "install";
+  $("progress-step").textContent = label + " " + (job.version || "") + ": " +
+    (job.state === "running" ? job.step : job.state.replace("_", " "));
+  $("progress-bytes").textContent = job.total ? bytes(job.bytes) + " / " + bytes(job.total) : "";
+  $("progress-speed").textContent = job.bytes_per_second ? bytes(job.bytes_per_second) + "/s" : "";
+  $("progress-eta").textContent = job.state === "running" && job.eta_seconds !== null ? "ETA " + secs(job.eta_seconds) : "";
+  $("job-result").textContent = job.error ? job.error : "";
+  $("job-result").className = "small" + (job.error ? " bad-text" : "");
+  if (job.id !== lastJobId || job.state !== lastJobState) {
+    const finished = lastJobId === job.id && lastJobState === "running" && job.state !== "running";
+    lastJobId = job.id; lastJobState = job.state;
+    if (finished) { loadHistory(); loadAnalytics(); }
+  }
+  schedule(busy || job.state === "running" ? 500 : 4000);
+}
+
+function renderHistory(data) {
+  const body = $("history").querySelector("tbody");
+  body.textContent = "";
+  for (const r of data.records) {
+    if (r.op === "check" || r.op === "verify") continue;
+    const outcome = r.outcome || (r.op === "recover" ? "recovered" : "");
+    body.appendChild(el("tr", {}, [
+      el("td", { text: when(r.ts) }),
+      el("td", { text: r.op || "" }),
+      el("td", { text: r.from_version || "" }),
+      el("td", { text: r.version || "" }),
+      el("td", { class: "outcome-" + outcome, text: outcome }),
+      el("td", { text: r.duration !== undefined ? secs(r.duration) : "" }),
+      el("td", { text: r.bytes ? bytes(r.bytes) : "" }),
+      el("td", { class: "reason", title: r.reason || (r.actions || []).join("; "), text: r.reason || (r.actions || []).join("; ") }),
+    ]));
+  }
+}
+
+function renderAnalytics(a) {
+  const stats = [
+    ["Updates", a.total_updates], ["Successful", a.successful_updates], ["Failed", a.failed_updates],
+    ["Rollbacks", a.rollbacks], ["Avg install", a.average_install_time === null ? "–" : secs(a.average_install_time)],
+    ["Downloaded", bytes(a.bytes_downloaded)], ["Saved by deltas", bytes(a.bytes_saved)],
+    ["Last update", when(a.last_update_date)], ["Most common failure", a.most_common_failure || "none"],
+  ];
+  const box = $("stats");
+  box.textContent = "";
+  for (const [label, value] of stats) {
+    box.appendChild(el("div", { class: "card" }, [el("h2", { text: label }), el("div", { class: "stat-value", text: String(value) })]));
+  }
+  const days = a.series.per_day.slice(-30);
+  barChart($("chart-days"), days.map((d) => d.day.slice(5)), [
+    { name: "successful", color: "#1f9d55", values: days.map((d) => d.updates - d.failures) },
+    { name: "failed", color: "#d64545", values: days.map((d) => d.failures) },
+    { name: "rollbacks", color: "#d98a00", values: days.map((d) => d.rollbacks) },
+  ], (v) => String(v));
+  const updates = a.series.updates.slice(-40);
+  const timed = updates.filter((u) => u.duration !== null);
+  lineChart($("chart-durations"), timed.map((u) => u.version || ""), timed.map((u) => u.duration),
+            timed.map((u) => (u.outcome === "committed" ? "#2f6fde" : "#d64545")), (v) => v.toFixed(1));
+  barChart($("chart-saved"), updates.map((u) => u.version || ""), [
+    { name: "saved", color: "#1f9d55", values: updates.map((u) => u.bytes_saved) },
+    { name: "downloaded", color: "#2f6fde", values: updates.map((u) => u.bytes) },
+  ], bytes, true);
+}
+
+// ----- SVG charts -------------------------------------------------------------------------
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function frame(box, labels, maxValue, fmt) {
+  box.textContent = "";
+  const W = 460, H = 170, L = 52, R = 8, T = 10, B = 26;
+  const svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, role: "img" });
+  box.appendChild(svg);
+  const y = (v) => T + (H - T - B) * (1 - v / (maxValue || 1));
+  for (let i = 0; i <= 4; i++) {
+    const v = (maxValue || 1) * i / 4;
+    svg.appendChild(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e6e9ee" }));
+    const t = svgEl("text", { x: L - 4, y: y(v) + 3, "text-anchor": "end" });
+    t.textContent = fmt(v);
+    svg.appendChild(t);
+  }
+  if (labels.length === 0) {
+    const t = svgEl("text", { x: (L + W) / 2, y: H / 2, "text-anchor": "middle" });
+    t.textContent = "no data yet";
+    svg.appendChild(t);
+  }
+  const step = (W - L - R) / Math.max(labels.length, 1);
+  const every = Math.ceil(labels.length / 10);
+  labels.forEach((label, i) => {
+    if (i % every) return;
+    const t = svgEl("text", { x: L + step * (i + 0.5), y: H - 8, "text-anchor": "middle" });
+    t.textContent = label;
+    svg.appendChild(t);
+  });
+  return { svg, y, step, L, H, B };
+}
+
+function legend(box, series) {
+  const div = el("div", { class: "legend" });
+  for (const s of series) {
+    const swatch = el("i");
+    swatch.style.background = s.color;
+    div.appendChild(swatch);
+    div.appendChild(document.createTextNode(s.name));
+  }
+  box.appendChild(div);
+}
+
+function barChart(box, labels, series, fmt, grouped) {
+  const totals = labels.map((_, i) => grouped ? Math.max(...series.map((s) => s.values[i] || 0))
+                                               : series.reduce((n, s) => n + (s.values[i] || 0), 0));
+  const f = frame(box, labels, Math.max(1, ...totals), fmt);
+  labels.forEach((label, i) => {
+    let base = 0;
+    series.forEach((s, k) => {
+      const v = s.values[i] || 0;
+      if (!v) return;
+      const width = grouped ? f.step * 0.7 / series.length : f.step * 0.6;
+      const x = f.L + f.step * i + (grouped ? f.step * 0.15 + width * k : f.step * 0.2);
+      const top = grouped ? f.y(v) : f.y(base + v);
+      const bottom = grouped ? f.y(0) : f.y(base);
+      const rect = svgEl("rect", { x, y: top, width, height: Math.max(bottom - top, 1), fill: s.color, rx: 2 });
+      const tip = svgEl("title", {});
+      tip.textContent = label + " " + s.name + ": " + fmt(v);
+      rect.appendChild(tip);
+      f.svg.appendChild(rect);
+      if (!grouped) base += v;
+    });
+  });
+  legend(box, series);
+}
+
+function lineChart(box, labels, values, colors, fmt) {
+  const f = frame(box, labels, Math.max(0.001, ...values) * 1.1, fmt);
+  const pts = values.map((v, i) => [f.L + f.step * (i + 0.5), f.y(v)]);
+  if (pts.length > 1) {
+    f.svg.appendChild(svgEl("polyline", { points: pts.map((p) => p.join(",")).join(" "), fill: "none",
+                                          stroke: "#9db8ec", "stroke-width": 2 }));
+  }
+  pts.forEach((p, i) => {
+    const c = svgEl("circle", { cx: p[0], cy: p[1], r: 4, fill: colors[i] });
+    const tip = svgEl("title", {});
+    tip.textContent = labels[i] + ": " + fmt(values[i]) + " s";
+    c.appendChild(tip);
+    f.svg.appendChild(c);
+  });
+  legend(box, [{ name: "committed", color: "#2f6fde" }, { name: "failed", color: "#d64545" }]);
+}
+
+// ----- loading ----------------------------------------------------------------------------
+async function loadStatus() {
+  try {
+    renderStatus(await api("GET", "/api/updates/status"));
+  } catch (e) {
+    say("Cannot reach the agent: " + e.message);
+    schedule(5000);
+  }
+}
+async function loadHistory() { try { renderHistory(await api("GET", "/api/updates/history?limit=200")); } catch (e) { /* next poll */ } }
+async function loadAnalytics() { try { renderAnalytics(await api("GET", "/api/updates/analytics")); } catch (e) { /* next poll */ } }
+async function loadHealth() {
+  try {
+    const h = await api("GET", "/api/health");
+    const pill = $("agent-health");
+    pill.textContent = "agent " + h.status;
+    pill.className = "pill " + (h.status === "ok" ? "ok" : "bad");
+  } catch (e) {
+    $("agent-health").textContent = "agent unreachable";
+    $("agent-health").className = "pill bad";
+  }
+}
+
+function schedule(ms) {
+  clearTimeout(pollTimer);
+  pollTimer = setTimeout(loadStatus, ms);
+}
+
+function needToken() {
+  if (token()) return false;
+  say("Paste the agent token (run: pinnacle-update token) to check, install or roll back.");
+  $("token-input").focus();
+  return true;
+}
+
+// ----- actions ----------------------------------------------------------------------------
+async function doCheck() {
+  if (needToken()) return;
+  $("check-btn").disabled = true;
+  say("");
+  try {
+    const r = await api("POST", "/api/updates/check", {});
+    say(r.update_available ? "Update available: " + r.version + " (" + r.type + ")" : "Up to date: " + r.reason, "info");
+  } catch (e) {
+    say("Check failed: " + e.message);
+  }
+  await loadStatus();
+  loadHistory();
+}
+
+function crossesMajor(version) {
+  const releases = (lastStatus && lastStatus.available.releases) || [];  // newest first, newer than installed
+  const at = releases.findIndex((r) => r.version === version);
+  return at >= 0 && releases.slice(at).some((r) => r.type === "major");
+}
+
+async function doInstall() {
+  if (needToken()) return;
+  const version = $("version-select").value;
+  if (!version) return;
+  let confirmMajor = false;
+  if (crossesMajor(version)) {
+    if (!confirm("Installing " + version + " includes a MAJOR update. Breaking changes are likely. Install it?")) return;
+    confirmMajor = true;
+  }
+  say("");
+  try {
+    await api("POST", "/api/updates/install/" + encodeURIComponent(version), { confirm_major: confirmMajor });
+  } catch (e) {
+    if (e.code === "confirmation_required" && confirm(e.message + "\nInstall anyway?")) {
+      try {
+        await api("POST", "/api/updates/install/" + encodeURIComponent(version), { confirm_major: true });
+      } catch (e2) { say("Install refused: " + e2.message); }
+    } else {
+      say("Install refused: " + e.message);
+    }
+  }
+  loadStatus();
+}
+
+async function doRollback() {
+  if (needToken()) return;
+  const prev = lastStatus && lastStatus.installed.previous_version;
+  if (!confirm("Switch back to " + prev + "? The current version will be marked bad.")) return;
+  say("");
+  try {
+    const r = await api("POST", "/api/updates/rollback", {});
+    say("Rolled back " + r.from_version + " → " + r.version, "info");
+  } catch (e) {
+    say("Rollback refused: " + e.message);
+  }
+  await loadStatus();
+  loadHistory();
+  loadAnalytics();
+}
+
+// ----- start ------------------------------------------------------------------------------
+document.addEventListener("DOMContentLoaded", () => {
+  takeTokenFromFragment();
+  showToken();
+  $("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const value = $("token-input").value.trim();
+    if (value) { sessionStorage.setItem(TOKEN_KEY, value); $("token-input").value = ""; say(""); }
+    showToken();
+  });
+  $("token-clear").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); showToken(); });
+  $("check-btn").addEventListener("click", doCheck);
+  $("install-btn").addEventListener("click", doInstall);
+  $("rollback-btn").addEventListener("click", doRollback);
+  $("version-select").addEventListener("change", updateButtons);
+  loadStatus();
+  loadHistory();
+  loadAnalytics();
+  loadHealth();
+  setInterval(loadHealth, 10000);
+  setInterval(() => { loadHistory(); loadAnalytics(); }, 30000);
+});
