@@ -155,7 +155,7 @@ def compute(records: Iterable[Mapping[str, Any]]) -> Analytics:
         failed_updates=len(points) - len(committed),
         average_install_time=round(sum(durations) / len(durations), 3) if durations else None,
         most_common_failure=most_common,
-        last_update_date=committed[-1].ts if committed else None,
+        last_update_date=next((p.ts for p in reversed(committed) if p.ts), None),
         rollbacks=rollbacks,
         bytes_downloaded=sum(p.bytes for p in points),
         bytes_saved=sum(p.bytes_saved for p in points),
