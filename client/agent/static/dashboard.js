@@ -103,7 +103,13 @@ function renderStatus(s) {
   if (latest) { badge.textContent = latest.type; badge.className = "badge " + latest.type; }
   $("latest-notes").textContent = latest ? (latest.notes || "") : "";
   const check = s.available.last_check;
-  $("last-check").textContent = check ? "checked " + when(check.checked) + " — " + check.reason : "not checked yet";
+  let checked = "not checked yet";
+  if (check && check.current_version !== inst.version) {
+    checked = "last checked " + when(check.checked) + ", before " + (inst.version || "the last change") + " was installed";
+  } else if (check) {
+    checked = "checked " + when(check.checked) + " — " + check.reason;
+  }
+  $("last-check").textContent = checked;
 
   const rollout = s.rollout || {};
   text("rollout-position", rollout.position === null || rollout.position === undefined ? "n/a" : rollout.position);
@@ -227,7 +233,8 @@ function renderAnalytics(a) {
   const updates = a.series.updates.slice(-40);
   const timed = updates.filter((u) => u.duration !== null);
   lineChart($("chart-durations"), timed.map((u) => u.version || ""), timed.map((u) => u.duration),
-            timed.map((u) => (u.outcome === "committed" ? "#2f6fde" : "#d64545")), (v) => v.toFixed(1));
+            timed.map((u) => (u.outcome === "committed" ? "#2f6fde" : "#d64545")),
+            (v) => v.toFixed(v >= 10 ? 0 : v >= 1 ? 1 : 2));
   barChart($("chart-saved"), updates.map((u) => u.version || ""), [
     { name: "saved", color: "#1f9d55", values: updates.map((u) => u.bytes_saved) },
     { name: "downloaded", color: "#2f6fde", values: updates.map((u) => u.bytes) },
