@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
-	@$(BIN)/mypy --strict client/index.py client/fsutil.py repo_tools/core
+	@$(BIN)/mypy --strict client/index.py client/fsutil.py repo_tools/core client/agent/analytics.py
 
 bench: $(STAMP)
 	@$(BIN)/python bench/publish.py
