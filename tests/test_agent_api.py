@@ -376,3 +376,35 @@ def test_the_loop_installs_what_policy_allows_unattended(tmp_path: Path, repo: R
         assert "succeeded" in s["loop"]["last_result"]
         records = json.loads(json.dumps(agent.get("/api/updates/history").json()["records"]))
         assert [r["op"] for r in records][:2] == ["install", "check"]
+
+
+# ----- logging --------------------------------------------------------------------------------------------
+def test_log_file_rotates_and_never_holds_the_token(tmp_path: Path, repo: Repo, repo_url: str) -> None:
+    import logging
+
+    from client.agent.service import configure_logging
+
+    d = tmp_path / "inst"
+    init_client(d, repo_url, repo, max_log_bytes=2000, log_backups=2)
+    secret = "s3cr3t-token-value-that-must-not-appear"
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        path = configure_logging(d, debug=False, secret=lambda: secret)
+        assert path == d / "logs" / "auto_updater.log"
+        log = logging.getLogger("pinnacle.agent.test")
+        for i in range(200):
+            log.info("line %d with %s inside", i, secret)
+        log.debug("debug detail is not written without --debug")
+        for h in root.handlers:
+            h.flush()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], root.level = saved
+    files = sorted(p.name for p in (d / "logs").iterdir())
+    assert files == ["auto_updater.log", "auto_updater.log.1", "auto_updater.log.2"]
+    text = "".join((d / "logs" / f).read_text() for f in files)
+    assert "line 199 with [redacted] inside" in text and secret not in text
+    assert "debug detail" not in text
+    assert all((d / "logs" / f).stat().st_size <= 2000 for f in files)

@@ -234,7 +234,9 @@ class AgentService:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the continuous update loop (a daemon thread)."""
+        """Recover what a previous run left half done, then start the continuous update loop (a
+        daemon thread). Called before the server answers, so no request races the recovery."""
+        self._recover()
         self._thread = threading.Thread(target=self._loop, name="pinnacle-loop", daemon=True)
         self._thread.start()
 
@@ -267,6 +269,17 @@ class AgentService:
             if enabled:
                 self.run_round()
             self._record_health()
+
+    def _recover(self) -> None:
+        """Finish whatever a previous run left half done (an agent stopped mid-install), before the
+        dashboard shows the state; another process holding the lock recovers it itself."""
+        try:
+            report = self.installer.recover()
+        except UpdateError as exc:
+            log.warning("recovery at start not run: %s", exc)
+            return
+        for action in report.actions:
+            log.warning("recovered at start: %s", action)
 
     def wake(self) -> None:
         """Run a loop round now (after a config change, say)."""
