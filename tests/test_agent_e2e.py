@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_server import V1, V11, V101, publish_all, run_agent, serve_repo
+from tests.agent_server import V1, V2, V11, V101, publish_all, run_agent, serve_repo
 from tests.helpers_client import PY, ROOT, env, init_client
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,7 +46,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 
 def test_dashboard_check_install_and_progress(tmp_path: Path, browser: object) -> None:
-    repo = publish_all(tmp_path / "repo", ((V1, "patch"), (V101, "patch"), (V11, "minor")))
+    repo = publish_all(tmp_path / "repo", ((V1, "patch"), (V101, "patch"), (V11, "minor"), (V2, "major")))
     with serve_repo(repo.dir) as url:
         d = tmp_path / "inst"
         installer = init_client(d, url, repo, enabled=False)
@@ -74,9 +74,10 @@ def test_dashboard_check_install_and_progress(tmp_path: Path, browser: object) -
             page.click("#token-save")
             expect(page.locator("#token-ok")).to_be_visible()
             page.get_by_role("button", name="Check for updates").click()
-            expect(page.locator("#latest-version")).to_have_text(V11)
-            expect(page.locator("#latest-type")).to_have_text("minor")
-            expect(page.locator("#latest-notes")).to_contain_text("Adds the reports page")
+            expect(page.locator("#latest-version")).to_have_text(V2)
+            expect(page.locator("#latest-type")).to_have_text("major")
+            expect(page.locator("#latest-notes")).to_contain_text("New storage format")
+            expect(page.locator("#last-check")).to_contain_text(f"{V11} (minor) is available")
             expect(page.locator("#releases")).to_contain_text(V101)  # marked bad, still listed
 
             page.select_option("#version-select", V11)
@@ -89,6 +90,21 @@ def test_dashboard_check_install_and_progress(tmp_path: Path, browser: object) -
             expect(page.locator("#chart-durations circle")).to_have_count(3)  # V1, V101, V11 committed
             expect(page.locator("#health-state")).to_have_text("healthy")
             assert agent.status()["installed"]["version"] == V11
+
+            # a major update asks first; declining sends nothing
+            dialogs: list[str] = []
+
+            def decline(dialog: object) -> None:
+                dialogs.append(dialog.message)  # type: ignore[attr-defined]
+                dialog.dismiss()  # type: ignore[attr-defined]
+
+            page.on("dialog", decline)
+            page.select_option("#version-select", V2)
+            page.click("#install-btn")
+            expect(page.locator("#install-btn")).to_have_text(f"Install {V2}")
+            assert len(dialogs) == 1 and "MAJOR" in dialogs[0], dialogs
+            status = agent.status()
+            assert status["installed"]["version"] == V11 and status["job"]["version"] == V11
             assert errors == [], errors
 
             shot = tmp_path / "dashboard.png"
