@@ -509,7 +509,9 @@ class Installer:
         s = self._save(sm.begin_install(s, release.version, release.content.sha256, kind, release.entry_point))
         baseline: float | None = None
         try:
-            self._emit("step", step="download", version=release.version, total=release.full.length)
+            route_name = plan.describe() if plan is not None else "full"
+            total = plan.total_bytes if plan is not None and plan.steps else release.full.length
+            self._emit("step", step="download", version=release.version, total=total, path=route_name)
 
             def on_progress(done: int, total: int) -> None:
                 self._emit("progress", bytes=done, total=total)
