@@ -524,6 +524,9 @@ def versions(zstd: str, tufup: Path) -> str:
                               capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    commit += " (with uncommitted changes)" if dirty else ""
     return (f"pinnacle-updates {commit}; Python {platform.python_version()}; bsdiff4 {pkg('bsdiff4')}, "
             f"pyzstd {pkg('pyzstd')}, zstandard {pkg('zstandard')}; {zstd_v}; tufup venv: {tuf_side}")
 
@@ -565,8 +568,15 @@ MEASURED = """\
 """
 
 
-def write_doc(results: Sequence[Result], lines: list[str], zstd: str, tufup: Path, elapsed: float) -> None:
-    """docs/DELTA-BENCHMARK.md: date, machine, versions, the table, the goals, the method."""
+ANALYSIS_MARK = "<!-- analysis: written by hand, kept by --write-doc -->"
+
+
+def write_doc(results: Sequence[Result], lines: list[str], info: str, elapsed: float) -> None:
+    """docs/DELTA-BENCHMARK.md: date, machine, versions, the table, the goals, the method; a hand-written analysis
+    after ``ANALYSIS_MARK`` in the existing file is kept as it is."""
+    kept = ""
+    if DOC.exists() and ANALYSIS_MARK in DOC.read_text():
+        kept = DOC.read_text().split(ANALYSIS_MARK, 1)[1].strip("\n")
     notes = [f"- {r.pair.label}: {n}" for r in results for n in r.notes]
     text = "\n".join([
         "# Delta benchmark",
@@ -575,7 +585,7 @@ def write_doc(results: Sequence[Result], lines: list[str], zstd: str, tufup: Pat
         "",
         f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} (run took {elapsed / 60:.1f} min)",
         f"- Machine: {machine()}",
-        f"- Versions: {versions(zstd, tufup)}",
+        f"- Versions: {info}",
         "",
         "## Results",
         "",
@@ -587,6 +597,10 @@ def write_doc(results: Sequence[Result], lines: list[str], zstd: str, tufup: Pat
         "",
         *(["## Notes", "", *notes, ""] if notes else []),
         MEASURED,
+        ANALYSIS_MARK,
+        "",
+        kept or "## Analysis\n\n(none yet)",
+        "",
     ])
     DOC.write_text(text)
     print(f"wrote {DOC.relative_to(ROOT)}")
@@ -619,6 +633,7 @@ def main() -> int:
         print("\n!!! TODO: `pinnacle-release publish` has no --deltas option yet (repo_tools/delta.py not landed):\n"
               "!!! 'ours' is NOT MEASURED; baselines only. This run exits with status 2.\n", flush=True)
 
+    info = versions(zstd, tufup)  # the commit measured, before anything can move HEAD
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pinnacle-delta-bench-") as tmp_name:
         results = [measure_pair(p, Path(tmp_name), zstd, tufup, deltas, args.memory_budget) for p in pairs]
@@ -634,7 +649,7 @@ def main() -> int:
             print(f"note: {r.pair.label}: {note}")
     print(f"\nmachine: {machine()}\nrun took {elapsed / 60:.1f} min")
     if args.write_doc:
-        write_doc(results, lines, zstd, tufup, elapsed)
+        write_doc(results, lines, info, elapsed)
     if not deltas:
         return 2
     return 0 if all_pass else 1
