@@ -9,6 +9,7 @@ anything did not happen as it should.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -64,11 +65,23 @@ def free_port() -> int:
 
 
 def make_app(version: str, broken: bool = False) -> Path:
+    """The sample app plus ~2 MB of "bundled libraries" that change a little between releases,
+    as real releases do, so the update can travel as a delta."""
     src = WORK / "src" / version
     (src / "bin").mkdir(parents=True)
     shutil.copyfile(APP_SOURCE, src / "bin" / "app.py")
     (src / "bin" / "app.py").chmod(0o755)
     (src / "VERSION").write_text(version + "\n")
+    rng = random.Random(7)
+    lib = src / "lib"
+    lib.mkdir()
+    for n in range(4):
+        blob = bytearray(rng.randbytes(512 * 1024))
+        patch = random.Random(f"{version}-{n}")
+        for _ in range(8):  # a few small edits per release
+            at = patch.randrange(len(blob) - 64)
+            blob[at:at + 64] = patch.randbytes(64)
+        (lib / f"module{n}.so").write_bytes(bytes(blob))
     if broken:
         (src / "BROKEN").write_text("this release's /health answers 500\n")
     return src
@@ -104,7 +117,9 @@ def main() -> int:
                       "--version", version, "--type", kind, "--platform", "any", "--entry-point", "bin/app.py",
                       str(make_app(version)))
             assert isinstance(rel, dict)
-            print(f"published    {version} ({kind}, {rel['release']['full']['length']} bytes)")
+            deltas = ", ".join(f"{d['from']}: {d['length']} B" for d in rel["release"].get("deltas", []))
+            print(f"published    {version} ({kind}, full {rel['release']['full']['length']} B"
+                  + (f"; deltas from {deltas}" if deltas else "") + ")")
 
         port = free_port()
         client("init", "--repo", url, "--root", str(REPO / "metadata" / "1.root.json"), "--channel", "stable")
@@ -125,10 +140,13 @@ def main() -> int:
             raise DemoFailed("the app does not answer as 1.0.0 after installing it")
 
         update = client("install")
-        print(f"updated      {update['previous_version']} -> {update['version']} in slot {update['slot']} "
-              f"({update['bytes_downloaded']} bytes, {update['duration']:.2f}s); app says {app_version(port)}")
+        print(f"updated      {update['previous_version']} -> {update['version']} in slot {update['slot']} via "
+              f"{update.get('path', 'full')}: {update['bytes_downloaded']} B downloaded, "
+              f"{update.get('bytes_saved', 0)} B saved ({update['duration']:.2f}s); app says {app_version(port)}")
         if update["version"] != "1.2.0" or app_version(port) != "1.2.0":
             raise DemoFailed("the update to 1.2.0 did not take")
+        if update.get("path") not in ("delta", "chain"):
+            raise DemoFailed(f"the update did not use a delta ({update.get('fallback_reason') or 'no delta path'})")
 
         run("pinnacle-release", "publish", str(REPO), "--keys", str(KEYS), "--channel", "stable",
             "--version", "1.3.0", "--type", "patch", "--platform", "any", "--entry-point", "bin/app.py",
@@ -144,7 +162,8 @@ def main() -> int:
 
         check = client("check")
         print(f"check        {check['reason']}")
-        print(f"demo finished in {time.monotonic() - started:.1f}s: install, update and automatic rollback verified")
+        elapsed = time.monotonic() - started
+        print(f"demo finished in {elapsed:.1f}s: install, delta update and automatic rollback verified")
         return 0
     except DemoFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
