@@ -409,7 +409,7 @@ def _write_file(root_fd: int, entry: ManifestEntry, source: Callable[[int], byte
         raise InstallError(f"{show_path(entry.path)} does not match its manifest sha256/size")
 
 
-def _create(root_fd: int, entry: ManifestEntry) -> None:
+def create_entry(root_fd: int, entry: ManifestEntry) -> None:
     parent, name = open_parent(root_fd, entry.path)
     try:
         if entry.type is EntryType.DIR:
@@ -420,7 +420,7 @@ def _create(root_fd: int, entry: ManifestEntry) -> None:
         os.close(parent)
 
 
-def _finish(root_fd: int, manifest: Manifest) -> None:
+def finish_tree(root_fd: int, manifest: Manifest) -> None:
     """One closing pass: set directory modes and fsync every file and directory, deepest first."""
     for e in reversed(manifest.entries):
         if e.type is EntryType.SYMLINK:
@@ -468,7 +468,7 @@ def extract_release(artifact: Path, dest: Path, manifest: Manifest) -> None:
             content = stream.drain()
         if content != manifest.content:
             raise InstallError(f"archive content differs from manifest {manifest.version} (sha256/length)")
-        _finish(root_fd, manifest)
+        finish_tree(root_fd, manifest)
     except InstallError:
         raise
     except (OSError, tarfile.TarError, zstandard.ZstdError, UnicodeError, EOFError) as exc:
@@ -493,7 +493,7 @@ def _extract_members(stream: _BoundedHashingReader, root_fd: int, manifest: Mani
                 assert data is not None
                 _write_file(root_fd, entry, data.read)
             else:
-                _create(root_fd, entry)
+                create_entry(root_fd, entry)
     missing = next(expected, None)
     if missing is not None:
         raise InstallError(f"archive ends before manifest entry {show_path(missing.path)}")

@@ -120,7 +120,8 @@ def check_cmd(installer: Installer, version: str | None, as_json: bool, wait: bo
     result = installer.check(version, wait=wait)
     if result.update_available:
         human = (f"update available: {result.current_version or 'nothing installed'} -> {result.version} "
-                 f"({result.type}, {result.download_bytes} bytes{', automatic' if result.auto else ''})")
+                 f"({result.type}, {result.download_bytes} bytes via {result.path}"
+                 f"{', automatic' if result.auto else ''})")
     else:
         human = f"up to date ({result.current_version or 'nothing installed'}): {result.reason}"
     _emit(as_json, result.to_dict(), human)

@@ -37,9 +37,16 @@ import pyzstd
 from packaging.version import Version
 
 from client import delta_format
-from client.archive import CHUNK_SIZE, copy_hashed, manifest_problems, open_beneath, show_path, verify_tree
-from client.archive import _create as create_entry
-from client.archive import _finish as finish_tree
+from client.archive import (
+    CHUNK_SIZE,
+    copy_hashed,
+    create_entry,
+    finish_tree,
+    manifest_problems,
+    open_beneath,
+    show_path,
+    verify_tree,
+)
 from client.errors import InstallError
 from client.index import DeltaRef, Digest, EntryType, Manifest, ManifestEntry, Release, parse_version
 

@@ -234,10 +234,18 @@ class RepositoryClient:
                 progress(received, info.length)
 
         self._fetcher.on_bytes = on_bytes
+        resumed_before = self._fetcher.stats.resumed
         try:
             with self._seam(updater, target=info.path):
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                updater.download_target(info, str(tmp))
+                try:
+                    updater.download_target(info, str(tmp))
+                except tuf_exc.LengthOrHashMismatchError:
+                    if self._fetcher.stats.resumed == resumed_before:
+                        raise
+                    # The kept partial was damaged on disk; it is discarded now, so fetch once afresh.
+                    received = 0
+                    updater.download_target(info, str(tmp))
                 atomic_move(tmp, dest)
         finally:
             self._fetcher.on_bytes = None
