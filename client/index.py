@@ -21,6 +21,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from client.rollout import ABTest, Rollout, ScheduleError, Yank
+
 INDEX_FORMAT = 1
 MANIFEST_FORMAT = 1
 CHANNELS = ("stable", "beta", "alpha")
@@ -131,7 +133,7 @@ class DeltaRef:
 
 _RELEASE_KEYS = {
     "version", "platform", "type", "published", "notes", "content", "full", "manifest",
-    "entry_point", "promoted_from", "deltas",
+    "entry_point", "promoted_from", "deltas", "rollout", "yanked", "min_version", "ramp", "ab_testing",
 }
 
 
@@ -139,8 +141,11 @@ _RELEASE_KEYS = {
 class Release:
     """One release of one platform in one channel.
 
-    ``extra`` keeps fields this code does not know (deltas, rollout, yank, ... added by later
-    formats) so that a publisher round-trips them untouched.
+    ``extra`` keeps fields this code does not know (added by later formats) so that a publisher
+    round-trips them untouched. Fleet controls (``client.rollout``): ``rollout`` (schedule and
+    state), ``yanked`` (withdrawn, with a reason), ``min_version`` (clients below it must update),
+    ``ramp`` (the publisher's override of the type's default: False skips the rollout, True keeps
+    security/hotfix in it), ``ab_testing`` (a fixed test group).
     """
 
     version: str
@@ -154,6 +159,11 @@ class Release:
     entry_point: str | None = None
     promoted_from: str | None = None
     deltas: tuple[DeltaRef, ...] = ()
+    rollout: Rollout | None = None
+    yanked: Yank | None = None
+    min_version: str | None = None
+    ramp: bool | None = None
+    ab_testing: ABTest | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,6 +195,13 @@ class Release:
             out["promoted_from"] = self.promoted_from
         if self.deltas:
             out["deltas"] = [d.to_dict() for d in self.deltas]
+        for key, value in (("rollout", self.rollout), ("yanked", self.yanked), ("ab_testing", self.ab_testing)):
+            if value is not None:
+                out[key] = value.to_dict()
+        if self.min_version is not None:
+            out["min_version"] = self.min_version
+        if self.ramp is not None:
+            out["ramp"] = self.ramp
         return out
 
     @classmethod
@@ -202,6 +219,20 @@ class Release:
         raw_deltas = d.get("deltas", [])
         if not isinstance(raw_deltas, list):
             raise FormatError(f"{where}: 'deltas' must be a list")
+        min_version = d.get("min_version")
+        if min_version is not None:
+            if not isinstance(min_version, str):
+                raise FormatError(f"{where}: 'min_version' must be a version string")
+            parse_version(min_version)
+        ramp = d.get("ramp")
+        if ramp is not None and not isinstance(ramp, bool):
+            raise FormatError(f"{where}: 'ramp' must be true or false")
+        try:
+            rollout = Rollout.from_dict(d["rollout"], f"{where}.rollout") if "rollout" in d else None
+            yanked = Yank.from_dict(d["yanked"], f"{where}.yanked") if "yanked" in d else None
+            ab = ABTest.from_dict(d["ab_testing"], f"{where}.ab_testing") if "ab_testing" in d else None
+        except ScheduleError as exc:
+            raise FormatError(str(exc)) from exc
         return cls(
             version=version,
             platform=check_platform(_str(d, "platform", where)),
@@ -214,6 +245,11 @@ class Release:
             entry_point=entry if isinstance(entry, str) else None,
             promoted_from=promoted if isinstance(promoted, str) else None,
             deltas=tuple(DeltaRef.from_dict(x, f"{where}.deltas[{i}]") for i, x in enumerate(raw_deltas)),
+            rollout=rollout,
+            yanked=yanked,
+            min_version=min_version,
+            ramp=ramp,
+            ab_testing=ab,
             extra={k: v for k, v in d.items() if k not in _RELEASE_KEYS},
         )
 
@@ -259,6 +295,17 @@ class ChannelIndex:
         """A new index with ``release`` appended (see ``ensure_newer``)."""
         self.ensure_newer(release.platform, release.version)
         return replace(self, releases=(*self.releases, release), updated=updated)
+
+    def with_replaced(self, changed: Mapping[int, Release], updated: str) -> ChannelIndex:
+        """A new index with the releases at the given positions replaced (same version and platform:
+        only mutable fleet fields such as ``rollout`` and ``yanked`` may change)."""
+        releases = list(self.releases)
+        for i, new in changed.items():
+            old = releases[i]
+            if (new.version, new.platform, new.content) != (old.version, old.platform, old.content):
+                raise FormatError(f"{self.channel}: release {old.version} ({old.platform}) is immutable")
+            releases[i] = new
+        return replace(self, releases=tuple(releases), updated=updated)
 
     def to_bytes(self) -> bytes:
         doc = {

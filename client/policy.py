@@ -27,12 +27,15 @@ Rules (``decide``):
 * With nothing installed (``current_version`` None) there is no jump to judge: the newest
   eligible release is chosen (majors need no confirmation for a first install) and it is
   automatic when ``enabled`` and ``auto_install`` are on.
+* Fleet controls (``client.fleet.evaluate``) come in as ``held`` (version -> why: yanked, not yet
+  in this client's rollout, A/B control group; skipped) and ``required`` (versions whose jump is
+  urgent: ``min_version``, or leaving a yanked release).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from packaging.version import Version
@@ -143,8 +146,11 @@ def decide(
     requested_version: str | None = None,
     confirm_major: bool = False,
     force: bool = False,
+    held: Mapping[str, str] | None = None,
+    required: frozenset[str] = frozenset(),
 ) -> Decision:
     """Apply the module's rules to ``releases`` (this platform's, any order)."""
+    held = held or {}
     ordered = sorted(releases, key=lambda r: r.parsed_version)
     current = parse_version(current_version) if current_version is not None else None
     bad = {parse_version(v) for v in bad_versions}
@@ -173,6 +179,8 @@ def decide(
                 continue
         if gated:
             skipped.append(Skipped(r.version, "comes after an unconfirmed major update"))
+        elif r.version in held:
+            skipped.append(Skipped(r.version, held[r.version]))
         elif r.type not in config.allowed_update_types:
             skipped.append(Skipped(r.version, f"{r.type.value} updates are not in allowed_update_types"))
         elif r.parsed_version in bad and not force:
@@ -180,14 +188,15 @@ def decide(
         else:
             eligible.append(r)
 
-    auto_release = _newest_automatic(eligible, newer, current, config)
+    auto_release = _newest_automatic(eligible, newer, current, config, required)
     release = eligible[-1] if eligible else None
     reason = _reason(release, auto_release, skipped, config)
     return Decision(release, auto_release, reason, tuple(skipped))
 
 
 def _newest_automatic(
-    eligible: list[Release], newer: list[Release], current: Version | None, config: UpdateConfig
+    eligible: list[Release], newer: list[Release], current: Version | None, config: UpdateConfig,
+    required: frozenset[str],
 ) -> Release | None:
     """The newest eligible release whose whole jump from ``current`` may install unattended."""
     if not config.enabled:
@@ -200,7 +209,7 @@ def _newest_automatic(
     for r in newer:  # ascending: the jump to r contains every release up to r
         if r.type is UpdateType.MAJOR:
             break
-        urgent = urgent or r.type in URGENT_TYPES
+        urgent = urgent or r.type in URGENT_TYPES or r.version in required
         patch_only = patch_only and r.type in _PATCH_LIKE
         if r in eligible and (urgent or (patch_only and config.auto_install)):
             best = r

@@ -1,0 +1,392 @@
+"""Staged rollouts from signed static metadata: schedules, rollout state, client buckets. Pure.
+
+A release in the signed channel index may carry ``"rollout"``::
+
+    {"schedule": {"type": "percentage", "initial_percentage": 10, "increase_percentage": 25,
+                  "increase_interval": 3600},
+     "start": "2026-11-26T22:00:00Z", "state": "active"}
+
+Schedules (``parse_schedule``; durations in a schedule file may be ``"90s"``, ``"30m"``, ``"1h"``,
+``"1d"``, ``"2w"`` or seconds; the index stores seconds):
+
+* ``percentage``: ``initial_percentage`` at ``start``, ``+increase_percentage`` after every whole
+  ``increase_interval`` seconds, capped at 100.
+* ``waves``: ``[{"after": 3600, "percent": 1}, {"after": 86400, "percent": 15}, ...]``: the percent
+  of the last wave whose ``after`` has passed (0 before the first); ``after`` strictly increasing,
+  percent never decreasing. A bare list in a schedule file means ``waves``.
+* ``fixed``: ``{"percent": N}`` (what ``rollout --percent N`` writes).
+
+State: ``active`` (the schedule runs from ``start``), ``paused`` (``paused_percent`` frozen at
+``paused_at``: every client computes the same number, whatever its clock), ``complete`` (100%).
+A resume moves ``start`` forward by the paused time, so the ramp continues where it stopped.
+
+Buckets: ``bucket(client_id, channel, version)`` is sha256 of ``"client_id:channel:version"`` mapped
+to [0, 100) at 1e-6 % resolution: deterministic per client, a fresh first cohort for every release.
+A client is in a rollout when ``bucket < percent_at(now)``; the A/B test group is ``bucket <
+test_group_percentage`` (the same cohort, so a widening rollout keeps its test group).
+
+Clock safety (``rollout_time``): the client's clock, but never earlier than the newest signed time
+it has seen, and never more than ``max_skew`` seconds past it (a clock far ahead cannot jump the
+ramp). Only this module decides percentages, so publisher, clients and the bench agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ABTest",
+    "ClockReading",
+    "Rollout",
+    "RolloutState",
+    "Schedule",
+    "ScheduleError",
+    "Wave",
+    "Yank",
+    "bucket",
+    "format_time",
+    "newest_time",
+    "parse_duration",
+    "parse_percent",
+    "parse_schedule",
+    "parse_time",
+    "rollout_time",
+]
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+BUCKET_SCALE = 100_000_000
+"""Buckets are integers in [0, BUCKET_SCALE): 1e-6 % resolution (the issue asks for 0.01 %)."""
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ScheduleError(ValueError):
+    """A rollout schedule, state or value is invalid; the message names the field."""
+
+
+# ----- values -------------------------------------------------------------------------------------
+def parse_percent(value: Any, where: str) -> float:
+    """A percentage in [0, 100] (int or float, not bool), or ``ScheduleError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ScheduleError(f"{where}: expected a number between 0 and 100, got {value!r}")
+    if not 0 <= value <= 100:
+        raise ScheduleError(f"{where}: {value:g} is outside 0-100")
+    return float(value)
+
+
+def parse_duration(value: Any, where: str) -> int:
+    """Seconds from an int or ``"90s"``, ``"30m"``, ``"1h"``, ``"1d"``, ``"2w"``."""
+    if isinstance(value, bool):
+        raise ScheduleError(f"{where}: expected a duration, got {value!r}")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = int(float(m.group(1)) * _UNITS[m.group(2)])
+    else:
+        raise ScheduleError(f"{where}: expected a duration such as 3600, '30m', '1h' or '1d', got {value!r}")
+    if seconds < 0:
+        raise ScheduleError(f"{where}: a duration cannot be negative")
+    return seconds
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        raise ScheduleError(f"not a UTC time like 2026-01-31T12:00:00Z: {text!r}") from None
+
+
+def format_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def _num(value: float) -> int | float:
+    """Whole percentages are written as integers (canonical JSON stays short and stable)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _mapping(data: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ScheduleError(f"{where}: expected an object")
+    return data
+
+
+def _unknown(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise ScheduleError(f"{where}: unknown field {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+# ----- schedules ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Wave:
+    after: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How exposure grows with the seconds since the rollout's start (see the module docstring)."""
+
+    type: str
+    initial: float = 0.0
+    increase: float = 0.0
+    interval: int = 0
+    waves: tuple[Wave, ...] = ()
+    percent: float = 0.0
+
+    def percent_at(self, elapsed: float) -> float:
+        """Percent of the fleet in the rollout ``elapsed`` seconds after its start (0 before it)."""
+        if elapsed < 0:
+            return 0.0
+        if self.type == "fixed":
+            return self.percent
+        if self.type == "percentage":
+            steps = int(elapsed // self.interval)
+            return min(100.0, self.initial + self.increase * steps)
+        reached = [w.percent for w in self.waves if w.after <= elapsed]
+        return reached[-1] if reached else 0.0
+
+    def full_after(self) -> int | None:
+        """Seconds after start at which 100% is reached (None: never by itself)."""
+        if self.type == "fixed":
+            return 0 if self.percent >= 100 else None
+        if self.type == "percentage":
+            if self.initial >= 100:
+                return 0
+            if self.increase <= 0:
+                return None
+            steps = -(-(100 - self.initial) // self.increase)
+            return int(steps) * self.interval
+        return next((w.after for w in self.waves if w.percent >= 100), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.type == "fixed":
+            return {"type": "fixed", "percent": _num(self.percent)}
+        if self.type == "percentage":
+            return {
+                "type": "percentage",
+                "initial_percentage": _num(self.initial),
+                "increase_percentage": _num(self.increase),
+                "increase_interval": self.interval,
+            }
+        return {"type": "waves", "waves": [{"after": w.after, "percent": _num(w.percent)} for w in self.waves]}
+
+    def describe(self) -> str:
+        if self.type == "fixed":
+            return f"fixed at {self.percent:g}%"
+        if self.type == "percentage":
+            return f"{self.initial:g}% then +{self.increase:g}% every {self.interval}s"
+        return "waves " + ", ".join(f"{w.percent:g}% after {w.after}s" for w in self.waves)
+
+    @classmethod
+    def fixed(cls, percent: Any) -> Schedule:
+        return cls("fixed", percent=parse_percent(percent, "percent"))
+
+
+def parse_schedule(data: Any, where: str = "schedule") -> Schedule:
+    """A schedule from its JSON form (the index's, or a publisher's schedule file)."""
+    if isinstance(data, list):
+        data = {"type": "waves", "waves": data}
+    d = _mapping(data, where)
+    kind = d.get("type")
+    if kind == "fixed":
+        _unknown(d, {"type", "percent"}, where)
+        return Schedule.fixed(d.get("percent"))
+    if kind == "percentage":
+        _unknown(d, {"type", "initial_percentage", "increase_percentage", "increase_interval"}, where)
+        initial = parse_percent(d.get("initial_percentage"), f"{where}.initial_percentage")
+        increase = parse_percent(d.get("increase_percentage", 0), f"{where}.increase_percentage")
+        interval = parse_duration(d.get("increase_interval"), f"{where}.increase_interval")
+        if interval <= 0:
+            raise ScheduleError(f"{where}.increase_interval must be at least 1 second")
+        return Schedule("percentage", initial=initial, increase=increase, interval=interval)
+    if kind == "waves":
+        _unknown(d, {"type", "waves"}, where)
+        raw = d.get("waves")
+        if not isinstance(raw, list) or not raw:
+            raise ScheduleError(f"{where}.waves must be a non-empty list of {{after, percent}}")
+        waves: list[Wave] = []
+        for i, item in enumerate(raw):
+            w = _mapping(item, f"{where}.waves[{i}]")
+            _unknown(w, {"after", "percent"}, f"{where}.waves[{i}]")
+            wave = Wave(parse_duration(w.get("after"), f"{where}.waves[{i}].after"),
+                        parse_percent(w.get("percent"), f"{where}.waves[{i}].percent"))
+            if waves and wave.after <= waves[-1].after:
+                raise ScheduleError(f"{where}.waves[{i}]: 'after' must increase from wave to wave")
+            if waves and wave.percent < waves[-1].percent:
+                raise ScheduleError(
+                    f"{where}.waves[{i}]: percentages must not decrease ({waves[-1].percent:g}% then {wave.percent:g}%)"
+                )
+            waves.append(wave)
+        return Schedule("waves", waves=tuple(waves))
+    raise ScheduleError(f"{where}: unknown schedule type {kind!r} (percentage, waves or fixed)")
+
+
+# ----- rollout state ------------------------------------------------------------------------------
+class RolloutState(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A release's rollout: its schedule, the (signed) time the schedule counts from, and state."""
+
+    schedule: Schedule
+    start: str
+    state: RolloutState = RolloutState.ACTIVE
+    paused_at: str | None = None
+    paused_percent: float | None = None
+
+    def percent_at(self, now: datetime) -> float:
+        """Percent of the fleet in the rollout at ``now`` (a client's clamped rollout time)."""
+        if self.state is RolloutState.COMPLETE:
+            return 100.0
+        if self.state is RolloutState.PAUSED:
+            return self.paused_percent if self.paused_percent is not None else 0.0
+        return self.schedule.percent_at((now - parse_time(self.start)).total_seconds())
+
+    # transitions (publisher side; each returns a new value or raises ScheduleError)
+    def paused(self, now: datetime) -> Rollout:
+        if self.state is not RolloutState.ACTIVE:
+            raise ScheduleError(f"the rollout is {self.state.value}; only an active rollout can be paused")
+        return replace(self, state=RolloutState.PAUSED, paused_at=format_time(now),
+                       paused_percent=self.percent_at(now))
+
+    def resumed(self, now: datetime) -> Rollout:
+        if self.state is not RolloutState.PAUSED or self.paused_at is None:
+            raise ScheduleError(f"the rollout is {self.state.value}, not paused")
+        held = max(now - parse_time(self.paused_at), timedelta(0))
+        return Rollout(self.schedule, format_time(parse_time(self.start) + held))
+
+    def completed(self) -> Rollout:
+        if self.state is RolloutState.COMPLETE:
+            raise ScheduleError("the rollout is already complete")
+        return Rollout(self.schedule, self.start, RolloutState.COMPLETE)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schedule": self.schedule.to_dict(), "start": self.start, "state": self.state.value}
+        if self.state is RolloutState.PAUSED:
+            out["paused_at"] = self.paused_at
+            out["paused_percent"] = _num(self.paused_percent or 0.0)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "rollout") -> Rollout:
+        d = _mapping(data, where)
+        _unknown(d, {"schedule", "start", "state", "paused_at", "paused_percent"}, where)
+        start = d.get("start")
+        if not isinstance(start, str):
+            raise ScheduleError(f"{where}.start must be a UTC time string")
+        parse_time(start)
+        try:
+            state = RolloutState(d.get("state", "active"))
+        except ValueError:
+            raise ScheduleError(f"{where}.state: unknown state {d.get('state')!r}") from None
+        paused_at = paused_percent = None
+        if state is RolloutState.PAUSED:
+            paused_at = d.get("paused_at")
+            if not isinstance(paused_at, str):
+                raise ScheduleError(f"{where}.paused_at must be a UTC time string")
+            parse_time(paused_at)
+            paused_percent = parse_percent(d.get("paused_percent"), f"{where}.paused_percent")
+        return cls(parse_schedule(d.get("schedule"), f"{where}.schedule"), start, state, paused_at, paused_percent)
+
+
+@dataclass(frozen=True)
+class Yank:
+    """A withdrawn release: clients skip it, clients on it move off it."""
+
+    reason: str
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "at": self.at}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "yanked") -> Yank:
+        d = _mapping(data, where)
+        reason, at = d.get("reason"), d.get("at")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ScheduleError(f"{where}.reason must be a non-empty string")
+        if not isinstance(at, str):
+            raise ScheduleError(f"{where}.at must be a UTC time string")
+        parse_time(at)
+        return cls(reason, at)
+
+
+@dataclass(frozen=True)
+class ABTest:
+    """``{"test_group_percentage": N}``: the clients with ``bucket < N`` are the test group."""
+
+    test_group_percentage: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"test_group_percentage": _num(self.test_group_percentage)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "ab_testing") -> ABTest:
+        d = _mapping(data, where)
+        _unknown(d, {"test_group_percentage"}, where)
+        return cls(parse_percent(d.get("test_group_percentage"), f"{where}.test_group_percentage"))
+
+
+# ----- buckets and time ---------------------------------------------------------------------------
+def bucket(client_id: str, channel: str, version: str) -> float:
+    """This client's place in [0, 100) for one release of one channel (deterministic)."""
+    digest = hashlib.sha256(f"{client_id}:{channel}:{version}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") % BUCKET_SCALE) * 100 / BUCKET_SCALE
+
+
+@dataclass(frozen=True)
+class ClockReading:
+    """The time rollouts are evaluated at and, when the clock was not trusted, why."""
+
+    now: datetime
+    note: str = ""
+
+
+def rollout_time(clock: datetime, signed: datetime | None, max_skew: float) -> ClockReading:
+    """The client's ``clock``, but never before ``signed`` (the newest signed time seen) and never
+    more than ``max_skew`` seconds after it. ``note`` says when either bound applied."""
+    if signed is None:
+        return ClockReading(clock)
+    if clock < signed:
+        behind = (signed - clock).total_seconds()
+        note = f"the clock is {_span(behind)} behind the newest signed time {format_time(signed)}; using that time"
+        return ClockReading(signed, note if behind > 60 else "")
+    ahead = (clock - signed).total_seconds()
+    if ahead > max_skew:
+        return ClockReading(
+            signed + timedelta(seconds=max_skew),
+            f"the clock is {_span(ahead)} ahead of the newest signed time {format_time(signed)} "
+            f"(max_clock_skew {_span(max_skew)}): rollouts are evaluated at most {_span(max_skew)} past it",
+        )
+    return ClockReading(clock)
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def newest_time(stamps: Sequence[str | None]) -> datetime | None:
+    """The newest parseable time among ``stamps`` (None when there is none)."""
+    found: list[datetime] = []
+    for s in stamps:
+        if s:
+            try:
+                found.append(parse_time(s))
+            except ScheduleError:
+                continue
+    return max(found, default=None)
