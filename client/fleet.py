@@ -33,7 +33,16 @@ from packaging.version import Version
 from client.index import Release, UpdateType, parse_version
 from client.rollout import ClockReading, Yank, bucket
 
-__all__ = ["DEFAULT_SKIP_RAMP", "FleetView", "Standing", "SwitchPlan", "evaluate", "switch_channel_plan"]
+__all__ = [
+    "DEFAULT_SKIP_RAMP",
+    "FleetView",
+    "Standing",
+    "SwitchPlan",
+    "controls_summary",
+    "describe_controls",
+    "evaluate",
+    "switch_channel_plan",
+]
 
 DEFAULT_SKIP_RAMP = frozenset({UpdateType.SECURITY, UpdateType.HOTFIX})
 
@@ -207,3 +216,37 @@ def switch_channel_plan(
             f"staying on {installed} until {channel} has a newer one (--allow-downgrade to move now)",
         )
     return SwitchPlan(newest, f"downgrading from {installed} to {channel}'s newest release {newest.version}")
+
+
+def controls_summary(r: Release, now: datetime) -> dict[str, Any]:
+    """The fleet fields of one release for a publisher's ``status``: rollout state and the percent
+    reached at ``now``, yank, min_version, ramp override, A/B test group."""
+    out: dict[str, Any] = {}
+    if r.rollout is not None:
+        out["rollout"] = {**r.rollout.to_dict(), "percent_now": round(r.rollout.percent_at(now), 4)}
+    if r.yanked is not None:
+        out["yanked"] = r.yanked.to_dict()
+    if r.min_version is not None:
+        out["min_version"] = r.min_version
+    if r.ramp is not None:
+        out["ramp"] = r.ramp
+    if r.ab_testing is not None:
+        out["ab_testing"] = r.ab_testing.to_dict()
+    return out
+
+
+def describe_controls(summary: Mapping[str, Any]) -> str:
+    """``controls_summary`` as a few words for a status line ('' when the release has none)."""
+    words = []
+    rollout = summary.get("rollout")
+    if rollout:
+        words.append(f"rollout {rollout['state']} {rollout['percent_now']:g}%")
+    if summary.get("yanked"):
+        words.append(f"YANKED ({summary['yanked']['reason']})")
+    if summary.get("min_version"):
+        words.append(f"min_version {summary['min_version']}")
+    if "ramp" in summary:
+        words.append("ramp" if summary["ramp"] else "no-ramp")
+    if summary.get("ab_testing"):
+        words.append(f"A/B test {summary['ab_testing']['test_group_percentage']:g}%")
+    return ", ".join(words)

@@ -46,6 +46,7 @@ __all__ = [
     "Rollout",
     "RolloutState",
     "Schedule",
+    "SIGNED_AT_FIELD",
     "ScheduleError",
     "Wave",
     "Yank",
@@ -60,6 +61,9 @@ __all__ = [
 ]
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+SIGNED_AT_FIELD = "pinnacle_signed_at"
+"""Field the publisher adds to the signed timestamp metadata: when it was signed (UTC). Clients
+use the newest one they verified as the floor of their rollout clock."""
 BUCKET_SCALE = 100_000_000
 """Buckets are integers in [0, BUCKET_SCALE): 1e-6 % resolution (the issue asks for 0.01 %)."""
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -186,8 +190,8 @@ class Schedule:
         return "waves " + ", ".join(f"{w.percent:g}% after {w.after}s" for w in self.waves)
 
     @classmethod
-    def fixed(cls, percent: Any) -> Schedule:
-        return cls("fixed", percent=parse_percent(percent, "percent"))
+    def fixed(cls, percent: Any, where: str = "percent") -> Schedule:
+        return cls("fixed", percent=parse_percent(percent, where))
 
 
 def parse_schedule(data: Any, where: str = "schedule") -> Schedule:
@@ -198,7 +202,7 @@ def parse_schedule(data: Any, where: str = "schedule") -> Schedule:
     kind = d.get("type")
     if kind == "fixed":
         _unknown(d, {"type", "percent"}, where)
-        return Schedule.fixed(d.get("percent"))
+        return Schedule.fixed(d.get("percent"), f"{where}.percent")
     if kind == "percentage":
         _unknown(d, {"type", "initial_percentage", "increase_percentage", "increase_interval"}, where)
         initial = parse_percent(d.get("initial_percentage"), f"{where}.initial_percentage")

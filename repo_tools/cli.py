@@ -16,11 +16,14 @@ from typing import Any
 
 import click
 
+from client.fleet import describe_controls
+
 from . import publish as ops
 from .audit import verify_repository
 from .core.expiry import expiring, parse_time
 from .delta import DELTA_MAX_RATIO, parse_size
 from .errors import ExpiringSoon, ReleaseError, VerificationFailed
+from .fleet import schedule_option
 from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
 from .store import Repository
 
@@ -73,6 +76,14 @@ keys_option = click.option(
     type=click.Path(file_okay=False, path_type=Path), help="Key directory (or PINNACLE_KEYS).",
 )
 repo_argument = click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+
+
+def rollout_options(func: Any) -> Any:
+    """``--rollout FILE`` / ``--percent N``: the staged rollout a release starts with (publish, promote)."""
+    func = click.option("--percent", "rollout_percent", type=float, default=None,
+                        help="Start with a fixed rollout to N% of clients (0-100).")(func)
+    return click.option("--rollout", "rollout_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        default=None, help="Rollout schedule (JSON: percentage, waves, or a list of waves).")(func)
 
 
 @click.group(cls=_Group)
@@ -152,15 +163,24 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
               help="Build deltas from this many previous releases of the channel and platform (0: none).")
 @click.option("--memory-budget", default="2G", show_default=True, metavar="SIZE",
               help="Peak memory of this process while building deltas (e.g. 2G, 512M); picks the encoders.")
+@click.option("--min-version", default=None, help="Clients below this version must update (a required update).")
+@click.option("--ramp/--no-ramp", default=None,
+              help="Follow the rollout (--ramp) or skip it (--no-ramp); default by type: security/hotfix skip.")
+@click.option("--ab-test-percentage", type=float, default=None,
+              help="A/B test: only this deterministic N% of clients (the test group) gets the release.")
+@rollout_options
 @click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
 @json_option
 def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, update_type: str, platform: str,
-                notes: Path | None, entry_point: str | None, delta_count: int, memory_budget: str, source_dir: Path,
-                as_json: bool) -> None:
+                notes: Path | None, entry_point: str | None, delta_count: int, memory_budget: str,
+                min_version: str | None, ramp: bool | None, ab_test_percentage: float | None,
+                rollout_file: Path | None, rollout_percent: float | None, source_dir: Path, as_json: bool) -> None:
     """Build SOURCE_DIR into a release and publish it in a channel."""
     text = notes.read_text(encoding="utf-8") if notes else ""
     request = ops.PublishRequest(channel, version, update_type, platform, source_dir, text, entry_point,
-                                 deltas=delta_count, memory_budget=parse_size(memory_budget))
+                                 deltas=delta_count, memory_budget=parse_size(memory_budget),
+                                 rollout=schedule_option(rollout_file, rollout_percent), min_version=min_version,
+                                 ramp=ramp, ab_test_percentage=ab_test_percentage)
     result = ops.publish(Repository(repo_dir), _keystore(keys_dir), request)
     full = result["release"]["full"]
     lines = [f"published {channel} {version} ({platform}, {update_type}): {full['path']} "
@@ -178,11 +198,13 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
 @click.option("--to", "dest", required=True, help="Channel to publish it in.")
 @click.option("--version", "version", required=True)
 @click.option("--platform", default=None, help="Only this platform (default: every platform of VERSION).")
+@rollout_options
 @json_option
 def promote_cmd(repo_dir: Path, keys_dir: Path, source: str, dest: str, version: str, platform: str | None,
-                as_json: bool) -> None:
+                rollout_file: Path | None, rollout_percent: float | None, as_json: bool) -> None:
     """Publish the same bytes of a release in another channel (no rebuild)."""
-    result = ops.promote(Repository(repo_dir), _keystore(keys_dir), source, dest, version, platform)
+    result = ops.promote(Repository(repo_dir), _keystore(keys_dir), source, dest, version, platform,
+                         rollout=schedule_option(rollout_file, rollout_percent))
     _emit(as_json, result, f"promoted {version} from {source} to {dest} "
                            f"({', '.join(r['platform'] for r in result['releases'])})")
 
@@ -215,7 +237,8 @@ def status_cmd(repo_dir: Path, warn_days: float | None, as_json: bool) -> None:
                      f"threshold {info['threshold']} keys {','.join(k[:8] for k in info['keyids'])}{flag}")
     for channel, releases in result["channels"].items():
         lines.append(f"  {channel}: {len(releases)} release(s)")
-        lines += [f"    {r['version']:<12} {r['platform']:<16} {r['type']:<9} {r['published']}" for r in releases]
+        lines += [f"    {r['version']:<12} {r['platform']:<16} {r['type']:<9} {r['published']}  {describe_controls(r)}"
+                  .rstrip() for r in releases]
     _emit(as_json, result, "\n".join(lines))
     if warn_days is not None:
         soon = expiring({r: parse_time(i["expires"]) for r, i in result["roles"].items()}, ops.utcnow(),
@@ -253,7 +276,7 @@ def serve_cmd(repo_dir: Path, host: str, port: int, verbose: bool) -> None:
     serve(repo_dir, host, port, quiet=not verbose)
 
 
-from . import cli_trust  # noqa: E402,F401  (registers root, targets, keys rotate/generate/import/list, sync)
+from . import cli_fleet, cli_trust  # noqa: E402,F401  (register rollout, yank; root, targets, keys ..., sync)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from tuf.api.metadata import Metadata, Targets
 
+from client.fleet import controls_summary
 from client.index import (
     ChannelIndex,
     DeltaRef,
@@ -29,6 +30,7 @@ from client.index import (
     parse_version,
     release_dir,
 )
+from client.rollout import SIGNED_AT_FIELD, ABTest, Rollout, Schedule
 
 from . import artifact
 from .core import metadata as meta
@@ -86,6 +88,7 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
     timestamp = meta.timestamp_of(
         state.timestamp, snapshot.signed.version, snapshot_bytes, meta.expiry(now, config.days("timestamp", names))
     )
+    timestamp.signed.unrecognized_fields[SIGNED_AT_FIELD] = _iso(now)  # the clients' rollout clock floor
     meta.sign(timestamp, timestamp_signers)
     repo.write_metadata("timestamp", timestamp, versioned=False)  # the commit point
     versions = {name: v for name, (v, _) in written.items()}
@@ -159,6 +162,7 @@ def init_repository(
         )
         snapshot_bytes = repo.write_metadata("snapshot", snapshot)
         timestamp = meta.timestamp_of(None, 1, snapshot_bytes, meta.expiry(now, config.expiry_days["timestamp"]))
+        timestamp.signed.unrecognized_fields[SIGNED_AT_FIELD] = _iso(now)
         repo.write_metadata("timestamp", meta.sign(timestamp, signers["timestamp"]), versioned=False)
     return {"repository": str(repo.path), "channels": channels, "root": str(repo.metadata_dir / "1.root.json"),
             "expiry_days": config.expiry_days}
@@ -179,6 +183,14 @@ class PublishRequest:
     """Build deltas from this many previous releases of the channel and platform (0: none)."""
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     """Peak resident bytes the publishing process may reach while building deltas."""
+    rollout: Schedule | None = None
+    """Staged rollout from the publish time (None: every client at once)."""
+    min_version: str | None = None
+    """Clients below this version must update to this release (ramp and auto_install ignored)."""
+    ramp: bool | None = None
+    """Override of the type's default: False skips the rollout, True keeps security/hotfix in it."""
+    ab_test_percentage: float | None = None
+    """A/B test: only this deterministic percent of clients (the test group) gets the release."""
 
 
 def _validate(request: PublishRequest) -> UpdateType:
@@ -195,6 +207,15 @@ def _validate(request: PublishRequest) -> UpdateType:
         raise PublishRefused(f"unknown update type '{request.type}' (one of {allowed})") from None
     if not Path(request.source).is_dir():
         raise PublishRefused(f"source {request.source} is not a directory")
+    if request.min_version is not None:
+        try:
+            minimum = parse_version(request.min_version)
+        except FormatError as exc:
+            raise PublishRefused(f"--min-version: {exc}") from exc
+        if minimum > parse_version(request.version):
+            raise PublishRefused(f"--min-version {request.min_version} is newer than the release {request.version}")
+    if request.ab_test_percentage is not None and not 0 < request.ab_test_percentage < 100:
+        raise PublishRefused(f"--ab-test-percentage {request.ab_test_percentage:g} must be between 0 and 100")
     if request.deltas < 0:
         raise PublishRefused("--deltas must be 0 or more")
     if request.deltas and request.memory_budget - current_rss() < ZSTD_MEMORY:
@@ -248,6 +269,10 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
                 notes=request.notes,
                 entry_point=request.entry_point,
                 deltas=tuple(ref for ref, _ in deltas),
+                rollout=Rollout(request.rollout, _iso(now)) if request.rollout is not None else None,
+                min_version=request.min_version,
+                ramp=request.ramp,
+                ab_testing=ABTest(request.ab_test_percentage) if request.ab_test_percentage is not None else None,
             )
             files: list[tuple[str, str, Path | bytes]] = [
                 (full.path, full.sha256, built.full_path),
@@ -272,8 +297,11 @@ def promote(
     version: str,
     platform: str | None = None,
     now: datetime | None = None,
+    rollout: Schedule | None = None,
 ) -> dict[str, Any]:
-    """Publish the very same bytes of ``version`` from one channel into another: no rebuild."""
+    """Publish the very same bytes of ``version`` from one channel into another: no rebuild.
+    Fleet state does not travel: a yanked release is refused; the destination starts with
+    ``rollout`` (None: every client at once) and no A/B test or min_version."""
     now = now or utcnow()
     if source_channel == dest_channel:
         raise PublishRefused("promote needs two different channels")
@@ -298,6 +326,8 @@ def promote(
         files: list[tuple[str, str, Path | bytes]] = []
         promoted = []
         for release in releases:
+            if release.yanked is not None:
+                raise PublishRefused(f"{source_channel} {version} is yanked ({release.yanked.reason}): not promoted")
             try:
                 index.ensure_newer(release.platform, release.version)
             except FormatError as exc:
@@ -313,6 +343,7 @@ def promote(
             new_release = replace(
                 release, full=move(release.full), manifest=move(release.manifest), published=_iso(now),
                 promoted_from=source_channel,
+                rollout=Rollout(rollout, _iso(now)) if rollout is not None else None, ab_testing=None, min_version=None,
                 deltas=tuple(replace(d, target=move(d.target)) for d in _carried_deltas(index, release)),
             )
             index = index.with_release(new_release, _iso(now))
@@ -371,7 +402,7 @@ def status(repo: Repository, now: datetime | None = None) -> dict[str, Any]:
         index = repo.channel_index(state, name)
         channels[name] = [
             {"version": r.version, "platform": r.platform, "type": r.type.value, "published": r.published,
-             "full_bytes": r.full.length, "promoted_from": r.promoted_from}
+             "full_bytes": r.full.length, "promoted_from": r.promoted_from, **controls_summary(r, now)}
             for r in index.releases
         ]
     return {"repository": str(repo.path), "roles": roles, "channels": channels}

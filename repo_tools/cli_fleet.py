@@ -1,0 +1,63 @@
+"""Fleet-control commands of ``pinnacle-release``: ``rollout`` and ``yank`` (thin click wrappers
+over :mod:`repo_tools.fleet`), registered on :mod:`repo_tools.cli`, which imports this module once
+at its end (``publish``/``promote --rollout/--percent`` live there).
+Errors reach the user through ``cli._Group.invoke``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from client.fleet import describe_controls
+
+from . import fleet
+from .cli import _emit, _keystore, cli, json_option, keys_option, repo_argument
+from .store import Repository
+
+
+def _summary(result: dict[str, Any], verb: str) -> str:
+    lines = [f"{verb} {result['channel']} {result['version']}"]
+    for r in result["releases"]:
+        lines.append(f"  {r['platform']}: {describe_controls(r) or 'no fleet controls'}")
+    return "\n".join(lines)
+
+
+@cli.command("rollout")
+@repo_argument
+@keys_option
+@click.option("--channel", required=True)
+@click.option("--version", "version", required=True)
+@click.option("--platform", default=None, help="Only this platform (default: every platform of VERSION).")
+@click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="New schedule (JSON), counted from now.")
+@click.option("--percent", type=float, default=None, help="Expose exactly N% of clients from now.")
+@click.option("--pause", is_flag=True, help="Freeze the rollout at the percent reached now.")
+@click.option("--resume", is_flag=True, help="Continue a paused rollout where it stopped.")
+@click.option("--complete", is_flag=True, help="Offer the release to every client (also ends an A/B test).")
+@json_option
+def rollout_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, platform: str | None,
+                schedule_file: Path | None, percent: float | None, pause: bool, resume: bool, complete: bool,
+                as_json: bool) -> None:
+    """Change the staged rollout of a published release (online keys only)."""
+    schedule = fleet.schedule_option(schedule_file, percent)
+    result = fleet.rollout(Repository(repo_dir), _keystore(keys_dir), channel, version, schedule=schedule,
+                           pause=pause, resume=resume, complete=complete, platform=platform)
+    _emit(as_json, result, _summary(result, f"rollout {result['action']}:"))
+
+
+@cli.command("yank")
+@repo_argument
+@keys_option
+@click.option("--channel", required=True)
+@click.option("--version", "version", required=True)
+@click.option("--reason", required=True, help="Why (clients show it in status and history).")
+@click.option("--platform", default=None, help="Only this platform (default: every platform of VERSION).")
+@json_option
+def yank_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, reason: str, platform: str | None,
+             as_json: bool) -> None:
+    """Withdraw a release: clients skip it; clients running it roll back (online keys only)."""
+    result = fleet.yank(Repository(repo_dir), _keystore(keys_dir), channel, version, reason, platform=platform)
+    _emit(as_json, result, _summary(result, "yanked"))
