@@ -142,6 +142,8 @@ def install_cmd(installer: Installer, version: str | None, confirm_major: bool, 
     result = installer.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress)
     if result.outcome == "up_to_date":
         human = f"nothing to install ({result.version or 'nothing installed'}): {result.reason}"
+    elif result.outcome == "rolled_back":
+        human = f"rolled back {result.previous_version} -> {result.version} (slot {result.slot}): {result.reason}"
     else:
         human = (f"installed {result.version} in slot {result.slot} (was {result.previous_version or 'nothing'}; "
                  f"{result.bytes_downloaded} bytes, {result.duration:.2f}s)")
@@ -168,8 +170,24 @@ def status_cmd(installer: Installer, as_json: bool) -> None:
     s = installer.status()
     human = (f"{s['version'] or 'nothing installed'} in slot {s['slot'] or '-'} ({s['channel']}, {s['state']})"
              + (f"; previous {s['previous_version']} in slot {s['previous_slot']}" if s["previous_version"] else "")
-             + ("; NEEDS RECOVERY (run 'recover')" if s["needs_recovery"] else ""))
+             + ("; NEEDS RECOVERY (run 'recover')" if s["needs_recovery"] else "")
+             + "".join(f"; A/B {v}: {g} group" for v, g in (s["fleet"]["groups"] or {}).items())
+             + (f"; {s['last_error']}" if s["last_error"].startswith("yanked") else "")
+             + (f"; {s['fleet']['clock_note']}" if s["fleet"]["clock_note"] else ""))
     _emit(as_json, s, human)
+
+
+@cli.command("channel")
+@click.argument("name")
+@click.option("--allow-downgrade", is_flag=True, help="Install the channel's newest release even when it is older.")
+@json_option
+@wait_option
+@pass_installer
+def channel_cmd(installer: Installer, name: str, allow_downgrade: bool, as_json: bool, wait: bool) -> None:
+    """Follow channel NAME (stable, beta, alpha, ...); never a downgrade without --allow-downgrade."""
+    result = installer.switch_channel(name, allow_downgrade=allow_downgrade, wait=wait, progress=_Progress(as_json))
+    _emit(as_json, result, f"now on {result['channel']} (was {result['previous_channel']}), "
+                           f"running {result['version'] or 'nothing'}: {result['reason']}")
 
 
 @cli.command("history")

@@ -157,6 +157,10 @@ KEYS: Mapping[str, Key] = {
     "allowed_update_types": Key(list, list(_UPDATE_TYPES), "update types allowed", _update_types),
     "max_rollback_attempts": Key(int, 3, "rollbacks after which a version is refused even with --force", _positive),
     "max_rollback_days": Key(int, 30, "days a previous version stays eligible for rollback", _non_negative),
+    "skip_ramp_types": Key(list, ["security", "hotfix"], "update types that skip staged rollouts unless the "
+                           "release says otherwise", _update_types),
+    "max_clock_skew": Key(int, 86400, "seconds the clock may run ahead of the newest signed time before "
+                          "rollouts stop advancing with it", _positive),
     "persistent_paths": Key(
         list, ["logs", "uploads", "temp"], "top-level paths shared by every slot (kept in data/)", _persistent
     ),

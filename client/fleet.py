@@ -102,6 +102,11 @@ class FleetView:
             parts.append(self.clock_note)
         return "; ".join(parts)
 
+    def to_dict_if_any(self) -> dict[str, Any]:
+        """``to_dict`` when any fleet control applies to this client (else {}: nothing to show)."""
+        applies = any(s.percent is not None or s.group or s.held or s.required for s in self.standings)
+        return self.to_dict() if applies or self.installed_yank or self.clock_note else {}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "rollout_time": self.now.strftime("%Y-%m-%dT%H:%M:%SZ") if self.now else None,

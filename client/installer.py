@@ -39,13 +39,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 from client import config as config_mod
-from client import fsutil
+from client import fleet_state, fsutil
 from client import history as history_mod
 from client import slots as sm
 from client.archive import extract_release, tree_size, verify_tree
@@ -61,6 +61,7 @@ from client.errors import (
     TrustError,
     UpdateError,
 )
+from client.fleet import switch_channel_plan
 from client.hooks import CommandResult, HealthResult, HealthSettings, HookContext, check_health, measure_latency
 from client.hooks import run_command as _run_command
 from client.index import FormatError, Manifest, Release
@@ -92,9 +93,18 @@ class CheckResult:
     """What may install unattended; older than ``release`` when, e.g., a patch precedes an optional minor."""
     releases: tuple[Release, ...] = field(default=(), repr=False)
     """The channel's releases for this platform: what delta paths are planned over."""
+    return_to: Release | None = field(default=None, repr=False)
+    """Where the client goes because its installed release was yanked (a downgrade)."""
+    fleet: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What the fleet controls say for this client (``client.fleet.FleetView.to_dict``)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """``downgrade`` and ``fleet`` appear only when fleet controls apply to this client."""
+        extra: dict[str, Any] = {"fleet": self.fleet} if self.fleet else {}
+        if self.return_to is not None and self.release is self.return_to:
+            extra["downgrade"] = True
         return {
+            **extra,
             "current_version": self.current_version,
             "update_available": self.update_available,
             "version": self.version,
@@ -312,6 +322,7 @@ class Installer:
             "current": str(self.layout.current),
             "current_slot": linked,
             "needs_recovery": not s.resting or linked != s.link_target(),
+            "fleet": fleet_state.summary(self.layout.root),
             "repo_url": cfg.text("repo_url"),
             "client_id": cfg.text("client_id"),
             "install_dir": str(self.layout.root),
@@ -391,6 +402,11 @@ class Installer:
         releases = index.for_platform(cfg.text("platform"))
         current = s.active_version
         attempts = cfg.integer("max_rollback_attempts")
+        view = fleet_state.view_for(self.layout, cfg, s, index, releases, client.signed_time())
+        wanted = index.find(version, cfg.text("platform")) if version is not None else None
+        if wanted is not None and wanted.yanked is not None and not force:
+            return CheckResult(current, False, None, None, 0, None, False,
+                               f"{wanted.version} is yanked ({wanted.yanked.reason}); force to install it anyway")
         try:
             decision = decide(
                 releases,
@@ -400,11 +416,19 @@ class Installer:
                 requested_version=version,
                 confirm_major=confirm_major,
                 force=force,
+                held=view.held,
+                required=view.required,
             )
         except FormatError as exc:
             raise InstallError(str(exc)) from exc
-        release = decision.release
-        reason = decision.reason
+        release, auto_release, reason = decision.release, decision.auto_release, decision.reason
+        back = view.rollback_to if version is None and auto_release is None else None
+        if back is not None:  # the installed release was yanked and nothing newer may be taken: go back
+            auto_release = back
+            if release is None:
+                release, reason = back, f"returns to {back.version}"
+        if view.note():
+            reason = f"{reason}; {view.note()}"
         if release is not None:
             bad = s.bad_versions.get(release.version)
             if bad is not None and bad.rollbacks >= attempts:
@@ -414,7 +438,7 @@ class Installer:
                 )
                 release = None
         if release is None:
-            return CheckResult(current, False, None, None, 0, None, False, reason)
+            return CheckResult(current, False, None, None, 0, None, False, reason, fleet=view.to_dict_if_any())
         plan = plan_update(releases, _installed(s), release)
         return CheckResult(
             current_version=current,
@@ -423,11 +447,13 @@ class Installer:
             type=release.type.value,
             download_bytes=plan.total_bytes,
             path=plan.describe(),
-            auto=decision.auto,
+            auto=release is auto_release,
             reason=reason,
             release=release,
-            auto_release=decision.auto_release,
+            auto_release=auto_release,
             releases=tuple(releases),
+            return_to=back,
+            fleet=view.to_dict_if_any(),
         )
 
     # -- install -------------------------------------------------------------------------------
@@ -460,8 +486,57 @@ class Installer:
                 if target is None:
                     reason = found.reason if found.release is None else f"not automatic: {found.reason}"
                     return InstallResult("up_to_date", s.active_version, s.active_version, s.active, reason=reason)
+                if target is found.return_to:
+                    return self._leave_yanked(client, cfg, s, found, started, progress)
                 plan = plan_update(found.releases, _installed(s), target)
                 return self._install_release(client, cfg, s, target, "install", started, progress, plan)
+
+    def _leave_yanked(
+        self, client: RepositoryClient, cfg: ClientConfig, s: SlotState, found: CheckResult, started: float,
+        progress: Progress | None,
+    ) -> InstallResult:
+        """The installed release was yanked: switch to ``found.return_to`` instantly when the other
+        slot holds exactly it (the rollback machinery), otherwise install it (a downgrade, health-gated)."""
+        back, yanked = found.return_to, s.active_version
+        assert back is not None
+        why = f"yanked by the publisher: {(found.fleet.get('installed_yanked') or {}).get('reason', '')}"
+        other = s.other_content
+        instant = other is not None and (other.version, other.sha256) == (back.version, back.content.sha256)
+        self._history({"op": "yank", "version": yanked, "reason": why, "to_version": back.version,
+                       "via": "rollback" if instant else "install"})
+        if instant:
+            rb = self._rollback_locked(cfg, s, why, mark_bad=False)
+            return InstallResult("rolled_back", rb.version, rb.from_version, rb.slot, 0,
+                                 time.monotonic() - started, reason=why)
+        result = self._install_release(client, cfg, s, back, "install", started, progress)
+        return replace(result, reason=why)
+
+    def switch_channel(
+        self, channel: str, *, allow_downgrade: bool = False, wait: bool = False, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Follow ``channel`` from now on. Never a downgrade unless ``allow_downgrade`` (then its newest
+        release is installed first, and the config changes only once that succeeded)."""
+        started = time.monotonic()
+        with self.locked(wait):
+            self._recover_locked()
+            cfg = self.config()
+            previous = cfg.text("channel")
+            if channel == previous:
+                raise ConfigError(f"already on channel {channel}")
+            config_mod.parse_value("channel", channel)
+            s = self._load()
+            with self._client(cfg) as client:
+                client.refresh()
+                index = client.channel_index(channel)
+                plan = switch_channel_plan(index.for_platform(cfg.text("platform")), s.active_version, channel,
+                                           allow_downgrade)
+                installed = None
+                if plan.install is not None:
+                    installed = self._install_release(client, cfg, s, plan.install, "install", started, progress)
+            config_mod.update_values(self.layout.root, {"channel": channel})
+            self._history({"op": "channel", "from_channel": previous, "channel": channel, "reason": plan.reason})
+        return {"channel": channel, "previous_channel": previous, "version": self._load().active_version,
+                "reason": plan.reason, "install": installed.to_dict() if installed else None}
 
     def repair(self, *, wait: bool = False, progress: Progress | None = None) -> InstallResult:
         """Reinstall the active version into the inactive slot from the repository and switch to it."""
@@ -1143,11 +1218,13 @@ class Installer:
 
     def _doctor_repository(self, cfg: ClientConfig) -> list[DoctorCheck]:
         checks = []
+        signed: tuple[str | None, ...] = ()
         try:
             with self.locked(False), self._client(cfg) as client:
                 client.refresh()
                 index = client.channel_index(cfg.text("channel"))
                 n = len(index.for_platform(cfg.text("platform")))
+                signed = (client.signed_time(), index.updated)
             checks.append(
                 DoctorCheck(
                     "repository",
@@ -1160,7 +1237,8 @@ class Installer:
             checks.append(DoctorCheck("repository", False, f"metadata refused: {exc}"))
         except UpdateError as exc:
             checks.append(DoctorCheck("repository", False, str(exc)))
-        checks.append(self._doctor_clock())
+        clock = fleet_state.reading(self.layout.root, cfg, signed)[0]
+        checks.append(DoctorCheck("clock", False, clock.note, warning=True) if clock.note else self._doctor_clock())
         return checks
 
     def _doctor_clock(self) -> DoctorCheck:

@@ -18,6 +18,7 @@ Every failure leaves as one line a person can act on: python-tuf verification fa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from tuf.ngclient.updater import Updater
 from client.errors import ConfigError, RepositoryError, StateError, TrustError, UpdateError
 from client.fsutil import TEMP_PREFIX, atomic_move
 from client.index import ChannelIndex, FormatError, Manifest, Release, TargetRef, check_channel, index_path
+from client.rollout import SIGNED_AT_FIELD
 from client.transport import HttpxFetcher, TransportSettings, TransportStats, local_path
 
 MANIFEST_MAX_BYTES = 64 * 1024 * 1024
@@ -131,6 +133,16 @@ class RepositoryClient:
                     raise TrustError(f"{where} points outside its channel at {ref.path}: refused")
                 self._signed_ref(ref, where)
         return index
+
+    def signed_time(self) -> str | None:
+        """When the newest verified timestamp metadata was signed (the publisher's
+        ``pinnacle_signed_at``), or None when it does not say: the floor of the rollout clock."""
+        try:
+            signed = json.loads((self.metadata_dir / "timestamp.json").read_bytes())["signed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        value = signed.get(SIGNED_AT_FIELD) if isinstance(signed, dict) else None
+        return value if isinstance(value, str) else None
 
     # -- targets ------------------------------------------------------------------------------
 

@@ -1,0 +1,95 @@
+"""``DIR/fleet.json``: the client's side of fleet control, around the pure ``client.fleet``.
+
+``view_for`` evaluates the signed fleet fields for this install at its rollout time and persists
+the result, so that ``status`` (no network) can show the A/B groups, a yank of the installed
+release and a clock warning, and so that the newest signed time ever verified is kept: the
+rollout clock's floor never moves back, even if an older (still valid) index were replayed.
+A change in what the controls say about this client (group, yank, clock) is also appended to the
+history as an ``op: fleet`` record.
+
+Rollout time (``client.rollout.rollout_time``): the local clock, at least the newest signed time
+(the timestamp's ``pinnacle_signed_at``, the channel index's ``updated``, the persisted value), at
+most ``max_clock_skew`` seconds past it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from client import fsutil
+from client import history as history_mod
+from client.config import ClientConfig
+from client.fleet import FleetView, evaluate
+from client.index import ChannelIndex, Release, UpdateType
+from client.rollout import ClockReading, format_time, newest_time, rollout_time
+from client.slots import Layout, SlotState
+
+FILE_NAME = "fleet.json"
+_TRACKED = ("channel", "groups", "installed_yanked", "clock_note")
+
+
+def load(root: Path) -> dict[str, Any]:
+    """The last record ({} when there is none or it is unreadable: it is only a cache and a floor)."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((Path(root) / FILE_NAME).read_bytes())
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def reading(root: Path, cfg: ClientConfig, signed: Sequence[str | None] = (), clock: datetime | None = None
+            ) -> tuple[ClockReading, datetime | None]:
+    """The rollout time now, and the newest signed time it was bounded by."""
+    floor = newest_time([load(root).get("newest_signed_time"), *signed])
+    return rollout_time(clock or datetime.now(UTC), floor, cfg.integer("max_clock_skew")), floor
+
+
+def view_for(
+    layout: Layout,
+    cfg: ClientConfig,
+    s: SlotState,
+    index: ChannelIndex,
+    releases: Sequence[Release],
+    signed_time: str | None,
+) -> FleetView:
+    """Evaluate the fleet controls for this install now, persist them and log what changed."""
+    clock, floor = reading(layout.root, cfg, (signed_time, index.updated))
+    other = s.other_content
+    view = evaluate(
+        releases,
+        s.active_version,
+        cfg.text("client_id"),
+        cfg.text("channel"),
+        clock,
+        skip_ramp_types=frozenset(UpdateType(t) for t in cfg.names("skip_ramp_types")),
+        other_slot_version=other.version if other is not None else None,
+        bad_versions=frozenset(s.bad_versions),
+    )
+    previous = load(layout.root)
+    record = {
+        "newest_signed_time": format_time(floor) if floor is not None else None,
+        "channel": cfg.text("channel"),
+        "checked": format_time(datetime.now(UTC)),
+        **view.to_dict(),
+    }
+    with contextlib.suppress(OSError):  # a cache: failing to write it never blocks an update
+        fsutil.atomic_write(layout.root / FILE_NAME, json.dumps(record, indent=2, sort_keys=True).encode())
+    if any(record.get(k) != previous.get(k) for k in _TRACKED) and (
+        view.groups or view.installed_yank or view.clock_note or previous.get("groups")
+        or previous.get("installed_yanked") or previous.get("clock_note")
+    ):
+        with contextlib.suppress(OSError):
+            history_mod.append(layout.history, {"op": "fleet", **{k: record[k] for k in _TRACKED}})
+    return view
+
+
+def summary(root: Path) -> dict[str, Any]:
+    """What ``status`` shows of the last record."""
+    record = load(root)
+    keys = ("newest_signed_time", "rollout_time", "checked", "groups", "installed_yanked", "clock_note")
+    return {k: record.get(k) for k in keys}
