@@ -128,7 +128,8 @@ def _signing_group(role: str, default_role: str | None, what: str) -> click.Grou
         result = rootsign.publish(Repository(repo_dir), role, rootsign.read_file(file),
                                   _keystore(keys_dir) if keys_dir else None, source=str(file))
         if result.get("already_published"):
-            human = f"{role} v{result['version']} is already published (key directory updated)"
+            updated = " (key directory updated)" if keys_dir else ""
+            human = f"{role} v{result['version']} is already published{updated}"
         else:
             resigned = f"; re-signed {', '.join(result['resigned'])}" if result["resigned"] else ""
             human = f"published {role} v{result['version']}{resigned}"

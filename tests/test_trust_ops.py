@@ -151,8 +151,8 @@ def test_two_of_three_root_rotation_signed_in_separate_directories(team, tmp_pat
 def test_root_publish_refusals_leave_the_repository_untouched(team, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     repo, keys, _client, _source, _url = team
     first, second = tmp_path / "a.json", tmp_path / "b.json"
-    for path in (first, second):
-        release("root", "prepare", str(repo.path), "--expires", "200", "-o", str(path))
+    for path, days in ((first, "200"), (second, "201")):
+        release("root", "prepare", str(repo.path), "--expires", days, "-o", str(path))
         for holder in ("root-1", "root-2"):
             release("root", "sign", str(path), "--key", str(keys[holder]))
 
