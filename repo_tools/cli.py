@@ -283,5 +283,7 @@ def main() -> None:
     cli(prog_name="pinnacle-release")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m repo_tools.cli`: run the imported module, where the commands registered
+    from repo_tools.cli import main as _main
+
+    _main()
