@@ -6,6 +6,7 @@ Errors reach the user through ``cli._Group.invoke``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,19 @@ def _summary(result: dict[str, Any], verb: str) -> str:
     return "\n".join(lines)
 
 
+def _release_target(func: Callable[..., Any]) -> Callable[..., Any]:
+    """REPO_DIR, --keys, --channel, --version, --platform: which published release a verb changes."""
+    for decorator in reversed((
+        repo_argument, keys_option, click.option("--channel", required=True),
+        click.option("--version", "version", required=True),
+        click.option("--platform", default=None, help="Only this platform (default: every platform of VERSION)."),
+    )):
+        func = decorator(func)
+    return func
+
+
 @cli.command("rollout")
-@repo_argument
-@keys_option
-@click.option("--channel", required=True)
-@click.option("--version", "version", required=True)
-@click.option("--platform", default=None, help="Only this platform (default: every platform of VERSION).")
+@_release_target
 @click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               default=None, help="New schedule (JSON), counted from now.")
 @click.option("--percent", type=float, default=None, help="Expose exactly N% of clients from now.")
@@ -49,12 +57,8 @@ def rollout_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, plat
 
 
 @cli.command("yank")
-@repo_argument
-@keys_option
-@click.option("--channel", required=True)
-@click.option("--version", "version", required=True)
+@_release_target
 @click.option("--reason", required=True, help="Why (clients show it in status and history).")
-@click.option("--platform", default=None, help="Only this platform (default: every platform of VERSION).")
 @json_option
 def yank_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, reason: str, platform: str | None,
              as_json: bool) -> None:
