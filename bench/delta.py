@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,8 @@ class Result:
     tufup_client: Run | None = None
     tufup_client_bytes: int | None = None
     tufup_client_duration: float | None = None
+    tufup_client_walls: list[float] = field(default_factory=list)
+    ours_client_walls: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -251,8 +254,10 @@ def measure_whole_archive(old_tar: Path, new_tar: Path, work: Path, zstd: str, r
     out.unlink()
 
 
-def measure_tufup(python: Path, pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: Result) -> None:
-    """tufup publishes both releases (the second one measured), then its client updates old -> new over HTTP."""
+def measure_tufup(python: Path, pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: Result,
+                  client_runs: int) -> None:
+    """tufup publishes both releases (the second one measured), then its client updates old -> new over HTTP
+    (``client_runs`` times, each in a fresh client directory; the median is kept)."""
     driver = str(BENCH / "tufup_driver.py")
     work.mkdir()
     run_child([str(python), driver, "init", str(work)], "tufup init")
@@ -266,21 +271,33 @@ def measure_tufup(python: Path, pair: Pair, old_dir: Path, new_dir: Path, work: 
     result.tufup = patch.stat().st_size
     result.tufup_archive = (targets / f"bench-{pair.new}.tar.gz").stat().st_size
 
-    # The client as tufup leaves it after installing the old release: trusted root, the old archive cached.
-    client = work / "client"
-    (client / "metadata").mkdir(parents=True)
-    (client / "targets").mkdir()
-    shutil.copyfile(work / "repo" / "metadata" / "root.json", client / "metadata" / "root.json")
-    shutil.copyfile(targets / f"bench-{pair.old}.tar.gz", client / "targets" / f"bench-{pair.old}.tar.gz")
+    durations: list[float] = []
+    runs: list[Run] = []
     with Server(work / "repo") as server:
-        run = run_child([str(python), driver, "update", str(work), server.url, pair.old], "tufup client update")
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    result.tufup_client = run
-    result.tufup_client_bytes = int(report["bytes"])
-    result.tufup_client_duration = float(report["seconds"])
-    if not all(name.endswith(".patch") for name in report["targets"]):
-        result.notes.append(f"tufup client took {sorted(report['targets'])}, not its patch")
-    _check_tree(client / "app", new_dir, "tufup client")
+        for n in range(client_runs):
+            # A client as tufup leaves it after installing the old release: trusted root, the old archive cached.
+            client = work / f"client{n}"
+            (client / "metadata").mkdir(parents=True)
+            (client / "targets").mkdir()
+            shutil.copyfile(work / "repo" / "metadata" / "root.json", client / "metadata" / "root.json")
+            shutil.copyfile(targets / f"bench-{pair.old}.tar.gz", client / "targets" / f"bench-{pair.old}.tar.gz")
+            run = run_child([str(python), driver, "update", str(work), server.url, pair.old, client.name],
+                            "tufup client update")
+            report = json.loads(run.stdout.strip().splitlines()[-1])
+            runs.append(run)
+            durations.append(float(report["seconds"]))
+            result.tufup_client_bytes = int(report["bytes"])
+            if not all(name.endswith(".patch") for name in report["targets"]):
+                result.notes.append(f"tufup client took {sorted(report['targets'])}, not its patch")
+            _check_tree(client / "app", new_dir, "tufup client")
+            shutil.rmtree(client)
+    result.tufup_client, result.tufup_client_walls = median_run(runs), [r.wall for r in runs]
+    result.tufup_client_duration = statistics.median(durations)
+
+
+def median_run(runs: Sequence[Run]) -> Run:
+    """The run of median wall time (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r.wall)[(len(runs) - 1) // 2]
 
 
 def _check_tree(installed: Path, expected: Path, who: str) -> None:
@@ -305,8 +322,9 @@ def _check_tree(installed: Path, expected: Path, who: str) -> None:
 
 
 def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: Result, deltas: bool,
-                 memory_budget: str | None) -> None:
-    """Publish both releases with deltas into a fresh repository, then update a client over HTTP."""
+                 memory_budget: str | None, client_runs: int) -> None:
+    """Publish both releases with deltas into a fresh repository, then update a client over HTTP (``client_runs``
+    times, each a fresh client directory; the median is kept)."""
     keys, repo_dir = work / "keys", work / "repo"
     create_keys(keys, passphrase=None)
     repo = Repository(repo_dir)
@@ -330,27 +348,39 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
     elif deltas:
         result.notes.append("ours: the publisher listed no delta from the old release (not clearly smaller?)")
 
-    install_dir = work / "client"
+    runs: list[Run] = []
+    durations: list[float] = []
     with Server(repo_dir) as server:
-        client = [sys.executable, "-m", "client", "--install-dir", str(install_dir)]
-        run_child([*client, "init", "--repo", server.url, "--root", str(repo_dir / "metadata" / "1.root.json"),
-                   "--channel", CHANNEL, "--platform", PLATFORM], "pinnacle-update init", cwd=ROOT)
-        run_child([*client, "install", pair.old, "--json"], f"pinnacle-update install {pair.old}", cwd=ROOT)
-        result.ours_client = run_child([*client, "install", "--json"], f"pinnacle-update install {pair.new}",
-                                       cwd=ROOT)
-        history = json.loads(run_child([*client, "history", "--json"], "pinnacle-update history", cwd=ROOT).stdout)
+        for n in range(client_runs):
+            run, last = _ours_client(pair, repo_dir, server.url, work / f"client{n}", new_dir)
+            runs.append(run)
+            durations.append(float(last.get("duration", 0.0)))
+            result.ours_bytes = int(last["bytes"])
+            result.ours_path = _describe_path(last)
+            shutil.rmtree(work / f"client{n}")
+    result.ours_client, result.ours_client_walls = median_run(runs), [r.wall for r in runs]
+    result.ours_client_duration = statistics.median(durations)
+
+
+def _ours_client(pair: Pair, repo_dir: Path, url: str, install_dir: Path, new_dir: Path) -> tuple[Run, dict[str, Any]]:
+    """A fresh client installs the old release (full), then updates to the new one (measured); the update's history
+    record. The installed slot is checked against the release's files."""
+    client = [sys.executable, "-m", "client", "--install-dir", str(install_dir)]
+    run_child([*client, "init", "--repo", url, "--root", str(repo_dir / "metadata" / "1.root.json"),
+               "--channel", CHANNEL, "--platform", PLATFORM], "pinnacle-update init", cwd=ROOT)
+    run_child([*client, "install", pair.old, "--json"], f"pinnacle-update install {pair.old}", cwd=ROOT)
+    run = run_child([*client, "install", "--json"], f"pinnacle-update install {pair.new}", cwd=ROOT)
+    history = json.loads(run_child([*client, "history", "--json"], "pinnacle-update history", cwd=ROOT).stdout)
     records = history if isinstance(history, list) else history.get("records", history.get("history", []))
     last = next((r for r in reversed(records) if r.get("version") == pair.new and r.get("outcome") == "committed"),
                 None)
     if last is None:
         raise BenchError(f"pinnacle-update history has no committed install of {pair.new}: {records[-3:]}")
-    result.ours_bytes = int(last["bytes"])
-    result.ours_client_duration = float(last.get("duration", 0.0))
-    result.ours_path = _describe_path(last)
     status = json.loads(run_child([*client, "status", "--json"], "pinnacle-update status", cwd=ROOT).stdout)
     if status.get("version") != pair.new:
         raise BenchError(f"pinnacle-update status shows {status.get('version')}, not {pair.new}")
     _check_tree(Path(status.get("current") or install_dir / "current"), new_dir, "pinnacle-update")
+    return run, last
 
 
 def _describe_path(record: dict[str, Any]) -> str:
@@ -359,7 +389,8 @@ def _describe_path(record: dict[str, Any]) -> str:
     return ", ".join(f"{k}={record[k]}" for k in sorted(keys)) or "(history names no path)"
 
 
-def measure_pair(pair: Pair, tmp: Path, zstd: str, tufup: Path, deltas: bool, memory_budget: str | None) -> Result:
+def measure_pair(pair: Pair, tmp: Path, zstd: str, tufup: Path, deltas: bool, memory_budget: str | None,
+                 client_runs: int) -> Result:
     """Every measurement of one pair, in a scratch directory removed afterwards."""
     result = Result(pair)
     old_dir, new_dir = release_dir(pair, pair.old), release_dir(pair, pair.new)
@@ -378,11 +409,11 @@ def measure_pair(pair: Pair, tmp: Path, zstd: str, tufup: Path, deltas: bool, me
         shutil.rmtree(work / "old-art")
         shutil.rmtree(work / "new-art")
         print(f"== {pair.label}: tufup {TUFUP_VERSION}", flush=True)
-        measure_tufup(tufup, pair, old_dir, new_dir, work / "tufup", result)
+        measure_tufup(tufup, pair, old_dir, new_dir, work / "tufup", result, client_runs)
         shutil.rmtree(work / "tufup")
         if deltas:
             print(f"== {pair.label}: ours", flush=True)
-            measure_ours(pair, old_dir, new_dir, work / "ours", result, deltas, memory_budget)
+            measure_ours(pair, old_dir, new_dir, work / "ours", result, deltas, memory_budget, client_runs)
         else:
             result.notes.append("ours NOT MEASURED: `pinnacle-release publish` has no --deltas yet")
     finally:
@@ -405,10 +436,15 @@ def _num(x: float | None) -> str:
     return f"{x:.2f}" if x is not None else "n/a"
 
 
-def _cost(run: Run | None, wall: bool = False) -> str:
+def _cost(run: Run | None) -> str:
+    return run.cost() if run is not None else "n/a"
+
+
+def _client(run: Run | None, walls: Sequence[float]) -> str:
     if run is None:
         return "n/a"
-    return f"{run.wall:.2f} s / {run.peak / MiB:.0f} MiB" if wall else run.cost()
+    every = ", ".join(f"{w:.2f}" for w in walls)
+    return f"{run.wall:.2f} s ({every}) / {run.cpu:.2f} s / {run.peak / MiB:.0f} MiB"
 
 
 def table(results: Sequence[Result]) -> str:
@@ -430,9 +466,11 @@ def table(results: Sequence[Result]) -> str:
         ("publish CPU / peak RSS: bsdiff4 whole", [_cost(r.bsdiff_run) for r in results]),
         ("publish CPU / peak RSS: zstd patch-from", [_cost(r.zstd_run) for r in results]),
         ("publish CPU / peak RSS: tufup", [_cost(r.tufup_publish) for r in results]),
-        ("client update wall / peak RSS: ours", [_cost(r.ours_client, wall=True) for r in results]),
-        ("client update wall / peak RSS: tufup", [_cost(r.tufup_client, wall=True) for r in results]),
-        ("client update in-process s: ours / tufup", [f"{_num(r.ours_client_duration)} / "
+        ("client update wall (median; all runs) / CPU / peak RSS: ours",
+         [_client(r.ours_client, r.ours_client_walls) for r in results]),
+        ("client update wall (median; all runs) / CPU / peak RSS: tufup",
+         [_client(r.tufup_client, r.tufup_client_walls) for r in results]),
+        ("client update in-process s (median): ours / tufup", [f"{_num(r.ours_client_duration)} / "
                                                       f"{_num(r.tufup_client_duration)}" for r in results]),
         ("**ours / tufup client time**", [_ratio(r.ours_client.wall if r.ours_client else None,
                                                  r.tufup_client.wall if r.tufup_client else None, 2)
@@ -564,14 +602,15 @@ MEASURED = """\
   into the app directory. Wall time and peak RSS of that process are reported. Both clients' installed trees are
   checked file by file (sha256) against the new release after the update.
 - Every measured command is a separate child process; CPU = `ru_utime + ru_stime` and peak = `ru_maxrss` of that
-  process from `os.wait4`. Wall times include interpreter start-up for both clients alike.
+  process from `os.wait4`. Wall times include interpreter start-up for both clients alike. Each client update runs
+  `--client-runs` times (default 3), each in a fresh client directory; the table keeps the median and lists all.
 """
 
 
 ANALYSIS_MARK = "<!-- analysis: written by hand, kept by --write-doc -->"
 
 
-def write_doc(results: Sequence[Result], lines: list[str], info: str, elapsed: float) -> None:
+def write_doc(results: Sequence[Result], lines: list[str], info: str, elapsed: float, load: str) -> None:
     """docs/DELTA-BENCHMARK.md: date, machine, versions, the table, the goals, the method; a hand-written analysis
     after ``ANALYSIS_MARK`` in the existing file is kept as it is."""
     kept = ""
@@ -584,7 +623,7 @@ def write_doc(results: Sequence[Result], lines: list[str], info: str, elapsed: f
         "Generated by `.venv/bin/python bench/delta.py --write-doc` (do not edit by hand; re-run to refresh).",
         "",
         f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} (run took {elapsed / 60:.1f} min)",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine()}; {load}",
         f"- Versions: {info}",
         "",
         "## Results",
@@ -612,6 +651,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="only the two smallest pairs")
     parser.add_argument("--pairs", help="comma-separated package names (default: all)")
     parser.add_argument("--memory-budget", help="passed to pinnacle-release publish (default: its own default)")
+    parser.add_argument("--client-runs", type=int, default=3, help="client updates per pair (median kept)")
     parser.add_argument("--write-doc", action="store_true", help=f"write {DOC.relative_to(ROOT)}")
     args = parser.parse_args()
 
@@ -634,10 +674,13 @@ def main() -> int:
               "!!! 'ours' is NOT MEASURED; baselines only. This run exits with status 2.\n", flush=True)
 
     info = versions(zstd, tufup)  # the commit measured, before anything can move HEAD
+    load_start = os.getloadavg()[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pinnacle-delta-bench-") as tmp_name:
-        results = [measure_pair(p, Path(tmp_name), zstd, tufup, deltas, args.memory_budget) for p in pairs]
+        results = [measure_pair(p, Path(tmp_name), zstd, tufup, deltas, args.memory_budget, args.client_runs)
+                   for p in pairs]
     elapsed = time.perf_counter() - started
+    load = f"load average (1 min) {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
 
     print()
     print(table(results))
@@ -647,9 +690,9 @@ def main() -> int:
     for r in results:
         for note in r.notes:
             print(f"note: {r.pair.label}: {note}")
-    print(f"\nmachine: {machine()}\nrun took {elapsed / 60:.1f} min")
+    print(f"\nmachine: {machine()}; {load}\nrun took {elapsed / 60:.1f} min")
     if args.write_doc:
-        write_doc(results, lines, info, elapsed)
+        write_doc(results, lines, info, elapsed, load)
     if not deltas:
         return 2
     return 0 if all_pass else 1

@@ -2,7 +2,7 @@
 
     python tufup_driver.py init WORK                      # repository + keys in WORK (as `tufup init` would)
     python tufup_driver.py add WORK VERSION BUNDLE_DIR    # what `tufup targets add VERSION BUNDLE_DIR KEYS` does
-    python tufup_driver.py update WORK URL OLD_VERSION    # tufup's Client: refresh, download, patch, install
+    python tufup_driver.py update WORK URL OLD [CLIENT]    # tufup's Client: refresh, download, patch, install
 
 Each command uses tufup's public API exactly as its CLI and README do, but lets exceptions escape (tufup's CLI logs
 and exits 0 on failure), so the bench notices a failed step. ``update`` prints one JSON line with what was downloaded.
@@ -50,11 +50,11 @@ def _install(src_dir: pathlib.Path, dst_dir: pathlib.Path, **_: object) -> None:
         shutil.move(str(entry), str(dst / entry.name))
 
 
-def update(work: pathlib.Path, url: str, old_version: str) -> None:
-    """Update the client in ``work/client`` from ``old_version`` to the newest release with tufup's Client."""
+def update(work: pathlib.Path, url: str, old_version: str, client_name: str) -> None:
+    """Update the client in ``work/CLIENT`` from ``old_version`` to the newest release with tufup's Client."""
     from tufup.client import Client
 
-    client_dir = work / "client"
+    client_dir = work / client_name
     started = time.perf_counter()
     client = Client(
         app_name=APP,
@@ -91,7 +91,7 @@ def main() -> None:
     elif cmd == "add":
         add(work, sys.argv[3], pathlib.Path(sys.argv[4]).resolve())
     elif cmd == "update":
-        update(work, sys.argv[3], sys.argv[4])
+        update(work, sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "client")
     else:
         raise SystemExit(f"unknown command {cmd}")
 
