@@ -8,8 +8,8 @@ What is sent (``Notification.payload``)::
 
 Which outcomes notify is the config's ``notify_on``; where to is ``webhook_url`` and the
 ``smtp_*`` keys (the SMTP password only from ``PINNACLE_SMTP_PASSWORD``: config.toml is
-world-readable). ``group`` is the machine's A/B rollout group, unknown (null) until the fleet
-features assign one.
+world-readable). ``group`` is the machine's A/B test group for the release it moved to
+(``test``/``control`` from ``DIR/fleet.json``; null when that release has no A/B test).
 
 Delivery never blocks or fails an update: ``Notifier.notify`` only queues; one background thread
 delivers, retrying each channel ``webhook_retries`` times with exponential backoff (1 s, 2 s, 4 s,

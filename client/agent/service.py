@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from client import config as config_mod
+from client import fleet_state
 from client import slots as sm
 from client.agent import analytics
 from client.agent.notify import Notification, Notifier, NotifySettings
@@ -473,6 +474,10 @@ class AgentService:
             log.exception("%s install of %s crashed", job.kind, job.version)
             self.progress.finish(job, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
             return
+        if result.outcome == "rolled_back":  # left a release the publisher yanked, through the other slot
+            self.progress.finish(job, "succeeded", result=result.to_dict())
+            self._notify("rollback", result.previous_version, result.version, "rolled_back", result.reason, client_id)
+            return
         if result.outcome != "committed":
             self.progress.finish(job, "up_to_date", result=result.to_dict())
             log.info("%s install: nothing to do (%s)", job.kind, result.reason)
@@ -486,7 +491,8 @@ class AgentService:
 
     def _notify(self, event: str, from_v: str | None, to_v: str | None, outcome: str, reason: str,
                 client_id: str) -> None:
-        self.notifier.notify(Notification(event, from_v, to_v, outcome, reason, client_id))
+        groups = fleet_state.load(self.installer.layout.root).get("groups") or {}  # the A/B group, if any
+        self.notifier.notify(Notification(event, from_v, to_v, outcome, reason, client_id, groups.get(to_v or "")))
 
     def _client_id(self) -> str:
         with contextlib.suppress(UpdateError):
