@@ -424,7 +424,7 @@ class Installer:
         release, auto_release, reason = decision.release, decision.auto_release, decision.reason
         back = view.rollback_to if version is None and auto_release is None else None
         if back is not None:  # the installed release was yanked and nothing newer may be taken: go back
-            auto_release = back
+            auto_release = back if cfg.flag("enabled") else None
             if release is None:
                 release, reason = back, f"returns to {back.version}"
         if view.note():

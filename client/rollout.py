@@ -66,6 +66,9 @@ SIGNED_AT_FIELD = "pinnacle_signed_at"
 use the newest one they verified as the floor of their rollout clock."""
 BUCKET_SCALE = 100_000_000
 """Buckets are integers in [0, BUCKET_SCALE): 1e-6 % resolution (the issue asks for 0.01 %)."""
+BEHIND_NOTE = 3600
+"""A clock behind the newest signed time is always moved up to it, but only said when it is more
+than this many seconds behind (publisher and client clocks differ by minutes routinely)."""
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -366,7 +369,7 @@ def rollout_time(clock: datetime, signed: datetime | None, max_skew: float) -> C
     if clock < signed:
         behind = (signed - clock).total_seconds()
         note = f"the clock is {_span(behind)} behind the newest signed time {format_time(signed)}; using that time"
-        return ClockReading(signed, note if behind > 60 else "")
+        return ClockReading(signed, note if behind > BEHIND_NOTE else "")
     ahead = (clock - signed).total_seconds()
     if ahead > max_skew:
         return ClockReading(

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 
 from client import AutoUpdater
 from client import config as config_mod
-from client.rollout import bucket
+from client.installer import Installer
+from client.rollout import bucket, parse_schedule
+from repo_tools import publish as ops
+from repo_tools.keys import KeyStore, create_keys
 from repo_tools.store import Repository
 
-from .helpers_client import Repo, app_files, make_repo, publish, release_cli, serve
+from .helpers_client import Repo, app_files, make_repo, publish, release_cli, serve, write_tree
 from .test_client_attacks import Client
 
 
@@ -161,8 +165,37 @@ def test_tampered_rollout_fields_are_refused_by_tuf(tmp_path: Path) -> None:
 
 
 def _src(repo: Repo, version: str) -> Path:
-    from .helpers_client import write_tree
-
     src = repo.dir.parent / f"src-fleet-{version}"
     write_tree(src, app_files(version))
     return src
+
+
+def test_clock_far_from_the_signed_time_is_reported_and_cannot_jump_the_ramp(tmp_path: Path) -> None:
+    create_keys(tmp_path / "keys", passphrase=None)
+    keys, repo = KeyStore(tmp_path / "keys"), Repository(tmp_path / "repo")
+    ops.init_repository(repo, keys, {"timestamp": 10, "snapshot": 10})
+    signed = ops.utcnow() - timedelta(days=3)  # the last signature is 3 days old: this clock looks 3 days ahead
+    for version, extra in (("1.0.0", {}), ("1.1.0", {"rollout": parse_schedule([{"after": "2d", "percent": 100}])})):
+        src = tmp_path / f"src-{version}"
+        write_tree(src, app_files(version))
+        ops.publish(repo, keys, ops.PublishRequest("stable", version, "patch", "any", src, deltas=0, **extra),
+                    now=signed)
+    d = tmp_path / "inst"
+    config_mod.init(d, str(repo.path), repo.metadata_dir / "1.root.json", "stable", "any")
+    ins = Installer(d)
+    ins.install("1.0.0")
+    found = ins.check()
+    assert not found.update_available  # capped at signed + 1 day: the 2-day wave has not come
+    assert "ahead of the newest signed time" in found.reason and "max_clock_skew" in found.reason
+    clock = next(c for c in ins.doctor() if c.name == "clock")
+    assert clock.warning and "ahead" in clock.detail
+    config_mod.set_value(d, "max_clock_skew", str(4 * 86400))
+    assert ins.check().version == "1.1.0"  # within the allowed skew the real clock counts
+
+    # a clock behind the newest signed time ever seen is moved up to it (and said)
+    record = json.loads((d / "fleet.json").read_text())
+    record["newest_signed_time"] = (ops.utcnow() + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (d / "fleet.json").write_text(json.dumps(record))
+    behind = ins.check()
+    assert behind.version == "1.1.0" and "behind the newest signed time" in behind.reason
+    assert "behind" in ins.status()["fleet"]["clock_note"]
