@@ -71,14 +71,12 @@ def view_for(
         bad_versions=frozenset(s.bad_versions),
     )
     previous = load(layout.root)
-    record = {
-        "newest_signed_time": format_time(floor) if floor is not None else None,
-        "channel": cfg.text("channel"),
-        "checked": format_time(datetime.now(UTC)),
-        **view.to_dict(),
-    }
-    with contextlib.suppress(OSError):  # a cache: failing to write it never blocks an update
-        fsutil.atomic_write(layout.root / FILE_NAME, json.dumps(record, indent=2, sort_keys=True).encode())
+    shown = view.to_dict()
+    record = {"newest_signed_time": format_time(floor) if floor is not None else None,
+              **{k: cfg.text("channel") if k == "channel" else shown[k] for k in _TRACKED}}
+    if record != previous:  # written only on change: a refused install leaves the directory as it was
+        with contextlib.suppress(OSError):  # a cache: failing to write it never blocks an update
+            fsutil.atomic_write(layout.root / FILE_NAME, json.dumps(record, indent=2, sort_keys=True).encode())
     if any(record.get(k) != previous.get(k) for k in _TRACKED) and (
         view.groups or view.installed_yank or view.clock_note or previous.get("groups")
         or previous.get("installed_yanked") or previous.get("clock_note")
@@ -91,5 +89,4 @@ def view_for(
 def summary(root: Path) -> dict[str, Any]:
     """What ``status`` shows of the last record."""
     record = load(root)
-    keys = ("newest_signed_time", "rollout_time", "checked", "groups", "installed_yanked", "clock_note")
-    return {k: record.get(k) for k in keys}
+    return {k: record.get(k) for k in ("newest_signed_time", *_TRACKED)}
