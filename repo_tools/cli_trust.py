@@ -209,13 +209,14 @@ def keys_rotate(repo_dir: Path, keys_dir: Path, role: str, output: Path | None, 
 @repo_argument
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--verbose", is_flag=True, help="One line per file, as it is done.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be copied.")
 @json_option
-def sync_cmd(repo_dir: Path, dest: Path, verbose: bool, as_json: bool) -> None:
+def sync_cmd(repo_dir: Path, dest: Path, verbose: bool, dry_run: bool, as_json: bool) -> None:
     """Copy REPO_DIR to DEST (a directory or mounted bucket): targets, roles, root, snapshot, timestamp last."""
 
     def progress(action: str, relative: str) -> None:
         click.echo(f"{action} {relative}")
 
-    result = sync(repo_dir, dest, progress if verbose else None)
-    _emit(as_json, result, f"synced {repo_dir} -> {dest}: {result['copied']} copied "
+    result = sync(repo_dir, dest, progress if verbose else None, dry_run)
+    _emit(as_json, result, f"{'would sync' if dry_run else 'synced'} {repo_dir} -> {dest}: {result['copied']} copied "
                            f"({result['copied_bytes']} bytes), {result['skipped']} unchanged")

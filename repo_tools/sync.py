@@ -10,6 +10,13 @@ must never hold a timestamp naming files it does not have yet. Files go in this 
 4. snapshots,
 5. ``timestamp.json`` last: the commit point, exactly as on the publishing machine.
 
+One exception keeps key rotations safe: a client fetches ``N+1.root.json`` before the timestamp,
+so a new root that changes the timestamp, snapshot or targets keys must not be served next to a
+timestamp signed only by the old keys. When the new timestamp (with the snapshot and targets it
+names) also verifies under every root a client may hold meanwhile (``root publish`` dual-signs
+it for this), the new root versions go *after* the timestamp; otherwise in the order above, and
+the few renames between the last root and the timestamp are the only unsafe instant.
+
 ``timestamp.json`` is read *before* the source tree is listed, so a publish running at the same
 time cannot make this sync install a timestamp whose files were not copied. Each file is written
 to a temporary name at DEST and renamed into place, so a sync killed at any point leaves DEST
@@ -30,6 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tuf.api.metadata import Metadata
 
 from client.fsutil import TEMP_PREFIX, atomic_write, atomic_writer, remove_stale_temps
 
@@ -99,10 +108,33 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+def _timestamp_before_roots(source: Path, dest: Path, items: list[SyncItem], timestamp: bytes) -> bool:
+    """Whether the new timestamp chain is valid under DEST's root and every new root but the last."""
+    new = [i for i in items if i.rank == ROOTS and not (dest / i.relative).exists()]
+    served = [i for i in items if i.rank == ROOTS and (dest / i.relative).exists()]
+    if not new or not served:
+        return False  # no root change, or a fresh DEST that serves nothing yet
+    try:
+        ts = Metadata.from_bytes(timestamp)
+        snap = Metadata.from_bytes((source / "metadata" / f"{ts.signed.snapshot_meta.version}.snapshot.json")
+                                   .read_bytes())
+        top = Metadata.from_bytes((source / "metadata" / f"{snap.signed.meta['targets.json'].version}.targets.json")
+                                  .read_bytes())
+        for item in [served[-1], *new[:-1]]:
+            root = Metadata.from_bytes((dest if item in served else source).joinpath(item.relative).read_bytes())
+            for role, md in (("timestamp", ts), ("snapshot", snap), ("targets", top)):
+                root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
+    except Exception:
+        return False
+    return True
+
+
+def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None = None,
+         dry_run: bool = False) -> dict[str, Any]:
     """Copy ``source`` (a repository) to ``dest`` in upload order; return counts.
 
-    ``progress(action, relative_path)`` is called after each file ("copied"/"skipped")."""
+    ``progress(action, relative_path)`` is called after each file ("copied"/"skipped"; with
+    ``dry_run`` nothing is written and "copied" means "would be copied")."""
     source, dest = Path(source).resolve(), Path(dest).resolve()
     if dest == source or source in dest.parents or dest in source.parents:
         raise RepositoryStateError(f"{dest} and {source} overlap: sync needs two separate directories")
@@ -111,21 +143,23 @@ def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None =
     except FileNotFoundError:
         raise RepositoryStateError(f"{source} is not an initialised repository (no metadata/timestamp.json)") from None
     items = plan(source)
+    if _timestamp_before_roots(source, dest, items, timestamp):
+        items = [i for i in items if i.rank != ROOTS] + [i for i in items if i.rank == ROOTS]
     copied = skipped = copied_bytes = 0
     try:
         for item in items:
             src, out = source / item.relative, dest / item.relative
-            out.parent.mkdir(parents=True, exist_ok=True)
             if item.rank == TIMESTAMP:
                 changed = not out.exists() or out.read_bytes() != timestamp
-                if changed:
-                    atomic_write(out, timestamp)  # the bytes read before listing, see the docstring
-            elif _unchanged(src, out, item):
-                changed = False
             else:
-                changed = True
-                with open(src, "rb") as f, atomic_writer(out) as w:
-                    shutil.copyfileobj(f, w, 1 << 20)
+                changed = not _unchanged(src, out, item)
+            if changed and not dry_run:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if item.rank == TIMESTAMP:
+                    atomic_write(out, timestamp)  # the bytes read before listing, see the docstring
+                else:
+                    with open(src, "rb") as f, atomic_writer(out) as w:
+                        shutil.copyfileobj(f, w, 1 << 20)
             if changed:
                 copied += 1
                 copied_bytes += (len(timestamp) if item.rank == TIMESTAMP else src.stat().st_size)
@@ -136,7 +170,7 @@ def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None =
     except OSError as exc:
         raise RepositoryStateError(f"sync to {dest} failed: {exc.strerror or exc} ({exc.filename or ''}); "
                                    "DEST still serves its previous state, run sync again") from exc
-    for directory in {(dest / i.relative).parent for i in items}:
+    for directory in {(dest / i.relative).parent for i in items} if not dry_run else ():
         remove_stale_temps(directory)  # what an earlier, killed sync left (one sync at a time per DEST)
     return {"source": str(source), "dest": str(dest), "copied": copied, "skipped": skipped,
-            "copied_bytes": copied_bytes}
+            "copied_bytes": copied_bytes, "dry_run": dry_run}
