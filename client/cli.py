@@ -200,7 +200,8 @@ def history_cmd(installer: Installer, limit: int | None, as_json: bool) -> None:
     lines = []
     for r in records:
         what = r.get("op", "?")
-        detail = " ".join(f"{k}={r[k]}" for k in ("version", "from_version", "outcome", "reason") if r.get(k))
+        keys = ("version", "from_version", "to_version", "via", "outcome", "reason", "groups", "clock_note")
+        detail = " ".join(f"{k}={r[k]}" for k in keys if r.get(k))
         lines.append(f"{r.get('ts', '')} {what} {detail}".strip())
     _emit(as_json, records, "\n".join(lines) or "no history yet")
 
