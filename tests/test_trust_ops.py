@@ -257,6 +257,10 @@ def test_channel_key_rotation_needs_no_root(team, tmp_path: Path) -> None:  # ty
     old_stable = KeyStore(keys["ci"], passphrase=lambda role: SECRET).signers("stable")[0]
     proposal = tmp_path / "next-targets.json"
     release("keys", "rotate", str(repo.path), "--keys", str(keys["ci"]), "stable", "-o", str(proposal))
+    before = tree_digest(repo.path)
+    _refused(release("targets", "publish", str(repo.path), str(proposal), "--keys", str(keys["ci"]), check=False),
+             "0 valid signature(s)", "1 required")
+    assert tree_digest(repo.path) == before
     # The targets holder signs (checked against the current root); a root key may not sign targets.
     release("targets", "sign", str(proposal), "--key", str(keys["targets-1"]),
             "--root", str(repo.metadata_dir / "1.root.json"))
