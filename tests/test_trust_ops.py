@@ -365,6 +365,10 @@ def test_root_and_targets_keys_are_never_needed_online(team, tmp_path: Path) -> 
     _publish(repo, ci, source, "1.1.0b1", channel="beta")
     release("promote", str(repo.path), "--keys", str(ci), "--from", "beta", "--to", "stable",
             "--version", "1.1.0b1")
+    release("rollout", str(repo.path), "--keys", str(ci), "--channel", "stable", "--version", "1.1.0b1",
+            "--percent", "50")
+    release("rollout", str(repo.path), "--keys", str(ci), "--channel", "stable", "--version", "1.1.0b1",
+            "--complete")
     release("refresh", str(repo.path), "--keys", str(ci), "--force")
     # refresh renews near-expiry channel roles and snapshot with online keys only (50 days on).
     later = ops.refresh(repo, KeyStore(ci, passphrase=lambda role: SECRET), now=ops.utcnow() + timedelta(days=50))
