@@ -2,7 +2,7 @@
 
 Each command calls one ``Installer`` method and prints its result: text for people, one JSON
 document on stdout with ``--json``. Progress goes to stderr (a bar on a terminal, JSON lines with
-``--json``). ``_Group.invoke`` is the one place where an ``UpdateError`` becomes one line on
+``--json``). ``client.cliutil.error_group`` is the one place where an ``UpdateError`` becomes one line on
 stderr and its exit code.
 """
 
@@ -18,32 +18,16 @@ from typing import Any
 import click
 
 from . import config as config_mod
+from .cliutil import Failure, emit, error_group
 from .errors import ConfigError, UpdateError
 from .installer import Installer
 
-
-class _Failure(click.ClickException):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"pinnacle-update: error: {self.format_message()}", err=True)
+PROGRAM = "pinnacle-update"
+_Group = error_group(PROGRAM, UpdateError)
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except UpdateError as exc:
-            raise _Failure(str(exc), exc.exit_code) from exc
-
-
-def _emit(as_json: bool, data: Any, human: str) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-    elif human:
-        click.echo(human)
+def _fail(message: str, exit_code: int) -> Failure:
+    return Failure(PROGRAM, message, exit_code)
 
 
 class _Progress:
@@ -107,7 +91,7 @@ def init_cmd(installer: Installer, repo_url: str, root_json: Path, channel: str,
     cfg = config_mod.init(installer.layout.root, repo_url, root_json, channel, platform)
     data = {"install_dir": str(installer.layout.root), "repo_url": cfg.text("repo_url"),
             "channel": cfg.text("channel"), "platform": cfg.text("platform"), "client_id": cfg.text("client_id")}
-    _emit(as_json, data, f"initialised {installer.layout.root} ({cfg.text('channel')}, {cfg.text('platform')})")
+    emit(as_json, data, f"initialised {installer.layout.root} ({cfg.text('channel')}, {cfg.text('platform')})")
 
 
 @cli.command("check")
@@ -124,7 +108,7 @@ def check_cmd(installer: Installer, version: str | None, as_json: bool, wait: bo
                  f"{', automatic' if result.auto else ''})")
     else:
         human = f"up to date ({result.current_version or 'nothing installed'}): {result.reason}"
-    _emit(as_json, result.to_dict(), human)
+    emit(as_json, result.to_dict(), human)
 
 
 @cli.command("install")
@@ -147,7 +131,7 @@ def install_cmd(installer: Installer, version: str | None, confirm_major: bool, 
     else:
         human = (f"installed {result.version} in slot {result.slot} (was {result.previous_version or 'nothing'}; "
                  f"{result.bytes_downloaded} bytes, {result.duration:.2f}s)")
-    _emit(as_json, result.to_dict(), human)
+    emit(as_json, result.to_dict(), human)
 
 
 @cli.command("rollback")
@@ -158,7 +142,7 @@ def install_cmd(installer: Installer, version: str | None, confirm_major: bool, 
 def rollback_cmd(installer: Installer, force: bool, as_json: bool, wait: bool) -> None:
     """Switch back to the previous version in the other slot, instantly."""
     result = installer.rollback(wait=wait, force=force)
-    _emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
+    emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
                                      f"{result.duration * 1000:.1f} ms)")
 
 
@@ -174,7 +158,7 @@ def status_cmd(installer: Installer, as_json: bool) -> None:
              + "".join(f"; A/B {v}: {g} group" for v, g in (s["fleet"]["groups"] or {}).items())
              + (f"; {s['last_error']}" if s["last_error"].startswith("yanked") else "")
              + (f"; {s['fleet']['clock_note']}" if s["fleet"]["clock_note"] else ""))
-    _emit(as_json, s, human)
+    emit(as_json, s, human)
 
 
 @cli.command("channel")
@@ -186,7 +170,7 @@ def status_cmd(installer: Installer, as_json: bool) -> None:
 def channel_cmd(installer: Installer, name: str, allow_downgrade: bool, as_json: bool, wait: bool) -> None:
     """Follow channel NAME (stable, beta, alpha, ...); never a downgrade without --allow-downgrade."""
     result = installer.switch_channel(name, allow_downgrade=allow_downgrade, wait=wait, progress=_Progress(as_json))
-    _emit(as_json, result, f"now on {result['channel']} (was {result['previous_channel']}), "
+    emit(as_json, result, f"now on {result['channel']} (was {result['previous_channel']}), "
                            f"running {result['version'] or 'nothing'}: {result['reason']}")
 
 
@@ -203,7 +187,7 @@ def history_cmd(installer: Installer, limit: int | None, as_json: bool) -> None:
         keys = ("version", "from_version", "to_version", "via", "outcome", "reason", "groups", "clock_note")
         detail = " ".join(f"{k}={r[k]}" for k in keys if r.get(k))
         lines.append(f"{r.get('ts', '')} {what} {detail}".strip())
-    _emit(as_json, records, "\n".join(lines) or "no history yet")
+    emit(as_json, records, "\n".join(lines) or "no history yet")
 
 
 @cli.command("health-check")
@@ -213,7 +197,7 @@ def health_cmd(installer: Installer, as_json: bool) -> None:
     """Run the configured health check against the active version now."""
     result = installer.health_check()
     data = result.to_dict()
-    _emit(as_json, data, f"{'healthy' if result.healthy else 'UNHEALTHY'}: {data.get('reason') or ''}".strip())
+    emit(as_json, data, f"{'healthy' if result.healthy else 'UNHEALTHY'}: {data.get('reason') or ''}".strip())
     if not result.healthy:
         sys.exit(6)
 
@@ -227,7 +211,7 @@ def verify_cmd(installer: Installer, all_slots: bool, as_json: bool, wait: bool)
     """Re-hash installed files against their signed manifest (finds local tampering)."""
     report = installer.verify(all_slots, wait=wait)
     if as_json:
-        _emit(True, report.to_dict(), "")
+        emit(True, report.to_dict(), "")
     else:
         for slot in report.slots:
             state = "ok" if slot.ok else f"{len(slot.problems)} problem(s)"
@@ -235,7 +219,7 @@ def verify_cmd(installer: Installer, all_slots: bool, as_json: bool, wait: bool)
             for problem in slot.problems:
                 click.echo(f"  {problem}")
     if not report.ok:
-        raise _Failure("installed files differ from the signed release (run 'repair')", 4)
+        raise _fail("installed files differ from the signed release (run 'repair')", 4)
 
 
 @cli.command("repair")
@@ -245,7 +229,7 @@ def verify_cmd(installer: Installer, all_slots: bool, as_json: bool, wait: bool)
 def repair_cmd(installer: Installer, as_json: bool, wait: bool) -> None:
     """Reinstall the current version into the other slot from the repository and switch to it."""
     result = installer.repair(wait=wait, progress=_Progress(as_json))
-    _emit(as_json, result.to_dict(), f"repaired {result.version} (now in slot {result.slot})")
+    emit(as_json, result.to_dict(), f"repaired {result.version} (now in slot {result.slot})")
 
 
 @cli.command("recover")
@@ -256,7 +240,7 @@ def recover_cmd(installer: Installer, as_json: bool, wait: bool) -> None:
     """Resolve any interrupted install or rollback now."""
     report = installer.recover(wait=wait)
     human = "; ".join(report.actions) or "nothing to recover"
-    _emit(as_json, report.to_dict(), f"{human} (now {report.version or 'nothing installed'}, {report.state})")
+    emit(as_json, report.to_dict(), f"{human} (now {report.version or 'nothing installed'}, {report.state})")
 
 
 @cli.command("doctor")
@@ -265,7 +249,7 @@ def recover_cmd(installer: Installer, as_json: bool, wait: bool) -> None:
 def doctor_cmd(installer: Installer, as_json: bool) -> None:
     """Check free space, permissions, clock, repository, config and the lock."""
     checks = installer.doctor()
-    _emit(as_json, [c.to_dict() for c in checks],
+    emit(as_json, [c.to_dict() for c in checks],
           "\n".join(f"{c.to_dict()['status']:>4}  {c.name}: {c.detail}" for c in checks))
     if any(not c.ok and not c.warning for c in checks):
         sys.exit(1)
@@ -293,7 +277,7 @@ def config_show(installer: Installer, as_json: bool) -> None:
     """Print every setting."""
     cfg = installer.config()
     data = {key: cfg[key] for key in config_mod.KEYS}
-    _emit(as_json, data, "\n".join(f"{k} = {v!r}" for k, v in data.items()))
+    emit(as_json, data, "\n".join(f"{k} = {v!r}" for k, v in data.items()))
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

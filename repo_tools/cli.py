@@ -1,13 +1,12 @@
 """``pinnacle-release``: thin click commands over ``repo_tools``.
 
 Commands parse options, call one library function and print its result (human text, or one
-JSON document with ``--json``). ``_Group.invoke`` is the single place where a ``ReleaseError``
+JSON document with ``--json``). ``client.cliutil.error_group`` is the single place where a ``ReleaseError``
 becomes one line on stderr and its exit code.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from datetime import timedelta
@@ -16,6 +15,7 @@ from typing import Any
 
 import click
 
+from client.cliutil import Failure, emit, error_group
 from client.fleet import describe_controls
 
 from . import publish as ops
@@ -27,33 +27,19 @@ from .fleet import schedule_option
 from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
 from .store import Repository
 
-
-class _Failure(click.ClickException):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"pinnacle-release: error: {self.format_message()}", err=True)
+PROGRAM = "pinnacle-release"
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except VerificationFailed as exc:
-            for problem in exc.problems:
-                click.echo(f"pinnacle-release: problem: {problem}", err=True)
-            raise _Failure(f"verification failed with {len(exc.problems)} problem(s)", exc.exit_code) from exc
-        except ReleaseError as exc:
-            raise _Failure(str(exc), exc.exit_code) from exc
+def _problems(exc: Exception) -> list[str]:
+    return [f"problem: {p}" for p in exc.problems] if isinstance(exc, VerificationFailed) else []
 
 
-def _emit(as_json: bool, data: Any, human: str) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        click.echo(human)
+_Group = error_group(PROGRAM, ReleaseError, _problems)
+_emit = emit
+
+
+def _Failure(message: str, exit_code: int) -> Failure:
+    return Failure(PROGRAM, message, exit_code)
 
 
 def _prompt_passphrase(role: str) -> str | None:

@@ -1,7 +1,7 @@
 """Fleet-control commands of ``pinnacle-release``: ``rollout`` and ``yank`` (thin click wrappers
 over :mod:`repo_tools.fleet`), registered on :mod:`repo_tools.cli`, which imports this module once
 at its end (``publish``/``promote --rollout/--percent`` live there).
-Errors reach the user through ``cli._Group.invoke``.
+Errors reach the user through ``client.cliutil.error_group``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ groups of :mod:`repo_tools.cli` (which imports this module once, at its end).
 ``root prepare|sign|publish`` and ``targets prepare|sign|publish`` (offline, threshold signing),
 ``keys generate|import|list|rotate`` (key sources and rotation), ``sync`` (ordered upload).
 The logic lives in :mod:`repo_tools.rootsign`, :mod:`repo_tools.rotate`, :mod:`repo_tools.sync`
-and :mod:`repo_tools.keys`; errors reach the user through ``cli._Group.invoke``.
+and :mod:`repo_tools.keys`; errors reach the user through ``client.cliutil.error_group``.
 """
 
 from __future__ import annotations

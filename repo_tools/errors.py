@@ -40,8 +40,7 @@ class VerificationFailed(ReleaseError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
-        super().__init__(f"{len(problems)} problem(s): {shown}")
+        super().__init__(f"verification failed with {len(problems)} problem(s)")
 
 
 class ExpiringSoon(ReleaseError):
