@@ -68,9 +68,9 @@ class _Auditor:
         except Exception as exc:
             self.problem(f"{filename}: not valid TUF metadata ({exc})")
             return None
-        # A byte change that keeps the JSON meaningful (e.g. the case of a hex digit in a signature)
-        # still shows: our files are always in canonical compact form.
-        if to_bytes(md) != data:
+        # A byte change that keeps the JSON meaningful still shows: our files are always in canonical
+        # compact form, with lowercase hex signatures (verification itself accepts either case).
+        if to_bytes(md) != data or any(s.signature != s.signature.lower() for s in md.signatures.values()):
             self.problem(f"{filename}: bytes differ from the canonical form the publisher writes (modified?)")
         return md
 
