@@ -228,9 +228,10 @@ class Release:
         if ramp is not None and not isinstance(ramp, bool):
             raise FormatError(f"{where}: 'ramp' must be true or false")
         try:
-            rollout = Rollout.from_dict(d["rollout"], f"{where}.rollout") if "rollout" in d else None
+            # Lenient: fields a newer publisher adds inside these must not lock older clients out.
+            rollout = Rollout.from_dict(d["rollout"], f"{where}.rollout", strict=False) if "rollout" in d else None
             yanked = Yank.from_dict(d["yanked"], f"{where}.yanked") if "yanked" in d else None
-            ab = ABTest.from_dict(d["ab_testing"], f"{where}.ab_testing") if "ab_testing" in d else None
+            ab = ABTest.from_dict(d["ab_testing"], f"{where}.ab_testing", strict=False) if "ab_testing" in d else None
         except ScheduleError as exc:
             raise FormatError(str(exc)) from exc
         return cls(

@@ -124,9 +124,11 @@ def _mapping(data: Any, where: str) -> Mapping[str, Any]:
     return data
 
 
-def _unknown(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _unknown(d: Mapping[str, Any], allowed: set[str], where: str, strict: bool) -> None:
+    """Refuse fields this code does not know, when ``strict`` (a publisher's own input). A client
+    reading the signed index is lenient, so that a newer publisher's additions do not lock it out."""
     extra = sorted(set(d) - allowed)
-    if extra:
+    if extra and strict:
         raise ScheduleError(f"{where}: unknown field {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
@@ -197,17 +199,17 @@ class Schedule:
         return cls("fixed", percent=parse_percent(percent, where))
 
 
-def parse_schedule(data: Any, where: str = "schedule") -> Schedule:
+def parse_schedule(data: Any, where: str = "schedule", strict: bool = True) -> Schedule:
     """A schedule from its JSON form (the index's, or a publisher's schedule file)."""
     if isinstance(data, list):
         data = {"type": "waves", "waves": data}
     d = _mapping(data, where)
     kind = d.get("type")
     if kind == "fixed":
-        _unknown(d, {"type", "percent"}, where)
+        _unknown(d, {"type", "percent"}, where, strict)
         return Schedule.fixed(d.get("percent"), f"{where}.percent")
     if kind == "percentage":
-        _unknown(d, {"type", "initial_percentage", "increase_percentage", "increase_interval"}, where)
+        _unknown(d, {"type", "initial_percentage", "increase_percentage", "increase_interval"}, where, strict)
         initial = parse_percent(d.get("initial_percentage"), f"{where}.initial_percentage")
         increase = parse_percent(d.get("increase_percentage", 0), f"{where}.increase_percentage")
         interval = parse_duration(d.get("increase_interval"), f"{where}.increase_interval")
@@ -215,14 +217,14 @@ def parse_schedule(data: Any, where: str = "schedule") -> Schedule:
             raise ScheduleError(f"{where}.increase_interval must be at least 1 second")
         return Schedule("percentage", initial=initial, increase=increase, interval=interval)
     if kind == "waves":
-        _unknown(d, {"type", "waves"}, where)
+        _unknown(d, {"type", "waves"}, where, strict)
         raw = d.get("waves")
         if not isinstance(raw, list) or not raw:
             raise ScheduleError(f"{where}.waves must be a non-empty list of {{after, percent}}")
         waves: list[Wave] = []
         for i, item in enumerate(raw):
             w = _mapping(item, f"{where}.waves[{i}]")
-            _unknown(w, {"after", "percent"}, f"{where}.waves[{i}]")
+            _unknown(w, {"after", "percent"}, f"{where}.waves[{i}]", strict)
             wave = Wave(parse_duration(w.get("after"), f"{where}.waves[{i}].after"),
                         parse_percent(w.get("percent"), f"{where}.waves[{i}].percent"))
             if waves and wave.after <= waves[-1].after:
@@ -287,9 +289,9 @@ class Rollout:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "rollout") -> Rollout:
+    def from_dict(cls, data: Any, where: str = "rollout", strict: bool = True) -> Rollout:
         d = _mapping(data, where)
-        _unknown(d, {"schedule", "start", "state", "paused_at", "paused_percent"}, where)
+        _unknown(d, {"schedule", "start", "state", "paused_at", "paused_percent"}, where, strict)
         start = d.get("start")
         if not isinstance(start, str):
             raise ScheduleError(f"{where}.start must be a UTC time string")
@@ -305,7 +307,8 @@ class Rollout:
                 raise ScheduleError(f"{where}.paused_at must be a UTC time string")
             parse_time(paused_at)
             paused_percent = parse_percent(d.get("paused_percent"), f"{where}.paused_percent")
-        return cls(parse_schedule(d.get("schedule"), f"{where}.schedule"), start, state, paused_at, paused_percent)
+        schedule = parse_schedule(d.get("schedule"), f"{where}.schedule", strict)
+        return cls(schedule, start, state, paused_at, paused_percent)
 
 
 @dataclass(frozen=True)
@@ -340,9 +343,9 @@ class ABTest:
         return {"test_group_percentage": _num(self.test_group_percentage)}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "ab_testing") -> ABTest:
+    def from_dict(cls, data: Any, where: str = "ab_testing", strict: bool = True) -> ABTest:
         d = _mapping(data, where)
-        _unknown(d, {"test_group_percentage"}, where)
+        _unknown(d, {"test_group_percentage"}, where, strict)
         return cls(parse_percent(d.get("test_group_percentage"), f"{where}.test_group_percentage"))
 
 

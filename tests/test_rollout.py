@@ -120,6 +120,13 @@ def test_index_round_trips_fleet_fields_and_stays_compatible() -> None:
     bad = index.to_bytes().replace(b'"percent":50', b'"percent":150')
     with pytest.raises(FormatError, match="outside 0-100"):
         ChannelIndex.from_bytes(bad)
+    # A newer publisher's extra fields inside the controls do not lock this client out...
+    newer = index.to_bytes().replace(b'"percent":50', b'"percent":50,"cohort":"eu"').replace(
+        b'"test_group_percentage":20', b'"test_group_percentage":20,"metric":"p95"')
+    assert ChannelIndex.from_bytes(newer).releases[1].rollout == r.rollout
+    # ...while a publisher's own schedule file is still checked strictly.
+    with pytest.raises(ScheduleError, match="unknown field 'cohort'"):
+        parse_schedule({"type": "fixed", "percent": 5, "cohort": "eu"})
 
 
 # -- buckets ---------------------------------------------------------------------------------------
