@@ -30,7 +30,7 @@ from client.index import (
     parse_version,
     release_dir,
 )
-from client.rollout import SIGNED_AT_FIELD, ABTest, Rollout, Schedule
+from client.rollout import ABTest, Rollout, Schedule
 
 from . import artifact
 from .core import metadata as meta
@@ -86,9 +86,9 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
     snapshot_bytes = repo.write_metadata("snapshot", snapshot)
 
     timestamp = meta.timestamp_of(
-        state.timestamp, snapshot.signed.version, snapshot_bytes, meta.expiry(now, config.days("timestamp", names))
+        state.timestamp, snapshot.signed.version, snapshot_bytes, meta.expiry(now, config.days("timestamp", names)),
+        signed_at=now,
     )
-    timestamp.signed.unrecognized_fields[SIGNED_AT_FIELD] = _iso(now)  # the clients' rollout clock floor
     meta.sign(timestamp, timestamp_signers)
     repo.write_metadata("timestamp", timestamp, versioned=False)  # the commit point
     versions = {name: v for name, (v, _) in written.items()}
@@ -161,8 +161,8 @@ def init_repository(
             meta.snapshot_of(None, written, meta.expiry(now, config.expiry_days["snapshot"])), signers["snapshot"]
         )
         snapshot_bytes = repo.write_metadata("snapshot", snapshot)
-        timestamp = meta.timestamp_of(None, 1, snapshot_bytes, meta.expiry(now, config.expiry_days["timestamp"]))
-        timestamp.signed.unrecognized_fields[SIGNED_AT_FIELD] = _iso(now)
+        timestamp = meta.timestamp_of(None, 1, snapshot_bytes, meta.expiry(now, config.expiry_days["timestamp"]),
+                                      signed_at=now)
         repo.write_metadata("timestamp", meta.sign(timestamp, signers["timestamp"]), versioned=False)
     return {"repository": str(repo.path), "channels": channels, "root": str(repo.metadata_dir / "1.root.json"),
             "expiry_days": config.expiry_days}

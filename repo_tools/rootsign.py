@@ -303,7 +303,7 @@ def _commit(repo: Repository, state: RepoState, written: dict[str, tuple[int, by
     snapshot = meta.snapshot_of(state.snapshot, written, meta.expiry(now, config.days("snapshot", names)))
     snapshot_bytes = repo.write_metadata("snapshot", meta.sign(snapshot, signers["snapshot"]))
     timestamp = meta.timestamp_of(state.timestamp, snapshot.signed.version, snapshot_bytes,
-                                  meta.expiry(now, config.days("timestamp", names)))
+                                  meta.expiry(now, config.days("timestamp", names)), signed_at=now)
     repo.write_metadata("timestamp", meta.sign(timestamp, signers["timestamp"]), versioned=False)
     versions = {name: v for name, (v, _) in written.items()}
     versions.update(snapshot=snapshot.signed.version, timestamp=timestamp.signed.version)

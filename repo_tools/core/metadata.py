@@ -26,6 +26,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from client.rollout import SIGNED_AT_FIELD, format_time
+
 SPEC_HASH = "sha256"
 _SERIALIZER = JSONSerializer(compact=True)
 
@@ -132,8 +134,16 @@ def snapshot_of(
 
 
 def timestamp_of(
-    previous: Metadata[Timestamp] | None, snapshot_version: int, snapshot_bytes: bytes, expires: datetime
+    previous: Metadata[Timestamp] | None,
+    snapshot_version: int,
+    snapshot_bytes: bytes,
+    expires: datetime,
+    signed_at: datetime | None = None,
 ) -> Metadata[Timestamp]:
+    """Next timestamp. ``signed_at`` is recorded (as ``pinnacle_signed_at``) for the clients' rollout
+    clock: it never runs earlier than the newest signed time they have seen."""
     version = previous.signed.version + 1 if previous else 1
     snapshot_meta = MetaFile.from_data(snapshot_version, snapshot_bytes, [SPEC_HASH])
-    return Metadata(Timestamp(version=version, expires=expires, snapshot_meta=snapshot_meta))
+    extra = {SIGNED_AT_FIELD: format_time(signed_at)} if signed_at is not None else None
+    return Metadata(Timestamp(version=version, expires=expires, snapshot_meta=snapshot_meta,
+                              unrecognized_fields=extra))
