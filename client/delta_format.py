@@ -2,13 +2,15 @@
 
 Layout (docs/ARCHITECTURE.md, "Deltas")::
 
-    b"PDELTA1\\n"  u64 big-endian header length H  header (H bytes, canonical JSON)  payload
+    b"PDELTA2\\n"  u64 big-endian length H  header (H bytes: one zstd frame of canonical JSON)  payload
 
 The header names the base and target releases (version and canonical-content digest) and lists one
 op per *file* entry of the target manifest, in manifest order. Data ops (``bsdiff4``, ``zstd-patch``,
-``zstd``) own the byte range ``[offset, offset + length)`` of the payload; this format requires those
-ranges to be contiguous, in op order, starting at 0 and ending exactly at the end of the file, so a
-delta has no unused, overlapping or trailing bytes to hide anything in.
+``zstd``) own ``length`` bytes of the payload each, contiguous, in op order, starting at 0 and ending
+exactly at the end of the file, so a delta has no unused, overlapping or trailing bytes to hide
+anything in; offsets are therefore implied, never stored. An op's ``base`` is stored only when it
+differs from its ``path``. The header frame declares its decompressed size, which is bounded
+(``MAX_HEADER``) before anything is decompressed.
 
 Nothing here trusts the header for sizes, modes or hashes of output files: those always come from
 the signed target manifest (:meth:`DeltaHeader.check_against` ties the two together). Pure: no file
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, BinaryIO
 
+import pyzstd
+
 from .index import (
     Digest,
     EntryType,
@@ -36,15 +40,17 @@ from .index import (
     release_dir,
 )
 
-MAGIC = b"PDELTA1\n"
-DELTA_FORMAT = 1
+MAGIC = b"PDELTA2\n"
+DELTA_FORMAT = 2
 MAX_HEADER = 64 << 20
-"""Default bound on the JSON header (about 400k ops): a hostile length field cannot make a reader
-allocate more than this."""
+"""Default bound on the header, compressed and decompressed (about 400k ops): a hostile length field
+or zstd frame cannot make a reader allocate more than this."""
+HEADER_LEVEL = 19
+"""zstd level of the header frame (paths compress well: about 12x on real releases)."""
 
 _LENGTH = struct.Struct(">Q")
 PREFIX_LENGTH = len(MAGIC) + _LENGTH.size
-"""Bytes before the JSON header: magic and the u64 header length."""
+"""Bytes before the header: magic and the u64 header length."""
 
 ZSTD_WINDOWLOG_MIN = 10
 ZSTD_WINDOWLOG_MAX = 31
@@ -86,7 +92,9 @@ def delta_path(channel: str, platform: str, version: str, base_version: str) -> 
 @dataclass(frozen=True)
 class DeltaOp:
     """One target file: ``path`` (a target manifest file), ``op``, the base file ``base`` (all but
-    ``zstd``) and, for data ops, its byte range ``offset``/``length`` relative to the payload start."""
+    ``zstd``) and, for data ops, its byte range ``offset``/``length`` relative to the payload start.
+    Serialised without ``offset`` (implied by the contiguous layout) and without ``base`` when it is
+    ``path``."""
 
     path: str
     op: OpKind
@@ -96,32 +104,33 @@ class DeltaOp:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "op": self.op.value}
-        if self.base is not None:
+        if self.base is not None and self.base != self.path:
             out["base"] = self.base
         if self.op.has_data:
-            out.update(offset=self.offset, length=self.length)
+            out["length"] = self.length
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> DeltaOp:
+    def from_dict(cls, data: Any, where: str, offset: int = 0) -> DeltaOp:
+        """Parse one serialised op whose data (if any) starts at payload ``offset``."""
         if not isinstance(data, Mapping):
             raise DeltaFormatError(f"{where}: expected an object")
         try:
             kind = OpKind(str(data.get("op")))
         except ValueError:
             raise DeltaFormatError(f"{where}: unknown op {data.get('op')!r}") from None
-        allowed = {"path", "op"} | ({"base"} if kind.has_base else set()) | (
-            {"offset", "length"} if kind.has_data else set()
-        )
+        allowed = {"path", "op"} | ({"base"} if kind.has_base else set()) | ({"length"} if kind.has_data else set())
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise DeltaFormatError(f"{where}: unexpected field(s) {', '.join(map(repr, unknown))} for op {kind}")
         try:
             path = _str(data, "path", where)
-            base = _str(data, "base", where) if kind.has_base else None
+            base = _str(data, "base", where) if "base" in data else (path if kind.has_base else None)
+            if "base" in data and base == path:
+                raise DeltaFormatError(f"{where}: 'base' equal to 'path' must be omitted")
             if not kind.has_data:
                 return cls(path, kind, base)
-            return cls(path, kind, base, _int(data, "offset", where), _int(data, "length", where))
+            return cls(path, kind, base, offset, _int(data, "length", where))
         except DeltaFormatError:
             raise
         except FormatError as exc:
@@ -161,8 +170,10 @@ class DeltaHeader:
         }
 
     def encode(self) -> bytes:
-        """The header JSON (canonical: sorted keys, compact, UTF-8)."""
-        return canonical_json(self.to_dict())
+        """The stored header: one zstd frame (size declared, no checksum) of its canonical JSON
+        (sorted keys, compact, UTF-8)."""
+        option: dict[int, int] = {pyzstd.CParameter.compressionLevel: HEADER_LEVEL, pyzstd.CParameter.checksumFlag: 0}
+        return pyzstd.compress(canonical_json(self.to_dict()), option)
 
     def check_layout(self) -> None:
         """Data ops must own contiguous payload ranges in op order, starting at 0."""
@@ -208,10 +219,11 @@ class DeltaHeader:
                 raise DeltaFormatError(f"delta op #{i} ({op.path}): copy from {op.base!r}, whose content differs")
 
     @classmethod
-    def from_bytes(cls, data: bytes, payload_start: int = 0) -> DeltaHeader:
-        """Parse and validate the header JSON (shape, versions, digests, ops, layout)."""
+    def from_bytes(cls, data: bytes, payload_start: int = 0, max_header: int = MAX_HEADER) -> DeltaHeader:
+        """Decompress (at most ``max_header`` bytes), parse and validate the stored header (shape,
+        versions, digests, ops); data ops get consecutive offsets from 0."""
         try:
-            doc = _load_json(data, "delta header")
+            doc = _load_json(_decompress_header(data, max_header), "delta header")
         except FormatError as exc:
             raise DeltaFormatError(str(exc)) from None
         if doc.get("format") != DELTA_FORMAT:
@@ -231,22 +243,53 @@ class DeltaHeader:
                 version=version,
                 base_content=Digest.from_dict(doc.get("from_content"), "delta header.from_content"),
                 content=Digest.from_dict(doc.get("to_content"), "delta header.to_content"),
-                ops=tuple(DeltaOp.from_dict(op, f"delta op #{i}") for i, op in enumerate(raw_ops)),
+                ops=_parse_ops(raw_ops),
                 payload_start=payload_start,
             )
         except DeltaFormatError:
             raise
         except FormatError as exc:
             raise DeltaFormatError(str(exc)) from None
-        header.check_layout()
         return header
+
+
+def _parse_ops(raw_ops: list[Any]) -> tuple[DeltaOp, ...]:
+    """The serialised ops, each data op placed right after the previous one."""
+    ops = []
+    offset = 0
+    for i, raw in enumerate(raw_ops):
+        op = DeltaOp.from_dict(raw, f"delta op #{i}", offset)
+        offset += op.length
+        ops.append(op)
+    return tuple(ops)
+
+
+def _decompress_header(frame: bytes, limit: int) -> bytes:
+    """The JSON of a stored header: ``frame`` must be exactly one zstd frame declaring a
+    decompressed size of at most ``limit`` bytes, and holding exactly that many."""
+    try:
+        declared = pyzstd.get_frame_info(frame).decompressed_size
+    except pyzstd.ZstdError:
+        raise DeltaFormatError("delta header is not a zstd frame") from None
+    if declared is None:
+        raise DeltaFormatError("delta header frame does not declare its decompressed size")
+    if declared > limit:
+        raise DeltaFormatError(f"delta header of {declared} bytes (decompressed) exceeds the {limit}-byte limit")
+    decompressor = pyzstd.ZstdDecompressor()
+    try:
+        data = decompressor.decompress(frame, declared + 1)
+    except pyzstd.ZstdError as exc:
+        raise DeltaFormatError(f"delta header: bad zstd frame ({exc})") from None
+    if len(data) != declared or not decompressor.eof or decompressor.unused_data:
+        raise DeltaFormatError(f"delta header: the zstd frame does not hold exactly its declared {declared} bytes")
+    return data
 
 
 def write_delta(out: BinaryIO, header: DeltaHeader, payload_chunks: Iterable[bytes]) -> int:
     """Write the container: magic, header length, header, then ``payload_chunks`` as they come.
 
-    The header must already carry the final offsets and lengths; the chunks must add up to exactly
-    ``header.payload_length`` (else ``DeltaFormatError``: the output is then incomplete and must be
+    The header must already carry the final (contiguous) offsets and lengths; the chunks must add up
+    to exactly ``header.payload_length`` (else ``DeltaFormatError``: the output is then incomplete and must be
     discarded). Returns the number of bytes written.
     """
     header.check_layout()
@@ -267,12 +310,15 @@ def read_header(f: BinaryIO, file_size: int | None = None, max_header: int = MAX
     """Read and validate the header of the delta file ``f`` (the whole file, read from offset 0) of
     ``file_size`` bytes (the signed length; ``None``: measured by seeking ``f`` to its end). Checks
     the magic, bounds the header length by ``max_header`` and the file size, parses the header and
-    requires the ops' payload ranges to end exactly at the end of the file. Leaves ``f`` at the
+    requires the ops' payload ranges to end exactly at the end of the file. ``max_header`` bounds
+    the stored header and its decompressed JSON alike. Leaves ``f`` at the
     payload start."""
     if file_size is None:
         file_size = f.seek(0, 2)
         f.seek(0)
     prefix = f.read(PREFIX_LENGTH)
+    if prefix.startswith(b"PDELTA") and not prefix.startswith(MAGIC):
+        raise DeltaFormatError(f"unsupported delta container {prefix[:7]!r} (this version reads {MAGIC[:7]!r})")
     if len(prefix) < PREFIX_LENGTH or not prefix.startswith(MAGIC):
         raise DeltaFormatError("not a delta file (bad magic or truncated before the header)")
     (length,) = _LENGTH.unpack(prefix[len(MAGIC):])
@@ -284,7 +330,7 @@ def read_header(f: BinaryIO, file_size: int | None = None, max_header: int = MAX
     data = f.read(length)
     if len(data) != length:
         raise DeltaFormatError("delta file is truncated inside its header")
-    header = DeltaHeader.from_bytes(data, payload_start)
+    header = DeltaHeader.from_bytes(data, payload_start, max_header)
     if payload_start + header.payload_length != file_size:
         raise DeltaFormatError(
             f"delta payload should be {header.payload_length} bytes, the file holds {file_size - payload_start}"
@@ -293,6 +339,6 @@ def read_header(f: BinaryIO, file_size: int | None = None, max_header: int = MAX
 
 
 __all__ = [
-    "DELTA_FORMAT", "MAGIC", "MAX_HEADER", "PREFIX_LENGTH", "DeltaFormatError", "DeltaHeader", "DeltaOp", "OpKind",
-    "delta_path", "patch_window_log", "read_header", "write_delta",
+    "DELTA_FORMAT", "HEADER_LEVEL", "MAGIC", "MAX_HEADER", "PREFIX_LENGTH", "DeltaFormatError", "DeltaHeader",
+    "DeltaOp", "OpKind", "delta_path", "patch_window_log", "read_header", "write_delta",
 ]

@@ -192,21 +192,45 @@ def _encoded(header: DeltaHeader, payload: bytes = b"abcde") -> bytes:
     return out.getvalue()
 
 
-def _rehead(data: bytes, old: bytes, new: bytes) -> bytes:
-    """``data`` with ``old`` replaced by ``new`` in its header, the header length field kept right."""
+def _header_json(data: bytes) -> bytes:
     length = int.from_bytes(data[8:16], "big")
-    header = data[16:16 + length]
-    assert old in header
-    header = header.replace(old, new)
-    return MAGIC + len(header).to_bytes(8, "big") + header + data[16 + length:]
+    return pyzstd.decompress(data[16:16 + length])
+
+
+def _reframe(data: bytes, frame: bytes) -> bytes:
+    """``data`` with its stored header replaced by ``frame``, the header length field kept right."""
+    length = int.from_bytes(data[8:16], "big")
+    return MAGIC + len(frame).to_bytes(8, "big") + frame + data[16 + length:]
+
+
+def _rehead(data: bytes, old: bytes, new: bytes) -> bytes:
+    """``data`` with ``old`` replaced by ``new`` in its header JSON (recompressed)."""
+    text = _header_json(data)
+    assert old in text
+    return _reframe(data, pyzstd.compress(text.replace(old, new)))
 
 
 def test_container_round_trip() -> None:
     data = _encoded(_sample_header())
     header = read_header(io.BytesIO(data), len(data))
     assert header.ops == _sample_header().ops
+    assert [op.offset for op in header.ops] == [0, 0, 3]
     assert data[slice(*header.data_range(header.ops[2]))] == b"de"
-    assert data.startswith(MAGIC)
+    assert data.startswith(MAGIC) and MAGIC == b"PDELTA2\n"
+    # compact: offsets are implied by the layout, a base equal to the path is omitted
+    assert json.loads(_header_json(data))["ops"] == [
+        {"path": "a/x", "op": "copy", "base": "a/y"},
+        {"path": "a/z", "op": "zstd", "length": 3},
+        {"path": "b", "op": "bsdiff4", "length": 2},
+    ]
+
+
+def test_header_is_compressed() -> None:
+    ops = tuple(DeltaOp(f"pkg/module_{i:04d}.py", OpKind.COPY, f"pkg/module_{i:04d}.py") for i in range(2000))
+    header = DeltaHeader("1.0", "1.1", Digest(10, SHA_A), Digest(12, SHA_B), ops)
+    data = _encoded(header, b"")
+    assert len(data) < len(_header_json(data)) // 10
+    assert read_header(io.BytesIO(data), len(data)).ops == ops
 
 
 @pytest.mark.parametrize(("mangle", "message"), [
@@ -217,18 +241,40 @@ def test_container_round_trip() -> None:
     (lambda d: d[:-1], "payload should be 5 bytes"),
     (lambda d: d + b"!", "payload should be 5 bytes"),
     (lambda d: _rehead(d, b'"bsdiff4"', b'"xdelta3"'), "unknown op"),
-    (lambda d: _rehead(d, b'"offset":3', b'"offset":4'), "contiguous"),
-    (lambda d: _rehead(d, b'"format":1', b'"format":9'), "unsupported format"),
+    (lambda d: _rehead(d, b'"length":2', b'"length":2,"offset":3'), "unexpected field"),
+    (lambda d: _rehead(d, b'"op":"bsdiff4"', b'"base":"b","op":"bsdiff4"'), "equal to 'path' must be omitted"),
+    (lambda d: _rehead(d, b'"format":2', b'"format":1'), "unsupported format"),
     (lambda d: _rehead(d, b'"from":"1.0"', b'"from":"one"'), "PEP 440"),
     (lambda d: _rehead(d, b'"base":"a/y"', b'"base":"a/y","offset":0'), "unexpected field"),
     (lambda d: _rehead(d, b'"ops":[', b'"extra":1,"ops":['), "unexpected field"),
     (lambda d: _rehead(d, b'"length":3', b'"length":-3'), "non-negative integer"),
     (lambda d: _rehead(d, b'{"format"', b'[{"format"') + b"]", "not valid JSON|expected a JSON object"),
+    (lambda d: b"PDELTA1" + d[7:], "unsupported delta container b'PDELTA1'"),
+    (lambda d: _reframe(d, _header_json(d)), "not a zstd frame"),
+    (lambda d: _reframe(d, zstandard.ZstdCompressor(write_content_size=False).compress(_header_json(d))),
+     "does not declare its decompressed size"),
+    (lambda d: _reframe(d, pyzstd.compress(_header_json(d)) + b"\0"), "does not hold exactly"),
+    (lambda d: _reframe(d, pyzstd.compress(_header_json(d))[:-3]), "does not hold exactly|bad zstd frame"),
 ])
 def test_container_refusals(mangle: Callable[[bytes], bytes], message: str) -> None:
     data = mangle(_encoded(_sample_header()))
     with pytest.raises(DeltaFormatError, match=message):
         read_header(io.BytesIO(data), len(data))
+
+
+def test_header_decompression_is_bounded() -> None:
+    data = _encoded(_sample_header())
+    size = len(_header_json(data))
+    assert read_header(io.BytesIO(data), len(data), max_header=size).ops == _sample_header().ops
+    with pytest.raises(DeltaFormatError, match=rf"header of {size} bytes \(decompressed\) exceeds the {size - 1}-"):
+        read_header(io.BytesIO(data), len(data), max_header=size - 1)
+    # a frame declaring fewer bytes than it holds is refused, without decompressing past the claim
+    frame = bytearray(pyzstd.compress(_header_json(data) + b" " * 1000, {pyzstd.CParameter.checksumFlag: 0}))
+    assert frame[4] == 0b1100000  # single segment, 2-byte content size (value - 256) at bytes 5-6
+    frame[5:7] = (size - 256).to_bytes(2, "little")
+    lying = _reframe(data, bytes(frame))
+    with pytest.raises(DeltaFormatError, match=r"bad zstd frame|does not hold exactly"):
+        read_header(io.BytesIO(lying), len(lying), max_header=size)
 
 
 def test_writer_refuses_payload_not_matching_ops() -> None:
