@@ -33,9 +33,11 @@ from client.index import Digest, EntryType, Manifest, ManifestEntry, Release
 from repo_tools import publish as ops
 from repo_tools.audit import verify_repository
 from repo_tools.core.delta_plan import (
+    SIMILAR_MIN,
     ZSTD_MEMORY,
     PlanError,
     bsdiff4_memory,
+    extension,
     normalise_path,
     plan_delta,
     zstd_patch_memory,
@@ -331,11 +333,90 @@ def test_plan_matches_renames_versioned_paths_and_new_files() -> None:
     assert (meta.candidates, meta.base and meta.base.path, meta.match) == (
         (OpKind.COPY,), "pkg-1.2.dist-info/METADATA", "sha256")
     assert plan["pkg-1.3.dist-info/RECORD"].base.path == "pkg-1.2.dist-info/RECORD"  # type: ignore[union-attr]
-    assert plan["lib/libfoo.so.1.3"].match == "versioned-path"
+    assert plan["lib/libfoo.so.1.3"].match == "normalised-path"
     assert plan["lib/libbar.so"].match == "path"
     assert plan["lib/libbar.so"].candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF4)
     assert (plan["brand-new.txt"].base, plan["brand-new.txt"].candidates) == (None, (OpKind.ZSTD,))
     assert normalise_path("lib/libfoo.so.1.2") == normalise_path("lib/libfoo.so.10.3.1") == "lib/libfoo.so.#"
+
+
+@pytest.mark.parametrize(("path", "shape"), [
+    ("numpy.libs/libscipy_openblas64_-99b71e71.so", "numpy.libs/libscipy_openblas#_-#.so"),
+    ("numpy.libs/libgfortran-040039e1-0352e75f.so.5.0.0", "numpy.libs/libgfortran-#-#.so.#"),
+    ("dist/main.3f2a9c1b.js", "dist/main.#.js"),
+    ("pkg/_core.cpython-311-x86_64-linux-gnu.so", "pkg/_core.cpython-#-x#_#-linux-gnu.so"),
+    ("pkg/facade12.py", "pkg/facade#.py"),  # a word starting a name is not a hash
+    ("pkg/x-decade.py", "pkg/x-decade.py"),  # no digit: a word
+    ("pkg/x-abcde1z.py", "pkg/x-abcde#z.py"),  # not a whole word
+    ("pkg/sha256-a1b2c.txt", "pkg/sha#-a#b#c.txt"),  # 5 characters: too short
+])
+def test_normalise_path(path: str, shape: str) -> None:
+    assert normalise_path(path) == shape
+
+
+def test_extension() -> None:
+    assert extension("lib/libfoo-0352e75f.so.5.0.0") == extension("lib/libbar.so.5.1") == ".so.#"
+    assert extension("a/b.tar.gz") == ".tar.gz"
+    assert extension("a/.hidden") == extension("a/README") == extension("a.d/README") == ""
+
+
+def test_plan_matches_hash_renamed_libraries() -> None:
+    big = 8 * MIB
+    base = _manifest("2.0.2", {
+        "numpy.libs/libscipy_openblas64_-99b71e71.so": (36 * MIB, SHA_A),
+        "numpy.libs/libgfortran-040039e1-0352e75f.so.5.0.0": (big, SHA_B),
+    })
+    target = _manifest("2.1.0", {
+        "numpy.libs/libscipy_openblas64_-ff651d7f.so": (22 * MIB, "1" * 64),
+        "numpy.libs/libgfortran-040039e1-0352e75f.so.5.0.0": (big, SHA_B),
+    })
+    plan = {p.entry.path: p for p in plan_delta(base, target, 2 << 30).files}
+    lib = plan["numpy.libs/libscipy_openblas64_-ff651d7f.so"]
+    assert (lib.match, lib.base and lib.base.path) == ("normalised-path", "numpy.libs/libscipy_openblas64_-99b71e71.so")
+    assert OpKind.ZSTD not in lib.candidates  # a name match: patching a large file is not second-guessed
+
+
+def _similar_plan(base: dict[str, int], target: dict[str, int]) -> dict[str, tuple[str | None, str]]:
+    """Plan ``target`` (path: size, all contents distinct) against ``base``: path -> (base path, match)."""
+    base_m = _manifest("1", {p: (size, f"{i:064x}") for i, (p, size) in enumerate(base.items())})
+    target_m = _manifest("2", {p: (size, f"{i + 1000:064x}") for i, (p, size) in enumerate(target.items())})
+    return {f.entry.path: (f.base and f.base.path, f.match) for f in plan_delta(base_m, target_m, 2 << 30).files}
+
+
+def test_plan_similar_size_fallback() -> None:
+    k = 1 << 10
+    plan = _similar_plan(
+        {"bin/tool-a.so": 900 * k, "bin/tool-b.so": 500 * k, "bin/keep.so": 1000 * k},
+        {"bin/renamed.so": 1000 * k, "bin/keep.so": 1000 * k},
+    )
+    # keep.so is used by its own path; of the spare ones, the closest in size
+    assert plan == {"bin/renamed.so": ("bin/tool-a.so", "similar-size"), "bin/keep.so": ("bin/keep.so", "path")}
+    base = _manifest("1", {"bin/tool-a.so": (900 * k, SHA_A)})
+    target = _manifest("2", {"bin/renamed.so": (1000 * k, SHA_B)})
+    guess = plan_delta(base, target, 2 << 30).files[0]
+    assert guess.candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF4)  # plain zstd kept for a guess
+
+
+@pytest.mark.parametrize(("base", "target"), [
+    ({"a/old.so": 1 * MIB}, {"b/new.so": 1 * MIB}),  # another directory
+    ({"a/old.so": 1 * MIB}, {"a/new.dll": 1 * MIB}),  # another extension
+    ({"a/old.so": 1 * MIB}, {"a/new.so.1": 1 * MIB}),
+    ({"a/old.so": SIMILAR_MIN - 1}, {"a/new.so": SIMILAR_MIN}),  # base too small
+    ({"a/old.so": SIMILAR_MIN}, {"a/new.so": SIMILAR_MIN - 1}),  # target too small
+    ({"a/old.so": 1 * MIB}, {"a/new.so": 2 * MIB + 1}),  # sizes too far apart
+    ({"a/old.so": 2 * MIB + 1}, {"a/new.so": 1 * MIB}),
+    ({"a/old.so": 1 * MIB}, {"a/old.so": 1 * MIB, "a/new.so": 1 * MIB}),  # the base is used by its own path
+    ({"a/lib-1.2.so": 1 * MIB}, {"a/lib-1.3.so": 1 * MIB, "a/new.so": 1 * MIB}),  # used by a normalised name
+])
+def test_plan_similar_size_does_not_pair_unrelated_files(base: dict[str, int], target: dict[str, int]) -> None:
+    plan = _similar_plan(base, target)
+    new = [path for path in target if path not in base and normalise_path(path) not in map(normalise_path, base)]
+    assert new and all(plan[path] == (None, "new") for path in new)
+
+
+def test_plan_similar_size_uses_each_spare_base_once() -> None:
+    plan = _similar_plan({"a/old.so": 1 * MIB}, {"a/new1.so": 1 * MIB, "a/new2.so": 1 * MIB})
+    assert plan == {"a/new1.so": ("a/old.so", "similar-size"), "a/new2.so": (None, "new")}
 
 
 def test_plan_memory_budget_picks_encoders() -> None:

@@ -6,11 +6,18 @@ Matching (first rule that applies):
    becoming ``pkg-1.3.dist-info/``); the same path is preferred, then the same versioned path,
    then the first such base file in manifest order.
 2. a patch against the base file at the same path;
-3. else against a base file whose path is the same once version-like runs (digits and dots
-   between digits) are normalised in every segment (``pkg-1.2.dist-info/RECORD`` ~
-   ``pkg-1.3.dist-info/RECORD``, ``lib/libfoo.so.1.2`` ~ ``lib/libfoo.so.1.3``); among several,
-   the closest in size, then the first in manifest order;
-4. else ``zstd`` (a new file).
+3. else against a base file whose path is the same once normalised (:func:`normalise_path`:
+   content-hash-like runs and version-like runs become ``#``: ``pkg-1.2.dist-info/RECORD`` ~
+   ``pkg-1.3.dist-info/RECORD``, ``lib/libfoo.so.1.2`` ~ ``lib/libfoo.so.1.3``,
+   ``numpy.libs/libscipy_openblas64_-99b71e71.so`` ~ ``numpy.libs/libscipy_openblas64_-ff651d7f.so``);
+   among several, the closest in size, then the first in manifest order;
+4. else, for a file of at least :data:`SIMILAR_MIN` bytes, against a *spare* base file (one that
+   rules 1-3 gave to no target file) in the same directory, with the same extension
+   (:func:`extension`), at least :data:`SIMILAR_MIN` bytes and within :data:`SIMILAR_RATIO` of its
+   size: the closest in size, then the first in manifest order; each spare base file serves at
+   most one target file, in target manifest order. Such a guess also keeps plain ``zstd`` as a
+   candidate, so an unrelated base never makes the output larger than a new file's;
+5. else ``zstd`` (a new file).
 
 Encoders, by a memory budget in bytes (what the process may still add to its resident size):
 ``zstd`` is always a candidate (a patch does not always beat plain compression, e.g. on small or
@@ -53,7 +60,7 @@ class FilePlan:
     """What to do for one target file: ``copy`` from ``base``, or run ``candidates`` (smallest wins).
 
     ``base`` is ``None`` for a new file; ``match`` says why the base was chosen ("sha256", "path",
-    "versioned-path" or "new"); ``skipped`` names encoders the budget ruled out, with the need.
+    "normalised-path", "similar-size" or "new"); ``skipped`` names encoders the budget ruled out, with the need.
     """
 
     entry: ManifestEntry
@@ -103,12 +110,31 @@ def encoder_memory(kind: OpKind, old: int, new: int) -> int:
     return 0
 
 
+_HASH_RUN = re.compile(r"(?<=[-_.])(?=[a-f]*[0-9])[0-9a-f]{6,}(?![0-9A-Za-z])")
+"""A content-hash-like run, as tools append them to names: after ``-``, ``_`` or ``.``, 6 or more
+lowercase hex characters with at least one digit, up to the end of the word (``-99b71e71`` in
+``libscipy_openblas64_-99b71e71.so``, ``.3f2a9c1b`` in ``main.3f2a9c1b.js``; not ``x86_64``,
+``cpython-311``, ``sha256``, ``_decade`` or a word starting a name, like ``facade12.py``)."""
 _VERSION_RUN = re.compile(r"\d+(?:\.\d+)*")
+SIMILAR_MIN = 64 << 10
+"""Rule 4 (same directory and extension, similar size) applies to files of at least this size: below
+it a patch against a guessed base saves too little to be worth the encoders' time."""
+SIMILAR_RATIO = 2
+"""Rule 4 pairs files only when the larger is at most this many times the smaller."""
 
 
 def normalise_path(path: str) -> str:
-    """``path`` with every run of digits (and dots between digits) replaced by ``#``, per segment."""
-    return _VERSION_RUN.sub("#", path)
+    """``path`` with every content-hash-like run (:data:`_HASH_RUN`), then every run of digits (and
+    dots between digits), replaced by ``#``."""
+    return _VERSION_RUN.sub("#", _HASH_RUN.sub("#", path))
+
+
+def extension(path: str) -> str:
+    """The normalised extension: the file name from its first dot on (a leading dot excluded), or
+    "" (``.so.5.0.0`` and ``.so.5.1`` are both ``.so.#``)."""
+    name = path.rpartition("/")[2]
+    dot = name.find(".", 1)
+    return normalise_path(name[dot:]) if dot > 0 else ""
 
 
 def plan_delta(base: Manifest, target: Manifest, memory_budget: int) -> DeltaPlan:
@@ -121,30 +147,61 @@ def plan_delta(base: Manifest, target: Manifest, memory_budget: int) -> DeltaPla
             f"a memory budget of {memory_budget // MIB} MiB is below the {ZSTD_MEMORY // MIB} MiB zstd needs"
         )
     base_files = [e for e in base.entries if e.type is EntryType.FILE]
+    files = [e for e in target.entries if e.type is EntryType.FILE]
+    matches = _match_by_name(base_files, files)
+    used = {chosen.path for chosen, _ in matches if chosen is not None}
+    spare = [e for e in base_files if e.path not in used and e.size >= SIMILAR_MIN]
+    plans = []
+    for entry, (chosen, match) in zip(files, matches, strict=True):
+        if chosen is None and entry.size >= SIMILAR_MIN:
+            chosen = _similar(entry, spare)
+            if chosen is not None:
+                spare.remove(chosen)
+                match = "similar-size"
+        if chosen is None:
+            plans.append(FilePlan(entry, None, "new", (OpKind.ZSTD,)))
+        elif match == "sha256":
+            plans.append(FilePlan(entry, chosen, match, (OpKind.COPY,)))
+        else:
+            plans.append(_encoders(entry, chosen, match, memory_budget))
+    return DeltaPlan(tuple(plans))
+
+
+def _match_by_name(
+    base_files: Sequence[ManifestEntry], files: Sequence[ManifestEntry]
+) -> list[tuple[ManifestEntry | None, str]]:
+    """Rules 1-3 for each of ``files``: the base file and the rule's name, or ``(None, "new")``."""
     by_path = {e.path: e for e in base_files}
     by_sha: dict[str, list[ManifestEntry]] = {}
     by_shape: dict[str, list[ManifestEntry]] = {}
     for e in base_files:
         by_sha.setdefault(e.sha256, []).append(e)
         by_shape.setdefault(normalise_path(e.path), []).append(e)
-    plans = []
-    for entry in target.entries:
-        if entry.type is not EntryType.FILE:
-            continue
+    out: list[tuple[ManifestEntry | None, str]] = []
+    for entry in files:
         shape = normalise_path(entry.path)
         same = by_sha.get(entry.sha256)
         if same:
-            plans.append(FilePlan(entry, _preferred(same, entry.path, shape), "sha256", (OpKind.COPY,)))
-            continue
-        if entry.path in by_path:
-            chosen, match = by_path[entry.path], "path"
+            out.append((_preferred(same, entry.path, shape), "sha256"))
+        elif entry.path in by_path:
+            out.append((by_path[entry.path], "path"))
         elif shape in by_shape:
-            chosen, match = min(by_shape[shape], key=lambda e: abs(e.size - entry.size)), "versioned-path"
+            out.append((min(by_shape[shape], key=lambda e: abs(e.size - entry.size)), "normalised-path"))
         else:
-            plans.append(FilePlan(entry, None, "new", (OpKind.ZSTD,)))
-            continue
-        plans.append(_encoders(entry, chosen, match, memory_budget))
-    return DeltaPlan(tuple(plans))
+            out.append((None, "new"))
+    return out
+
+
+def _similar(entry: ManifestEntry, spare: Sequence[ManifestEntry]) -> ManifestEntry | None:
+    """Rule 4: the spare base file in ``entry``'s directory, with its extension and a size within
+    :data:`SIMILAR_RATIO`, closest in size (then first); ``None`` if there is none."""
+    folder, ext = entry.path.rpartition("/")[0], extension(entry.path)
+    fits = [
+        e for e in spare
+        if e.path.rpartition("/")[0] == folder and extension(e.path) == ext
+        and max(e.size, entry.size) <= SIMILAR_RATIO * min(e.size, entry.size)
+    ]
+    return min(fits, key=lambda e: abs(e.size - entry.size), default=None)
 
 
 def _preferred(same: Sequence[ManifestEntry], path: str, shape: str) -> ManifestEntry:
@@ -162,8 +219,9 @@ PLAIN_ZSTD_MAX = 1 * MIB
 def _encoders(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int) -> FilePlan:
     """Candidates for patching ``entry`` against ``base`` within ``budget``, cheapest to apply first.
 
-    Plain zstd is tried only for small files or when no patch encoder fits: zstd with the old file as
-    prefix is almost never beaten by it, and level 19 on a large file costs most of a publish's time.
+    Plain zstd is tried only for small files, when no patch encoder fits, or when ``base`` is a guess
+    (``similar-size``): zstd with the old file as prefix is almost never beaten by it, and level 19 on
+    a large file costs most of a publish's time.
     """
     candidates = []
     skipped = []
@@ -174,12 +232,12 @@ def _encoders(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int
                 candidates.append(kind)
             else:
                 skipped.append(f"{kind.value} needs {need // MIB} MiB > budget {budget // MIB} MiB")
-    if not candidates or entry.size <= PLAIN_ZSTD_MAX:
+    if not candidates or entry.size <= PLAIN_ZSTD_MAX or match == "similar-size":
         candidates.insert(0, OpKind.ZSTD)
     return FilePlan(entry, base, match, tuple(candidates), tuple(skipped))
 
 
 __all__ = [
-    "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory", "encoder_memory", "normalise_path", "plan_delta",
-    "zstd_patch_memory",
+    "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory", "encoder_memory",
+    "extension", "normalise_path", "plan_delta", "zstd_patch_memory",
 ]
