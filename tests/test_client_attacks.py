@@ -47,7 +47,10 @@ def running_v1(repo: Repository, keystore: KeyStore, source, serve, tmp_path: Pa
 
 
 def _publish_v2(repo: Repository, keystore: KeyStore, source) -> dict:  # type: ignore[no-untyped-def]
-    return ops.publish(repo, keystore, ops.PublishRequest("stable", "1.1.0", "patch", "any", source("1.1.0")))
+    """v1.1.0 without deltas, so that the client downloads (and these attacks reach) the full artifact;
+    attacks on deltas are in test_delta_client.py."""
+    request = ops.PublishRequest("stable", "1.1.0", "patch", "any", source("1.1.0"), deltas=0)
+    return ops.publish(repo, keystore, request)
 
 
 def _assert_refused(client: Client, *needles: str) -> None:
