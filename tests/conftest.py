@@ -96,9 +96,15 @@ def source(tmp_path: Path) -> Callable[..., Path]:
 
 
 class ServedRepo:
+    """A ``pinnacle-release serve`` child process and the base URL it printed."""
+
     def __init__(self, url: str, process: subprocess.Popen[str]) -> None:
         self.url = url
         self.process = process
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 def start_server(directory: Path) -> ServedRepo:
@@ -126,5 +132,4 @@ def serve() -> Iterator[Callable[[Path], ServedRepo]]:
 
     yield _serve
     for served in started:
-        served.process.kill()
-        served.process.wait()
+        served.stop()

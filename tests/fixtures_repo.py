@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -53,6 +50,7 @@ from client.index import (
     index_path,
     release_dir,
 )
+from tests.conftest import ServedRepo, start_server
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -288,35 +286,9 @@ def flip_byte(path: Path, offset: int = 0) -> None:
 # -- servers -----------------------------------------------------------------------------------
 
 
-@dataclass
-class StaticServer:
-    url: str
-    process: subprocess.Popen[str]
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
-def start_static_server(directory: Path) -> StaticServer:
-    """``repo_tools.serve.serve(directory, port=0)`` in a child process; URL from its first line."""
-    code = "import sys; from pathlib import Path; from repo_tools.serve import serve; serve(Path(sys.argv[1]))"
-    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(directory)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT_DIR,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("serving http://"):
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"server did not start: {line!r}")
-    return StaticServer(line.split()[1], proc)
+# The one server helper of the suite (``pinnacle-release serve DIR --port 0`` in a child process).
+StaticServer = ServedRepo
+start_static_server = start_server
 
 
 @dataclass

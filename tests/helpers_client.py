@@ -15,7 +15,7 @@ from typing import Any
 
 from client import config
 from client.installer import Installer
-from tests.conftest import tree_digest
+from tests.conftest import start_server, tree_digest
 
 __all__ = ["tree_digest"]
 
@@ -110,27 +110,11 @@ def publish(
 @contextlib.contextmanager
 def serve(repo_dir: Path) -> Iterator[str]:
     """``pinnacle-release serve`` as a subprocess; yields its base URL."""
-    proc = subprocess.Popen(
-        [PY, "-m", "repo_tools.cli", "serve", str(repo_dir), "--port", "0"],
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    served = start_server(repo_dir)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("serving "):
-            raise AssertionError(f"server did not start: {line!r}")
-        yield line.split(" ", 1)[1]
+        yield served.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        served.stop()
 
 
 def init_client(install_dir: Path, repo_url: str, repo: Repo, **settings: Any) -> Installer:
