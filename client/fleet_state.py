@@ -31,14 +31,15 @@ from client.slots import Layout, SlotState
 
 FILE_NAME = "fleet.json"
 _TRACKED = ("channel", "groups", "installed_yanked", "clock_note")
+_TYPES = {"newest_signed_time": str, "channel": str, "groups": dict, "installed_yanked": dict, "clock_note": str}
 
 
 def load(root: Path) -> dict[str, Any]:
     """The last record ({} when there is none or it is unreadable: it is only a cache and a floor)."""
     with contextlib.suppress(OSError, ValueError):
         data = json.loads((Path(root) / FILE_NAME).read_bytes())
-        if isinstance(data, dict):
-            return data
+        if isinstance(data, dict):  # a field of the wrong type is dropped, as if it were missing
+            return {k: v for k, v in data.items() if k not in _TYPES or isinstance(v, _TYPES[k])}
     return {}
 
 

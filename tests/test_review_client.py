@@ -1,0 +1,55 @@
+"""Review of the client's failure paths: malformed local files and hostile inputs end in one
+line on stderr and a non-zero exit code (never a traceback), and the running slot is untouched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_client import PY, ROOT, env, make_repo, release_cli, write_tree
+
+
+def client_cli(install_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "client", "--install-dir", str(install_dir), *args], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("review")
+    repo = make_repo(base)
+    src = base / "src"
+    write_tree(src, {"bin/app": "#!/bin/sh\necho 1\n", "a.txt": "hello\n"})
+    release_cli("publish", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable", "--version", "1.0.0",
+                "--type", "patch", "--platform", "any", str(src))
+    d = base / "install"
+    assert client_cli(d, "init", "--repo", str(repo.dir), "--root", str(repo.root_json), "--platform", "any"
+                      ).returncode == 0
+    assert client_cli(d, "install").returncode == 0
+    return d
+
+
+@pytest.fixture
+def install_dir(installed: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "install"
+    shutil.copytree(installed, d, symlinks=True)
+    return d
+
+
+def assert_one_line_failure(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_fleet_record_with_wrong_types_does_not_crash_status(install_dir: Path) -> None:
+    (install_dir / "fleet.json").write_text(json.dumps(
+        {"groups": 5, "newest_signed_time": 7, "channel": [1], "clock_note": 3, "installed_yanked": "x"}))
+    proc = client_cli(install_dir, "status")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "1.0.0 in slot a" in proc.stdout
