@@ -90,7 +90,7 @@ def parse_size(text: str) -> int:
     number = value[:-1] if scale > 1 else value
     try:
         size = int(float(number) * scale)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise PublishRefused(f"not a size: {text!r} (e.g. 2G, 512M)") from None
     if size <= 0:
         raise PublishRefused(f"size must be positive: {text!r}")

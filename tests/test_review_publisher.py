@@ -1,0 +1,39 @@
+"""Review of the publisher's failure paths: a refused request prints one line, exits non-zero and
+leaves REPO_DIR exactly as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from repo_tools.store import Repository
+
+from .conftest import run_cli, tree_digest, write_tree
+
+
+@pytest.fixture
+def published(repo: Repository, keys_dir: Path, tmp_path: Path) -> Path:
+    src = write_tree(tmp_path / "src", {"bin/app": "#!/bin/sh\necho 1\n"})
+    run_cli("pinnacle-release", "publish", str(repo.path), "--keys", str(keys_dir), "--channel", "stable",
+            "--version", "1.0", "--type", "minor", "--platform", "any", str(src))
+    return src
+
+
+def _refused(*args: str) -> str:
+    proc = run_cli("pinnacle-release", *args, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr
+
+
+def _publish_args(repo: Repository, keys: Path, *extra: str) -> list[str]:
+    return ["publish", str(repo.path), "--keys", str(keys), "--channel", "stable", "--version", "2.0",
+            "--type", "minor", "--platform", "any", *extra]
+
+
+def test_memory_budget_infinite_is_one_line(repo: Repository, keys_dir: Path, published: Path) -> None:
+    before = tree_digest(repo.path)
+    _refused(*_publish_args(repo, keys_dir, "--memory-budget", "inf", str(published)))
+    assert tree_digest(repo.path) == before
