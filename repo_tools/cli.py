@@ -22,7 +22,7 @@ from . import publish as ops
 from .audit import verify_repository
 from .core.expiry import expiring, parse_time
 from .delta import DELTA_MAX_RATIO, parse_size
-from .errors import ExpiringSoon, ReleaseError, VerificationFailed
+from .errors import ExpiringSoon, PublishRefused, ReleaseError, VerificationFailed
 from .fleet import schedule_option
 from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
 from .store import Repository
@@ -162,7 +162,10 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
                 min_version: str | None, ramp: bool | None, ab_test_percentage: float | None,
                 rollout_file: Path | None, rollout_percent: float | None, source_dir: Path, as_json: bool) -> None:
     """Build SOURCE_DIR into a release and publish it in a channel."""
-    text = notes.read_text(encoding="utf-8") if notes else ""
+    try:
+        text = notes.read_text(encoding="utf-8") if notes else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PublishRefused(f"cannot read release notes {notes}: {getattr(exc, 'strerror', None) or exc}") from exc
     request = ops.PublishRequest(channel, version, update_type, platform, source_dir, text, entry_point,
                                  deltas=delta_count, memory_budget=parse_size(memory_budget),
                                  rollout=schedule_option(rollout_file, rollout_percent), min_version=min_version,

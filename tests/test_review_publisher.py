@@ -37,3 +37,11 @@ def test_memory_budget_infinite_is_one_line(repo: Repository, keys_dir: Path, pu
     before = tree_digest(repo.path)
     _refused(*_publish_args(repo, keys_dir, "--memory-budget", "inf", str(published)))
     assert tree_digest(repo.path) == before
+
+
+def test_notes_not_utf8_is_one_line(repo: Repository, keys_dir: Path, published: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_bytes(b"\xff\xfe broken")
+    before = tree_digest(repo.path)
+    _refused(*_publish_args(repo, keys_dir, "--notes", str(notes), str(published)))
+    assert tree_digest(repo.path) == before
