@@ -107,7 +107,7 @@ class KeyStore:
                 role: RoleKeys(role, int(r["threshold"]), tuple(r["keyids"]))
                 for role, r in doc["roles"].items()
             }
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KeyStoreError(f"{path}: malformed ({exc})") from exc
 
     @property

@@ -3,6 +3,7 @@ leaves REPO_DIR exactly as it was."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,4 +45,14 @@ def test_notes_not_utf8_is_one_line(repo: Repository, keys_dir: Path, published:
     notes.write_bytes(b"\xff\xfe broken")
     before = tree_digest(repo.path)
     _refused(*_publish_args(repo, keys_dir, "--notes", str(notes), str(published)))
+    assert tree_digest(repo.path) == before
+
+
+def test_keys_json_with_a_list_is_one_line(repo: Repository, keys_dir: Path, published: Path,
+                                           tmp_path: Path) -> None:
+    bad = tmp_path / "badkeys"
+    bad.mkdir()
+    (bad / "keys.json").write_text(json.dumps({"format": 1, "keys": [], "roles": {}}))
+    before = tree_digest(repo.path)
+    _refused(*_publish_args(repo, bad, str(published)))
     assert tree_digest(repo.path) == before
