@@ -153,7 +153,8 @@ class Repository:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise publishers; clear what a killed one left behind."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.path.is_dir():
+            raise RepositoryStateError(f"{self.path} is not an initialised repository (run 'pinnacle-release init')")
         try:
             with exclusive_lock(self.path / LOCK_FILE, wait=True, record_pid=False):
                 self._clean_leftovers()

@@ -56,3 +56,10 @@ def test_keys_json_with_a_list_is_one_line(repo: Repository, keys_dir: Path, pub
     before = tree_digest(repo.path)
     _refused(*_publish_args(repo, bad, str(published)))
     assert tree_digest(repo.path) == before
+
+
+def test_publish_into_missing_repo_creates_nothing(keys_dir: Path, tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"a": "x"})
+    missing = Repository(tmp_path / "nosuch")
+    _refused(*_publish_args(missing, keys_dir, str(src)))
+    assert not missing.path.exists()
