@@ -122,12 +122,15 @@ class Repository:
         root = self._load(f"{roots[-1]}.root.json")
         timestamp = self._load("timestamp.json")
         snapshot = self._load(f"{timestamp.signed.snapshot_meta.version}.snapshot.json")
-        targets = self._load(f"{snapshot.signed.meta['targets.json'].version}.targets.json")
-        channels = {}
-        delegations = targets.signed.delegations
-        for name in delegations.roles if delegations and delegations.roles else {}:
-            version = snapshot.signed.meta[f"{name}.json"].version
-            channels[name] = self._load(f"{version}.{name}.json")
+        try:
+            targets = self._load(f"{snapshot.signed.meta['targets.json'].version}.targets.json")
+            channels = {}
+            delegations = targets.signed.delegations
+            for name in delegations.roles if delegations and delegations.roles else {}:
+                version = snapshot.signed.meta[f"{name}.json"].version
+                channels[name] = self._load(f"{version}.{name}.json")
+        except KeyError as exc:
+            raise RepositoryStateError(f"the current snapshot does not list {exc}") from None
         return RepoState(root, timestamp, snapshot, targets, channels)
 
     def target_location(self, target_path: str, sha256: str) -> Path:

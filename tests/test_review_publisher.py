@@ -63,3 +63,15 @@ def test_publish_into_missing_repo_creates_nothing(keys_dir: Path, tmp_path: Pat
     missing = Repository(tmp_path / "nosuch")
     _refused(*_publish_args(missing, keys_dir, str(src)))
     assert not missing.path.exists()
+
+
+def test_malformed_snapshot_is_one_line(repo: Repository, keys_dir: Path, published: Path) -> None:
+    ts = json.loads((repo.metadata_dir / "timestamp.json").read_bytes())
+    path = repo.metadata_dir / f"{ts['signed']['meta']['snapshot.json']['version']}.snapshot.json"
+    doc = json.loads(path.read_bytes())
+    del doc["signed"]["meta"]["stable.json"]
+    path.write_text(json.dumps(doc))
+    before = tree_digest(repo.path)
+    _refused("refresh", str(repo.path), "--keys", str(keys_dir))
+    _refused("status", str(repo.path))
+    assert tree_digest(repo.path) == before
