@@ -51,6 +51,8 @@ class RepoConfig:
         doc = json.loads(data)
         days = dict(DEFAULT_EXPIRY_DAYS)
         days.update({k: int(v) for k, v in doc.get("expiry_days", {}).items()})
+        if any(v < 1 for v in days.values()):
+            raise ValueError("every expiry must be at least 1 day")
         return cls(expiry_days=days, compression_level=int(doc.get("compression_level", DEFAULT_COMPRESSION_LEVEL)))
 
 
@@ -90,7 +92,7 @@ class Repository:
             return RepoConfig.from_bytes((self.path / CONFIG_FILE).read_bytes())
         except FileNotFoundError:
             return RepoConfig()
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise RepositoryStateError(f"{self.path / CONFIG_FILE} is invalid: {exc}") from exc
 
     def root_versions(self) -> list[int]:

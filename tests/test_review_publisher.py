@@ -75,3 +75,12 @@ def test_malformed_snapshot_is_one_line(repo: Repository, keys_dir: Path, publis
     _refused("refresh", str(repo.path), "--keys", str(keys_dir))
     _refused("status", str(repo.path))
     assert tree_digest(repo.path) == before
+
+
+@pytest.mark.parametrize("config", [{"expiry_days": {"snapshot": 1e400}}, {"expiry_days": {"snapshot": -5}}])
+def test_bad_expiry_in_config_is_refused(repo: Repository, keys_dir: Path, published: Path,
+                                         config: dict[str, object]) -> None:
+    (repo.path / "pinnacle-repo.json").write_text(json.dumps(config))
+    before = tree_digest(repo.path)
+    _refused("refresh", str(repo.path), "--keys", str(keys_dir), "--force")
+    assert tree_digest(repo.path) == before
