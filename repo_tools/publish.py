@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Targets
 
 from client.fleet import controls_summary
@@ -65,9 +66,9 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
     """Sign and write ``change`` in the crash-safe order; return the new role versions."""
     config = repo.config()
     names = list(state.channels)
-    signers = {name: keys.signers(name) for name in change.channels}
-    snapshot_signers = keys.signers("snapshot")
-    timestamp_signers = keys.signers("timestamp")
+    signers = {name: _trusted_signers(keys, state, name) for name in change.channels}
+    snapshot_signers = _trusted_signers(keys, state, "snapshot")
+    timestamp_signers = _trusted_signers(keys, state, "timestamp")
 
     for target_path, sha256, content in change.files:
         if isinstance(content, bytes):
@@ -94,6 +95,19 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
     versions = {name: v for name, (v, _) in written.items()}
     versions.update(snapshot=snapshot.signed.version, timestamp=timestamp.signed.version)
     return versions
+
+
+def _trusted_signers(keys: KeyStore, state: RepoState, role: str) -> list[Signer]:
+    """Signers for ``role`` among the keys the committed metadata trusts for it (not the key
+    directory's own mapping, which may be stale or belong to another repository)."""
+    if role in ("snapshot", "timestamp"):
+        trusted = state.root.signed.roles[role]
+    else:
+        delegations = state.targets.signed.delegations
+        trusted = delegations.roles[role] if delegations and delegations.roles else None
+        if trusted is None:
+            raise PublishRefused(f"unknown channel '{role}'")
+    return keys.signers_for(role, trusted.keyids, trusted.threshold)
 
 
 def _set_index(md: Metadata[Targets], channel: str, index: ChannelIndex) -> tuple[str, str, bytes]:
@@ -244,7 +258,7 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
         except FormatError as exc:
             raise PublishRefused(str(exc)) from exc
         for role in (request.channel, "snapshot", "timestamp"):
-            keys.signers(role)  # fail on a missing key or passphrase before the (long) build
+            _trusted_signers(keys, state, role)  # fail on a missing key or passphrase before the (long) build
         with repo.staging_dir() as staging:
             built = artifact.build_artifact(
                 Path(request.source), staging, request.version, level=repo.config().compression_level

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from repo_tools.keys import create_keys
 from repo_tools.store import Repository
 
 from .conftest import run_cli, tree_digest, write_tree
@@ -83,4 +84,20 @@ def test_bad_expiry_in_config_is_refused(repo: Repository, keys_dir: Path, publi
     (repo.path / "pinnacle-repo.json").write_text(json.dumps(config))
     before = tree_digest(repo.path)
     _refused("refresh", str(repo.path), "--keys", str(keys_dir), "--force")
+    assert tree_digest(repo.path) == before
+
+
+@pytest.mark.parametrize("verb", ["publish", "refresh", "yank"])
+def test_keys_the_repository_does_not_trust_are_refused(repo: Repository, keys_dir: Path, published: Path,
+                                                        tmp_path: Path, verb: str) -> None:
+    other = tmp_path / "other-keys"
+    create_keys(other, passphrase=None)
+    args = {"publish": _publish_args(repo, other, str(published)),
+            "refresh": ["refresh", str(repo.path), "--keys", str(other)],
+            "yank": ["yank", str(repo.path), "--keys", str(other), "--channel", "stable", "--version", "1.0",
+                     "--reason", "x"]}[verb]
+    if verb == "yank":  # something to go back to, published with the right keys
+        run_cli("pinnacle-release", *_publish_args(repo, keys_dir, str(published)))
+    before = tree_digest(repo.path)
+    _refused(*args)
     assert tree_digest(repo.path) == before
