@@ -19,7 +19,7 @@ import click
 
 from . import config as config_mod
 from .cliutil import Failure, emit, error_group
-from .errors import ConfigError, UpdateError
+from .errors import ConfigError, StateError, UpdateError
 from .installer import Installer
 
 PROGRAM = "pinnacle-update"
@@ -288,7 +288,10 @@ def run_cmd(installer: Installer, args: tuple[str, ...]) -> None:
     entry = installer.entry_point()
     if entry is None:
         raise ConfigError("the installed release names no entry point (publish with --entry-point)")
-    os.execv(entry, [str(entry), *args])
+    try:
+        os.execv(entry, [str(entry), *args])
+    except OSError as exc:
+        raise StateError(f"cannot run the entry point {entry}: {exc.strerror or exc}") from exc
 
 
 @cli.command("serve")

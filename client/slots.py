@@ -45,6 +45,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 from client import fsutil
 from client.errors import StateError
 
@@ -316,11 +318,18 @@ def _content(value: Any) -> SlotContent | None:
         raise StateError("slot content must be an object or null")
     entry = value.get("entry_point")
     return SlotContent(
-        version=str(value["version"]),
+        version=_version(value["version"]),
         sha256=str(value["sha256"]),
         installed=str(value.get("installed", "")),
         entry_point=None if entry is None else str(entry),
     )
+
+
+def _version(value: Any) -> str:
+    if not isinstance(value, str):
+        raise StateError(f"version {value!r} is not a string")
+    Version(value)  # InvalidVersion is a ValueError: reported as a malformed state
+    return value
 
 
 def _operation(value: Any) -> Operation | None:
@@ -336,12 +345,12 @@ def _operation(value: Any) -> Operation | None:
     return Operation(
         kind=str(value["kind"]),
         slot=_opt_slot(value.get("slot")),
-        version=opt("version"),
+        version=None if value.get("version") is None else _version(value["version"]),
         sha256=opt("sha256"),
         started=str(value["started"]),
         reason=str(value.get("reason", "")),
         leaving=_opt_slot(value.get("leaving")),
-        leaving_version=opt("leaving_version"),
+        leaving_version=None if value.get("leaving_version") is None else _version(value["leaving_version"]),
         mark_bad=bool(value.get("mark_bad", False)),
         entry_point=opt("entry_point"),
     )

@@ -53,3 +53,38 @@ def test_fleet_record_with_wrong_types_does_not_crash_status(install_dir: Path) 
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 0, proc.stderr
     assert "1.0.0 in slot a" in proc.stdout
+
+
+def _edit_state(install_dir: Path, edit: dict[str, object]) -> None:
+    path = install_dir / "state.json"
+    doc = json.loads(path.read_text())
+    doc["slots"]["a"].update(edit)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("version", ["garbage!!", 5])
+@pytest.mark.parametrize("command", ["status", "verify"])
+def test_state_with_a_malformed_slot_version_is_reported_in_one_line(
+    install_dir: Path, version: object, command: str
+) -> None:
+    _edit_state(install_dir, {"version": version})
+    proc = client_cli(install_dir, command)
+    assert_one_line_failure(proc)
+    assert "state file" in proc.stderr
+    assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
+
+
+@pytest.mark.parametrize("version", ["garbage!!", 5])
+def test_install_rebuilds_a_state_with_a_malformed_slot_version(install_dir: Path, version: object) -> None:
+    _edit_state(install_dir, {"version": version})
+    proc = client_cli(install_dir, "install")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((install_dir / "state.json").read_text())["slots"]["a"]["version"] == "1.0.0"
+
+
+def test_run_with_a_missing_entry_point_is_one_line(install_dir: Path) -> None:
+    _edit_state(install_dir, {"entry_point": "bin/missing"})
+    proc = client_cli(install_dir, "run")
+    assert_one_line_failure(proc)
+    assert "bin/missing" in proc.stderr
