@@ -160,12 +160,17 @@ class Repository:
         """Serialise publishers; clear what a killed one left behind."""
         if not self.path.is_dir():
             raise RepositoryStateError(f"{self.path} is not an initialised repository (run 'pinnacle-release init')")
-        try:
-            with exclusive_lock(self.path / LOCK_FILE, wait=True, record_pid=False):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive_lock(self.path / LOCK_FILE, wait=True, record_pid=False))
+            except OSError as exc:
+                raise RepositoryStateError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+            try:
                 self._clean_leftovers()
                 yield
-        except OSError as exc:
-            raise RepositoryStateError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+            except OSError as exc:  # the operation's own file errors: one line naming the file
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise RepositoryStateError(f"file system error in {self.path}: {exc.strerror or exc}{where}") from exc
 
     def _clean_leftovers(self) -> None:
         for entry in self.path.glob(f"{STAGING_PREFIX}*"):

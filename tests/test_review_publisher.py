@@ -101,3 +101,16 @@ def test_keys_the_repository_does_not_trust_are_refused(repo: Repository, keys_d
     before = tree_digest(repo.path)
     _refused(*args)
     assert tree_digest(repo.path) == before
+
+
+def test_file_errors_inside_an_operation_name_the_file_not_the_lock(repo: Repository, keys_dir: Path,
+                                                                    source) -> None:  # type: ignore[no-untyped-def]
+    run_cli("pinnacle-release", "publish", str(repo.path), "--keys", str(keys_dir), "--channel", "beta",
+            "--version", "1.0.0", "--type", "patch", "--platform", "any", str(source("1.0.0")))
+    for artifact in (repo.targets_dir / "beta").rglob("*.full.tar.zst"):
+        artifact.unlink()
+    proc = run_cli("pinnacle-release", "promote", str(repo.path), "--keys", str(keys_dir), "--from", "beta",
+                   "--to", "stable", "--version", "1.0.0", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert "cannot lock" not in line and "full.tar.zst" in line, line
