@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from client.errors import StateError
 from client.slots import BadVersion, now
 
 
@@ -40,6 +41,8 @@ def read(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
     out: list[dict[str, Any]] = []
     for line in text.splitlines():
         if not line.strip():

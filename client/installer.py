@@ -270,13 +270,16 @@ class Installer:
         """Hold ``DIR/lock``; ``BusyError`` naming the holder when another process has it."""
         if not self.layout.config.exists():
             raise ConfigError(f"{self.layout.root} is not an initialised install directory (no config.toml)")
-        try:
-            with fsutil.exclusive_lock(self.layout.lock, wait=wait):
-                yield
-        except fsutil.LockBusyError:
-            pid = _lock_holder(self.layout.lock)
-            who = f" (pid {pid})" if pid else ""
-            raise BusyError(f"another pinnacle-update process{who} is installing; use --wait to queue") from None
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(fsutil.exclusive_lock(self.layout.lock, wait=wait))
+            except fsutil.LockBusyError:
+                pid = _lock_holder(self.layout.lock)
+                who = f" (pid {pid})" if pid else ""
+                raise BusyError(f"another pinnacle-update process{who} is installing; use --wait to queue") from None
+            except OSError as exc:
+                raise StateError(f"cannot lock {self.layout.lock}: {_one_line(exc)}") from exc
+            yield
 
     def _ctx(self, s: SlotState, slot: str, version: str, **extra: str) -> HookContext:
         prev_slot = s.active if s.active != slot else None
@@ -749,8 +752,11 @@ class Installer:
     def _store_manifest(self, manifest: Manifest) -> None:
         dest = self.layout.manifest(manifest.content.sha256)
         if not dest.exists():
-            self.layout.manifests.mkdir(exist_ok=True)
-            fsutil.atomic_write(dest, manifest.to_bytes())
+            try:
+                self.layout.manifests.mkdir(exist_ok=True)
+                fsutil.atomic_write(dest, manifest.to_bytes())
+            except OSError as exc:
+                raise StateError(f"cannot store the manifest in {self.layout.manifests}: {_one_line(exc)}") from exc
 
     def _abort(self, s: SlotState, reason: str, kind: str, release: Release, started: float) -> None:
         """Failure before the swap: discard the target slot's partial content, save FAILED."""

@@ -261,7 +261,7 @@ class RepositoryClient:
                 atomic_move(tmp, dest)
         finally:
             self._fetcher.on_bytes = None
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # never hides the error that got us here
                 tmp.unlink()
         return dest
 

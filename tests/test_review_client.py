@@ -88,3 +88,41 @@ def test_run_with_a_missing_entry_point_is_one_line(install_dir: Path) -> None:
     proc = client_cli(install_dir, "run")
     assert_one_line_failure(proc)
     assert "bin/missing" in proc.stderr
+
+
+def _replace_with_dir(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    path.mkdir()
+
+
+def _replace_with_file(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_text("x\n")
+
+
+@pytest.mark.parametrize(("obstacle", "command"), [
+    ("lock", "check"),        # e.g. a lock file this user may not open
+    ("lock", "install"),
+    ("history.jsonl", "history"),
+])
+def test_unusable_local_file_is_one_line(install_dir: Path, obstacle: str, command: str) -> None:
+    _replace_with_dir(install_dir / obstacle)
+    proc = client_cli(install_dir, command)
+    assert_one_line_failure(proc)
+    assert obstacle in proc.stderr
+    assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
+
+
+@pytest.mark.parametrize(("obstacle", "command"), [("cache", "check"), ("manifests", "verify")])
+def test_unusable_local_directory_is_one_line(install_dir: Path, obstacle: str, command: str) -> None:
+    if obstacle == "manifests":
+        for m in (install_dir / "manifests").iterdir():
+            m.unlink()
+    _replace_with_file(install_dir / obstacle)
+    proc = client_cli(install_dir, command)
+    assert_one_line_failure(proc)
+    assert obstacle in proc.stderr
+    assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
