@@ -8,8 +8,9 @@ output is one JSON document on stdout.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -35,6 +36,23 @@ def error_group(
     (e.g. each problem a verification found) before the one error line."""
 
     class ErrorGroup(click.Group):
+        def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+            """click's own usage errors become one line too (click prints usage, a hint and a blank)."""
+            kwargs["standalone_mode"] = False
+            try:
+                result = super().main(*args, **kwargs)
+            except click.UsageError as exc:
+                command = exc.ctx.command_path if exc.ctx else program
+                click.echo(f"{program}: error: {exc.format_message()} (see '{command} --help')", err=True)
+                sys.exit(exc.exit_code)
+            except click.ClickException as exc:
+                exc.show()
+                sys.exit(exc.exit_code)
+            except click.Abort:
+                click.echo(f"{program}: aborted", err=True)
+                sys.exit(1)
+            sys.exit(result if isinstance(result, int) else 0)
+
         def invoke(self, ctx: click.Context) -> Any:
             try:
                 return super().invoke(ctx)
