@@ -373,7 +373,11 @@ def update_values(install_dir: Path, changes: Mapping[str, Any]) -> ClientConfig
 
 
 def write(install_dir: Path, cfg: ClientConfig) -> None:
-    fsutil.atomic_write(Path(install_dir) / "config.toml", dumps(cfg.values).encode("utf-8"), 0o644)
+    path = Path(install_dir) / "config.toml"
+    try:
+        fsutil.atomic_write(path, dumps(cfg.values).encode("utf-8"), 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 # ----- the writer -------------------------------------------------------------------------------

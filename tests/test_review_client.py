@@ -126,3 +126,24 @@ def test_unusable_local_directory_is_one_line(install_dir: Path, obstacle: str, 
     assert_one_line_failure(proc)
     assert obstacle in proc.stderr
     assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
+
+
+def test_config_set_on_a_full_disk_is_one_line(install_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from click.testing import CliRunner
+
+    from client import fsutil
+    from client.cli import cli
+
+    before = (install_dir / "config.toml").read_bytes()
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil, "atomic_write", full)
+    result = CliRunner().invoke(cli, ["--install-dir", str(install_dir), "config", "set", "check_interval", "60"])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2
+    assert "No space left on device" in result.output
+    assert (install_dir / "config.toml").read_bytes() == before
