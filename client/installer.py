@@ -406,7 +406,10 @@ class Installer:
         current = s.active_version
         attempts = cfg.integer("max_rollback_attempts")
         view = fleet_state.view_for(self.layout, cfg, s, index, releases, client.signed_time())
-        wanted = index.find(version, cfg.text("platform")) if version is not None else None
+        try:
+            wanted = index.find(version, cfg.text("platform")) if version is not None else None
+        except FormatError as exc:
+            raise InstallError(str(exc)) from exc
         if wanted is not None and wanted.yanked is not None and not force:
             return CheckResult(current, False, None, None, 0, None, False,
                                f"{wanted.version} is yanked ({wanted.yanked.reason}); force to install it anyway")
@@ -1008,7 +1011,7 @@ class Installer:
                 continue
             if path.is_symlink() or path.exists():
                 os.unlink(path)
-            path.mkdir()
+            path.mkdir(parents=True)
             fsutil.fsync_dir(self.layout.slots_dir)
             if name != s.active and s.slots.get(name) is not None:
                 s = self._save(sm.forget_slot(s, name))

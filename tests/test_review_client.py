@@ -147,3 +147,18 @@ def test_config_set_on_a_full_disk_is_one_line(install_dir: Path, monkeypatch: p
     assert result.exit_code == 2
     assert "No space left on device" in result.output
     assert (install_dir / "config.toml").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["check", "install"])
+def test_requested_version_that_is_not_pep440_is_one_line(install_dir: Path, command: str) -> None:
+    proc = client_cli(install_dir, command, "garbage!!")
+    assert_one_line_failure(proc)
+    assert "garbage!!" in proc.stderr
+    assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
+
+
+def test_install_with_the_slots_directory_gone_does_not_crash(install_dir: Path) -> None:
+    shutil.rmtree(install_dir / "slots")
+    proc = client_cli(install_dir, "install", "--force")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 1, proc.stderr
