@@ -278,7 +278,7 @@ class Installer:
                 who = f" (pid {pid})" if pid else ""
                 raise BusyError(f"another pinnacle-update process{who} is installing; use --wait to queue") from None
             except OSError as exc:
-                raise StateError(f"cannot lock {self.layout.lock}: {_one_line(exc)}") from exc
+                raise StateError(f"cannot lock {self.layout.lock}: {exc.strerror or exc}") from exc
             yield
 
     def _ctx(self, s: SlotState, slot: str, version: str, **extra: str) -> HookContext:
