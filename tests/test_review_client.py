@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,28 @@ def test_install_with_the_slots_directory_gone_does_not_crash(install_dir: Path)
     proc = client_cli(install_dir, "install", "--force")
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 1, proc.stderr
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_webhook_failure_does_not_publish_the_webhook_url(status: int) -> None:
+    # the agent shows only whether a webhook is set (the URL often is the credential), while the
+    # notifier's last error is served by the unauthenticated GET /api/updates/status
+    from client.agent.notify import Notification, Notifier, NotifySettings
+    from tests.agent_server import Receiver
+
+    with Receiver(status=status, fail_first=5 if status == 500 else 0) as rx:
+        url = rx.url.rstrip("/") + "/T000-s3cr3t-hook-path"
+        s = NotifySettings(notify_on=frozenset({"success"}), webhook_url=url, retries=1)
+        n = Notifier(lambda: s, backoff=0.01, timeout=5.0)
+        try:
+            n.notify(Notification("success", "1.0.0", "1.1.0", "committed", "", "c" * 32))
+            for _ in range(500):
+                if n.stats()["failed"]:
+                    break
+                time.sleep(0.02)
+            stats = n.stats()
+        finally:
+            n.close(timeout=5)
+    assert stats["failed"] == 1
+    assert str(status) in stats["last_error"]
+    assert "s3cr3t" not in stats["last_error"]

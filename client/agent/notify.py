@@ -216,8 +216,8 @@ class Notifier:
         if 200 <= code < 300:
             return
         if 400 <= code < 500 and code not in (408, 429):
-            raise _PermanentFailure(f"{s.webhook_url} answered {code}")
-        raise RuntimeError(f"{s.webhook_url} answered {code}")
+            raise _PermanentFailure(f"the webhook answered {code}")  # its URL may be the credential
+        raise RuntimeError(f"the webhook answered {code}")
 
     def _mail(self, n: Notification, s: NotifySettings) -> None:
         msg = EmailMessage()
