@@ -175,7 +175,7 @@ def channel_cmd(installer: Installer, name: str, allow_downgrade: bool, as_json:
 
 
 @cli.command("history")
-@click.option("--limit", type=int, default=None, help="Only the newest N records.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N records.")
 @json_option
 @pass_installer
 def history_cmd(installer: Installer, limit: int | None, as_json: bool) -> None:

@@ -60,6 +60,9 @@ def error_group(
                 for line in details(exc):
                     click.echo(f"{program}: {line}", err=True)
                 raise Failure(program, str(exc), getattr(exc, "exit_code", 1)) from exc
+            except OSError as exc:  # last resort: a file error no library layer translated is still one line
+                where = f": {exc.filename}" if exc.filename else ""
+                raise Failure(program, f"{exc.strerror or exc}{where}", 1) from exc
 
     return ErrorGroup
 

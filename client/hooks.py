@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+HIDDEN_FROM_HOOKS = frozenset({"PINNACLE_SMTP_PASSWORD"})
+
 
 @dataclass(frozen=True)
 class HookContext:
@@ -44,7 +46,8 @@ class HookContext:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The agent's secrets stay with the agent: a hook that prints its environment must not leak them.
+        env = {k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_HOOKS}
         env.update(
             PINNACLE_VERSION=self.version,
             PINNACLE_SLOT=self.slot,

@@ -37,6 +37,15 @@ def test_hook_runs_in_the_slot_with_the_contract_environment(ctx: HookContext) -
     assert line == f"2.0.0 b {ctx.install_dir} 1.0.0"
 
 
+def test_hooks_do_not_see_the_agents_secrets(ctx: HookContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINNACLE_SMTP_PASSWORD", "hunter2")
+    monkeypatch.setenv("SOME_APP_SETTING", "kept")
+    result = run_command("post_swap", 'env > "$PINNACLE_INSTALL_DIR/env"', ctx, timeout=10)
+    assert result.ok, result.describe()
+    seen = (ctx.install_dir / "env").read_text()
+    assert "hunter2" not in seen and "SOME_APP_SETTING=kept" in seen
+
+
 def test_hook_failure_is_described_in_one_line(ctx: HookContext) -> None:
     result = run_command("post_swap", "echo migrating; echo 'migration 7 failed' >&2; exit 3", ctx, timeout=10)
     assert not result.ok and result.returncode == 3
