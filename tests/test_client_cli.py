@@ -90,10 +90,13 @@ def fails(d: Path | None, *args: str, env: dict[str, str] | None = None) -> str:
     return lines[0]
 
 
-def init(d: Path, published: Published, served: ServedRepo) -> None:
+def init(d: Path, published: Published, served: ServedRepo, *install: str) -> None:
+    """``init`` against the served repository, then ``install`` each of ``install`` in turn."""
     update(
         d, "init", "--repo", served.url, "--root", str(published.root_json), "--channel", "stable", "--platform", "any"
     )
+    for version in install:
+        update(d, "install", version)
 
 
 def release_digest(root: Path) -> dict[str, str]:
@@ -240,8 +243,7 @@ def test_install_of_a_version_that_does_not_exist_changes_nothing(
     tmp_path: Path, published: Published, served: ServedRepo
 ) -> None:
     d = tmp_path / "inst"
-    init(d, published, served)
-    update(d, "install", V1)
+    init(d, published, served, V1)
     before = state_digest(d)
     line = fails(d, "install", "9.9.9", "--json")
     assert "9.9.9" in line
@@ -271,8 +273,7 @@ def test_rollback_swaps_back_and_refuses_without_a_previous_slot(
     tmp_path: Path, published: Published, served: ServedRepo
 ) -> None:
     d = tmp_path / "inst"
-    init(d, published, served)
-    update(d, "install", V1)
+    init(d, published, served, V1)
     before = state_digest(d)
     line = fails(d, "rollback")
     assert "no previous version" in line
@@ -326,9 +327,7 @@ def test_verify_finds_a_modified_file_and_repair_fixes_it(
     tmp_path: Path, published: Published, served: ServedRepo
 ) -> None:
     d = tmp_path / "inst"
-    init(d, published, served)
-    update(d, "install", V1)
-    update(d, "install", V2)
+    init(d, published, served, V1, V2)
     assert update(d, "verify").returncode == 0
     assert update_json(d, "verify")["ok"] is True
 
@@ -355,9 +354,7 @@ def test_rollback_after_repair_does_not_activate_the_modified_copy(
     tmp_path: Path, published: Published, served: ServedRepo
 ) -> None:
     d = tmp_path / "inst"
-    init(d, published, served)
-    update(d, "install", V1)
-    update(d, "install", V2)
+    init(d, published, served, V1, V2)
     (d / "current" / "lib" / "pkg" / "mod.py").write_text("tampered\n")
     update(d, "repair")
     run_cli("pinnacle-update", "--install-dir", str(d), "rollback", check=False)  # a refusal is fine too
@@ -370,8 +367,7 @@ def test_health_check_runs_in_the_active_slot_and_fails_non_zero(
     tmp_path: Path, published: Published, served: ServedRepo
 ) -> None:
     d = tmp_path / "inst"
-    init(d, published, served)
-    update(d, "install", V1)
+    init(d, published, served, V1)
     update(d, "config", "set", "health_retries", "1")
     update(d, "config", "set", "health_command", f"grep -q {V1} share/VERSION")  # cwd: the active slot
     healthy = update_json(d, "health-check")
@@ -388,8 +384,7 @@ def test_doctor_json_lists_checks_and_notices_an_unreachable_repository(
     tmp_path: Path, published: Published, served: ServedRepo
 ) -> None:
     d = tmp_path / "inst"
-    init(d, published, served)
-    update(d, "install", V1)
+    init(d, published, served, V1)
     checks = update_json(d, "doctor")
     assert isinstance(checks, list)
     by_name = {c["name"]: c for c in checks}
