@@ -8,6 +8,13 @@ Target paths inside a channel (all TUF targets of the channel's delegated role):
     <channel>/index.json                                   the channel index
     <channel>/<platform>/<version>/full.tar.zst            the full artifact (zstd of the canonical tar)
     <channel>/<platform>/<version>/manifest.json.zst       the file manifest (zstd of JSON)
+    <channel>/<platform>/<version>/from-<v>.pdelta         deltas from earlier releases
+    <channel>/<platform>/<version>/release.json            the archive record (only once archived)
+
+The index lists the channel's *live* releases: the newest few per platform, and every yanked one.
+Older releases are archived: their targets and an archive record (the release's index entry)
+move to hashed-bin roles the channel delegates, so a client reaches any old release by its path
+while what it downloads per update does not grow with the channel's history.
 """
 
 from __future__ import annotations
@@ -72,6 +79,11 @@ def release_dir(channel: str, platform: str, version: str) -> str:
 
 def index_path(channel: str) -> str:
     return f"{channel}/index.json"
+
+
+def record_path(channel: str, platform: str, version: str) -> str:
+    """Target path of an archived release's record."""
+    return f"{release_dir(channel, platform, version)}/release.json"
 
 
 @dataclass(frozen=True)
@@ -329,6 +341,26 @@ class ChannelIndex:
             raise FormatError("channel index: 'releases' must be a list")
         releases = tuple(Release.from_dict(r, f"release #{i}") for i, r in enumerate(raw))
         return cls(channel=channel, releases=releases, updated=str(doc.get("updated", "")))
+
+
+def record_to_bytes(channel: str, release: Release) -> bytes:
+    """The archive record of ``release``: its index entry, bound to its channel."""
+    return canonical_json({"format": INDEX_FORMAT, "channel": channel, "release": release.to_dict()})
+
+
+def record_from_bytes(data: bytes, channel: str, platform: str, version: str) -> Release:
+    """Parse an archive record and check it is the one its path promised."""
+    doc = _load_json(data, "archive record")
+    if doc.get("format") != INDEX_FORMAT:
+        raise FormatError(f"archive record: unsupported format {doc.get('format')!r} "
+                          f"(this client reads {INDEX_FORMAT})")
+    release = Release.from_dict(doc.get("release"), "archive record")
+    if (doc.get("channel"), release.platform, release.parsed_version) != (channel, platform, parse_version(version)):
+        raise FormatError(
+            f"archive record names {doc.get('channel')!r} {release.version} ({release.platform}), "
+            f"not {channel} {version} ({platform})"
+        )
+    return release
 
 
 class EntryType(StrEnum):

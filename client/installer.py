@@ -410,6 +410,10 @@ class Installer:
             wanted = index.find(version, cfg.text("platform")) if version is not None else None
         except FormatError as exc:
             raise InstallError(str(exc)) from exc
+        if version is not None and wanted is None:  # older than the index's live window?
+            wanted = client.archived_release(cfg.text("channel"), cfg.text("platform"), version)
+            if wanted is not None:
+                releases = sorted([*releases, wanted], key=lambda r: r.parsed_version)
         if wanted is not None and wanted.yanked is not None and not force:
             return CheckResult(current, False, None, None, 0, None, False,
                                f"{wanted.version} is yanked ({wanted.yanked.reason}); force to install it anyway")
@@ -561,7 +565,8 @@ class Installer:
 
     def _find_release(self, client: RepositoryClient, cfg: ClientConfig, content: SlotContent) -> Release:
         index = client.channel_index(cfg.text("channel"))
-        release = index.find(content.version, cfg.text("platform"))
+        release = index.find(content.version, cfg.text("platform")) or client.archived_release(
+            cfg.text("channel"), cfg.text("platform"), content.version)
         if release is None or release.content.sha256 != content.sha256:
             raise RepositoryError(
                 f"the repository no longer serves {content.version} with content sha256 "

@@ -36,7 +36,20 @@ from tuf.ngclient.updater import Updater
 
 from client.errors import ConfigError, RepositoryError, StateError, TrustError, UpdateError
 from client.fsutil import TEMP_PREFIX, atomic_move
-from client.index import ChannelIndex, FormatError, Manifest, Release, TargetRef, check_channel, index_path
+from client.index import (
+    PLATFORM_ANY,
+    ChannelIndex,
+    FormatError,
+    Manifest,
+    Release,
+    TargetRef,
+    check_channel,
+    check_platform,
+    index_path,
+    parse_version,
+    record_from_bytes,
+    record_path,
+)
 from client.rollout import SIGNED_AT_FIELD
 from client.transport import HttpxFetcher, TransportSettings, TransportStats, local_path
 
@@ -133,6 +146,37 @@ class RepositoryClient:
                     raise TrustError(f"{where} points outside its channel at {ref.path}: refused")
                 self._signed_ref(ref, where)
         return index
+
+    def archived_release(self, channel: str, platform: str, version: str) -> Release | None:
+        """A release that left the channel index's live window, from its archive record (which TUF
+        finds through the channel's hashed bins), or None when the channel never had it."""
+        try:
+            check_channel(channel)
+            check_platform(platform)
+            wanted = str(parse_version(version))
+        except FormatError as exc:
+            raise RepositoryError(str(exc)) from exc
+        updater = self._require_updater()
+        for tag in dict.fromkeys((platform, PLATFORM_ANY)):  # the platform's own releases, then 'any'
+            path = record_path(channel, tag, wanted)
+            with self._seam(updater):
+                info = updater.get_targetinfo(path)
+            if info is not None:
+                break
+        else:
+            return None
+        local = self._download(info, None)
+        try:
+            release = record_from_bytes(local.read_bytes(), channel, tag, wanted)
+        except FormatError as exc:
+            raise RepositoryError(f"archive record {path} is unusable: {exc}") from exc
+        except OSError as exc:
+            raise StateError(f"cannot read the cached {path}: {_os_reason(exc)}") from exc
+        for ref in release.targets():
+            if not ref.path.startswith(f"{channel}/"):
+                raise TrustError(f"archive record {path} points outside its channel at {ref.path}: refused")
+            self._signed_ref(ref, f"archive record {path}")
+        return release
 
     def signed_time(self) -> str | None:
         """When the newest verified timestamp metadata was signed (the publisher's

@@ -18,7 +18,7 @@ from typing import Any
 import zstandard
 from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, Targets
 
-from client.index import ChannelIndex, FormatError, Manifest, index_path
+from client.index import ChannelIndex, FormatError, Manifest, index_path, record_from_bytes
 
 from .core.metadata import to_bytes
 from .store import Repository
@@ -32,10 +32,12 @@ class AuditReport:
     checked_files: int = 0
     checked_targets: int = 0
     releases: int = 0
+    archived: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": not self.problems, "problems": self.problems, "checked_metadata_files": self.checked_files,
-                "checked_targets": self.checked_targets, "releases": self.releases}
+                "checked_targets": self.checked_targets, "releases": self.releases,
+                "archived_releases": self.archived}
 
 
 class _Auditor:
@@ -149,37 +151,101 @@ class _Auditor:
             self.problem(f"{tname}: top-level targets should only delegate, it lists targets")
         delegations = top.signed.delegations
         roles = delegations.roles if delegations and delegations.roles else {}
-        for extra in sorted(set(meta) - {"targets.json"} - {f"{r}.json" for r in roles}):
-            self.problem(f"{snap_name}: lists {extra}, which no role delegates")
+        listed = {"targets.json", *(f"{r}.json" for r in roles)}
         for name, role in roles.items():
-            if f"{name}.json" not in meta:
-                self.problem(f"{snap_name}: does not list the delegated role {name}")
-                continue
-            rmeta = meta[f"{name}.json"]
-            fname = f"{rmeta.version}.{name}.json"
-            md = self.load(fname, rmeta)
+            md = self.delegated(name, top, meta, f"{snap_name}: does not list the delegated role {name}")
             if md is None:
                 continue
-            self.check_signed(fname, md, lambda md=md, name=name: top.signed.verify_delegate(  # type: ignore[misc]
-                name, md.signed_bytes, md.signatures), rmeta.version)
             self.channel(name, role, md)
+            listed.update(self.archive(name, role, md, meta, snap_name))
+        for extra in sorted(set(meta) - listed):
+            self.problem(f"{snap_name}: lists {extra}, which no role delegates")
         return self.report
+
+    def delegated(self, name: str, parent: Metadata[Targets], meta: dict[str, MetaFile],
+                  unlisted: str) -> Metadata[Targets] | None:
+        """Load the role ``name`` at the version the snapshot lists; check it against that entry
+        and its delegator's keys."""
+        if f"{name}.json" not in meta:
+            self.problem(unlisted)
+            return None
+        rmeta = meta[f"{name}.json"]
+        fname = f"{rmeta.version}.{name}.json"
+        md = self.load(fname, rmeta)
+        if md is None:
+            return None
+        self.check_signed(fname, md, lambda: parent.signed.verify_delegate(name, md.signed_bytes, md.signatures),
+                          rmeta.version)
+        return md
+
+    def archive(self, name: str, role: DelegatedRole, md: Metadata[Targets], meta: dict[str, MetaFile],
+                snap_name: str) -> set[str]:
+        """Check the channel's archive bins: signed by the channel's delegation, each target in its
+        own bin, within the channel's paths, present with its signed length and hash, and every
+        archive record naming targets the archive signed. Returns the snapshot entries it covers."""
+        delegations = md.signed.delegations
+        succinct = delegations.succinct_roles if delegations else None
+        if succinct is None:
+            return set()
+        signed: dict[str, Any] = {}
+        records = []
+        for bin_name in succinct.get_roles():
+            bin_md = self.delegated(bin_name, md, meta, f"{snap_name}: does not list the archive bin {bin_name}")
+            if bin_md is None:
+                continue
+            for path, info in bin_md.signed.targets.items():
+                if succinct.get_role_for_target(path) != bin_name:
+                    self.problem(f"{bin_name}: target {path} belongs in bin {succinct.get_role_for_target(path)}")
+                if not role.is_delegated_path(path):
+                    self.problem(f"{bin_name}: target {path} is outside the paths delegated to {name}")
+                self.target_file(path, info)
+                signed[path] = info
+                if path.endswith("/release.json"):
+                    records.append((path, info))
+        referenced = set()
+        for path, info in records:
+            self.report.archived += 1
+            referenced.add(path)
+            parts = path.split("/")
+            try:
+                data = self.repo.target_location(path, info.hashes.get("sha256", "")).read_bytes()
+                release = record_from_bytes(data, name, parts[1], parts[2]) if len(parts) == 4 else None
+            except (OSError, FormatError) as exc:
+                self.problem(f"archive record {path} unreadable ({exc})")
+                continue
+            if release is None:
+                self.problem(f"archive record {path} is not at <channel>/<platform>/<version>/release.json")
+                continue
+            for ref in release.targets():
+                referenced.add(ref.path)
+                found = signed.get(ref.path)
+                if found is None:
+                    self.problem(f"archive record {path} refers to {ref.path}, which the archive did not sign")
+                elif found.length != ref.length or found.hashes.get("sha256") != ref.sha256:
+                    self.problem(f"archive record {path}: length/sha256 of {ref.path} disagree with signed targets")
+            self.manifest(name, release)
+        for path in sorted(set(signed) - referenced):
+            self.problem(f"{name} archive: signed target {path} is not referenced by any archive record")
+        return {f"{b}.json" for b in succinct.get_roles()}
 
     def channel(self, name: str, role: DelegatedRole, md: Metadata[Targets]) -> None:
         targets = md.signed.targets
         for path, info in targets.items():
             if not role.is_delegated_path(path):
                 self.problem(f"{name}: target {path} is outside the paths delegated to {name}")
-            location = self.repo.target_location(path, info.hashes.get("sha256", ""))
-            self.report.checked_targets += 1
-            try:
-                with open(location, "rb") as f:
-                    info.verify_length_and_hashes(f)
-            except FileNotFoundError:
-                self.problem(f"target {path}: file {location.relative_to(self.repo.path)} is missing")
-            except Exception:
-                self.problem(f"target {path}: length or sha256 differs from the signed value (tampered?)")
+            self.target_file(path, info)
         self.index(name, targets)
+
+    def target_file(self, path: str, info: Any) -> None:
+        location = self.repo.target_location(path, info.hashes.get("sha256", ""))
+        self.report.checked_targets += 1
+        try:
+            with open(location, "rb") as f:
+                info.verify_length_and_hashes(f)
+        except FileNotFoundError:
+            self.problem(f"target {path}: file {location.relative_to(self.repo.path)} is missing")
+        except Exception:
+            self.problem(f"target {path}: length or sha256 differs from the signed value (tampered?)")
 
     def index(self, name: str, targets: dict[str, Any]) -> None:
         ipath = index_path(name)

@@ -126,11 +126,16 @@ def _parse_expiry(values: tuple[str, ...]) -> dict[str, int]:
 @click.option("--expires", multiple=True, metavar="ROLE=DAYS",
               help="Validity per role: root, targets, channel, snapshot, timestamp.")
 @click.option("--compression-level", type=int, default=None, help="zstd level for full artifacts (default 10).")
+@click.option("--live-window", type=click.IntRange(min=1), default=None,
+              help="Releases per platform each channel index keeps (default 16); older ones are archived.")
+@click.option("--archive-bits", type=click.IntRange(min=1, max=10), default=None,
+              help="Each channel archives old releases into 2**N hashed bins (default 4).")
 @json_option
 def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compression_level: int | None,
-             as_json: bool) -> None:
+             live_window: int | None, archive_bits: int | None, as_json: bool) -> None:
     """Create a new repository: root, targets delegating one role per channel, snapshot, timestamp."""
-    result = ops.init_repository(Repository(repo_dir), _keystore(keys_dir), _parse_expiry(expires), compression_level)
+    result = ops.init_repository(Repository(repo_dir), _keystore(keys_dir), _parse_expiry(expires), compression_level,
+                                 live_window=live_window, archive_bits=archive_bits)
     _emit(as_json, result, f"initialised {repo_dir} with channels {', '.join(result['channels'])}; "
                            f"ship {result['root']} with your clients")
 
@@ -250,7 +255,8 @@ def verify_cmd(repo_dir: Path, deep: bool, as_json: bool) -> None:
         raise VerificationFailed(report.problems)
     if not as_json:
         click.echo(f"ok: {report.checked_files} metadata files, {report.checked_targets} targets, "
-                   f"{report.releases} releases verified")
+                   f"{report.releases} releases verified"
+               + (f" (+{report.archived} archived)" if report.archived else ""))
 
 
 @cli.command("serve")

@@ -22,7 +22,7 @@ from client.rollout import Rollout, Schedule, ScheduleError, Yank, parse_schedul
 
 from .errors import PublishRefused
 from .keys import KeyStore
-from .publish import _Change, _commit, _iso, _set_index, utcnow
+from .publish import _archived, _Change, _commit, _iso, _set_index, _windowed, utcnow
 from .store import Repository
 
 __all__ = ["load_schedule", "rollout", "schedule_option", "yank"]
@@ -158,20 +158,26 @@ def _edit(
             i for i, r in enumerate(index.releases)
             if r.parsed_version == wanted and (platform is None or r.platform == platform)
         ]  # fmt: skip
-        if not positions:
+        # A release older than the live window is edited from its archive record; a yank brings it
+        # back into the index (clients must see it), other edits go back into the archive.
+        unarchived = [] if positions else _archived(repo, state, channel, version, platform)
+        if not positions and not unarchived:
             where = f" for {platform}" if platform else ""
             raise PublishRefused(f"{channel} has no release {version}{where}")
         changed = {i: change(index.releases[i]) for i in positions}
+        edited = [change(r) for r in unarchived]
         try:
             new_index = index.with_replaced(changed, _iso(now))
         except FormatError as exc:
             raise PublishRefused(str(exc)) from exc
+        whole = replace(new_index, releases=(*edited, *new_index.releases))
         if check is not None:
-            check(new_index)
-        files: list[tuple[str, str, Path | bytes]] = [_set_index(md, channel, new_index)]
-        versions = _commit(repo, keys, state, _Change(files, {channel: md}), now)
+            check(whole)
+        live, files, bins = _windowed(repo, state, channel, md, whole, unarchived=edited)
+        files.append(_set_index(md, channel, live))
+        versions = _commit(repo, keys, state, _Change(files, {channel: md, **bins}), now)
     releases = [
-        {"version": r.version, "platform": r.platform, **controls_summary(r, now)} for r in changed.values()
+        {"version": r.version, "platform": r.platform, **controls_summary(r, now)} for r in [*changed.values(), *edited]
     ]
     return {"channel": channel, "version": version, "action": what, "releases": releases,
             "metadata_versions": versions}

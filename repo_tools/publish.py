@@ -8,7 +8,7 @@ A refused request therefore leaves the repository exactly as it was.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,8 +34,10 @@ from client.index import (
 from client.rollout import ABTest, Rollout, Schedule
 
 from . import artifact
+from .archive import Archive, apply_window
 from .core import metadata as meta
 from .core.delta_plan import ZSTD_MEMORY
+from .core.window import MAX_ARCHIVE_BITS, channel_of_bin
 from .delta import DEFAULT_MEMORY_BUDGET, build_deltas, current_rss
 from .errors import PublishRefused, RepositoryStateError
 from .keys import KeyStore
@@ -56,17 +58,19 @@ def _iso(t: datetime) -> str:
 
 @dataclass
 class _Change:
-    """What an operation adds: target files, and the channel roles whose targets it edited."""
+    """What an operation adds: target files, and the roles whose targets it edited (channel roles
+    and archive bins)."""
 
     files: list[tuple[str, str, Path | bytes]]  # (target path, sha256, file or bytes)
-    channels: dict[str, Metadata[Targets]]
+    roles: dict[str, Metadata[Targets]]
 
 
 def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change, now: datetime) -> dict[str, int]:
     """Sign and write ``change`` in the crash-safe order; return the new role versions."""
     config = repo.config()
     names = list(state.channels)
-    signers = {name: _trusted_signers(keys, state, name) for name in change.channels}
+    bins = {name for name in change.roles if channel_of_bin(name, names)}
+    signers = {name: _trusted_signers(keys, state, channel_of_bin(name, names) or name) for name in change.roles}
     snapshot_signers = _trusted_signers(keys, state, "snapshot")
     timestamp_signers = _trusted_signers(keys, state, "timestamp")
 
@@ -77,12 +81,15 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
             repo.add_target_file(target_path, sha256, content)
 
     written: dict[str, tuple[int, bytes]] = {}
-    for name, md in change.channels.items():
-        meta.bump(md, meta.expiry(now, config.days(name, names)))
+    for name, md in change.roles.items():
+        if f"{name}.json" in state.snapshot.signed.meta:
+            meta.bump(md, meta.expiry(now, config.days(name, names)))
+        else:  # a role this operation creates (an archive bin) starts at version 1
+            md.signed.expires = meta.expiry(now, config.days(name, names))
         meta.sign(md, signers[name])
         written[name] = (md.signed.version, repo.write_metadata(name, md))
 
-    snapshot = meta.snapshot_of(state.snapshot, written, meta.expiry(now, config.days("snapshot", names)))
+    snapshot = meta.snapshot_of(state.snapshot, written, meta.expiry(now, config.days("snapshot", names)), bins)
     meta.sign(snapshot, snapshot_signers)
     snapshot_bytes = repo.write_metadata("snapshot", snapshot)
 
@@ -117,6 +124,23 @@ def _set_index(md: Metadata[Targets], channel: str, index: ChannelIndex) -> tupl
     return target.path, target.hashes["sha256"], data
 
 
+def _windowed(
+    repo: Repository, state: RepoState, channel: str, md: Metadata[Targets], index: ChannelIndex,
+    unarchived: Sequence[Release] = (),
+) -> tuple[ChannelIndex, list[tuple[str, str, Path | bytes]], dict[str, Metadata[Targets]]]:
+    """Archive what falls out of the channel's live window: ``(live index, record files, changed bins)``."""
+    config = repo.config()
+    archive = Archive(repo, state, channel, md)
+    live, records = apply_window(archive, index, config.live_window, config.archive_bits, unarchived)
+    return live, list(records), archive.changed()
+
+
+def _archived(repo: Repository, state: RepoState, channel: str, version: str,
+              platform: str | None) -> list[Release]:
+    """Releases of ``version`` that left ``channel``'s live window, from their archive records."""
+    return Archive(repo, state, channel, state.channel(channel)).records(version, platform)
+
+
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -129,9 +153,13 @@ def init_repository(
     expiry_days: Mapping[str, int] | None = None,
     compression_level: int | None = None,
     now: datetime | None = None,
+    *,
+    live_window: int | None = None,
+    archive_bits: int | None = None,
 ) -> dict[str, Any]:
     """Create root v1, top-level targets delegating every channel in the key directory, an empty
-    signed index per channel, snapshot and timestamp."""
+    signed index per channel, snapshot and timestamp. ``live_window`` and ``archive_bits`` size
+    the bounded channel metadata (``repo_tools.core.window``)."""
     now = now or utcnow()
     if repo.is_initialised() or repo.root_versions():
         raise RepositoryStateError(f"{repo.path} already holds a repository; refusing to re-initialise")
@@ -146,6 +174,14 @@ def init_repository(
         if not 1 <= compression_level <= 22:
             raise PublishRefused("compression level must be between 1 and 22")
         config = replace(config, compression_level=compression_level)
+    if live_window is not None:
+        if live_window < 1:
+            raise PublishRefused("the live window must keep at least 1 release")
+        config = replace(config, live_window=live_window)
+    if archive_bits is not None:
+        if not 1 <= archive_bits <= MAX_ARCHIVE_BITS:
+            raise PublishRefused(f"archive bits must be between 1 and {MAX_ARCHIVE_BITS}")
+        config = replace(config, archive_bits=archive_bits)
     channels = keys.channels
     if not channels:
         raise PublishRefused("the key directory defines no channel roles")
@@ -179,7 +215,8 @@ def init_repository(
                                       signed_at=now)
         repo.write_metadata("timestamp", meta.sign(timestamp, signers["timestamp"]), versioned=False)
     return {"repository": str(repo.path), "channels": channels, "root": str(repo.metadata_dir / "1.root.json"),
-            "expiry_days": config.expiry_days}
+            "expiry_days": config.expiry_days, "live_window": config.live_window,
+            "archive_bits": config.archive_bits}
 
 
 # -- publish --------------------------------------------------------------------------------------
@@ -246,8 +283,8 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
     update_type = _validate(request)
     entries = artifact.scan_tree(Path(request.source))  # refuses unsafe input before anything is locked
     if request.entry_point is not None:
-        files = {e.path for e in entries if e.type.value == "file"}
-        if request.entry_point not in files:
+        regular = {e.path for e in entries if e.type.value == "file"}
+        if request.entry_point not in regular:
             raise PublishRefused(f"entry point '{request.entry_point}' is not a file in {request.source}")
     with repo.locked():
         state = repo.load()
@@ -295,8 +332,10 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
             ]
             for ref in release.targets():
                 md.signed.targets[ref.path] = meta.target_file(ref.path, ref.length, ref.sha256)
-            files.append(_set_index(md, request.channel, index.with_release(release, _iso(now))))
-            versions = _commit(repo, keys, state, _Change(files, {request.channel: md}), now)
+            live, records, bins = _windowed(repo, state, request.channel, md, index.with_release(release, _iso(now)))
+            files.extend(records)
+            files.append(_set_index(md, request.channel, live))
+            versions = _commit(repo, keys, state, _Change(files, {request.channel: md, **bins}), now)
     return {"channel": request.channel, "release": release.to_dict(), "metadata_versions": versions,
             "deltas": [d.to_dict() for d in built_deltas]}
 
@@ -332,7 +371,7 @@ def promote(
         releases = [
             r for r in source_index.releases
             if r.parsed_version == wanted and (platform is None or r.platform == platform)
-        ]
+        ] or _archived(repo, state, source_channel, version, platform)
         if not releases:
             where = f" for {platform}" if platform else ""
             raise PublishRefused(f"{source_channel} has no release {version}{where} to promote")
@@ -362,8 +401,10 @@ def promote(
             )
             index = index.with_release(new_release, _iso(now))
             promoted.append(new_release.to_dict())
-        files.append(_set_index(md, dest_channel, index))
-        versions = _commit(repo, keys, state, _Change(files, {dest_channel: md}), now)
+        live, records, bins = _windowed(repo, state, dest_channel, md, index)
+        files.extend(records)
+        files.append(_set_index(md, dest_channel, live))
+        versions = _commit(repo, keys, state, _Change(files, {dest_channel: md, **bins}), now)
     return {"from": source_channel, "to": dest_channel, "releases": promoted, "metadata_versions": versions}
 
 
@@ -392,6 +433,9 @@ def refresh(repo: Repository, keys: KeyStore, now: datetime | None = None, force
         for name, md in state.channels.items():
             if force or md.signed.expires - now < _half(config.days(name, names)):
                 renew[name] = md
+            for bin_name, bin_md in Archive(repo, state, name, md).bins():
+                if force or bin_md.signed.expires - now < _half(config.days(bin_name, names)):
+                    renew[bin_name] = bin_md
         versions = _commit(repo, keys, state, _Change([], renew), now)
         warnings = [
             f"{role} expires {_iso(md.signed.expires)}: re-sign it with the offline {role} key(s)"
@@ -412,14 +456,16 @@ def status(repo: Repository, now: datetime | None = None) -> dict[str, Any]:
     for info in roles.values():
         info["expired"] = info["expires"] <= _iso(now)
     channels = {}
-    for name in state.channels:
+    archived = {}
+    for name, md in state.channels.items():
+        archived[name] = Archive(repo, state, name, md).count()
         index = repo.channel_index(state, name)
         channels[name] = [
             {"version": r.version, "platform": r.platform, "type": r.type.value, "published": r.published,
              "full_bytes": r.full.length, "promoted_from": r.promoted_from, **controls_summary(r, now)}
             for r in index.releases
         ]
-    return {"repository": str(repo.path), "roles": roles, "channels": channels}
+    return {"repository": str(repo.path), "roles": roles, "channels": channels, "archived": archived}
 
 
 __all__ = ["PublishRequest", "init_repository", "promote", "publish", "refresh", "status"]

@@ -35,7 +35,9 @@ from tuf.api.serialization.json import JSONSerializer
 
 from client.fsutil import atomic_write
 
+from .archive import Archive
 from .core import metadata as meta
+from .core.window import channel_of_bin
 from .errors import KeyStoreError, PublishRefused, RepositoryStateError
 from .keys import TOP_LEVEL_ROLES, KeyStore, PassphraseProvider, adopt_roles, generate_role_key
 from .publish import utcnow
@@ -300,7 +302,8 @@ def _commit(repo: Repository, state: RepoState, written: dict[str, tuple[int, by
     """Snapshot listing ``written``, then timestamp (last): the commit point of the new roles."""
     config = repo.config()
     names = list(state.channels)
-    snapshot = meta.snapshot_of(state.snapshot, written, meta.expiry(now, config.days("snapshot", names)))
+    bins = {name for name in written if channel_of_bin(name, names)}
+    snapshot = meta.snapshot_of(state.snapshot, written, meta.expiry(now, config.days("snapshot", names)), bins)
     snapshot_bytes = repo.write_metadata("snapshot", meta.sign(snapshot, signers["snapshot"]))
     timestamp = meta.timestamp_of(state.timestamp, snapshot.signed.version, snapshot_bytes,
                                   meta.expiry(now, config.days("timestamp", names)), signed_at=now)
@@ -400,8 +403,15 @@ def _publish_targets(repo: Repository, state: RepoState, new: Metadata[Targets],
     config = repo.config()
     names = list(state.channels)
     written = {"targets": (new.signed.version, repo.write_metadata("targets", new))}
+    new_keys = _keys(new.signed)
     for channel in changed:
         md = _copy(state.channels[channel])
+        archive = Archive(repo, state, channel, md)  # its bins follow the channel's new keys
+        archive.rekey(new_roles[channel].keyids, new_roles[channel].threshold, new_keys)
+        for bin_name, bin_md in archive.changed().items():
+            meta.bump(bin_md, meta.expiry(now, config.days(bin_name, names)))
+            meta.sign(bin_md, channel_signers[channel])
+            written[bin_name] = (bin_md.signed.version, repo.write_metadata(bin_name, bin_md))
         meta.bump(md, meta.expiry(now, config.days(channel, names)))
         meta.sign(md, channel_signers[channel])
         written[channel] = (md.signed.version, repo.write_metadata(channel, md))

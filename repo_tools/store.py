@@ -24,6 +24,7 @@ from client.fsutil import atomic_write, atomic_writer, exclusive_lock, remove_st
 from client.index import ChannelIndex, FormatError, index_path
 
 from .core.metadata import DEFAULT_EXPIRY_DAYS, to_bytes
+from .core.window import DEFAULT_ARCHIVE_BITS, DEFAULT_LIVE_WINDOW, MAX_ARCHIVE_BITS, channel_of_bin
 from .errors import PublishRefused, RepositoryStateError
 
 CONFIG_FILE = "pinnacle-repo.json"
@@ -38,12 +39,19 @@ class RepoConfig:
 
     expiry_days: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_EXPIRY_DAYS))
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    live_window: int = DEFAULT_LIVE_WINDOW
+    """Releases per platform each channel index keeps live; older ones are archived."""
+    archive_bits: int = DEFAULT_ARCHIVE_BITS
+    """Each channel's archive has 2**archive_bits hashed bins (fixed once the archive exists)."""
 
     def days(self, role: str, channels: list[str]) -> int:
-        return self.expiry_days["channel" if role in channels else role]
+        """Validity of ``role``; a channel's archive bins live as long as the channel role."""
+        is_bin = channel_of_bin(role, channels) is not None
+        return self.expiry_days["channel" if role in channels or is_bin else role]
 
     def to_bytes(self) -> bytes:
-        doc = {"format": 1, "expiry_days": self.expiry_days, "compression_level": self.compression_level}
+        doc = {"format": 1, "expiry_days": self.expiry_days, "compression_level": self.compression_level,
+               "live_window": self.live_window, "archive_bits": self.archive_bits}
         return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -53,7 +61,14 @@ class RepoConfig:
         days.update({k: int(v) for k, v in doc.get("expiry_days", {}).items()})
         if any(v < 1 for v in days.values()):
             raise ValueError("every expiry must be at least 1 day")
-        return cls(expiry_days=days, compression_level=int(doc.get("compression_level", DEFAULT_COMPRESSION_LEVEL)))
+        window = int(doc.get("live_window", DEFAULT_LIVE_WINDOW))
+        bits = int(doc.get("archive_bits", DEFAULT_ARCHIVE_BITS))
+        if window < 1:
+            raise ValueError("live_window must be at least 1")
+        if not 1 <= bits <= MAX_ARCHIVE_BITS:
+            raise ValueError(f"archive_bits must be between 1 and {MAX_ARCHIVE_BITS}")
+        return cls(expiry_days=days, compression_level=int(doc.get("compression_level", DEFAULT_COMPRESSION_LEVEL)),
+                   live_window=window, archive_bits=bits)
 
 
 @dataclass
@@ -134,6 +149,13 @@ class Repository:
         except KeyError as exc:
             raise RepositoryStateError(f"the current snapshot does not list {exc}") from None
         return RepoState(root, timestamp, snapshot, targets, channels)
+
+    def load_role(self, name: str, version: int) -> Metadata[Targets]:
+        """A delegated targets role at ``version`` (as the committed snapshot lists it)."""
+        md = self._load(f"{version}.{name}.json")
+        if md.signed.type != "targets":
+            raise RepositoryStateError(f"{self.metadata_dir}/{version}.{name}.json is not targets metadata")
+        return md
 
     def target_location(self, target_path: str, sha256: str) -> Path:
         """Where a target is stored under consistent snapshots: ``<dir>/<sha256>.<name>``."""

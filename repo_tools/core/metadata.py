@@ -7,7 +7,7 @@ computation over the payload, so ``sign`` lives here too (signers come from ``re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -122,13 +122,20 @@ def target_file(path: str, length: int, sha256: str) -> TargetFile:
 
 
 def snapshot_of(
-    previous: Metadata[Snapshot] | None, changed: Mapping[str, tuple[int, bytes]], expires: datetime
+    previous: Metadata[Snapshot] | None,
+    changed: Mapping[str, tuple[int, bytes]],
+    expires: datetime,
+    unhashed: Collection[str] = (),
 ) -> Metadata[Snapshot]:
     """Next snapshot: the previous listing with each changed targets role ``name -> (version, bytes)``
-    replaced by its new version, length and hash."""
+    replaced by its new version, length and hash. Roles in ``unhashed`` (archive bins: many, and
+    every update downloads the snapshot) get version and length only; consistent snapshots make
+    the version name the exact file, and the length still bounds its download."""
     meta = dict(previous.signed.meta) if previous else {}
     for name, (version, data) in changed.items():
-        meta[f"{name}.json"] = MetaFile.from_data(version, data, [SPEC_HASH])
+        hashes = None if name in unhashed else [SPEC_HASH]
+        meta[f"{name}.json"] = (MetaFile(version, len(data)) if hashes is None
+                                else MetaFile.from_data(version, data, hashes))
     version = previous.signed.version + 1 if previous else 1
     return Metadata(Snapshot(version=version, expires=expires, meta=dict(sorted(meta.items()))))
 
