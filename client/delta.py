@@ -36,7 +36,7 @@ import bsdiff4.core
 import pyzstd
 from packaging.version import Version
 
-from client import delta_format
+from client import delta_format, delta_segments
 from client.archive import (
     CHUNK_SIZE,
     copy_hashed,
@@ -401,6 +401,8 @@ def _write_output(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, 
         if overflow or got != Digest(entry.size, entry.sha256):
             raise source.modified(base, got, overflow)
         return
+    if op.op in ("bsdiff4", "zstd-patch"):
+        _check_whole_patch(source, op, entry, label)
     if op.op == "bsdiff4":
         data = _bspatch(source.base_bytes(op), source.payload_bytes(op), entry, label)
         got, overflow = _create_file(dest_fd, entry, io.BytesIO(data).read)
@@ -412,6 +414,9 @@ def _write_output(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, 
         if not overflow:
             stream.finish()
         what = "patched" if prefix is not None else "decompressed"
+    elif op.op == "zstd-segments":
+        got, overflow = _write_segments(dest_fd, entry, source, op, label)
+        what = "patched"
     else:
         raise DeltaError(f"{label}: {name}: unknown op {op.op!r}")
     if overflow:
@@ -465,6 +470,115 @@ def _bunzip_bounded(data: bytes, limit: int, where: str) -> bytes:
     if not decomp.eof:
         raise DeltaError(f"{where}: a bsdiff4 block is truncated")
     return out
+
+
+# -- large files: whole-file patch limit and segments (client.delta_segments) ----------------------
+
+
+def _check_whole_patch(source: _Sources, op: Op, entry: ManifestEntry, label: str) -> None:
+    """A whole-file patch holds the base file and the output in memory: refuse one over
+    ``WHOLE_PATCH_MAX`` on either side (the publisher segments such files), so that no delta can
+    make the client allocate more than that bound."""
+    size, limit = max(entry.size, source.base_entry(op).size), delta_segments.WHOLE_PATCH_MAX
+    if size > limit:
+        raise DeltaError(
+            f"{label}: {show_path(entry.path)}: a whole-file {op.op} patch of a {size}-byte file is over the "
+            f"{limit}-byte limit (larger files come as zstd-segments)"
+        )
+
+
+def _write_segments(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, label: str) -> tuple[Digest, bool]:
+    """Create ``entry`` from a ``zstd-segments`` op: the base file is hashed against the base
+    manifest first (streamed), then each segment is decoded with its base region (``pread``) as
+    prefix. Memory: one region and one segment at a time, whatever the file sizes."""
+    base = source.base_entry(op)
+    fd = source.open_base(op)
+    try:
+        got, overflow = copy_hashed(lambda n: os.read(fd, n), None, base.size)
+        if overflow or got != Digest(base.size, base.sha256):
+            raise source.modified(base, got, overflow)
+        where = f"{label}: {show_path(entry.path)}"
+        stream = _SegmentStream(source.payload_reader(op), op.length, fd, base.size, entry.size, where)
+        got, overflow = _create_file(dest_fd, entry, stream.read)
+        if not overflow:
+            stream.finish()
+    finally:
+        os.close(fd)
+    return got, overflow
+
+
+class _SegmentStream:
+    """The output of a ``zstd-segments`` op, segment after segment. Each record is checked
+    (``delta_segments.parse_record``: sizes, base range, the signed size not exceeded) before its
+    frame is read; each frame must decode to exactly its declared size."""
+
+    def __init__(
+        self, data: Callable[[int], bytes], length: int, base_fd: int, base_size: int, size: int, where: str
+    ) -> None:
+        self._data = data
+        self._left = length  # op data bytes not taken yet
+        self._base_fd = base_fd
+        self._base_size = base_size
+        self._undeclared = size  # output bytes no record has declared yet
+        self._where = where
+        self._count = 0
+        self._frame: _ZstdStream | None = None
+        self._due = 0  # output bytes the current frame still owes
+
+    def read(self, n: int) -> bytes:
+        while True:
+            if self._frame is None:
+                if not self._left:
+                    return b""
+                self._next()
+            assert self._frame is not None
+            if self._due:
+                out = self._frame.read(min(n, self._due))
+                if not out:
+                    raise DeltaError(f"{self._where}: segment #{self._count} decodes to fewer bytes than declared")
+                self._due -= len(out)
+                return out
+            self._frame.finish()
+            self._frame = None  # the region is released before the next one is read
+
+    def finish(self) -> None:
+        """Every declared byte was produced and the records cover exactly the signed size."""
+        if self._frame is not None or self._left or self._undeclared:
+            raise DeltaError(f"{self._where}: segments end {self._undeclared} bytes short of the signed size")
+
+    def _next(self) -> None:
+        self._count += 1
+        where = f"{self._where}: segment #{self._count}"
+        if self._left < delta_segments.RECORD.size:
+            raise DeltaError(f"{where}: segment record truncated")
+        record = self._data(delta_segments.RECORD.size)
+        self._left -= len(record)
+        try:
+            seg = delta_segments.parse_record(record, self._base_size, self._undeclared, where)
+        except delta_segments.SegmentError as exc:
+            raise DeltaError(str(exc)) from None
+        if seg.length > self._left:
+            raise DeltaError(f"{where}: a {seg.length}-byte frame runs past the op's data ({self._left} left)")
+        self._left -= seg.length
+        self._undeclared -= seg.size
+        prefix = delta_segments.read_region(self._base_fd, seg) if seg.base_length else None
+        if prefix is not None and len(prefix) != seg.base_length:
+            raise DeltaError(f"{where}: the base file shrank while being read")
+        self._frame = _ZstdStream(_limited(self._data, seg.length), prefix, seg.size, where)
+        self._due = seg.size
+
+
+def _limited(read: Callable[[int], bytes], length: int) -> Callable[[int], bytes]:
+    """``read`` cut off after ``length`` bytes (then it returns ``b""``)."""
+    left = length
+
+    def take(n: int) -> bytes:
+        nonlocal left
+        data = read(min(n, left)) if left else b""
+        left -= len(data)
+        return data
+
+    return take
 
 
 class _ZstdStream:

@@ -67,6 +67,7 @@ class OpKind(StrEnum):
     BSDIFF4 = "bsdiff4"  # bsdiff4 (BSDIFF40) patch against the base file
     ZSTD_PATCH = "zstd-patch"  # one zstd frame compressed with the base file as raw prefix
     ZSTD = "zstd"  # one plain zstd frame of the whole file (a new file)
+    ZSTD_SEGMENTS = "zstd-segments"  # a large file: zstd frames per segment, base regions as prefix (delta_segments)
 
     @property
     def has_base(self) -> bool:

@@ -29,6 +29,9 @@ from .errors import PublishRefused, RepositoryStateError
 
 CONFIG_FILE = "pinnacle-repo.json"
 LOCK_FILE = ".pinnacle.lock"
+DIRTY_FILE = ".pinnacle-dirty"
+"""Directories the running operation writes temporary files into, one per line: what a killed
+operation left behind is cleaned from these alone, not by walking every release directory."""
 STAGING_PREFIX = ".staging-"
 DEFAULT_COMPRESSION_LEVEL = 10
 
@@ -96,6 +99,7 @@ class Repository:
         self.path = Path(path)
         self.metadata_dir = self.path / "metadata"
         self.targets_dir = self.path / "targets"
+        self._dirty: set[Path] = set()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -190,6 +194,7 @@ class Repository:
             try:
                 self._clean_leftovers()
                 yield
+                self._clean_leftovers()  # nothing left but the journal itself
             except OSError as exc:  # the operation's own file errors: one line naming the file
                 where = f" ({exc.filename})" if exc.filename else ""
                 raise RepositoryStateError(f"file system error in {self.path}: {exc.strerror or exc}{where}") from exc
@@ -197,8 +202,26 @@ class Repository:
     def _clean_leftovers(self) -> None:
         for entry in self.path.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(entry, ignore_errors=True)
-        for directory in (self.metadata_dir, *(p for p in self.targets_dir.rglob("*") if p.is_dir())):
-            remove_stale_temps(directory)
+        journal = self.path / DIRTY_FILE
+        try:
+            listed = journal.read_text().splitlines()
+        except FileNotFoundError:
+            listed = []
+        for directory in {self.path, self.metadata_dir, *(self.path / line for line in listed if line)}:
+            if directory.resolve().is_relative_to(self.path.resolve()):
+                remove_stale_temps(directory)
+        journal.unlink(missing_ok=True)
+        self._dirty.clear()
+
+    def _writing_in(self, directory: Path) -> None:
+        """Journal ``directory`` (durably) before the first temporary file goes into it."""
+        if directory in self._dirty:
+            return
+        with open(self.path / DIRTY_FILE, "a") as journal:
+            journal.write(f"{directory.relative_to(self.path).as_posix()}\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        self._dirty.add(directory)
 
     @contextlib.contextmanager
     def staging_dir(self) -> Iterator[Path]:
@@ -220,6 +243,7 @@ class Repository:
         if dest.exists():
             return  # content-addressed: same name, same bytes
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self._writing_in(dest.parent)
         with open(source, "rb") as src, atomic_writer(dest) as out:
             shutil.copyfileobj(src, out, 1 << 20)
 
@@ -228,6 +252,7 @@ class Repository:
         if dest.exists():
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self._writing_in(dest.parent)
         atomic_write(dest, data)
 
     def write_metadata(self, role: str, md: Metadata, versioned: bool = True) -> bytes:  # type: ignore[type-arg]

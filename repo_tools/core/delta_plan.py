@@ -24,6 +24,11 @@ Encoders, by a memory budget in bytes (what the process may still add to its res
 rewritten files); ``zstd-patch`` when :func:`zstd_patch_memory` fits; ``bsdiff4`` when
 :func:`bsdiff4_memory` (about 17x the old file, measured) fits. The I/O layer runs every candidate
 and keeps the smallest output; ties go to the earlier candidate (cheaper to apply).
+
+Large files (base or target above ``SegmentParams.whole_max``, at most
+:data:`client.delta_segments.WHOLE_PATCH_MAX`) are never patched whole, whatever the budget: the
+client would need both files in memory. They get ``zstd-segments`` (bounded memory on both sides,
+:func:`segments_memory`) when it fits the budget, else plain ``zstd``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from client.delta_format import OpKind
+from client.delta_segments import DEFAULT_SEGMENTS, SEGMENT_BASE_MAX, SEGMENT_MAX, SegmentParams
 from client.index import EntryType, Manifest, ManifestEntry
 
 MIB = 1 << 20
@@ -99,8 +105,16 @@ def zstd_patch_memory(old: int, new: int) -> int:
     return int(ZSTD_PATCH_PER_BYTE * (old + new)) + ZSTD_PATCH_FIXED
 
 
+def segments_memory(old: int, new: int) -> int:
+    """``zstd-segments``: one patch-from of a base region and a segment at a time (both at most the
+    format's limits, whatever the file sizes); level 12 needs less than this level-19 estimate."""
+    return zstd_patch_memory(min(old, SEGMENT_BASE_MAX), min(new, SEGMENT_MAX))
+
+
 def encoder_memory(kind: OpKind, old: int, new: int) -> int:
     """Estimated peak resident bytes an encoder adds (inputs and output included)."""
+    if kind is OpKind.ZSTD_SEGMENTS:
+        return segments_memory(old, new)
     if kind is OpKind.BSDIFF4:
         return bsdiff4_memory(old, new)
     if kind is OpKind.ZSTD_PATCH:
@@ -137,8 +151,11 @@ def extension(path: str) -> str:
     return normalise_path(name[dot:]) if dot > 0 else ""
 
 
-def plan_delta(base: Manifest, target: Manifest, memory_budget: int) -> DeltaPlan:
-    """Plan every file of ``target`` against ``base`` (see the module docstring for the rules).
+def plan_delta(
+    base: Manifest, target: Manifest, memory_budget: int, segments: SegmentParams = DEFAULT_SEGMENTS
+) -> DeltaPlan:
+    """Plan every file of ``target`` against ``base`` (see the module docstring for the rules);
+    ``segments`` says which files are large (segmented rather than patched whole).
 
     Raises :class:`PlanError` when ``memory_budget`` is below what plain zstd needs.
     """
@@ -163,7 +180,7 @@ def plan_delta(base: Manifest, target: Manifest, memory_budget: int) -> DeltaPla
         elif match == "sha256":
             plans.append(FilePlan(entry, chosen, match, (OpKind.COPY,)))
         else:
-            plans.append(_encoders(entry, chosen, match, memory_budget))
+            plans.append(_encoders(entry, chosen, match, memory_budget, segments))
     return DeltaPlan(tuple(plans))
 
 
@@ -216,13 +233,17 @@ PLAIN_ZSTD_MAX = 1 * MIB
 """Changed files up to this size also try plain zstd (cheap there, and sometimes smaller)."""
 
 
-def _encoders(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int) -> FilePlan:
+def _encoders(
+    entry: ManifestEntry, base: ManifestEntry, match: str, budget: int, segments: SegmentParams = DEFAULT_SEGMENTS
+) -> FilePlan:
     """Candidates for patching ``entry`` against ``base`` within ``budget``, cheapest to apply first.
 
     Plain zstd is tried only for small files, when no patch encoder fits, or when ``base`` is a guess
     (``similar-size``): zstd with the old file as prefix is almost never beaten by it, and level 19 on
-    a large file costs most of a publish's time.
+    a large file costs most of a publish's time. Large files: :func:`_segmented`.
     """
+    if max(entry.size, base.size) > segments.whole_max:
+        return _segmented(entry, base, match, budget, segments)
     candidates = []
     skipped = []
     if base.size >= ZSTD_PREFIX_MIN:
@@ -237,7 +258,20 @@ def _encoders(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int
     return FilePlan(entry, base, match, tuple(candidates), tuple(skipped))
 
 
+def _segmented(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int, segments: SegmentParams) -> FilePlan:
+    """A file over ``segments.whole_max`` (either side): ``zstd-segments`` if it fits ``budget``
+    (plain zstd too for a ``similar-size`` guess), else plain zstd; never a whole-file patch."""
+    skipped = [f"whole-file patches: a file over {segments.whole_max // MIB} MiB is segmented"]
+    need = segments_memory(base.size, entry.size)
+    if base.size < ZSTD_PREFIX_MIN or need > budget:
+        if base.size >= ZSTD_PREFIX_MIN:
+            skipped.append(f"zstd-segments needs {need // MIB} MiB > budget {budget // MIB} MiB")
+        return FilePlan(entry, base, match, (OpKind.ZSTD,), tuple(skipped))
+    candidates = (OpKind.ZSTD, OpKind.ZSTD_SEGMENTS) if match == "similar-size" else (OpKind.ZSTD_SEGMENTS,)
+    return FilePlan(entry, base, match, candidates, tuple(skipped))
+
+
 __all__ = [
     "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory", "encoder_memory",
-    "extension", "normalise_path", "plan_delta", "zstd_patch_memory",
+    "extension", "normalise_path", "plan_delta", "segments_memory", "zstd_patch_memory",
 ]
