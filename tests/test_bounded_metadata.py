@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from client.errors import UpdateError
+from client.fsutil import TEMP_PREFIX
 from client.index import ChannelIndex, index_path
 from repo_tools import fleet, rotate
 from repo_tools import publish as ops
@@ -19,7 +20,7 @@ from repo_tools.archive import Archive
 from repo_tools.audit import verify_repository
 from repo_tools.errors import PublishRefused
 from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from repo_tools.store import DIRTY_FILE, Repository
 from tests.conftest import ServedRepo, tree_digest
 from tests.helpers_client import Repo, app_files, init_client, write_tree
 
@@ -216,3 +217,16 @@ def test_rotating_the_channel_key_re_signs_its_archive(
     assert succinct.keyids == [result["new_keyid"]]
     _publish(repository, KeyStore(own), tmp_path, "5.0.0")  # a fresh view holds the new key
     assert installer.install(versions[0], force=True).version == versions[0]
+
+
+def test_temp_files_a_killed_publish_left_are_cleaned_from_its_journal(tmp_path: Path, keystore: KeyStore) -> None:
+    repository = _repo(tmp_path, keystore)
+    _publish_many(repository, keystore, tmp_path, 2)
+    release_dir = next((repository.targets_dir / "stable" / "any").iterdir())
+    torn = release_dir / f"{TEMP_PREFIX}999-full.tar.zst"
+    torn.write_bytes(b"half a file")
+    (repository.path / DIRTY_FILE).write_text(f"{release_dir.relative_to(repository.path).as_posix()}\n")
+    _publish(repository, keystore, tmp_path, "7.0.0")
+    assert not torn.exists()
+    assert not (repository.path / DIRTY_FILE).exists()
+    assert verify_repository(repository.path, ops.utcnow()).problems == []
