@@ -1,8 +1,8 @@
 """A small static file server for a repository directory: for the demo, tests and local trials.
 
 The repository needs no server logic; this only serves files, with the cache headers a CDN
-should use: ``timestamp.json`` must never be cached (it is what announces new releases), every
-other file is immutable under consistent snapshots (python-tuf #2605).
+should use (``repo_tools.hosting.cache_control_for``, the rule nginx gets too): ``timestamp.json``
+and error answers are never cached, every other file is immutable under consistent snapshots.
 
 Single byte ranges (``Range: bytes=N-``, ``bytes=N-M``, ``bytes=-S``) are answered with 206 and
 ``Content-Range`` so that an interrupted client download resumes (416 when the range starts past
@@ -20,7 +20,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
-NO_CACHE_FILES = {"timestamp.json"}
+from .hosting import cache_control_for
+
 _RANGE = re.compile(r"^bytes=(?P<start>\d*)-(?P<end>\d*)$")
 
 
@@ -66,22 +67,24 @@ class _Slice:
         self._f.close()
 
 
-def cache_control_for(path: str) -> str:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    if name in NO_CACHE_FILES or not name:
-        return "no-cache, no-store, max-age=0"
-    return "public, max-age=31536000, immutable"
-
-
 class _Handler(SimpleHTTPRequestHandler):
     quiet = True
+    _status = 200
+
+    def send_response_only(self, code: int, message: str | None = None) -> None:
+        self._status = code
+        super().send_response_only(code, message)
 
     def end_headers(self) -> None:
-        self.send_header("Cache-Control", cache_control_for(self.path.split("?", 1)[0]))
+        self.send_header("Cache-Control", cache_control_for(self.path.split("?", 1)[0], self._status))
         super().end_headers()
 
     def send_head(self) -> Any:
-        """The plain answer, or a 206/416 for a single byte range of a file."""
+        """The plain answer, or a 206/416 for a single byte range of a file; 404 for dot files
+        (the publisher's lock file is not part of the repository)."""
+        if any(part.startswith(".") for part in self.path.split("?", 1)[0].split("/")):
+            self.send_error(404, "File not found")
+            return None
         wanted = self.headers.get("Range")
         path = self.translate_path(self.path)
         if wanted is None or not os.path.isfile(path):

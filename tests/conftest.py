@@ -1,4 +1,4 @@
-"""Shared fixtures: real keys, real repositories, a real HTTP server process on 127.0.0.1."""
+"""Shared fixtures: real keys, real repositories, a real HTTP server process on 127.0.0.1 (nginx by default)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from repo_tools import publish as ops
 from repo_tools.keys import KeyStore, create_keys
 from repo_tools.store import Repository
+from tests.nginx_server import NginxServer, find_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +96,7 @@ def source(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-class ServedRepo:
+class PythonServer:
     """A ``pinnacle-release serve`` child process and the base URL it printed."""
 
     def __init__(self, url: str, process: subprocess.Popen[str]) -> None:
@@ -107,8 +108,32 @@ class ServedRepo:
         self.process.wait()
 
 
-def start_server(directory: Path) -> ServedRepo:
-    """``pinnacle-release serve DIR --port 0`` as a child process; the URL comes from its first line."""
+ServedRepo = NginxServer | PythonServer
+"""What ``start_server`` returns: ``.url``, ``.stop()`` (idempotent), ``.process``."""
+
+SERVER_ENV = "PINNACLE_TEST_SERVER"
+
+
+def server_kind() -> str:
+    """Which server the suite's repositories are served by: ``nginx`` (the default; a plain
+    ``pinnacle-release serve`` when nginx is not installed, except on CI, where that fails), or
+    ``python`` with ``PINNACLE_TEST_SERVER=python``."""
+    wanted = os.environ.get(SERVER_ENV, "").strip().lower() or "nginx"
+    if wanted not in ("nginx", "python"):
+        raise AssertionError(f"{SERVER_ENV}={wanted!r}: use nginx or python")
+    if wanted == "nginx" and find_nginx() is None:
+        if os.environ.get("CI", "").lower() == "true" or os.environ.get(SERVER_ENV):
+            raise AssertionError(f"nginx is not installed (apt-get install nginx-light); CI and {SERVER_ENV}=nginx "
+                                 f"need it, {SERVER_ENV}=python uses the Python server")
+        return "python"
+    return wanted
+
+
+def start_server(directory: Path, kind: str | None = None) -> ServedRepo:
+    """Serve ``directory`` on 127.0.0.1: nginx, or ``pinnacle-release serve DIR --port 0`` as a
+    child process (its URL comes from its first line); ``kind`` defaults to :func:`server_kind`."""
+    if (kind or server_kind()) == "nginx":
+        return NginxServer(directory)
     proc = subprocess.Popen(
         [sys.executable, "-m", "repo_tools", "serve", str(directory), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -118,7 +143,7 @@ def start_server(directory: Path) -> ServedRepo:
     if not line.startswith("serving "):
         proc.kill()
         raise AssertionError(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    return ServedRepo(line.split()[1], proc)
+    return PythonServer(line.split()[1], proc)
 
 
 @pytest.fixture

@@ -392,8 +392,7 @@ def test_doctor_json_lists_checks_and_notices_an_unreachable_repository(
     assert all(c["status"] == "ok" for c in checks), checks
     assert all(isinstance(c["detail"], str) and c["detail"] for c in checks)
 
-    served.process.kill()
-    served.process.wait()
+    served.stop()
     proc = run_cli("pinnacle-update", "--install-dir", str(d), "doctor", "--json", check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
