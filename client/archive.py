@@ -297,7 +297,7 @@ def tar_length(entries: Iterable[ManifestEntry]) -> int:
 
 
 def write_canonical_tar(
-    root_fd: int, entries: Sequence[ManifestEntry], write: Callable[[bytes], object]
+    root_fd: int, entries: Sequence[ManifestEntry], write: Callable[[bytes], object], holes: Iterable[str] = ()
 ) -> Digest:
     """Emit the canonical tar of the tree below ``root_fd`` described by ``entries`` into ``write``.
 
@@ -305,7 +305,11 @@ def write_canonical_tar(
     (checked while streaming); symlink targets must match too. Raises :class:`TreeChanged` otherwise,
     after part of the stream was emitted: the caller discards the output. Returns the tar's digest.
     The layout equals what ``tarfile`` writes in PAX format (20-block records).
+
+    Entries below the top-level paths ``holes`` are not read: their headers are emitted, their file
+    bytes replaced by zeros (same layout; the digest is then not the canonical one).
     """
+    skipped = frozenset(h.strip("/") for h in holes)
     digest = hashlib.sha256()
     count = 0
 
@@ -316,10 +320,16 @@ def write_canonical_tar(
         write(data)
 
     for e in entries:
-        if e.type is EntryType.SYMLINK and read_link(root_fd, e.path) != e.link:
+        hole = bool(skipped) and _skipped(e.path, skipped)
+        if e.type is EntryType.SYMLINK and not hole and read_link(root_fd, e.path) != e.link:
             raise TreeChanged(e.path, "symlink target changed")
         emit(tar_header(e))
         if e.type is not EntryType.FILE:
+            continue
+        if hole:
+            for done in range(0, e.size, CHUNK_SIZE):
+                emit(bytes(min(CHUNK_SIZE, e.size - done)))
+            emit(bytes(_padding(e.size)))
             continue
         try:
             fd = open_beneath(root_fd, e.path, os.O_RDONLY)
@@ -339,14 +349,21 @@ def write_canonical_tar(
     return Digest(count, digest.hexdigest())
 
 
+def release_compressor(level: int) -> zstandard.ZstdCompressor:
+    """The zstd compressor of the release targets (full artifact, manifest): fixed parameters,
+    single-threaded, so the same input always gives the same frame. The client uses it to compress
+    a manifest rebuilt from a delta again and compare it with the signed manifest target."""
+    return zstandard.ZstdCompressor(level=level, threads=0, write_content_size=True, write_checksum=True)
+
+
 # -- extraction ------------------------------------------------------------------------------------
 
 
 class _BoundedHashingReader:
     """A read-only stream that hashes everything read and refuses more than ``limit`` bytes."""
 
-    def __init__(self, inner: zstandard.ZstdDecompressionReader, limit: int) -> None:
-        self._inner = inner
+    def __init__(self, read: Callable[[int], bytes], limit: int) -> None:
+        self._read = read
         self._limit = limit
         self._hash = hashlib.sha256()
         self.count = 0
@@ -354,7 +371,7 @@ class _BoundedHashingReader:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = CHUNK_SIZE
-        data = self._inner.read(min(size, self._limit - self.count + 1))
+        data = self._read(min(size, self._limit - self.count + 1))
         self.count += len(data)
         if self.count > self._limit:
             raise InstallError(f"archive is longer than the manifest's {self._limit} bytes")
@@ -463,11 +480,7 @@ def extract_release(artifact: Path, dest: Path, manifest: Manifest) -> None:
         with open(artifact, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(
             raw, read_size=CHUNK_SIZE
         ) as unzstd:
-            stream = _BoundedHashingReader(unzstd, manifest.content.length)
-            _extract_members(stream, root_fd, manifest)
-            content = stream.drain()
-        if content != manifest.content:
-            raise InstallError(f"archive content differs from manifest {manifest.version} (sha256/length)")
+            extract_stream(unzstd.read, root_fd, manifest)
         finish_tree(root_fd, manifest)
     except InstallError:
         raise
@@ -479,7 +492,32 @@ def extract_release(artifact: Path, dest: Path, manifest: Manifest) -> None:
         os.close(root_fd)
 
 
-def _extract_members(stream: _BoundedHashingReader, root_fd: int, manifest: Manifest) -> None:
+def extract_stream(
+    read: Callable[[int], bytes],
+    root_fd: int,
+    manifest: Manifest,
+    skip: Iterable[str] = (),
+    *,
+    whole_digest: bool = True,
+) -> None:
+    """Extract the canonical tar that ``read`` yields into the empty directory ``root_fd`` with every
+    check of :func:`extract_release` (members exactly the manifest's entries in order, files written
+    ``O_EXCL|O_NOFOLLOW`` at most their size and hashed); the whole stream is bounded by and, with
+    ``whole_digest``, hashed and compared with ``manifest.content``. Members under the top-level
+    paths ``skip`` are checked but not written (nor their bytes compared, when not ``whole_digest``:
+    every *written* byte is still checked against its file's sha256). No fsync (the caller's
+    :func:`finish_tree`). Raises ``InstallError`` on a violation; ``tarfile``, ``OSError`` and
+    decoder errors propagate for the caller to word."""
+    stream = _BoundedHashingReader(read, manifest.content.length)
+    _extract_members(stream, root_fd, manifest, frozenset(s.strip("/") for s in skip))
+    content = stream.drain()
+    if whole_digest and content != manifest.content:
+        raise InstallError(f"archive content differs from manifest {manifest.version} (sha256/length)")
+
+
+def _extract_members(
+    stream: _BoundedHashingReader, root_fd: int, manifest: Manifest, skip: frozenset[str] = frozenset()
+) -> None:
     expected = iter(manifest.entries)
     with tarfile.open(  # type: ignore[call-overload]
         fileobj=stream, mode="r|", encoding="utf-8", errors="strict"
@@ -488,6 +526,8 @@ def _extract_members(stream: _BoundedHashingReader, root_fd: int, manifest: Mani
             entry = next(expected, None)
             _check_member(member, entry)
             assert entry is not None
+            if skip and _skipped(entry.path, skip):
+                continue  # read past (and hashed) by the tar stream, never written
             if entry.type is EntryType.FILE:
                 data = tar.extractfile(member)
                 assert data is not None

@@ -3,23 +3,31 @@
 Planning (:func:`plan_update`) is pure: from the signed channel index alone (sizes of deltas,
 manifests and full artifacts are all signed), it picks the path with the fewest bytes to download:
 the full artifact, one delta from the installed release, or a chain of deltas through intermediate
-releases (Dijkstra over releases; an edge into release X costs the delta's length plus X's manifest,
-because every rebuilt tree is verified against its own signed manifest).
+releases (Dijkstra over releases; an edge into release X costs the delta's length: the delta carries
+X's manifest, against which the rebuilt tree is verified, as a patch of its base's manifest).
+
+Before a delta is applied, the manifest it carries is rebuilt (:func:`manifest_from_delta`) and
+compressed again; it is used only when that is byte for byte the signed manifest target of the
+release (length and sha256 from the signed channel index), so nothing is trusted that the full path
+would not trust.
 
 Applying (:func:`apply_delta`) writes one release tree into an *empty* directory from a delta
 container (``client.delta_format``, see docs/ARCHITECTURE.md "Deltas") and the base release's
-tree. Nothing in the delta is trusted beyond being a signed blob: sizes, modes and hashes come from
-the signed target manifest; every base file is hashed against the base release's manifest before
-its bytes are used (a locally edited file is never patched); every output is bounded by the signed
-size while it is produced, so a malicious patch cannot write or allocate more. Any failure is a
-:class:`DeltaError`, one line naming the file and cause; the installer then falls back to the full
-artifact.
+tree: file by file (the per-file kind), or by rebuilding the base's canonical tar from the verified
+base tree and streaming the patched target tar through the strict extraction of a full artifact
+(the whole-archive kind, :func:`_apply_archive`). Nothing in the delta is trusted beyond being a
+signed blob: sizes, modes and hashes come from the signed target manifest; every base file is hashed
+against the base release's manifest before its bytes are used (a locally edited file is never
+patched); every output is bounded by the signed size while it is produced, so a malicious patch
+cannot write or allocate more. Any failure is a :class:`DeltaError`, one line naming the file and
+cause; the installer then falls back to the full artifact.
 """
 
 from __future__ import annotations
 
 import bz2
 import contextlib
+import hashlib
 import heapq
 import io
 import itertools
@@ -27,6 +35,7 @@ import os
 import re
 import shutil
 import stat
+import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +48,20 @@ from packaging.version import Version
 from client import delta_format, delta_segments
 from client.archive import (
     CHUNK_SIZE,
+    TreeChanged,
     copy_hashed,
     create_entry,
+    extract_stream,
     finish_tree,
     manifest_problems,
     open_beneath,
+    release_compressor,
     show_path,
     verify_tree,
+    write_canonical_tar,
 )
 from client.errors import InstallError
-from client.index import DeltaRef, Digest, EntryType, Manifest, ManifestEntry, Release, parse_version
+from client.index import DeltaRef, Digest, EntryType, FormatError, Manifest, ManifestEntry, Release, parse_version
 
 _Node = tuple[Version, str]
 """A release as a planning node: (version, content sha256)."""
@@ -79,8 +92,8 @@ class DeltaStep:
 
     @property
     def bytes(self) -> int:
-        """Signed bytes this step downloads: the delta and the rebuilt release's manifest."""
-        return self.delta.target.length + self.release.manifest.length
+        """Signed bytes this step downloads: the delta (which carries the rebuilt release's manifest)."""
+        return self.delta.target.length
 
 
 @dataclass(frozen=True)
@@ -247,7 +260,8 @@ def apply_delta(
     try:
         with contextlib.ExitStack() as stack:
             delta = stack.enter_context(open(delta_file, "rb"))
-            ops, payload = _read_ops(delta, label, base_manifest, target_manifest)
+            header = _read_checked_header(delta, label, base_manifest, target_manifest)
+            ops, payload = {op.path: op for op in header.ops}, header.payload_start
             base_fd = os.open(base_root, _DIR_FLAGS)
             stack.callback(os.close, base_fd)
             dest_fd = os.open(dest, _DIR_FLAGS)
@@ -255,6 +269,10 @@ def apply_delta(
             if os.listdir(dest_fd):
                 raise DeltaError(f"{label}: {dest} is not empty")
             source = _Sources(delta, payload, base_fd, base_manifest.by_path(), label)
+            if header.archive is not None:
+                _apply_archive(source, header, base_manifest, target_manifest, dest_fd, skipped)
+                finish_tree(dest_fd, wanted)
+                return
             for entry in wanted.entries:
                 if entry.type is not EntryType.FILE:
                     create_entry(dest_fd, entry)
@@ -321,26 +339,30 @@ class _Sources:
         self._delta = delta
         self._payload = payload
         self._size = os.fstat(delta.fileno()).st_size
-        self._base_fd = base_fd
+        self.base_fd = base_fd
         self._base = base
         self.label = label
 
     def payload_reader(self, op: Op) -> Callable[[int], bytes]:
         """A reader over the op's bytes of the payload; ``delta truncated`` if the file ends early."""
         start = self._payload + op.offset
-        if start + op.length > self._size:
+        return self.payload_reader_range(start, start + op.length, show_path(op.path))
+
+    def payload_reader_range(self, start: int, end: int, what: str) -> Callable[[int], bytes]:
+        """A reader over the file bytes ``start``..``end`` (for ``what``); truncation is an error."""
+        if end > self._size:
             raise DeltaError(
-                f"{self.label}: delta truncated ({show_path(op.path)} needs payload bytes up to "
-                f"{start + op.length}, the file has {self._size})"
+                f"{self.label}: delta truncated ({what} needs payload bytes up to {end}, the file has {self._size})"
             )
         self._delta.seek(start)
-        left = op.length
+        left = end - start
+        op_path = what
 
         def read(n: int) -> bytes:
             nonlocal left
             data = self._delta.read(min(n, left))
             if len(data) < min(n, left):
-                raise DeltaError(f"{self.label}: delta truncated while reading {show_path(op.path)}")
+                raise DeltaError(f"{self.label}: delta truncated while reading {op_path}")
             left -= len(data)
             return data
 
@@ -360,7 +382,7 @@ class _Sources:
         """Descriptor of the base file of ``op`` (no symlink followed); must be a regular file."""
         name = self.base_entry(op).path
         try:
-            fd = open_beneath(self._base_fd, name, os.O_RDONLY)
+            fd = open_beneath(self.base_fd, name, os.O_RDONLY)
         except OSError as exc:
             raise DeltaError(f"{self.label}: base file {show_path(name)} is unreadable ({exc.strerror})") from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -587,7 +609,9 @@ class _ZstdStream:
     The decoder's window is capped by what base and output need, so a frame cannot make the
     client allocate more than the signed sizes justify."""
 
-    def __init__(self, compressed: Callable[[int], bytes], prefix: bytes | None, size: int, where: str) -> None:
+    def __init__(
+        self, compressed: Callable[[int], bytes], prefix: bytes | bytearray | None, size: int, where: str
+    ) -> None:
         window = delta_format.patch_window_log(len(prefix), size) if prefix else ZSTD_WINDOW_LOG
         try:
             zdict = pyzstd.ZstdDict(prefix, is_raw=True).as_prefix if prefix else None
@@ -618,16 +642,127 @@ class _ZstdStream:
             raise DeltaError(f"{self._where}: zstd data does not end with the output")
 
 
-def _read_ops(delta: BinaryIO, label: str, base: Manifest, target: Manifest) -> tuple[dict[str, Op], int]:
-    """The validated header's ops by output path, and where the payload starts. A file shorter
-    than its header describes is reported as truncated."""
+def _read_checked_header(
+    delta: BinaryIO, label: str, base: Manifest, target: Manifest | None
+) -> delta_format.DeltaHeader:
+    """The validated header, checked against the manifests (``target`` None: only against ``base``).
+    A file shorter than its header describes is reported as truncated."""
     try:
         header = delta_format.read_header(delta)
-        header.check_against(target, base)
+        if target is not None:
+            header.check_against(target, base)
+        elif parse_version(header.base_version) != parse_version(base.version) or header.base_content != base.content:
+            raise delta_format.DeltaFormatError(f"delta is not from the installed {base.version}")
     except delta_format.DeltaFormatError as exc:
         text = str(exc)
         m = _SHORT.search(text)
         if "truncated" in text or "past the end" in text or (m is not None and int(m["holds"]) < int(m["should"])):
             raise DeltaError(f"{label}: delta truncated ({exc})") from exc
         raise DeltaError(f"{label}: {exc}") from exc
-    return {op.path: op for op in header.ops}, header.payload_start
+    return header
+
+
+# -- the manifest inside a delta -------------------------------------------------------------------
+
+
+def manifest_from_delta(delta_file: Path, base: Manifest, release: Release) -> Manifest | None:
+    """The manifest of ``release`` carried by the delta ``delta_file`` (built on ``base``), or
+    ``None`` if the delta carries none (the caller then downloads the signed manifest).
+
+    The patch is decoded with ``base``'s canonical JSON as prefix, bounded by the size its frame
+    declares (at most ``MANIFEST_MAX``); the JSON is compressed again at the level the header names
+    and must then be exactly the signed manifest target ``release.manifest`` (length and sha256),
+    and describe ``release`` (version, content digest). Raises :class:`DeltaError` (one line)
+    otherwise: the caller falls back to the full artifact.
+    """
+    label = f"delta from {base.version}"
+    try:
+        with open(delta_file, "rb") as f:
+            header = _read_checked_header(f, label, base, None)
+            if header.manifest is None:
+                return None
+            start, end = header.manifest_range()
+            f.seek(start)
+            frame = f.read(end - start)
+    except OSError as exc:
+        raise DeltaError(f"{label}: cannot read {delta_file.name} ({exc.strerror or exc})") from exc
+    data = _manifest_json(frame, base.to_bytes(), label)
+    signed = release.manifest
+    again = release_compressor(header.manifest.level).compress(data)
+    if len(again) != signed.length or hashlib.sha256(again).hexdigest() != signed.sha256:
+        raise DeltaError(
+            f"{label}: the manifest rebuilt from the delta is not the signed manifest of {release.version} "
+            f"(sha256 {hashlib.sha256(again).hexdigest()[:16]}..., {len(again)} bytes; "
+            f"signed {signed.sha256[:16]}..., {signed.length} bytes)"
+        )
+    try:
+        manifest = Manifest.from_bytes(data)
+    except FormatError as exc:
+        raise DeltaError(f"{label}: manifest of {release.version} is unusable: {exc}") from exc
+    if manifest.version != release.version or manifest.content != release.content:
+        raise DeltaError(f"{label}: the manifest in the delta does not describe {release.version}")
+    return manifest
+
+
+def _manifest_json(frame: bytes, prefix: bytes, label: str) -> bytes:
+    """Decode the manifest patch: one zstd frame declaring its size (at most ``MANIFEST_MAX``), with
+    ``prefix`` as raw prefix; exactly the declared bytes, nothing after the frame."""
+    try:
+        declared = pyzstd.get_frame_info(frame).decompressed_size
+    except pyzstd.ZstdError:
+        raise DeltaError(f"{label}: the manifest patch is not a zstd frame") from None
+    if declared is None or declared > delta_format.MANIFEST_MAX:
+        raise DeltaError(f"{label}: the manifest patch declares no size or more than {delta_format.MANIFEST_MAX} bytes")
+    stream = _ZstdStream(io.BytesIO(frame).read, prefix, declared, f"{label}: manifest patch")
+    out = bytearray()
+    got, overflow = copy_hashed(stream.read, out.extend, declared)
+    if overflow or got.length != declared:
+        raise DeltaError(f"{label}: the manifest patch does not hold exactly its declared {declared} bytes")
+    stream.finish()
+    return bytes(out)
+
+
+# -- the whole-archive kind ------------------------------------------------------------------------
+
+
+def _apply_archive(
+    source: _Sources, header: delta_format.DeltaHeader, base: Manifest, target: Manifest, dest_fd: int,
+    skip: frozenset[str],
+) -> None:
+    """Rebuild ``target`` into ``dest_fd`` from a whole-archive delta: the base's canonical tar is
+    written again from the base tree (every file checked against ``base``: a locally edited file
+    stops it), used as the zstd prefix of the frame, whose output (bounded by, hashed and compared
+    with the signed ``target.content``) goes through the strict streaming extraction of a full
+    artifact. Memory: the base tar (held twice while zstd takes its copy) and a decoder window of
+    ``patch_window_log`` of both sizes, all bounded by ``ARCHIVE_MAX`` of signed sizes.
+
+    Persistent paths ``skip`` that the base shipped are no longer in the slot (they link to
+    ``data/``): their file bytes are zeros in the rebuilt base tar, and the target's are not
+    written. Then the whole-tar digest cannot hold, and every written file's own sha256 is the
+    check: an output byte that depended on a zero is in a file not written, or fails its hash."""
+    label = source.label
+    if base.content.length + target.content.length > delta_format.ARCHIVE_MAX:
+        raise DeltaError(
+            f"{label}: whole-archive delta over {base.content.length + target.content.length} bytes of tars "
+            f"(limit {delta_format.ARCHIVE_MAX})"
+        )
+    holes = skip if any(_under(e.path, skip) for e in base.entries) else frozenset()
+    old = bytearray()
+    try:
+        got = write_canonical_tar(source.base_fd, base.entries, old.extend, holes)
+    except TreeChanged as exc:
+        raise DeltaError(f"{label}: base file {show_path(exc.path)} was modified locally ({exc})") from exc
+    if got.length != base.content.length or (not holes and got != base.content):
+        raise DeltaError(f"{label}: the base tree does not rebuild the archive of {base.version}")
+    zstd = _ZstdStream(source.payload_reader_range(*header.archive_range(), "the archive"), old,
+                       target.content.length, f"{label}: archive")
+    del old
+    try:
+        extract_stream(zstd.read, dest_fd, target, skip, whole_digest=not holes)
+        zstd.finish()
+    except DeltaError:
+        raise
+    except InstallError as exc:
+        raise DeltaError(f"{label}: {exc}") from exc
+    except (tarfile.TarError, UnicodeError, EOFError) as exc:
+        raise DeltaError(f"{label}: bad archive ({exc})") from exc

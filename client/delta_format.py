@@ -2,13 +2,17 @@
 
 Layout (docs/ARCHITECTURE.md, "Deltas")::
 
-    b"PDELTA2\\n"  u64 big-endian length H  header (H bytes: one zstd frame of canonical JSON)  payload
+    b"PDELTA3\\n"  u64 big-endian length H  header (H bytes: one zstd frame of canonical JSON)  payload
 
-The header names the base and target releases (version and canonical-content digest) and lists one
-op per *file* entry of the target manifest, in manifest order. Data ops (``bsdiff4``, ``zstd-patch``,
-``zstd``) own ``length`` bytes of the payload each, contiguous, in op order, starting at 0 and ending
-exactly at the end of the file, so a delta has no unused, overlapping or trailing bytes to hide
-anything in; offsets are therefore implied, never stored. An op's ``base`` is stored only when it
+The header names the base and target releases (version and canonical-content digest). The payload
+starts with the target manifest as a patch against the base manifest (``manifest``, see
+:class:`ManifestPatch`; optional in the format, always written by the publisher), then holds either
+one op per *file* entry of the target manifest, in manifest order (the per-file kind, ``ops``), or
+one zstd frame rebuilding the whole canonical tar of the target from the base's (the whole-archive
+kind, ``archive``). Data ops (``bsdiff4``, ``zstd-patch``, ``zstd``) own ``length`` bytes of the
+payload each, contiguous, in op order, right after the manifest patch and ending exactly at the end
+of the file, so a delta has no unused, overlapping or trailing bytes to hide anything in; offsets
+are therefore implied, never stored. An op's ``base`` is stored only when it
 differs from its ``path``. The header frame declares its decompressed size, which is bounded
 (``MAX_HEADER``) before anything is decompressed.
 
@@ -40,8 +44,8 @@ from .index import (
     release_dir,
 )
 
-MAGIC = b"PDELTA2\n"
-DELTA_FORMAT = 2
+MAGIC = b"PDELTA3\n"
+DELTA_FORMAT = 3
 MAX_HEADER = 64 << 20
 """Default bound on the header, compressed and decompressed (about 400k ops): a hostile length field
 or zstd frame cannot make a reader allocate more than this."""
@@ -51,6 +55,15 @@ HEADER_LEVEL = 19
 _LENGTH = struct.Struct(">Q")
 PREFIX_LENGTH = len(MAGIC) + _LENGTH.size
 """Bytes before the header: magic and the u64 header length."""
+
+MANIFEST_MAX = 64 << 20
+"""Bound on a manifest rebuilt from a delta (compressed patch and decompressed JSON alike); the same
+bound the client puts on a downloaded manifest."""
+ARCHIVE_MAX = 128 << 20
+"""A whole-archive delta is built, and applied, only when the base and target canonical tars
+together are at most this many bytes: the client holds the base tar in memory as the zstd prefix and
+its decoder window covers both (``patch_window_log``: at most 2**27 bytes)."""
+ZSTD_LEVEL_MAX = 22
 
 ZSTD_WINDOWLOG_MIN = 10
 ZSTD_WINDOWLOG_MAX = 31
@@ -139,9 +152,39 @@ class DeltaOp:
 
 
 @dataclass(frozen=True)
+class ManifestPatch:
+    """The target manifest inside the delta: the first ``length`` bytes of the payload are one zstd
+    frame (decompressed size declared, no checksum) of the target manifest's canonical JSON
+    (``Manifest.to_bytes``), compressed with the base manifest's canonical JSON as raw prefix.
+    ``level`` is the zstd level of the signed manifest target: the rebuilt JSON, compressed again
+    with :func:`client.archive.release_compressor` at that level, must be exactly the signed
+    target (length and sha256), or it is not used."""
+
+    length: int
+    level: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"length": self.length, "level": self.level}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ManifestPatch:
+        if not isinstance(data, Mapping) or set(data) != {"length", "level"}:
+            raise DeltaFormatError(f"{where}: expected an object with 'length' and 'level'")
+        try:
+            patch = cls(_int(data, "length", where), _int(data, "level", where))
+        except FormatError as exc:
+            raise DeltaFormatError(str(exc)) from None
+        if not 1 <= patch.level <= ZSTD_LEVEL_MAX or patch.length > MANIFEST_MAX:
+            raise DeltaFormatError(f"{where}: level {patch.level} or length {patch.length} out of range")
+        return patch
+
+
+@dataclass(frozen=True)
 class DeltaHeader:
     """The parsed header. ``payload_start`` is the absolute file offset of the payload: set by
-    :func:`read_header` (and by :func:`write_delta` callers through ``encode``); not serialised."""
+    :func:`read_header` (and by :func:`write_delta` callers through ``encode``); not serialised.
+    ``manifest``: the target manifest patch at the start of the payload (None: not carried);
+    ``archive``: the length of the whole-archive frame (None: the per-file kind, with ``ops``)."""
 
     base_version: str
     version: str
@@ -149,11 +192,28 @@ class DeltaHeader:
     content: Digest
     ops: tuple[DeltaOp, ...]
     payload_start: int = 0
+    manifest: ManifestPatch | None = None
+    archive: int | None = None
+
+    @property
+    def manifest_length(self) -> int:
+        """Payload bytes of the manifest patch (0 when there is none); data starts after them."""
+        return self.manifest.length if self.manifest is not None else 0
 
     @property
     def payload_length(self) -> int:
-        """Bytes of payload the ops own (they are contiguous from 0)."""
-        return sum(op.length for op in self.ops)
+        """Bytes of payload: the manifest patch, then the ops' data (contiguous) or the archive frame."""
+        data = self.archive if self.archive is not None else sum(op.length for op in self.ops)
+        return self.manifest_length + data
+
+    def manifest_range(self) -> tuple[int, int]:
+        """Absolute ``(start, end)`` file offsets of the manifest patch."""
+        return self.payload_start, self.payload_start + self.manifest_length
+
+    def archive_range(self) -> tuple[int, int]:
+        """Absolute ``(start, end)`` file offsets of the whole-archive frame."""
+        start = self.payload_start + self.manifest_length
+        return start, start + (self.archive or 0)
 
     def data_range(self, op: DeltaOp) -> tuple[int, int]:
         """Absolute ``(start, end)`` file offsets of ``op``'s data."""
@@ -161,14 +221,20 @@ class DeltaHeader:
         return start, start + op.length
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": DELTA_FORMAT,
             "from": self.base_version,
             "to": self.version,
             "from_content": self.base_content.to_dict(),
             "to_content": self.content.to_dict(),
-            "ops": [op.to_dict() for op in self.ops],
         }
+        if self.manifest is not None:
+            out["manifest"] = self.manifest.to_dict()
+        if self.archive is not None:
+            out["archive"] = {"length": self.archive}
+        else:
+            out["ops"] = [op.to_dict() for op in self.ops]
+        return out
 
     def encode(self) -> bytes:
         """The stored header: one zstd frame (size declared, no checksum) of its canonical JSON
@@ -177,8 +243,11 @@ class DeltaHeader:
         return pyzstd.compress(canonical_json(self.to_dict()), option)
 
     def check_layout(self) -> None:
-        """Data ops must own contiguous payload ranges in op order, starting at 0."""
-        expected = 0
+        """Data ops must own contiguous payload ranges in op order, right after the manifest patch;
+        a whole-archive header has no ops."""
+        if self.archive is not None and self.ops:
+            raise DeltaFormatError("a whole-archive delta has no ops")
+        expected = self.manifest_length
         for i, op in enumerate(self.ops):
             if not op.op.has_data:
                 continue
@@ -204,6 +273,8 @@ class DeltaHeader:
             raise DeltaFormatError(f"delta target content digest differs from manifest {target.version}")
         if self.base_content != base.content:
             raise DeltaFormatError(f"delta base content digest differs from manifest {base.version}")
+        if self.archive is not None:
+            return  # the whole target tar is checked against target.content while it is extracted
         files = [e for e in target.entries if e.type is EntryType.FILE]
         if len(files) != len(self.ops):
             raise DeltaFormatError(f"delta has {len(self.ops)} ops for the {len(files)} files of {target.version}")
@@ -229,12 +300,15 @@ class DeltaHeader:
             raise DeltaFormatError(str(exc)) from None
         if doc.get("format") != DELTA_FORMAT:
             raise DeltaFormatError(f"delta header: unsupported format {doc.get('format')!r} (reads {DELTA_FORMAT})")
-        unknown = sorted(set(doc) - {"format", "from", "to", "from_content", "to_content", "ops"})
+        unknown = sorted(set(doc) - {"format", "from", "to", "from_content", "to_content", "manifest", "ops",
+                                     "archive"})
         if unknown:
             raise DeltaFormatError(f"delta header: unexpected field(s) {', '.join(map(repr, unknown))}")
-        raw_ops = doc.get("ops")
-        if not isinstance(raw_ops, list):
-            raise DeltaFormatError("delta header: 'ops' must be a list")
+        manifest = ManifestPatch.from_dict(doc["manifest"], "delta header.manifest") if "manifest" in doc else None
+        archive = _archive_length(doc.get("archive")) if "archive" in doc else None
+        raw_ops = doc.get("ops", [] if archive is not None else None)
+        if not isinstance(raw_ops, list) or (archive is not None and "ops" in doc):
+            raise DeltaFormatError("delta header: needs either 'ops' (a list) or 'archive'")
         try:
             base_version, version = _str(doc, "from", "delta header"), _str(doc, "to", "delta header")
             parse_version(base_version)
@@ -244,8 +318,10 @@ class DeltaHeader:
                 version=version,
                 base_content=Digest.from_dict(doc.get("from_content"), "delta header.from_content"),
                 content=Digest.from_dict(doc.get("to_content"), "delta header.to_content"),
-                ops=_parse_ops(raw_ops),
+                ops=_parse_ops(raw_ops, manifest.length if manifest is not None else 0),
                 payload_start=payload_start,
+                manifest=manifest,
+                archive=archive,
             )
         except DeltaFormatError:
             raise
@@ -254,10 +330,18 @@ class DeltaHeader:
         return header
 
 
-def _parse_ops(raw_ops: list[Any]) -> tuple[DeltaOp, ...]:
-    """The serialised ops, each data op placed right after the previous one."""
+def _archive_length(data: Any) -> int:
+    if not isinstance(data, Mapping) or set(data) != {"length"}:
+        raise DeltaFormatError("delta header.archive: expected an object with 'length'")
+    try:
+        return _int(data, "length", "delta header.archive")
+    except FormatError as exc:
+        raise DeltaFormatError(str(exc)) from None
+
+
+def _parse_ops(raw_ops: list[Any], offset: int = 0) -> tuple[DeltaOp, ...]:
+    """The serialised ops, each data op placed right after the previous one, the first at ``offset``."""
     ops = []
-    offset = 0
     for i, raw in enumerate(raw_ops):
         op = DeltaOp.from_dict(raw, f"delta op #{i}", offset)
         offset += op.length
@@ -340,6 +424,7 @@ def read_header(f: BinaryIO, file_size: int | None = None, max_header: int = MAX
 
 
 __all__ = [
-    "DELTA_FORMAT", "HEADER_LEVEL", "MAGIC", "MAX_HEADER", "PREFIX_LENGTH", "DeltaFormatError", "DeltaHeader",
-    "DeltaOp", "OpKind", "delta_path", "patch_window_log", "read_header", "write_delta",
+    "ARCHIVE_MAX", "DELTA_FORMAT", "HEADER_LEVEL", "MAGIC", "MANIFEST_MAX", "MAX_HEADER", "PREFIX_LENGTH",
+    "DeltaFormatError", "DeltaHeader", "DeltaOp", "ManifestPatch", "OpKind", "delta_path", "patch_window_log",
+    "read_header", "write_delta",
 ]

@@ -50,7 +50,7 @@ from client import history as history_mod
 from client import slots as sm
 from client.archive import extract_release, tree_size, verify_tree
 from client.config import ClientConfig
-from client.delta import DeltaError, UpdatePath, apply_chain, base_problem, plan_update
+from client.delta import DeltaError, UpdatePath, apply_chain, base_problem, manifest_from_delta, plan_update
 from client.errors import (
     BusyError,
     ConfigError,
@@ -586,25 +586,21 @@ class Installer:
         plan: UpdatePath | None = None,
     ) -> InstallResult:
         """Download and stage ``release`` in the inactive slot (by ``plan``'s deltas when it has
-        any, else or on any delta failure the full artifact), verify it, then activate it."""
+        any, else or on any delta failure the full artifact), verify it, then activate it. On the
+        delta path the deltas come first: they carry the manifest (checked against the signed one)."""
         bytes_before = client.stats.bytes
         self._emit("step", step="manifest", version=release.version)
-        manifest = client.fetch_manifest(release)
+        fetched = self._download_deltas(client, cfg, s, release, plan, self._progress(progress))
+        manifest = fetched.steps[-1][1] if fetched.steps else client.fetch_manifest(release)
         target = s.next_slot
         self._precheck(cfg, s, release, manifest, target)
         s = self._save(sm.begin_install(s, release.version, release.content.sha256, kind, release.entry_point))
         baseline: float | None = None
         try:
-            route_name = plan.describe() if plan is not None else "full"
-            total = plan.total_bytes if plan is not None and plan.steps else release.full.length
-            self._emit("step", step="download", version=release.version, total=total, path=route_name)
-
-            def on_progress(done: int, total: int) -> None:
-                self._emit("progress", bytes=done, total=total)
-                if progress is not None:
-                    progress(done, total)
-
-            fetched = self._download(client, cfg, s, release, manifest, plan, on_progress)
+            on_progress = self._progress(progress)
+            if not fetched.steps:
+                self._emit("step", step="download", version=release.version, total=release.full.length, path="full")
+                fetched.artifact = client.fetch_target(release.full, on_progress)
             s = self._save(sm.begin_staging(s))  # write-ahead: the slot is listed empty first
             self._emit("step", step="staging", slot=target)
             slot_dir = self._wipe_slot(s, target)
@@ -634,41 +630,54 @@ class Installer:
         route.update(bytes_downloaded=downloaded, bytes_saved=full_bytes - downloaded)
         return self._activate(cfg, s, started, downloaded, baseline, route)
 
-    def _download(
+    def _progress(self, progress: Progress | None) -> Progress:
+        def on_progress(done: int, total: int) -> None:
+            self._emit("progress", bytes=done, total=total)
+            if progress is not None:
+                progress(done, total)
+
+        return on_progress
+
+    def _download_deltas(
         self,
         client: RepositoryClient,
         cfg: ClientConfig,
         s: SlotState,
         release: Release,
-        manifest: Manifest,
         plan: UpdatePath | None,
         on_progress: Progress,
     ) -> _Fetched:
-        """Download what staging needs (state DOWNLOADING): the deltas of ``plan`` and the
-        manifests of the releases they rebuild, or else the full artifact.
+        """Download the deltas of ``plan`` (before the pre-checks: they carry the manifests) and
+        rebuild from each the manifest of the release it rebuilds, checked against that release's
+        signed manifest target (:func:`client.delta.manifest_from_delta`; downloaded only from a
+        delta that carries none). Nothing to do without delta steps.
 
         Deltas are only tried when the active slot still matches its manifest (a locally edited
-        base is never patched); any failure to get them (404, verification, network) falls back
-        to the full artifact, naming the cause."""
+        base is never patched); any failure to get them (404, verification, network, a manifest
+        that does not match) leaves ``steps`` empty and names the cause in ``fallback``."""
         fetched = _Fetched(plan)
-        if plan is not None and plan.steps and s.active is not None and s.active_content is not None:
-            try:
-                base_manifest = self._manifest_for(s.active_content, cfg, None) or client.fetch_manifest(
-                    self._find_release(client, cfg, s.active_content)
-                )
-                fetched.base = (self.layout.slot(s.active), base_manifest)
-                fetched.fallback = base_problem(fetched.base[0], base_manifest, cfg.persistent_paths) or ""
-                for step in [] if fetched.fallback else plan.steps:
-                    same = step.release.content == release.content
-                    rebuilt = manifest if same else client.fetch_manifest(step.release)
-                    fetched.steps.append((client.fetch_target(step.delta.target, on_progress), rebuilt))
-            except UpdateError as exc:
-                fetched.fallback = f"delta download failed: {_one_line(exc)}"
-            if fetched.fallback:
-                fetched.steps = []
-                self._emit("delta_fallback", reason=fetched.fallback)
-        if not fetched.steps:
-            fetched.artifact = client.fetch_target(release.full, on_progress)
+        if plan is None or not plan.steps or s.active is None or s.active_content is None:
+            return fetched
+        self._emit("step", step="download", version=release.version, total=plan.total_bytes, path=plan.describe())
+        try:
+            base_manifest = self._manifest_for(s.active_content, cfg, None) or client.fetch_manifest(
+                self._find_release(client, cfg, s.active_content)
+            )
+            fetched.base = (self.layout.slot(s.active), base_manifest)
+            fetched.fallback = base_problem(fetched.base[0], base_manifest, cfg.persistent_paths) or ""
+            previous = base_manifest
+            for step in [] if fetched.fallback else plan.steps:
+                rebuilds = release if step.release.content == release.content else step.release
+                delta = client.fetch_target(step.delta.target, on_progress)
+                previous = manifest_from_delta(delta, previous, rebuilds) or client.fetch_manifest(rebuilds)
+                fetched.steps.append((delta, previous))
+        except DeltaError as exc:
+            fetched.fallback = _one_line(exc)
+        except (UpdateError, OSError) as exc:
+            fetched.fallback = f"delta download failed: {_one_line(exc)}"
+        if fetched.fallback:
+            fetched.steps = []
+            self._emit("delta_fallback", reason=fetched.fallback)
         return fetched
 
     def _write_slot(

@@ -32,6 +32,7 @@ from client.archive import (
     open_beneath,
     path_problem,
     read_link,
+    release_compressor,
     show_path,
     tar_length,
     write_canonical_tar,
@@ -164,8 +165,9 @@ class _HashingSink:
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
-    """Fixed parameters, single-threaded: the same input always gives the same frame."""
-    return zstandard.ZstdCompressor(level=level, threads=0, write_content_size=True, write_checksum=True)
+    """Fixed parameters, single-threaded: the same input always gives the same frame (one definition
+    with the client, which compresses a manifest rebuilt from a delta again to check it)."""
+    return release_compressor(level)
 
 
 def build_artifact(

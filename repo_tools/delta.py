@@ -11,6 +11,13 @@ the whole content digest against the signed manifest), then one delta container
 * the container (header, then the payload copied in ``CHUNK_SIZE`` pieces) is written last, since
   the header holds every offset.
 
+Every delta also carries the target manifest as a zstd patch against the base manifest
+(:func:`manifest_patch`), so the client does not download it separately. When both canonical tars
+together fit :data:`client.delta_format.ARCHIVE_MAX` and the memory budget, a whole-archive
+candidate (one zstd patch-from frame of the target tar with the base tar as prefix,
+:func:`archive_patch`) is built too, and the smaller container of the two is kept: it wins where a
+change repeats across files (translations, bundles sharing code) or the files are tiny.
+
 Files of the new release are read from the source tree below a directory descriptor with
 ``open_beneath`` and must still have the sha256 ``scan_tree`` recorded. Everything is
 deterministic: the same base and target give the same delta bytes.
@@ -19,6 +26,7 @@ deterministic: the same base and target give the same delta bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import resource
 import shutil
@@ -32,14 +40,32 @@ import bsdiff4
 import pyzstd
 import zstandard
 
-from client.archive import CHUNK_SIZE, copy_hashed, extract_release, open_beneath, show_path
-from client.delta_format import DeltaHeader, DeltaOp, OpKind, delta_path, patch_window_log, write_delta
+from client.archive import (
+    CHUNK_SIZE,
+    TreeChanged,
+    copy_hashed,
+    extract_release,
+    open_beneath,
+    show_path,
+    write_canonical_tar,
+)
+from client.delta_format import (
+    ARCHIVE_MAX,
+    DeltaHeader,
+    DeltaOp,
+    ManifestPatch,
+    OpKind,
+    delta_path,
+    patch_window_log,
+    write_delta,
+)
 from client.delta_segments import DEFAULT_SEGMENTS, SegmentParams, read_region, regions
 from client.errors import InstallError
 from client.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry, Release, TargetRef
 
+from .artifact import DEFAULT_LEVEL
 from .audit import MAX_MANIFEST_BYTES
-from .core.delta_plan import FilePlan, PlanError, plan_delta
+from .core.delta_plan import FilePlan, PlanError, plan_delta, zstd_patch_memory
 from .errors import PublishRefused, RepositoryStateError, UnsafeInputError
 from .store import Repository
 
@@ -133,6 +159,7 @@ def build_deltas(
     so disk use is one base tree at a time. Every result is returned; ``published`` says which
     pass the :data:`DELTA_MAX_RATIO` test."""
     results = []
+    level = repo.config().compression_level  # the level the new manifest target was compressed at
     for base in bases:
         started = time.monotonic()
         base_manifest = load_manifest(repo, base)
@@ -143,13 +170,15 @@ def build_deltas(
         except InstallError as exc:
             raise RepositoryStateError(f"cannot use release {base.version} as a delta base: {exc}") from exc
         out = staging / f"from-{base.version}.pdelta"
-        header, digest = build_delta(base_dir, base_manifest, source, manifest, out, staging, memory_budget)
+        header, digest = build_delta(base_dir, base_manifest, source, manifest, out, staging, memory_budget,
+                                     manifest_level=level, whole_archive=True)
         shutil.rmtree(base_dir)
         result = DeltaResult(base, out, digest.length, digest.sha256, full_length,
                              seconds=time.monotonic() - started, peak_rss=peak_rss())
         for op in header.ops:
             result.ops[op.op.value] = result.ops.get(op.op.value, 0) + 1
             result.op_bytes[op.op.value] = result.op_bytes.get(op.op.value, 0) + op.length
+        _count_whole_parts(result, header)
         results.append(result)
     return results
 
@@ -177,20 +206,29 @@ def build_delta(
     out: Path,
     work: Path,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    *,
+    manifest_level: int = DEFAULT_LEVEL,
+    whole_archive: bool = False,
 ) -> tuple[DeltaHeader, Digest]:
     """Write the delta rebuilding ``target`` (files below ``source``) from ``base`` (files below
     ``base_root``, already verified) into ``out``; scratch files go to ``work``.
 
     ``memory_budget`` bounds the whole process: the plan gets what is left above the current
-    resident size. Returns the header and the digest of the written file.
+    resident size. ``manifest_level`` is the zstd level the target's signed manifest was compressed
+    at (the client compresses the manifest it rebuilds again and compares). With ``whole_archive``
+    (as :func:`build_deltas` publishes), the per-file container is compared with the whole-archive
+    one (when :func:`archive_patch` builds it) and the smaller is written. Returns the header and
+    the digest of the written file.
     """
     try:
         plan = plan_delta(base, target, memory_budget - current_rss(), SEGMENTS)
     except PlanError as exc:
         raise PublishRefused(f"--memory-budget too small: {exc}") from None
     spool = work / f"{out.name}.payload"
+    mpatch = manifest_patch(base, target)
+    manifest = ManifestPatch(len(mpatch), manifest_level)
     ops: list[DeltaOp] = []
-    offset = 0
+    offset = manifest.length  # the op data follows the manifest patch
     with _Tree(base_root) as old_tree, _Tree(source) as new_tree, open(spool, "w+b") as payload:
         for item in plan.files:
             if item.is_copy:
@@ -201,15 +239,89 @@ def build_delta(
             ops.append(DeltaOp(item.entry.path, kind, item.base.path if kind.has_base and item.base else None,
                                offset, length))
             offset += length
-        header = DeltaHeader(base.version, target.version, base.content, target.content, tuple(ops))
+        header = DeltaHeader(base.version, target.version, base.content, target.content, tuple(ops),
+                             manifest=manifest)
         header.check_against(target, base)
+        whole = None
+        if whole_archive:
+            whole = _smaller_whole_archive(header, base_root, base, source, target, memory_budget)
         payload.seek(0)
         with open(out, "wb") as f:
-            write_delta(f, header, chunks(payload))
+            if whole is not None:
+                header = whole[0]
+                write_delta(f, header, [mpatch, whole[1]])
+            else:
+                write_delta(f, header, itertools.chain([mpatch], chunks(payload)))
     spool.unlink()
     with open(out, "rb") as f:
         digest, _ = copy_hashed(f.read)
     return header, digest
+
+
+def manifest_patch(base: Manifest, target: Manifest) -> bytes:
+    """The target manifest's canonical JSON as one zstd patch-from frame against the base
+    manifest's (:func:`zstd_patch`: its size declared, which the client bounds before decoding)."""
+    return zstd_patch(base.to_bytes(), target.to_bytes())
+
+
+def archive_memory(base: Manifest, target: Manifest) -> int:
+    """Peak bytes :func:`archive_patch` adds: zstd patch-from over both tars, plus the tars held
+    (and the copy of the base tar zstd's prefix keeps)."""
+    old, new = base.content.length, target.content.length
+    return zstd_patch_memory(old, new) + 2 * old + new
+
+
+def archive_patch(
+    base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
+) -> bytes | None:
+    """The whole-archive candidate: one zstd patch-from frame (:func:`zstd_patch`) of the target's
+    canonical tar with the base's canonical tar as prefix, both rebuilt from the trees (every file
+    checked against its manifest). ``None`` when the two tars together exceed
+    :data:`~client.delta_format.ARCHIVE_MAX` (the client's memory bound) or
+    :func:`archive_memory` exceeds ``memory_budget``."""
+    if base.content.length + target.content.length > ARCHIVE_MAX or archive_memory(base, target) > memory_budget:
+        return None
+    old = _canonical_tar(base_root, base, RepositoryStateError, "the extracted base")
+    new = _canonical_tar(source, target, UnsafeInputError, "the source")
+    return zstd_patch(old, new)
+
+
+def _canonical_tar(root: Path, manifest: Manifest, error: type[Exception], what: str) -> bytes:
+    """The canonical tar of the tree at ``root``, which must be exactly ``manifest``."""
+    out = bytearray()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        digest = write_canonical_tar(fd, manifest.entries, out.extend)
+    except TreeChanged as exc:
+        raise error(f"{what} changed while building the delta: {exc}") from exc
+    finally:
+        os.close(fd)
+    if digest != manifest.content:
+        raise error(f"{what} ({root}) does not rebuild the canonical archive of {manifest.version}")
+    return bytes(out)
+
+
+def _smaller_whole_archive(
+    header: DeltaHeader, base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
+) -> tuple[DeltaHeader, bytes] | None:
+    """The whole-archive header and frame when that container is smaller than the per-file one
+    ``header`` describes (ties: per-file), else ``None``."""
+    frame = archive_patch(base_root, base, source, target, memory_budget - current_rss())
+    if frame is None:
+        return None
+    whole = DeltaHeader(header.base_version, header.version, header.base_content, header.content, (),
+                        manifest=header.manifest, archive=len(frame))
+    if len(whole.encode()) + whole.payload_length >= len(header.encode()) + header.payload_length:
+        return None
+    return whole, frame
+
+
+def _count_whole_parts(result: DeltaResult, header: DeltaHeader) -> None:
+    """Report the manifest patch and a whole-archive frame like ops (``to_dict``'s ops/op_bytes)."""
+    for name, length in (("manifest", header.manifest_length), ("archive", header.archive)):
+        if length is not None and (name != "manifest" or header.manifest is not None):
+            result.ops[name] = 1
+            result.op_bytes[name] = length
 
 
 class _Tree:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -20,15 +21,25 @@ import bsdiff4
 import pytest
 import pyzstd
 
+from client import delta_format
 from client.archive import verify_tree, write_canonical_tar
-from client.delta import DeltaError, UpdatePath, apply_delta, base_problem, plan_update
-from client.delta_format import DeltaHeader, DeltaOp, OpKind, patch_window_log, read_header, write_delta
+from client.delta import DeltaError, UpdatePath, apply_delta, base_problem, manifest_from_delta, plan_update
+from client.delta_format import (
+    DeltaHeader,
+    DeltaOp,
+    ManifestPatch,
+    OpKind,
+    patch_window_log,
+    read_header,
+    write_delta,
+)
 from client.errors import RepositoryError
 from client.index import ChannelIndex, DeltaRef, Digest, EntryType, Manifest, Release, TargetRef, UpdateType
 from client.installer import Installer, InstallResult
 from repo_tools import publish as ops
 from repo_tools.artifact import scan_tree
 from repo_tools.core import metadata as meta
+from repo_tools.delta import archive_patch, build_delta, load_manifest, manifest_patch
 from repo_tools.keys import KeyStore
 from repo_tools.store import Repository
 from tests import helpers_client as hc
@@ -76,7 +87,7 @@ def test_direct_delta_when_smaller() -> None:
     target = rel("1.1.0", 5000, deltas={"1.0.0": 300})
     path = plan_update([rel("1.0.0", 5000), target], installed("1.0.0"), target)
     assert path.describe() == "delta:1.0.0->1.1.0"
-    assert (path.total_bytes, path.full_bytes, path.saved) == (400, 5100, 4700)
+    assert (path.total_bytes, path.full_bytes, path.saved) == (300, 5100, 4800)  # the delta carries the manifest
     assert [s.delta.target.path for s in path.steps] == ["stable/any/1.1.0/from-1.0.0.pdelta"]
 
 
@@ -87,7 +98,7 @@ def test_delta_must_match_the_installed_content() -> None:
 
 
 def test_delta_not_smaller_than_full_is_not_used() -> None:
-    target = rel("1.1.0", 250, deltas={"1.0.0": 300})
+    target = rel("1.1.0", 150, deltas={"1.0.0": 300})
     path = plan_update([rel("1.0.0", 5000), target], installed("1.0.0"), target)
     assert path.kind == "full" and "not smaller than the full artifact" in path.note
 
@@ -97,18 +108,18 @@ def test_plan_chain_through_an_intermediate_release() -> None:
     target = rel("1.2.0", 5000, deltas={"1.1.0": 200})
     path = plan_update([rel("1.0.0", 5000), mid, target], installed("1.0.0"), target)
     assert path.describe() == "chain:1.0.0->1.1.0->1.2.0"
-    assert path.total_bytes == 200 + 100 + 200 + 100  # each step's delta and rebuilt manifest
+    assert path.total_bytes == 200 + 200  # each step's delta (which carries the rebuilt release's manifest)
 
 
 def test_cheapest_of_direct_and_chain_wins() -> None:
     mid = rel("1.1.0", 5000, deltas={"1.0.0": 200})
     releases = [rel("1.0.0", 5000), mid]
-    cheap_direct = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 450})
+    cheap_direct = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 350})
     assert plan_update([*releases, cheap_direct], installed("1.0.0"), cheap_direct).describe() == "delta:1.0.0->1.2.0"
     dear_direct = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 2000})
     path = plan_update([*releases, dear_direct], installed("1.0.0"), dear_direct)
-    assert path.describe() == "chain:1.0.0->1.1.0->1.2.0" and path.total_bytes == 600
-    tie = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 500})  # same bytes: fewer steps
+    assert path.describe() == "chain:1.0.0->1.1.0->1.2.0" and path.total_bytes == 400
+    tie = rel("1.2.0", 5000, deltas={"1.1.0": 200, "1.0.0": 400})  # same bytes: fewer steps
     assert plan_update([*releases, tie], installed("1.0.0"), tie).describe() == "delta:1.0.0->1.2.0"
 
 
@@ -229,11 +240,14 @@ def trees(tmp_path: Path) -> tuple[tuple[Path, Manifest], tuple[Path, Manifest]]
 Trees = tuple[tuple[Path, Manifest], tuple[Path, Manifest]]
 
 
-@pytest.mark.parametrize("kind", [OpKind.BSDIFF4, OpKind.ZSTD_PATCH])
-def test_apply_rebuilds_the_exact_tree(tmp_path: Path, trees: Trees, kind: OpKind) -> None:
+@pytest.mark.parametrize("kind", [OpKind.BSDIFF4, OpKind.ZSTD_PATCH, "whole-archive"])
+def test_apply_rebuilds_the_exact_tree(tmp_path: Path, trees: Trees, kind: OpKind | str) -> None:
     base, target = trees
     delta = tmp_path / "d.pdelta"
-    delta.write_bytes(make_delta(base, target, dict.fromkeys(["lib/big.so", "bin/app", "share/notes.txt"], kind)))
+    if isinstance(kind, OpKind):
+        delta.write_bytes(make_delta(base, target, dict.fromkeys(["lib/big.so", "bin/app", "share/notes.txt"], kind)))
+    else:
+        delta.write_bytes(archive_delta(base, target))  # one zstd frame: the target tar against the base tar
     before = tree_digest(base[0])
     dest = tmp_path / "slot"
     dest.mkdir()
@@ -341,6 +355,80 @@ def test_dest_must_be_empty_and_base_mismatch_is_refused(tmp_path: Path, trees: 
         apply_delta(delta, target[0], target[1], target[1], tmp_path)
 
 
+# -- the whole-archive kind (apply level) ----------------------------------------------------------
+
+
+def tar_of(root: Path, manifest: Manifest) -> bytes:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    out = bytearray()
+    try:
+        write_canonical_tar(fd, manifest.entries, out.extend)
+    finally:
+        os.close(fd)
+    return bytes(out)
+
+
+def archive_delta(base: tuple[Path, Manifest], target: tuple[Path, Manifest], new_tar: bytes | None = None,
+                  frame: bytes | None = None) -> bytes:
+    """A whole-archive delta: ``new_tar`` (default: the target's canonical tar) patched against the
+    base's canonical tar, or ``frame`` as is."""
+    (base_root, base_m), (root, target_m) = base, target
+    if frame is None:
+        new = tar_of(root, target_m) if new_tar is None else new_tar
+        frame = encode(OpKind.ZSTD_PATCH, tar_of(base_root, base_m), new, window_for=target_m.content.length)
+    header = DeltaHeader(base_m.version, target_m.version, base_m.content, target_m.content, (), archive=len(frame))
+    out = io.BytesIO()
+    write_delta(out, header, [frame])
+    return out.getvalue()
+
+
+def test_whole_archive_corrupted_frame_is_refused(tmp_path: Path, trees: Trees) -> None:
+    data = bytearray(archive_delta(*trees))
+    data[len(data) // 2 + 200] ^= 0x55
+    apply_fails(tmp_path, trees, bytes(data), "archive|does not match|sha256|manifest")
+
+
+def test_whole_archive_truncated_is_refused(tmp_path: Path, trees: Trees) -> None:
+    data = archive_delta(*trees)
+    apply_fails(tmp_path, trees, data[:-40], "delta truncated")
+
+
+def test_whole_archive_output_beyond_the_signed_size_is_refused(tmp_path: Path, trees: Trees) -> None:
+    base, target = trees
+    longer = tar_of(*target) + bytes(3_000_000)  # a valid tar, then zeros: a zstd "bomb" of the size
+    apply_fails(tmp_path, trees, archive_delta(base, target, new_tar=longer), "longer than the manifest's")
+
+
+def test_whole_archive_frame_needing_a_larger_window_is_refused(tmp_path: Path, trees: Trees) -> None:
+    (base_root, base_m), target = trees
+    huge = tar_of(*target) + noise("pad", 3_000_000)
+    frame = encode(OpKind.ZSTD_PATCH, tar_of(base_root, base_m), huge)
+    apply_fails(tmp_path, trees, archive_delta((base_root, base_m), target, frame=frame), "too much memory")
+
+
+def test_whole_archive_over_the_size_bound_is_refused(tmp_path: Path, trees: Trees,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delta_format, "ARCHIVE_MAX", 100_000)
+    apply_fails(tmp_path, trees, archive_delta(*trees), r"whole-archive delta over \d+ bytes of tars")
+
+
+def test_whole_archive_never_reads_an_edited_base(tmp_path: Path, trees: Trees) -> None:
+    base, target = trees
+    data = archive_delta(base, target)
+    (base[0] / "lib/same.dat").write_bytes(noise("edited", 50_000))
+    apply_fails(tmp_path, trees, data, r"base file lib/same\.dat was modified locally")
+
+
+# -- the manifest inside the delta ------------------------------------------------------------------
+
+
+def test_a_delta_without_a_manifest_gives_none(tmp_path: Path, trees: Trees) -> None:
+    delta = tmp_path / "d.pdelta"
+    delta.write_bytes(make_delta(*trees))
+    release = rel("1.1.0", 5000)
+    assert manifest_from_delta(delta, trees[0][1], release) is None
+
+
 # -- the installer end to end: real repositories published with deltas ------------------------------
 
 CHAIN = ("1.0.0", "1.1.0", "1.2.0")
@@ -420,10 +508,11 @@ def forge_delta(repo: Repo, version: str, base: str, mutate: Callable[[bytes], b
 
 
 def rewrite_ops(data: bytes, replace_data: dict[str, tuple[OpKind, bytes]]) -> bytes:
-    """The delta ``data`` with some ops' kind and bytes replaced (offsets recomputed)."""
+    """The per-file delta ``data`` with some ops' kind and bytes replaced (offsets recomputed)."""
     header = read_header(io.BytesIO(data))
+    assert header.archive is None
     ops_out: list[DeltaOp] = []
-    payload = bytearray()
+    payload = bytearray(data[slice(*header.manifest_range())])  # the manifest patch comes first
     for op in header.ops:
         kind, chunk = replace_data.get(op.path, (op.op, data[slice(*header.data_range(op))]))
         if kind is OpKind.COPY:
@@ -482,12 +571,130 @@ def test_check_and_install_take_the_delta(tmp_path: Path, repo: Repo) -> None:
     assert found.path == "delta:1.0.0->1.1.0" and 0 < found.download_bytes < full // 10
     result, _, _ = install(d, "1.1.0")
     record = installed_ok(d, "1.1.0")
-    assert record["path"] == "delta" and record["update_path"] == "delta:1.0.0->1.1.0"
+    assert record["path"] == "delta" and record["update_path"] == "delta:1.0.0->1.1.0", record.get("fallback_reason")
     assert record["bytes_downloaded"] == result.bytes_downloaded < full // 10
     assert record["bytes_saved"] == full - result.bytes_downloaded > 0
     assert "fallback_reason" not in record
     assert result.to_dict()["path"] == "delta"
     assert (d / "data/logs/seed.txt").read_text() == "seed from 1.0.0\n"  # persistent data untouched
+
+
+def test_the_manifest_comes_inside_the_delta(tmp_path: Path, repo: Repo) -> None:
+    with RangeServer(repo.dir) as srv:
+        d = tmp_path / "inst"
+        ins = hc.init_client(d, srv.url, repo)
+        ins.install("1.0.0")
+        served = len(srv.ranges)
+        result, _, _ = install(d, "1.1.0")
+        fetched = [p for p, _ in srv.ranges[served:]]
+    release = index_of(repo).find("1.1.0", "any")
+    assert release is not None and release.deltas
+    assert installed_ok(d, "1.1.0")["path"] == "delta"
+    assert result.bytes_downloaded == release.deltas[0].target.length  # the delta, nothing else
+    assert not any("manifest" in p for p in fetched) and any(p.endswith(".pdelta") for p in fetched)
+    assert json.loads((d / "manifests" / f"{release.content.sha256}.json").read_bytes())["version"] == "1.1.0"
+
+
+@pytest.mark.parametrize("whole_archive", [False, True])
+def test_both_delta_kinds_install(tmp_path: Path, repo: Repo, whole_archive: bool) -> None:
+    d = fallback_case(tmp_path, repo)
+    (d / "data/logs/local.txt").write_text("kept\n")
+    path = republish(repo, tmp_path, whole_archive)
+    assert (read_header(io.BytesIO(path.read_bytes())).archive is not None) == whole_archive
+    result, _, _ = install(d, "1.1.0")
+    record = installed_ok(d, "1.1.0")
+    assert record["path"] == "delta" and "fallback_reason" not in record
+    assert result.bytes_downloaded == path.stat().st_size
+    # a persistent path the base shipped (logs/) is a hole in the rebuilt base tar, never read or written
+    assert (d / "data/logs/seed.txt").read_text() == "seed from 1.0.0\n"
+    assert (d / "data/logs/local.txt").read_text() == "kept\n"
+
+
+def with_manifest_patch(data: bytes, patch: bytes, level: int | None = None) -> bytes:
+    """The delta ``data`` with another manifest patch (and level); the rest of the payload kept."""
+    header = read_header(io.BytesIO(data))
+    assert header.manifest is not None
+    rest = data[header.manifest_range()[1]:]
+    manifest = ManifestPatch(len(patch), header.manifest.level if level is None else level)
+    offset, ops_out = len(patch), []
+    for op in header.ops:
+        ops_out.append(replace(op, offset=offset))
+        offset += op.length
+    out = io.BytesIO()
+    write_delta(out, replace(header, ops=tuple(ops_out), manifest=manifest, payload_start=0), [patch, rest])
+    return out.getvalue()
+
+
+def manifests(repo: Repo, *versions: str) -> list[Manifest]:
+    index, store = index_of(repo), Repository(repo.dir)
+    return [load_manifest(store, index.find(v, "any")) for v in versions]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("whole_archive", [False, True])
+@pytest.mark.parametrize("how", ["other manifest", "other level", "not a frame"])
+def test_a_tampered_manifest_in_the_delta_falls_back(tmp_path: Path, repo: Repo, how: str,
+                                                      whole_archive: bool) -> None:
+    d = fallback_case(tmp_path, repo)
+    republish(repo, tmp_path, whole_archive)
+    base, target = manifests(repo, "1.0.0", "1.1.0")
+    entries = tuple(replace(e, sha256="0" * 64) if e.path == "lib/big.so" else e for e in target.entries)
+    lying = manifest_patch(base, replace(target, entries=entries))  # a manifest that would accept other bytes
+    mangle = {
+        "other manifest": lambda data: with_manifest_patch(data, lying),
+        "other level": lambda data: with_manifest_patch(data, manifest_patch(base, target), level=3),
+        "not a frame": lambda data: with_manifest_patch(data, b"not a zstd frame"),
+    }[how]
+    forge_delta(repo, "1.1.0", "1.0.0", mangle)
+    _, watch, _ = install(d, "1.1.0")
+    cause = (r"^delta from 1\.0\.0: the manifest patch is not a zstd frame$" if how == "not a frame" else
+             r"^delta from 1\.0\.0: the manifest rebuilt from the delta is not the signed manifest of 1\.1\.0 ")
+    assert_fell_back(d, watch, cause)
+
+
+def test_a_delta_without_a_manifest_fetches_the_signed_one(tmp_path: Path, repo: Repo) -> None:
+    d = fallback_case(tmp_path, repo)
+    path = republish(repo, tmp_path, whole_archive=False)
+    data = path.read_bytes()
+    header = read_header(io.BytesIO(data))
+    shift = header.manifest_length
+    ops_out = tuple(replace(op, offset=op.offset - shift) for op in header.ops)
+    out = io.BytesIO()
+    write_delta(out, replace(header, ops=ops_out, manifest=None, payload_start=0), [data[header.manifest_range()[1]:]])
+    forge_delta(repo, "1.1.0", "1.0.0", lambda _: out.getvalue())
+    result, _, _ = install(d, "1.1.0")
+    release = index_of(repo).find("1.1.0", "any")
+    assert release is not None and installed_ok(d, "1.1.0")["path"] == "delta"
+    assert result.bytes_downloaded == release.deltas[0].target.length + release.manifest.length
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncate", "oversize"])
+def test_a_bad_whole_archive_delta_falls_back(tmp_path: Path, repo: Repo, damage: str) -> None:
+    d = fallback_case(tmp_path, repo)
+    republish(repo, tmp_path, whole_archive=True)
+    base, target = manifests(repo, "1.0.0", "1.1.0")
+
+    def oversize(data: bytes) -> bytes:
+        header = read_header(io.BytesIO(data))
+        old = tar_of(tmp_path / "src-1.0.0", base)
+        frame = encode(OpKind.ZSTD_PATCH, old, tar_of(tmp_path / "src-1.1.0", target) + bytes(2_000_000),
+                       window_for=target.content.length)
+        out = io.BytesIO()
+        write_delta(out, replace(header, archive=len(frame), payload_start=0),
+                    [data[slice(*header.manifest_range())], frame])
+        return out.getvalue()
+
+    def corrupt(data: bytes) -> bytes:
+        start, end = read_header(io.BytesIO(data)).archive_range()
+        out = bytearray(data)
+        out[(start + end) // 2] ^= 0xFF
+        return bytes(out)
+
+    mangle = {"corrupt": corrupt, "truncate": lambda data: data[:-7], "oversize": oversize}[damage]
+    forge_delta(repo, "1.1.0", "1.0.0", mangle)
+    _, watch, _ = install(d, "1.1.0")
+    cause = {"corrupt": r"^delta from 1\.0\.0: ", "truncate": r"^delta from 1\.0\.0: delta truncated",
+             "oversize": r"^delta from 1\.0\.0: archive is longer than the manifest's \d+ bytes"}[damage]
+    assert_fell_back(d, watch, cause)
 
 
 def test_chain_through_an_intermediate_release(tmp_path: Path, repo: Repo) -> None:
@@ -498,6 +705,9 @@ def test_chain_through_an_intermediate_release(tmp_path: Path, repo: Repo) -> No
     install(d, "1.2.0")
     record = installed_ok(d, "1.2.0")
     assert record["path"] == "chain" and record["bytes_saved"] > 0
+    index = index_of(repo)
+    deltas = [r.deltas[0].target.length for r in (index.find("1.1.0", "any"), index.find("1.2.0", "any")) if r]
+    assert record["bytes_downloaded"] == sum(deltas)  # both manifests came inside their deltas
     assert not (d / "cache/delta-work").exists()  # the intermediate tree is gone
     assert sorted(os.listdir(d / "slots")) == ["a", "b"]  # and never was a slot
 
@@ -517,8 +727,38 @@ def assert_fell_back(d: Path, watch: Watch, cause: str) -> None:
     assert any(e["event"] == "delta_fallback" for e in watch.events)
 
 
+def republish(repo: Repo, tmp: Path, whole_archive: bool, version: str = "1.1.0", base: str = "1.0.0") -> Path:
+    """Sign, in place of the published delta ``base`` -> ``version``, one of the given kind (the
+    publisher keeps whichever is smaller), built by the publisher's own functions from the sources.
+    Returns the new delta's file."""
+    store = Repository(repo.dir)
+    index = index_of(repo)
+    (base_m, base_root), (target_m, root) = [
+        (load_manifest(store, index.find(v, "any")), tmp / f"src-{v}") for v in (base, version)  # type: ignore[arg-type]
+    ]
+    for v, where in ((base, base_root), (version, root)):
+        hc.write_tree(where, app(v, CHAIN.index(v)))
+    out, work = tmp / "kind.pdelta", tmp / "kind-work"
+    work.mkdir(exist_ok=True)
+    if whole_archive:
+        frame = archive_patch(base_root, base_m, root, target_m, 2 << 30)
+        mpatch = manifest_patch(base_m, target_m)
+        assert frame is not None
+        header = DeltaHeader(base, version, base_m.content, target_m.content, (),
+                             manifest=ManifestPatch(len(mpatch), store.config().compression_level),
+                             archive=len(frame))
+        with open(out, "wb") as f:
+            write_delta(f, header, [mpatch, frame])
+    else:
+        build_delta(base_root, base_m, root, target_m, out, work, manifest_level=store.config().compression_level)
+    data = out.read_bytes()
+    forge_delta(repo, version, base, lambda _: data)
+    return delta_file(repo, version, base)
+
+
 def test_corrupted_delta_falls_back(tmp_path: Path, repo: Repo) -> None:
     d = fallback_case(tmp_path, repo)
+    republish(repo, tmp_path, whole_archive=False)
 
     def corrupt(data: bytes) -> bytes:
         header = read_header(io.BytesIO(data))
@@ -542,6 +782,7 @@ def test_truncated_delta_falls_back(tmp_path: Path, repo: Repo) -> None:
 
 def test_delta_output_beyond_the_signed_size_falls_back(tmp_path: Path, repo: Repo) -> None:
     d = fallback_case(tmp_path, repo)
+    republish(repo, tmp_path, whole_archive=False)
     old, new = app("1.0.0", 0)["lib/big.so"], app("1.1.0", 1)["lib/big.so"]
     assert isinstance(old, bytes) and isinstance(new, bytes)
     patch = bsdiff4.diff(old, new + b"\0" * 1_000_000)

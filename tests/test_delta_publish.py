@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 import pyzstd
 import zstandard
 
-from client.archive import verify_tree
+from client.archive import release_compressor, verify_tree, write_canonical_tar
 from client.delta_format import (
     MAGIC,
     DeltaFormatError,
@@ -134,11 +135,42 @@ def _header(path: Path) -> DeltaHeader:
         return read_header(f, path.stat().st_size)
 
 
+def _unpatch(frame: bytes, old: bytes, size: int) -> bytes:
+    window = {pyzstd.DParameter.windowLogMax: patch_window_log(len(old), size)}
+    return pyzstd.ZstdDecompressor(pyzstd.ZstdDict(old, is_raw=True).as_prefix, window).decompress(frame)
+
+
+def reference_manifest(delta: Path, base: Manifest) -> bytes | None:
+    """The target manifest's JSON carried by ``delta`` (None: none), decoded directly with pyzstd."""
+    header = _header(delta)
+    if header.manifest is None:
+        return None
+    start, end = header.manifest_range()
+    frame = delta.read_bytes()[start:end]
+    size = pyzstd.get_frame_info(frame).decompressed_size
+    assert size is not None
+    return _unpatch(frame, base.to_bytes(), size)
+
+
 def apply_reference(delta: Path, base_root: Path, base: Manifest, target: Manifest, dest: Path) -> None:
     """A deliberately simple applier (whole files in memory), independent of the publisher's code."""
     with open(delta, "rb") as f:
         header = read_header(f, delta.stat().st_size)
         header.check_against(target, base)
+        if header.archive is not None:  # the whole-archive kind: tar of the base as prefix
+            fd = os.open(base_root, os.O_RDONLY)
+            old = bytearray()
+            try:
+                write_canonical_tar(fd, base.entries, old.extend)
+            finally:
+                os.close(fd)
+            start, end = header.archive_range()
+            f.seek(start)
+            new = _unpatch(f.read(end - start), bytes(old), target.content.length)
+            dest.mkdir()
+            with tarfile.open(fileobj=io.BytesIO(new)) as tar:
+                tar.extractall(dest, filter="tar")
+            return
         by_path = {op.path: op for op in header.ops}
         dest.mkdir()
         for e in target.entries:
@@ -218,7 +250,7 @@ def test_container_round_trip() -> None:
     assert header.ops == _sample_header().ops
     assert [op.offset for op in header.ops] == [0, 0, 3]
     assert data[slice(*header.data_range(header.ops[2]))] == b"de"
-    assert data.startswith(MAGIC) and MAGIC == b"PDELTA2\n"
+    assert data.startswith(MAGIC) and MAGIC == b"PDELTA3\n"
     # compact: offsets are implied by the layout, a base equal to the path is omitted
     assert json.loads(_header_json(data))["ops"] == [
         {"path": "a/x", "op": "copy", "base": "a/y"},
@@ -245,13 +277,14 @@ def test_header_is_compressed() -> None:
     (lambda d: _rehead(d, b'"bsdiff4"', b'"xdelta3"'), "unknown op"),
     (lambda d: _rehead(d, b'"length":2', b'"length":2,"offset":3'), "unexpected field"),
     (lambda d: _rehead(d, b'"op":"bsdiff4"', b'"base":"b","op":"bsdiff4"'), "equal to 'path' must be omitted"),
-    (lambda d: _rehead(d, b'"format":2', b'"format":1'), "unsupported format"),
+    (lambda d: _rehead(d, b'"format":3', b'"format":2'), "unsupported format"),
     (lambda d: _rehead(d, b'"from":"1.0"', b'"from":"one"'), "PEP 440"),
     (lambda d: _rehead(d, b'"base":"a/y"', b'"base":"a/y","offset":0'), "unexpected field"),
     (lambda d: _rehead(d, b'"ops":[', b'"extra":1,"ops":['), "unexpected field"),
     (lambda d: _rehead(d, b'"length":3', b'"length":-3'), "non-negative integer"),
     (lambda d: _rehead(d, b'{"format"', b'[{"format"') + b"]", "not valid JSON|expected a JSON object"),
     (lambda d: b"PDELTA1" + d[7:], "unsupported delta container b'PDELTA1'"),
+    (lambda d: b"PDELTA2" + d[7:], "unsupported delta container b'PDELTA2'"),
     (lambda d: _reframe(d, _header_json(d)), "not a zstd frame"),
     (lambda d: _reframe(d, zstandard.ZstdCompressor(write_content_size=False).compress(_header_json(d))),
      "does not declare its decompressed size"),
@@ -460,7 +493,22 @@ def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, 
     assert stats["length"] <= DELTA_MAX_RATIO * release.full.length
 
     location = _delta_location(repo, release, "1.2.0")
+    base_manifest = load_manifest(repo, _release(repo, "beta", "1.2.0"))
+    target_manifest = load_manifest(repo, release)
+    # the new manifest travels in the delta, as a patch that rebuilds the signed target exactly
+    carried = reference_manifest(location, base_manifest)
+    assert carried == target_manifest.to_bytes()
+    stored = repo.target_location(release.manifest.path, release.manifest.sha256).read_bytes()
     header = _header(location)
+    assert header.manifest is not None
+    assert release_compressor(header.manifest.level).compress(carried) == stored
+    assert header.manifest_length < len(stored) // 2
+    per_file = location
+    if header.archive is not None:  # the whole-archive kind won: the per-file kind must not be smaller
+        per_file = tmp_path / "per-file.pdelta"
+        (tmp_path / "work").mkdir()
+        header, _ = build_delta(v1, base_manifest, v2, target_manifest, per_file, tmp_path / "work")
+        assert per_file.stat().st_size >= location.stat().st_size
     kinds = {op.path: op.op for op in header.ops}
     assert kinds["bin/app"] is OpKind.COPY
     assert kinds["pkg-1.3.dist-info/METADATA"] is OpKind.COPY  # renamed versioned folder: a reference
@@ -470,12 +518,11 @@ def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, 
         assert kinds[changed] in (OpKind.BSDIFF4, OpKind.ZSTD_PATCH), changed
     assert {op.base for op in header.ops if op.path == "lib/libfoo.so.1.3"} == {"lib/libfoo.so.1.2"}
 
-    base_manifest = load_manifest(repo, _release(repo, "beta", "1.2.0"))
-    target_manifest = load_manifest(repo, release)
-    rebuilt = tmp_path / "rebuilt"
-    apply_reference(location, v1, base_manifest, target_manifest, rebuilt)
-    assert verify_tree(rebuilt, target_manifest) == []
-    assert tree_digest(rebuilt) == tree_digest(v2)
+    for n, delta in enumerate({location, per_file}):
+        rebuilt = tmp_path / f"rebuilt{n}"
+        apply_reference(delta, v1, base_manifest, target_manifest, rebuilt)
+        assert verify_tree(rebuilt, target_manifest) == []
+        assert tree_digest(rebuilt) == tree_digest(v2)
     assert verify_repository(repo.path, ops.utcnow(), deep=True).problems == []
     print(f"\npair delta {stats['length']} B vs full {release.full.length} B "
           f"({stats['ratio']:.1%}); content {release.content.length} B; op bytes {stats['op_bytes']}")
@@ -545,7 +592,7 @@ def test_same_inputs_give_the_same_delta_bytes(tmp_path: Path, keystore: KeyStor
     target_manifest = load_manifest(repo, _release(repo, "beta", "1.3.0"))
     work = tmp_path / "work"
     work.mkdir()
-    _, digest = build_delta(v1, base_manifest, v2, target_manifest, again, work)
+    _, digest = build_delta(v1, base_manifest, v2, target_manifest, again, work, whole_archive=True)
     assert digests[0] == digests[1] == digest.sha256
     assert os.listdir(work) == []
 
@@ -606,9 +653,11 @@ def test_memory_budget_forces_zstd_patch_over_bsdiff4(tmp_path: Path, repo: Repo
     _publish_measured(repo.path, keys_dir, v1, "1.0.0", "--deltas", "0")
     result, peak = _publish_measured(repo.path, keys_dir, v2, "1.1.0", "--memory-budget", "384M")
     release = _release(repo, "beta", "1.1.0")
-    ops_by_path = {op.path: op for op in _header(_delta_location(repo, release, "1.0.0")).ops}
-    assert ops_by_path["lib/big.so"].op is OpKind.ZSTD_PATCH
-    assert peak <= budget, f"peak RSS {peak >> 20} MiB over the {budget >> 20} MiB budget"
+    header = _header(_delta_location(repo, release, "1.0.0"))
     [stats] = result["deltas"]
+    assert "bsdiff4" not in stats["ops"]
+    if header.archive is None:  # else the whole-archive candidate (zstd patch-from too) was smaller
+        assert {op.path: op for op in header.ops}["lib/big.so"].op is OpKind.ZSTD_PATCH
+    assert peak <= budget, f"peak RSS {peak >> 20} MiB over the {budget >> 20} MiB budget"
     print(f"\n24 MB pair: delta {stats['length']} B vs full {release.full.length} B, peak RSS {peak >> 20} MiB "
-          f"(budget {budget >> 20} MiB), {stats['seconds']} s")
+          f"(budget {budget >> 20} MiB), {stats['seconds']} s, parts {stats['op_bytes']}")
