@@ -227,10 +227,11 @@ def status_cmd(repo_dir: Path, warn_days: float | None, as_json: bool) -> None:
     lines = [f"repository {repo_dir}"]
     for role, info in result["roles"].items():
         flag = "  EXPIRED" if info["expired"] else ""
-        lines.append(f"  {role:<10} v{info['version']:<5} expires {info['expires']}  "
+        lines.append(f"  {role:<14} v{info['version']:<5} expires {info['expires']}  "
                      f"threshold {info['threshold']} keys {','.join(k[:8] for k in info['keyids'])}{flag}")
     for channel, releases in result["channels"].items():
-        lines.append(f"  {channel}: {len(releases)} release(s)")
+        archived = result["archived"].get(channel, 0)
+        lines.append(f"  {channel}: {len(releases)} release(s)" + (f" (+{archived} archived)" if archived else ""))
         lines += [f"    {r['version']:<12} {r['platform']:<16} {r['type']:<9} {r['published']}  {describe_controls(r)}"
                   .rstrip() for r in releases]
     _emit(as_json, result, "\n".join(lines))

@@ -37,7 +37,7 @@ from . import artifact
 from .archive import Archive, apply_window
 from .core import metadata as meta
 from .core.delta_plan import ZSTD_MEMORY
-from .core.window import MAX_ARCHIVE_BITS, channel_of_bin
+from .core.window import MAX_ARCHIVE_BITS, archive_prefix, channel_of_bin
 from .delta import DEFAULT_MEMORY_BUDGET, build_deltas, current_rss
 from .errors import PublishRefused, RepositoryStateError
 from .keys import KeyStore
@@ -458,7 +458,17 @@ def status(repo: Repository, now: datetime | None = None) -> dict[str, Any]:
     channels = {}
     archived = {}
     for name, md in state.channels.items():
-        archived[name] = Archive(repo, state, name, md).count()
+        archive = Archive(repo, state, name, md)
+        archived[name] = archive.count()
+        bins = [b for _, b in archive.bins()]
+        if bins:  # one line for all bins: the earliest expiry is what needs renewing
+            succinct = archive.succinct
+            assert succinct is not None
+            first = min(b.signed.expires for b in bins)
+            roles[archive_prefix(name)] = {
+                "version": max(b.signed.version for b in bins), "expires": _iso(first), "expired": first <= now,
+                "threshold": succinct.threshold, "keyids": list(succinct.keyids), "bins": len(bins),
+            }
         index = repo.channel_index(state, name)
         channels[name] = [
             {"version": r.version, "platform": r.platform, "type": r.type.value, "published": r.published,
