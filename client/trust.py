@@ -84,6 +84,8 @@ class RepositoryClient:
         self._root_bytes = root_bytes
         self._fetcher = fetcher or HttpxFetcher(settings)
         self._updater: Updater | None = None
+        self._vouched: dict[str, TargetFile] = {}
+        """Files of archived releases: no role lists them; their verified archive record does."""
 
     @property
     def stats(self) -> TransportStats:
@@ -104,6 +106,7 @@ class RepositoryClient:
     def refresh(self) -> None:
         """Run the TUF refresh with a new ``Updater``; afterwards targets resolve against it."""
         self._updater = None
+        self._vouched = {}
         try:
             self.metadata_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -175,7 +178,9 @@ class RepositoryClient:
         for ref in release.targets():
             if not ref.path.startswith(f"{channel}/"):
                 raise TrustError(f"archive record {path} points outside its channel at {ref.path}: refused")
-            self._signed_ref(ref, f"archive record {path}")
+            # The record is a verified target of a role the channel delegated: its lengths and hashes
+            # vouch for the release's files exactly as the signed index did while it was live.
+            self._vouched[ref.path] = TargetFile(ref.length, {"sha256": ref.sha256}, ref.path)
         return release
 
     def signed_time(self) -> str | None:
@@ -249,7 +254,10 @@ class RepositoryClient:
         return self._updater
 
     def _signed(self, path: str) -> TargetFile:
-        """The signed ``TargetFile`` for ``path`` (walking the delegations), or TrustError."""
+        """The signed ``TargetFile`` for ``path`` (walking the delegations, or vouched for by a
+        verified archive record), or TrustError."""
+        if path in self._vouched:
+            return self._vouched[path]
         updater = self._require_updater()
         with self._seam(updater):
             info = updater.get_targetinfo(path)

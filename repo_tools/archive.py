@@ -1,7 +1,9 @@
 """A channel's archive: the hashed-bin roles that hold releases older than the live window.
 
-``repo_tools.core.window`` decides which releases are live; this module moves the others'
-targets out of the channel role into their bins, writes each archived release's record, reads
+``repo_tools.core.window`` decides which releases are live; this module takes the others'
+targets out of the channel role and signs, in their bin, one record per archived release: its
+index entry, whose length and sha256 of every file vouch for the files as the index did while it
+was live (so a bin grows by one entry per release, not one per file). It reads
 records back for operations on old versions, and re-signs bins when they near expiry or when
 the channel's key changes. Bins are loaded lazily from the committed snapshot and handed back
 to the caller's commit as changed roles; nothing here writes metadata itself.
@@ -160,9 +162,8 @@ def apply_window(
     if archived:
         archive.ensure(bits)
     for release in archived:
-        for ref in release.targets():
+        for ref in release.targets():  # from here on the signed record vouches for them
             role.targets.pop(ref.path, None)
-            archive.put(meta.target_file(ref.path, ref.length, ref.sha256))
         data = record_to_bytes(archive.channel, release)
         path = record_path(archive.channel, release.platform, release.version)
         sha = hashlib.sha256(data).hexdigest()
@@ -173,7 +174,6 @@ def apply_window(
             continue
         archive.drop(record_path(archive.channel, release.platform, release.version))
         for ref in release.targets():
-            archive.drop(ref.path)
             role.targets[ref.path] = meta.target_file(ref.path, ref.length, ref.sha256)
     return replace(index, releases=tuple(live)), records
 

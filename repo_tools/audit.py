@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
-from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, Targets
+from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, TargetFile, Targets
 
 from client.index import ChannelIndex, FormatError, Manifest, index_path, record_from_bytes
 
@@ -180,15 +180,14 @@ class _Auditor:
 
     def archive(self, name: str, role: DelegatedRole, md: Metadata[Targets], meta: dict[str, MetaFile],
                 snap_name: str) -> set[str]:
-        """Check the channel's archive bins: signed by the channel's delegation, each target in its
-        own bin, within the channel's paths, present with its signed length and hash, and every
-        archive record naming targets the archive signed. Returns the snapshot entries it covers."""
+        """Check the channel's archive bins: signed by the channel's delegation, holding only archive
+        records, each in its own bin, present with its signed length and hash; and every file a
+        record vouches for present with the record's length and sha256. Returns the snapshot
+        entries it covers."""
         delegations = md.signed.delegations
         succinct = delegations.succinct_roles if delegations else None
         if succinct is None:
             return set()
-        signed: dict[str, Any] = {}
-        records = []
         for bin_name in succinct.get_roles():
             bin_md = self.delegated(bin_name, md, meta, f"{snap_name}: does not list the archive bin {bin_name}")
             if bin_md is None:
@@ -199,34 +198,26 @@ class _Auditor:
                 if not role.is_delegated_path(path):
                     self.problem(f"{bin_name}: target {path} is outside the paths delegated to {name}")
                 self.target_file(path, info)
-                signed[path] = info
-                if path.endswith("/release.json"):
-                    records.append((path, info))
-        referenced = set()
-        for path, info in records:
-            self.report.archived += 1
-            referenced.add(path)
-            parts = path.split("/")
-            try:
-                data = self.repo.target_location(path, info.hashes.get("sha256", "")).read_bytes()
-                release = record_from_bytes(data, name, parts[1], parts[2]) if len(parts) == 4 else None
-            except (OSError, FormatError) as exc:
-                self.problem(f"archive record {path} unreadable ({exc})")
-                continue
-            if release is None:
-                self.problem(f"archive record {path} is not at <channel>/<platform>/<version>/release.json")
-                continue
-            for ref in release.targets():
-                referenced.add(ref.path)
-                found = signed.get(ref.path)
-                if found is None:
-                    self.problem(f"archive record {path} refers to {ref.path}, which the archive did not sign")
-                elif found.length != ref.length or found.hashes.get("sha256") != ref.sha256:
-                    self.problem(f"archive record {path}: length/sha256 of {ref.path} disagree with signed targets")
-            self.manifest(name, release)
-        for path in sorted(set(signed) - referenced):
-            self.problem(f"{name} archive: signed target {path} is not referenced by any archive record")
+                self.record(name, path, info)
         return {f"{b}.json" for b in succinct.get_roles()}
+
+    def record(self, channel: str, path: str, info: Any) -> None:
+        parts = path.split("/")
+        if len(parts) != 4 or parts[3] != "release.json":
+            self.problem(f"archive target {path} is not a record at <channel>/<platform>/<version>/release.json")
+            return
+        try:
+            data = self.repo.target_location(path, info.hashes.get("sha256", "")).read_bytes()
+            release = record_from_bytes(data, channel, parts[1], parts[2])
+        except (OSError, FormatError) as exc:
+            self.problem(f"archive record {path} unreadable ({exc})")
+            return
+        self.report.archived += 1
+        for ref in release.targets():
+            if not ref.path.startswith(f"{channel}/"):
+                self.problem(f"archive record {path} points outside its channel at {ref.path}")
+            self.target_file(ref.path, TargetFile(ref.length, {"sha256": ref.sha256}, ref.path))
+        self.manifest(channel, release)
 
     def channel(self, name: str, role: DelegatedRole, md: Metadata[Targets]) -> None:
         targets = md.signed.targets

@@ -230,3 +230,22 @@ def test_temp_files_a_killed_publish_left_are_cleaned_from_its_journal(tmp_path:
     assert not torn.exists()
     assert not (repository.path / DIRTY_FILE).exists()
     assert verify_repository(repository.path, ops.utcnow()).problems == []
+
+
+def test_a_tampered_file_of_an_archived_release_is_refused(
+    tmp_path: Path, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo]
+) -> None:
+    repository = _repo(tmp_path, keystore)
+    versions = _publish_many(repository, keystore, tmp_path, 6)
+    installer = init_client(tmp_path / "client", serve(repository.path).url, Repo(repository.path, keys_dir))
+    installer.install()
+    before = tree_digest(tmp_path / "client" / "current")
+    [full] = (repository.targets_dir / "stable" / "any" / versions[0]).glob("*.full.tar.zst")
+    data = bytearray(full.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    full.write_bytes(bytes(data))
+    assert any(versions[0] in p and "differs" in p for p in verify_repository(repository.path, ops.utcnow()).problems)
+    with pytest.raises(UpdateError) as caught:
+        installer.install(versions[0], force=True)
+    assert "\n" not in str(caught.value)
+    assert tree_digest(tmp_path / "client" / "current") == before

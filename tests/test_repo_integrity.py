@@ -13,6 +13,7 @@ import pytest
 from tuf.ngclient import Updater
 
 from repo_tools import publish as ops
+from repo_tools.archive import Archive
 from repo_tools.audit import verify_repository
 from repo_tools.keys import KeyStore
 from repo_tools.store import Repository
@@ -32,7 +33,22 @@ def fetchable_files(repo: Repository) -> list[Path]:
         files.append(md / f"{role.signed.version}.{name}.json")
         for path, info in role.signed.targets.items():
             files.append(repo.target_location(path, info.hashes["sha256"]))
+        archive = Archive(repo, state, name, role)
+        for bin_name, bin_md in archive.bins():
+            files.append(md / f"{bin_md.signed.version}.{bin_name}.json")
+            for path, info in bin_md.signed.targets.items():
+                files.append(repo.target_location(path, info.hashes["sha256"]))
+        for release in archive.records():
+            files += [repo.target_location(ref.path, ref.sha256) for ref in release.targets()]
     return files
+
+
+@pytest.fixture
+def repo(tmp_path: Path, keystore: KeyStore) -> Repository:
+    """A repository whose live window is 1, so every publish also archives (bins, records)."""
+    repository = Repository(tmp_path / "repo")
+    ops.init_repository(repository, keystore, live_window=1, archive_bits=1)
+    return repository
 
 
 def test_flipping_any_byte_of_any_fetchable_file_fails_verify(repo: Repository, keystore: KeyStore, source) -> None:
@@ -40,9 +56,10 @@ def test_flipping_any_byte_of_any_fetchable_file_fails_verify(repo: Repository, 
         ops.publish(repo, keystore, ops.PublishRequest(channel, version, "patch", "any", source(version)))
     now = ops.utcnow()
     assert verify_repository(repo.path, now).problems == []
+    assert verify_repository(repo.path, now).archived == 1
     rng = random.Random(1234)
     files = fetchable_files(repo)
-    assert len(files) >= 15
+    assert len(files) >= 19  # root chain, 6 roles, 2 bins, indexes, live and archived releases (record, files)
     flips = 0
     for path in files:
         original = path.read_bytes()
