@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,26 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_filesystem(fd: int) -> bool:
+    """Make every file written so far on the file system of ``fd`` durable with one ``syncfs(2)``
+    (Linux): much cheaper than an ``fsync`` per file when a slot of many files was just written
+    (one journal commit instead of one each). Returns False where it is unavailable, and the
+    caller fsyncs file by file. An ``OSError`` is raised if it fails (write-back errors are
+    reported by Linux 5.8 and later)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes  # here: loaded only by the commands that write a tree
+
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    if syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
 
 
 def _temp_path(dest: Path) -> Path:

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import stat
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from client import archive
 from client.archive import extract_release, manifest_problems, open_beneath, tree_size, verify_tree
 from client.errors import InstallError
+from client.fsutil import sync_filesystem
 from client.index import Digest, EntryType, Manifest, ManifestEntry
 from repo_tools.artifact import build_artifact
 
@@ -60,6 +63,43 @@ def test_round_trip(slot: Path, built: tuple[Path, Manifest], tmp_path: Path) ->
     assert os.readlink(slot / "bin" / "latest") == "app"
     assert (slot / "lib" / "deep" / "blob").read_bytes() == (tmp_path / "src/lib/deep/blob").read_bytes()
     assert tree_size(manifest) >= manifest.total_size
+
+
+@pytest.mark.parametrize("syncfs", [True, False])
+def test_the_tree_is_made_durable_with_one_syncfs_or_an_fsync_each(
+    tmp_path: Path, built: tuple[Path, Manifest], monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    """One syncfs(2) of the file system where it exists (Linux), else one fsync per file and
+    directory; directory modes are set either way."""
+    synced: list[int] = []
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+
+    def fake_syncfs(fd: int) -> bool:
+        synced.append(fd)
+        return syncfs
+
+    def counting_fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(archive, "sync_filesystem", fake_syncfs)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    dest = tmp_path / "slot"
+    dest.mkdir()
+    extract_release(built[0], dest, built[1])
+    assert verify_tree(dest, built[1]) == []
+    assert stat.S_IMODE((dest / "lib" / "deep").stat().st_mode) == 0o755
+    durable = [e for e in built[1].entries if e.type is not EntryType.SYMLINK]
+    assert (len(synced), len(fsynced)) == (1, 0 if syncfs else len(durable) + 1)
+
+
+def test_syncfs_is_available_here() -> None:
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert sync_filesystem(fd) is sys.platform.startswith("linux")
+    finally:
+        os.close(fd)
 
 
 def test_refuses_non_empty_destination(tmp_path: Path, built: tuple[Path, Manifest]) -> None:
