@@ -29,7 +29,7 @@ from client.index import Digest, EntryType, Manifest, ManifestEntry
 from client.installer import Installer
 from repo_tools import delta as rdelta
 from repo_tools import publish as ops
-from repo_tools.core.delta_plan import ZSTD_MEMORY, plan_delta, segments_memory
+from repo_tools.core.delta_plan import ZSTD_MEMORY, bsdiff4_memory, plan_delta, segments_memory
 from repo_tools.delta import build_delta, segment_frame
 from repo_tools.keys import KeyStore
 from repo_tools.store import Repository
@@ -111,7 +111,12 @@ def test_large_files_are_segmented_never_patched_whole() -> None:
     assert plan["big.pack"].candidates == (OpKind.ZSTD_SEGMENTS,)  # even with memory to spare
     assert "segmented" in plan["big.pack"].skipped[0]
     assert plan["big.pack"].memory == segments_memory(100 * MIB, 101 * MIB) < 400 * MIB
-    assert OpKind.ZSTD_SEGMENTS not in plan["mid.so"].candidates  # under WHOLE_PATCH_MAX: patched whole
+    # Under WHOLE_PATCH_MAX a file is patched whole by bsdiff4, but zstd patch-from over 64 MiB of window
+    # loses its matches at level 19 (ZSTD_PATCH_TOTAL_MAX): segments take its place.
+    assert plan["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS, OpKind.BSDIFF4)
+    assert plan["mid.so"].memory == bsdiff4_memory(40 * MIB, 40 * MIB)
+    near = _manifest("2", {"big.pack": (101 * MIB, "b" * 64), "mid.so": (24 * MIB, "b" * 64)})
+    assert plan_delta(base, near, 64 << 30).files[1].candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF4)
     small = {f.entry.path: f for f in plan_delta(base, target, 64 << 30, SMALL).files}
     assert small["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS,)
 

@@ -229,6 +229,12 @@ def _preferred(same: Sequence[ManifestEntry], path: str, shape: str) -> Manifest
     return next((e for e in same if normalise_path(e.path) == shape), same[0])
 
 
+ZSTD_PATCH_TOTAL_MAX = 64 * MIB
+"""Whole-file ``zstd-patch`` only while base + new fit this (window log 26 at most). Measured on
+incompressible files with a few 4 KiB edits: at 31 + 31 MiB the level-19 frame is 29 KB, at 33 + 33 MiB
+(window log 27) 1.1 MB and at 48 + 48 MiB 16.8 MB, about the whole file: level 19's match tables lose
+the prefix once the window outgrows them. ``zstd-segments`` (level 12, 64 MiB regions) gives 29 KB and
+31 KB there, in a fifth of the time."""
 PLAIN_ZSTD_MAX = 1 * MIB
 """Changed files up to this size also try plain zstd (cheap there, and sometimes smaller)."""
 
@@ -240,14 +246,16 @@ def _encoders(
 
     Plain zstd is tried only for small files, when no patch encoder fits, or when ``base`` is a guess
     (``similar-size``): zstd with the old file as prefix is almost never beaten by it, and level 19 on
-    a large file costs most of a publish's time. Large files: :func:`_segmented`.
+    a large file costs most of a publish's time. Large files: :func:`_segmented`. Above
+    :data:`ZSTD_PATCH_TOTAL_MAX` zstd-segments takes zstd-patch's place.
     """
     if max(entry.size, base.size) > segments.whole_max:
         return _segmented(entry, base, match, budget, segments)
     candidates = []
     skipped = []
     if base.size >= ZSTD_PREFIX_MIN:
-        for kind in (OpKind.ZSTD_PATCH, OpKind.BSDIFF4):
+        zstd_kind = OpKind.ZSTD_PATCH if base.size + entry.size <= ZSTD_PATCH_TOTAL_MAX else OpKind.ZSTD_SEGMENTS
+        for kind in (zstd_kind, OpKind.BSDIFF4):
             need = encoder_memory(kind, base.size, entry.size)
             if need <= budget:
                 candidates.append(kind)
