@@ -281,6 +281,8 @@ def main() -> int:
         print(row("publish 2.0.0 (+ delta from 1.0.0)", pub2,
                   f"full {release.full.length:,} B, delta {delta.target.length if delta else 'none'} B"
                   f"{'' if delta else ' (not published)'}; ops {info.get('ops')}"))
+        if info:
+            print(f"{'':<34} delta op bytes {info.get('op_bytes')}, delta built in {info.get('seconds')} s")
         for name, run, rec in (("install 1.0.0", inst1, rec1), ("update 1.0.0 -> 2.0.0", inst2, rec2)):
             print(row(name, run, f"downloaded {int(rec.get('bytes', 0)):,} B, path {rec.get('path')}"
                       f"{', fallback: ' + str(rec['fallback_reason']) if rec.get('fallback_reason') else ''}"))
