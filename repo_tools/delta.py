@@ -7,7 +7,9 @@ the whole content digest against the signed manifest), then one delta container
 
 * the plan (pure) picks a base file and the encoders the memory budget allows;
 * each candidate encoder writes its output into a scratch file, the smallest is appended to the
-  payload spool, the others are dropped: at most one file's inputs and outputs are in memory;
+  payload spool, the others are dropped: at most one file's inputs and outputs are in memory, and
+  only for files of at most 64 MiB: larger ones are encoded segment by segment
+  (:func:`write_segments`, ``zstd-segments``), one 64 MiB base region and 32 MiB segment at a time;
 * the container (header, then the payload copied in ``CHUNK_SIZE`` pieces) is written last, since
   the header holds every offset.
 
