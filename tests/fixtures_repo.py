@@ -5,9 +5,9 @@ roles delegated with ``C/*``, ``C/*/*``, ``C/*/*/*``, targets stored as ``<sha25
 without going through ``repo_tools``, so the client's trust tests do not depend on the publisher
 and can forge what an attacker would serve: old, expired, re-signed or tampered files.
 
-Servers: ``start_static_server`` runs ``repo_tools.serve.serve`` in a child process on port 0 and
-reads its URL from stdout; ``ScriptedServer`` is an in-process HTTP server whose answers a test
-scripts (fail N times, stall, count attempts, record headers).
+Servers: ``start_static_server`` is the suite's one repository server (``tests.conftest.start_server``:
+nginx, or ``pinnacle-release serve`` with ``PINNACLE_TEST_SERVER=python``); ``ScriptedServer`` is an
+in-process HTTP server whose answers a test scripts (fail N times, stall, count attempts, record headers).
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def flip_byte(path: Path, offset: int = 0) -> None:
 # -- servers -----------------------------------------------------------------------------------
 
 
-# The one server helper of the suite (``pinnacle-release serve DIR --port 0`` in a child process).
+# The one server helper of the suite (nginx, or ``pinnacle-release serve DIR --port 0``; tests/conftest.py).
 StaticServer = ServedRepo
 start_static_server = start_server
 

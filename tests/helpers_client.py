@@ -1,5 +1,5 @@
 """Real parts for client tests: a publisher repository built with the ``pinnacle-release`` CLI,
-a real HTTP server subprocess on 127.0.0.1, and initialised install directories."""
+a real HTTP server subprocess on 127.0.0.1 (nginx by default), and initialised install directories."""
 
 from __future__ import annotations
 
@@ -109,7 +109,8 @@ def publish(
 
 @contextlib.contextmanager
 def serve(repo_dir: Path) -> Iterator[str]:
-    """``pinnacle-release serve`` as a subprocess; yields its base URL."""
+    """The suite's repository server (nginx, or ``pinnacle-release serve``: ``tests.conftest.start_server``);
+    yields its base URL."""
     served = start_server(repo_dir)
     try:
         yield served.url
