@@ -266,26 +266,36 @@ def manifest_patch(base: Manifest, target: Manifest) -> bytes:
     return zstd_patch(base.to_bytes(), target.to_bytes())
 
 
-def archive_memory(base: Manifest, target: Manifest) -> int:
-    """Peak bytes :func:`archive_patch` adds: zstd patch-from over both tars, plus the tars held
-    (and the copy of the base tar zstd's prefix keeps)."""
+ARCHIVE_LEVEL = 22
+"""zstd level of the whole-archive frame when the budget allows it (:data:`ARCHIVE_LEVEL_MEMORY`
+more than level 19, whatever the input size, measured; the decoder's memory is the same): 6% fewer
+bytes than level 19 on typescript 5.5.4 -> 5.6.2, in the same time."""
+ARCHIVE_LEVEL_MEMORY = 640 << 20
+
+
+def archive_memory(base: Manifest, target: Manifest, level: int = PATCH_LEVEL) -> int:
+    """Peak bytes :func:`archive_patch` adds at ``level`` (19 or :data:`ARCHIVE_LEVEL`): zstd
+    patch-from over both tars, plus the tars held (and the copy of the base tar zstd's prefix keeps)."""
     old, new = base.content.length, target.content.length
-    return zstd_patch_memory(old, new) + 2 * old + new
+    return zstd_patch_memory(old, new) + 2 * old + new + (ARCHIVE_LEVEL_MEMORY if level > PATCH_LEVEL else 0)
 
 
 def archive_patch(
     base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> bytes | None:
-    """The whole-archive candidate: one zstd patch-from frame (:func:`zstd_patch`) of the target's
-    canonical tar with the base's canonical tar as prefix, both rebuilt from the trees (every file
-    checked against its manifest). ``None`` when the two tars together exceed
-    :data:`~client.delta_format.ARCHIVE_MAX` (the client's memory bound) or
-    :func:`archive_memory` exceeds ``memory_budget``."""
-    if base.content.length + target.content.length > ARCHIVE_MAX or archive_memory(base, target) > memory_budget:
+    """The whole-archive candidate: one zstd patch-from frame (:func:`zstd_patch`, at
+    :data:`ARCHIVE_LEVEL` when :func:`archive_memory` at that level fits ``memory_budget``, else at
+    level 19) of the target's canonical tar with the base's canonical tar as prefix, both rebuilt
+    from the trees (every file checked against its manifest). ``None`` when the two tars together
+    exceed :data:`~client.delta_format.ARCHIVE_MAX` (the client's memory bound) or no level fits."""
+    if base.content.length + target.content.length > ARCHIVE_MAX:
+        return None
+    level = next((lv for lv in (ARCHIVE_LEVEL, PATCH_LEVEL) if archive_memory(base, target, lv) <= memory_budget), 0)
+    if not level:
         return None
     old = _canonical_tar(base_root, base, RepositoryStateError, "the extracted base")
     new = _canonical_tar(source, target, UnsafeInputError, "the source")
-    return zstd_patch(old, new)
+    return zstd_patch(old, new, level)
 
 
 def _canonical_tar(root: Path, manifest: Manifest, error: type[Exception], what: str) -> bytes:

@@ -19,7 +19,7 @@ import pytest
 import pyzstd
 import zstandard
 
-from client.archive import release_compressor, verify_tree, write_canonical_tar
+from client.archive import release_compressor, verify_tree
 from client.delta_format import (
     MAGIC,
     DeltaFormatError,
@@ -31,6 +31,7 @@ from client.delta_format import (
     write_delta,
 )
 from client.index import Digest, EntryType, Manifest, ManifestEntry, Release
+from repo_tools import delta as rdelta
 from repo_tools import publish as ops
 from repo_tools.audit import verify_repository
 from repo_tools.core.delta_plan import (
@@ -43,12 +44,22 @@ from repo_tools.core.delta_plan import (
     plan_delta,
     zstd_patch_memory,
 )
-from repo_tools.delta import DELTA_MAX_RATIO, build_delta, load_manifest, parse_size
+from repo_tools.delta import (
+    ARCHIVE_LEVEL,
+    ARCHIVE_LEVEL_MEMORY,
+    DELTA_MAX_RATIO,
+    archive_memory,
+    archive_patch,
+    build_delta,
+    load_manifest,
+    parse_size,
+)
 from repo_tools.errors import PublishRefused
 from repo_tools.keys import KeyStore
 from repo_tools.store import Repository
 
 from .conftest import ROOT, tree_digest, write_tree
+from .test_delta_client import tar_of
 
 MIB = 1 << 20
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
@@ -158,15 +169,9 @@ def apply_reference(delta: Path, base_root: Path, base: Manifest, target: Manife
         header = read_header(f, delta.stat().st_size)
         header.check_against(target, base)
         if header.archive is not None:  # the whole-archive kind: tar of the base as prefix
-            fd = os.open(base_root, os.O_RDONLY)
-            old = bytearray()
-            try:
-                write_canonical_tar(fd, base.entries, old.extend)
-            finally:
-                os.close(fd)
             start, end = header.archive_range()
             f.seek(start)
-            new = _unpatch(f.read(end - start), bytes(old), target.content.length)
+            new = reference_unpatch(f.read(end - start), base_root, base, target)
             dest.mkdir()
             with tarfile.open(fileobj=io.BytesIO(new)) as tar:
                 tar.extractall(dest, filter="tar")
@@ -576,6 +581,31 @@ def test_delta_larger_than_threshold_is_not_published(tmp_path: Path, repo: Repo
     signed = repo.load().channel("beta").signed.targets
     assert not [p for p in signed if p.endswith(".pdelta")]
     assert verify_repository(repo.path, ops.utcnow()).problems == []
+
+
+def test_whole_archive_candidate_level_and_bounds_follow_the_budget(tmp_path: Path, repo: Repository,
+                                                                    keystore: KeyStore,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, v2 = _pair_trees(tmp_path)
+    _publish(repo, keystore, v1, "1.2.0", deltas=0)
+    _publish(repo, keystore, v2, "1.3.0", deltas=0)
+    base, target = (load_manifest(repo, _release(repo, "beta", v)) for v in ("1.2.0", "1.3.0"))
+    low, high = archive_memory(base, target), archive_memory(base, target, ARCHIVE_LEVEL)
+    assert high - low == ARCHIVE_LEVEL_MEMORY
+    levels = {}
+    for budget in (high, high - 1, low):
+        frame = archive_patch(v1, base, v2, target, budget)
+        assert frame is not None
+        levels[budget] = frame
+        assert reference_unpatch(frame, v1, base, target) == tar_of(v2, target)
+    assert levels[high] != levels[high - 1] == levels[low]  # level 22, then 19
+    assert archive_patch(v1, base, v2, target, low - 1) is None
+    monkeypatch.setattr(rdelta, "ARCHIVE_MAX", base.content.length + target.content.length - 1)
+    assert archive_patch(v1, base, v2, target, high) is None
+
+
+def reference_unpatch(frame: bytes, base_root: Path, base: Manifest, target: Manifest) -> bytes:
+    return _unpatch(frame, tar_of(base_root, base), target.content.length)
 
 
 def test_same_inputs_give_the_same_delta_bytes(tmp_path: Path, keystore: KeyStore) -> None:
