@@ -43,6 +43,7 @@ sys.path.insert(0, str(BENCH))
 
 from corpus import CACHE, PAIRS, Pair, release_dir, tree_size  # noqa: E402
 
+from client.delta_format import read_header  # noqa: E402
 from client.index import EntryType, Manifest  # noqa: E402
 from repo_tools import publish as ops  # noqa: E402
 from repo_tools.artifact import build_artifact  # noqa: E402
@@ -95,6 +96,7 @@ class Result:
     files_new: int = 0
     full: int = 0
     ours_delta: int | None = None
+    ours_kind: str = ""
     ours_bytes: int | None = None
     ours_path: str = ""
     ours_publish: Run | None = None
@@ -345,6 +347,10 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
     delta = release.delta_from(pair.old)
     if delta is not None:
         result.ours_delta = delta.target.length
+        with open(repo.target_location(delta.target.path, delta.target.sha256), "rb") as f:
+            header = read_header(f)
+        kind = "whole-archive" if header.archive is not None else f"per-file ({len(header.ops)} ops)"
+        result.ours_kind = f"{kind}; manifest patch {header.manifest_length:,} B of {release.manifest.length:,}"
     elif deltas:
         result.notes.append("ours: the publisher listed no delta from the old release (not clearly smaller?)")
 
@@ -456,6 +462,7 @@ def table(results: Sequence[Result]) -> str:
         ("full artifact (full.tar.zst) bytes", [f"{r.full:,}" for r in results]),
         ("**ours**: client downloaded bytes (/full)", [_bytes(r.ours_bytes, r.full) for r in results]),
         ("ours: delta target bytes (/full)", [_bytes(r.ours_delta, r.full) for r in results]),
+        ("ours: delta kind; manifest inside it", [r.ours_kind or "n/a" for r in results]),
         ("bsdiff4 whole-archive bytes (/full)", [_bytes(r.bsdiff, r.full) for r in results]),
         ("zstd -19 --long=31 --patch-from bytes (/full)", [_bytes(r.zstd, r.full) for r in results]),
         ("tufup 0.10.0 patch bytes (/full)", [_bytes(r.tufup, r.full) for r in results]),
@@ -585,7 +592,9 @@ MEASURED = """\
   `install OLD`, then `install` (measured: wall time and peak RSS of that process, from start to exit, which covers
   TUF refresh, download, delta apply into the inactive slot, per-file and manifest verification, swap and commit).
   "client downloaded bytes" is the `bytes` of that install in `pinnacle-update history --json` (target bytes: the
-  signed manifest plus the delta or the artifact, not TUF metadata).
+  delta, which carries the new manifest as a patch of the installed one, or the signed manifest plus the artifact;
+  not TUF metadata). "delta kind" is read from the published delta's header: per-file ops, or one whole-archive
+  zstd patch-from frame (the publisher keeps the smaller).
 - **bsdiff4 whole-archive**: `bsdiff4.diff(old_tar, new_tar)` on the two canonical uncompressed tars, in a child
   process (CPU, peak RSS). **zstd**: `zstd -19 --long=31 --patch-from=OLD.tar NEW.tar` (CLI, CPU, peak RSS).
   "best whole-archive delta" in G1 is the smaller of the two.
@@ -602,8 +611,11 @@ MEASURED = """\
   into the app directory. Wall time and peak RSS of that process are reported. Both clients' installed trees are
   checked file by file (sha256) against the new release after the update.
 - Every measured command is a separate child process; CPU = `ru_utime + ru_stime` and peak = `ru_maxrss` of that
-  process from `os.wait4`. Wall times include interpreter start-up for both clients alike. Each client update runs
-  `--client-runs` times (default 3), each in a fresh client directory; the table keeps the median and lists all.
+  process from `os.wait4`. Wall times include interpreter start-up for both clients alike; both run byte-compiled
+  (pip compiled tufup's venv when installing it; the bench runs `compileall` on `client/` and `repo_tools/` first,
+  as `pip install` would, since a source tree run under `PYTHONDONTWRITEBYTECODE` would compile every module on
+  every start). Each client update runs `--client-runs` times (default 3), each in a fresh client directory; the
+  table keeps the median and lists all.
 """
 
 
@@ -675,6 +687,10 @@ def main() -> int:
               "!!! 'ours' is NOT MEASURED; baselines only. This run exits with status 2.\n", flush=True)
 
     info = versions(zstd, tufup)  # the commit measured, before anything can move HEAD
+    # byte-compile our modules as `pip install` does (tufup's venv already is): a source tree under
+    # PYTHONDONTWRITEBYTECODE would otherwise compile every module at every client start
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "client", "repo_tools"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pinnacle-delta-bench-") as tmp_name:
