@@ -4,7 +4,9 @@ An unprivileged nginx master (``nginx -p PREFIX -c PREFIX/nginx.conf -e stderr -
 in its own session, listening on 127.0.0.1 on a free port, with the configuration users get from
 ``pinnacle-release nginx-config`` (``repo_tools.hosting``: the same cache headers, byte ranges,
 no directory listings). Every path it writes (pid, error log, access log, temp directories) is in
-PREFIX, a temporary directory removed by :meth:`NginxServer.stop`.
+PREFIX, a temporary directory removed by :meth:`NginxServer.stop`. A server still running when the
+Python process exits is stopped then, and nginx gets SIGTERM if its parent dies first (Linux
+``PR_SET_PDEATHSIG``), so a killed test run leaves no nginx behind.
 
 The access log has one JSON object per request (``repo_tools.hosting.ACCESS_LOG_FIELDS``);
 :meth:`NginxServer.requests` parses it, so a test can count requests and body bytes at the server.
@@ -14,15 +16,19 @@ waits for the line with :meth:`NginxServer.wait_for`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,22 @@ from pathlib import Path
 from repo_tools.hosting import nginx_standalone
 
 START_TIMEOUT = 15.0
+
+
+_RUNNING: weakref.WeakSet[NginxServer] = weakref.WeakSet()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM (nginx's fast shutdown) when the parent goes away."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop()
 
 
 def find_nginx() -> str | None:
@@ -107,10 +129,12 @@ class NginxServer:
                     [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-e", "stderr",
                      "-g", "daemon off;"],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )  # fmt: skip
             if self._wait_ready(port):
                 self.port = port
                 self.url = f"http://127.0.0.1:{port}/"
+                _RUNNING.add(self)
                 return
             self._halt()
             if "Address already in use" not in self._logs():
