@@ -298,7 +298,12 @@ def tar_length(entries: Iterable[ManifestEntry]) -> int:
 
 
 def write_canonical_tar(
-    root_fd: int, entries: Sequence[ManifestEntry], write: Callable[[bytes], object], holes: Iterable[str] = ()
+    root_fd: int,
+    entries: Sequence[ManifestEntry],
+    write: Callable[[bytes], object],
+    holes: Iterable[str] = (),
+    *,
+    digest_stream: bool = True,
 ) -> Digest:
     """Emit the canonical tar of the tree below ``root_fd`` described by ``entries`` into ``write``.
 
@@ -308,7 +313,9 @@ def write_canonical_tar(
     The layout equals what ``tarfile`` writes in PAX format (20-block records).
 
     Entries below the top-level paths ``holes`` are not read: their headers are emitted, their file
-    bytes replaced by zeros (same layout; the digest is then not the canonical one).
+    bytes replaced by zeros (same layout; the digest is then not the canonical one). Without
+    ``digest_stream`` the tar itself is not hashed (every file still is, against its entry): the
+    returned digest has the length and an empty sha256.
     """
     skipped = frozenset(h.strip("/") for h in holes)
     digest = hashlib.sha256()
@@ -316,7 +323,8 @@ def write_canonical_tar(
 
     def emit(data: bytes) -> None:
         nonlocal count
-        digest.update(data)
+        if digest_stream:
+            digest.update(data)
         count += len(data)
         write(data)
 
@@ -347,7 +355,7 @@ def write_canonical_tar(
         emit(bytes(_padding(e.size)))
     emit(bytes(2 * tarfile.BLOCKSIZE))
     emit(bytes(-count % tarfile.RECORDSIZE))
-    return Digest(count, digest.hexdigest())
+    return Digest(count, digest.hexdigest() if digest_stream else "")
 
 
 def release_compressor(level: int) -> zstandard.ZstdCompressor:
@@ -529,7 +537,7 @@ def _extract_members(
 ) -> None:
     expected = iter(manifest.entries)
     with tarfile.open(  # type: ignore[call-overload]
-        fileobj=stream, mode="r|", encoding="utf-8", errors="strict"
+        fileobj=stream, mode="r|", encoding="utf-8", errors="strict", bufsize=CHUNK_SIZE
     ) as tar:
         for member in tar:
             entry = next(expected, None)

@@ -728,15 +728,19 @@ def _apply_archive(
 ) -> None:
     """Rebuild ``target`` into ``dest_fd`` from a whole-archive delta: the base's canonical tar is
     written again from the base tree (every file checked against ``base``: a locally edited file
-    stops it), used as the zstd prefix of the frame, whose output (bounded by, hashed and compared
-    with the signed ``target.content``) goes through the strict streaming extraction of a full
-    artifact. Memory: the base tar (held twice while zstd takes its copy) and a decoder window of
+    stops it), used as the zstd prefix of the frame, whose output (bounded by the signed
+    ``target.content`` length) goes through the strict streaming extraction of a full artifact.
+    Memory: the base tar (held twice while zstd takes its copy) and a decoder window of
     ``patch_window_log`` of both sizes, all bounded by ``ARCHIVE_MAX`` of signed sizes.
+
+    Neither tar is hashed as a whole (each would be one more pass over every byte): the base tar is
+    exact once each base file matched its sha256, and every member written is checked against the
+    signed manifest (path, type, mode, size, link target, sha256 of its bytes), so a stream that
+    differs anywhere else (padding, pax fields not applied) cannot change what lands on disk.
 
     Persistent paths ``skip`` that the base shipped are no longer in the slot (they link to
     ``data/``): their file bytes are zeros in the rebuilt base tar, and the target's are not
-    written. Then the whole-tar digest cannot hold, and every written file's own sha256 is the
-    check: an output byte that depended on a zero is in a file not written, or fails its hash."""
+    written; an output byte that depended on a zero is in a file not written, or fails its hash."""
     label = source.label
     if base.content.length + target.content.length > delta_format.ARCHIVE_MAX:
         raise DeltaError(
@@ -745,17 +749,17 @@ def _apply_archive(
         )
     holes = skip if any(_under(e.path, skip) for e in base.entries) else frozenset()
     old = bytearray()
-    try:
-        got = write_canonical_tar(source.base_fd, base.entries, old.extend, holes)
+    try:  # every base file hashed against its entry; the tar is then exactly the base's
+        got = write_canonical_tar(source.base_fd, base.entries, old.extend, holes, digest_stream=False)
     except TreeChanged as exc:
         raise DeltaError(f"{label}: base file {show_path(exc.path)} was modified locally ({exc})") from exc
-    if got.length != base.content.length or (not holes and got != base.content):
+    if got.length != base.content.length:
         raise DeltaError(f"{label}: the base tree does not rebuild the archive of {base.version}")
     zstd = _ZstdStream(source.payload_reader_range(*header.archive_range(), "the archive"), old,
                        target.content.length, f"{label}: archive")
     del old
-    try:
-        extract_stream(zstd.read, dest_fd, target, skip, whole_digest=not holes)
+    try:  # every written byte is checked against its file's signed sha256: no second hash of the whole tar
+        extract_stream(zstd.read, dest_fd, target, skip, whole_digest=False)
         zstd.finish()
     except DeltaError:
         raise

@@ -17,7 +17,15 @@ import pytest
 import zstandard
 
 from client import archive
-from client.archive import extract_release, manifest_problems, open_beneath, tree_size, verify_tree
+from client.archive import (
+    TreeChanged,
+    extract_release,
+    manifest_problems,
+    open_beneath,
+    tree_size,
+    verify_tree,
+    write_canonical_tar,
+)
 from client.errors import InstallError
 from client.fsutil import sync_filesystem
 from client.index import Digest, EntryType, Manifest, ManifestEntry
@@ -92,6 +100,23 @@ def test_the_tree_is_made_durable_with_one_syncfs_or_an_fsync_each(
     assert stat.S_IMODE((dest / "lib" / "deep").stat().st_mode) == 0o755
     durable = [e for e in built[1].entries if e.type is not EntryType.SYMLINK]
     assert (len(synced), len(fsynced)) == (1, 0 if syncfs else len(durable) + 1)
+
+
+def test_canonical_tar_without_its_own_digest_is_the_same_bytes(tmp_path: Path,
+                                                                  built: tuple[Path, Manifest]) -> None:
+    root = tmp_path / "src"
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        outs: list[bytearray] = [bytearray(), bytearray()]
+        whole = write_canonical_tar(fd, built[1].entries, outs[0].extend)
+        quick = write_canonical_tar(fd, built[1].entries, outs[1].extend, digest_stream=False)
+        (root / "lib/deep/blob").write_bytes(os.urandom(10))  # each file is still checked
+        with pytest.raises(TreeChanged, match="lib/deep/blob"):
+            write_canonical_tar(fd, built[1].entries, lambda _: None, digest_stream=False)
+    finally:
+        os.close(fd)
+    assert outs[0] == outs[1] and whole == built[1].content
+    assert quick == Digest(whole.length, "")
 
 
 def test_syncfs_is_available_here() -> None:
