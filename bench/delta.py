@@ -52,6 +52,7 @@ from repo_tools.store import Repository  # noqa: E402
 
 TUFUP_VERSION = "0.10.0"
 TUFUP_VENV = CACHE / "tufup-venv"
+CLIENT_VENV = CACHE / "client-venv"
 DOC = ROOT / "docs" / "DELTA-BENCHMARK.md"
 CHANNEL, PLATFORM = "stable", "linux-x86_64"
 STEP_TIMEOUT = 1500.0
@@ -206,6 +207,24 @@ def ensure_tufup() -> Path:
     return python
 
 
+def ensure_client() -> Path:
+    """``pinnacle-update`` as a user installs it, like tufup in its own venv: this tree installed with pip (not
+    editable: runtime dependencies only, modules byte-compiled) into ``bench/.cache/client-venv``, reinstalled at
+    every run so that it is the code measured. The development venv would add its editable-install finder and the
+    test tools' packages (httpx imports its optional command-line client when ``rich`` is there) to every start."""
+    python = CLIENT_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {CLIENT_VENV} with this tree and its dependencies", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(CLIENT_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(ROOT)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", str(ROOT)],
+                   check=True)
+    script = CLIENT_VENV / "bin" / "pinnacle-update"
+    if not script.exists():
+        raise SystemExit(f"{script} missing after pip install")
+    return script
+
+
 def _tufup_version(python: Path) -> str:
     proc = subprocess.run([str(python), "-c", "import tufup; print(tufup.__version__)"], capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -324,7 +343,7 @@ def _check_tree(installed: Path, expected: Path, who: str) -> None:
 
 
 def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: Result, deltas: bool,
-                 memory_budget: str | None, client_runs: int) -> None:
+                 memory_budget: str | None, client_runs: int, client: Path) -> None:
     """Publish both releases with deltas into a fresh repository, then update a client over HTTP (``client_runs``
     times, each a fresh client directory; the median is kept)."""
     keys, repo_dir = work / "keys", work / "repo"
@@ -358,7 +377,7 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
     durations: list[float] = []
     with Server(repo_dir) as server:
         for n in range(client_runs):
-            run, last = _ours_client(pair, repo_dir, server.url, work / f"client{n}", new_dir)
+            run, last = _ours_client(client, pair, repo_dir, server.url, work / f"client{n}", new_dir)
             runs.append(run)
             durations.append(float(last.get("duration", 0.0)))
             result.ours_bytes = int(last["bytes"])
@@ -368,21 +387,24 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
     result.ours_client_duration = statistics.median(durations)
 
 
-def _ours_client(pair: Pair, repo_dir: Path, url: str, install_dir: Path, new_dir: Path) -> tuple[Run, dict[str, Any]]:
+def _ours_client(script: Path, pair: Pair, repo_dir: Path, url: str, install_dir: Path,
+                 new_dir: Path) -> tuple[Run, dict[str, Any]]:
     """A fresh client installs the old release (full), then updates to the new one (measured); the update's history
-    record. The installed slot is checked against the release's files."""
-    client = [sys.executable, "-m", "client", "--install-dir", str(install_dir)]
+    record. The installed slot is checked against the release's files. ``script`` is the installed
+    ``pinnacle-update``, run outside the source tree."""
+    client = [str(script), "--install-dir", str(install_dir)]
+    cwd = install_dir.parent
     run_child([*client, "init", "--repo", url, "--root", str(repo_dir / "metadata" / "1.root.json"),
-               "--channel", CHANNEL, "--platform", PLATFORM], "pinnacle-update init", cwd=ROOT)
-    run_child([*client, "install", pair.old, "--json"], f"pinnacle-update install {pair.old}", cwd=ROOT)
-    run = run_child([*client, "install", "--json"], f"pinnacle-update install {pair.new}", cwd=ROOT)
-    history = json.loads(run_child([*client, "history", "--json"], "pinnacle-update history", cwd=ROOT).stdout)
+               "--channel", CHANNEL, "--platform", PLATFORM], "pinnacle-update init", cwd=cwd)
+    run_child([*client, "install", pair.old, "--json"], f"pinnacle-update install {pair.old}", cwd=cwd)
+    run = run_child([*client, "install", "--json"], f"pinnacle-update install {pair.new}", cwd=cwd)
+    history = json.loads(run_child([*client, "history", "--json"], "pinnacle-update history", cwd=cwd).stdout)
     records = history if isinstance(history, list) else history.get("records", history.get("history", []))
     last = next((r for r in reversed(records) if r.get("version") == pair.new and r.get("outcome") == "committed"),
                 None)
     if last is None:
         raise BenchError(f"pinnacle-update history has no committed install of {pair.new}: {records[-3:]}")
-    status = json.loads(run_child([*client, "status", "--json"], "pinnacle-update status", cwd=ROOT).stdout)
+    status = json.loads(run_child([*client, "status", "--json"], "pinnacle-update status", cwd=cwd).stdout)
     if status.get("version") != pair.new:
         raise BenchError(f"pinnacle-update status shows {status.get('version')}, not {pair.new}")
     _check_tree(Path(status.get("current") or install_dir / "current"), new_dir, "pinnacle-update")
@@ -396,7 +418,7 @@ def _describe_path(record: dict[str, Any]) -> str:
 
 
 def measure_pair(pair: Pair, tmp: Path, zstd: str, tufup: Path, deltas: bool, memory_budget: str | None,
-                 client_runs: int) -> Result:
+                 client_runs: int, client: Path) -> Result:
     """Every measurement of one pair, in a scratch directory removed afterwards."""
     result = Result(pair)
     old_dir, new_dir = release_dir(pair, pair.old), release_dir(pair, pair.new)
@@ -419,7 +441,7 @@ def measure_pair(pair: Pair, tmp: Path, zstd: str, tufup: Path, deltas: bool, me
         shutil.rmtree(work / "tufup")
         if deltas:
             print(f"== {pair.label}: ours", flush=True)
-            measure_ours(pair, old_dir, new_dir, work / "ours", result, deltas, memory_budget, client_runs)
+            measure_ours(pair, old_dir, new_dir, work / "ours", result, deltas, memory_budget, client_runs, client)
         else:
             result.notes.append("ours NOT MEASURED: `pinnacle-release publish` has no --deltas yet")
     finally:
@@ -585,16 +607,17 @@ MEASURED = """\
   sha256 occurs anywhere in the old release (renamed `*.dist-info/` folders included).
 - **Full artifact**: the new release's `full.tar.zst` as the publisher signs it (canonical tar, zstd level 10).
   All "/full" ratios divide by it.
-- **Ours**: a fresh repository; `pinnacle-release publish --deltas 1` of the old then the new release (CLI, child
-  process; the *second* publish is measured: user+sys CPU and peak RSS, which include building the full artifact,
-  the manifest and the delta, and signing). Delta size is the signed `deltas[].length` of the channel index. The
-  client: `pinnacle-update init` against the repository served by `python -m repo_tools serve` on 127.0.0.1,
-  `install OLD`, then `install` (measured: wall time and peak RSS of that process, from start to exit, which covers
-  TUF refresh, download, delta apply into the inactive slot, per-file and manifest verification, swap and commit).
-  "client downloaded bytes" is the `bytes` of that install in `pinnacle-update history --json` (target bytes: the
-  delta, which carries the new manifest as a patch of the installed one, or the signed manifest plus the artifact;
-  not TUF metadata). "delta kind" is read from the published delta's header: per-file ops, or one whole-archive
-  zstd patch-from frame (the publisher keeps the smaller).
+- **Ours**: a fresh repository; `pinnacle-release publish --deltas 1` of the old then the new release (CLI from the
+  development venv, child process; the *second* publish is measured: user+sys CPU and peak RSS, which include
+  building the full artifact, the manifest and the delta, and signing). Delta size is the signed `deltas[].length`
+  of the channel index. The client (installed, see below): `pinnacle-update init` against the repository served by
+  `python -m repo_tools serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time and peak RSS of that
+  process, from start to exit, which covers TUF refresh, download, delta apply into the inactive slot, per-file and
+  manifest verification, swap and commit). "client downloaded bytes" is the `bytes` of that install in
+  `pinnacle-update history --json` (target bytes: the delta, which carries the new manifest as a patch of the
+  installed one, or the signed manifest plus the artifact; not TUF metadata). "delta kind" is read from the
+  published delta's header: per-file ops, or one whole-archive zstd patch-from frame (the publisher keeps the
+  smaller).
 - **bsdiff4 whole-archive**: `bsdiff4.diff(old_tar, new_tar)` on the two canonical uncompressed tars, in a child
   process (CPU, peak RSS). **zstd**: `zstd -19 --long=31 --patch-from=OLD.tar NEW.tar` (CLI, CPU, peak RSS).
   "best whole-archive delta" in G1 is the smaller of the two.
@@ -611,11 +634,11 @@ MEASURED = """\
   into the app directory. Wall time and peak RSS of that process are reported. Both clients' installed trees are
   checked file by file (sha256) against the new release after the update.
 - Every measured command is a separate child process; CPU = `ru_utime + ru_stime` and peak = `ru_maxrss` of that
-  process from `os.wait4`. Wall times include interpreter start-up for both clients alike; both run byte-compiled
-  (pip compiled tufup's venv when installing it; the bench runs `compileall` on `client/` and `repo_tools/` first,
-  as `pip install` would, since a source tree run under `PYTHONDONTWRITEBYTECODE` would compile every module on
-  every start). Each client update runs `--client-runs` times (default 3), each in a fresh client directory; the
-  table keeps the median and lists all.
+  process from `os.wait4`. Wall times include interpreter start-up for both clients alike, and both clients run
+  as their users install them: tufup from its venv, `pinnacle-update` from `bench/.cache/client-venv`, where the
+  bench pip-installs this tree (not editable; runtime dependencies only; byte-compiled) at the start of each run.
+  Each client update runs `--client-runs` times (default 3), each in a fresh client directory; the table keeps the
+  median and lists all.
 """
 
 
@@ -687,15 +710,12 @@ def main() -> int:
               "!!! 'ours' is NOT MEASURED; baselines only. This run exits with status 2.\n", flush=True)
 
     info = versions(zstd, tufup)  # the commit measured, before anything can move HEAD
-    # byte-compile our modules as `pip install` does (tufup's venv already is): a source tree under
-    # PYTHONDONTWRITEBYTECODE would otherwise compile every module at every client start
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "client", "repo_tools"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    client = ensure_client()  # this commit, installed like tufup: its own venv, byte-compiled
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pinnacle-delta-bench-") as tmp_name:
-        results = [measure_pair(p, Path(tmp_name), zstd, tufup, deltas, args.memory_budget, args.client_runs)
-                   for p in pairs]
+        results = [measure_pair(p, Path(tmp_name), zstd, tufup, deltas, args.memory_budget, args.client_runs,
+                                client) for p in pairs]
     elapsed = time.perf_counter() - started
     load = f"load average (1 min) {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
 
