@@ -313,6 +313,8 @@ def main() -> int:
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     if not levels or min(levels) < 1 or max(levels) > 1000:
         parser.error("--levels: client counts from 1 to 1000")
+    if (args.update_clients is not None and args.update_clients < 1) or args.workers < 1 or args.threads < 1:
+        parser.error("--update-clients, --workers and --threads must be at least 1")
     if find_nginx() is None:
         print("nginx is not installed: apt-get install nginx-light", file=sys.stderr)
         return 2
