@@ -287,11 +287,12 @@ def _padding(size: int) -> int:
     return -size % tarfile.BLOCKSIZE
 
 
-def tar_length(entries: Iterable[ManifestEntry]) -> int:
-    """Exact byte length of the canonical tar of ``entries``, known before writing it."""
+def tar_length(entries: Sequence[ManifestEntry], headers: Sequence[bytes] | None = None) -> int:
+    """Exact byte length of the canonical tar of ``entries``, known before writing it (``headers``:
+    their :func:`tar_header` blocks, when the caller has them)."""
     total = 2 * tarfile.BLOCKSIZE
-    for e in entries:
-        total += len(tar_header(e))
+    for i, e in enumerate(entries):
+        total += len(headers[i] if headers is not None else tar_header(e))
         if e.type is EntryType.FILE:
             total += e.size + _padding(e.size)
     return total + -total % tarfile.RECORDSIZE
@@ -509,32 +510,95 @@ def extract_release(artifact: Path, dest: Path, manifest: Manifest) -> None:
         os.close(root_fd)
 
 
-def extract_stream(
-    read: Callable[[int], bytes],
-    root_fd: int,
-    manifest: Manifest,
-    skip: Iterable[str] = (),
-    *,
-    whole_digest: bool = True,
-) -> None:
-    """Extract the canonical tar that ``read`` yields into the empty directory ``root_fd`` with every
-    check of :func:`extract_release` (members exactly the manifest's entries in order, files written
-    ``O_EXCL|O_NOFOLLOW`` at most their size and hashed); the whole stream is bounded by and, with
-    ``whole_digest``, hashed and compared with ``manifest.content``. Members under the top-level
-    paths ``skip`` are checked but not written (nor their bytes compared, when not ``whole_digest``:
-    every *written* byte is still checked against its file's sha256). No fsync (the caller's
-    :func:`finish_tree`). Raises ``InstallError`` on a violation; ``tarfile``, ``OSError`` and
-    decoder errors propagate for the caller to word."""
+def extract_stream(read: Callable[[int], bytes], root_fd: int, manifest: Manifest) -> None:
+    """Extract the tar that ``read`` yields into the empty directory ``root_fd`` with every check of
+    :func:`extract_release` (members exactly the manifest's entries in order, files written
+    ``O_EXCL|O_NOFOLLOW`` at most their size and hashed; the whole stream bounded by, hashed and
+    compared with ``manifest.content``). No fsync. Raises ``InstallError`` on a violation;
+    ``tarfile``, ``OSError`` and decoder errors propagate for the caller to word."""
     stream = _BoundedHashingReader(read, manifest.content.length)
-    _extract_members(stream, root_fd, manifest, frozenset(s.strip("/") for s in skip))
-    content = stream.drain()
-    if whole_digest and content != manifest.content:
+    _extract_members(stream, root_fd, manifest)
+    if stream.drain() != manifest.content:
         raise InstallError(f"archive content differs from manifest {manifest.version} (sha256/length)")
 
 
-def _extract_members(
-    stream: _BoundedHashingReader, root_fd: int, manifest: Manifest, skip: frozenset[str] = frozenset()
+def extract_canonical(
+    read: Callable[[int], bytes], root_fd: int, manifest: Manifest, skip: Iterable[str] = ()
 ) -> None:
+    """Extract the canonical tar of ``manifest`` that ``read`` yields into the empty directory
+    ``root_fd``, by its known layout rather than by parsing it: every byte that is not file content
+    (each entry's header, the padding, the end blocks) must be exactly what
+    :func:`write_canonical_tar` writes for these entries, and each file's bytes its size and sha256
+    (written ``O_EXCL|O_NOFOLLOW``, hashed on the way), so the stream as a whole is checked without
+    hashing it; nothing past the manifest's length is read. Entries below the top-level paths
+    ``skip`` are consumed but neither created nor checked. No fsync (the caller's
+    :func:`finish_tree`). Raises ``InstallError`` on any difference; ``OSError`` and decoder errors
+    propagate."""
+    skipped = frozenset(p.strip("/") for p in skip)
+    headers = [tar_header(e) for e in manifest.entries]
+    length = tar_length(manifest.entries, headers)
+    if length != manifest.content.length:
+        raise InstallError(f"manifest {manifest.version} describes a {length}-byte archive, "
+                           f"its content digest {manifest.content.length} bytes")
+    source = _Exact(read)
+    for e, header in zip(manifest.entries, headers, strict=True):
+        if source.take(len(header)) != header:
+            raise InstallError(f"archive header of {show_path(e.path)} is not the canonical one")
+        hole = bool(skipped) and _skipped(e.path, skipped)
+        if e.type is EntryType.FILE:
+            if hole:
+                source.skip(e.size)
+            else:
+                _write_file(root_fd, e, source.limited(e.size))
+            if source.take(_padding(e.size)).count(0) != _padding(e.size):
+                raise InstallError(f"archive padding after {show_path(e.path)} is not zeros")
+        elif not hole:
+            create_entry(root_fd, e)
+    tail = length - source.count
+    if source.take(tail).count(0) != tail:
+        raise InstallError("archive end blocks are not zeros")
+    if read(1):
+        raise InstallError(f"archive is longer than the manifest's {length} bytes")
+
+
+class _Exact:
+    """Exact-size reads from a stream (``read(n)`` may return fewer bytes): a short stream is an
+    ``InstallError``; ``count`` is the bytes taken so far."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self.count = 0
+
+    def take(self, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        out = self._read(n)
+        while len(out) < n:
+            more = self._read(n - len(out))
+            if not more:
+                raise InstallError(f"archive ends {n - len(out)} bytes early, after {self.count + len(out)}")
+            out += more
+        self.count += n
+        return out
+
+    def limited(self, n: int) -> Callable[[int], bytes]:
+        """A reader of exactly the next ``n`` bytes (then ``b""``)."""
+        left = n
+
+        def read(size: int) -> bytes:
+            nonlocal left
+            data = self.take(min(size, left)) if left else b""
+            left -= len(data)
+            return data
+
+        return read
+
+    def skip(self, n: int) -> None:
+        while n:
+            n -= len(self.take(min(n, CHUNK_SIZE)))
+
+
+def _extract_members(stream: _BoundedHashingReader, root_fd: int, manifest: Manifest) -> None:
     expected = iter(manifest.entries)
     with tarfile.open(  # type: ignore[call-overload]
         fileobj=stream, mode="r|", encoding="utf-8", errors="strict", bufsize=CHUNK_SIZE
@@ -543,8 +607,6 @@ def _extract_members(
             entry = next(expected, None)
             _check_member(member, entry)
             assert entry is not None
-            if skip and _skipped(entry.path, skip):
-                continue  # read past (and hashed) by the tar stream, never written
             if entry.type is EntryType.FILE:
                 data = tar.extractfile(member)
                 assert data is not None

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import stat
-import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from client.archive import (
     TreeChanged,
     copy_hashed,
     create_entry,
-    extract_stream,
+    extract_canonical,
     finish_tree,
     manifest_problems,
     open_beneath,
@@ -728,15 +727,15 @@ def _apply_archive(
 ) -> None:
     """Rebuild ``target`` into ``dest_fd`` from a whole-archive delta: the base's canonical tar is
     written again from the base tree (every file checked against ``base``: a locally edited file
-    stops it), used as the zstd prefix of the frame, whose output (bounded by the signed
-    ``target.content`` length) goes through the strict streaming extraction of a full artifact.
+    stops it), used as the zstd prefix of the frame, whose output (at most the signed
+    ``target.content`` length is read) is extracted by its canonical layout.
     Memory: the base tar (held twice while zstd takes its copy) and a decoder window of
     ``patch_window_log`` of both sizes, all bounded by ``ARCHIVE_MAX`` of signed sizes.
 
     Neither tar is hashed as a whole (each would be one more pass over every byte): the base tar is
-    exact once each base file matched its sha256, and every member written is checked against the
-    signed manifest (path, type, mode, size, link target, sha256 of its bytes), so a stream that
-    differs anywhere else (padding, pax fields not applied) cannot change what lands on disk.
+    exact once each base file matched its sha256, and the output is checked by its known layout
+    (:func:`client.archive.extract_canonical`: every header and padding byte equal to the canonical
+    one, every file's sha256), which proves the same as its digest would.
 
     Persistent paths ``skip`` that the base shipped are no longer in the slot (they link to
     ``data/``): their file bytes are zeros in the rebuilt base tar, and the target's are not
@@ -758,12 +757,11 @@ def _apply_archive(
     zstd = _ZstdStream(source.payload_reader_range(*header.archive_range(), "the archive"), old,
                        target.content.length, f"{label}: archive")
     del old
-    try:  # every written byte is checked against its file's signed sha256: no second hash of the whole tar
-        extract_stream(zstd.read, dest_fd, target, skip, whole_digest=False)
+    try:
+        extract_canonical(zstd.read, dest_fd, target, skip)
         zstd.finish()
     except DeltaError:
         raise
     except InstallError as exc:
         raise DeltaError(f"{label}: {exc}") from exc
-    except (tarfile.TarError, UnicodeError, EOFError) as exc:
-        raise DeltaError(f"{label}: bad archive ({exc})") from exc
+

@@ -19,9 +19,12 @@ import zstandard
 from client import archive
 from client.archive import (
     TreeChanged,
+    extract_canonical,
     extract_release,
+    finish_tree,
     manifest_problems,
     open_beneath,
+    tar_header,
     tree_size,
     verify_tree,
     write_canonical_tar,
@@ -117,6 +120,42 @@ def test_canonical_tar_without_its_own_digest_is_the_same_bytes(tmp_path: Path,
         os.close(fd)
     assert outs[0] == outs[1] and whole == built[1].content
     assert quick == Digest(whole.length, "")
+
+
+def _canonical_case(tmp_path: Path, built: tuple[Path, Manifest], data: bytes) -> Path:
+    dest = tmp_path / f"canon-{hashlib.sha256(data).hexdigest()[:8]}"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        extract_canonical(io.BytesIO(data).read, fd, built[1])
+        finish_tree(fd, built[1])  # directory modes
+    finally:
+        os.close(fd)
+    return dest
+
+
+def test_canonical_layout_extraction(tmp_path: Path, built: tuple[Path, Manifest]) -> None:
+    tar = zstandard.ZstdDecompressor().decompress(built[0].read_bytes())
+    dest = _canonical_case(tmp_path, built, tar)
+    assert verify_tree(dest, built[1]) == []
+    blob = next(e for e in built[1].entries if e.path == "lib/deep/blob")
+    at = tar.index(tar_header(blob))  # the blob's header, then its bytes
+    app = next(e for e in built[1].entries if e.path == "bin/app")
+    end = tar.index(tar_header(app)) + len(tar_header(app)) + app.size  # then zeros to the next block
+    cases = [
+        (tar[:at + 100] + b"X" + tar[at + 101:], r"archive header of lib/deep/blob is not the canonical one"),
+        (tar[:at + 600] + b"X" + tar[at + 601:], r"lib/deep/blob does not match its manifest sha256"),
+        (tar[:end] + b"\x01" + tar[end + 1:], r"archive padding after bin/app is not zeros"),
+        (tar[:-1] + b"\x01", r"archive end blocks are not zeros"),
+        (tar[:at + 5000], r"archive ends \d+ bytes early"),
+        (tar + b"\0" * 512, rf"archive is longer than the manifest's {len(tar)} bytes"),
+    ]
+    for data, message in cases:
+        with pytest.raises(InstallError, match=message):
+            _canonical_case(tmp_path, built, data)
+    other = Manifest(built[1].version, Digest(len(tar) + 512, built[1].content.sha256), built[1].entries)
+    with pytest.raises(InstallError, match="describes a"):
+        extract_canonical(io.BytesIO(tar).read, -1, other)
 
 
 def test_syncfs_is_available_here() -> None:
