@@ -25,6 +25,7 @@ from .delta import DELTA_MAX_RATIO, parse_size
 from .errors import ExpiringSoon, PublishRefused, ReleaseError, VerificationFailed
 from .fleet import schedule_option
 from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
+from .prune import prune
 from .store import Repository
 
 PROGRAM = "pinnacle-release"
@@ -258,6 +259,18 @@ def verify_cmd(repo_dir: Path, deep: bool, as_json: bool) -> None:
         click.echo(f"ok: {report.checked_files} metadata files, {report.checked_targets} targets, "
                    f"{report.releases} releases verified"
                + (f" (+{report.archived} archived)" if report.archived else ""))
+
+
+@cli.command("prune")
+@repo_argument
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@json_option
+def prune_cmd(repo_dir: Path, dry_run: bool, as_json: bool) -> None:
+    """Delete metadata versions no client can use: those only expired snapshots list (never roots)."""
+    result = prune(Repository(repo_dir), ops.utcnow(), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    _emit(as_json, result, f"{verb} {result['files']} metadata file(s), {result['bytes']:,} bytes; "
+                           f"{len(result['kept_snapshots'])} unexpired snapshot(s) kept with what they list")
 
 
 @cli.command("serve")

@@ -1,0 +1,98 @@
+"""``prune``: delete metadata versions that no client can use any more.
+
+Consistent snapshots keep every version of every role (``N.stable.json``, ``N.snapshot.json``, ...)
+so that a client in the middle of a refresh finds the files the snapshot it read names. A
+snapshot stops being usable when it expires: ngclient refuses an expired snapshot, whatever
+timestamp points at it. So the versions to keep are those of every snapshot that has not
+expired, plus every role version such a snapshot lists; all other non-root versions can go.
+Root versions always stay (clients walk the chain from the root they ship), as do targets (an
+archived release's files are reached through its record, and content-addressed files are small
+next to what they would save only for killed publishes).
+
+The decision (:func:`plan`) reads only signed metadata; :func:`prune` runs it under the publisher
+lock, so a publish cannot add a snapshot between the plan and the deletion.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata, Snapshot
+from tuf.api.serialization import DeserializationError
+
+from client.fsutil import fsync_dir
+
+from .store import Repository
+
+_VERSIONED = re.compile(r"^(?P<version>\d+)\.(?P<role>.+)\.json$")
+
+
+@dataclass
+class PrunePlan:
+    delete: list[Path] = field(default_factory=list)
+    kept_snapshots: list[int] = field(default_factory=list)
+    freed: int = 0
+
+    def to_dict(self, root: Path, done: bool) -> dict[str, Any]:
+        return {"deleted" if done else "would_delete": [str(p.relative_to(root)) for p in self.delete],
+                "files": len(self.delete), "bytes": self.freed, "kept_snapshots": self.kept_snapshots}
+
+
+def plan(repo: Repository, now: datetime) -> PrunePlan:
+    """What to delete: non-root metadata versions that no unexpired snapshot needs."""
+    state = repo.load()
+    current = state.snapshot.signed.version
+    keep: set[tuple[str, int]] = {("snapshot", current), ("timestamp", 0)}
+    keep.update((name.removesuffix(".json"), info.version) for name, info in state.snapshot.signed.meta.items())
+    found: list[tuple[Path, str, int]] = []
+    result = PrunePlan()
+    for path in repo.metadata_dir.iterdir():
+        m = _VERSIONED.match(path.name)
+        if m is None or m["role"] == "root":
+            continue
+        role, version = m["role"], int(m["version"])
+        found.append((path, role, version))
+        if role != "snapshot" or version == current:
+            continue
+        try:
+            snapshot = Metadata.from_bytes(path.read_bytes())
+        except (OSError, DeserializationError):
+            continue  # unreadable: no client can use it either
+        signed = snapshot.signed
+        if isinstance(signed, Snapshot) and not signed.is_expired(now):
+            keep.add(("snapshot", version))
+            keep.update((name.removesuffix(".json"), info.version) for name, info in signed.meta.items())
+    for path, role, version in sorted(found):
+        if (role, version) in keep:
+            if role == "snapshot":
+                result.kept_snapshots.append(version)
+            continue
+        if role == "snapshot" or version < _current_version(state, role):
+            result.delete.append(path)
+            result.freed += path.stat().st_size
+    result.kept_snapshots.sort()
+    return result
+
+
+def _current_version(state: Any, role: str) -> int:
+    """The committed version of ``role`` (a file newer than it is a killed publish's orphan: the
+    next publish overwrites it, so it is left alone)."""
+    info = state.snapshot.signed.meta.get(f"{role}.json")
+    return int(info.version) if info is not None else 1 << 62
+
+
+def prune(repo: Repository, now: datetime, dry_run: bool = False) -> dict[str, Any]:
+    with repo.locked():
+        result = plan(repo, now)
+        if not dry_run:
+            for path in result.delete:
+                path.unlink(missing_ok=True)
+            fsync_dir(repo.metadata_dir)
+    return result.to_dict(repo.path, done=not dry_run)
+
+
+__all__ = ["PrunePlan", "plan", "prune"]
