@@ -14,6 +14,7 @@ import pytest
 from client.errors import UpdateError
 from client.fsutil import TEMP_PREFIX
 from client.index import ChannelIndex, index_path
+from client.installer import Installer
 from repo_tools import fleet, rotate
 from repo_tools import publish as ops
 from repo_tools.archive import Archive
@@ -61,6 +62,25 @@ def _update_metadata_bytes(repository: Repository, channel: str = "stable") -> i
     role = md / f"{state.channels[channel].signed.version}.{channel}.json"
     info = state.channels[channel].signed.targets[index_path(channel)]
     return sum(p.stat().st_size for p in (md / "timestamp.json", snapshot, role)) + info.length
+
+
+def _installed(tmp_path: Path, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo],
+               count: int) -> tuple[Repository, list[str], Installer]:
+    """A windowed repository with ``count`` releases, served, and a client that installed the newest."""
+    repository = _repo(tmp_path, keystore)
+    versions = _publish_many(repository, keystore, tmp_path, count)
+    installer = init_client(tmp_path / "client", serve(repository.path).url, Repo(repository.path, keys_dir))
+    installer.install()
+    return repository, versions, installer
+
+
+def _refused_and_untouched(installer: Installer, version: str, slot: Path) -> None:
+    """Installing ``version`` fails with one line and leaves the running slot as it was."""
+    before = tree_digest(slot)
+    with pytest.raises(UpdateError) as caught:
+        installer.install(version, force=True)
+    assert "\n" not in str(caught.value)
+    assert tree_digest(slot) == before
 
 
 def test_the_index_and_channel_role_keep_only_the_live_window(tmp_path: Path, keystore: KeyStore) -> None:
@@ -117,10 +137,7 @@ def test_a_client_installs_an_archived_release_and_repairs_it(
 def test_an_unknown_old_version_is_a_clear_refusal(
     tmp_path: Path, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo]
 ) -> None:
-    repository = _repo(tmp_path, keystore)
-    _publish_many(repository, keystore, tmp_path, 5)
-    installer = init_client(tmp_path / "client", serve(repository.path).url, Repo(repository.path, keys_dir))
-    installer.install()
+    _, _, installer = _installed(tmp_path, keystore, keys_dir, serve, 5)
     result = installer.check("0.9.0", force=True)
     assert result.version is None and "not published" in result.reason
 
@@ -128,11 +145,7 @@ def test_an_unknown_old_version_is_a_clear_refusal(
 def test_a_tampered_archive_bin_is_refused_and_the_slot_is_untouched(
     tmp_path: Path, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo]
 ) -> None:
-    repository = _repo(tmp_path, keystore)
-    versions = _publish_many(repository, keystore, tmp_path, 6)
-    installer = init_client(tmp_path / "client", serve(repository.path).url, Repo(repository.path, keys_dir))
-    installer.install()
-    before = tree_digest(tmp_path / "client" / "current")
+    repository, versions, installer = _installed(tmp_path, keystore, keys_dir, serve, 6)
     state = repository.load()
     archive = Archive(repository, state, "stable", state.channels["stable"])
     for name in archive.names():
@@ -143,10 +156,7 @@ def test_a_tampered_archive_bin_is_refused_and_the_slot_is_untouched(
         path.write_bytes(json.dumps(doc, separators=(",", ":")).encode())
     problems = verify_repository(repository.path, ops.utcnow()).problems
     assert any("archive" in p for p in problems)
-    with pytest.raises(UpdateError) as caught:
-        installer.install(versions[0], force=True)
-    assert "\n" not in str(caught.value)
-    assert tree_digest(tmp_path / "client" / "current") == before
+    _refused_and_untouched(installer, versions[0], tmp_path / "client" / "current")
     assert installer.status()["version"] == versions[-1]
 
 
@@ -235,17 +245,10 @@ def test_temp_files_a_killed_publish_left_are_cleaned_from_its_journal(tmp_path:
 def test_a_tampered_file_of_an_archived_release_is_refused(
     tmp_path: Path, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo]
 ) -> None:
-    repository = _repo(tmp_path, keystore)
-    versions = _publish_many(repository, keystore, tmp_path, 6)
-    installer = init_client(tmp_path / "client", serve(repository.path).url, Repo(repository.path, keys_dir))
-    installer.install()
-    before = tree_digest(tmp_path / "client" / "current")
+    repository, versions, installer = _installed(tmp_path, keystore, keys_dir, serve, 6)
     [full] = (repository.targets_dir / "stable" / "any" / versions[0]).glob("*.full.tar.zst")
     data = bytearray(full.read_bytes())
     data[len(data) // 2] ^= 0xFF
     full.write_bytes(bytes(data))
     assert any(versions[0] in p and "differs" in p for p in verify_repository(repository.path, ops.utcnow()).problems)
-    with pytest.raises(UpdateError) as caught:
-        installer.install(versions[0], force=True)
-    assert "\n" not in str(caught.value)
-    assert tree_digest(tmp_path / "client" / "current") == before
+    _refused_and_untouched(installer, versions[0], tmp_path / "client" / "current")
