@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,9 +105,7 @@ class Grower:
         ops.publish(self.repo, self.keys, ops.PublishRequest(
             channel=CHANNEL, version=f"1.0.{self.count}", type="patch", platform="any", source=src, deltas=deltas))
         elapsed = time.perf_counter() - started
-        for path in sorted(src.rglob("*"), reverse=True):
-            path.rmdir() if path.is_dir() else path.unlink()
-        src.rmdir()
+        shutil.rmtree(src)
         return elapsed
 
 

@@ -130,10 +130,10 @@ class Archive:
                     continue
                 if platform is not None and parts[1] != platform:
                     continue
-                if wanted is not None and parse_version(parts[2]) != wanted:
-                    continue
                 location = self.repo.target_location(path, info.hashes["sha256"])
                 try:
+                    if wanted is not None and parse_version(parts[2]) != wanted:
+                        continue
                     found.append(record_from_bytes(location.read_bytes(), self.channel, parts[1], parts[2]))
                 except (OSError, FormatError) as exc:
                     raise RepositoryStateError(f"archive record {path} is unusable: {exc}") from exc

@@ -158,9 +158,9 @@ def _edit(
             i for i, r in enumerate(index.releases)
             if r.parsed_version == wanted and (platform is None or r.platform == platform)
         ]  # fmt: skip
-        # A release older than the live window is edited from its archive record; a yank brings it
-        # back into the index (clients must see it), other edits go back into the archive.
-        unarchived = [] if positions else _archived(repo, state, channel, version, platform)
+        # A release older than the live window (on some platform) is edited from its archive record;
+        # a yank brings it back into the index (clients must see it), other edits go back into the archive.
+        unarchived = _archived(repo, state, channel, version, platform)
         if not positions and not unarchived:
             where = f" for {platform}" if platform else ""
             raise PublishRefused(f"{channel} has no release {version}{where}")

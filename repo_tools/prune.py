@@ -26,7 +26,7 @@ from tuf.api.serialization import DeserializationError
 
 from client.fsutil import fsync_dir
 
-from .store import Repository
+from .store import Repository, RepoState
 
 _VERSIONED = re.compile(r"^(?P<version>\d+)\.(?P<role>.+)\.json$")
 
@@ -46,7 +46,7 @@ def plan(repo: Repository, now: datetime) -> PrunePlan:
     """What to delete: non-root metadata versions that no unexpired snapshot needs."""
     state = repo.load()
     current = state.snapshot.signed.version
-    keep: set[tuple[str, int]] = {("snapshot", current), ("timestamp", 0)}
+    keep: set[tuple[str, int]] = {("snapshot", current)}
     keep.update((name.removesuffix(".json"), info.version) for name, info in state.snapshot.signed.meta.items())
     found: list[tuple[Path, str, int]] = []
     result = PrunePlan()
@@ -78,7 +78,7 @@ def plan(repo: Repository, now: datetime) -> PrunePlan:
     return result
 
 
-def _current_version(state: Any, role: str) -> int:
+def _current_version(state: RepoState, role: str) -> int:
     """The committed version of ``role`` (a file newer than it is a killed publish's orphan: the
     next publish overwrites it, so it is left alone)."""
     info = state.snapshot.signed.meta.get(f"{role}.json")

@@ -137,7 +137,8 @@ def _windowed(
 
 def _archived(repo: Repository, state: RepoState, channel: str, version: str,
               platform: str | None) -> list[Release]:
-    """Releases of ``version`` that left ``channel``'s live window, from their archive records."""
+    """Releases of ``version`` that left ``channel``'s live window, from their archive records (a
+    version may be live on one platform and archived on another: a record exists only once archived)."""
     return Archive(repo, state, channel, state.channel(channel)).records(version, platform)
 
 
@@ -371,7 +372,7 @@ def promote(
         releases = [
             r for r in source_index.releases
             if r.parsed_version == wanted and (platform is None or r.platform == platform)
-        ] or _archived(repo, state, source_channel, version, platform)
+        ] + _archived(repo, state, source_channel, version, platform)  # live on some platforms, archived on others
         if not releases:
             where = f" for {platform}" if platform else ""
             raise PublishRefused(f"{source_channel} has no release {version}{where} to promote")

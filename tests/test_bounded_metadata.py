@@ -252,3 +252,26 @@ def test_a_tampered_file_of_an_archived_release_is_refused(
     full.write_bytes(bytes(data))
     assert any(versions[0] in p and "differs" in p for p in verify_repository(repository.path, ops.utcnow()).problems)
     _refused_and_untouched(installer, versions[0], tmp_path / "client" / "current")
+
+
+def test_a_version_live_on_one_platform_and_archived_on_another_is_edited_on_both(
+    tmp_path: Path, keystore: KeyStore
+) -> None:
+    repository = _repo(tmp_path, keystore, window=2)
+    for version, platforms in (("1.0.0", ("linux-x86_64", "macos-arm64")), ("1.1.0", ("linux-x86_64", "macos-arm64")),
+                               ("1.2.0", ("macos-arm64",))):
+        for platform in platforms:
+            src = tmp_path / f"src-{platform}-{version}"
+            write_tree(src, app_files(f"{platform}/{version}"))
+            ops.publish(repository, keystore, ops.PublishRequest("stable", version, "patch", platform, src, deltas=0))
+    state = repository.load()
+    [archived] = Archive(repository, state, "stable", state.channels["stable"]).records()
+    assert (archived.platform, archived.version) == ("macos-arm64", "1.0.0")
+
+    promoted = ops.promote(repository, keystore, "stable", "beta", "1.0.0")
+    assert sorted(r["platform"] for r in promoted["releases"]) == ["linux-x86_64", "macos-arm64"]
+    result = fleet.yank(repository, keystore, "stable", "1.0.0", "bad build")
+    assert sorted(r["platform"] for r in result["releases"]) == ["linux-x86_64", "macos-arm64"]
+    yanked = {(r.platform, r.version) for r in _index(repository).releases if r.yanked is not None}
+    assert yanked == {("linux-x86_64", "1.0.0"), ("macos-arm64", "1.0.0")}
+    assert verify_repository(repository.path, ops.utcnow()).problems == []
