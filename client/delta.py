@@ -44,7 +44,7 @@ import bsdiff4.core
 import pyzstd
 from packaging.version import Version
 
-from client import delta_format, delta_segments
+from client import bsdiff_lzma, delta_format, delta_segments
 from client.archive import (
     CHUNK_SIZE,
     TreeChanged,
@@ -236,9 +236,10 @@ def apply_delta(
     ``delta_file`` and the tree of ``base_manifest`` at ``base_root`` (read only, never written).
 
     Directories and symlinks come from the target manifest; each file from its op: ``copy`` (a
-    base file with the same sha256), ``bsdiff4`` or ``zstd-patch`` (a base file patched) or
-    ``zstd`` (a new file). Base files are opened below ``base_root`` without following symlinks
-    and hashed against ``base_manifest`` before their bytes are used. Outputs are created
+    base file with the same sha256), ``bsdiff-lzma``, ``bsdiff4``, ``zstd-patch`` or
+    ``zstd-segments`` (a base file patched) or ``zstd`` (a new file). Base files are opened below
+    ``base_root`` without following symlinks and hashed against ``base_manifest`` before their
+    bytes are used. Outputs are created
     ``O_EXCL|O_NOFOLLOW`` with the manifest's mode, bounded by and compared with the manifest's
     size and sha256 while written (no second hashing pass here: the installer verifies the finished
     slot, and a chain's next step hashes every base file it reads); at the end the tree is made
@@ -419,10 +420,11 @@ def _write_output(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, 
         if overflow or got != Digest(entry.size, entry.sha256):
             raise source.modified(base, got, overflow)
         return
-    if op.op in ("bsdiff4", "zstd-patch"):
+    if op.op in ("bsdiff-lzma", "bsdiff4", "zstd-patch"):
         _check_whole_patch(source, op, entry, label)
-    if op.op == "bsdiff4":
-        data = _bspatch(source.base_bytes(op), source.payload_bytes(op), entry, label)
+    if op.op in ("bsdiff-lzma", "bsdiff4"):
+        patcher = _bspatch if op.op == "bsdiff4" else _bsl_patch
+        data = patcher(source.base_bytes(op), source.payload_bytes(op), entry, label)
         got, overflow = _create_file(dest_fd, entry, io.BytesIO(data).read)
         what = "patched"
     elif op.op in ("zstd", "zstd-patch"):
@@ -478,6 +480,14 @@ def _bspatch(base: bytes, patch: bytes, entry: ManifestEntry, label: str) -> byt
     except (ValueError, OSError, MemoryError) as exc:
         raise DeltaError(f"{label}: {name}: bad bsdiff4 patch ({exc})") from exc
     return out
+
+
+def _bsl_patch(base: bytes, patch: bytes, entry: ManifestEntry, label: str) -> bytes:
+    """A ``bsdiff-lzma`` patch applied to ``base``: blocks bounded by the signed size (client.bsdiff_lzma)."""
+    try:
+        return bsdiff_lzma.patch(base, patch, entry.size)
+    except delta_format.DeltaFormatError as exc:
+        raise DeltaError(f"{label}: {show_path(entry.path)}: {exc}") from None
 
 
 def _bunzip_bounded(data: bytes, limit: int, where: str) -> bytes:

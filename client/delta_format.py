@@ -9,12 +9,12 @@ starts with the target manifest as a patch against the base manifest (``manifest
 :class:`ManifestPatch`; optional in the format, always written by the publisher), then holds either
 one op per *file* entry of the target manifest, in manifest order (the per-file kind, ``ops``), or
 one zstd frame rebuilding the whole canonical tar of the target from the base's (the whole-archive
-kind, ``archive``). Data ops (``bsdiff4``, ``zstd-patch``, ``zstd``) own ``length`` bytes of the
-payload each, contiguous, in op order, right after the manifest patch and ending exactly at the end
-of the file, so a delta has no unused, overlapping or trailing bytes to hide anything in; offsets
-are therefore implied, never stored. An op's ``base`` is stored only when it
-differs from its ``path``. The header frame declares its decompressed size, which is bounded
-(``MAX_HEADER``) before anything is decompressed.
+kind, ``archive``). Data ops (every op but ``copy``) own ``length`` bytes of the payload each,
+contiguous, in op order, right after the manifest patch and ending exactly at the end of the file,
+so a delta has no unused, overlapping or trailing bytes to hide anything in; offsets are therefore
+implied, never stored. An op's ``base`` is stored only when it differs from its ``path``. The
+header frame declares its decompressed size, which is bounded (``MAX_HEADER``) before anything is
+decompressed.
 
 Nothing here trusts the header for sizes, modes or hashes of output files: those always come from
 the signed target manifest (:meth:`DeltaHeader.check_against` ties the two together). Pure: no file
@@ -23,11 +23,12 @@ system access; callers pass open binary streams and the file size.
 
 from __future__ import annotations
 
+import lzma
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import pyzstd
 
@@ -77,7 +78,8 @@ class OpKind(StrEnum):
     """How one target file is produced."""
 
     COPY = "copy"  # the base file ``base`` has the target's sha256: no bytes in the payload
-    BSDIFF4 = "bsdiff4"  # bsdiff4 (BSDIFF40) patch against the base file
+    BSDIFF4 = "bsdiff4"  # bsdiff4 (BSDIFF40) patch against the base file (read; no longer written)
+    BSDIFF_LZMA = "bsdiff-lzma"  # bsdiff4's blocks coded smaller (client.bsdiff_lzma) against the base file
     ZSTD_PATCH = "zstd-patch"  # one zstd frame compressed with the base file as raw prefix
     ZSTD = "zstd"  # one plain zstd frame of the whole file (a new file)
     ZSTD_SEGMENTS = "zstd-segments"  # a large file: zstd frames per segment, base regions as prefix (delta_segments)
@@ -360,14 +362,31 @@ def _decompress_header(frame: bytes, limit: int) -> bytes:
         raise DeltaFormatError("delta header frame does not declare its decompressed size")
     if declared > limit:
         raise DeltaFormatError(f"delta header of {declared} bytes (decompressed) exceeds the {limit}-byte limit")
-    decompressor = pyzstd.ZstdDecompressor()
+    return decompress_exact(pyzstd.ZstdDecompressor(), frame, declared, "delta header: the zstd frame")
+
+
+class Decompressor(Protocol):
+    """What pyzstd's and lzma's one-shot decompressor objects have in common."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+
+
+def decompress_exact(decompressor: Decompressor, data: bytes, length: int, what: str) -> bytes:
+    """``data`` through ``decompressor``: exactly ``length`` bytes, one whole stream, nothing after
+    it. Never produces more than ``length + 1`` bytes, whatever the stream claims."""
     try:
-        data = decompressor.decompress(frame, declared + 1)
-    except pyzstd.ZstdError as exc:
-        raise DeltaFormatError(f"delta header: bad zstd frame ({exc})") from None
-    if len(data) != declared or not decompressor.eof or decompressor.unused_data:
-        raise DeltaFormatError(f"delta header: the zstd frame does not hold exactly its declared {declared} bytes")
-    return data
+        out = decompressor.decompress(data, length + 1)
+    except (pyzstd.ZstdError, lzma.LZMAError) as exc:
+        raise DeltaFormatError(f"{what} is corrupt ({exc})") from None
+    if len(out) != length or not decompressor.eof or decompressor.unused_data:
+        raise DeltaFormatError(f"{what} does not hold exactly its declared {length} bytes")
+    return out
 
 
 def write_delta(out: BinaryIO, header: DeltaHeader, payload_chunks: Iterable[bytes]) -> int:

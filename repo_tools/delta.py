@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import bsdiff4
 import pyzstd
 import zstandard
 
+from client import bsdiff_lzma
 from client.archive import (
     CHUNK_SIZE,
     TreeChanged,
@@ -400,7 +400,7 @@ def _encode_best(item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, p
     ``payload`` and return its kind and length (ties: the earlier candidate)."""
     best: tuple[int, OpKind, Path] | None = None
     old = new = b""
-    if item.base is not None and {OpKind.ZSTD_PATCH, OpKind.BSDIFF4} & set(item.candidates):
+    if item.base is not None and {OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA} & set(item.candidates):
         old, new = old_tree.read(item.base), new_tree.read(item.entry)  # at most WHOLE_PATCH_MAX each
     for kind in item.candidates:
         scratch = work / f"candidate.{kind.value}"
@@ -413,7 +413,7 @@ def _encode_best(item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, p
             elif kind is OpKind.ZSTD_PATCH:
                 f.write(zstd_patch(old, new))
             else:
-                f.write(bsdiff4.diff(old, new))
+                f.write(bsdiff_lzma.encode(old, new))
         size = scratch.stat().st_size
         if best is None or size < best[0]:
             if best is not None:

@@ -21,7 +21,7 @@ import bsdiff4
 import pytest
 import pyzstd
 
-from client import delta_format
+from client import bsdiff_lzma, delta_format
 from client.archive import verify_tree, write_canonical_tar
 from client.delta import DeltaError, UpdatePath, apply_delta, base_problem, manifest_from_delta, plan_update
 from client.delta_format import (
@@ -165,6 +165,8 @@ def manifest_of(root: Path, version: str) -> Manifest:
 def encode(kind: OpKind, old: bytes, new: bytes, window_for: int | None = None) -> bytes:
     if kind is OpKind.BSDIFF4:
         return bytes(bsdiff4.diff(old, new))
+    if kind is OpKind.BSDIFF_LZMA:
+        return bsdiff_lzma.encode(old, new)
     if kind is OpKind.ZSTD_PATCH:
         option = {pyzstd.CParameter.compressionLevel: 19,
                   pyzstd.CParameter.windowLog: patch_window_log(len(old), window_for or len(new))}  # fmt: skip
@@ -240,7 +242,7 @@ def trees(tmp_path: Path) -> tuple[tuple[Path, Manifest], tuple[Path, Manifest]]
 Trees = tuple[tuple[Path, Manifest], tuple[Path, Manifest]]
 
 
-@pytest.mark.parametrize("kind", [OpKind.BSDIFF4, OpKind.ZSTD_PATCH, "whole-archive"])
+@pytest.mark.parametrize("kind", [OpKind.BSDIFF_LZMA, OpKind.BSDIFF4, OpKind.ZSTD_PATCH, "whole-archive"])
 def test_apply_rebuilds_the_exact_tree(tmp_path: Path, trees: Trees, kind: OpKind | str) -> None:
     base, target = trees
     delta = tmp_path / "d.pdelta"
@@ -269,12 +271,14 @@ def apply_fails(tmp_path: Path, trees: Trees, data: bytes, match: str) -> None:
     assert "\n" not in str(info.value) and str(info.value).startswith("delta from 1.0.0")
 
 
-def test_corrupted_patch_is_refused(tmp_path: Path, trees: Trees) -> None:
+@pytest.mark.parametrize("kind", [OpKind.BSDIFF_LZMA, OpKind.BSDIFF4])
+def test_corrupted_patch_is_refused(tmp_path: Path, trees: Trees, kind: OpKind) -> None:
     base, target = trees
-    good = encode(OpKind.BSDIFF4, (base[0] / "lib/big.so").read_bytes(), (target[0] / "lib/big.so").read_bytes())
+    good = encode(kind, (base[0] / "lib/big.so").read_bytes(), (target[0] / "lib/big.so").read_bytes())
     bad = bytearray(good)
-    bad[-20] ^= 0xFF  # inside the bz2 "extra" block
-    apply_fails(tmp_path, trees, make_delta(base, target, tamper={"lib/big.so": bytes(bad)}), "lib/big.so")
+    bad[-20] ^= 0xFF  # inside the compressed "extra" block
+    apply_fails(tmp_path, trees, make_delta(base, target, {"lib/big.so": kind}, {"lib/big.so": bytes(bad)}),
+                "lib/big.so")  # fmt: skip
 
 
 def test_patch_with_wrong_output_names_both_hashes(tmp_path: Path, trees: Trees) -> None:
@@ -292,13 +296,16 @@ def test_truncated_delta_is_refused(tmp_path: Path, trees: Trees) -> None:
     apply_fails(tmp_path, trees, data[:20], "delta truncated")
 
 
-@pytest.mark.parametrize("kind", [OpKind.BSDIFF4, OpKind.ZSTD_PATCH])
+@pytest.mark.parametrize("kind", [OpKind.BSDIFF_LZMA, OpKind.BSDIFF4, OpKind.ZSTD_PATCH])
 def test_output_larger_than_signed_is_refused_before_writing_it(tmp_path: Path, trees: Trees, kind: OpKind) -> None:
     base, target = trees
     huge = (target[0] / "lib/big.so").read_bytes() + b"\0" * 5_000_000
     patch = encode(kind, (base[0] / "lib/big.so").read_bytes(), huge, window_for=200_000)
-    expect = "declares 5200000 output bytes, the signed size is 200000" if kind is OpKind.BSDIFF4 else (
-        "patched output exceeds the signed size of 200000 bytes")
+    expect = {
+        OpKind.BSDIFF_LZMA: "bsdiff-lzma blocks declare more than an output of 200000 bytes allows",
+        OpKind.BSDIFF4: "declares 5200000 output bytes, the signed size is 200000",
+        OpKind.ZSTD_PATCH: "patched output exceeds the signed size of 200000 bytes",
+    }[kind]
     apply_fails(tmp_path, trees, make_delta(base, target, {"lib/big.so": kind}, {"lib/big.so": patch}), expect)
     written = tmp_path / "slot/lib/big.so"
     assert not written.exists() or written.stat().st_size <= 200_000  # bsdiff4: refused before any output

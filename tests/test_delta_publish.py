@@ -1,6 +1,6 @@
 """Deltas at publish time: the container format, the per-file plan, and real publishes into real
 repositories whose deltas are applied back (by a small reference applier that decodes ops with
-bsdiff4/pyzstd/zstandard directly) and compared with the signed manifest byte for byte."""
+client.bsdiff_lzma/pyzstd/zstandard directly) and compared with the signed manifest byte for byte."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-import bsdiff4
 import pytest
 import pyzstd
 import zstandard
 
+from client import bsdiff_lzma
 from client.archive import release_compressor, verify_tree
 from client.delta_format import (
     MAGIC,
@@ -39,6 +39,7 @@ from repo_tools.core.delta_plan import (
     ZSTD_MEMORY,
     PlanError,
     bsdiff4_memory,
+    bsdiff_lzma_memory,
     extension,
     normalise_path,
     plan_delta,
@@ -193,8 +194,8 @@ def apply_reference(delta: Path, base_root: Path, base: Manifest, target: Manife
             old = (base_root / op.base).read_bytes() if op.base else b""
             if op.op is OpKind.COPY:
                 data = old
-            elif op.op is OpKind.BSDIFF4:
-                data = bsdiff4.patch(old, raw)
+            elif op.op is OpKind.BSDIFF_LZMA:
+                data = bsdiff_lzma.patch(old, raw, e.size)
             elif op.op is OpKind.ZSTD_PATCH:
                 window = {pyzstd.DParameter.windowLogMax: patch_window_log(len(old), e.size)}
                 data = pyzstd.ZstdDecompressor(pyzstd.ZstdDict(old, is_raw=True).as_prefix, window).decompress(raw)
@@ -294,7 +295,7 @@ def test_header_is_compressed() -> None:
     (lambda d: _reframe(d, zstandard.ZstdCompressor(write_content_size=False).compress(_header_json(d))),
      "does not declare its decompressed size"),
     (lambda d: _reframe(d, pyzstd.compress(_header_json(d)) + b"\0"), "does not hold exactly"),
-    (lambda d: _reframe(d, pyzstd.compress(_header_json(d))[:-3]), "does not hold exactly|bad zstd frame"),
+    (lambda d: _reframe(d, pyzstd.compress(_header_json(d))[:-3]), "does not hold exactly|is corrupt"),
 ])
 def test_container_refusals(mangle: Callable[[bytes], bytes], message: str) -> None:
     data = mangle(_encoded(_sample_header()))
@@ -313,7 +314,7 @@ def test_header_decompression_is_bounded() -> None:
     assert frame[4] == 0b1100000  # single segment, 2-byte content size (value - 256) at bytes 5-6
     frame[5:7] = (size - 256).to_bytes(2, "little")
     lying = _reframe(data, bytes(frame))
-    with pytest.raises(DeltaFormatError, match=r"bad zstd frame|does not hold exactly"):
+    with pytest.raises(DeltaFormatError, match=r"is corrupt|does not hold exactly"):
         read_header(io.BytesIO(lying), len(lying), max_header=size)
 
 
@@ -373,7 +374,7 @@ def test_plan_matches_renames_versioned_paths_and_new_files() -> None:
     assert plan["pkg-1.3.dist-info/RECORD"].base.path == "pkg-1.2.dist-info/RECORD"  # type: ignore[union-attr]
     assert plan["lib/libfoo.so.1.3"].match == "normalised-path"
     assert plan["lib/libbar.so"].match == "path"
-    assert plan["lib/libbar.so"].candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF4)
+    assert plan["lib/libbar.so"].candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA)
     assert (plan["brand-new.txt"].base, plan["brand-new.txt"].candidates) == (None, (OpKind.ZSTD,))
     assert normalise_path("lib/libfoo.so.1.2") == normalise_path("lib/libfoo.so.10.3.1") == "lib/libfoo.so.#"
 
@@ -432,7 +433,7 @@ def test_plan_similar_size_fallback() -> None:
     base = _manifest("1", {"bin/tool-a.so": (900 * k, SHA_A)})
     target = _manifest("2", {"bin/renamed.so": (1000 * k, SHA_B)})
     guess = plan_delta(base, target, 2 << 30).files[0]
-    assert guess.candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF4)  # plain zstd kept for a guess
+    assert guess.candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA)  # plain zstd kept for a guess
 
 
 @pytest.mark.parametrize(("base", "target"), [
@@ -466,11 +467,12 @@ def test_plan_memory_budget_picks_encoders() -> None:
         return plan_delta(base, target, budget).files[0].candidates
 
     assert bsdiff4_memory(big, big) == 17 * big + big + 32 * MIB
-    assert OpKind.BSDIFF4 in candidates(bsdiff4_memory(big, big))
+    assert bsdiff_lzma_memory(big, big) == bsdiff4_memory(big, big)  # LZMA's 11 x 32 MiB come after bsdiff's peak
+    assert OpKind.BSDIFF_LZMA in candidates(bsdiff_lzma_memory(big, big))
     # Large changed files skip plain zstd while a patch encoder fits; it is the fallback otherwise.
-    assert candidates(bsdiff4_memory(big, big) - 1) == (OpKind.ZSTD_PATCH,)
+    assert candidates(bsdiff_lzma_memory(big, big) - 1) == (OpKind.ZSTD_PATCH,)
     assert candidates(zstd_patch_memory(big, big) - 1) == (OpKind.ZSTD,)
-    assert "bsdiff4 needs" in plan_delta(base, target, 256 * MIB).files[0].skipped[-1]
+    assert "bsdiff-lzma needs" in plan_delta(base, target, 256 * MIB).files[0].skipped[-1]
     with pytest.raises(PlanError, match="below the 128 MiB"):
         plan_delta(base, target, ZSTD_MEMORY - 1)
 
@@ -520,7 +522,7 @@ def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, 
     assert kinds["share/empty"] is OpKind.COPY
     assert kinds["share/new.txt"] is OpKind.ZSTD
     for changed in ("lib/libfoo.so.1.3", "pkg-1.3.dist-info/RECORD", "share/text.txt", "share/data.bin"):
-        assert kinds[changed] in (OpKind.BSDIFF4, OpKind.ZSTD_PATCH), changed
+        assert kinds[changed] in (OpKind.BSDIFF_LZMA, OpKind.ZSTD_PATCH), changed
     assert {op.base for op in header.ops if op.path == "lib/libfoo.so.1.3"} == {"lib/libfoo.so.1.2"}
 
     for n, delta in enumerate({location, per_file}):
@@ -685,7 +687,7 @@ def test_memory_budget_forces_zstd_patch_over_bsdiff4(tmp_path: Path, repo: Repo
     release = _release(repo, "beta", "1.1.0")
     header = _header(_delta_location(repo, release, "1.0.0"))
     [stats] = result["deltas"]
-    assert "bsdiff4" not in stats["ops"]
+    assert "bsdiff-lzma" not in stats["ops"]
     if header.archive is None:  # else the whole-archive candidate (zstd patch-from too) was smaller
         assert {op.path: op for op in header.ops}["lib/big.so"].op is OpKind.ZSTD_PATCH
     assert peak <= budget, f"peak RSS {peak >> 20} MiB over the {budget >> 20} MiB budget"

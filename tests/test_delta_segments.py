@@ -29,7 +29,7 @@ from client.index import Digest, EntryType, Manifest, ManifestEntry
 from client.installer import Installer
 from repo_tools import delta as rdelta
 from repo_tools import publish as ops
-from repo_tools.core.delta_plan import ZSTD_MEMORY, bsdiff4_memory, plan_delta, segments_memory
+from repo_tools.core.delta_plan import ZSTD_MEMORY, bsdiff_lzma_memory, plan_delta, segments_memory
 from repo_tools.delta import build_delta, segment_frame
 from repo_tools.keys import KeyStore
 from repo_tools.store import Repository
@@ -111,12 +111,12 @@ def test_large_files_are_segmented_never_patched_whole() -> None:
     assert plan["big.pack"].candidates == (OpKind.ZSTD_SEGMENTS,)  # even with memory to spare
     assert "segmented" in plan["big.pack"].skipped[0]
     assert plan["big.pack"].memory == segments_memory(100 * MIB, 101 * MIB) < 400 * MIB
-    # Under WHOLE_PATCH_MAX a file is patched whole by bsdiff4, but zstd patch-from over 64 MiB of window
+    # Under WHOLE_PATCH_MAX a file is patched whole by bsdiff-lzma, but zstd patch-from over 64 MiB of window
     # loses its matches at level 19 (ZSTD_PATCH_TOTAL_MAX): segments take its place.
-    assert plan["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS, OpKind.BSDIFF4)
-    assert plan["mid.so"].memory == bsdiff4_memory(40 * MIB, 40 * MIB)
+    assert plan["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS, OpKind.BSDIFF_LZMA)
+    assert plan["mid.so"].memory == bsdiff_lzma_memory(40 * MIB, 40 * MIB)
     near = _manifest("2", {"big.pack": (101 * MIB, "b" * 64), "mid.so": (24 * MIB, "b" * 64)})
-    assert plan_delta(base, near, 64 << 30).files[1].candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF4)
+    assert plan_delta(base, near, 64 << 30).files[1].candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA)
     small = {f.entry.path: f for f in plan_delta(base, target, 64 << 30, SMALL).files}
     assert small["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS,)
 
@@ -316,10 +316,10 @@ def test_whole_file_patch_over_the_limit_is_refused(
     out, work = tmp_path / "whole.pdelta", tmp_path / "work-whole"
     work.mkdir()
     build_delta(base_root, base_m, root, target_m, out, work)  # default parameters: a whole-file patch
-    assert {op.op for op in read_header(io.BytesIO(out.read_bytes())).ops} & {OpKind.ZSTD_PATCH, OpKind.BSDIFF4}
+    assert {op.op for op in read_header(io.BytesIO(out.read_bytes())).ops} & {OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA}
     apply_to(tmp_path, trees, out)  # fine under the limit
     monkeypatch.setattr(delta_segments, "WHOLE_PATCH_MAX", 305_000)
-    over = r"data/big\.pack: a whole-file (bsdiff4|zstd-patch) patch of a 306000-byte file is over the 305000"
+    over = r"data/big\.pack: a whole-file (bsdiff-lzma|zstd-patch) patch of a 306000-byte file is over the 305000"
     refused(tmp_path, trees, out.read_bytes(), over)
 
 

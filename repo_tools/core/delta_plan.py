@@ -21,8 +21,9 @@ Matching (first rule that applies):
 
 Encoders, by a memory budget in bytes (what the process may still add to its resident size):
 ``zstd`` is always a candidate (a patch does not always beat plain compression, e.g. on small or
-rewritten files); ``zstd-patch`` when :func:`zstd_patch_memory` fits; ``bsdiff4`` when
-:func:`bsdiff4_memory` (about 17x the old file, measured) fits. The I/O layer runs every candidate
+rewritten files); ``zstd-patch`` when :func:`zstd_patch_memory` fits; ``bsdiff-lzma`` (bsdiff4's matches, coded
+smaller: :mod:`client.bsdiff_lzma`) when :func:`bsdiff_lzma_memory` (about 17x the old file,
+measured) fits. The I/O layer runs every candidate
 and keeps the smallest output; ties go to the earlier candidate (cheaper to apply).
 
 Large files (base or target above ``SegmentParams.whole_max``, at most
@@ -37,6 +38,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from client.bsdiff_lzma import lzma_memory
 from client.delta_format import OpKind
 from client.delta_segments import DEFAULT_SEGMENTS, SEGMENT_BASE_MAX, SEGMENT_MAX, SegmentParams
 from client.index import EntryType, Manifest, ManifestEntry
@@ -101,6 +103,12 @@ def bsdiff4_memory(old: int, new: int) -> int:
     return BSDIFF4_PER_OLD_BYTE * old + new + BSDIFF4_SLACK
 
 
+def bsdiff_lzma_memory(old: int, new: int) -> int:
+    """bsdiff4's peak, or the LZMA coding of its blocks after it (both inputs, the blocks and
+    LZMA's match finder), whichever is larger."""
+    return max(bsdiff4_memory(old, new), old + 3 * new + lzma_memory(new) + BSDIFF4_SLACK)
+
+
 def zstd_patch_memory(old: int, new: int) -> int:
     return int(ZSTD_PATCH_PER_BYTE * (old + new)) + ZSTD_PATCH_FIXED
 
@@ -115,6 +123,8 @@ def encoder_memory(kind: OpKind, old: int, new: int) -> int:
     """Estimated peak resident bytes an encoder adds (inputs and output included)."""
     if kind is OpKind.ZSTD_SEGMENTS:
         return segments_memory(old, new)
+    if kind is OpKind.BSDIFF_LZMA:
+        return bsdiff_lzma_memory(old, new)
     if kind is OpKind.BSDIFF4:
         return bsdiff4_memory(old, new)
     if kind is OpKind.ZSTD_PATCH:
@@ -255,7 +265,7 @@ def _encoders(
     skipped = []
     if base.size >= ZSTD_PREFIX_MIN:
         zstd_kind = OpKind.ZSTD_PATCH if base.size + entry.size <= ZSTD_PATCH_TOTAL_MAX else OpKind.ZSTD_SEGMENTS
-        for kind in (zstd_kind, OpKind.BSDIFF4):
+        for kind in (zstd_kind, OpKind.BSDIFF_LZMA):
             need = encoder_memory(kind, base.size, entry.size)
             if need <= budget:
                 candidates.append(kind)
@@ -280,6 +290,6 @@ def _segmented(entry: ManifestEntry, base: ManifestEntry, match: str, budget: in
 
 
 __all__ = [
-    "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory", "encoder_memory",
-    "extension", "normalise_path", "plan_delta", "segments_memory", "zstd_patch_memory",
+    "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory", "bsdiff_lzma_memory",
+    "encoder_memory", "extension", "normalise_path", "plan_delta", "segments_memory", "zstd_patch_memory",
 ]

@@ -1,0 +1,160 @@
+"""``bsdiff-lzma`` patches: bsdiff4's matches, coded in fewer bytes.
+
+bsdiff4 finds the matches (a suffix array of the old file, approximate matches, so code whose
+addresses shifted costs a small *diff* block instead of new bytes). Its own format (``BSDIFF40``)
+then compresses the three blocks with bz2. This module codes the same three blocks better, measured
+on ruff 0.6.8 -> 0.6.9 (one 30 MB executable): 2.71 MB instead of 3.44 MB, 21% fewer bytes.
+
+* **control**: bsdiff's tuples (diff length, extra length, seek; three int64 in its sign-magnitude
+  form, 24 bytes a tuple) stored as 24 *byte planes*: the first byte of every tuple, then the
+  second, and so on. Bytes of one plane are alike (high bytes nearly all zero, seeks' low bytes
+  noisy), which LZMA models far better than interleaved tuples: 487 KB instead of 580 KB (bz2) on
+  ruff, 146 KB instead of 181 KB on typescript's bundles.
+* **diff** and **extra**: raw LZMA2 (preset 9e) instead of bz2: 1.63 MB instead of 2.03 MB and
+  0.60 MB instead of 0.82 MB on ruff.
+
+Layout (all integers unsigned LEB128)::
+
+    b"BSL1"  control_length  control_packed  diff_length  diff_packed  extra_length
+    control (control_packed bytes)  diff (diff_packed bytes)  extra (the rest)
+
+Each block is one raw LZMA2 stream whose dictionary size follows from its declared length and the
+output size (:func:`dict_size`), so both sides agree without storing it. A reader bounds every declared length
+by the output size it was promised before decompressing anything, and checks each block
+decompresses to exactly its length with nothing left over. Pure: no file system access.
+"""
+
+from __future__ import annotations
+
+import lzma
+
+import bsdiff4.core
+
+from .delta_format import DeltaFormatError, decompress_exact
+
+MAGIC = b"BSL1"
+TUPLE = 24
+"""Bytes of one control tuple (three int64)."""
+DICT_MIN = 1 << 16
+DICT_MAX = 64 << 20
+"""LZMA2 dictionary bounds: no block is longer than a whole-file patch's output
+(``client.delta_segments.WHOLE_PATCH_MAX``, 64 MiB), so a larger dictionary would never be used."""
+PRESET = 9 | lzma.PRESET_EXTREME
+
+
+def dict_size(length: int) -> int:
+    """The LZMA2 dictionary of a block of ``length`` bytes: the next power of two, within bounds."""
+    return min(DICT_MAX, max(DICT_MIN, 1 << max(0, length - 1).bit_length()))
+
+
+def _filters(length: int, size: int, preset: int | None = None) -> list[dict[str, int]]:
+    """A block of ``length`` bytes in a patch with ``size`` output bytes: the dictionary never
+    outgrows the output's, which bounds the encoder's memory by the file size (``lzma_memory``)."""
+    spec = {"id": lzma.FILTER_LZMA2, "dict_size": dict_size(min(length, size))}
+    if preset is not None:
+        spec["preset"] = preset
+    return [spec]
+
+
+def _uleb(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_uleb(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise DeltaFormatError("bsdiff-lzma header is truncated or malformed")
+
+
+def to_planes(control: bytes) -> bytes:
+    """Control tuples as 24 byte planes (see the module docstring)."""
+    return b"".join(control[k::TUPLE] for k in range(TUPLE))
+
+
+def from_planes(planes: bytes) -> bytes:
+    """The inverse of :func:`to_planes`."""
+    count = len(planes) // TUPLE
+    out = bytearray(len(planes))
+    for k in range(TUPLE):
+        out[k::TUPLE] = planes[k * count : (k + 1) * count]
+    return bytes(out)
+
+
+def encode(old: bytes, new: bytes) -> bytes:
+    """The ``bsdiff-lzma`` patch turning ``old`` into ``new``. Memory: bsdiff4's (about 17x ``old``),
+    then LZMA's match finder (about 11x the dictionary of the longest block), never both at once."""
+    control, diff, extra = bsdiff4.core.diff(old, new)
+    return pack(control, diff, extra, len(new))
+
+
+def lzma_memory(size: int) -> int:
+    """Peak bytes LZMA's encoder adds for a patch of ``size`` output bytes (measured: 90, 318 and
+    606 MiB at 8, 28 and 60 MiB blocks, about 10x the dictionary), rounded up."""
+    return 11 * dict_size(size)
+
+
+def pack(control: bytes, diff: bytes, extra: bytes, size: int) -> bytes:
+    """Code bsdiff4's three raw blocks (as ``bsdiff4.core.diff`` returns them) of a ``size``-byte output."""
+    if len(control) % TUPLE:
+        raise DeltaFormatError("control block is not a whole number of tuples")
+    planes = to_planes(control)
+    packed = [
+        lzma.compress(block, format=lzma.FORMAT_RAW, filters=_filters(len(block), size, PRESET))
+        for block in (planes, diff, extra)
+    ]
+    return b"".join((
+        MAGIC, _uleb(len(planes)), _uleb(len(packed[0])), _uleb(len(diff)), _uleb(len(packed[1])),
+        _uleb(len(extra)), *packed,
+    ))  # fmt: skip
+
+
+def unpack(patch: bytes, size: int) -> tuple[bytes, bytes, bytes]:
+    """The raw (control, diff, extra) blocks of ``patch``, for an output of ``size`` bytes: no block
+    may declare more than that output allows (control: one tuple per output byte and one more)."""
+    if patch[: len(MAGIC)] != MAGIC:
+        raise DeltaFormatError("not a bsdiff-lzma patch")
+    pos = len(MAGIC)
+    fields = []
+    for _ in range(5):
+        value, pos = _read_uleb(patch, pos)
+        fields.append(value)
+    control_length, control_packed, diff_length, diff_packed, extra_length = fields
+    limits = (TUPLE * (size + 1), size, size)
+    if control_length % TUPLE or any(n > limit for n, limit in zip(
+            (control_length, diff_length, extra_length), limits, strict=True)):  # fmt: skip
+        raise DeltaFormatError(f"bsdiff-lzma blocks declare more than an output of {size} bytes allows")
+    if pos + control_packed + diff_packed > len(patch):
+        raise DeltaFormatError("bsdiff-lzma patch is truncated")
+    spans = (
+        (pos, pos + control_packed, control_length),
+        (pos + control_packed, pos + control_packed + diff_packed, diff_length),
+        (pos + control_packed + diff_packed, len(patch), extra_length),
+    )
+    planes, diff, extra = (_decompress(patch[start:end], length, size) for start, end, length in spans)
+    return from_planes(planes), diff, extra
+
+
+def _decompress(data: bytes, length: int, size: int) -> bytes:
+    decomp = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_filters(length, size))
+    return decompress_exact(decomp, data, length, "a bsdiff-lzma block")
+
+
+def patch(old: bytes, data: bytes, size: int) -> bytes:
+    """Apply ``data`` to ``old``: exactly ``size`` bytes or :class:`DeltaFormatError`."""
+    control, diff, extra = unpack(data, size)
+    try:
+        out: bytes = bsdiff4.core.patch(old, size, control, diff, extra)
+    except (ValueError, MemoryError) as exc:
+        raise DeltaFormatError(f"bad bsdiff-lzma patch ({exc})") from None
+    return out
