@@ -34,9 +34,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
+from urllib.request import getproxies, url2pathname
 
 import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
@@ -114,11 +114,50 @@ _TLS: list[ssl.SSLContext] = []
 
 def _tls_context() -> ssl.SSLContext:
     """httpx's default verifying TLS context (system or certifi CAs, ``SSL_CERT_FILE``/``_DIR``),
-    built once per process: loading the CA bundle costs about 15 ms, and a command opens several
-    fetchers."""
+    built once per process and only when a request needs TLS: loading the CA bundle costs about
+    15 ms, and a command opens several fetchers."""
     if not _TLS:
-        _TLS.append(httpx.create_ssl_context())
+        try:
+            _TLS.append(httpx.create_ssl_context())
+        except OSError as exc:  # a bad SSL_CERT_FILE/_DIR (ssl.SSLError is an OSError too)
+            raise DownloadError(f"cannot load the TLS certificates: {exc}") from exc
     return _TLS[0]
+
+
+class _LazyTLSTransport(httpx.BaseTransport):
+    """httpx's default transport, made per scheme on first use, so that plain ``http`` never loads
+    the CA bundle. Every ``https`` request (an https repository, or an http URL redirected to
+    https) goes through a transport with the verifying :func:`_tls_context`; the ``http`` one gets a
+    context that verifies against no CA at all (fails closed), which it never uses: it carries no
+    TLS and, without proxies (see :func:`_connection_options`), tunnels none."""
+
+    def __init__(self) -> None:
+        self._plain: httpx.HTTPTransport | None = None
+        self._tls: httpx.HTTPTransport | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "https":
+            if self._tls is None:
+                self._tls = httpx.HTTPTransport(verify=_tls_context())
+            return self._tls.handle_request(request)
+        if self._plain is None:
+            self._plain = httpx.HTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        return self._plain.handle_request(request)
+
+    def close(self) -> None:
+        for transport in (self._plain, self._tls):
+            if transport is not None:
+                transport.close()
+
+
+def _connection_options() -> dict[str, Any]:
+    """How an ``httpx.Client`` connects: with a proxy in the environment, httpx's own set-up (its proxy
+    rules and ``NO_PROXY``; every transport verifies TLS with :func:`_tls_context`), else the lazy
+    transport (httpx then reads no proxies either, and there are none to read)."""
+    proxies = getproxies()
+    if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
+        return {"verify": _tls_context()}
+    return {"transport": _LazyTLSTransport()}
 
 
 class HttpxFetcher(FetcherInterface):
@@ -147,16 +186,24 @@ class HttpxFetcher(FetcherInterface):
         self.last_url: str | None = None
         self._sleep = sleep
         self._rng = rng or random.Random()
-        s = self.settings
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
-            headers={"User-Agent": s.user_agent},
-            follow_redirects=True,
-            verify=_tls_context(),
-        )
+        self._client = client
+
+    def _http(self) -> httpx.Client:
+        """The connection pool, made on the first HTTP request (a local repository, or a command
+        that downloads nothing, never needs one)."""
+        if self._client is None:
+            s = self.settings
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
+                headers={"User-Agent": s.user_agent},
+                follow_redirects=True,
+                **_connection_options(),
+            )
+        return self._client
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> HttpxFetcher:
         return self
@@ -228,7 +275,8 @@ class HttpxFetcher(FetcherInterface):
                 self.stats.retries += 1
             self.stats.requests += 1
             try:
-                response = self._client.send(self._client.build_request("GET", url, headers=headers), stream=True)
+                http = self._http()
+                response = http.send(http.build_request("GET", url, headers=headers), stream=True)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
                 if not last:
                     self._sleep(self.settings.backoff(attempt, self._rng))

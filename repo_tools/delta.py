@@ -53,6 +53,7 @@ from client.archive import (
 )
 from client.delta_format import (
     ARCHIVE_MAX,
+    DeltaFormatError,
     DeltaHeader,
     DeltaOp,
     ManifestPatch,
@@ -413,8 +414,14 @@ def _encode_best(item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, p
             elif kind is OpKind.ZSTD_PATCH:
                 f.write(zstd_patch(old, new))
             else:
-                f.write(bsdiff_lzma.encode(old, new))
+                try:
+                    f.write(bsdiff_lzma.encode(old, new))
+                except DeltaFormatError:  # more control tuples than clients accept (never the only candidate)
+                    f.truncate(0)
         size = scratch.stat().st_size
+        if not size:  # no encoder writes an empty op
+            scratch.unlink()
+            continue
         if best is None or size < best[0]:
             if best is not None:
                 best[2].unlink()

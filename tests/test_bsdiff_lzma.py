@@ -3,14 +3,21 @@ format on code-like data, and one clear error (never an over-allocation) for eve
 
 from __future__ import annotations
 
+import io
 import random
+from pathlib import Path
 
 import bsdiff4
 import pytest
 
 from client import bsdiff_lzma
-from client.bsdiff_lzma import dict_size, from_planes, pack, to_planes
-from client.delta_format import DeltaFormatError
+from client.archive import verify_tree
+from client.bsdiff_lzma import TUPLE, dict_size, from_planes, pack, to_planes
+from client.delta import apply_delta
+from client.delta_format import DeltaFormatError, OpKind, read_header
+from repo_tools.delta import build_delta
+
+from .test_delta_client import Trees, trees  # noqa: F401 (a fixture)
 
 
 def _code_like(seed: int, size: int) -> bytes:
@@ -131,3 +138,45 @@ def test_control_that_overruns_the_blocks_is_refused() -> None:
         bsdiff_lzma.patch(OLD, pack(lying, diff[:10], extra, len(NEW)), len(NEW))
     with pytest.raises(DeltaFormatError, match="whole number of tuples"):
         pack(control[:-1], diff, extra, len(NEW))
+
+
+def test_control_bound_is_one_tuple_per_32_output_bytes() -> None:
+    control, diff, extra = bsdiff4.core.diff(OLD, NEW)
+    assert len(control) <= bsdiff_lzma.control_max(len(NEW))  # real patches are far below the bound
+    tight = TUPLE * (len(control) // TUPLE - 1)
+    size = (tight // TUPLE - 1) * 32  # an output whose bound is one tuple short
+    with pytest.raises(DeltaFormatError, match="over the format's bound"):
+        pack(control, diff, extra, size)
+    with pytest.raises(DeltaFormatError, match="declare more than an output of"):
+        bsdiff_lzma.patch(OLD, PATCH, size)
+
+
+def test_publisher_drops_a_patch_over_the_bound(
+    tmp_path: Path, trees: Trees, monkeypatch: pytest.MonkeyPatch  # noqa: F811 (the fixture)
+) -> None:
+    """A bsdiff-lzma patch clients would refuse is never written: another candidate takes its place."""
+    (base_root, base_m), (root, target_m) = trees
+    refused = []
+    real_encode = bsdiff_lzma.encode
+
+    def encode(old: bytes, new: bytes) -> bytes:
+        try:
+            return real_encode(old, new)
+        except DeltaFormatError as exc:
+            refused.append(str(exc))
+            raise
+
+    monkeypatch.setattr(bsdiff_lzma, "BYTES_PER_TUPLE", 1 << 40)  # one tuple for any file: every patch is over
+    monkeypatch.setattr(bsdiff_lzma, "encode", encode)
+    out, work = tmp_path / "d.pdelta", tmp_path / "work"
+    work.mkdir()
+    build_delta(base_root, base_m, root, target_m, out, work)
+    header = read_header(io.BytesIO(out.read_bytes()))
+    assert refused and all("over the format's bound" in r for r in refused)
+    assert OpKind.BSDIFF_LZMA not in {op.op for op in header.ops}
+    assert {op.op for op in header.ops} >= {OpKind.COPY, OpKind.ZSTD_PATCH}
+    monkeypatch.undo()
+    dest = tmp_path / "slot"
+    dest.mkdir()
+    apply_delta(out, base_root, base_m, target_m, dest)
+    assert verify_tree(dest, target_m) == []

@@ -271,7 +271,8 @@ def _encoders(
                 candidates.append(kind)
             else:
                 skipped.append(f"{kind.value} needs {need // MIB} MiB > budget {budget // MIB} MiB")
-    if not candidates or entry.size <= PLAIN_ZSTD_MAX or match == "similar-size":
+    # bsdiff-lzma is never alone: a patch over the format's control bound is not written.
+    if candidates in ([], [OpKind.BSDIFF_LZMA]) or entry.size <= PLAIN_ZSTD_MAX or match == "similar-size":
         candidates.insert(0, OpKind.ZSTD)
     return FilePlan(entry, base, match, tuple(candidates), tuple(skipped))
 
