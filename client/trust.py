@@ -336,30 +336,32 @@ class RepositoryClient:
 
 # -- error translation ------------------------------------------------------------------------
 
+# Patterns of python-tuf's messages, compiled (and cached by ``re``) only when an error is translated:
+# most runs translate none.
 _ROLLBACK_PATTERNS = (
     # (tuf message, role group name or literal, new version group, trusted version group)
-    re.compile(r"New (?P<role>timestamp) version (?P<new>\d+) must be >= (?P<old>\d+)"),
-    re.compile(r"New (?P<role>snapshot) version must be >= (?P<old>\d+), got version (?P<new>\d+)"),
+    r"New (?P<role>timestamp) version (?P<new>\d+) must be >= (?P<old>\d+)",
+    r"New (?P<role>snapshot) version must be >= (?P<old>\d+), got version (?P<new>\d+)",
     # update_snapshot reports a rolled-back role as "Expected <role>.json version <new>, got <old>."
-    re.compile(r"Expected (?P<role>[\w.-]+)\.json version (?P<new>\d+), got (?P<old>\d+)"),
+    r"Expected (?P<role>[\w.-]+)\.json version (?P<new>\d+), got (?P<old>\d+)",
 )
 _MISMATCH_PATTERNS = (
     # (served version, expected version) pairs that are inconsistent rather than older
-    re.compile(r"Expected (?P<role>root) version (?P<want>\d+) instead got version (?P<got>\d+)"),
-    re.compile(r"Expected (?P<role>snapshot) version (?P<want>\d+), got (?P<got>\d+)$"),
-    re.compile(r"Expected (?P<role>[\w.-]+) v(?P<want>\d+), got v(?P<got>\d+)"),
+    r"Expected (?P<role>root) version (?P<want>\d+) instead got version (?P<got>\d+)",
+    r"Expected (?P<role>snapshot) version (?P<want>\d+), got (?P<got>\d+)$",
+    r"Expected (?P<role>[\w.-]+) v(?P<want>\d+), got v(?P<got>\d+)",
 )
-_EXPIRED = re.compile(r"^(?:Final |New )?(?P<role>[\w.-]+?)(?:\.json)? is expired")
-_SIGNED_BY = re.compile(r"signed by (?P<n>\d+)/(?P<m>\d+) keys")
-_LENGTH = re.compile(r"Observed length (?P<got>\d+) does not match expected length (?P<want>\d+)")
-_TOO_LONG = re.compile(r"maximum allowed length of (?P<max>\d+)")
+_EXPIRED = r"^(?:Final |New )?(?P<role>[\w.-]+?)(?:\.json)? is expired"
+_SIGNED_BY = r"signed by (?P<n>\d+)/(?P<m>\d+) keys"
+_LENGTH = r"Observed length (?P<got>\d+) does not match expected length (?P<want>\d+)"
+_TOO_LONG = r"maximum allowed length of (?P<max>\d+)"
 
 
 def _translate(exc: Exception, subject: str, updater: Updater | None) -> UpdateError:
     """One ``UpdateError`` saying what happened to ``subject`` (see the module docstring)."""
     text = str(exc)
     if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
-        m = _TOO_LONG.search(text)
+        m = re.search(_TOO_LONG, text)
         limit = f"the {m['max']} bytes expected" if m else "expected"
         return TrustError(f"{subject} failed verification: longer than {limit} (tampered or corrupted)")
     if isinstance(exc, tuf_exc.DownloadHTTPError):
@@ -373,7 +375,7 @@ def _translate(exc: Exception, subject: str, updater: Updater | None) -> UpdateE
         detail = str(cause) if text.startswith("Failed to download") and cause else text
         return RepositoryError(f"cannot reach the repository ({detail})")
     if isinstance(exc, tuf_exc.ExpiredMetadataError):
-        m = _EXPIRED.search(text)
+        m = re.search(_EXPIRED, text)
         role = m["role"] if m else subject
         expiry = _expiry(updater, role) if m else None
         when = f" ({expiry})" if expiry else ""
@@ -383,24 +385,24 @@ def _translate(exc: Exception, subject: str, updater: Updater | None) -> UpdateE
         )
     if isinstance(exc, tuf_exc.BadVersionNumberError):
         for pattern in _ROLLBACK_PATTERNS:
-            if m := pattern.search(text):
+            if m := re.search(pattern, text):
                 return TrustError(
                     f"{m['role']} version {m['new']} is older than the trusted version {m['old']}: "
                     "rollback attack refused"
                 )
         for pattern in _MISMATCH_PATTERNS:
-            if m := pattern.search(text):
+            if m := re.search(pattern, text):
                 return TrustError(
                     f"{m['role']} version {m['got']} was served where version {m['want']} is signed: "
                     "refused (replayed or inconsistent metadata)"
                 )
         return TrustError(f"{subject} has a bad version number: {text}")
     if isinstance(exc, tuf_exc.UnsignedMetadataError):
-        m = _SIGNED_BY.search(text)
+        m = re.search(_SIGNED_BY, text)
         count = f" ({m['n']} of {m['m']} required signatures valid)" if m else ""
         return TrustError(f"{subject} is not signed by the trusted keys{count}: refused")
     if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
-        m = _LENGTH.search(text)
+        m = re.search(_LENGTH, text)
         what = f"length {m['got']} instead of the signed {m['want']}" if m else "hash mismatch"
         return TrustError(f"{subject} failed verification: {what} (tampered or corrupted)")
     if isinstance(exc, DeserializationError):
