@@ -14,6 +14,7 @@ All file access below a root goes through directory file descriptors with ``O_NO
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import tarfile
@@ -357,6 +358,45 @@ def write_canonical_tar(
     emit(bytes(2 * tarfile.BLOCKSIZE))
     emit(bytes(-count % tarfile.RECORDSIZE))
     return Digest(count, digest.hexdigest() if digest_stream else "")
+
+
+def read_canonical_tar(tar: bytes) -> list[ManifestEntry]:
+    """The entries whose canonical tar (:func:`write_canonical_tar`) is exactly ``tar``, each file
+    hashed: its reverse, for a tar held in memory (so every size is bounded by its length) that is
+    not trusted yet. Every member must be a file, directory or symlink at a safe path, starting
+    where the previous one ends, its header bytes exactly :func:`tar_header` of the entry it
+    describes, its data inside ``tar``; padding, end blocks and record padding zeros, nothing after;
+    the entries must pass :func:`manifest_problems`. Raises ``InstallError`` (one line) otherwise."""
+    entries: list[ManifestEntry] = []
+    view, pos = memoryview(tar), 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar), mode="r:", encoding="utf-8", errors="strict") as archive:
+            for member in archive:  # stops at the end blocks (or at a header it cannot read: then pos is short)
+                kind = _MEMBER_KINDS.get(member.type)
+                bad = f"type {member.type!r} not allowed" if kind is None else path_problem(member.name)
+                end = member.offset_data + (member.size if kind is EntryType.FILE else 0)
+                if kind is None or bad or member.offset != pos or end > len(tar):
+                    where = "data past the end" if member.offset == pos else f"not at byte {pos}"
+                    raise InstallError(f"archive member {show_path(member.name)} at {member.offset}: {bad or where}")
+                if kind is EntryType.FILE:
+                    sha256 = hashlib.sha256(view[member.offset_data:end]).hexdigest()
+                    entry = ManifestEntry(member.name, kind, member.mode, member.size, sha256)
+                else:
+                    entry = ManifestEntry(member.name, kind, member.mode, link=member.linkname)
+                pos = end + _padding(entry.size)
+                if view[member.offset:member.offset_data] != tar_header(entry) or any(view[end:pos]):
+                    raise InstallError(f"archive member {show_path(member.name)}: not its canonical header or padding")
+                entries.append(entry)
+    except (tarfile.TarError, UnicodeError, ValueError, EOFError) as exc:
+        raise InstallError(f"archive unreadable after byte {pos} ({exc})") from exc
+    length = pos + 2 * tarfile.BLOCKSIZE
+    length += -length % tarfile.RECORDSIZE
+    if len(tar) != length or any(view[pos:]):
+        raise InstallError(f"archive is not canonical from byte {pos}: no further member, and not the end blocks")
+    problems = manifest_problems(entries)
+    if problems:
+        raise InstallError(f"archive rejected: {problems[0]}")
+    return entries
 
 
 def release_compressor(level: int) -> zstandard.ZstdCompressor:

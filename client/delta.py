@@ -4,12 +4,13 @@ Planning (:func:`plan_update`) is pure: from the signed channel index alone (siz
 manifests and full artifacts are all signed), it picks the path with the fewest bytes to download:
 the full artifact, one delta from the installed release, or a chain of deltas through intermediate
 releases (Dijkstra over releases; an edge into release X costs the delta's length: the delta carries
-X's manifest, against which the rebuilt tree is verified, as a patch of its base's manifest).
+X's manifest, against which the rebuilt tree is verified, as a patch of its base's manifest or, in the
+whole-archive kind, as the target tar it rebuilds).
 
-Before a delta is applied, the manifest it carries is rebuilt (:func:`manifest_from_delta`) and
-compressed again; it is used only when that is byte for byte the signed manifest target of the
-release (length and sha256 from the signed channel index), so nothing is trusted that the full path
-would not trust.
+Before a delta is applied, the manifest it carries is rebuilt (:func:`manifest_from_delta`: from the
+patch, or read from the target tar the whole-archive frame rebuilds in memory) and compressed again;
+it is used only when that is byte for byte the signed manifest target of the release (length and
+sha256 from the signed channel index), so nothing is trusted that the full path would not trust.
 
 Applying (:func:`apply_delta`) writes one release tree into an *empty* directory from a delta
 container (``client.delta_format``, see docs/ARCHITECTURE.md "Deltas") and the base release's
@@ -54,6 +55,7 @@ from client.archive import (
     finish_tree,
     manifest_problems,
     open_beneath,
+    read_canonical_tar,
     release_compressor,
     show_path,
     verify_tree,
@@ -231,6 +233,7 @@ def apply_delta(
     dest: Path,
     *,
     skip: Iterable[str] = (),
+    tar: bytes | None = None,
 ) -> None:
     """Rebuild ``target_manifest``'s tree in the empty directory ``dest`` from the delta container
     ``delta_file`` and the tree of ``base_manifest`` at ``base_root`` (read only, never written).
@@ -246,8 +249,10 @@ def apply_delta(
     durable (:func:`client.archive.finish_tree`).
 
     ``skip`` names top-level persistent paths (``logs``...) whose shipped content the installer
-    drops anyway: they are neither read nor written. Raises :class:`DeltaError` (one line) on any
-    failure; ``dest`` then holds partial output the caller discards.
+    drops anyway: they are neither read nor written. ``tar``: the target's canonical tar, when
+    :func:`manifest_from_delta` already rebuilt it from this (whole-archive) delta and derived
+    ``target_manifest`` from it; it is extracted as is. Raises :class:`DeltaError` (one line) on
+    any failure; ``dest`` then holds partial output the caller discards.
     """
     label = f"delta from {base_manifest.version}"
     skipped = frozenset(s.strip("/") for s in skip)
@@ -272,7 +277,7 @@ def apply_delta(
                 raise DeltaError(f"{label}: {dest} is not empty")
             source = _Sources(delta, payload, base_fd, base_manifest.by_path(), label)
             if header.archive is not None:
-                _apply_archive(source, header, base_manifest, target_manifest, dest_fd, skipped)
+                _apply_archive(source, header, base_manifest, target_manifest, dest_fd, skipped, tar)
             for entry in wanted.entries if header.archive is None else ():
                 if entry.type is not EntryType.FILE:
                     create_entry(dest_fd, entry)
@@ -297,10 +302,12 @@ def apply_chain(
     scratch: Path,
     *,
     skip: Iterable[str] = (),
+    tar: bytes | None = None,
 ) -> None:
     """Apply ``steps`` (delta file, manifest of the release it rebuilds) in order, starting from the
     tree at ``base_root``: every intermediate release is rebuilt (and verified) in a directory under
-    ``scratch``, never in a slot; the last one goes into the empty ``dest``. ``scratch`` is removed
+    ``scratch``, never in a slot; the last one goes into the empty ``dest`` (from ``tar``, the last
+    release's canonical tar, when :func:`manifest_from_delta` rebuilt it). ``scratch`` is removed
     afterwards, whatever happened. Raises :class:`DeltaError` like :func:`apply_delta`."""
     if not steps:
         raise DeltaError("no delta to apply")
@@ -312,7 +319,7 @@ def apply_chain(
             if i < len(steps) - 1:
                 out = scratch / f"{i}-{target.version}"
                 out.mkdir(parents=True)
-            apply_delta(delta_file, root, manifest, target, out, skip=skip)
+            apply_delta(delta_file, root, manifest, target, out, skip=skip, tar=tar if out == dest else None)
             if root != base_root:
                 shutil.rmtree(root)  # the previous intermediate tree is no longer needed
             root, manifest = out, target
@@ -671,28 +678,48 @@ def _read_checked_header(
 # -- the manifest inside a delta -------------------------------------------------------------------
 
 
-def manifest_from_delta(delta_file: Path, base: Manifest, release: Release) -> Manifest | None:
-    """The manifest of ``release`` carried by the delta ``delta_file`` (built on ``base``), or
-    ``None`` if the delta carries none (the caller then downloads the signed manifest).
+def manifest_from_delta(
+    delta_file: Path, base: Manifest, release: Release, base_tar: bytes | Path | None = None, skip: Iterable[str] = ()
+) -> tuple[Manifest | None, bytes | None]:
+    """The manifest of ``release`` carried by the delta ``delta_file`` (built on ``base``) and, when
+    it was read from the target tar a whole-archive delta rebuilds, that tar (for :func:`apply_delta`);
+    ``(None, None)`` if the delta carries none or it cannot be had here (the caller then downloads
+    the signed manifest).
 
-    The patch is decoded with ``base``'s canonical JSON as prefix, bounded by the size its frame
-    declares (at most ``MANIFEST_MAX``); the JSON is compressed again at the level the header names
-    and must then be exactly the signed manifest target ``release.manifest`` (length and sha256),
-    and describe ``release`` (version, content digest). Raises :class:`DeltaError` (one line)
-    otherwise: the caller falls back to the full artifact.
+    A manifest patch is decoded with ``base``'s canonical JSON as prefix, bounded by the size its
+    frame declares (at most ``MANIFEST_MAX``). Without one, a whole-archive frame is decoded in
+    memory, at most ``release``'s signed content length (within ``ARCHIVE_MAX`` with the base's),
+    with ``base_tar`` as prefix: the base's canonical tar, or the directory of its verified tree to
+    rebuild it from, unless ``base`` ships files below the persistent paths ``skip`` (the slot links
+    them away); the manifest is then the tar's entries, read by its exact canonical layout
+    (:func:`client.archive.read_canonical_tar`), with ``release``'s version and content digest.
+    Either way the JSON is compressed again at the level the header names and must then be exactly
+    the signed manifest target ``release.manifest`` (length and sha256), and describe ``release``
+    (version, content digest). Raises :class:`DeltaError` (one line) otherwise: the caller falls
+    back to the full artifact.
     """
     label = f"delta from {base.version}"
+    tar = None
     try:
         with open(delta_file, "rb") as f:
             header = _read_checked_header(f, label, base, None)
             if header.manifest is None:
-                return None
-            start, end = header.manifest_range()
-            f.seek(start)
-            frame = f.read(end - start)
+                return None, None
+            if header.manifest.length is None:  # the whole-archive kind: from the target tar
+                tar = _archive_tar(f, header, base, release.content, base_tar, skip)
+                if tar is None:
+                    return None, None
+                data = Manifest(release.version, release.content, tuple(read_canonical_tar(tar))).to_bytes()
+            else:
+                start, end = header.manifest_range()
+                f.seek(start)
+                data = _manifest_json(f.read(end - start), base.to_bytes(), label)
     except OSError as exc:
         raise DeltaError(f"{label}: cannot read {delta_file.name} ({exc.strerror or exc})") from exc
-    data = _manifest_json(frame, base.to_bytes(), label)
+    except DeltaError:
+        raise
+    except InstallError as exc:
+        raise DeltaError(f"{label}: {exc}") from exc
     signed = release.manifest
     again = release_compressor(header.manifest.level).compress(data)
     if len(again) != signed.length or hashlib.sha256(again).hexdigest() != signed.sha256:
@@ -707,7 +734,7 @@ def manifest_from_delta(delta_file: Path, base: Manifest, release: Release) -> M
         raise DeltaError(f"{label}: manifest of {release.version} is unusable: {exc}") from exc
     if manifest.version != release.version or manifest.content != release.content:
         raise DeltaError(f"{label}: the manifest in the delta does not describe {release.version}")
-    return manifest
+    return manifest, tar
 
 
 def _manifest_json(frame: bytes, prefix: bytes, label: str) -> bytes:
@@ -719,13 +746,21 @@ def _manifest_json(frame: bytes, prefix: bytes, label: str) -> bytes:
         raise DeltaError(f"{label}: the manifest patch is not a zstd frame") from None
     if declared is None or declared > delta_format.MANIFEST_MAX:
         raise DeltaError(f"{label}: the manifest patch declares no size or more than {delta_format.MANIFEST_MAX} bytes")
-    stream = _ZstdStream(io.BytesIO(frame).read, prefix, declared, f"{label}: manifest patch")
-    out = bytearray()
-    got, overflow = copy_hashed(stream.read, out.extend, declared)
-    if overflow or got.length != declared:
-        raise DeltaError(f"{label}: the manifest patch does not hold exactly its declared {declared} bytes")
+    return _decode(_ZstdStream(io.BytesIO(frame).read, prefix, declared, f"{label}: manifest patch"), declared,
+                   f"{label}: the manifest patch")
+
+
+def _decode(stream: _ZstdStream, size: int, what: str) -> bytes:
+    """The whole output of ``stream`` in memory: exactly ``size`` bytes (never more read), then the
+    end of its frame and of its data."""
+    chunks, left = [], size + 1
+    while left and (chunk := stream.read(left)):
+        chunks.append(chunk)
+        left -= len(chunk)
+    if left != 1:
+        raise DeltaError(f"{what} does not decode to exactly {size} bytes")
     stream.finish()
-    return bytes(out)
+    return b"".join(chunks)
 
 
 # -- the whole-archive kind ------------------------------------------------------------------------
@@ -733,12 +768,13 @@ def _manifest_json(frame: bytes, prefix: bytes, label: str) -> bytes:
 
 def _apply_archive(
     source: _Sources, header: delta_format.DeltaHeader, base: Manifest, target: Manifest, dest_fd: int,
-    skip: frozenset[str],
+    skip: frozenset[str], tar: bytes | None = None,
 ) -> None:
     """Rebuild ``target`` into ``dest_fd`` from a whole-archive delta: the base's canonical tar is
     written again from the base tree (every file checked against ``base``: a locally edited file
     stops it), used as the zstd prefix of the frame, whose output (at most the signed
-    ``target.content`` length is read) is extracted by its canonical layout.
+    ``target.content`` length is read) is extracted by its canonical layout; or ``tar``, that
+    output already rebuilt and read by :func:`manifest_from_delta`, is extracted the same way.
     Memory: the base tar (held twice while zstd takes its copy) and a decoder window of
     ``patch_window_log`` of both sizes, all bounded by ``ARCHIVE_MAX`` of signed sizes.
 
@@ -751,27 +787,69 @@ def _apply_archive(
     ``data/``): their file bytes are zeros in the rebuilt base tar, and the target's are not
     written; an output byte that depended on a zero is in a file not written, or fails its hash."""
     label = source.label
-    if base.content.length + target.content.length > delta_format.ARCHIVE_MAX:
-        raise DeltaError(
-            f"{label}: whole-archive delta over {base.content.length + target.content.length} bytes of tars "
-            f"(limit {delta_format.ARCHIVE_MAX})"
-        )
-    holes = skip if any(_under(e.path, skip) for e in base.entries) else frozenset()
-    old = bytearray()
-    try:  # every base file hashed against its entry; the tar is then exactly the base's
-        got = write_canonical_tar(source.base_fd, base.entries, old.extend, holes, digest_stream=False)
-    except TreeChanged as exc:
-        raise DeltaError(f"{label}: base file {show_path(exc.path)} was modified locally ({exc})") from exc
-    if got.length != base.content.length:
-        raise DeltaError(f"{label}: the base tree does not rebuild the archive of {base.version}")
-    zstd = _ZstdStream(source.payload_reader_range(*header.archive_range(), "the archive"), old,
-                       target.content.length, f"{label}: archive")
-    del old
+    if tar is None:
+        _check_archive_size(base, target.content, label)
+        holes = skip if any(_under(e.path, skip) for e in base.entries) else frozenset()
+        old = _base_tar(source.base_fd, base, holes, label)
+        zstd = _ZstdStream(source.payload_reader_range(*header.archive_range(), "the archive"), old,
+                           target.content.length, f"{label}: archive")
+        del old
+        read: Callable[[int], bytes] = zstd.read
+    else:
+        zstd, read = None, io.BytesIO(tar).read
     try:
-        extract_canonical(zstd.read, dest_fd, target, skip)
-        zstd.finish()
+        extract_canonical(read, dest_fd, target, skip)
+        if zstd is not None:
+            zstd.finish()
     except DeltaError:
         raise
     except InstallError as exc:
         raise DeltaError(f"{label}: {exc}") from exc
+
+
+def _check_archive_size(base: Manifest, content: Digest, label: str) -> None:
+    if base.content.length + content.length > delta_format.ARCHIVE_MAX:
+        raise DeltaError(
+            f"{label}: whole-archive delta over {base.content.length + content.length} bytes of tars "
+            f"(limit {delta_format.ARCHIVE_MAX})"
+        )
+
+
+def _base_tar(base_fd: int, base: Manifest, holes: frozenset[str], label: str) -> bytearray:
+    """The canonical tar of ``base`` rebuilt from its tree below ``base_fd``, zeros for the file
+    bytes below ``holes``: every file hashed against its entry (a locally edited one stops it), so
+    the tar is exactly the base's."""
+    old = bytearray()
+    try:
+        got = write_canonical_tar(base_fd, base.entries, old.extend, holes, digest_stream=False)
+    except TreeChanged as exc:
+        raise DeltaError(f"{label}: base file {show_path(exc.path)} was modified locally ({exc})") from exc
+    if got.length != base.content.length:
+        raise DeltaError(f"{label}: the base tree does not rebuild the archive of {base.version}")
+    return old
+
+
+def _archive_tar(
+    f: BinaryIO, header: delta_format.DeltaHeader, base: Manifest, content: Digest, base_tar: bytes | Path | None,
+    skip: Iterable[str],
+) -> bytes | None:
+    """The target tar of the whole-archive delta ``f`` decoded in memory (:func:`manifest_from_delta`),
+    or None when no base tar is to be had."""
+    label = f"delta from {base.version}"
+    _check_archive_size(base, content, label)
+    old: bytes | bytearray | None = None if isinstance(base_tar, Path) else base_tar
+    skipped = frozenset(s.strip("/") for s in skip)
+    if isinstance(base_tar, Path) and not any(_under(e.path, skipped) for e in base.entries):
+        fd = os.open(base_tar, _DIR_FLAGS)
+        try:
+            old = _base_tar(fd, base, frozenset(), label)
+        finally:
+            os.close(fd)
+    if old is None:
+        return None
+    start, end = header.archive_range()
+    f.seek(start)
+    stream = _ZstdStream(_limited(f.read, end - start), old, content.length, f"{label}: archive")
+    del old
+    return _decode(stream, content.length, f"{label}: the archive")
 

@@ -4,9 +4,10 @@ Layout (docs/ARCHITECTURE.md, "Deltas")::
 
     b"PDELTA3\\n"  u64 big-endian length H  header (H bytes: one zstd frame of canonical JSON)  payload
 
-The header names the base and target releases (version and canonical-content digest). The payload
-starts with the target manifest as a patch against the base manifest (``manifest``, see
-:class:`ManifestPatch`; optional in the format, always written by the publisher), then holds either
+The header names the base and target releases (version and canonical-content digest) and how the
+target manifest comes (``manifest``, see :class:`ManifestPatch`; optional in the format, always
+written by the publisher): as a patch against the base manifest at the start of the payload, or, in
+the whole-archive kind, derived from the target tar it rebuilds. The payload then holds either
 one op per *file* entry of the target manifest, in manifest order (the per-file kind, ``ops``), or
 one zstd frame rebuilding the whole canonical tar of the target from the base's (the whole-archive
 kind, ``archive``). Data ops (every op but ``copy``) own ``length`` bytes of the payload each,
@@ -155,28 +156,31 @@ class DeltaOp:
 
 @dataclass(frozen=True)
 class ManifestPatch:
-    """The target manifest inside the delta: the first ``length`` bytes of the payload are one zstd
-    frame (decompressed size declared, no checksum) of the target manifest's canonical JSON
-    (``Manifest.to_bytes``), compressed with the base manifest's canonical JSON as raw prefix.
-    ``level`` is the zstd level of the signed manifest target: the rebuilt JSON, compressed again
-    with :func:`client.archive.release_compressor` at that level, must be exactly the signed
-    target (length and sha256), or it is not used."""
+    """The target manifest inside the delta. With ``length``, the first ``length`` bytes of the
+    payload are one zstd frame (decompressed size declared, no checksum) of the target manifest's
+    canonical JSON (``Manifest.to_bytes``), compressed with the base manifest's canonical JSON as
+    raw prefix. Without (``None``, serialised as ``{"level": L}``; whole-archive kind only) nothing
+    is in the payload: the client derives the manifest from the target tar the archive frame
+    rebuilds (:func:`client.archive.read_canonical_tar`). ``level`` is the zstd level of the signed
+    manifest target: the rebuilt JSON, compressed again with
+    :func:`client.archive.release_compressor` at that level, must be exactly the signed target
+    (length and sha256), or it is not used."""
 
-    length: int
+    length: int | None
     level: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"length": self.length, "level": self.level}
+        return {"level": self.level} if self.length is None else {"length": self.length, "level": self.level}
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ManifestPatch:
-        if not isinstance(data, Mapping) or set(data) != {"length", "level"}:
-            raise DeltaFormatError(f"{where}: expected an object with 'length' and 'level'")
+        if not isinstance(data, Mapping) or set(data) not in ({"length", "level"}, {"level"}):
+            raise DeltaFormatError(f"{where}: expected an object with 'level' and optionally 'length'")
         try:
-            patch = cls(_int(data, "length", where), _int(data, "level", where))
+            patch = cls(_int(data, "length", where) if "length" in data else None, _int(data, "level", where))
         except FormatError as exc:
             raise DeltaFormatError(str(exc)) from None
-        if not 1 <= patch.level <= ZSTD_LEVEL_MAX or patch.length > MANIFEST_MAX:
+        if not 1 <= patch.level <= ZSTD_LEVEL_MAX or (patch.length or 0) > MANIFEST_MAX:
             raise DeltaFormatError(f"{where}: level {patch.level} or length {patch.length} out of range")
         return patch
 
@@ -185,7 +189,8 @@ class ManifestPatch:
 class DeltaHeader:
     """The parsed header. ``payload_start`` is the absolute file offset of the payload: set by
     :func:`read_header` (and by :func:`write_delta` callers through ``encode``); not serialised.
-    ``manifest``: the target manifest patch at the start of the payload (None: not carried);
+    ``manifest``: the target manifest patch at the start of the payload, or derived from the archive
+    (``manifest.length`` None), or None: not carried;
     ``archive``: the length of the whole-archive frame (None: the per-file kind, with ``ops``)."""
 
     base_version: str
@@ -200,7 +205,7 @@ class DeltaHeader:
     @property
     def manifest_length(self) -> int:
         """Payload bytes of the manifest patch (0 when there is none); data starts after them."""
-        return self.manifest.length if self.manifest is not None else 0
+        return (self.manifest.length or 0) if self.manifest is not None else 0
 
     @property
     def payload_length(self) -> int:
@@ -246,9 +251,11 @@ class DeltaHeader:
 
     def check_layout(self) -> None:
         """Data ops must own contiguous payload ranges in op order, right after the manifest patch;
-        a whole-archive header has no ops."""
+        a whole-archive header has no ops; only it may derive the manifest from the archive."""
         if self.archive is not None and self.ops:
             raise DeltaFormatError("a whole-archive delta has no ops")
+        if self.archive is None and self.manifest is not None and self.manifest.length is None:
+            raise DeltaFormatError("only a whole-archive delta may leave out the manifest patch's length")
         expected = self.manifest_length
         for i, op in enumerate(self.ops):
             if not op.op.has_data:
@@ -320,7 +327,7 @@ class DeltaHeader:
                 version=version,
                 base_content=Digest.from_dict(doc.get("from_content"), "delta header.from_content"),
                 content=Digest.from_dict(doc.get("to_content"), "delta header.to_content"),
-                ops=_parse_ops(raw_ops, manifest.length if manifest is not None else 0),
+                ops=_parse_ops(raw_ops, (manifest.length or 0) if manifest is not None else 0),
                 payload_start=payload_start,
                 manifest=manifest,
                 archive=archive,
@@ -329,6 +336,7 @@ class DeltaHeader:
             raise
         except FormatError as exc:
             raise DeltaFormatError(str(exc)) from None
+        header.check_layout()
         return header
 
 

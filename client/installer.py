@@ -649,8 +649,11 @@ class Installer:
     ) -> _Fetched:
         """Download the deltas of ``plan`` (before the pre-checks: they carry the manifests) and
         rebuild from each the manifest of the release it rebuilds, checked against that release's
-        signed manifest target (:func:`client.delta.manifest_from_delta`; downloaded only from a
-        delta that carries none). Nothing to do without delta steps.
+        signed manifest target (:func:`client.delta.manifest_from_delta`; downloaded only when a
+        delta carries none, or is a whole-archive one whose base tar cannot be had: a base that
+        ships persistent paths, or one a per-file step rebuilds). A whole-archive step's target tar,
+        rebuilt in memory for its manifest, is kept for the apply when it is the last step.
+        Nothing to do without delta steps.
 
         Deltas are only tried when the active slot still matches its manifest (a locally edited
         base is never patched); any failure to get them (404, verification, network, a manifest
@@ -666,17 +669,19 @@ class Installer:
             fetched.base = (self.layout.slot(s.active), base_manifest)
             fetched.fallback = base_problem(fetched.base[0], base_manifest, cfg.persistent_paths) or ""
             previous = base_manifest
+            tar: bytes | Path | None = fetched.base[0]  # the canonical tar of ``previous``, or its tree
             for step in [] if fetched.fallback else plan.steps:
                 rebuilds = release if step.release.content == release.content else step.release
                 delta = client.fetch_target(step.delta.target, on_progress)
-                previous = manifest_from_delta(delta, previous, rebuilds) or client.fetch_manifest(rebuilds)
+                manifest, fetched.tar = manifest_from_delta(delta, previous, rebuilds, tar, cfg.persistent_paths)
+                previous, tar = manifest or client.fetch_manifest(rebuilds), fetched.tar
                 fetched.steps.append((delta, previous))
         except DeltaError as exc:
             fetched.fallback = _one_line(exc)
         except (UpdateError, OSError) as exc:
             fetched.fallback = f"delta download failed: {_one_line(exc)}"
         if fetched.fallback:
-            fetched.steps = []
+            fetched.steps, fetched.tar = [], None
             self._emit("delta_fallback", reason=fetched.fallback)
         return fetched
 
@@ -699,11 +704,13 @@ class Installer:
         plan = fetched.plan
         if fetched.steps and fetched.base is not None and plan is not None:
             skip = tuple(n for n in cfg.persistent_paths if os.path.lexists(self.layout.data / n))
+            tar, fetched.tar = fetched.tar, None  # held no longer than the apply
             try:
-                apply_chain(fetched.steps, *fetched.base, slot_dir, self.layout.cache / "delta-work", skip=skip)
+                apply_chain(fetched.steps, *fetched.base, slot_dir, self.layout.cache / "delta-work",
+                            skip=skip, tar=tar)
                 return {"path": plan.kind, "update_path": plan.describe(), "skip": skip}
             except DeltaError as exc:
-                fetched.fallback = _one_line(exc)
+                tar, fetched.fallback = None, _one_line(exc)
                 self._emit("delta_fallback", reason=fetched.fallback)
                 self._wipe_slot(s, s.next_slot)
                 fetched.artifact = client.fetch_target(release.full, on_progress)
@@ -1307,6 +1314,7 @@ class _Fetched:
     plan: UpdatePath | None
     steps: list[tuple[Path, Manifest]] = field(default_factory=list)
     base: tuple[Path, Manifest] | None = None
+    tar: bytes | None = None  # the last step's target tar, when manifest_from_delta rebuilt it
     artifact: Path | None = None
     fallback: str = ""
 

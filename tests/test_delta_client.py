@@ -22,7 +22,7 @@ import pytest
 import pyzstd
 
 from client import bsdiff_lzma, delta_format
-from client.archive import verify_tree, write_canonical_tar
+from client.archive import read_canonical_tar, release_compressor, tar_header, verify_tree, write_canonical_tar
 from client.delta import DeltaError, UpdatePath, apply_delta, base_problem, manifest_from_delta, plan_update
 from client.delta_format import (
     DeltaHeader,
@@ -33,8 +33,18 @@ from client.delta_format import (
     read_header,
     write_delta,
 )
-from client.errors import RepositoryError
-from client.index import ChannelIndex, DeltaRef, Digest, EntryType, Manifest, Release, TargetRef, UpdateType
+from client.errors import InstallError, RepositoryError
+from client.index import (
+    ChannelIndex,
+    DeltaRef,
+    Digest,
+    EntryType,
+    Manifest,
+    ManifestEntry,
+    Release,
+    TargetRef,
+    UpdateType,
+)
 from client.installer import Installer, InstallResult
 from repo_tools import publish as ops
 from repo_tools.artifact import scan_tree
@@ -376,14 +386,16 @@ def tar_of(root: Path, manifest: Manifest) -> bytes:
 
 
 def archive_delta(base: tuple[Path, Manifest], target: tuple[Path, Manifest], new_tar: bytes | None = None,
-                  frame: bytes | None = None) -> bytes:
+                  frame: bytes | None = None, level: int | None = None) -> bytes:
     """A whole-archive delta: ``new_tar`` (default: the target's canonical tar) patched against the
-    base's canonical tar, or ``frame`` as is."""
+    base's canonical tar, or ``frame`` as is; with ``level``, the manifest is to be read from the tar
+    (as the publisher writes it)."""
     (base_root, base_m), (root, target_m) = base, target
     if frame is None:
         new = tar_of(root, target_m) if new_tar is None else new_tar
         frame = encode(OpKind.ZSTD_PATCH, tar_of(base_root, base_m), new, window_for=target_m.content.length)
-    header = DeltaHeader(base_m.version, target_m.version, base_m.content, target_m.content, (), archive=len(frame))
+    header = DeltaHeader(base_m.version, target_m.version, base_m.content, target_m.content, (), archive=len(frame),
+                         manifest=None if level is None else ManifestPatch(None, level))
     out = io.BytesIO()
     write_delta(out, header, [frame])
     return out.getvalue()
@@ -426,6 +438,88 @@ def test_whole_archive_never_reads_an_edited_base(tmp_path: Path, trees: Trees) 
     apply_fails(tmp_path, trees, data, r"base file lib/same\.dat was modified locally")
 
 
+def signed(manifest: Manifest, level: int = 10) -> Release:
+    """A release whose signed manifest target is ``manifest`` compressed as the publisher does."""
+    data = release_compressor(level).compress(manifest.to_bytes())
+    return replace(rel(manifest.version, 10**6), content=manifest.content,
+                   manifest=TargetRef("m.json.zst", len(data), hashlib.sha256(data).hexdigest()))
+
+
+def test_whole_archive_manifest_is_read_from_the_rebuilt_tar(tmp_path: Path, trees: Trees) -> None:
+    (base_root, base_m), target = trees
+    delta = tmp_path / "d.pdelta"
+    delta.write_bytes(archive_delta(*trees, level=10))
+    assert read_header(io.BytesIO(delta.read_bytes())).manifest_length == 0  # no manifest patch
+    manifest, tar = manifest_from_delta(delta, base_m, signed(target[1]), base_root)
+    assert manifest == target[1] and tar == tar_of(*target)
+    assert manifest_from_delta(delta, base_m, signed(target[1]), tar_of(base_root, base_m)) == (manifest, tar)
+    # the base ships files below a persistent path: its tar cannot be rebuilt from the slot
+    assert manifest_from_delta(delta, base_m, signed(target[1]), base_root, ["lib"]) == (None, None)
+    assert manifest_from_delta(delta, base_m, signed(target[1])) == (None, None)
+    dest = tmp_path / "slot"
+    dest.mkdir()
+    (base_root / "lib/same.dat").unlink()  # with the tar, the base tree is not read again
+    apply_delta(delta, base_root, base_m, target[1], dest, tar=tar)
+    assert tree_digest(dest) == tree_digest(target[0])
+
+
+def test_whole_archive_manifest_must_be_the_signed_one(tmp_path: Path, trees: Trees) -> None:
+    (base_root, base_m), target = trees
+    delta = tmp_path / "d.pdelta"
+    delta.write_bytes(archive_delta(*trees, level=10))
+    for release, cause in ((signed(target[1], level=3), "is not the signed manifest of 1.1.0"),
+                           (replace(signed(target[1]), version="1.2.0"), "is not the signed manifest of 1.2.0")):
+        with pytest.raises(DeltaError, match=cause):
+            manifest_from_delta(delta, base_m, release, base_root)
+    longer = archive_delta(*trees, new_tar=tar_of(*target) + bytes(10240), level=10)
+    delta.write_bytes(longer)
+    with pytest.raises(DeltaError, match=r"^delta from 1\.0\.0: the archive does not decode to exactly \d+ bytes$"):
+        manifest_from_delta(delta, base_m, signed(target[1]), base_root)
+
+
+def members_end(tar: bytes) -> int:
+    """Where the end blocks of the canonical ``tar`` start (its last file does not end in zeros)."""
+    return -(-len(tar.rstrip(b"\0")) // 512) * 512
+
+
+def with_member(tar: bytes, member: bytes) -> bytes:
+    """``tar`` with ``member`` (header and data blocks) after its last one, end blocks and record padding after."""
+    out = tar[: members_end(tar)] + member + bytes(1024)
+    return out + bytes(-len(out) % 10240)
+
+
+def raw_member(name: str, kind: bytes, data: bytes = b"", **fields: Any) -> bytes:
+    import tarfile
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mode = kind, len(data), 0o644
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info.tobuf(tarfile.PAX_FORMAT) + data + bytes(-len(data) % 512)
+
+
+@pytest.mark.parametrize("how", ["hard link", "escape", "out of order", "mtime", "padding", "end blocks", "truncated",
+                                 "past the end", "global pax header"])
+def test_read_canonical_tar_refuses_what_is_not_canonical(trees: Trees, how: str) -> None:
+    tar = tar_of(*trees[1])
+    assert read_canonical_tar(tar) == list(trees[1][1].entries)
+    end = members_end(tar)
+    last = trees[1][1].entries[-1]
+    mangled = {
+        "hard link": lambda: with_member(tar, raw_member("zz", b"1", linkname="bin/app")),
+        "escape": lambda: with_member(tar, raw_member("../zz", b"0", b"x")),
+        "out of order": lambda: with_member(tar, tar_header(ManifestEntry("aaa", EntryType.DIR, 0o755))),
+        "mtime": lambda: with_member(tar, raw_member("zz", b"5", mode=0o755, mtime=1)),
+        "padding": lambda: tar[: end - 1] + b"x" + tar[end:],
+        "end blocks": lambda: tar[: end + 700] + b"x" + tar[end + 701 :],
+        "truncated": lambda: tar[:-512],
+        "past the end": lambda: with_member(tar, raw_member("zz", b"0", b"x" * 512, size=100_000)),
+        "global pax header": lambda: with_member(tar, raw_member("g", b"g", b"")),
+    }[how]()
+    assert last.type is EntryType.FILE and mangled != tar
+    with pytest.raises(InstallError):
+        read_canonical_tar(mangled)
+
+
 # -- the manifest inside the delta ------------------------------------------------------------------
 
 
@@ -433,7 +527,7 @@ def test_a_delta_without_a_manifest_gives_none(tmp_path: Path, trees: Trees) -> 
     delta = tmp_path / "d.pdelta"
     delta.write_bytes(make_delta(*trees))
     release = rel("1.1.0", 5000)
-    assert manifest_from_delta(delta, trees[0][1], release) is None
+    assert manifest_from_delta(delta, trees[0][1], release) == (None, None)
 
 
 # -- the installer end to end: real repositories published with deltas ------------------------------
@@ -586,10 +680,18 @@ def test_check_and_install_take_the_delta(tmp_path: Path, repo: Repo) -> None:
     assert (d / "data/logs/seed.txt").read_text() == "seed from 1.0.0\n"  # persistent data untouched
 
 
-def test_the_manifest_comes_inside_the_delta(tmp_path: Path, repo: Repo) -> None:
+# The app ships logs/: where logs is a persistent path (the default), the slot links it away, the base tar
+# rebuilt from the slot has holes there and a whole-archive delta's manifest cannot be read from its tar.
+NOT_LOGS = {"persistent_paths": ["uploads"]}
+
+
+@pytest.mark.parametrize("whole_archive", [False, True])
+def test_the_manifest_comes_inside_the_delta(tmp_path: Path, repo: Repo, whole_archive: bool) -> None:
+    path = republish(repo, tmp_path, whole_archive)
+    assert (read_header(io.BytesIO(path.read_bytes())).manifest_length == 0) == whole_archive
     with RangeServer(repo.dir) as srv:
         d = tmp_path / "inst"
-        ins = hc.init_client(d, srv.url, repo)
+        ins = hc.init_client(d, srv.url, repo, **NOT_LOGS)
         ins.install("1.0.0")
         served = len(srv.ranges)
         result, _, _ = install(d, "1.1.0")
@@ -611,7 +713,9 @@ def test_both_delta_kinds_install(tmp_path: Path, repo: Repo, whole_archive: boo
     result, _, _ = install(d, "1.1.0")
     record = installed_ok(d, "1.1.0")
     assert record["path"] == "delta" and "fallback_reason" not in record
-    assert result.bytes_downloaded == path.stat().st_size
+    release = index_of(repo).find("1.1.0", "any")
+    assert release is not None  # the whole-archive kind: the manifest downloaded, logs/ is persistent
+    assert result.bytes_downloaded == path.stat().st_size + (release.manifest.length if whole_archive else 0)
     # a persistent path the base shipped (logs/) is a hole in the rebuilt base tar, never read or written
     assert (d / "data/logs/seed.txt").read_text() == "seed from 1.0.0\n"
     assert (d / "data/logs/local.txt").read_text() == "kept\n"
@@ -704,9 +808,37 @@ def test_a_bad_whole_archive_delta_falls_back(tmp_path: Path, repo: Repo, damage
     assert_fell_back(d, watch, cause)
 
 
+@pytest.mark.parametrize("rebuilds", ["another release", "an extra member", "more bytes"])
+def test_a_whole_archive_delta_not_rebuilding_the_signed_tree_falls_back(tmp_path: Path, repo: Repo,
+                                                                           rebuilds: str) -> None:
+    d = fallback_case(tmp_path, repo, **NOT_LOGS)
+    republish(repo, tmp_path, whole_archive=True)  # the sources of 1.0.0 and 1.1.0 in tmp_path
+    hc.write_tree(tmp_path / "src-1.2.0", app("1.2.0", 2))
+    base, target, other = manifests(repo, "1.0.0", "1.1.0", "1.2.0")
+    tar = tar_of(tmp_path / "src-1.1.0", target)
+    new = {"another release": lambda: tar_of(tmp_path / "src-1.2.0", other),
+           "an extra member": lambda: with_member(tar, tar_header(ManifestEntry("zz-extra", EntryType.DIR, 0o755))),
+           "more bytes": lambda: tar + bytes(10240)}[rebuilds]()
+    assert (len(new) == len(tar)) == (rebuilds != "more bytes")  # in the signed bounds: the manifest refuses it
+    frame = encode(OpKind.ZSTD_PATCH, tar_of(tmp_path / "src-1.0.0", base), new, window_for=len(tar))
+
+    def mangle(data: bytes) -> bytes:
+        out = io.BytesIO()
+        write_delta(out, replace(read_header(io.BytesIO(data)), archive=len(frame), payload_start=0), [frame])
+        return out.getvalue()
+
+    forge_delta(repo, "1.1.0", "1.0.0", mangle)
+    _, watch, _ = install(d, "1.1.0")  # the running slot is untouched (checked at the swap)
+    cause = (r"^delta from 1\.0\.0: the archive does not decode to exactly \d+ bytes$" if rebuilds == "more bytes"
+             else r"^delta from 1\.0\.0: the manifest rebuilt from the delta is not the signed manifest of 1\.1\.0 ")
+    assert_fell_back(d, watch, cause)
+    steps = [e.get("step") or e["event"] for e in watch.events]
+    assert steps.index("delta_fallback") < steps.index("staging")  # refused before anything was written
+
+
 def test_chain_through_an_intermediate_release(tmp_path: Path, repo: Repo) -> None:
     d = tmp_path / "inst"
-    ins = hc.init_client(d, str(repo.dir), repo)
+    ins = hc.init_client(d, str(repo.dir), repo, **NOT_LOGS)
     ins.install("1.0.0")
     assert ins.check("1.2.0").path == "chain:1.0.0->1.1.0->1.2.0"
     install(d, "1.2.0")
@@ -715,13 +847,16 @@ def test_chain_through_an_intermediate_release(tmp_path: Path, repo: Repo) -> No
     index = index_of(repo)
     deltas = [r.deltas[0].target.length for r in (index.find("1.1.0", "any"), index.find("1.2.0", "any")) if r]
     assert record["bytes_downloaded"] == sum(deltas)  # both manifests came inside their deltas
+    kinds = [read_header(io.BytesIO(delta_file(repo, v, b).read_bytes())).archive is not None
+             for v, b in (("1.1.0", "1.0.0"), ("1.2.0", "1.1.0"))]
+    assert kinds == [True, True]  # the second manifest read from the tar the first step rebuilt in memory
     assert not (d / "cache/delta-work").exists()  # the intermediate tree is gone
     assert sorted(os.listdir(d / "slots")) == ["a", "b"]  # and never was a slot
 
 
-def fallback_case(tmp_path: Path, repo: Repo, url: str | None = None) -> Path:
+def fallback_case(tmp_path: Path, repo: Repo, url: str | None = None, **settings: Any) -> Path:
     d = tmp_path / "inst"
-    hc.init_client(d, url or str(repo.dir), repo)
+    hc.init_client(d, url or str(repo.dir), repo, **settings)
     Installer(d).install("1.0.0")
     return d
 
@@ -747,15 +882,13 @@ def republish(repo: Repo, tmp: Path, whole_archive: bool, version: str = "1.1.0"
         hc.write_tree(where, app(v, CHAIN.index(v)))
     out, work = tmp / "kind.pdelta", tmp / "kind-work"
     work.mkdir(exist_ok=True)
-    if whole_archive:
+    if whole_archive:  # as the publisher writes it: no manifest patch, the manifest is in the tar
         frame = archive_patch(base_root, base_m, root, target_m, 2 << 30)
-        mpatch = manifest_patch(base_m, target_m)
         assert frame is not None
         header = DeltaHeader(base, version, base_m.content, target_m.content, (),
-                             manifest=ManifestPatch(len(mpatch), store.config().compression_level),
-                             archive=len(frame))
+                             manifest=ManifestPatch(None, store.config().compression_level), archive=len(frame))
         with open(out, "wb") as f:
-            write_delta(f, header, [mpatch, frame])
+            write_delta(f, header, [frame])
     else:
         build_delta(base_root, base_m, root, target_m, out, work, manifest_level=store.config().compression_level)
     data = out.read_bytes()
