@@ -13,12 +13,13 @@ the whole content digest against the signed manifest), then one delta container
 * the container (header, then the payload copied in ``CHUNK_SIZE`` pieces) is written last, since
   the header holds every offset.
 
-Every delta also carries the target manifest as a zstd patch against the base manifest
+Every per-file delta also carries the target manifest as a zstd patch against the base manifest
 (:func:`manifest_patch`), so the client does not download it separately. When both canonical tars
 together fit :data:`client.delta_format.ARCHIVE_MAX` and the memory budget, a whole-archive
 candidate (one zstd patch-from frame of the target tar with the base tar as prefix,
 :func:`archive_patch`) is built too, and the smaller container of the two is kept: it wins where a
-change repeats across files (translations, bundles sharing code) or the files are tiny.
+change repeats across files (translations, bundles sharing code) or the files are tiny. It carries
+no manifest patch: the client reads the manifest from the target tar it rebuilds.
 
 Files of the new release are read from the source tree below a directory descriptor with
 ``open_beneath`` and must still have the sha256 ``scan_tree`` recorded. Everything is
@@ -231,7 +232,7 @@ def build_delta(
     mpatch = manifest_patch(base, target)
     manifest = ManifestPatch(len(mpatch), manifest_level)
     ops: list[DeltaOp] = []
-    offset = manifest.length  # the op data follows the manifest patch
+    offset = len(mpatch)  # the op data follows the manifest patch
     with _Tree(base_root) as old_tree, _Tree(source) as new_tree, open(spool, "w+b") as payload:
         for item in plan.files:
             if item.is_copy:
@@ -252,7 +253,7 @@ def build_delta(
         with open(out, "wb") as f:
             if whole is not None:
                 header = whole[0]
-                write_delta(f, header, [mpatch, whole[1]])
+                write_delta(f, header, [whole[1]])
             else:
                 write_delta(f, header, itertools.chain([mpatch], chunks(payload)))
     spool.unlink()
@@ -318,12 +319,14 @@ def _smaller_whole_archive(
     header: DeltaHeader, base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> tuple[DeltaHeader, bytes] | None:
     """The whole-archive header and frame when that container is smaller than the per-file one
-    ``header`` describes (ties: per-file), else ``None``."""
+    ``header`` describes (ties: per-file), else ``None``. It carries no manifest patch: the client
+    derives the manifest from the target tar the frame rebuilds (same ``level``)."""
     frame = archive_patch(base_root, base, source, target, memory_budget - current_rss())
     if frame is None:
         return None
+    manifest = replace(header.manifest, length=None) if header.manifest is not None else None
     whole = DeltaHeader(header.base_version, header.version, header.base_content, header.content, (),
-                        manifest=header.manifest, archive=len(frame))
+                        manifest=manifest, archive=len(frame))
     if len(whole.encode()) + whole.payload_length >= len(header.encode()) + header.payload_length:
         return None
     return whole, frame
@@ -332,7 +335,7 @@ def _smaller_whole_archive(
 def _count_whole_parts(result: DeltaResult, header: DeltaHeader) -> None:
     """Report the manifest patch and a whole-archive frame like ops (``to_dict``'s ops/op_bytes)."""
     for name, length in (("manifest", header.manifest_length), ("archive", header.archive)):
-        if length is not None and (name != "manifest" or header.manifest is not None):
+        if length:
             result.ops[name] = 1
             result.op_bytes[name] = length
 

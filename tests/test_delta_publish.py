@@ -4,6 +4,7 @@ client.bsdiff_lzma/pyzstd/zstandard directly) and compared with the signed manif
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -152,11 +153,23 @@ def _unpatch(frame: bytes, old: bytes, size: int) -> bytes:
     return pyzstd.ZstdDecompressor(pyzstd.ZstdDict(old, is_raw=True).as_prefix, window).decompress(frame)
 
 
-def reference_manifest(delta: Path, base: Manifest) -> bytes | None:
-    """The target manifest's JSON carried by ``delta`` (None: none), decoded directly with pyzstd."""
+def reference_manifest(delta: Path, base_root: Path, base: Manifest, target: Manifest) -> bytes | None:
+    """The target manifest's JSON carried by ``delta`` (None: none), decoded directly with pyzstd;
+    a whole-archive delta's read from the tar it rebuilds with tarfile (version and content: ``target``'s)."""
     header = _header(delta)
     if header.manifest is None:
         return None
+    if header.manifest.length is None:
+        start, end = header.archive_range()
+        tar = reference_unpatch(delta.read_bytes()[start:end], base_root, base, target)
+        entries = []
+        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+            for m in archive:
+                data = archive.extractfile(m).read() if m.isfile() else b""  # type: ignore[union-attr]
+                kind = EntryType.FILE if m.isfile() else EntryType.DIR if m.isdir() else EntryType.SYMLINK
+                entries.append(ManifestEntry(m.name, kind, m.mode, len(data), hashlib.sha256(data).hexdigest()
+                                             if m.isfile() else "", m.linkname))
+        return Manifest(target.version, target.content, tuple(entries)).to_bytes()
     start, end = header.manifest_range()
     frame = delta.read_bytes()[start:end]
     size = pyzstd.get_frame_info(frame).decompressed_size
@@ -502,8 +515,8 @@ def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, 
     location = _delta_location(repo, release, "1.2.0")
     base_manifest = load_manifest(repo, _release(repo, "beta", "1.2.0"))
     target_manifest = load_manifest(repo, release)
-    # the new manifest travels in the delta, as a patch that rebuilds the signed target exactly
-    carried = reference_manifest(location, base_manifest)
+    # the new manifest travels in the delta, as a patch (or the tar) that rebuilds the signed target exactly
+    carried = reference_manifest(location, v1, base_manifest, target_manifest)
     assert carried == target_manifest.to_bytes()
     stored = repo.target_location(release.manifest.path, release.manifest.sha256).read_bytes()
     header = _header(location)
