@@ -42,14 +42,18 @@ DICT_MAX = 64 << 20
 (``client.delta_segments.WHOLE_PATCH_MAX``, 64 MiB), so a larger dictionary would never be used."""
 PRESET = 9 | lzma.PRESET_EXTREME
 BYTES_PER_TUPLE = 32
-"""A patch may hold one control tuple per this many output bytes (and one more), so the control block
-is at most 0.75x the output: real patches have about one per 250 bytes (ruff: 121k tuples for
-30 MB), and the bound keeps a hostile one from making the client allocate 24x the output."""
+"""A patch may hold one control tuple per this many output bytes (plus :data:`TUPLES_FREE`), so the
+control block of a large file is at most 0.75x the output: real patches have about one per 250 bytes
+(ruff: 121k tuples for 30 MB), and the bound keeps a hostile one from making the client allocate 24x
+the output."""
+TUPLES_FREE = 1024
+"""Tuples any patch may have whatever its size (24 KiB): a small file edited all over needs more than
+one per 32 bytes."""
 
 
 def control_max(size: int) -> int:
     """The longest control block (in bytes) a patch with ``size`` output bytes may have."""
-    return TUPLE * (size // BYTES_PER_TUPLE + 1)
+    return TUPLE * (size // BYTES_PER_TUPLE + TUPLES_FREE)
 
 
 def dict_size(length: int) -> int:

@@ -140,11 +140,12 @@ def test_control_that_overruns_the_blocks_is_refused() -> None:
         pack(control[:-1], diff, extra, len(NEW))
 
 
-def test_control_bound_is_one_tuple_per_32_output_bytes() -> None:
+def test_control_bound_is_one_tuple_per_32_output_bytes_and_1024_more(monkeypatch: pytest.MonkeyPatch) -> None:
     control, diff, extra = bsdiff4.core.diff(OLD, NEW)
     assert len(control) <= bsdiff_lzma.control_max(len(NEW))  # real patches are far below the bound
-    tight = TUPLE * (len(control) // TUPLE - 1)
-    size = (tight // TUPLE - 1) * 32  # an output whose bound is one tuple short
+    assert bsdiff_lzma.control_max(0) == TUPLE * 1024 and bsdiff_lzma.control_max(3200) == TUPLE * 1124
+    monkeypatch.setattr(bsdiff_lzma, "TUPLES_FREE", 0)
+    size = (len(control) // TUPLE - 1) * 32  # an output whose bound is one tuple short
     with pytest.raises(DeltaFormatError, match="over the format's bound"):
         pack(control, diff, extra, size)
     with pytest.raises(DeltaFormatError, match="declare more than an output of"):
@@ -166,7 +167,8 @@ def test_publisher_drops_a_patch_over_the_bound(
             refused.append(str(exc))
             raise
 
-    monkeypatch.setattr(bsdiff_lzma, "BYTES_PER_TUPLE", 1 << 40)  # one tuple for any file: every patch is over
+    monkeypatch.setattr(bsdiff_lzma, "BYTES_PER_TUPLE", 1 << 40)  # no tuple for any file: every patch is over
+    monkeypatch.setattr(bsdiff_lzma, "TUPLES_FREE", 0)
     monkeypatch.setattr(bsdiff_lzma, "encode", encode)
     out, work = tmp_path / "d.pdelta", tmp_path / "work"
     work.mkdir()
