@@ -369,7 +369,11 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
         with open(repo.target_location(delta.target.path, delta.target.sha256), "rb") as f:
             header = read_header(f)
         kind = "whole-archive" if header.archive is not None else f"per-file ({len(header.ops)} ops)"
-        result.ours_kind = f"{kind}; manifest patch {header.manifest_length:,} B of {release.manifest.length:,}"
+        if header.manifest is not None and header.manifest.length is None:
+            manifest = f"read from the rebuilt tar (signed manifest {release.manifest.length:,} B)"
+        else:
+            manifest = f"patch {header.manifest_length:,} B of {release.manifest.length:,}"
+        result.ours_kind = f"{kind}; manifest {manifest}"
     elif deltas:
         result.notes.append("ours: the publisher listed no delta from the old release (not clearly smaller?)")
 
