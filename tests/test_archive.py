@@ -195,6 +195,31 @@ def test_verify_detects_changes(slot: Path, built: tuple[Path, Manifest]) -> Non
     ]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_verify_rehashes_every_file_in_one_thread_or_two(
+    slot: Path, built: tuple[Path, Manifest], threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-hash is shared by two threads when there is enough to hash and a second CPU: the same
+    problems are found, every file is hashed exactly once."""
+    monkeypatch.setattr(archive, "PARALLEL_HASH_MIN", 0 if threads == 2 else 1 << 62)
+    monkeypatch.setattr(archive, "_usable_cpus", lambda: 2)
+    batches: list[list[str]] = []
+    check = archive._check_files
+
+    def spy(root_fd: int, entries: list[ManifestEntry], *args: object) -> None:
+        batches.append([e.path for e in entries])
+        check(root_fd, entries, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archive, "_check_files", spy)
+    blob = bytearray((slot / "lib" / "deep" / "blob").read_bytes())
+    blob[-1] ^= 1
+    (slot / "lib" / "deep" / "blob").write_bytes(bytes(blob))
+    (slot / "bin" / "app").write_bytes(b"#!/bin/sh\necho HELLO\n")
+    assert verify_tree(slot, built[1]) == ["modified: bin/app", "modified: lib/deep/blob"]
+    files = [e.path for e in built[1].entries if e.type is EntryType.FILE]
+    assert len(batches) == threads and sorted(p for b in batches for p in b) == sorted(files)
+
+
 def test_verify_missing_directory_reported_once(slot: Path, built: tuple[Path, Manifest]) -> None:
     for p in (slot / "lib" / "deep" / "blob", slot / "lib" / "empty"):
         p.unlink()
