@@ -468,11 +468,17 @@ def _check_member(member: tarfile.TarInfo, entry: ManifestEntry | None) -> None:
         raise InstallError(f"archive member {name} has {member.size} bytes, the manifest says {entry.size}")
 
 
-def _write_file(root_fd: int, entry: ManifestEntry, source: Callable[[int], bytes]) -> None:
-    """Create ``entry`` (O_EXCL, no symlink anywhere) from ``source``, at most ``entry.size`` bytes."""
+def _write_file(root_fd: int, entry: ManifestEntry, source: Callable[[int], bytes], hashed: bool = True) -> None:
+    """Create ``entry`` (O_EXCL, no symlink anywhere) from ``source``, at most ``entry.size`` bytes,
+    hashed on the way unless the caller already hashed the very bytes ``source`` yields."""
     fd = open_beneath(root_fd, entry.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, "wb") as out:
-        got, overflow = copy_hashed(source, out.write, entry.size)
+        if hashed:
+            got, overflow = copy_hashed(source, out.write, entry.size)
+        else:
+            data = source(entry.size)
+            out.write(data)
+            got, overflow = Digest(len(data), entry.sha256), False
         os.fchmod(out.fileno(), entry.mode)
     if overflow:
         raise InstallError(f"{show_path(entry.path)} is larger than the manifest's {entry.size} bytes")
@@ -567,7 +573,7 @@ def extract_stream(read: Callable[[int], bytes], root_fd: int, manifest: Manifes
 
 
 def extract_canonical(
-    read: Callable[[int], bytes], root_fd: int, manifest: Manifest, skip: Iterable[str] = ()
+    read: Callable[[int], bytes], root_fd: int, manifest: Manifest, skip: Iterable[str] = (), hashed: bool = True
 ) -> None:
     """Extract the canonical tar of ``manifest`` that ``read`` yields into the empty directory
     ``root_fd``, by its known layout rather than by parsing it: every byte that is not file content
@@ -575,9 +581,10 @@ def extract_canonical(
     :func:`write_canonical_tar` writes for these entries, and each file's bytes its size and sha256
     (written ``O_EXCL|O_NOFOLLOW``, hashed on the way), so the stream as a whole is checked without
     hashing it; nothing past the manifest's length is read. Entries below the top-level paths
-    ``skip`` are consumed but neither created nor checked. No fsync (the caller's
-    :func:`finish_tree`). Raises ``InstallError`` on any difference; ``OSError`` and decoder errors
-    propagate."""
+    ``skip`` are consumed but neither created nor checked. ``hashed=False``: ``read`` yields bytes
+    already hashed against ``manifest`` (:func:`read_canonical_tar`), so files are written unhashed
+    (sizes and layout still checked). No fsync (the caller's :func:`finish_tree`). Raises
+    ``InstallError`` on any difference; ``OSError`` and decoder errors propagate."""
     skipped = frozenset(p.strip("/") for p in skip)
     headers = [tar_header(e) for e in manifest.entries]
     length = tar_length(manifest.entries, headers)
@@ -593,7 +600,7 @@ def extract_canonical(
             if hole:
                 source.skip(e.size)
             else:
-                _write_file(root_fd, e, source.limited(e.size))
+                _write_file(root_fd, e, source.limited(e.size), hashed)
             if source.take(_padding(e.size)).count(0) != _padding(e.size):
                 raise InstallError(f"archive padding after {show_path(e.path)} is not zeros")
         elif not hole:

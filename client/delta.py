@@ -774,7 +774,9 @@ def _apply_archive(
     written again from the base tree (every file checked against ``base``: a locally edited file
     stops it), used as the zstd prefix of the frame, whose output (at most the signed
     ``target.content`` length is read) is extracted by its canonical layout; or ``tar``, that
-    output already rebuilt and read by :func:`manifest_from_delta`, is extracted the same way.
+    output already rebuilt and read by :func:`manifest_from_delta` (every file hashed there, and
+    the manifest built from them is the signed one), is extracted the same way, without hashing
+    its files a second time.
     Memory: the base tar (held twice while zstd takes its copy) and a decoder window of
     ``patch_window_log`` of both sizes, all bounded by ``ARCHIVE_MAX`` of signed sizes.
 
@@ -798,7 +800,7 @@ def _apply_archive(
     else:
         zstd, read = None, io.BytesIO(tar).read
     try:
-        extract_canonical(read, dest_fd, target, skip)
+        extract_canonical(read, dest_fd, target, skip, hashed=tar is None)  # ``tar``'s files are hashed
         if zstd is not None:
             zstd.finish()
     except DeltaError:
