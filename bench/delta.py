@@ -619,7 +619,8 @@ MEASURED = """\
   process, from start to exit, which covers TUF refresh, download, delta apply into the inactive slot, per-file and
   manifest verification, swap and commit). "client downloaded bytes" is the `bytes` of that install in
   `pinnacle-update history --json` (target bytes: the delta, which carries the new manifest as a patch of the
-  installed one, or the signed manifest plus the artifact; not TUF metadata). "delta kind" is read from the
+  installed one or, whole-archive, rebuilds it from the target tar; or the signed manifest plus the artifact;
+  not TUF metadata). "delta kind" is read from the
   published delta's header: per-file ops, or one whole-archive zstd patch-from frame (the publisher keeps the
   smaller).
 - **bsdiff4 whole-archive**: `bsdiff4.diff(old_tar, new_tar)` on the two canonical uncompressed tars, in a child
