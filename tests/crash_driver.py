@@ -18,6 +18,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -91,34 +92,40 @@ def loop(install_dir: str, iterations: int, seed: int, repo_url: str, root_json:
                 os._exit(1)
             except BaseException:
                 os._exit(2)
-        killed = False
-        if delay is not None:
-            time.sleep(delay)
-            try:
-                os.kill(pid, signal.SIGKILL)
+        killed, status = False, None  # status: the wait status once reaped
+        while delay is not None:  # poll, so that an install finishing before its kill is timed exactly
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            status, left = None, start + delay - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)  # an unreaped child is still there to kill
                 killed = True
-            except ProcessLookupError:
-                pass
-        _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(min(left, 0.001))
+        if status is None:
+            _, status = os.waitpid(pid, 0)
         killed = killed and os.WIFSIGNALED(status)
         if not killed and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2:
             raise SystemExit("install crashed with an unexpected exception")
         return killed, time.monotonic() - start
 
-    # calibrate: how long an uninterrupted install takes here
+    # calibrate: how long an uninterrupted install takes here; every install that finishes before its
+    # kill updates the figure, so a calibration on a briefly loaded machine does not leave most kills late
     durations = []
     for i in range(3):
         _, took = run_child(versions[i % len(versions)], None)
         durations.append(took)
-    horizon = sorted(durations)[1] * 1.3
-    print(json.dumps({"calibration": durations, "horizon": horizon}), flush=True)
+    print(json.dumps({"calibration": durations, "horizon": statistics.median(durations) * 1.3}), flush=True)
 
     failures = 0
     for i in range(iterations):
         active = Installer(d).status()["version"]
         target = rng.choice([v for v in versions if v != active])
-        delay = rng.uniform(0, horizon)
-        killed, _ = run_child(target, delay)
+        delay = rng.uniform(0, statistics.median(durations[-5:]) * 1.3)
+        killed, took = run_child(target, delay)
+        if not killed:
+            durations.append(took)
         try:
             phase = json.loads((d / "state.json").read_bytes())["state"]
         except (OSError, ValueError, KeyError):
