@@ -10,6 +10,7 @@ let lastStatus = null;
 let pollTimer = null;
 let lastJobId = null;
 let lastJobState = null;
+let jobPolled = false; // the first poll shows the last job as it was: nothing to react to
 
 // ----- token ------------------------------------------------------------------------------
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
@@ -166,6 +167,8 @@ function updateButtons() {
 }
 
 function renderJob(job, busy) {
+  const first = !jobPolled;
+  jobPolled = true;
   const bar = $("progress-bar");
   if (!job) {
     bar.style.width = "0%";
@@ -186,7 +189,8 @@ function renderJob(job, busy) {
   $("job-result").textContent = job.error ? job.error : "";
   $("job-result").className = "small" + (job.error ? " bad-text" : "");
   if (job.id !== lastJobId || job.state !== lastJobState) {
-    const finished = lastJobId === job.id && lastJobState === "running" && job.state !== "running";
+    // a job seen running has ended, or a new one started and ended between two polls (a fast install)
+    const finished = !first && job.state !== "running" && (job.id !== lastJobId || lastJobState === "running");
     lastJobId = job.id; lastJobState = job.state;
     if (finished) { loadHistory(); loadAnalytics(); }
   }
