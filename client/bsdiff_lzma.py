@@ -156,7 +156,8 @@ def unpack(patch: bytes, size: int) -> tuple[bytes, bytes, bytes]:
         (pos + control_packed, pos + control_packed + diff_packed, diff_length),
         (pos + control_packed + diff_packed, len(patch), extra_length),
     )
-    # LZMA decoding releases the GIL: the three blocks decode side by side (ruff: 0.11 s instead of 0.20 s on 2 cores).
+    # LZMA decoding releases the GIL: the three blocks decode side by side (ruff: 0.15 s instead of 0.19 s; the
+    # diff block alone takes 0.13 s).
     with ThreadPoolExecutor(max_workers=len(spans)) as pool:
         jobs = [pool.submit(_decompress, patch[start:end], length, size) for start, end, length in spans]
         planes, diff, extra = (job.result() for job in jobs)
