@@ -920,15 +920,19 @@ def test_truncated_delta_falls_back(tmp_path: Path, repo: Repo) -> None:
     assert_fell_back(d, watch, r"^delta from 1\.0\.0: delta truncated")
 
 
-def test_delta_output_beyond_the_signed_size_falls_back(tmp_path: Path, repo: Repo) -> None:
+@pytest.mark.parametrize("kind, message", [
+    (OpKind.BSDIFF_LZMA, r"lib/big\.so: bsdiff-lzma blocks declare more than an output of 400000 bytes allows"),
+    (OpKind.BSDIFF4, r"lib/big\.so: patch declares 1400000 output bytes, the signed size is 400000"),
+])  # fmt: skip
+def test_delta_output_beyond_the_signed_size_falls_back(tmp_path: Path, repo: Repo, kind: OpKind, message: str) -> None:
     d = fallback_case(tmp_path, repo)
     republish(repo, tmp_path, whole_archive=False)
     old, new = app("1.0.0", 0)["lib/big.so"], app("1.1.0", 1)["lib/big.so"]
     assert isinstance(old, bytes) and isinstance(new, bytes)
-    patch = bsdiff4.diff(old, new + b"\0" * 1_000_000)
-    forge_delta(repo, "1.1.0", "1.0.0", lambda data: rewrite_ops(data, {"lib/big.so": (OpKind.BSDIFF4, patch)}))
+    patch = encode(kind, old, new + b"\0" * 1_000_000)
+    forge_delta(repo, "1.1.0", "1.0.0", lambda data: rewrite_ops(data, {"lib/big.so": (kind, patch)}))
     _, watch, _ = install(d, "1.1.0")
-    assert_fell_back(d, watch, r"lib/big\.so: patch declares 1400000 output bytes, the signed size is 400000")
+    assert_fell_back(d, watch, message)
 
 
 def test_locally_edited_base_file_falls_back_before_downloading_the_delta(tmp_path: Path, repo: Repo) -> None:
