@@ -817,13 +817,14 @@ def _check_archive_size(base: Manifest, content: Digest, label: str) -> None:
         )
 
 
-def _base_tar(base_fd: int, base: Manifest, holes: frozenset[str], label: str) -> bytearray:
+def _base_tar(base_fd: int, base: Manifest, holes: frozenset[str], label: str, check_files: bool = True) -> bytearray:
     """The canonical tar of ``base`` rebuilt from its tree below ``base_fd``, zeros for the file
     bytes below ``holes``: every file hashed against its entry (a locally edited one stops it), so
-    the tar is exactly the base's."""
+    the tar is exactly the base's; without ``check_files`` only sizes are checked."""
     old = bytearray()
     try:
-        got = write_canonical_tar(base_fd, base.entries, old.extend, holes, digest_stream=False)
+        got = write_canonical_tar(base_fd, base.entries, old.extend, holes, digest_stream=False,
+                                  check_files=check_files)
     except TreeChanged as exc:
         raise DeltaError(f"{label}: base file {show_path(exc.path)} was modified locally ({exc})") from exc
     if got.length != base.content.length:
@@ -843,8 +844,9 @@ def _archive_tar(
     skipped = frozenset(s.strip("/") for s in skip)
     if isinstance(base_tar, Path) and not any(_under(e.path, skipped) for e in base.entries):
         fd = os.open(base_tar, _DIR_FLAGS)
-        try:
-            old = _base_tar(fd, base, frozenset(), label)
+        try:  # not hashed again: the installer checked the tree (base_problem) before the download, and
+            # a file changed since makes a tar whose manifest is not the signed one (the delta is refused)
+            old = _base_tar(fd, base, frozenset(), label, check_files=False)
         finally:
             os.close(fd)
     if old is None:

@@ -477,6 +477,24 @@ def test_whole_archive_manifest_must_be_the_signed_one(tmp_path: Path, trees: Tr
         manifest_from_delta(delta, base_m, signed(target[1]), base_root)
 
 
+def test_whole_archive_base_changed_after_the_check_is_refused(tmp_path: Path, trees: Trees) -> None:
+    """The base tree is not hashed again when its tar is rebuilt for the manifest (the installer's
+    base_problem did that before the download): a file changed since, even at the same size, makes a
+    tar whose manifest is not the signed one, and a size change stops the rebuild itself."""
+    (base_root, base_m), target = trees
+    delta = tmp_path / "d.pdelta"
+    delta.write_bytes(archive_delta(*trees, level=10))
+    edited = base_root / "lib/same.dat"  # unchanged in the target: the frame copies all of it from the base
+    data = bytearray(edited.read_bytes())
+    data[1000] ^= 0xFF
+    edited.write_bytes(bytes(data))
+    with pytest.raises(DeltaError, match=r"^delta from 1\.0\.0: .*is not the signed manifest of 1\.1\.0"):
+        manifest_from_delta(delta, base_m, signed(target[1]), base_root)
+    edited.write_bytes(bytes(data) + b"more")
+    with pytest.raises(DeltaError, match=r"^delta from 1\.0\.0: base file lib/same\.dat was modified locally"):
+        manifest_from_delta(delta, base_m, signed(target[1]), base_root)
+
+
 def members_end(tar: bytes) -> int:
     """Where the end blocks of the canonical ``tar`` start (its last file does not end in zeros)."""
     return -(-len(tar.rstrip(b"\0")) // 512) * 512
