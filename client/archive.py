@@ -497,7 +497,7 @@ def _write_file(root_fd: int, entry: ManifestEntry, source: Callable[[int], byte
         else:
             data = source(entry.size)
             out.write(data)
-            got, overflow = Digest(len(data), entry.sha256), False
+            got, overflow = Digest(len(data), entry.sha256), False  # the size is all that is left to check
         os.fchmod(out.fileno(), entry.mode)
     if overflow:
         raise InstallError(f"{show_path(entry.path)} is larger than the manifest's {entry.size} bytes")

@@ -20,16 +20,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import ssl
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
+from tuf.api.exceptions import DownloadError
+
+from client.transport import verify_context
 
 HIDDEN_FROM_HOOKS = frozenset({"PINNACLE_SMTP_PASSWORD"})
 
@@ -202,14 +203,12 @@ class HealthResult:
 def probe_url(url: str, timeout: float) -> tuple[bool, str, float]:
     """One GET: (2xx?, reason, latency in ms)."""
     start = time.monotonic()
-    # Redirects are not followed and no proxy is used, so a plain http probe never needs TLS: it gets a
-    # context that trusts nothing (and is never used) instead of httpx's, which loads the CA bundle
-    # (~15 ms a probe). Any other URL gets httpx's verifying default.
-    plain = urlsplit(url.strip()).scheme.lower() == "http"
-    verify: ssl.SSLContext | bool = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT) if plain else True
-    try:
+    try:  # no redirect followed and no proxy: a plain http probe loads no CA bundle (verify_context)
+        verify = verify_context(url)
         with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=verify) as client:
             response = client.get(url)
+    except DownloadError as exc:  # the CA bundle (SSL_CERT_FILE/_DIR) cannot be loaded
+        return False, f"{url}: {exc}", (time.monotonic() - start) * 1000
     except httpx.TimeoutException:
         return False, f"{url} timed out after {timeout:g}s", (time.monotonic() - start) * 1000
     except httpx.HTTPError as exc:

@@ -124,6 +124,18 @@ def _tls_context() -> ssl.SSLContext:
     return _TLS[0]
 
 
+def verify_context(url: str) -> ssl.SSLContext:
+    """The TLS context for a client that talks to ``url`` only (no redirect, no proxy): for plain
+    ``http`` one that trusts no CA, never used but cheap (building the verifying one loads the CA
+    bundle), and that would fail closed if it ever were; else :func:`_tls_context`."""
+    return _no_ca_context() if urlsplit(url.strip()).scheme.lower() == "http" else _tls_context()
+
+
+def _no_ca_context() -> ssl.SSLContext:
+    """For connections that carry no TLS: trusts no CA (fails closed), costs nothing to build."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class _LazyTLSTransport(httpx.BaseTransport):
     """httpx's default transport, made per scheme on first use, so that plain ``http`` never loads
     the CA bundle. Every ``https`` request (an https repository, or an http URL redirected to
@@ -141,7 +153,7 @@ class _LazyTLSTransport(httpx.BaseTransport):
                 self._tls = httpx.HTTPTransport(verify=_tls_context())
             return self._tls.handle_request(request)
         if self._plain is None:
-            self._plain = httpx.HTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+            self._plain = httpx.HTTPTransport(verify=_no_ca_context())
         return self._plain.handle_request(request)
 
     def close(self) -> None:

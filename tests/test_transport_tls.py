@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tuf.api.exceptions import DownloadError
 
 from client import transport
+from client.hooks import probe_url
 from client.transport import HttpxFetcher, TransportSettings
 
 BODY = b"served over TLS\n" * 100
@@ -182,3 +183,22 @@ def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -
     finally:
         proxy.close()
     assert proxy.paths == ["http://repository.invalid/metadata/timestamp.json"]
+
+
+def test_health_probes_share_the_tls_choice(
+    redirected: tuple[_Server, _Server], pki: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """client.hooks.probe_url uses verify_context: plain http loads no CA bundle, https is verified with the
+    process's context (SSL_CERT_FILE honoured), and a CA bundle that cannot be loaded is one line, not a crash."""
+    plain, secure = redirected
+    ok, reason, _ = probe_url(plain.url + "health", 5)
+    assert (ok, reason) == (False, f"{plain.url}health answered HTTP 301") and transport._TLS == []
+    ok, reason, _ = probe_url(secure.url + "health", 5)  # the test CA is not trusted yet
+    assert not ok and "certificate verify failed" in reason.lower()
+    monkeypatch.setattr(transport, "_TLS", [])
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki[0]))
+    assert probe_url(secure.url + "health", 5)[:2] == (True, f"{secure.url}health answered 200")
+    monkeypatch.setattr(transport, "_TLS", [])
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    ok, reason, _ = probe_url(secure.url + "health", 5)
+    assert not ok and "cannot load the TLS certificates" in reason and "\n" not in reason
