@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
-	@$(BIN)/mypy --strict --follow-imports=silent client/index.py client/fsutil.py client/policy.py client/slots.py client/delta.py client/delta_format.py client/delta_segments.py client/bsdiff_lzma.py client/archive.py repo_tools/core client/agent/analytics.py client/rollout.py client/fleet.py
+	@$(BIN)/mypy --strict --follow-imports=silent client/index.py client/fsutil.py client/policy.py client/slots.py client/delta.py client/delta_format.py client/delta_segments.py client/bsdiff_lzma.py client/lzma_dict.py client/archive.py repo_tools/core client/agent/analytics.py client/rollout.py client/fleet.py
 
 bench: $(STAMP)
 	@$(BIN)/python bench/publish.py
