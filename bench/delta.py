@@ -368,9 +368,13 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
         result.ours_delta = delta.target.length
         with open(repo.target_location(delta.target.path, delta.target.sha256), "rb") as f:
             header = read_header(f)
-        kind = "whole-archive" if header.archive is not None else f"per-file ({len(header.ops)} ops)"
+        kind = ("whole-archive" if header.archive is not None else
+                f"solid (LZMA stream {header.solid:,} B)" if header.solid is not None else
+                f"per-file ({len(header.ops)} ops)")
         if header.manifest is not None and header.manifest.length is None:
             manifest = f"read from the rebuilt tar (signed manifest {release.manifest.length:,} B)"
+        elif header.solid is not None:
+            manifest = f"skeleton patch {header.manifest_length:,} B (signed manifest {release.manifest.length:,} B)"
         else:
             manifest = f"patch {header.manifest_length:,} B of {release.manifest.length:,}"
         result.ours_kind = f"{kind}; manifest {manifest}"

@@ -343,31 +343,52 @@ def write_canonical_tar(
         emit(tar_header(e))
         if e.type is not EntryType.FILE:
             continue
-        if hole:
-            for done in range(0, e.size, CHUNK_SIZE):
-                emit(bytes(min(CHUNK_SIZE, e.size - done)))
-            emit(bytes(_padding(e.size)))
-            continue
-        try:
-            fd = open_beneath(root_fd, e.path, os.O_RDONLY)
-        except OSError as exc:
-            raise TreeChanged(e.path, f"cannot open ({exc.strerror})") from exc
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise TreeChanged(e.path, "no longer a regular file")
-            if check_files:
-                got, overflow = copy_hashed(_tree_reader(fd, e.path), emit, e.size)
-                changed = overflow or got != Digest(e.size, e.sha256)
-            else:
-                changed = not _copy_exactly(_tree_reader(fd, e.path), emit, e.size)
-        finally:
-            os.close(fd)
-        if changed:
-            raise TreeChanged(e.path, "size or content changed")
+        _emit_file(root_fd, e, emit, hole, check_files)
         emit(bytes(_padding(e.size)))
     emit(bytes(2 * tarfile.BLOCKSIZE))
     emit(bytes(-count % tarfile.RECORDSIZE))
     return Digest(count, digest.hexdigest() if digest_stream else "")
+
+
+def write_files(
+    root_fd: int,
+    entries: Sequence[ManifestEntry],
+    write: Callable[[bytes], object],
+    holes: Iterable[str] = (),
+    *,
+    check_files: bool = True,
+) -> None:
+    """Emit the bytes of the files ``entries`` below ``root_fd``, back to back in the order given,
+    checked like :func:`write_canonical_tar` checks them (zeros for those below ``holes``)."""
+    skipped = frozenset(h.strip("/") for h in holes)
+    for e in entries:
+        _emit_file(root_fd, e, write, bool(skipped) and _skipped(e.path, skipped), check_files)
+
+
+def _emit_file(
+    root_fd: int, e: ManifestEntry, emit: Callable[[bytes], object], hole: bool, check_files: bool
+) -> None:
+    """The bytes of the file ``e`` (zeros for a ``hole``), its size and (``check_files``) sha256 checked."""
+    if hole:
+        for done in range(0, e.size, CHUNK_SIZE):
+            emit(bytes(min(CHUNK_SIZE, e.size - done)))
+        return
+    try:
+        fd = open_beneath(root_fd, e.path, os.O_RDONLY)
+    except OSError as exc:
+        raise TreeChanged(e.path, f"cannot open ({exc.strerror})") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TreeChanged(e.path, "no longer a regular file")
+        if check_files:
+            got, overflow = copy_hashed(_tree_reader(fd, e.path), emit, e.size)
+            changed = overflow or got != Digest(e.size, e.sha256)
+        else:
+            changed = not _copy_exactly(_tree_reader(fd, e.path), emit, e.size)
+    finally:
+        os.close(fd)
+    if changed:
+        raise TreeChanged(e.path, "size or content changed")
 
 
 def _copy_exactly(read: Callable[[int], bytes], write: Callable[[bytes], object], size: int) -> bool:
@@ -487,7 +508,7 @@ def _check_member(member: tarfile.TarInfo, entry: ManifestEntry | None) -> None:
         raise InstallError(f"archive member {name} has {member.size} bytes, the manifest says {entry.size}")
 
 
-def _write_file(root_fd: int, entry: ManifestEntry, source: Callable[[int], bytes], hashed: bool = True) -> None:
+def write_file(root_fd: int, entry: ManifestEntry, source: Callable[[int], bytes], hashed: bool = True) -> None:
     """Create ``entry`` (O_EXCL, no symlink anywhere) from ``source``, at most ``entry.size`` bytes,
     hashed on the way unless the caller already hashed the very bytes ``source`` yields."""
     fd = open_beneath(root_fd, entry.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -619,7 +640,7 @@ def extract_canonical(
             if hole:
                 source.skip(e.size)
             else:
-                _write_file(root_fd, e, source.limited(e.size), hashed)
+                write_file(root_fd, e, source.limited(e.size), hashed)
             if source.take(_padding(e.size)).count(0) != _padding(e.size):
                 raise InstallError(f"archive padding after {show_path(e.path)} is not zeros")
         elif not hole:
@@ -680,7 +701,7 @@ def _extract_members(stream: _BoundedHashingReader, root_fd: int, manifest: Mani
             if entry.type is EntryType.FILE:
                 data = tar.extractfile(member)
                 assert data is not None
-                _write_file(root_fd, entry, data.read)
+                write_file(root_fd, entry, data.read)
             else:
                 create_entry(root_fd, entry)
     missing = next(expected, None)

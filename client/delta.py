@@ -37,7 +37,7 @@ import re
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,7 +45,7 @@ import bsdiff4.core
 import pyzstd
 from packaging.version import Version
 
-from client import bsdiff_lzma, delta_format, delta_segments
+from client import bsdiff_lzma, delta_format, delta_segments, lzma_dict
 from client.archive import (
     CHUNK_SIZE,
     TreeChanged,
@@ -60,6 +60,8 @@ from client.archive import (
     show_path,
     verify_tree,
     write_canonical_tar,
+    write_file,
+    write_files,
 )
 from client.errors import InstallError
 from client.index import DeltaRef, Digest, EntryType, FormatError, Manifest, ManifestEntry, Release, parse_version
@@ -78,6 +80,21 @@ MAX_CHAIN = 8
 
 class DeltaError(InstallError):
     """A delta could not be used (bad patch, hash mismatch, truncated, missing, edited base)."""
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What :func:`manifest_from_delta` decoded in memory to rebuild the manifest, kept for
+    :func:`apply_delta`: the target's canonical tar (``kind`` ``tar``, the whole-archive kind) or the
+    bytes of the files the solid stream rebuilds (``solid``)."""
+
+    kind: str
+    data: bytes | bytearray
+
+    @property
+    def tar(self) -> bytes | None:
+        """The target's canonical tar, if that is what this is (the base of a next whole-archive step)."""
+        return self.data if self.kind == "tar" and isinstance(self.data, bytes) else None
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -233,14 +250,16 @@ def apply_delta(
     dest: Path,
     *,
     skip: Iterable[str] = (),
-    tar: bytes | None = None,
+    rebuilt: Rebuilt | None = None,
 ) -> None:
     """Rebuild ``target_manifest``'s tree in the empty directory ``dest`` from the delta container
     ``delta_file`` and the tree of ``base_manifest`` at ``base_root`` (read only, never written).
 
     Directories and symlinks come from the target manifest; each file from its op: ``copy`` (a
     base file with the same sha256), ``bsdiff-lzma``, ``bsdiff4``, ``zstd-patch`` or
-    ``zstd-segments`` (a base file patched) or ``zstd`` (a new file). Base files are opened below
+    ``zstd-segments`` (a base file patched) or ``zstd`` (a new file); in the whole-archive kind from
+    the target tar, in the solid kind from the base file with the same sha256 or the LZMA stream
+    (:func:`_apply_solid`). Base files are opened below
     ``base_root`` without following symlinks and hashed against ``base_manifest`` before their
     bytes are used. Outputs are created
     ``O_EXCL|O_NOFOLLOW`` with the manifest's mode, bounded by and compared with the manifest's
@@ -249,10 +268,10 @@ def apply_delta(
     durable (:func:`client.archive.finish_tree`).
 
     ``skip`` names top-level persistent paths (``logs``...) whose shipped content the installer
-    drops anyway: they are neither read nor written. ``tar``: the target's canonical tar, when
-    :func:`manifest_from_delta` already rebuilt it from this (whole-archive) delta and derived
-    ``target_manifest`` from it; it is extracted as is. Raises :class:`DeltaError` (one line) on
-    any failure; ``dest`` then holds partial output the caller discards.
+    drops anyway: they are neither read nor written. ``rebuilt``: what :func:`manifest_from_delta`
+    already decoded from this delta to derive ``target_manifest``; it is used as is. Raises
+    :class:`DeltaError` (one line) on any failure; ``dest`` then holds partial output the caller
+    discards.
     """
     label = f"delta from {base_manifest.version}"
     skipped = frozenset(s.strip("/") for s in skip)
@@ -277,8 +296,12 @@ def apply_delta(
                 raise DeltaError(f"{label}: {dest} is not empty")
             source = _Sources(delta, payload, base_fd, base_manifest.by_path(), label)
             if header.archive is not None:
-                _apply_archive(source, header, base_manifest, target_manifest, dest_fd, skipped, tar)
-            for entry in wanted.entries if header.archive is None else ():
+                _apply_archive(source, header, base_manifest, target_manifest, dest_fd, skipped,
+                               rebuilt.tar if rebuilt is not None else None)
+            elif header.solid is not None:
+                _apply_solid(source, header, base_manifest, target_manifest, dest_fd, skipped,
+                             rebuilt.data if rebuilt is not None and rebuilt.kind == "solid" else None)
+            for entry in wanted.entries if header.archive is None and header.solid is None else ():
                 if entry.type is not EntryType.FILE:
                     create_entry(dest_fd, entry)
                     continue
@@ -302,12 +325,12 @@ def apply_chain(
     scratch: Path,
     *,
     skip: Iterable[str] = (),
-    tar: bytes | None = None,
+    rebuilt: Rebuilt | None = None,
 ) -> None:
     """Apply ``steps`` (delta file, manifest of the release it rebuilds) in order, starting from the
     tree at ``base_root``: every intermediate release is rebuilt (and verified) in a directory under
-    ``scratch``, never in a slot; the last one goes into the empty ``dest`` (from ``tar``, the last
-    release's canonical tar, when :func:`manifest_from_delta` rebuilt it). ``scratch`` is removed
+    ``scratch``, never in a slot; the last one goes into the empty ``dest`` (with ``rebuilt``, what
+    :func:`manifest_from_delta` decoded from the last delta). ``scratch`` is removed
     afterwards, whatever happened. Raises :class:`DeltaError` like :func:`apply_delta`."""
     if not steps:
         raise DeltaError("no delta to apply")
@@ -319,7 +342,7 @@ def apply_chain(
             if i < len(steps) - 1:
                 out = scratch / f"{i}-{target.version}"
                 out.mkdir(parents=True)
-            apply_delta(delta_file, root, manifest, target, out, skip=skip, tar=tar if out == dest else None)
+            apply_delta(delta_file, root, manifest, target, out, skip=skip, rebuilt=rebuilt if out == dest else None)
             if root != base_root:
                 shutil.rmtree(root)  # the previous intermediate tree is no longer needed
             root, manifest = out, target
@@ -331,6 +354,13 @@ def apply_chain(
 
 def _under(path: str, names: frozenset[str]) -> bool:
     return any(path == n or path.startswith(n + "/") for n in names)
+
+
+def _holes(base: Manifest, skip: Iterable[str]) -> frozenset[str]:
+    """The persistent paths ``skip`` that ``base`` ships: the slot links them away, so their files
+    are not there to read (empty when there are none)."""
+    skipped = frozenset(s.strip("/") for s in skip)
+    return skipped if any(_under(e.path, skipped) for e in base.entries) else frozenset()
 
 
 class _Sources:
@@ -371,6 +401,9 @@ class _Sources:
             return data
 
         return read
+
+    def payload_range_bytes(self, start: int, end: int, what: str) -> bytes:
+        return self.payload_reader_range(start, end, what)(end - start)
 
     def payload_bytes(self, op: Op) -> bytes:
         return self.payload_reader(op)(op.length)
@@ -680,11 +713,11 @@ def _read_checked_header(
 
 def manifest_from_delta(
     delta_file: Path, base: Manifest, release: Release, base_tar: bytes | Path | None = None, skip: Iterable[str] = ()
-) -> tuple[Manifest | None, bytes | None]:
+) -> tuple[Manifest | None, Rebuilt | None]:
     """The manifest of ``release`` carried by the delta ``delta_file`` (built on ``base``) and, when
-    it was read from the target tar a whole-archive delta rebuilds, that tar (for :func:`apply_delta`);
-    ``(None, None)`` if the delta carries none or it cannot be had here (the caller then downloads
-    the signed manifest).
+    it was derived from output decoded in memory (the whole-archive and solid kinds), that output
+    (for :func:`apply_delta`); ``(None, None)`` if the delta carries none or it cannot be had here
+    (the caller then downloads the signed manifest).
 
     A manifest patch is decoded with ``base``'s canonical JSON as prefix, bounded by the size its
     frame declares (at most ``MANIFEST_MAX``). Without one, a whole-archive frame is decoded in
@@ -692,14 +725,16 @@ def manifest_from_delta(
     with ``base_tar`` as prefix: the base's canonical tar, or the directory of its verified tree to
     rebuild it from, unless ``base`` ships files below the persistent paths ``skip`` (the slot links
     them away); the manifest is then the tar's entries, read by its exact canonical layout
-    (:func:`client.archive.read_canonical_tar`), with ``release``'s version and content digest.
-    Either way the JSON is compressed again at the level the header names and must then be exactly
-    the signed manifest target ``release.manifest`` (length and sha256), and describe ``release``
-    (version, content digest). Raises :class:`DeltaError` (one line) otherwise: the caller falls
-    back to the full artifact.
+    (:func:`client.archive.read_canonical_tar`), with ``release``'s version and content digest. A solid
+    delta's skeleton comes as a patch; its stream is decoded with the base files of the tree
+    ``base_tar`` as dictionary (not for a base with persistent paths), and the hashes of the files it
+    rebuilds complete the skeleton. Either way the JSON is compressed again at the level the header
+    names and must then be exactly the signed manifest target ``release.manifest`` (length and
+    sha256), and describe ``release`` (version, content digest). Raises :class:`DeltaError` (one
+    line) otherwise: the caller falls back to the full artifact.
     """
     label = f"delta from {base.version}"
-    tar = None
+    rebuilt = None
     try:
         with open(delta_file, "rb") as f:
             header = _read_checked_header(f, label, base, None)
@@ -709,7 +744,18 @@ def manifest_from_delta(
                 tar = _archive_tar(f, header, base, release.content, base_tar, skip)
                 if tar is None:
                     return None, None
+                rebuilt = Rebuilt("tar", tar)
                 data = Manifest(release.version, release.content, tuple(read_canonical_tar(tar))).to_bytes()
+            elif header.solid is not None:  # the skeleton, completed with the hashes of the rebuilt files
+                start, end = header.manifest_range()
+                f.seek(start)
+                skeleton = _parse_manifest(_manifest_json(f.read(end - start), base.to_bytes(), label), release, label)
+                if not isinstance(base_tar, Path):
+                    return None, None
+                _check_no_holes(base, _holes(base, skip), label)
+                solid = _solid_from_dir(f, header, base, skeleton, base_tar, label)
+                rebuilt = Rebuilt("solid", solid)
+                data = _complete_skeleton(skeleton, base, solid, label).to_bytes()
             else:
                 start, end = header.manifest_range()
                 f.seek(start)
@@ -728,13 +774,18 @@ def manifest_from_delta(
             f"(sha256 {hashlib.sha256(again).hexdigest()[:16]}..., {len(again)} bytes; "
             f"signed {signed.sha256[:16]}..., {signed.length} bytes)"
         )
+    return _parse_manifest(data, release, label), rebuilt
+
+
+def _parse_manifest(data: bytes, release: Release, label: str) -> Manifest:
+    """``data`` as the manifest of ``release`` (version and content digest)."""
     try:
         manifest = Manifest.from_bytes(data)
     except FormatError as exc:
         raise DeltaError(f"{label}: manifest of {release.version} is unusable: {exc}") from exc
     if manifest.version != release.version or manifest.content != release.content:
         raise DeltaError(f"{label}: the manifest in the delta does not describe {release.version}")
-    return manifest, tar
+    return manifest
 
 
 def _manifest_json(frame: bytes, prefix: bytes, label: str) -> bytes:
@@ -791,8 +842,7 @@ def _apply_archive(
     label = source.label
     if tar is None:
         _check_archive_size(base, target.content, label)
-        holes = skip if any(_under(e.path, skip) for e in base.entries) else frozenset()
-        old = _base_tar(source.base_fd, base, holes, label)
+        old = _base_tar(source.base_fd, base, _holes(base, skip), label)
         zstd = _ZstdStream(source.payload_reader_range(*header.archive_range(), "the archive"), old,
                            target.content.length, f"{label}: archive")
         del old
@@ -841,8 +891,7 @@ def _archive_tar(
     label = f"delta from {base.version}"
     _check_archive_size(base, content, label)
     old: bytes | bytearray | None = None if isinstance(base_tar, Path) else base_tar
-    skipped = frozenset(s.strip("/") for s in skip)
-    if isinstance(base_tar, Path) and not any(_under(e.path, skipped) for e in base.entries):
+    if isinstance(base_tar, Path) and not _holes(base, skip):
         fd = os.open(base_tar, _DIR_FLAGS)
         try:  # not hashed again: the installer checked the tree (base_problem) before the download, and
             # a file changed since makes a tar whose manifest is not the signed one (the delta is refused)
@@ -857,3 +906,112 @@ def _archive_tar(
     del old
     return _decode(stream, content.length, f"{label}: the archive")
 
+
+
+# -- the solid kind --------------------------------------------------------------------------------
+
+
+def _solid_data(
+    source: _Sources, header: delta_format.DeltaHeader, base: Manifest, target: Manifest, holes: frozenset[str],
+    check_files: bool,
+) -> bytearray:
+    """The bytes of the files a solid delta's stream rebuilds (``delta_format.solid_layout`` of
+    ``base`` and ``target``'s entries: the signed manifest's or the skeleton's), decoded with the base
+    files below ``source.base_fd`` as the dictionary (zeros below ``holes``; with ``check_files``
+    every one hashed against ``base``, else only its size checked). Memory: the dictionary and the
+    output, bounded like a whole-archive delta by ``ARCHIVE_MAX`` of signed tar lengths, the output
+    also by ``target``'s signed content length."""
+    label = source.label
+    _check_archive_size(base, target.content, label)
+    _check_no_holes(base, holes, label)
+    layout = delta_format.solid_layout(base, target.entries)
+    if layout.size > target.content.length:
+        raise DeltaError(f"{label}: the solid stream would rebuild {layout.size} bytes, more than the "
+                         f"{target.content.length}-byte release")
+    dictionary = bytearray()
+    try:
+        write_files(source.base_fd, layout.dictionary, dictionary.extend, holes, check_files=check_files)
+    except TreeChanged as exc:
+        raise DeltaError(f"{label}: base file {show_path(exc.path)} was modified locally ({exc})") from exc
+    stream = source.payload_range_bytes(*header.solid_range(), "the solid stream")
+    try:
+        return lzma_dict.decompress(stream, dictionary, layout.size)
+    except delta_format.DeltaFormatError as exc:
+        raise DeltaError(f"{label}: {exc}") from None
+
+
+def _check_no_holes(base: Manifest, holes: frozenset[str], label: str) -> None:
+    """A solid stream cannot be decoded with bytes of its dictionary missing: unlike a zstd frame,
+    whose matches would only copy wrong bytes, LZMA's model depends on every byte it has seen, so
+    the whole output would be garbage. Refused at once (the installer falls back to the full
+    artifact) when the base shipped a non-empty file below a persistent path, which the slot links away."""
+    for e in base.entries:
+        if e.type is EntryType.FILE and e.size and _under(e.path, holes):
+            raise DeltaError(f"{label}: a solid delta needs the base file {show_path(e.path)}, which is below a "
+                             "persistent path and not in the slot")
+
+
+def _solid_from_dir(
+    f: BinaryIO, header: delta_format.DeltaHeader, base: Manifest, skeleton: Manifest, base_root: Path, label: str
+) -> bytearray:
+    """:func:`_solid_data` for :func:`manifest_from_delta`, from the verified tree at ``base_root``.
+    Base files are not hashed again: the installer checked the tree before the download, and a file
+    changed since makes output whose manifest is not the signed one (the delta is refused)."""
+    fd = os.open(base_root, _DIR_FLAGS)
+    try:
+        source = _Sources(f, header.payload_start, fd, base.by_path(), label)
+        return _solid_data(source, header, base, skeleton, frozenset(), check_files=False)
+    finally:
+        os.close(fd)
+
+
+def _complete_skeleton(skeleton: Manifest, base: Manifest, solid: bytes | bytearray, label: str) -> Manifest:
+    """``skeleton`` with the sha256 of each file the solid stream rebuilt (``solid``, in layout order).
+    A rebuilt file may not have a base file's sha256 (the publisher copies those): the completed
+    manifest then gives :func:`_apply_solid` exactly the skeleton's layout, so the bytes hashed here
+    are the bytes it writes without hashing them again."""
+    view, offset, hashes = memoryview(solid), 0, {}
+    base_hashes = {e.sha256 for e in base.entries if e.type is EntryType.FILE}
+    for entry in delta_format.solid_layout(base, skeleton.entries).solid:
+        digest = hashlib.sha256(view[offset : offset + entry.size]).hexdigest()
+        if digest in base_hashes:
+            raise DeltaError(f"{label}: the solid stream rebuilds {show_path(entry.path)}, a copy of a base file")
+        hashes[entry.path] = digest
+        offset += entry.size
+    entries = tuple(replace(e, sha256=hashes[e.path]) if e.path in hashes else e for e in skeleton.entries)
+    return Manifest(skeleton.version, skeleton.content, entries)
+
+
+def _apply_solid(
+    source: _Sources, header: delta_format.DeltaHeader, base: Manifest, target: Manifest, dest_fd: int,
+    skip: frozenset[str], solid: bytes | bytearray | None,
+) -> None:
+    """Rebuild ``target`` but its persistent paths ``skip`` (decoded, never written) into ``dest_fd``
+    from a solid delta: each file from the base file with its sha256 (hashed while copied) or from
+    the stream's output: ``solid``, when :func:`manifest_from_delta` decoded it and hashed every file
+    (:func:`_complete_skeleton`), written as is; else decoded here, with every dictionary file
+    hashed against ``base`` and every output hashed while written."""
+    label = source.label
+    layout = delta_format.solid_layout(base, target.entries)
+    hashed = solid is None
+    if solid is None:
+        solid = _solid_data(source, header, base, target, _holes(base, skip), check_files=True)
+    if len(solid) < layout.size:
+        raise DeltaError(f"{label}: the solid stream holds {len(solid)} bytes, the files need {layout.size}")
+    view, offset, ranges = memoryview(solid), 0, {}
+    for entry in layout.solid:
+        ranges[entry.path] = view[offset : offset + entry.size]
+        offset += entry.size
+    for entry in target.entries:
+        if _under(entry.path, skip):
+            continue
+        if entry.type is not EntryType.FILE:
+            create_entry(dest_fd, entry)
+        elif entry.path in layout.copies:
+            _write_output(dest_fd, entry, source, Op(entry.path, delta_format.OpKind.COPY,
+                                                     layout.copies[entry.path].path), label)
+        else:
+            try:
+                write_file(dest_fd, entry, io.BytesIO(ranges[entry.path]).read, hashed)
+            except InstallError as exc:
+                raise DeltaError(f"{label}: the solid stream rebuilt other bytes: {exc}") from None

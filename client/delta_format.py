@@ -10,7 +10,9 @@ written by the publisher): as a patch against the base manifest at the start of 
 the whole-archive kind, derived from the target tar it rebuilds. The payload then holds either
 one op per *file* entry of the target manifest, in manifest order (the per-file kind, ``ops``), or
 one zstd frame rebuilding the whole canonical tar of the target from the base's (the whole-archive
-kind, ``archive``). Data ops (every op but ``copy``) own ``length`` bytes of the payload each,
+kind, ``archive``), or one raw LZMA2 stream of every target file that is not a base file, with the
+base files as its preset dictionary (the solid kind, ``solid``; its manifest patch is a *skeleton*,
+see :func:`solid_layout`). Data ops (every op but ``copy``) own ``length`` bytes of the payload each,
 contiguous, in op order, right after the manifest patch and ending exactly at the end of the file,
 so a delta has no unused, overlapping or trailing bytes to hide anything in; offsets are therefore
 implied, never stored. An op's ``base`` is stored only when it differs from its ``path``. The
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import lzma
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, BinaryIO, Protocol
@@ -38,6 +40,7 @@ from .index import (
     EntryType,
     FormatError,
     Manifest,
+    ManifestEntry,
     _int,
     _load_json,
     _str,
@@ -73,6 +76,11 @@ ZSTD_WINDOWLOG_MAX = 31
 
 class DeltaFormatError(FormatError):
     """A delta file does not follow the container format or does not fit its manifests (one line)."""
+
+
+SOLID_SHA256 = "0" * 64
+"""The sha256 a solid delta's skeleton manifest gives every file the LZMA stream rebuilds; the
+client puts the hash of the rebuilt bytes in its place."""
 
 
 class OpKind(StrEnum):
@@ -191,7 +199,8 @@ class DeltaHeader:
     :func:`read_header` (and by :func:`write_delta` callers through ``encode``); not serialised.
     ``manifest``: the target manifest patch at the start of the payload, or derived from the archive
     (``manifest.length`` None), or None: not carried;
-    ``archive``: the length of the whole-archive frame (None: the per-file kind, with ``ops``)."""
+    ``archive``: the length of the whole-archive frame, ``solid``: the length of the solid LZMA stream
+    (both None: the per-file kind, with ``ops``)."""
 
     base_version: str
     version: str
@@ -201,6 +210,7 @@ class DeltaHeader:
     payload_start: int = 0
     manifest: ManifestPatch | None = None
     archive: int | None = None
+    solid: int | None = None
 
     @property
     def manifest_length(self) -> int:
@@ -209,9 +219,11 @@ class DeltaHeader:
 
     @property
     def payload_length(self) -> int:
-        """Bytes of payload: the manifest patch, then the ops' data (contiguous) or the archive frame."""
-        data = self.archive if self.archive is not None else sum(op.length for op in self.ops)
-        return self.manifest_length + data
+        """Bytes of payload: the manifest patch, then the ops' data (contiguous), the archive frame or
+        the solid stream."""
+        if self.archive is not None or self.solid is not None:
+            return self.manifest_length + (self.archive or 0) + (self.solid or 0)
+        return self.manifest_length + sum(op.length for op in self.ops)
 
     def manifest_range(self) -> tuple[int, int]:
         """Absolute ``(start, end)`` file offsets of the manifest patch."""
@@ -221,6 +233,11 @@ class DeltaHeader:
         """Absolute ``(start, end)`` file offsets of the whole-archive frame."""
         start = self.payload_start + self.manifest_length
         return start, start + (self.archive or 0)
+
+    def solid_range(self) -> tuple[int, int]:
+        """Absolute ``(start, end)`` file offsets of the solid LZMA stream."""
+        start = self.payload_start + self.manifest_length
+        return start, start + (self.solid or 0)
 
     def data_range(self, op: DeltaOp) -> tuple[int, int]:
         """Absolute ``(start, end)`` file offsets of ``op``'s data."""
@@ -239,6 +256,8 @@ class DeltaHeader:
             out["manifest"] = self.manifest.to_dict()
         if self.archive is not None:
             out["archive"] = {"length": self.archive}
+        elif self.solid is not None:
+            out["solid"] = {"length": self.solid}
         else:
             out["ops"] = [op.to_dict() for op in self.ops]
         return out
@@ -251,9 +270,14 @@ class DeltaHeader:
 
     def check_layout(self) -> None:
         """Data ops must own contiguous payload ranges in op order, right after the manifest patch;
-        a whole-archive header has no ops; only it may derive the manifest from the archive."""
+        a whole-archive or solid header has no ops; only a whole-archive one may derive the manifest
+        from the archive, and a solid one must carry its skeleton."""
         if self.archive is not None and self.ops:
             raise DeltaFormatError("a whole-archive delta has no ops")
+        if self.solid is not None and (self.ops or self.archive is not None):
+            raise DeltaFormatError("a solid delta has neither ops nor an archive")
+        if self.solid is not None and (self.manifest is None or self.manifest.length is None):
+            raise DeltaFormatError("a solid delta must carry its skeleton manifest patch")
         if self.archive is None and self.manifest is not None and self.manifest.length is None:
             raise DeltaFormatError("only a whole-archive delta may leave out the manifest patch's length")
         expected = self.manifest_length
@@ -282,8 +306,8 @@ class DeltaHeader:
             raise DeltaFormatError(f"delta target content digest differs from manifest {target.version}")
         if self.base_content != base.content:
             raise DeltaFormatError(f"delta base content digest differs from manifest {base.version}")
-        if self.archive is not None:
-            return  # the whole target tar is checked against target.content while it is extracted
+        if self.archive is not None or self.solid is not None:
+            return  # every output file is checked against its manifest entry while it is extracted
         files = [e for e in target.entries if e.type is EntryType.FILE]
         if len(files) != len(self.ops):
             raise DeltaFormatError(f"delta has {len(self.ops)} ops for the {len(files)} files of {target.version}")
@@ -310,14 +334,16 @@ class DeltaHeader:
         if doc.get("format") != DELTA_FORMAT:
             raise DeltaFormatError(f"delta header: unsupported format {doc.get('format')!r} (reads {DELTA_FORMAT})")
         unknown = sorted(set(doc) - {"format", "from", "to", "from_content", "to_content", "manifest", "ops",
-                                     "archive"})
+                                     "archive", "solid"})
         if unknown:
             raise DeltaFormatError(f"delta header: unexpected field(s) {', '.join(map(repr, unknown))}")
         manifest = ManifestPatch.from_dict(doc["manifest"], "delta header.manifest") if "manifest" in doc else None
-        archive = _archive_length(doc.get("archive")) if "archive" in doc else None
-        raw_ops = doc.get("ops", [] if archive is not None else None)
-        if not isinstance(raw_ops, list) or (archive is not None and "ops" in doc):
-            raise DeltaFormatError("delta header: needs either 'ops' (a list) or 'archive'")
+        archive = _payload_length(doc.get("archive"), "archive") if "archive" in doc else None
+        solid = _payload_length(doc.get("solid"), "solid") if "solid" in doc else None
+        whole = archive is not None or solid is not None
+        raw_ops = doc.get("ops", [] if whole else None)
+        if not isinstance(raw_ops, list) or (whole and "ops" in doc) or (archive is not None and solid is not None):
+            raise DeltaFormatError("delta header: needs exactly one of 'ops' (a list), 'archive' or 'solid'")
         try:
             base_version, version = _str(doc, "from", "delta header"), _str(doc, "to", "delta header")
             parse_version(base_version)
@@ -331,6 +357,7 @@ class DeltaHeader:
                 payload_start=payload_start,
                 manifest=manifest,
                 archive=archive,
+                solid=solid,
             )
         except DeltaFormatError:
             raise
@@ -340,11 +367,60 @@ class DeltaHeader:
         return header
 
 
-def _archive_length(data: Any) -> int:
+@dataclass(frozen=True)
+class SolidLayout:
+    """How a solid delta maps onto its two manifests (:func:`solid_layout`)."""
+
+    copies: dict[str, ManifestEntry]
+    """Target file path -> the base file with its sha256 (the first in base manifest order)."""
+    solid: tuple[ManifestEntry, ...]
+    """Target files the LZMA stream rebuilds, in manifest order: its output is their bytes, back to back."""
+    dictionary: tuple[ManifestEntry, ...]
+    """Base files whose bytes, back to back, are the stream's preset dictionary."""
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.solid)
+
+    @property
+    def dictionary_size(self) -> int:
+        return sum(e.size for e in self.dictionary)
+
+
+def solid_layout(base: Manifest, target: Sequence[ManifestEntry]) -> SolidLayout:
+    """The layout of a solid delta from ``base`` to the manifest entries ``target`` (the signed
+    manifest's, or the skeleton's, where rebuilt files have :data:`SOLID_SHA256`; both give the same
+    layout). A target file whose sha256 is a base file's is copied from it; every other one comes
+    from the stream. The dictionary is every base file, in manifest order, except those at the path
+    of a rebuilt file, which come last, in reverse order: the first file rebuilt then finds its old
+    version nearest, and LZMA codes near matches in fewer bits (2% fewer bytes on typescript than
+    manifest order)."""
+    base_files = [e for e in base.entries if e.type is EntryType.FILE]
+    by_hash: dict[str, ManifestEntry] = {}
+    for entry in base_files:
+        by_hash.setdefault(entry.sha256, entry)
+    copies: dict[str, ManifestEntry] = {}
+    solid: list[ManifestEntry] = []
+    for entry in target:
+        if entry.type is not EntryType.FILE:
+            continue
+        source = by_hash.get(entry.sha256)
+        if source is not None:
+            copies[entry.path] = source
+        else:
+            solid.append(entry)
+    rebuilt = {e.path for e in solid}
+    at_rebuilt = {e.path: e for e in base_files if e.path in rebuilt}
+    dictionary = [e for e in base_files if e.path not in rebuilt]
+    dictionary += [at_rebuilt[e.path] for e in reversed(solid) if e.path in at_rebuilt]
+    return SolidLayout(copies, tuple(solid), tuple(dictionary))
+
+
+def _payload_length(data: Any, name: str) -> int:
     if not isinstance(data, Mapping) or set(data) != {"length"}:
-        raise DeltaFormatError("delta header.archive: expected an object with 'length'")
+        raise DeltaFormatError(f"delta header.{name}: expected an object with 'length'")
     try:
-        return _int(data, "length", "delta header.archive")
+        return _int(data, "length", f"delta header.{name}")
     except FormatError as exc:
         raise DeltaFormatError(str(exc)) from None
 
@@ -452,6 +528,6 @@ def read_header(f: BinaryIO, file_size: int | None = None, max_header: int = MAX
 
 __all__ = [
     "ARCHIVE_MAX", "DELTA_FORMAT", "HEADER_LEVEL", "MAGIC", "MANIFEST_MAX", "MAX_HEADER", "PREFIX_LENGTH",
-    "DeltaFormatError", "DeltaHeader", "DeltaOp", "ManifestPatch", "OpKind", "delta_path", "patch_window_log",
-    "read_header", "write_delta",
+    "SOLID_SHA256", "DeltaFormatError", "DeltaHeader", "DeltaOp", "ManifestPatch", "OpKind", "SolidLayout",
+    "delta_path", "patch_window_log", "read_header", "solid_layout", "write_delta",
 ]

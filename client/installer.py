@@ -50,7 +50,15 @@ from client import history as history_mod
 from client import slots as sm
 from client.archive import extract_release, tree_size, verify_tree
 from client.config import ClientConfig
-from client.delta import DeltaError, UpdatePath, apply_chain, base_problem, manifest_from_delta, plan_update
+from client.delta import (
+    DeltaError,
+    Rebuilt,
+    UpdatePath,
+    apply_chain,
+    base_problem,
+    manifest_from_delta,
+    plan_update,
+)
 from client.errors import (
     BusyError,
     ConfigError,
@@ -650,9 +658,10 @@ class Installer:
         """Download the deltas of ``plan`` (before the pre-checks: they carry the manifests) and
         rebuild from each the manifest of the release it rebuilds, checked against that release's
         signed manifest target (:func:`client.delta.manifest_from_delta`; downloaded only when a
-        delta carries none, or is a whole-archive one whose base tar cannot be had: a base that
-        ships persistent paths, or one a per-file step rebuilds). A whole-archive step's target tar,
-        rebuilt in memory for its manifest, is kept for the apply when it is the last step.
+        delta carries none, or is a whole-archive or solid one whose base cannot be had: a base
+        that ships persistent paths, or, for a whole-archive step, one a per-file or solid step
+        rebuilds, for a solid step, any but the installed tree). What the last step decoded in
+        memory for its manifest (a target tar, or a solid stream's files) is kept for the apply.
         Nothing to do without delta steps.
 
         Deltas are only tried when the active slot still matches its manifest (a locally edited
@@ -673,15 +682,16 @@ class Installer:
             for step in [] if fetched.fallback else plan.steps:
                 rebuilds = release if step.release.content == release.content else step.release
                 delta = client.fetch_target(step.delta.target, on_progress)
-                manifest, fetched.tar = manifest_from_delta(delta, previous, rebuilds, tar, cfg.persistent_paths)
-                previous, tar = manifest or client.fetch_manifest(rebuilds), fetched.tar
+                manifest, fetched.rebuilt = manifest_from_delta(delta, previous, rebuilds, tar, cfg.persistent_paths)
+                previous = manifest or client.fetch_manifest(rebuilds)
+                tar = fetched.rebuilt.tar if fetched.rebuilt is not None else None
                 fetched.steps.append((delta, previous))
         except DeltaError as exc:
             fetched.fallback = _one_line(exc)
         except (UpdateError, OSError) as exc:
             fetched.fallback = f"delta download failed: {_one_line(exc)}"
         if fetched.fallback:
-            fetched.steps, fetched.tar = [], None
+            fetched.steps, fetched.rebuilt = [], None
             self._emit("delta_fallback", reason=fetched.fallback)
         return fetched
 
@@ -704,13 +714,13 @@ class Installer:
         plan = fetched.plan
         if fetched.steps and fetched.base is not None and plan is not None:
             skip = tuple(n for n in cfg.persistent_paths if os.path.lexists(self.layout.data / n))
-            tar, fetched.tar = fetched.tar, None  # held no longer than the apply
+            rebuilt, fetched.rebuilt = fetched.rebuilt, None  # held no longer than the apply
             try:
                 apply_chain(fetched.steps, *fetched.base, slot_dir, self.layout.cache / "delta-work",
-                            skip=skip, tar=tar)
+                            skip=skip, rebuilt=rebuilt)
                 return {"path": plan.kind, "update_path": plan.describe(), "skip": skip}
             except DeltaError as exc:
-                tar, fetched.fallback = None, _one_line(exc)
+                rebuilt, fetched.fallback = None, _one_line(exc)
                 self._emit("delta_fallback", reason=fetched.fallback)
                 self._wipe_slot(s, s.next_slot)
                 fetched.artifact = client.fetch_target(release.full, on_progress)
@@ -1314,7 +1324,7 @@ class _Fetched:
     plan: UpdatePath | None
     steps: list[tuple[Path, Manifest]] = field(default_factory=list)
     base: tuple[Path, Manifest] | None = None
-    tar: bytes | None = None  # the last step's target tar, when manifest_from_delta rebuilt it
+    rebuilt: Rebuilt | None = None  # what manifest_from_delta decoded from the last step, for the apply
     artifact: Path | None = None
     fallback: str = ""
 

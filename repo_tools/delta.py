@@ -19,7 +19,10 @@ together fit :data:`client.delta_format.ARCHIVE_MAX` and the memory budget, a wh
 candidate (one zstd patch-from frame of the target tar with the base tar as prefix,
 :func:`archive_patch`) is built too, and the smaller container of the two is kept: it wins where a
 change repeats across files (translations, bundles sharing code) or the files are tiny. It carries
-no manifest patch: the client reads the manifest from the target tar it rebuilds.
+no manifest patch: the client reads the manifest from the target tar it rebuilds. Where it wins, a
+solid candidate is built as well (:func:`solid_patch`: the changed files as one LZMA stream with
+every base file as its dictionary, and a skeleton manifest), and kept when smaller still: LZMA codes
+such text about 6% smaller than zstd's highest level.
 
 Files of the new release are read from the source tree below a directory descriptor with
 ``open_beneath`` and must still have the sha256 ``scan_tree`` recorded. Everything is
@@ -42,7 +45,7 @@ from typing import Any, BinaryIO
 import pyzstd
 import zstandard
 
-from client import bsdiff_lzma
+from client import bsdiff_lzma, lzma_dict
 from client.archive import (
     CHUNK_SIZE,
     TreeChanged,
@@ -54,6 +57,7 @@ from client.archive import (
 )
 from client.delta_format import (
     ARCHIVE_MAX,
+    SOLID_SHA256,
     DeltaFormatError,
     DeltaHeader,
     DeltaOp,
@@ -61,6 +65,7 @@ from client.delta_format import (
     OpKind,
     delta_path,
     patch_window_log,
+    solid_layout,
     write_delta,
 )
 from client.delta_segments import DEFAULT_SEGMENTS, SegmentParams, read_region, regions
@@ -249,11 +254,13 @@ def build_delta(
         whole = None
         if whole_archive:
             whole = _smaller_whole_archive(header, base_root, base, source, target, memory_budget)
+        if whole is not None:  # changes repeat across files: the solid kind may code them smaller still
+            whole = _smaller_solid(whole, base_root, base, source, target, memory_budget) or whole
         payload.seek(0)
         with open(out, "wb") as f:
             if whole is not None:
                 header = whole[0]
-                write_delta(f, header, [whole[1]])
+                write_delta(f, header, whole[1])
             else:
                 write_delta(f, header, itertools.chain([mpatch], chunks(payload)))
     spool.unlink()
@@ -315,9 +322,50 @@ def _canonical_tar(root: Path, manifest: Manifest, error: type[Exception], what:
     return bytes(out)
 
 
+def solid_patch(
+    base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
+) -> tuple[bytes, bytes] | None:
+    """The solid candidate (``client.delta_format.solid_layout``): the skeleton manifest (the target's,
+    with :data:`~client.delta_format.SOLID_SHA256` for every file the stream rebuilds) as a zstd patch
+    against the base manifest, and the raw LZMA2 stream of those files with the base files as preset
+    dictionary (:func:`client.lzma_dict.compress`). ``None`` when liblzma is not available here, the
+    tars exceed :data:`~client.delta_format.ARCHIVE_MAX` (the client's bound) or the encoder does not
+    fit ``memory_budget``."""
+    if not lzma_dict.available() or base.content.length + target.content.length > ARCHIVE_MAX:
+        return None
+    layout = solid_layout(base, target.entries)
+    if lzma_dict.encoder_memory(layout.dictionary_size, layout.size) + layout.dictionary_size > memory_budget:
+        return None
+    with _Tree(base_root) as old_tree, _Tree(source) as new_tree:
+        dictionary = b"".join([old_tree.read(e) for e in layout.dictionary])
+        data = b"".join([new_tree.read(e) for e in layout.solid])
+    rebuilt = {e.path for e in layout.solid}
+    skeleton = Manifest(target.version, target.content, tuple(
+        replace(e, sha256=SOLID_SHA256) if e.path in rebuilt else e for e in target.entries
+    ))
+    return zstd_patch(base.to_bytes(), skeleton.to_bytes()), lzma_dict.compress(data, dictionary)
+
+
+def _smaller_solid(
+    best: tuple[DeltaHeader, list[bytes]], base_root: Path, base: Manifest, source: Path, target: Manifest,
+    memory_budget: int,
+) -> tuple[DeltaHeader, list[bytes]] | None:
+    """The solid header and payload when that container is smaller than ``best`` (ties: ``best``)."""
+    parts = solid_patch(base_root, base, source, target, memory_budget - current_rss())
+    if parts is None:
+        return None
+    header = best[0]
+    level = header.manifest.level if header.manifest is not None else DEFAULT_LEVEL
+    solid = DeltaHeader(header.base_version, header.version, header.base_content, header.content, (),
+                        manifest=ManifestPatch(len(parts[0]), level), solid=len(parts[1]))
+    if len(solid.encode()) + solid.payload_length >= len(header.encode()) + header.payload_length:
+        return None
+    return solid, list(parts)
+
+
 def _smaller_whole_archive(
     header: DeltaHeader, base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
-) -> tuple[DeltaHeader, bytes] | None:
+) -> tuple[DeltaHeader, list[bytes]] | None:
     """The whole-archive header and frame when that container is smaller than the per-file one
     ``header`` describes (ties: per-file), else ``None``. It carries no manifest patch: the client
     derives the manifest from the target tar the frame rebuilds (same ``level``)."""
@@ -329,12 +377,12 @@ def _smaller_whole_archive(
                         manifest=manifest, archive=len(frame))
     if len(whole.encode()) + whole.payload_length >= len(header.encode()) + header.payload_length:
         return None
-    return whole, frame
+    return whole, [frame]
 
 
 def _count_whole_parts(result: DeltaResult, header: DeltaHeader) -> None:
     """Report the manifest patch and a whole-archive frame like ops (``to_dict``'s ops/op_bytes)."""
-    for name, length in (("manifest", header.manifest_length), ("archive", header.archive)):
+    for name, length in (("manifest", header.manifest_length), ("archive", header.archive), ("solid", header.solid)):
         if length:
             result.ops[name] = 1
             result.op_bytes[name] = length

@@ -451,7 +451,7 @@ def test_whole_archive_manifest_is_read_from_the_rebuilt_tar(tmp_path: Path, tre
     delta.write_bytes(archive_delta(*trees, level=10))
     assert read_header(io.BytesIO(delta.read_bytes())).manifest_length == 0  # no manifest patch
     manifest, tar = manifest_from_delta(delta, base_m, signed(target[1]), base_root)
-    assert manifest == target[1] and tar == tar_of(*target)
+    assert manifest == target[1] and tar is not None and tar.tar == tar_of(*target)
     assert manifest_from_delta(delta, base_m, signed(target[1]), tar_of(base_root, base_m)) == (manifest, tar)
     # the base ships files below a persistent path: its tar cannot be rebuilt from the slot
     assert manifest_from_delta(delta, base_m, signed(target[1]), base_root, ["lib"]) == (None, None)
@@ -459,7 +459,7 @@ def test_whole_archive_manifest_is_read_from_the_rebuilt_tar(tmp_path: Path, tre
     dest = tmp_path / "slot"
     dest.mkdir()
     (base_root / "lib/same.dat").unlink()  # with the tar, the base tree is not read again
-    apply_delta(delta, base_root, base_m, target[1], dest, tar=tar)
+    apply_delta(delta, base_root, base_m, target[1], dest, rebuilt=tar)
     assert tree_digest(dest) == tree_digest(target[0])
 
 
