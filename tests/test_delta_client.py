@@ -703,17 +703,23 @@ def test_check_and_install_take_the_delta(tmp_path: Path, repo: Repo) -> None:
 NOT_LOGS = {"persistent_paths": ["uploads"]}
 
 
-@pytest.mark.parametrize("whole_archive", [False, True])
-def test_the_manifest_comes_inside_the_delta(tmp_path: Path, repo: Repo, whole_archive: bool) -> None:
-    path = republish(repo, tmp_path, whole_archive)
-    assert (read_header(io.BytesIO(path.read_bytes())).manifest_length == 0) == whole_archive
+def update_over_http(tmp_path: Path, repo: Repo) -> tuple[Path, InstallResult, list[str]]:
+    """A client (logs/ not persistent) installs 1.0.0, then updates to 1.1.0 from a counting server:
+    its directory, the update's result and the paths the update fetched."""
     with RangeServer(repo.dir) as srv:
         d = tmp_path / "inst"
         ins = hc.init_client(d, srv.url, repo, **NOT_LOGS)
         ins.install("1.0.0")
         served = len(srv.ranges)
         result, _, _ = install(d, "1.1.0")
-        fetched = [p for p, _ in srv.ranges[served:]]
+        return d, result, [p for p, _ in srv.ranges[served:]]
+
+
+@pytest.mark.parametrize("whole_archive", [False, True])
+def test_the_manifest_comes_inside_the_delta(tmp_path: Path, repo: Repo, whole_archive: bool) -> None:
+    path = republish(repo, tmp_path, whole_archive)
+    assert (read_header(io.BytesIO(path.read_bytes())).manifest_length == 0) == whole_archive
+    d, result, fetched = update_over_http(tmp_path, repo)
     release = index_of(repo).find("1.1.0", "any")
     assert release is not None and release.deltas
     assert installed_ok(d, "1.1.0")["path"] == "delta"

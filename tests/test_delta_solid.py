@@ -16,11 +16,9 @@ from client.delta_format import SOLID_SHA256, DeltaHeader, ManifestPatch, read_h
 from client.index import EntryType, Manifest
 from repo_tools.delta import build_delta, load_manifest, manifest_patch, solid_patch
 from repo_tools.store import Repository
-from tests import helpers_client as hc
 from tests import test_delta_client
 from tests.conftest import tree_digest, write_tree
 from tests.helpers_client import Repo
-from tests.range_server import RangeServer
 from tests.test_delta_client import (
     NOT_LOGS,
     Trees,
@@ -35,6 +33,7 @@ from tests.test_delta_client import (
     manifest_of,
     republish,
     signed,
+    update_over_http,
 )
 
 # the fixtures of the other kinds' tests: the same trees and published repository
@@ -191,13 +190,7 @@ def republish_solid(repo: Repo, tmp: Path) -> Path:
 def test_a_solid_delta_installs_with_nothing_else_downloaded(tmp_path: Path, repo: Repo) -> None:
     path = republish_solid(repo, tmp_path)
     assert read_header(io.BytesIO(path.read_bytes())).solid is not None
-    with RangeServer(repo.dir) as srv:
-        d = tmp_path / "inst"
-        ins = hc.init_client(d, srv.url, repo, **NOT_LOGS)
-        ins.install("1.0.0")
-        served = len(srv.ranges)
-        result, _, _ = install(d, "1.1.0")
-        fetched = [p for p, _ in srv.ranges[served:]]
+    d, result, fetched = update_over_http(tmp_path, repo)
     record = installed_ok(d, "1.1.0")
     assert record["path"] == "delta" and "fallback_reason" not in record
     assert result.bytes_downloaded == path.stat().st_size  # the delta, nothing else
