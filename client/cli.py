@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import config as config_mod
+from .agent import notify
 from .cliutil import Failure, emit, error_group
 from .errors import ConfigError, StateError, UpdateError
 from .installer import Installer
@@ -123,7 +124,12 @@ def install_cmd(installer: Installer, version: str | None, confirm_major: bool, 
     """Install VERSION (default: what policy picks) into the inactive slot and switch to it."""
     progress = _Progress(as_json)
     installer = Installer(installer.layout.root, on_event=progress.event)
-    result = installer.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress)
+    try:
+        result = installer.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress)
+    except UpdateError as exc:  # the active release is still the one it was before
+        _report(installer, notify.outcome(_active_version(installer), version, error=exc))
+        raise
+    _report(installer, notify.outcome(result.previous_version, result.version, result.outcome, result.reason))
     if result.outcome == "up_to_date":
         human = f"nothing to install ({result.version or 'nothing installed'}): {result.reason}"
     elif result.outcome == "rolled_back":
@@ -142,8 +148,24 @@ def install_cmd(installer: Installer, version: str | None, confirm_major: bool, 
 def rollback_cmd(installer: Installer, force: bool, as_json: bool, wait: bool) -> None:
     """Switch back to the previous version in the other slot, instantly."""
     result = installer.rollback(wait=wait, force=force)
+    _report(installer, ("rollback", result.from_version, result.version, "rolled_back", result.reason))
     emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
                                      f"{result.duration * 1000:.1f} ms)")
+
+
+def _active_version(installer: Installer) -> str | None:
+    try:
+        version: str | None = installer.status()["version"]
+    except UpdateError:
+        return None
+    return version
+
+
+def _report(installer: Installer, what: notify.Outcome | None) -> None:
+    """The outcome's webhook and e-mail notifications, as the agent sends them; a warning if undelivered."""
+    warning = notify.report(installer.layout.root, installer.config(), what)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @cli.command("status")

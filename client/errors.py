@@ -38,6 +38,11 @@ class InstallError(UpdateError):
     exit_code = 5
 
 
+class InstallRefused(InstallError):
+    """The requested install was refused before anything started (already installed, a major update
+    without confirmation, a version the policy does not offer): not an update outcome to report."""
+
+
 class HealthCheckError(UpdateError):
     """The new version failed its hooks or health check and was rolled back."""
 

@@ -64,6 +64,7 @@ from client.errors import (
     ConfigError,
     HealthCheckError,
     InstallError,
+    InstallRefused,
     RepositoryError,
     StateError,
     TrustError,
@@ -499,7 +500,7 @@ class Installer:
             with self._client(cfg) as client:
                 found = self._check(client, cfg, s, version, force, confirm_major)
                 if found.release is None and version is not None:
-                    raise InstallError(f"not installing {version}: {found.reason}")
+                    raise InstallRefused(f"not installing {version}: {found.reason}")
                 target = found.auto_release if auto_only else found.release
                 if target is None:
                     reason = found.reason if found.release is None else f"not automatic: {found.reason}"

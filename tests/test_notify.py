@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import socketserver
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from client.agent.notify import Notification, Notifier, NotifySettings
 from tests.agent_server import V1, V11, V101, Receiver, free_port, publish_all, run_agent, serve_repo
+from tests.conftest import run_cli
 from tests.helpers_client import Repo, init_client
 
 EVENT = Notification("success", "1.0.0", "1.1.0", "committed", "", "c" * 32)
@@ -241,3 +243,51 @@ def test_agent_update_succeeds_when_the_webhook_receiver_is_down(tmp_path: Path,
         assert s["notifications"]["delivered"] == 0 and s["notifications"]["attempts"] == 2
         assert "webhook" in s["notifications"]["last_error"]
         assert "webhook notification failed" in agent.log_text()
+
+
+# ----- the CLI notifies about its own installs and rollbacks ----------------------------------------------------
+def _cli(d: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_cli("pinnacle-update", "--install-dir", str(d), *args, check=check)
+
+
+def test_cli_install_and_rollback_post_to_the_webhook(tmp_path: Path, repo: Repo, repo_url: str) -> None:
+    with Receiver() as rx:
+        d = tmp_path / "inst"
+        installer = init_client(d, repo_url, repo, enabled=False, webhook_url=rx.url)
+        installer.install(V1)  # the Python API leaves notifying to its caller (the agent, the CLI)
+        client_id = installer.config().text("client_id")
+        proc = _cli(d, "install", V11)
+        assert "warning" not in proc.stderr
+        [success] = rx.wait(1)  # delivered before the command exited
+        assert {k: success[k] for k in ("event", "versions", "outcome", "reason", "client_id")} == {
+            "event": "success", "versions": {"from": V1, "to": V11}, "outcome": "committed", "reason": "",
+            "client_id": client_id}
+        _cli(d, "rollback")
+        rollback = rx.wait(2)[1]
+        assert rollback["event"] == "rollback" and rollback["versions"] == {"from": V11, "to": V1}
+        refused = _cli(d, "install", V1, check=False)  # refused (installed already): nothing to report
+        assert refused.returncode == 5 and "already installed" in refused.stderr
+        time.sleep(0.5)
+        assert len(rx.wait(2)) == 2
+
+
+def test_cli_install_failing_its_health_check_posts_the_rollback(tmp_path: Path, repo: Repo, repo_url: str) -> None:
+    with Receiver() as rx:
+        d = tmp_path / "inst"
+        init_client(d, repo_url, repo, enabled=False, webhook_url=rx.url).install(V1)
+        _cli(d, "config", "set", "health_command", "false")  # 1.1.0 will fail its health check
+        proc = _cli(d, "install", V11, check=False)
+        assert proc.returncode != 0 and "health" in proc.stderr
+        [rollback] = rx.wait(1)
+        assert rollback["event"] == "rollback" and rollback["outcome"] == "rolled_back"
+        assert rollback["versions"] == {"from": V1, "to": V11} and "health" in rollback["reason"]
+
+
+def test_cli_install_with_the_receiver_down_warns_and_stands(tmp_path: Path, repo: Repo, repo_url: str) -> None:
+    d = tmp_path / "inst"
+    init_client(d, repo_url, repo, enabled=False, webhook_url=f"http://127.0.0.1:{free_port()}/hook",
+                webhook_retries=2).install(V1)
+    proc = _cli(d, "install", V101)  # exit 0: the update stands
+    [warning] = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: the success notification failed: webhook: ")
+    assert json.loads(_cli(d, "status", "--json").stdout)["version"] == V101

@@ -11,6 +11,10 @@ Which outcomes notify is the config's ``notify_on``; where to is ``webhook_url``
 world-readable). ``group`` is the machine's A/B test group for the release it moved to
 (``test``/``control`` from ``DIR/fleet.json``; null when that release has no A/B test).
 
+The agent (``serve``) and the CLI (``install``, ``rollback``) both report their outcomes
+(:func:`outcome`, :func:`notification`); the CLI then waits a bounded time for delivery
+(:meth:`Notifier.flush`) before it exits.
+
 Delivery never blocks or fails an update: ``Notifier.notify`` only queues; one background thread
 delivers, retrying each channel ``webhook_retries`` times with exponential backoff (1 s, 2 s, 4 s,
 ... capped at 60 s; a 4xx other than 408/429 is final). Outcomes are logged and counted
@@ -25,16 +29,17 @@ import json
 import logging
 import os
 import queue
-import smtplib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from client import fleet_state
 from client.config import ClientConfig
+from client.errors import BusyError, ConfigError, HealthCheckError, InstallRefused, UpdateError
 from client.slots import now
 
 log = logging.getLogger("pinnacle.agent.notify")
@@ -72,6 +77,65 @@ class Notification:
             f"[pinnacle-update] {self.event}: {self.from_version or 'nothing'} -> {self.to_version or 'nothing'} "
             f"on {self.client_id[:12]}"
         )
+
+
+Outcome = tuple[str, str | None, str | None, str, str]
+"""(event, from version, to version, outcome, reason) of one finished update."""
+
+
+def outcome(previous: str | None, version: str | None, result_outcome: str | None = None, reason: str = "",
+            error: UpdateError | None = None) -> Outcome | None:
+    """What an install reports: ``error`` (a failed health check rolled it back, or it failed), or its
+    result's outcome (``committed``; ``rolled_back``, leaving a yanked release); None for nothing
+    installed (up to date), and for a request refused or never started (policy, config, busy lock)."""
+    if isinstance(error, (InstallRefused, ConfigError, BusyError)):
+        return None
+    if error is not None:
+        event, outcome_name = ("rollback", "rolled_back") if isinstance(error, HealthCheckError) else ("failure",
+                                                                                                     "failed")
+        return event, previous, version, outcome_name, str(error)
+    if result_outcome == "rolled_back":
+        return "rollback", previous, version, "rolled_back", reason
+    if result_outcome == "committed":
+        return "success", previous, version, "committed", ""
+    return None
+
+
+def notification(root: Path, what: Outcome, client_id: str) -> Notification:
+    """``what`` as a notification from the install directory ``root``, with the machine's A/B group
+    for the release it moved to (from ``DIR/fleet.json``), if that release has an A/B test."""
+    event, from_v, to_v, outcome_name, reason = what
+    groups = fleet_state.load(root).get("groups") or {}
+    return Notification(event, from_v, to_v, outcome_name, reason, client_id, groups.get(to_v or ""))
+
+
+CLI_WAIT = 10.0
+"""Seconds a CLI command waits for its notifications before it exits (the agent keeps retrying as
+long as it runs; a one-shot command cannot)."""
+
+
+def report(root: Path, cfg: ClientConfig, what: Outcome | None, wait: float = CLI_WAIT) -> str | None:
+    """Send the notifications ``what`` asks for by ``cfg`` from a short-lived process and wait up to
+    ``wait`` seconds for them: None when they were delivered or none is configured, else a one-line
+    warning for the caller to print (the update itself stands either way)."""
+    if what is None:
+        return None
+    try:
+        settings = NotifySettings.from_config(cfg)
+        client_id = cfg.text("client_id")
+    except Exception as exc:  # a broken config must not turn a finished update into an error
+        return f"notification not sent: cannot read the settings: {exc}"
+    if not settings.wants(what[0]):
+        return None
+    notifier = Notifier(lambda: settings)
+    try:
+        notifier.notify(notification(root, what, client_id))
+        if not notifier.flush(wait):
+            return f"the {what[0]} notification was not delivered within {wait:.0f} s (given up)"
+        stats = notifier.stats()
+        return f"the {what[0]} notification failed: {stats['last_error']}" if stats["failed"] else None
+    finally:
+        notifier.close(0)
 
 
 @dataclass(frozen=True)
@@ -132,6 +196,8 @@ class Notifier:
         self._queue: queue.Queue[tuple[Notification, NotifySettings] | None] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._unfinished = 0  # queued and not yet delivered or given up
         self._stats: dict[str, Any] = {
             "queued": 0,
             "delivered": 0,
@@ -154,8 +220,15 @@ class Notifier:
             return False
         with self._lock:
             self._stats["queued"] += 1
+            self._unfinished += 1
         self._queue.put((n, settings))
         return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every queued notification was delivered or given up
+        (True), as a short-lived process must before it exits."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -176,10 +249,15 @@ class Notifier:
                     log.warning("notifier stopped: %s notification dropped", item[0].event)
                 return
             n, settings = item
-            if settings.webhook_url:
-                self._deliver("webhook", settings.retries, functools.partial(self._post, n, settings))
-            if settings.email:
-                self._deliver("e-mail", settings.retries, functools.partial(self._mail, n, settings))
+            try:
+                if settings.webhook_url:
+                    self._deliver("webhook", settings.retries, functools.partial(self._post, n, settings))
+                if settings.email:
+                    self._deliver("e-mail", settings.retries, functools.partial(self._mail, n, settings))
+            finally:
+                with self._idle:
+                    self._unfinished -= 1
+                    self._idle.notify_all()
 
     def _deliver(self, channel: str, retries: int, send: Callable[[], None]) -> None:
         error = ""
@@ -220,6 +298,9 @@ class Notifier:
         raise RuntimeError(f"the webhook answered {code}")
 
     def _mail(self, n: Notification, s: NotifySettings) -> None:
+        import smtplib  # here: the CLI imports this module on every install, and most never send mail
+        from email.message import EmailMessage
+
         msg = EmailMessage()
         msg["Subject"] = n.subject()
         msg["From"] = s.smtp_from

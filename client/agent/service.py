@@ -37,10 +37,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from client import config as config_mod
-from client import fleet_state
 from client import slots as sm
 from client.agent import analytics
-from client.agent.notify import Notification, Notifier, NotifySettings
+from client.agent.notify import Notifier, NotifySettings, Outcome, notification, outcome
 from client.errors import (
     BusyError,
     ConfigError,
@@ -462,12 +461,12 @@ class AgentService:
             result = install()
         except HealthCheckError as exc:
             self.progress.finish(job, "rolled_back", error=str(exc))
-            self._notify("rollback", job.from_version, job.version, "rolled_back", str(exc), client_id)
+            self._notify(outcome(job.from_version, job.version, error=exc), client_id)
             log.warning("%s install of %s rolled back: %s", job.kind, job.version, exc)
             return
         except UpdateError as exc:
             self.progress.finish(job, "failed", error=str(exc))
-            self._notify("failure", job.from_version, job.version, "failed", str(exc), client_id)
+            self._notify(outcome(job.from_version, job.version, error=exc), client_id)
             log.warning("%s install of %s failed: %s", job.kind, job.version, exc)
             return
         except Exception as exc:  # a bug must not kill the loop thread silently
@@ -476,7 +475,7 @@ class AgentService:
             return
         if result.outcome == "rolled_back":  # left a release the publisher yanked, through the other slot
             self.progress.finish(job, "succeeded", result=result.to_dict())
-            self._notify("rollback", result.previous_version, result.version, "rolled_back", result.reason, client_id)
+            self._notify(outcome(result.previous_version, result.version, result.outcome, result.reason), client_id)
             return
         if result.outcome != "committed":
             self.progress.finish(job, "up_to_date", result=result.to_dict())
@@ -486,13 +485,12 @@ class AgentService:
         self.progress.finish(job, "succeeded", result=result.to_dict())
         if result.health is not None:
             self._set_health({**result.health, "checked": now(), "source": "install"})
-        self._notify("success", result.previous_version, result.version, "committed", "", client_id)
+        self._notify(outcome(result.previous_version, result.version, result.outcome), client_id)
         log.info("installed %s (was %s) in %.2fs", result.version, result.previous_version, result.duration)
 
-    def _notify(self, event: str, from_v: str | None, to_v: str | None, outcome: str, reason: str,
-                client_id: str) -> None:
-        groups = fleet_state.load(self.installer.layout.root).get("groups") or {}  # the A/B group, if any
-        self.notifier.notify(Notification(event, from_v, to_v, outcome, reason, client_id, groups.get(to_v or "")))
+    def _notify(self, what: Outcome | None, client_id: str) -> None:
+        if what is not None:
+            self.notifier.notify(notification(self.installer.layout.root, what, client_id))
 
     def _client_id(self) -> str:
         with contextlib.suppress(UpdateError):
@@ -512,7 +510,7 @@ class AgentService:
                 raise error_for(exc) from exc
             job.version, job.from_version = result.version, result.from_version
             self.progress.finish(job, "succeeded", result=result.to_dict())
-            self._notify("rollback", result.from_version, result.version, "rolled_back", result.reason,
+            self._notify(("rollback", result.from_version, result.version, "rolled_back", result.reason),
                          self._client_id())
             log.info("rolled back %s -> %s", result.from_version, result.version)
             return result.to_dict()
