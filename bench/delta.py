@@ -370,7 +370,8 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
             header = read_header(f)
         kind = ("whole-archive" if header.archive is not None else
                 f"solid (LZMA stream {header.solid:,} B)" if header.solid is not None else
-                f"per-file ({len(header.ops)} ops)")
+                f"per-file ({len(header.ops)} ops; bsdiff blocks in shared streams, {sum(header.shared):,} B)"
+                if header.shared is not None else f"per-file ({len(header.ops)} ops)")
         if header.manifest is not None and header.manifest.length is None:
             manifest = f"read from the rebuilt tar (signed manifest {release.manifest.length:,} B)"
         elif header.solid is not None:

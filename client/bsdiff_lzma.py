@@ -19,7 +19,13 @@ Layout (all integers unsigned LEB128)::
     control (control_packed bytes)  diff (diff_packed bytes)  extra (the rest)
 
 Each block is one raw LZMA2 stream whose dictionary size follows from its declared length and the
-output size (:func:`dict_size`), so both sides agree without storing it. A reader bounds every declared length
+output size (:func:`dict_size`), so both sides agree without storing it.
+
+``bsdiff-shared`` ops (a per-file delta with ``shared`` streams, ``client.delta_format``) hold only
+the three raw lengths (:func:`lengths_record`); their blocks are the next bytes of three LZMA2 streams
+shared by every such op of the delta, in op order (:class:`SharedStream`): one model per block kind
+instead of three per file, 9% fewer bytes on scipy 1.14.0 -> 1.14.1's 127 patched files, 6% on
+numpy 2.0.2 -> 2.1.0's. A reader bounds every declared length
 by the output size it was promised before decompressing anything, and checks each block
 decompresses to exactly its length with nothing left over. Pure: no file system access.
 """
@@ -27,6 +33,7 @@ decompresses to exactly its length with nothing left over. Pure: no file system 
 from __future__ import annotations
 
 import lzma
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import bsdiff4.core
@@ -147,8 +154,7 @@ def unpack(patch: bytes, size: int) -> tuple[bytes, bytes, bytes]:
         value, pos = _read_uleb(patch, pos)
         fields.append(value)
     control_length, control_packed, diff_length, diff_packed, extra_length = fields
-    if control_length % TUPLE or control_length > control_max(size) or diff_length + extra_length > size:
-        raise DeltaFormatError(f"bsdiff-lzma blocks declare more than an output of {size} bytes allows")
+    check_lengths(control_length, diff_length, extra_length, size)
     if pos + control_packed + diff_packed > len(patch):
         raise DeltaFormatError("bsdiff-lzma patch is truncated")
     spans = (
@@ -169,11 +175,98 @@ def _decompress(data: bytes, length: int, size: int) -> bytes:
     return decompress_exact(decomp, data, length, "a bsdiff-lzma block")
 
 
+def check_lengths(control_length: int, diff_length: int, extra_length: int, size: int) -> None:
+    """Refuse raw block lengths an output of ``size`` bytes cannot need (diff and extra: ``size``
+    together, as every output byte comes from one of them; control: :func:`control_max`)."""
+    if control_length % TUPLE or control_length > control_max(size) or diff_length + extra_length > size:
+        raise DeltaFormatError(f"bsdiff-lzma blocks declare more than an output of {size} bytes allows")
+
+
 def patch(old: bytes, data: bytes, size: int) -> bytes:
     """Apply ``data`` to ``old``: exactly ``size`` bytes or :class:`DeltaFormatError`."""
-    control, diff, extra = unpack(data, size)
+    return apply_blocks(old, *unpack(data, size), size)
+
+
+def apply_blocks(old: bytes, control: bytes, diff: bytes, extra: bytes, size: int) -> bytes:
+    """bsdiff4's raw blocks applied to ``old``: exactly ``size`` bytes or :class:`DeltaFormatError`."""
     try:
         out: bytes = bsdiff4.core.patch(old, size, control, diff, extra)
     except (ValueError, MemoryError) as exc:
         raise DeltaFormatError(f"bad bsdiff-lzma patch ({exc})") from None
     return out
+
+
+# -- bsdiff-shared: the blocks of many files in three shared streams ---------------------------------
+
+
+def lengths_record(control: int, diff: int, extra: int) -> bytes:
+    """A ``bsdiff-shared`` op's data: the raw lengths of its control (as planes), diff and extra blocks."""
+    return _uleb(control) + _uleb(diff) + _uleb(extra)
+
+
+def parse_lengths(data: bytes, size: int) -> tuple[int, int, int]:
+    """The three lengths of a ``bsdiff-shared`` op's data (nothing after them), checked against an
+    output of ``size`` bytes (:func:`check_lengths`)."""
+    pos, fields = 0, []
+    for _ in range(3):
+        value, pos = _read_uleb(data, pos)
+        fields.append(value)
+    if pos != len(data):
+        raise DeltaFormatError("bsdiff-shared op data has bytes after its three lengths")
+    control, diff, extra = fields
+    check_lengths(control, diff, extra, size)
+    return control, diff, extra
+
+
+def shared_filters(total: int, preset: int | None = None) -> list[dict[str, int]]:
+    """A shared stream of ``total`` raw bytes: its dictionary is :func:`dict_size` of that, at most
+    64 MiB whatever the delta's size, so the decoder's memory stays bounded."""
+    spec = {"id": lzma.FILTER_LZMA2, "dict_size": dict_size(total)}
+    if preset is not None:
+        spec["preset"] = preset
+    return [spec]
+
+
+class SharedStream:
+    """One shared stream being decoded: :meth:`take` gives the next ``n`` raw bytes (exactly, or
+    :class:`DeltaFormatError`); :meth:`finish` checks the stream ended exactly after the last.
+
+    ``read(n)`` yields the compressed bytes (empty at their end); ``total`` is the sum of the lengths
+    every op takes, known before decoding starts, which fixes the dictionary (:func:`shared_filters`)."""
+
+    def __init__(self, read: Callable[[int], bytes], total: int, what: str) -> None:
+        self._read = read
+        self._left = total
+        self._what = what
+        self._d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=shared_filters(total))
+
+    def take(self, n: int) -> bytes:
+        if n > self._left:
+            raise DeltaFormatError(f"the shared {self._what} stream is shorter than its ops take")
+        out = bytearray()
+        try:
+            while len(out) < n:
+                if self._d.eof:
+                    raise DeltaFormatError(f"the shared {self._what} stream ends before its ops do")
+                data = self._read(1 << 16) if self._d.needs_input else b""
+                if self._d.needs_input and not data:
+                    raise DeltaFormatError(f"the shared {self._what} stream is truncated")
+                out += self._d.decompress(data, n - len(out))
+        except lzma.LZMAError as exc:
+            raise DeltaFormatError(f"the shared {self._what} stream is corrupt ({exc})") from None
+        self._left -= n
+        return bytes(out)
+
+    def finish(self) -> None:
+        """Every op took its bytes, and the stream holds nothing more."""
+        try:
+            while not self._d.eof:
+                data = self._read(1 << 16) if self._d.needs_input else b""
+                if self._d.needs_input and not data:
+                    break
+                if self._d.decompress(data, 1):
+                    raise DeltaFormatError(f"the shared {self._what} stream holds more than its ops take")
+        except lzma.LZMAError as exc:
+            raise DeltaFormatError(f"the shared {self._what} stream is corrupt ({exc})") from None
+        if self._left or not self._d.eof or self._d.unused_data or self._read(1):
+            raise DeltaFormatError(f"the shared {self._what} stream does not end with its last op")

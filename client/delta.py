@@ -301,6 +301,7 @@ def apply_delta(
             elif header.solid is not None:
                 _apply_solid(source, header, base_manifest, target_manifest, dest_fd, skipped,
                              rebuilt.data if rebuilt is not None and rebuilt.kind == "solid" else None)
+            shared = _Shared(source, header, target_manifest) if header.shared is not None else None
             for entry in wanted.entries if header.archive is None and header.solid is None else ():
                 if entry.type is not EntryType.FILE:
                     create_entry(dest_fd, entry)
@@ -308,7 +309,9 @@ def apply_delta(
                 op = ops.get(entry.path)
                 if op is None:
                     raise DeltaError(f"{label}: no op rebuilds {show_path(entry.path)}")
-                _write_output(dest_fd, entry, source, op, label)
+                _write_output(dest_fd, entry, source, op, label, shared)
+            if shared is not None:
+                shared.finish()
             finish_tree(dest_fd, wanted)
     except DeltaError:
         raise
@@ -405,6 +408,25 @@ class _Sources:
     def payload_range_bytes(self, start: int, end: int, what: str) -> bytes:
         return self.payload_reader_range(start, end, what)(end - start)
 
+    def positional_reader(self, start: int, end: int, what: str) -> Callable[[int], bytes]:
+        """Like :meth:`payload_reader_range`, but reading at its own offset (``pread``), so several
+        readers of one delta may be interleaved."""
+        if end > self._size:
+            raise DeltaError(
+                f"{self.label}: delta truncated ({what} needs payload bytes up to {end}, the file has {self._size})"
+            )
+        fd, pos = self._delta.fileno(), start
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            data = os.pread(fd, min(n, end - pos), pos)
+            if len(data) < min(n, end - pos):
+                raise DeltaError(f"{self.label}: delta truncated while reading {what}")
+            pos += len(data)
+            return data
+
+        return read
+
     def payload_bytes(self, op: Op) -> bytes:
         return self.payload_reader(op)(op.length)
 
@@ -445,7 +467,9 @@ class _Sources:
         return DeltaError(f"{self.label}: base file {show_path(entry.path)} was modified locally ({what})")
 
 
-def _write_output(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, label: str) -> None:
+def _write_output(
+    dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, label: str, shared: _Shared | None = None
+) -> None:
     """Create ``entry`` from ``op``; its bytes bounded by and checked against the manifest."""
     name = show_path(entry.path)
     if op.op == "copy":
@@ -460,9 +484,13 @@ def _write_output(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, 
         if overflow or got != Digest(entry.size, entry.sha256):
             raise source.modified(base, got, overflow)
         return
-    if op.op in ("bsdiff-lzma", "bsdiff4", "zstd-patch"):
+    if op.op in ("bsdiff-lzma", "bsdiff4", "bsdiff-shared", "zstd-patch"):
         _check_whole_patch(source, op, entry, label)
-    if op.op in ("bsdiff-lzma", "bsdiff4"):
+    if op.op == "bsdiff-shared" and shared is not None:
+        data = shared.patch(source.base_bytes(op), op, entry)
+        got, overflow = _create_file(dest_fd, entry, io.BytesIO(data).read)
+        what = "patched"
+    elif op.op in ("bsdiff-lzma", "bsdiff4"):
         patcher = _bspatch if op.op == "bsdiff4" else _bsl_patch
         data = patcher(source.base_bytes(op), source.payload_bytes(op), entry, label)
         got, overflow = _create_file(dest_fd, entry, io.BytesIO(data).read)
@@ -486,6 +514,70 @@ def _write_output(dest_fd: int, entry: ManifestEntry, source: _Sources, op: Op, 
             f"{label}: {name}: {what} output has sha256 {got.sha256[:16]}... ({got.length} bytes), "
             f"expected {entry.sha256[:16]}... ({entry.size} bytes)"
         )
+
+
+class _Shared:
+    """The shared bsdiff streams of a per-file delta (``client.bsdiff_lzma.SharedStream``). Every
+    ``bsdiff-shared`` op's lengths are read and bounded by its signed size first, which fixes each
+    stream's total; ops then take their blocks in op order, and blocks of ops not written (below a
+    persistent path) are skipped over, so every op gets its own."""
+
+    def __init__(self, source: _Sources, header: delta_format.DeltaHeader, target: Manifest) -> None:
+        self.label = source.label
+        sizes = {e.path: e.size for e in target.entries}
+        self.lengths: dict[str, tuple[int, int, int]] = {}
+        try:
+            for op in header.ops:
+                if op.op is not delta_format.OpKind.BSDIFF_SHARED:
+                    continue
+                if sizes[op.path] > delta_segments.WHOLE_PATCH_MAX:  # also for an op not written (skipped)
+                    raise delta_format.DeltaFormatError(
+                        f"{show_path(op.path)}: a bsdiff-shared op for a {sizes[op.path]}-byte file is over the "
+                        f"{delta_segments.WHOLE_PATCH_MAX}-byte limit"
+                    )
+                self.lengths[op.path] = bsdiff_lzma.parse_lengths(source.payload_bytes(op), sizes[op.path])
+        except delta_format.DeltaFormatError as exc:
+            raise DeltaError(f"{self.label}: {exc}") from None
+        self.order = list(self.lengths)
+        self.next = 0
+        self.streams = [
+            bsdiff_lzma.SharedStream(source.positional_reader(start, end, f"the shared {name} stream"),
+                                     sum(lengths[i] for lengths in self.lengths.values()), name)
+            for i, (name, (start, end)) in enumerate(zip(delta_format.SHARED_STREAMS, header.shared_ranges(),
+                                                         strict=True))
+        ]
+
+    def _skip(self) -> None:
+        """Skip the blocks of the next op (one not written)."""
+        for stream, length in zip(self.streams, self.lengths[self.order[self.next]], strict=True):
+            stream.take(length)
+        self.next += 1
+
+    def _take(self, path: str) -> tuple[bytes, bytes, bytes]:
+        while self.next < len(self.order) and self.order[self.next] != path:
+            self._skip()
+        if self.next == len(self.order):
+            raise delta_format.DeltaFormatError("bsdiff-shared ops are taken out of order")
+        self.next += 1
+        planes, diff, extra = (s.take(n) for s, n in zip(self.streams, self.lengths[path], strict=True))
+        return bsdiff_lzma.from_planes(planes), diff, extra
+
+    def patch(self, base: bytes, op: Op, entry: ManifestEntry) -> bytes:
+        """The output of ``op`` (a ``bsdiff-shared`` op for ``entry``) from ``base``."""
+        try:
+            return bsdiff_lzma.apply_blocks(base, *self._take(op.path), entry.size)
+        except delta_format.DeltaFormatError as exc:
+            raise DeltaError(f"{self.label}: {show_path(entry.path)}: {exc}") from None
+
+    def finish(self) -> None:
+        """Every stream ends exactly after the last op's blocks (ops not written skipped)."""
+        try:
+            while self.next < len(self.order):
+                self._skip()
+            for stream in self.streams:
+                stream.finish()
+        except delta_format.DeltaFormatError as exc:
+            raise DeltaError(f"{self.label}: {exc}") from None
 
 
 def _create_file(dest_fd: int, entry: ManifestEntry, read: Callable[[int], bytes]) -> tuple[Digest, bool]:

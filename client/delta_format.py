@@ -12,10 +12,12 @@ one op per *file* entry of the target manifest, in manifest order (the per-file 
 one zstd frame rebuilding the whole canonical tar of the target from the base's (the whole-archive
 kind, ``archive``), or one raw LZMA2 stream of every target file that is not a base file, with the
 base files as its preset dictionary (the solid kind, ``solid``; its manifest patch is a *skeleton*,
-see :func:`solid_layout`). Data ops (every op but ``copy``) own ``length`` bytes of the payload each,
-contiguous, in op order, right after the manifest patch and ending exactly at the end of the file,
-so a delta has no unused, overlapping or trailing bytes to hide anything in; offsets are therefore
-implied, never stored. An op's ``base`` is stored only when it differs from its ``path``. The
+see :func:`solid_layout`). Data ops (every op but ``copy``) own ``length`` bytes of the payload
+each, contiguous, in op order, right after the manifest patch; a per-file delta may then have three
+*shared* LZMA streams (``shared``) holding the bsdiff blocks of its ``bsdiff-shared`` ops, in op order
+(``client.bsdiff_lzma``); the payload ends exactly at the end of the file, so a delta has no
+unused, overlapping or trailing bytes to hide anything in; offsets are therefore implied, never
+stored. An op's ``base`` is stored only when it differs from its ``path``. The
 header frame declares its decompressed size, which is bounded (``MAX_HEADER``) before anything is
 decompressed.
 
@@ -89,6 +91,7 @@ class OpKind(StrEnum):
     COPY = "copy"  # the base file ``base`` has the target's sha256: no bytes in the payload
     BSDIFF4 = "bsdiff4"  # bsdiff4 (BSDIFF40) patch against the base file (read; no longer written)
     BSDIFF_LZMA = "bsdiff-lzma"  # bsdiff4's blocks coded smaller (client.bsdiff_lzma) against the base file
+    BSDIFF_SHARED = "bsdiff-shared"  # the same blocks, taken from the delta's shared streams (header "shared")
     ZSTD_PATCH = "zstd-patch"  # one zstd frame compressed with the base file as raw prefix
     ZSTD = "zstd"  # one plain zstd frame of the whole file (a new file)
     ZSTD_SEGMENTS = "zstd-segments"  # a large file: zstd frames per segment, base regions as prefix (delta_segments)
@@ -200,7 +203,8 @@ class DeltaHeader:
     ``manifest``: the target manifest patch at the start of the payload, or derived from the archive
     (``manifest.length`` None), or None: not carried;
     ``archive``: the length of the whole-archive frame, ``solid``: the length of the solid LZMA stream
-    (both None: the per-file kind, with ``ops``)."""
+    (both None: the per-file kind, with ``ops``); ``shared``: the lengths of the per-file kind's shared
+    control, diff and extra streams, after the ops' data."""
 
     base_version: str
     version: str
@@ -211,6 +215,7 @@ class DeltaHeader:
     manifest: ManifestPatch | None = None
     archive: int | None = None
     solid: int | None = None
+    shared: tuple[int, int, int] | None = None
 
     @property
     def manifest_length(self) -> int:
@@ -223,7 +228,7 @@ class DeltaHeader:
         the solid stream."""
         if self.archive is not None or self.solid is not None:
             return self.manifest_length + (self.archive or 0) + (self.solid or 0)
-        return self.manifest_length + sum(op.length for op in self.ops)
+        return self.manifest_length + sum(op.length for op in self.ops) + sum(self.shared or ())
 
     def manifest_range(self) -> tuple[int, int]:
         """Absolute ``(start, end)`` file offsets of the manifest patch."""
@@ -233,6 +238,15 @@ class DeltaHeader:
         """Absolute ``(start, end)`` file offsets of the whole-archive frame."""
         start = self.payload_start + self.manifest_length
         return start, start + (self.archive or 0)
+
+    def shared_ranges(self) -> list[tuple[int, int]]:
+        """Absolute ``(start, end)`` file offsets of the shared control, diff and extra streams."""
+        start = self.payload_start + self.manifest_length + sum(op.length for op in self.ops)
+        out = []
+        for length in self.shared or ():
+            out.append((start, start + length))
+            start += length
+        return out
 
     def solid_range(self) -> tuple[int, int]:
         """Absolute ``(start, end)`` file offsets of the solid LZMA stream."""
@@ -260,6 +274,8 @@ class DeltaHeader:
             out["solid"] = {"length": self.solid}
         else:
             out["ops"] = [op.to_dict() for op in self.ops]
+            if self.shared is not None:
+                out["shared"] = dict(zip(SHARED_STREAMS, self.shared, strict=True))
         return out
 
     def encode(self) -> bytes:
@@ -278,6 +294,9 @@ class DeltaHeader:
             raise DeltaFormatError("a solid delta has neither ops nor an archive")
         if self.solid is not None and (self.manifest is None or self.manifest.length is None):
             raise DeltaFormatError("a solid delta must carry its skeleton manifest patch")
+        uses_shared = any(op.op is OpKind.BSDIFF_SHARED for op in self.ops)
+        if (self.shared is not None) != uses_shared:
+            raise DeltaFormatError("shared streams come with bsdiff-shared ops, and only with them")
         if self.archive is None and self.manifest is not None and self.manifest.length is None:
             raise DeltaFormatError("only a whole-archive delta may leave out the manifest patch's length")
         expected = self.manifest_length
@@ -334,12 +353,13 @@ class DeltaHeader:
         if doc.get("format") != DELTA_FORMAT:
             raise DeltaFormatError(f"delta header: unsupported format {doc.get('format')!r} (reads {DELTA_FORMAT})")
         unknown = sorted(set(doc) - {"format", "from", "to", "from_content", "to_content", "manifest", "ops",
-                                     "archive", "solid"})
+                                     "archive", "solid", "shared"})
         if unknown:
             raise DeltaFormatError(f"delta header: unexpected field(s) {', '.join(map(repr, unknown))}")
         manifest = ManifestPatch.from_dict(doc["manifest"], "delta header.manifest") if "manifest" in doc else None
         archive = _payload_length(doc.get("archive"), "archive") if "archive" in doc else None
         solid = _payload_length(doc.get("solid"), "solid") if "solid" in doc else None
+        shared = _shared_lengths(doc["shared"]) if "shared" in doc else None
         whole = archive is not None or solid is not None
         raw_ops = doc.get("ops", [] if whole else None)
         if not isinstance(raw_ops, list) or (whole and "ops" in doc) or (archive is not None and solid is not None):
@@ -358,6 +378,7 @@ class DeltaHeader:
                 manifest=manifest,
                 archive=archive,
                 solid=solid,
+                shared=shared,
             )
         except DeltaFormatError:
             raise
@@ -414,6 +435,19 @@ def solid_layout(base: Manifest, target: Sequence[ManifestEntry]) -> SolidLayout
     dictionary = [e for e in base_files if e.path not in rebuilt]
     dictionary += [at_rebuilt[e.path] for e in reversed(solid) if e.path in at_rebuilt]
     return SolidLayout(copies, tuple(solid), tuple(dictionary))
+
+
+SHARED_STREAMS = ("control", "diff", "extra")
+
+
+def _shared_lengths(data: Any) -> tuple[int, int, int]:
+    if not isinstance(data, Mapping) or set(data) != set(SHARED_STREAMS):
+        raise DeltaFormatError("delta header.shared: expected an object with 'control', 'diff' and 'extra'")
+    try:
+        control, diff, extra = (_int(data, name, "delta header.shared") for name in SHARED_STREAMS)
+    except FormatError as exc:
+        raise DeltaFormatError(str(exc)) from None
+    return control, diff, extra
 
 
 def _payload_length(data: Any, name: str) -> int:

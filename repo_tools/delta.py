@@ -33,15 +33,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import lzma
 import os
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import bsdiff4.core
 import pyzstd
 import zstandard
 
@@ -57,6 +59,7 @@ from client.archive import (
 )
 from client.delta_format import (
     ARCHIVE_MAX,
+    SHARED_STREAMS,
     SOLID_SHA256,
     DeltaFormatError,
     DeltaHeader,
@@ -238,24 +241,29 @@ def build_delta(
     manifest = ManifestPatch(len(mpatch), manifest_level)
     ops: list[DeltaOp] = []
     offset = len(mpatch)  # the op data follows the manifest patch
-    with _Tree(base_root) as old_tree, _Tree(source) as new_tree, open(spool, "w+b") as payload:
+    with (_Tree(base_root) as old_tree, _Tree(source) as new_tree, open(spool, "w+b") as payload,
+          _SharedSpool(work) as shared):
         for item in plan.files:
             if item.is_copy:
                 assert item.base is not None
                 ops.append(DeltaOp(item.entry.path, OpKind.COPY, item.base.path))
                 continue
-            kind, length = _encode_best(item, old_tree, new_tree, work, payload)
+            kind, length = _encode_best(item, old_tree, new_tree, work, payload, shared)
             ops.append(DeltaOp(item.entry.path, kind, item.base.path if kind.has_base and item.base else None,
                                offset, length))
             offset += length
         header = DeltaHeader(base.version, target.version, base.content, target.content, tuple(ops),
                              manifest=manifest)
         header.check_against(target, base)
-        whole = None
-        if whole_archive:
-            whole = _smaller_whole_archive(header, base_root, base, source, target, memory_budget)
-        if whole is not None:  # changes repeat across files: the solid kind may code them smaller still
-            whole = _smaller_solid(whole, base_root, base, source, target, memory_budget) or whole
+        whole: tuple[DeltaHeader, Iterable[bytes]] | None = None
+        with_shared = shared.variant(header, memory_budget - current_rss())
+        if with_shared is not None:
+            header, streams = with_shared
+            whole = header, _shared_payload(mpatch, payload, header, shared, streams)
+        if whole_archive and (archive := _smaller_whole_archive(header, base_root, base, source, target,
+                                                                memory_budget)) is not None:
+            # changes repeat across files: the solid kind may code them smaller still
+            whole = _smaller_solid(archive, base_root, base, source, target, memory_budget) or archive
         payload.seek(0)
         with open(out, "wb") as f:
             if whole is not None:
@@ -347,7 +355,7 @@ def solid_patch(
 
 
 def _smaller_solid(
-    best: tuple[DeltaHeader, list[bytes]], base_root: Path, base: Manifest, source: Path, target: Manifest,
+    best: tuple[DeltaHeader, Iterable[bytes]], base_root: Path, base: Manifest, source: Path, target: Manifest,
     memory_budget: int,
 ) -> tuple[DeltaHeader, list[bytes]] | None:
     """The solid header and payload when that container is smaller than ``best`` (ties: ``best``)."""
@@ -382,7 +390,9 @@ def _smaller_whole_archive(
 
 def _count_whole_parts(result: DeltaResult, header: DeltaHeader) -> None:
     """Report the manifest patch and a whole-archive frame like ops (``to_dict``'s ops/op_bytes)."""
-    for name, length in (("manifest", header.manifest_length), ("archive", header.archive), ("solid", header.solid)):
+    parts = (("manifest", header.manifest_length), ("archive", header.archive), ("solid", header.solid),
+             ("shared", sum(header.shared or ())))
+    for name, length in parts:
         if length:
             result.ops[name] = 1
             result.op_bytes[name] = length
@@ -447,10 +457,14 @@ def zstd_patch(old: bytes, new: bytes, level: int = PATCH_LEVEL) -> bytes:
     return compressor.compress(new, pyzstd.ZstdCompressor.FLUSH_FRAME)
 
 
-def _encode_best(item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, payload: BinaryIO) -> tuple[OpKind, int]:
+def _encode_best(
+    item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, payload: BinaryIO, shared: _SharedSpool
+) -> tuple[OpKind, int]:
     """Run every candidate of ``item`` into its own scratch file, append the smallest to
-    ``payload`` and return its kind and length (ties: the earlier candidate)."""
+    ``payload`` and return its kind and length (ties: the earlier candidate). When bsdiff-lzma wins,
+    its raw blocks also go to ``shared``."""
     best: tuple[int, OpKind, Path] | None = None
+    blocks: tuple[bytes, bytes, bytes] | None = None
     old = new = b""
     if item.base is not None and {OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA} & set(item.candidates):
         old, new = old_tree.read(item.base), new_tree.read(item.entry)  # at most WHOLE_PATCH_MAX each
@@ -465,10 +479,13 @@ def _encode_best(item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, p
             elif kind is OpKind.ZSTD_PATCH:
                 f.write(zstd_patch(old, new))
             else:
+                control, diff, extra = bsdiff4.core.diff(old, new)
                 try:
-                    f.write(bsdiff_lzma.encode(old, new))
+                    f.write(bsdiff_lzma.pack(control, diff, extra, len(new)))
+                    blocks = bsdiff_lzma.to_planes(control), diff, extra
                 except DeltaFormatError:  # more control tuples than clients accept (never the only candidate)
                     f.truncate(0)
+                del control, diff, extra
         size = scratch.stat().st_size
         if not size:  # no encoder writes an empty op
             scratch.unlink()
@@ -482,10 +499,93 @@ def _encode_best(item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, p
     del old, new
     assert best is not None
     size, kind, scratch = best
+    if kind is OpKind.BSDIFF_LZMA and blocks is not None:
+        shared.add(item.entry.path, blocks, size)
+    del blocks
     with open(scratch, "rb") as f:
         shutil.copyfileobj(f, payload, CHUNK_SIZE)
     scratch.unlink()
     return kind, size
+
+
+class _SharedSpool:
+    """The raw bsdiff blocks (control as planes, diff, extra) of every op kept as ``bsdiff-lzma``, in
+    op order, spooled to three scratch files: coded at the end as the delta's shared streams
+    (``client.bsdiff_lzma.SharedStream``), they make the ``bsdiff-shared`` variant of the container,
+    kept when smaller (one LZMA model per block kind instead of three per file)."""
+
+    def __init__(self, work: Path) -> None:
+        self.paths = [work / f"shared.{name}" for name in SHARED_STREAMS]
+        self.files: list[BinaryIO] = []
+        self.lengths: dict[str, tuple[int, int, int]] = {}
+        self.packed: dict[str, int] = {}  # the length of each op's bsdiff-lzma data in the per-file payload
+
+    def __enter__(self) -> _SharedSpool:
+        self.files = [open(p, "w+b") for p in self.paths]  # noqa: SIM115 (closed in __exit__)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f, p in zip(self.files, self.paths, strict=True):
+            f.close()
+            p.unlink(missing_ok=True)
+
+    def add(self, path: str, blocks: tuple[bytes, bytes, bytes], packed: int) -> None:
+        for f, block in zip(self.files, blocks, strict=True):
+            f.write(block)
+        self.lengths[path] = (len(blocks[0]), len(blocks[1]), len(blocks[2]))
+        self.packed[path] = packed
+
+    def variant(self, header: DeltaHeader, memory_budget: int) -> tuple[DeltaHeader, list[bytes]] | None:
+        """The header of the per-file container ``header`` with its ``bsdiff-lzma`` ops as
+        ``bsdiff-shared`` ones, and the three streams, when that container is smaller (ties: ``header``)
+        and LZMA's encoder fits ``memory_budget``; else None."""
+        totals = [sum(lengths[i] for lengths in self.lengths.values()) for i in range(3)]
+        if not self.lengths or bsdiff_lzma.lzma_memory(max(totals)) > memory_budget:
+            return None
+        streams = [self._code(f, total) for f, total in zip(self.files, totals, strict=True)]
+        ops, offset = [], header.manifest_length
+        for op in header.ops:
+            if op.path in self.lengths:
+                record = bsdiff_lzma.lengths_record(*self.lengths[op.path])
+                op = replace(op, op=OpKind.BSDIFF_SHARED, length=len(record))
+            ops.append(replace(op, offset=offset) if op.op.has_data else op)
+            offset += op.length if op.op.has_data else 0
+        shared = replace(header, ops=tuple(ops), shared=(len(streams[0]), len(streams[1]), len(streams[2])))
+        if len(shared.encode()) + shared.payload_length >= len(header.encode()) + header.payload_length:
+            return None
+        return shared, streams
+
+    @staticmethod
+    def _code(f: BinaryIO, total: int) -> bytes:
+        """The spooled blocks of ``f`` as one raw LZMA2 stream (read in chunks: memory is LZMA's)."""
+        f.seek(0)
+        filters = bsdiff_lzma.shared_filters(total, bsdiff_lzma.PRESET)
+        coder = lzma.LZMACompressor(format=lzma.FORMAT_RAW, filters=filters)
+        out = [coder.compress(chunk) for chunk in chunks(f)]
+        out.append(coder.flush())
+        return b"".join(out)
+
+
+def _shared_payload(
+    mpatch: bytes, payload: BinaryIO, header: DeltaHeader, shared: _SharedSpool, streams: list[bytes]
+) -> Iterator[bytes]:
+    """The payload of the ``bsdiff-shared`` variant: the manifest patch, each op's data (copied from
+    the per-file ``payload`` spool, or the lengths of a shared op), then the streams."""
+    yield mpatch
+    position = 0  # in ``payload``, which holds the per-file ops' data back to back, in op order
+    for op in header.ops:
+        if op.op is OpKind.BSDIFF_SHARED:
+            position += shared.packed[op.path]  # the per-file op's bytes, not needed here
+            yield bsdiff_lzma.lengths_record(*shared.lengths[op.path])
+        elif op.op.has_data:
+            payload.seek(position)
+            left = op.length
+            while left:
+                chunk = payload.read(min(CHUNK_SIZE, left))
+                left -= len(chunk)
+                yield chunk
+            position += op.length
+    yield from streams
 
 
 def chunks(f: BinaryIO) -> Iterator[bytes]:
