@@ -386,31 +386,9 @@ class _Sources:
         return self.payload_reader_range(start, start + op.length, show_path(op.path))
 
     def payload_reader_range(self, start: int, end: int, what: str) -> Callable[[int], bytes]:
-        """A reader over the file bytes ``start``..``end`` (for ``what``); truncation is an error."""
-        if end > self._size:
-            raise DeltaError(
-                f"{self.label}: delta truncated ({what} needs payload bytes up to {end}, the file has {self._size})"
-            )
-        self._delta.seek(start)
-        left = end - start
-        op_path = what
-
-        def read(n: int) -> bytes:
-            nonlocal left
-            data = self._delta.read(min(n, left))
-            if len(data) < min(n, left):
-                raise DeltaError(f"{self.label}: delta truncated while reading {op_path}")
-            left -= len(data)
-            return data
-
-        return read
-
-    def payload_range_bytes(self, start: int, end: int, what: str) -> bytes:
-        return self.payload_reader_range(start, end, what)(end - start)
-
-    def positional_reader(self, start: int, end: int, what: str) -> Callable[[int], bytes]:
-        """Like :meth:`payload_reader_range`, but reading at its own offset (``pread``), so several
-        readers of one delta may be interleaved."""
+        """A reader over the file bytes ``start``..``end`` (for ``what``); truncation is an error. It
+        reads at its own offset (``pread``), so readers of one delta may be interleaved (the shared
+        streams are read alongside each op's data)."""
         if end > self._size:
             raise DeltaError(
                 f"{self.label}: delta truncated ({what} needs payload bytes up to {end}, the file has {self._size})"
@@ -426,6 +404,9 @@ class _Sources:
             return data
 
         return read
+
+    def payload_range_bytes(self, start: int, end: int, what: str) -> bytes:
+        return self.payload_reader_range(start, end, what)(end - start)
 
     def payload_bytes(self, op: Op) -> bytes:
         return self.payload_reader(op)(op.length)
@@ -541,7 +522,7 @@ class _Shared:
         self.order = list(self.lengths)
         self.next = 0
         self.streams = [
-            bsdiff_lzma.SharedStream(source.positional_reader(start, end, f"the shared {name} stream"),
+            bsdiff_lzma.SharedStream(source.payload_reader_range(start, end, f"the shared {name} stream"),
                                      sum(lengths[i] for lengths in self.lengths.values()), name)
             for i, (name, (start, end)) in enumerate(zip(delta_format.SHARED_STREAMS, header.shared_ranges(),
                                                          strict=True))
@@ -819,8 +800,9 @@ def manifest_from_delta(
     them away); the manifest is then the tar's entries, read by its exact canonical layout
     (:func:`client.archive.read_canonical_tar`), with ``release``'s version and content digest. A solid
     delta's skeleton comes as a patch; its stream is decoded with the base files of the tree
-    ``base_tar`` as dictionary (not for a base with persistent paths), and the hashes of the files it
-    rebuilds complete the skeleton. Either way the JSON is compressed again at the level the header
+    ``base_tar`` as dictionary (a base that ships files below the persistent paths ``skip`` refuses
+    it: LZMA needs every dictionary byte), and the hashes of the files it rebuilds complete the
+    skeleton. Either way the JSON is compressed again at the level the header
     names and must then be exactly the signed manifest target ``release.manifest`` (length and
     sha256), and describe ``release`` (version, content digest). Raises :class:`DeltaError` (one
     line) otherwise: the caller falls back to the full artifact.

@@ -32,7 +32,7 @@ def edited(seed: str, size: int, at: int) -> bytes:
 @pytest.fixture
 def libs(tmp_path: Path) -> Trees:
     """Four libraries changed the same way, and an unchanged file: the shared streams win."""
-    names = [f"lib/lib{i}.so" for i in range(4)]
+    names = ["lib/lib0.so", "lib/lib1.so", "plugins/p0.so", "plugins/p1.so"]
     base = write_tree(tmp_path / "base", {**{n: noise(n, 60_000) for n in names}, "share/same.txt": "same\n"})
     new = write_tree(tmp_path / "new", {**{n: edited(n, 60_000, 100) for n in names}, "share/same.txt": "same\n"})
     return (base, manifest_of(base, "1.0.0")), (new, manifest_of(new, "1.1.0"))
@@ -88,7 +88,7 @@ def test_patched_files_share_three_streams(tmp_path: Path, libs: Trees) -> None:
     assert kinds.count(OpKind.BSDIFF_SHARED) == 4 and OpKind.BSDIFF_LZMA not in kinds
     assert header.shared is not None and all(len(d) <= 6 for d in op_data)  # each op: three lengths
     per_file = sum(len(bsdiff_lzma.encode((libs[0][0] / p).read_bytes(), (libs[1][0] / p).read_bytes()))
-                   for p in (f"lib/lib{i}.so" for i in range(4)))
+                   for p in ("lib/lib0.so", "lib/lib1.so", "plugins/p0.so", "plugins/p1.so"))
     assert sum(header.shared) < per_file  # one model per block kind: the repeated change is learnt once
     assert tree_digest(apply_to(tmp_path, libs, data)) == tree_digest(libs[1][0])
 
@@ -96,6 +96,8 @@ def test_patched_files_share_three_streams(tmp_path: Path, libs: Trees) -> None:
 def test_blocks_of_files_not_written_are_skipped(tmp_path: Path, libs: Trees) -> None:
     dest = apply_to(tmp_path, libs, build(tmp_path, libs), skip=("lib",))  # a persistent path: not written
     assert not (dest / "lib").exists() and (dest / "share/same.txt").read_text() == "same\n"
+    for name in ("plugins/p0.so", "plugins/p1.so"):  # after the skipped ops: their own blocks, not lib's
+        assert (dest / name).read_bytes() == (libs[1][0] / name).read_bytes()
 
 
 def fails(tmp_path: Path, libs: Trees, data: bytes, match: str, name: str = "bad") -> None:
