@@ -39,7 +39,7 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import bsdiff4.core
 import pyzstd
@@ -88,7 +88,7 @@ class Rebuilt:
     :func:`apply_delta`: the target's canonical tar (``kind`` ``tar``, the whole-archive kind) or the
     bytes of the files the solid stream rebuilds (``solid``)."""
 
-    kind: str
+    kind: Literal["tar", "solid"]
     data: bytes | bytearray
 
     @property
@@ -821,13 +821,12 @@ def manifest_from_delta(
                 rebuilt = Rebuilt("tar", tar)
                 data = Manifest(release.version, release.content, tuple(read_canonical_tar(tar))).to_bytes()
             elif header.solid is not None:  # the skeleton, completed with the hashes of the rebuilt files
+                if not isinstance(base_tar, Path):
+                    return None, None
                 start, end = header.manifest_range()
                 f.seek(start)
                 skeleton = _parse_manifest(_manifest_json(f.read(end - start), base.to_bytes(), label), release, label)
-                if not isinstance(base_tar, Path):
-                    return None, None
-                _check_no_holes(base, _holes(base, skip), label)
-                solid = _solid_from_dir(f, header, base, skeleton, base_tar, label)
+                solid = _solid_from_dir(f, header, base, skeleton, base_tar, _holes(base, skip), label)
                 rebuilt = Rebuilt("solid", solid)
                 data = _complete_skeleton(skeleton, base, solid, label).to_bytes()
             else:
@@ -1026,7 +1025,8 @@ def _check_no_holes(base: Manifest, holes: frozenset[str], label: str) -> None:
 
 
 def _solid_from_dir(
-    f: BinaryIO, header: delta_format.DeltaHeader, base: Manifest, skeleton: Manifest, base_root: Path, label: str
+    f: BinaryIO, header: delta_format.DeltaHeader, base: Manifest, skeleton: Manifest, base_root: Path,
+    holes: frozenset[str], label: str,
 ) -> bytearray:
     """:func:`_solid_data` for :func:`manifest_from_delta`, from the verified tree at ``base_root``.
     Base files are not hashed again: the installer checked the tree before the download, and a file
@@ -1034,7 +1034,7 @@ def _solid_from_dir(
     fd = os.open(base_root, _DIR_FLAGS)
     try:
         source = _Sources(f, header.payload_start, fd, base.by_path(), label)
-        return _solid_data(source, header, base, skeleton, frozenset(), check_files=False)
+        return _solid_data(source, header, base, skeleton, holes, check_files=False)
     finally:
         os.close(fd)
 

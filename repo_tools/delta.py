@@ -342,6 +342,7 @@ def solid_patch(
     if not lzma_dict.available() or base.content.length + target.content.length > ARCHIVE_MAX:
         return None
     layout = solid_layout(base, target.entries)
+    # plus the dictionary once more: joining its files holds the parts and the whole for a moment
     if lzma_dict.encoder_memory(layout.dictionary_size, layout.size) + layout.dictionary_size > memory_budget:
         return None
     with _Tree(base_root) as old_tree, _Tree(source) as new_tree:

@@ -63,9 +63,8 @@ def test_bad_streams_are_one_line_errors(how: str, message: str) -> None:
         size -= 1  # the stream holds more than the signed size: never more than size + 1 is decoded
     else:
         size += 1
-    with pytest.raises(DeltaFormatError, match=message) as info:
-        out = lzma_dict.decompress(packed, OLD, size)
-        assert out == NEW  # a flip that still decodes must at least not give the data
+    with pytest.raises(DeltaFormatError, match=message) as info:  # every damage is detected by the decoder
+        lzma_dict.decompress(packed, OLD, size)
     assert "\n" not in str(info.value)
 
 
