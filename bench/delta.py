@@ -81,7 +81,7 @@ class Run:
     stdout: str
 
     def cost(self) -> str:
-        return f"{self.cpu:.1f} s / {self.peak / MiB:.0f} MiB"
+        return f"{self.wall:.1f} s / {self.cpu:.1f} s / {self.peak / MiB:.0f} MiB"
 
 
 @dataclass
@@ -500,10 +500,10 @@ def table(results: Sequence[Result]) -> str:
         ("tufup full archive (.tar.gz) bytes", [f"{r.tufup_archive:,}" if r.tufup_archive else "n/a"
                                                 for r in results]),
         ("**ours / tufup bytes**", [_ratio(r.ours_bytes, r.tufup) for r in results]),
-        ("publish CPU / peak RSS: ours", [_cost(r.ours_publish) for r in results]),
-        ("publish CPU / peak RSS: bsdiff4 whole", [_cost(r.bsdiff_run) for r in results]),
-        ("publish CPU / peak RSS: zstd patch-from", [_cost(r.zstd_run) for r in results]),
-        ("publish CPU / peak RSS: tufup", [_cost(r.tufup_publish) for r in results]),
+        ("publish wall / CPU / peak RSS: ours", [_cost(r.ours_publish) for r in results]),
+        ("publish wall / CPU / peak RSS: bsdiff4 whole", [_cost(r.bsdiff_run) for r in results]),
+        ("publish wall / CPU / peak RSS: zstd patch-from", [_cost(r.zstd_run) for r in results]),
+        ("publish wall / CPU / peak RSS: tufup", [_cost(r.tufup_publish) for r in results]),
         ("client update wall (median; all runs) / CPU / peak RSS: ours",
          [_client(r.ours_client, r.ours_client_walls) for r in results]),
         ("client update wall (median; all runs) / CPU / peak RSS: tufup",
@@ -617,8 +617,9 @@ MEASURED = """\
 - **Full artifact**: the new release's `full.tar.zst` as the publisher signs it (canonical tar, zstd level 10).
   All "/full" ratios divide by it.
 - **Ours**: a fresh repository; `pinnacle-release publish --deltas 1` of the old then the new release (CLI from the
-  development venv, child process; the *second* publish is measured: user+sys CPU and peak RSS, which include
-  building the full artifact, the manifest and the delta, and signing). Delta size is the signed `deltas[].length`
+  development venv, child process, default `--jobs 2` and `--memory-budget 2G`; the *second* publish is measured:
+  wall time, user+sys CPU of all its threads and peak RSS, which include building the full artifact, the manifest
+  and the delta, and signing; with two jobs the wall time is below the CPU time). Delta size is the signed `deltas[].length`
   of the channel index. The client (installed, see below): `pinnacle-update init` against the repository served by
   `python -m repo_tools serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time and peak RSS of that
   process, from start to exit, which covers TUF refresh, download, delta apply into the inactive slot, per-file and
@@ -629,13 +630,13 @@ MEASURED = """\
   published delta's header: per-file ops, or one whole-archive zstd patch-from frame (the publisher keeps the
   smaller).
 - **bsdiff4 whole-archive**: `bsdiff4.diff(old_tar, new_tar)` on the two canonical uncompressed tars, in a child
-  process (CPU, peak RSS). **zstd**: `zstd -19 --long=31 --patch-from=OLD.tar NEW.tar` (CLI, CPU, peak RSS).
+  process (wall, CPU, peak RSS). **zstd**: `zstd -19 --long=31 --patch-from=OLD.tar NEW.tar` (CLI, one thread).
   "best whole-archive delta" in G1 is the smaller of the two.
 - **tufup 0.10.0**, installed by the bench in its own venv (`bench/.cache/tufup-venv`, with tufup's pinned
   dependencies: tuf 4.0, bsdiff4 1.2). `bench/tufup_driver.py` calls tufup's API as its CLI does:
   `Repository(...).initialize()`, then per release `Repository.from_config()`, `add_bundle(dir, version)`,
   `publish_changes([keys])` (tar.gz of the bundle, bsdiff4 patch of the two *uncompressed* tars, signing). The
-  second publish is measured (CPU, peak RSS). Patch bytes = the `.patch` target. The client is tufup's own
+  second publish is measured (wall, CPU, peak RSS; one thread). Patch bytes = the `.patch` target. The client is tufup's own
   `tufup.client.Client` (a subclass of python-tuf's Updater) in a fresh process, prepared as tufup leaves it
   after installing the old release (trusted `root.json`, old `.tar.gz` in its target dir); it runs
   `check_for_updates()` and `download_and_apply_update()` over HTTP from the same static server: TUF refresh,

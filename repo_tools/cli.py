@@ -21,7 +21,7 @@ from client.fleet import describe_controls
 from . import publish as ops
 from .audit import verify_repository
 from .core.expiry import expiring, parse_time
-from .delta import DELTA_MAX_RATIO, parse_size
+from .delta import DEFAULT_JOBS, DELTA_MAX_RATIO, parse_size
 from .errors import ExpiringSoon, PublishRefused, ReleaseError, VerificationFailed
 from .fleet import schedule_option
 from .keys import PASSPHRASE_ENV, KeyStore, create_keys, env_passphrase
@@ -155,6 +155,9 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
               help="Build deltas from this many previous releases of the channel and platform (0: none).")
 @click.option("--memory-budget", default="2G", show_default=True, metavar="SIZE",
               help="Peak memory of this process while building deltas (e.g. 2G, 512M); picks the encoders.")
+@click.option("--jobs", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
+              help="Encoder threads for deltas: 1 builds one candidate at a time, 2 builds independent ones "
+                   "side by side when the memory budget covers both. Same bytes either way.")
 @click.option("--min-version", default=None, help="Clients below this version must update (a required update).")
 @click.option("--ramp/--no-ramp", default=None,
               help="Follow the rollout (--ramp) or skip it (--no-ramp); default by type: security/hotfix skip.")
@@ -164,7 +167,7 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
 @click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
 @json_option
 def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, update_type: str, platform: str,
-                notes: Path | None, entry_point: str | None, delta_count: int, memory_budget: str,
+                notes: Path | None, entry_point: str | None, delta_count: int, memory_budget: str, jobs: int,
                 min_version: str | None, ramp: bool | None, ab_test_percentage: float | None,
                 rollout_file: Path | None, rollout_percent: float | None, source_dir: Path, as_json: bool) -> None:
     """Build SOURCE_DIR into a release and publish it in a channel."""
@@ -173,7 +176,7 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
     except (OSError, UnicodeDecodeError) as exc:
         raise PublishRefused(f"cannot read release notes {notes}: {getattr(exc, 'strerror', None) or exc}") from exc
     request = ops.PublishRequest(channel, version, update_type, platform, source_dir, text, entry_point,
-                                 deltas=delta_count, memory_budget=parse_size(memory_budget),
+                                 deltas=delta_count, memory_budget=parse_size(memory_budget), jobs=jobs,
                                  rollout=schedule_option(rollout_file, rollout_percent), min_version=min_version,
                                  ramp=ramp, ab_test_percentage=ab_test_percentage)
     result = ops.publish(Repository(repo_dir), _keystore(keys_dir), request)

@@ -24,6 +24,11 @@ solid candidate is built as well (:func:`solid_patch`: the changed files as one 
 every base file as its dictionary, and a skeleton manifest), and kept when smaller still: LZMA codes
 such text about 6% smaller than zstd's highest level.
 
+Candidates that need nothing from each other (the whole-archive frame and the per-file container; a
+file's zstd patch and its bsdiff) run on two threads when ``jobs`` allows and the memory budget covers
+their estimates together: zstd, bsdiff4 and LZMA release the GIL, so two cores halve the wait. Only the
+timing changes, never the bytes.
+
 Files of the new release are read from the source tree below a directory descriptor with
 ``open_beneath`` and must still have the sha256 ``scan_tree`` recorded. Everything is
 deterministic: the same base and target give the same delta bytes.
@@ -39,6 +44,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -77,7 +83,7 @@ from client.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry,
 
 from .artifact import DEFAULT_LEVEL
 from .audit import MAX_MANIFEST_BYTES
-from .core.delta_plan import FilePlan, PlanError, plan_delta, zstd_patch_memory
+from .core.delta_plan import SIDE_BY_SIDE, FilePlan, PlanError, plan_delta, zstd_patch_memory
 from .errors import PublishRefused, RepositoryStateError, UnsafeInputError
 from .store import Repository
 
@@ -88,6 +94,10 @@ has one more way to fail; it is also the point where tufup gives up on patches."
 PATCH_LEVEL = 19
 """zstd level of ``zstd`` and ``zstd-patch`` ops: bytes on the wire are what every device pays."""
 DEFAULT_MEMORY_BUDGET = 2 << 30
+DEFAULT_JOBS = 2
+"""Encoder threads: with two, the whole-archive candidate and each file's zstd patch are built
+beside bsdiff (all three release the GIL) when the memory budget covers them at once; ruff 0.6.8 ->
+0.6.9 publishes in 34 s instead of 73 s on two cores. One: everything in turn. Same bytes either way."""
 SEGMENT_LEVEL = 12
 """zstd level of ``zstd-segments`` frames. Measured on 32 MiB segments against 64 MiB regions with
 long-distance matching: levels 16-19 miss most matches a region offers unless their hash and chain
@@ -165,6 +175,7 @@ def build_deltas(
     full_length: int,
     staging: Path,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    jobs: int = DEFAULT_JOBS,
 ) -> list[DeltaResult]:
     """Build one delta per release in ``bases`` (stored in ``repo``) to the release ``manifest``
     whose files are in ``source``. Each base is extracted into ``staging`` and removed after use,
@@ -183,7 +194,7 @@ def build_deltas(
             raise RepositoryStateError(f"cannot use release {base.version} as a delta base: {exc}") from exc
         out = staging / f"from-{base.version}.pdelta"
         header, digest = build_delta(base_dir, base_manifest, source, manifest, out, staging, memory_budget,
-                                     manifest_level=level, whole_archive=True)
+                                     manifest_level=level, whole_archive=True, jobs=jobs)
         shutil.rmtree(base_dir)
         result = DeltaResult(base, out, digest.length, digest.sha256, full_length,
                              seconds=time.monotonic() - started, peak_rss=peak_rss())
@@ -221,6 +232,7 @@ def build_delta(
     *,
     manifest_level: int = DEFAULT_LEVEL,
     whole_archive: bool = False,
+    jobs: int = DEFAULT_JOBS,
 ) -> tuple[DeltaHeader, Digest]:
     """Write the delta rebuilding ``target`` (files below ``source``) from ``base`` (files below
     ``base_root``, already verified) into ``out``; scratch files go to ``work``.
@@ -229,11 +241,13 @@ def build_delta(
     resident size. ``manifest_level`` is the zstd level the target's signed manifest was compressed
     at (the client compresses the manifest it rebuilds again and compares). With ``whole_archive``
     (as :func:`build_deltas` publishes), the per-file container is compared with the whole-archive
-    one (when :func:`archive_patch` builds it) and the smaller is written. Returns the header and
-    the digest of the written file.
+    one (when :func:`archive_patch` builds it) and the smaller is written. With ``jobs`` over one,
+    independent candidates run side by side where the budget covers them at once
+    (:data:`DEFAULT_JOBS`). Returns the header and the digest of the written file.
     """
+    available = memory_budget - current_rss()
     try:
-        plan = plan_delta(base, target, memory_budget - current_rss(), SEGMENTS)
+        plan = plan_delta(base, target, available, SEGMENTS)
     except PlanError as exc:
         raise PublishRefused(f"--memory-budget too small: {exc}") from None
     spool = work / f"{out.name}.payload"
@@ -241,14 +255,25 @@ def build_delta(
     manifest = ManifestPatch(len(mpatch), manifest_level)
     ops: list[DeltaOp] = []
     offset = len(mpatch)  # the op data follows the manifest patch
-    with (_Tree(base_root) as old_tree, _Tree(source) as new_tree, open(spool, "w+b") as payload,
+    with (ThreadPoolExecutor(max_workers=2, thread_name_prefix="delta") as side,
+          _Tree(base_root) as old_tree, _Tree(source) as new_tree, open(spool, "w+b") as payload,
           _SharedSpool(work) as shared):
+        # The whole-archive candidate needs nothing from the per-file one: when the budget covers both
+        # at once it is built on another core meanwhile (zstd releases the GIL). Only the wait changes,
+        # never the bytes: the level is the one archive_patch picks anyway when the budget allows it.
+        archive_job: Future[bytes | None] | None = None
+        reserve = 0
+        need = archive_memory(base, target, ARCHIVE_LEVEL)
+        if jobs > 1 and whole_archive and archive_possible(base, target) and plan.memory + need <= available:
+            archive_job = side.submit(archive_patch, base_root, base, source, target, need)
+            reserve = need
         for item in plan.files:
             if item.is_copy:
                 assert item.base is not None
                 ops.append(DeltaOp(item.entry.path, OpKind.COPY, item.base.path))
                 continue
-            kind, length = _encode_best(item, old_tree, new_tree, work, payload, shared)
+            beside = side if jobs > 1 and item.memory_side_by_side + reserve <= available else None
+            kind, length = _encode_best(item, old_tree, new_tree, work, payload, shared, beside)
             ops.append(DeltaOp(item.entry.path, kind, item.base.path if kind.has_base and item.base else None,
                                offset, length))
             offset += length
@@ -256,14 +281,16 @@ def build_delta(
                              manifest=manifest)
         header.check_against(target, base)
         whole: tuple[DeltaHeader, Iterable[bytes]] | None = None
-        with_shared = shared.variant(header, memory_budget - current_rss())
+        with_shared = shared.variant(header, available - reserve)
         if with_shared is not None:
             header, streams = with_shared
             whole = header, _shared_payload(mpatch, payload, header, shared, streams)
-        if whole_archive and (archive := _smaller_whole_archive(header, base_root, base, source, target,
-                                                                memory_budget)) is not None:
-            # changes repeat across files: the solid kind may code them smaller still
-            whole = _smaller_solid(archive, base_root, base, source, target, memory_budget) or archive
+        if whole_archive:
+            frame = (archive_job.result() if archive_job is not None else
+                     archive_patch(base_root, base, source, target, memory_budget - current_rss()))
+            if (archive := _smaller_whole_archive(header, frame)) is not None:
+                # changes repeat across files: the solid kind may code them smaller still
+                whole = _smaller_solid(archive, base_root, base, source, target, memory_budget) or archive
         payload.seek(0)
         with open(out, "wb") as f:
             if whole is not None:
@@ -297,6 +324,12 @@ def archive_memory(base: Manifest, target: Manifest, level: int = PATCH_LEVEL) -
     return zstd_patch_memory(old, new) + 2 * old + new + (ARCHIVE_LEVEL_MEMORY if level > PATCH_LEVEL else 0)
 
 
+def archive_possible(base: Manifest, target: Manifest) -> bool:
+    """Whether both canonical tars together are within :data:`~client.delta_format.ARCHIVE_MAX`, the
+    client's bound for whole-archive and solid deltas."""
+    return base.content.length + target.content.length <= ARCHIVE_MAX
+
+
 def archive_patch(
     base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> bytes | None:
@@ -305,7 +338,7 @@ def archive_patch(
     level 19) of the target's canonical tar with the base's canonical tar as prefix, both rebuilt
     from the trees (every file checked against its manifest). ``None`` when the two tars together
     exceed :data:`~client.delta_format.ARCHIVE_MAX` (the client's memory bound) or no level fits."""
-    if base.content.length + target.content.length > ARCHIVE_MAX:
+    if not archive_possible(base, target):
         return None
     level = next((lv for lv in (ARCHIVE_LEVEL, PATCH_LEVEL) if archive_memory(base, target, lv) <= memory_budget), 0)
     if not level:
@@ -339,7 +372,7 @@ def solid_patch(
     dictionary (:func:`client.lzma_dict.compress`). ``None`` when liblzma is not available here, the
     tars exceed :data:`~client.delta_format.ARCHIVE_MAX` (the client's bound) or the encoder does not
     fit ``memory_budget``."""
-    if not lzma_dict.available() or base.content.length + target.content.length > ARCHIVE_MAX:
+    if not lzma_dict.available() or not archive_possible(base, target):
         return None
     layout = solid_layout(base, target.entries)
     # plus the dictionary once more: joining its files holds the parts and the whole for a moment
@@ -372,13 +405,10 @@ def _smaller_solid(
     return solid, list(parts)
 
 
-def _smaller_whole_archive(
-    header: DeltaHeader, base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
-) -> tuple[DeltaHeader, list[bytes]] | None:
-    """The whole-archive header and frame when that container is smaller than the per-file one
-    ``header`` describes (ties: per-file), else ``None``. It carries no manifest patch: the client
-    derives the manifest from the target tar the frame rebuilds (same ``level``)."""
-    frame = archive_patch(base_root, base, source, target, memory_budget - current_rss())
+def _smaller_whole_archive(header: DeltaHeader, frame: bytes | None) -> tuple[DeltaHeader, list[bytes]] | None:
+    """The whole-archive header and ``frame`` (:func:`archive_patch`) when that container is smaller
+    than the per-file one ``header`` describes (ties: per-file), else ``None``. It carries no manifest
+    patch: the client derives the manifest from the target tar the frame rebuilds (same ``level``)."""
     if frame is None:
         return None
     manifest = replace(header.manifest, length=None) if header.manifest is not None else None
@@ -459,54 +489,70 @@ def zstd_patch(old: bytes, new: bytes, level: int = PATCH_LEVEL) -> bytes:
 
 
 def _encode_best(
-    item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, payload: BinaryIO, shared: _SharedSpool
+    item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, payload: BinaryIO, shared: _SharedSpool,
+    side: Executor | None = None,
 ) -> tuple[OpKind, int]:
     """Run every candidate of ``item`` into its own scratch file, append the smallest to
     ``payload`` and return its kind and length (ties: the earlier candidate). When bsdiff-lzma wins,
-    its raw blocks also go to ``shared``."""
-    best: tuple[int, OpKind, Path] | None = None
+    its raw blocks also go to ``shared``. With ``side``, the zstd patch runs there while bsdiff runs
+    here (the caller checked the budget covers both at once); the choice and bytes are the same."""
     blocks: tuple[bytes, bytes, bytes] | None = None
     old = new = b""
-    if item.base is not None and {OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA} & set(item.candidates):
+    if item.base is not None and SIDE_BY_SIDE & set(item.candidates):
         old, new = old_tree.read(item.base), new_tree.read(item.entry)  # at most WHOLE_PATCH_MAX each
-    for kind in item.candidates:
-        scratch = work / f"candidate.{kind.value}"
-        with open(scratch, "wb") as f:
-            if kind is OpKind.ZSTD:
-                new_tree.zstd(item.entry, f)  # streamed from the source, never held in memory
-            elif kind is OpKind.ZSTD_SEGMENTS:
-                assert item.base is not None
-                write_segments(old_tree, item.base, new_tree, item.entry, f, SEGMENTS)
-            elif kind is OpKind.ZSTD_PATCH:
-                f.write(zstd_patch(old, new))
-            else:
-                control, diff, extra = bsdiff4.core.diff(old, new)
-                try:
-                    f.write(bsdiff_lzma.pack(control, diff, extra, len(new)))
-                    blocks = bsdiff_lzma.to_planes(control), diff, extra
-                except DeltaFormatError:  # more control tuples than clients accept (never the only candidate)
-                    f.truncate(0)
-                del control, diff, extra
-        size = scratch.stat().st_size
-        if not size:  # no encoder writes an empty op
-            scratch.unlink()
-            continue
-        if best is None or size < best[0]:
+    scratch = {kind: work / f"candidate.{kind.value}" for kind in item.candidates}
+    job: Future[None] | None = None
+    if side is not None and set(item.candidates) >= SIDE_BY_SIDE:
+        job = side.submit(_write_zstd_patch, scratch[OpKind.ZSTD_PATCH], old, new)
+    try:
+        for kind in item.candidates:
+            if kind is OpKind.ZSTD_PATCH:
+                if job is None:
+                    _write_zstd_patch(scratch[kind], old, new)
+                continue
+            with open(scratch[kind], "wb") as f:
+                if kind is OpKind.ZSTD:
+                    new_tree.zstd(item.entry, f)  # streamed from the source, never held in memory
+                elif kind is OpKind.ZSTD_SEGMENTS:
+                    assert item.base is not None
+                    write_segments(old_tree, item.base, new_tree, item.entry, f, SEGMENTS)
+                else:
+                    control, diff, extra = bsdiff4.core.diff(old, new)
+                    try:
+                        f.write(bsdiff_lzma.pack(control, diff, extra, len(new)))
+                        blocks = bsdiff_lzma.to_planes(control), diff, extra
+                    except DeltaFormatError:  # more control tuples than clients accept (never the only candidate)
+                        f.truncate(0)
+                    del control, diff, extra
+    finally:
+        if job is not None:
+            wait([job])  # never leave it writing a scratch file; its own error is raised below
+    if job is not None:
+        job.result()
+    del old, new
+    best: tuple[int, OpKind, Path] | None = None
+    for kind, path in scratch.items():
+        size = path.stat().st_size
+        if size and (best is None or size < best[0]):  # no encoder writes an empty op
             if best is not None:
                 best[2].unlink()
-            best = (size, kind, scratch)
+            best = (size, kind, path)
         else:
-            scratch.unlink()
-    del old, new
+            path.unlink()
     assert best is not None
-    size, kind, scratch = best
+    size, kind, path = best
     if kind is OpKind.BSDIFF_LZMA and blocks is not None:
-        shared.add(item.entry.path, blocks, size)
+        shared.add(item.entry, blocks, path)
     del blocks
-    with open(scratch, "rb") as f:
+    with open(path, "rb") as f:
         shutil.copyfileobj(f, payload, CHUNK_SIZE)
-    scratch.unlink()
+    path.unlink()
     return kind, size
+
+
+def _write_zstd_patch(path: Path, old: bytes, new: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(zstd_patch(old, new))
 
 
 class _SharedSpool:
@@ -520,6 +566,7 @@ class _SharedSpool:
         self.files: list[BinaryIO] = []
         self.lengths: dict[str, tuple[int, int, int]] = {}
         self.packed: dict[str, int] = {}  # the length of each op's bsdiff-lzma data in the per-file payload
+        self.first: list[bytes] = []  # the first op's coded blocks, reused when it is the only op
 
     def __enter__(self) -> _SharedSpool:
         self.files = [open(p, "w+b") for p in self.paths]  # noqa: SIM115 (closed in __exit__)
@@ -530,11 +577,14 @@ class _SharedSpool:
             f.close()
             p.unlink(missing_ok=True)
 
-    def add(self, path: str, blocks: tuple[bytes, bytes, bytes], packed: int) -> None:
+    def add(self, entry: ManifestEntry, blocks: tuple[bytes, bytes, bytes], packed: Path) -> None:
+        """Spool the raw ``blocks`` of ``entry``'s op, whose per-file ``bsdiff-lzma`` data is ``packed``."""
         for f, block in zip(self.files, blocks, strict=True):
             f.write(block)
-        self.lengths[path] = (len(blocks[0]), len(blocks[1]), len(blocks[2]))
-        self.packed[path] = packed
+        self.lengths[entry.path] = (len(blocks[0]), len(blocks[1]), len(blocks[2]))
+        self.packed[entry.path] = packed.stat().st_size
+        if len(self.lengths) == 1 and all(bsdiff_lzma.codes_alike(len(b), entry.size) for b in blocks):
+            self.first = bsdiff_lzma.packed_blocks(packed.read_bytes(), entry.size)
 
     def variant(self, header: DeltaHeader, memory_budget: int) -> tuple[DeltaHeader, list[bytes]] | None:
         """The header of the per-file container ``header`` with its ``bsdiff-lzma`` ops as
@@ -543,7 +593,9 @@ class _SharedSpool:
         totals = [sum(lengths[i] for lengths in self.lengths.values()) for i in range(3)]
         if not self.lengths or bsdiff_lzma.lzma_memory(max(totals)) > memory_budget:
             return None
-        streams = [self._code(f, total) for f, total in zip(self.files, totals, strict=True)]
+        # one op alone: its streams are its per-file blocks, already coded (codes_alike)
+        streams = self.first if len(self.lengths) == 1 and self.first else [
+            self._code(f, total) for f, total in zip(self.files, totals, strict=True)]
         ops, offset = [], header.manifest_length
         for op in header.ops:
             if op.path in self.lengths:

@@ -38,7 +38,7 @@ from .archive import Archive, apply_window
 from .core import metadata as meta
 from .core.delta_plan import ZSTD_MEMORY
 from .core.window import MAX_ARCHIVE_BITS, archive_prefix, channel_of_bin
-from .delta import DEFAULT_MEMORY_BUDGET, build_deltas, current_rss
+from .delta import DEFAULT_JOBS, DEFAULT_MEMORY_BUDGET, build_deltas, current_rss
 from .errors import PublishRefused, RepositoryStateError
 from .keys import KeyStore
 from .store import RepoConfig, Repository, RepoState, describe
@@ -235,6 +235,8 @@ class PublishRequest:
     """Build deltas from this many previous releases of the channel and platform (0: none)."""
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     """Peak resident bytes the publishing process may reach while building deltas."""
+    jobs: int = DEFAULT_JOBS
+    """Encoder threads while building deltas (1: one at a time; the bytes are the same)."""
     rollout: Schedule | None = None
     """Staged rollout from the publish time (None: every client at once)."""
     min_version: str | None = None
@@ -307,7 +309,7 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
             previous = [r for r in index.releases if r.platform == request.platform]
             bases = sorted(previous, key=lambda r: r.parsed_version, reverse=True)[: request.deltas]
             built_deltas = build_deltas(repo, bases, Path(request.source), built.manifest, built.full_length,
-                                        staging, request.memory_budget)
+                                        staging, request.memory_budget, request.jobs)
             deltas = [(d.ref(request.channel, request.platform, request.version), d.path)
                       for d in built_deltas if d.published]
             release = Release(

@@ -12,9 +12,11 @@ import random
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import bsdiff4.core
 import pytest
 import pyzstd
 import zstandard
@@ -36,6 +38,7 @@ from repo_tools import delta as rdelta
 from repo_tools import publish as ops
 from repo_tools.audit import verify_repository
 from repo_tools.core.delta_plan import (
+    SIDE_BY_SIDE,
     SIMILAR_MIN,
     ZSTD_MEMORY,
     PlanError,
@@ -640,6 +643,66 @@ def test_same_inputs_give_the_same_delta_bytes(tmp_path: Path, keystore: KeyStor
     _, digest = build_delta(v1, base_manifest, v2, target_manifest, again, work, whole_archive=True)
     assert digests[0] == digests[1] == digest.sha256
     assert os.listdir(work) == []
+
+
+def test_side_by_side_encoders_give_the_same_bytes_as_one_at_a_time(
+        tmp_path: Path, repo: Repository, keystore: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two jobs the whole-archive frame and each file's zstd patch are built on another thread
+    while bsdiff runs (as the spies record); the container is byte for byte the one-job container.
+    A budget that cannot hold the archive beside the per-file encoders builds it afterwards."""
+    v1, v2 = _pair_trees(tmp_path)
+    _publish(repo, keystore, v1, "1.2.0", deltas=0)
+    _publish(repo, keystore, v2, "1.3.0", deltas=0)
+    base, target = (load_manifest(repo, _release(repo, "beta", v)) for v in ("1.2.0", "1.3.0"))
+    seen: set[tuple[str, str]] = set()
+
+    def spy(name: str, real: Callable[..., bytes | None]) -> Callable[..., bytes | None]:
+        def call(*args: object) -> bytes | None:
+            seen.add((name, "main" if threading.current_thread() is threading.main_thread() else "side"))
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(rdelta, "zstd_patch", spy("zstd_patch", rdelta.zstd_patch))
+    monkeypatch.setattr(rdelta, "archive_patch", spy("archive_patch", rdelta.archive_patch))
+    alone = plan_delta(base, target, 2 << 30).memory + archive_memory(base, target, ARCHIVE_LEVEL) - 64 * MIB
+    built, threads = [], []
+    for jobs, budget in ((1, 2 << 30), (2, 2 << 30), (2, alone + rdelta.current_rss())):
+        work = tmp_path / f"work{len(built)}"
+        work.mkdir()
+        out = tmp_path / f"{len(built)}.pdelta"
+        seen.clear()
+        build_delta(v1, base, v2, target, out, work, budget, whole_archive=True, jobs=jobs)
+        assert os.listdir(work) == []
+        built.append(out.read_bytes())
+        threads.append(set(seen))
+    assert any(set(f.candidates) >= SIDE_BY_SIDE for f in plan_delta(base, target, 2 << 30).files)
+    assert built[0] == built[1] == built[2]
+    assert threads[0] == {("zstd_patch", "main"), ("archive_patch", "main")}
+    # the manifest patch is always made on the main thread; every file's zstd patch beside bsdiff
+    assert threads[1] == {("zstd_patch", "main"), ("zstd_patch", "side"), ("archive_patch", "side")}
+    assert ("archive_patch", "main") in threads[2] and ("archive_patch", "side") not in threads[2]
+
+
+def test_a_lone_bsdiff_op_reuses_its_coded_blocks_as_shared_streams(tmp_path: Path) -> None:
+    """One op alone: the shared variant reuses the op's per-file LZMA blocks instead of coding the
+    same bytes again; they are exactly what coding the spooled blocks gives."""
+    old = _blob(7, 200_000)
+    new = _edit(old, 8)
+    control, diff, extra = bsdiff4.core.diff(old, new)
+    packed = tmp_path / "op.bsl"
+    packed.write_bytes(bsdiff_lzma.pack(control, diff, extra, len(new)))
+    entry = ManifestEntry("lib/a.so", EntryType.FILE, 0o644, len(new), hashlib.sha256(new).hexdigest())
+    op = DeltaOp(entry.path, OpKind.BSDIFF_LZMA, entry.path, 0, packed.stat().st_size)
+    header = DeltaHeader("1", "2", Digest(len(old), SHA_A), Digest(len(new), SHA_B), (op,))
+    variants = []
+    for reuse in (True, False):
+        with rdelta._SharedSpool(tmp_path) as spool:
+            spool.add(entry, (bsdiff_lzma.to_planes(control), diff, extra), packed)
+            assert bool(spool.first) is True
+            if not reuse:
+                spool.first = []
+            variants.append(spool.variant(header, 2 << 30))
+    assert variants[0] == variants[1]
 
 
 def test_promote_carries_a_delta_only_where_the_base_is(tmp_path: Path, repo: Repository,

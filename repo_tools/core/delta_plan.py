@@ -59,6 +59,11 @@ ZSTD_PREFIX_MIN = 8
 """zstd (pyzstd) refuses a raw prefix shorter than 8 bytes; such a base is not worth patching anyway."""
 
 
+SIDE_BY_SIDE = frozenset({OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA})
+"""Candidates a publisher may run side by side on one file: both read the two whole files from
+memory and release the GIL, so a second core halves the wait."""
+
+
 class PlanError(ValueError):
     """No encoder fits the memory budget."""
 
@@ -86,6 +91,13 @@ class FilePlan:
         """Estimated peak bytes of the most demanding candidate."""
         old = self.base.size if self.base else 0
         return max((encoder_memory(kind, old, self.entry.size) for kind in self.candidates), default=0)
+
+    @property
+    def memory_side_by_side(self) -> int:
+        """Estimated peak bytes when every whole-file patch candidate runs at the same time (each
+        estimate counts both inputs, which the encoders share: an overestimate)."""
+        old = self.base.size if self.base else 0
+        return sum(encoder_memory(kind, old, self.entry.size) for kind in self.candidates if kind in SIDE_BY_SIDE)
 
 
 @dataclass(frozen=True)
@@ -291,6 +303,7 @@ def _segmented(entry: ManifestEntry, base: ManifestEntry, match: str, budget: in
 
 
 __all__ = [
-    "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory", "bsdiff_lzma_memory",
-    "encoder_memory", "extension", "normalise_path", "plan_delta", "segments_memory", "zstd_patch_memory",
+    "SIDE_BY_SIDE", "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory",
+    "bsdiff_lzma_memory", "encoder_memory", "extension", "normalise_path", "plan_delta", "segments_memory",
+    "zstd_patch_memory",
 ]
