@@ -97,7 +97,7 @@ DEFAULT_MEMORY_BUDGET = 2 << 30
 DEFAULT_JOBS = 2
 """Encoder threads: with two, the whole-archive candidate and each file's zstd patch are built
 beside bsdiff (all three release the GIL) when the memory budget covers them at once; ruff 0.6.8 ->
-0.6.9 publishes in 34 s instead of 73 s on two cores. One: everything in turn. Same bytes either way."""
+0.6.9 publishes in 36 s instead of 73 s on two cores. One: everything in turn. Same bytes either way."""
 SEGMENT_LEVEL = 12
 """zstd level of ``zstd-segments`` frames. Measured on 32 MiB segments against 64 MiB regions with
 long-distance matching: levels 16-19 miss most matches a region offers unless their hash and chain

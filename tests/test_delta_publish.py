@@ -491,6 +491,12 @@ def test_plan_memory_budget_picks_encoders() -> None:
     assert "bsdiff-lzma needs" in plan_delta(base, target, 256 * MIB).files[0].skipped[-1]
     with pytest.raises(PlanError, match="below the 128 MiB"):
         plan_delta(base, target, ZSTD_MEMORY - 1)
+    # side by side: the zstd patch beside the largest of the rest, which run in turn
+    [item] = plan_delta(base, target, 2 << 30).files
+    assert item.memory_side_by_side == zstd_patch_memory(big, big) + bsdiff_lzma_memory(big, big)
+    small = plan_delta(_manifest("1", {"a.txt": (4000, SHA_A)}), _manifest("2", {"a.txt": (4000, SHA_B)}), 2 << 30)
+    assert set(small.files[0].candidates) >= {OpKind.ZSTD, *SIDE_BY_SIDE}
+    assert small.files[0].memory_side_by_side == zstd_patch_memory(4000, 4000) + ZSTD_MEMORY  # plain zstd: more
 
 
 def test_parse_size() -> None:

@@ -60,8 +60,8 @@ ZSTD_PREFIX_MIN = 8
 
 
 SIDE_BY_SIDE = frozenset({OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA})
-"""Candidates a publisher may run side by side on one file: both read the two whole files from
-memory and release the GIL, so a second core halves the wait."""
+"""The two slow candidates of a file, which a publisher may run side by side (the zstd patch on a
+second thread): both read the two whole files from memory and release the GIL."""
 
 
 class PlanError(ValueError):
@@ -94,10 +94,11 @@ class FilePlan:
 
     @property
     def memory_side_by_side(self) -> int:
-        """Estimated peak bytes when every whole-file patch candidate runs at the same time (each
-        estimate counts both inputs, which the encoders share: an overestimate)."""
-        old = self.base.size if self.base else 0
-        return sum(encoder_memory(kind, old, self.entry.size) for kind in self.candidates if kind in SIDE_BY_SIDE)
+        """Estimated peak bytes when the zstd patch runs beside the other candidates, which run in turn
+        (each estimate counts both inputs, which the encoders share: an overestimate)."""
+        old, new = (self.base.size if self.base else 0), self.entry.size
+        others = (encoder_memory(kind, old, new) for kind in self.candidates if kind is not OpKind.ZSTD_PATCH)
+        return encoder_memory(OpKind.ZSTD_PATCH, old, new) + max(others, default=0)
 
 
 @dataclass(frozen=True)
