@@ -619,9 +619,9 @@ MEASURED = """\
 - **Ours**: a fresh repository; `pinnacle-release publish --deltas 1` of the old then the new release (CLI from the
   development venv, child process, default `--jobs 2` and `--memory-budget 2G`; the *second* publish is measured:
   wall time, user+sys CPU of all its threads and peak RSS, which include building the full artifact, the manifest
-  and the delta, and signing; with two jobs the wall time is below the CPU time). Delta size is the signed `deltas[].length`
-  of the channel index. The client (installed, see below): `pinnacle-update init` against the repository served by
-  `python -m repo_tools serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time and peak RSS of that
+  and the delta, and signing; with two jobs the wall time is below the CPU time). Delta size is the signed
+  `deltas[].length` of the channel index. The client (installed, see below): `pinnacle-update init` against the
+  repository served by `python -m repo_tools serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time and peak RSS of that
   process, from start to exit, which covers TUF refresh, download, delta apply into the inactive slot, per-file and
   manifest verification, swap and commit). "client downloaded bytes" is the `bytes` of that install in
   `pinnacle-update history --json` (target bytes: the delta, which carries the new manifest as a patch of the
@@ -636,8 +636,8 @@ MEASURED = """\
   dependencies: tuf 4.0, bsdiff4 1.2). `bench/tufup_driver.py` calls tufup's API as its CLI does:
   `Repository(...).initialize()`, then per release `Repository.from_config()`, `add_bundle(dir, version)`,
   `publish_changes([keys])` (tar.gz of the bundle, bsdiff4 patch of the two *uncompressed* tars, signing). The
-  second publish is measured (wall, CPU, peak RSS; one thread). Patch bytes = the `.patch` target. The client is tufup's own
-  `tufup.client.Client` (a subclass of python-tuf's Updater) in a fresh process, prepared as tufup leaves it
+  second publish is measured (wall, CPU, peak RSS; one thread). Patch bytes = the `.patch` target. The client is
+  tufup's own `tufup.client.Client` (a subclass of python-tuf's Updater) in a fresh process, prepared as tufup leaves it
   after installing the old release (trusted `root.json`, old `.tar.gz` in its target dir); it runs
   `check_for_updates()` and `download_and_apply_update()` over HTTP from the same static server: TUF refresh,
   patch download, gunzip of the old archive, `bsdiff4.patch` in memory, size+sha256 check of the tar, gzip
