@@ -618,17 +618,16 @@ MEASURED = """\
   All "/full" ratios divide by it.
 - **Ours**: a fresh repository; `pinnacle-release publish --deltas 1` of the old then the new release (CLI from the
   development venv, child process, default `--jobs 2` and `--memory-budget 2G`; the *second* publish is measured:
-  wall time, user+sys CPU of all its threads and peak RSS, which include building the full artifact, the manifest
-  and the delta, and signing; with two jobs the wall time is below the CPU time). Delta size is the signed
+  wall time, user+sys CPU of all its threads and peak RSS, which include building the full artifact, the manifest and
+  the delta, and signing; with two jobs the wall time is below the CPU time). Delta size is the signed
   `deltas[].length` of the channel index. The client (installed, see below): `pinnacle-update init` against the
-  repository served by `python -m repo_tools serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time and peak RSS of that
-  process, from start to exit, which covers TUF refresh, download, delta apply into the inactive slot, per-file and
-  manifest verification, swap and commit). "client downloaded bytes" is the `bytes` of that install in
-  `pinnacle-update history --json` (target bytes: the delta, which carries the new manifest as a patch of the
-  installed one or, whole-archive, rebuilds it from the target tar; or the signed manifest plus the artifact;
-  not TUF metadata). "delta kind" is read from the
-  published delta's header: per-file ops, or one whole-archive zstd patch-from frame (the publisher keeps the
-  smaller).
+  repository served by `python -m repo_tools serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time
+  and peak RSS of that process, from start to exit, which covers TUF refresh, download, delta apply into the inactive
+  slot, per-file and manifest verification, swap and commit). "client downloaded bytes" is the `bytes` of that
+  install in `pinnacle-update history --json` (target bytes: the delta, which carries the new manifest as a patch of
+  the installed one or, whole-archive, rebuilds it from the target tar; or the signed manifest plus the artifact; not
+  TUF metadata). "delta kind" is read from the published delta's header: per-file ops (bsdiff blocks perhaps in
+  shared streams), one whole-archive zstd patch-from frame, or one solid LZMA stream (the publisher keeps the smallest).
 - **bsdiff4 whole-archive**: `bsdiff4.diff(old_tar, new_tar)` on the two canonical uncompressed tars, in a child
   process (wall, CPU, peak RSS). **zstd**: `zstd -19 --long=31 --patch-from=OLD.tar NEW.tar` (CLI, one thread).
   "best whole-archive delta" in G1 is the smaller of the two.
