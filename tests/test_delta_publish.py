@@ -756,6 +756,30 @@ def _publish_measured(repo: Path, keys: Path, source: Path, version: str, *extra
     return json.loads(run["out"]), run["peak"]
 
 
+def test_cli_jobs_side_by_side_stays_within_the_budget_and_gives_the_same_delta(
+        tmp_path: Path, keystore: KeyStore, keys_dir: Path) -> None:
+    """``--jobs 2`` (the default) at a budget that lets the whole-archive frame and the zstd patch run
+    beside bsdiff: the same delta as ``--jobs 1``, and the process's measured peak stays in the budget."""
+    old = _blob(23, 8 * MIB)
+    v1 = write_tree(tmp_path / "one", {"lib/core.so": old, "VERSION": "1"})
+    v2 = write_tree(tmp_path / "two", {"lib/core.so": _edit(old, 24, edits=200), "VERSION": "2"})
+    budget = 1400 * MIB
+    deltas = {}
+    for jobs in ("1", "2"):
+        repo = Repository(tmp_path / f"repo{jobs}")
+        ops.init_repository(repo, keystore)
+        _publish_measured(repo.path, keys_dir, v1, "1.0.0", "--deltas", "0")
+        _, peak = _publish_measured(repo.path, keys_dir, v2, "1.1.0", "--memory-budget", "1400M", "--jobs", jobs)
+        assert peak <= budget, f"--jobs {jobs}: peak RSS {peak >> 20} MiB over the {budget >> 20} MiB budget"
+        deltas[jobs] = _release(repo, "beta", "1.1.0").deltas[0].target.sha256
+        base, target = (load_manifest(repo, _release(repo, "beta", v)) for v in ("1.0.0", "1.1.0"))
+    [item] = [f for f in plan_delta(base, target, budget).files if f.entry.path == "lib/core.so"]
+    # the premise: both patch candidates, and room for them and the archive at once beside a 200 MiB process
+    assert set(item.candidates) >= SIDE_BY_SIDE
+    assert item.memory_side_by_side + archive_memory(base, target, ARCHIVE_LEVEL) < budget - 200 * MIB
+    assert deltas["1"] == deltas["2"]
+
+
 def test_memory_budget_forces_zstd_patch_over_bsdiff4(tmp_path: Path, repo: Repository, keys_dir: Path) -> None:
     """24 MB file, budget 384 MiB: bsdiff4 would need about 17 x 24 + 24 MB = 432 MB, so the plan
     leaves it out and zstd patch-from wins; the whole publishing process stays under the budget."""
