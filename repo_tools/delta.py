@@ -281,7 +281,9 @@ def build_delta(
                              manifest=manifest)
         header.check_against(target, base)
         whole: tuple[DeltaHeader, Iterable[bytes]] | None = None
-        with_shared = shared.variant(header, available - reserve)
+        # what the loop left resident counts too (the allocator keeps freed pages); so does the archive's
+        # reserve, in full while it may still run
+        with_shared = shared.variant(header, min(available - reserve, memory_budget - current_rss()))
         if with_shared is not None:
             header, streams = with_shared
             whole = header, _shared_payload(mpatch, payload, header, shared, streams)
