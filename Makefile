@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@$(BIN)/python -m client.demo
+	@$(BIN)/python -m pinnacle_updates.client.demo
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest

@@ -12,7 +12,7 @@ Then, each a child process (wall, user+sys CPU and peak RSS from ``os.wait4``):
 
 * ``pinnacle-release publish`` of v1 and v2 (deltas from v1, ``--memory-budget`` passed through if given);
 * ``pinnacle-update install 1.0.0`` (full artifact) and ``pinnacle-update install`` (to 2.0.0: the delta) against
-  the repository served by ``python -m repo_tools serve`` on 127.0.0.1; bytes and path from ``history --json``;
+  the repository served by ``pinnacle-release serve`` on 127.0.0.1; bytes and path from ``history --json``;
 * the baseline: ``tar -cf - -C V2 . | zstd -10 -T1`` of the same v2 tree (GNU tar, zstd CLI).
 
     .venv/bin/python bench/big.py [--size 1G] [--memory-budget 2G] [--keep DIR]
@@ -39,10 +39,10 @@ sys.path.insert(0, str(BENCH))
 
 from delta import BenchError, Run, Server, run_child  # noqa: E402
 
-from repo_tools import publish as ops  # noqa: E402
-from repo_tools.delta import parse_size  # noqa: E402
-from repo_tools.keys import KeyStore, create_keys  # noqa: E402
-from repo_tools.store import Repository  # noqa: E402
+from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
+from pinnacle_updates.repo_tools.delta import parse_size  # noqa: E402
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 
 MiB = 1 << 20
 BLOCK = MiB
@@ -199,7 +199,8 @@ def step(cmd: list[str], what: str) -> Run:
 
 def publish(repo: Path, keys: Path, version: str, source: Path, budget: str | None) -> tuple[Run, dict[str, Any]]:
     extra = ["--memory-budget", budget] if budget else []
-    run = step([sys.executable, "-m", "repo_tools", "publish", str(repo), "--keys", str(keys), "--channel", CHANNEL,
+    run = step([sys.executable, "-m", "pinnacle_updates.repo_tools", "publish", str(repo), "--keys", str(keys),
+                "--channel", CHANNEL,
                 "--version", version, "--type", "minor", "--platform", PLATFORM, "--deltas", "1", *extra, "--json",
                 str(source)], f"pinnacle-release publish {version}")
     return run, json.loads(run.stdout)
@@ -261,7 +262,7 @@ def main() -> int:
         delta = release.delta_from("1.0.0")
 
         install_dir = tmp / "client"
-        client = [sys.executable, "-m", "client", "--install-dir", str(install_dir)]
+        client = [sys.executable, "-m", "pinnacle_updates.client", "--install-dir", str(install_dir)]
         with Server(repo_dir) as server:
             step([*client, "init", "--repo", server.url, "--root", str(repo_dir / "metadata" / "1.root.json"),
                   "--channel", CHANNEL, "--platform", PLATFORM], "pinnacle-update init")

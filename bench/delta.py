@@ -43,12 +43,12 @@ sys.path.insert(0, str(BENCH))
 
 from corpus import CACHE, PAIRS, Pair, release_dir, tree_size  # noqa: E402
 
-from client.delta_format import read_header  # noqa: E402
-from client.index import EntryType, Manifest  # noqa: E402
-from repo_tools import publish as ops  # noqa: E402
-from repo_tools.artifact import build_artifact  # noqa: E402
-from repo_tools.keys import KeyStore, create_keys  # noqa: E402
-from repo_tools.store import Repository  # noqa: E402
+from pinnacle_updates.formats.delta_format import read_header  # noqa: E402
+from pinnacle_updates.formats.index import EntryType, Manifest  # noqa: E402
+from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
+from pinnacle_updates.repo_tools.artifact import build_artifact  # noqa: E402
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 
 TUFUP_VERSION = "0.10.0"
 TUFUP_VENV = CACHE / "tufup-venv"
@@ -147,10 +147,11 @@ def run_child(cmd: Sequence[str], what: str, cwd: Path | None = None, timeout: f
 
 
 class Server:
-    """``python -m repo_tools serve DIR --port 0`` (a plain static server on 127.0.0.1), for both clients."""
+    """``pinnacle-release serve DIR --port 0`` (a plain static server on 127.0.0.1), for both clients."""
 
     def __init__(self, directory: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "repo_tools", "serve", str(directory), "--port", "0"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "serve", str(directory),
+                                      "--port", "0"],
                                      cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -232,7 +233,8 @@ def _tufup_version(python: Path) -> str:
 
 def publisher_has_deltas() -> bool:
     """Whether ``pinnacle-release publish`` takes ``--deltas`` (the publish-side delta work has landed)."""
-    proc = subprocess.run([sys.executable, "-m", "repo_tools", "publish", "--help"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pinnacle_updates.repo_tools", "publish", "--help"], cwd=ROOT,
+                          capture_output=True,
                           text=True)
     return "--deltas" in proc.stdout
 
@@ -355,7 +357,8 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
         extra += ["--memory-budget", memory_budget]
 
     def publish(version: str, source: Path) -> Run:
-        return run_child([sys.executable, "-m", "repo_tools", "publish", str(repo_dir), "--keys", str(keys),
+        return run_child([sys.executable, "-m", "pinnacle_updates.repo_tools", "publish", str(repo_dir), "--keys",
+                          str(keys),
                           "--channel", CHANNEL, "--version", version, "--type", "minor", "--platform", PLATFORM,
                           *extra, "--json", str(source)], f"pinnacle-release publish {version}", cwd=ROOT)
 
@@ -621,7 +624,7 @@ MEASURED = """\
   wall time, user+sys CPU of all its threads and peak RSS, which include building the full artifact, the manifest and
   the delta, and signing; with two jobs the wall time is below the CPU time). Delta size is the signed
   `deltas[].length` of the channel index. The client (installed, see below): `pinnacle-update init` against the
-  repository served by `python -m repo_tools serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time
+  repository served by `pinnacle-release serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time
   and peak RSS of that process, from start to exit, which covers TUF refresh, download, delta apply into the inactive
   slot, per-file and manifest verification, swap and commit). "client downloaded bytes" is the `bytes` of that
   install in `pinnacle-update history --json` (target bytes: the delta, which carries the new manifest as a patch of

@@ -39,7 +39,7 @@ import bsdiff4.core
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corpus import PAIRS, Pair, release_dir
 
-from client import bsdiff_lzma
+from pinnacle_updates.formats import bsdiff_lzma
 
 # Opcodes (with an optional REX or SSE prefix) followed by a 32-bit pc-relative operand: call/jmp/jcc rel32,
 # call/jmp [rip+d32], and common instructions whose ModRM byte selects [rip+d32] (mod 00, r/m 101).

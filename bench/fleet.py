@@ -31,15 +31,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client.fleet import evaluate  # noqa: E402
-from client.index import Release  # noqa: E402
-from client.policy import UpdateConfig, decide  # noqa: E402
-from client.rollout import newest_time, parse_schedule, rollout_time  # noqa: E402
-from client.trust import RepositoryClient  # noqa: E402
-from repo_tools import fleet  # noqa: E402
-from repo_tools import publish as ops  # noqa: E402
-from repo_tools.keys import KeyStore, create_keys  # noqa: E402
-from repo_tools.store import Repository  # noqa: E402
+from pinnacle_updates.client.policy import UpdateConfig, decide  # noqa: E402
+from pinnacle_updates.client.trust import RepositoryClient  # noqa: E402
+from pinnacle_updates.formats.fleet import evaluate  # noqa: E402
+from pinnacle_updates.formats.index import Release  # noqa: E402
+from pinnacle_updates.formats.rollout import newest_time, parse_schedule, rollout_time  # noqa: E402
+from pinnacle_updates.repo_tools import fleet  # noqa: E402
+from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 
 SCHEDULE = {"type": "percentage", "initial_percentage": 10, "increase_percentage": 25, "increase_interval": 3600}
 MAX_SKEW = 86400.0

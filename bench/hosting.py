@@ -54,11 +54,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client import config  # noqa: E402
-from client.installer import Installer  # noqa: E402
-from repo_tools import publish as ops  # noqa: E402
-from repo_tools.keys import KeyStore, create_keys  # noqa: E402
-from repo_tools.store import Repository  # noqa: E402
+from pinnacle_updates.client import config  # noqa: E402
+from pinnacle_updates.client.installer import Installer  # noqa: E402
+from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 from tests.nginx_server import NginxServer, Request, find_nginx  # noqa: E402
 
 BASE_VERSIONS = ("1.0.0", "1.1.0", "1.2.0")

@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from repo_tools import publish as ops  # noqa: E402
-from repo_tools.keys import KeyStore, create_keys  # noqa: E402
-from repo_tools.store import Repository  # noqa: E402
+from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 
 BASELINE = """
 import sys, tarfile, zstandard
@@ -85,7 +85,8 @@ def main() -> None:
         base_s, base_rss = child_run([sys.executable, "-c", BASELINE, str(src), str(tmp / "plain.tar.zst"), "10"])
         repo = Repository(tmp / "repo")
         ops.init_repository(repo, store)
-        pub_s, pub_rss = child_run([sys.executable, "-m", "repo_tools", "publish", str(repo.path), "--keys", str(keys),
+        pub_s, pub_rss = child_run([sys.executable, "-m", "pinnacle_updates.repo_tools", "publish", str(repo.path),
+                                    "--keys", str(keys),
                                     "--channel", "stable", "--version", "1.0.0", "--type", "minor",
                                     "--platform", "linux-x86_64", str(src)])
         index = repo.channel_index(repo.load(), "stable")

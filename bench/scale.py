@@ -37,10 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.trust import RepositoryClient  # noqa: E402
-from repo_tools import publish as ops  # noqa: E402
-from repo_tools.keys import KeyStore, create_keys  # noqa: E402
-from repo_tools.store import Repository  # noqa: E402
+from pinnacle_updates.client.trust import RepositoryClient  # noqa: E402
+from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 
 CHANNEL = "stable"
 
@@ -80,7 +80,8 @@ def served(directory: Path, kind: str) -> Iterator[str]:
         finally:
             server.stop()
         return
-    proc = subprocess.Popen([sys.executable, "-m", "repo_tools", "serve", str(directory), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "serve", str(directory), "--port",
+                             "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()

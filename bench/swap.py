@@ -47,9 +47,9 @@ from typing import IO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client import config as client_config  # noqa: E402
-from client import fsutil  # noqa: E402
-from client.installer import Installer  # noqa: E402
+from pinnacle_updates.client import config as client_config  # noqa: E402
+from pinnacle_updates.client.installer import Installer  # noqa: E402
+from pinnacle_updates.formats import fsutil  # noqa: E402
 
 V1, V2 = "1.0.0", "1.1.0"
 REQUEST_RE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<code>\d{3})')
@@ -58,7 +58,8 @@ REQUEST_RE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<cod
 # ----- set-up --------------------------------------------------------------------------------------
 def release_cli(*args: str) -> None:
     """One ``pinnacle-release`` command in its own process, as a publisher runs it."""
-    proc = subprocess.run([sys.executable, "-m", "repo_tools", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pinnacle_updates.repo_tools", *args], cwd=ROOT, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise SystemExit(f"pinnacle-release {' '.join(args)} failed: {proc.stderr.strip()}")
 
@@ -98,7 +99,7 @@ class Server:
     def __init__(self, repo: Path) -> None:
         self.repo = repo
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "repo_tools", "serve", str(repo), "--port", "0", "--verbose"],
+            [sys.executable, "-m", "pinnacle_updates.repo_tools", "serve", str(repo), "--port", "0", "--verbose"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

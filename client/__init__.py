@@ -1,27 +1,14 @@
 """pinnacle-updates client: verified A/B installs with automatic rollback.
 
-The public API is imported lazily so that light users of the shared format modules
-(``client.index``, ``client.fsutil``) do not pay for python-tuf and httpx.
+The public API (docs/API.md) is what this package exports; the CLI, the agent and embedding
+applications all go through it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pinnacle_updates.formats.index import UpdateType
+
+from .api import AutoUpdater
+from .policy import UpdateConfig
 
 __all__ = ["AutoUpdater", "UpdateConfig", "UpdateType"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "AutoUpdater":
-        from .api import AutoUpdater
-
-        return AutoUpdater
-    if name == "UpdateConfig":
-        from .policy import UpdateConfig
-
-        return UpdateConfig
-    if name == "UpdateType":
-        from .index import UpdateType
-
-        return UpdateType
-    raise AttributeError(f"module 'client' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The Python API: ``AutoUpdater`` over one install directory.
 
-    from client import AutoUpdater, UpdateConfig, UpdateType
+    from pinnacle_updates.client import AutoUpdater, UpdateConfig, UpdateType
 
     updater = AutoUpdater("/opt/myapp")
     if updater.check().update_available:

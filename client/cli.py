@@ -17,9 +17,10 @@ from typing import Any
 
 import click
 
+from pinnacle_updates.formats.cliutil import Failure, emit, error_group
+
 from . import config as config_mod
 from .agent import notify
-from .cliutil import Failure, emit, error_group
 from .errors import ConfigError, StateError, UpdateError
 from .installer import Installer
 

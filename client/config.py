@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from client import fsutil
-from client.errors import ConfigError
-from client.index import CHANNELS, FormatError, UpdateType, check_channel, check_platform
-from client.policy import UpdateConfig
+from pinnacle_updates.client.errors import ConfigError
+from pinnacle_updates.client.policy import UpdateConfig
+from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats.index import CHANNELS, FormatError, UpdateType, check_channel, check_platform
 
 Value = str | int | float | bool | list[str]
 
@@ -445,7 +445,7 @@ def init(
     Refuses a directory that is already initialised (its trusted root must not be replaced
     silently). ``settings`` are further config keys (validated like ``config set``).
     """
-    from client import slots
+    from pinnacle_updates.client import slots
 
     install_dir = Path(install_dir)
     layout = slots.Layout(install_dir)
@@ -487,7 +487,7 @@ def _check_root(data: bytes, path: Path) -> None:
 
 
 def _detect_platform() -> str:
-    from client.platform_tag import detect_platform
+    from pinnacle_updates.client.platform_tag import detect_platform
 
     return detect_platform()
 

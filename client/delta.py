@@ -45,26 +45,38 @@ import bsdiff4.core
 import pyzstd
 from packaging.version import Version
 
-from client import bsdiff_lzma, delta_format, delta_segments, lzma_dict
-from client.archive import (
+from pinnacle_updates.client.errors import InstallError
+from pinnacle_updates.formats import bsdiff_lzma, delta_format, delta_segments, lzma_dict
+from pinnacle_updates.formats.archive import (
     CHUNK_SIZE,
+    ArchiveError,
     TreeChanged,
     copy_hashed,
-    create_entry,
-    extract_canonical,
-    finish_tree,
     manifest_problems,
     open_beneath,
     read_canonical_tar,
     release_compressor,
     show_path,
-    verify_tree,
     write_canonical_tar,
-    write_file,
     write_files,
 )
-from client.errors import InstallError
-from client.index import DeltaRef, Digest, EntryType, FormatError, Manifest, ManifestEntry, Release, parse_version
+from pinnacle_updates.formats.index import (
+    DeltaRef,
+    Digest,
+    EntryType,
+    FormatError,
+    Manifest,
+    ManifestEntry,
+    Release,
+    parse_version,
+)
+from pinnacle_updates.formats.tree import (
+    create_entry,
+    extract_canonical,
+    finish_tree,
+    verify_tree,
+    write_file,
+)
 
 _Node = tuple[Version, str]
 """A release as a planning node: (version, content sha256)."""
@@ -265,7 +277,7 @@ def apply_delta(
     ``O_EXCL|O_NOFOLLOW`` with the manifest's mode, bounded by and compared with the manifest's
     size and sha256 while written (no second hashing pass here: the installer verifies the finished
     slot, and a chain's next step hashes every base file it reads); at the end the tree is made
-    durable (:func:`client.archive.finish_tree`).
+    durable (:func:`pinnacle_updates.formats.tree.finish_tree`).
 
     ``skip`` names top-level persistent paths (``logs``...) whose shipped content the installer
     drops anyway: they are neither read nor written. ``rebuilt``: what :func:`manifest_from_delta`
@@ -315,6 +327,8 @@ def apply_delta(
             finish_tree(dest_fd, wanted)
     except DeltaError:
         raise
+    except ArchiveError as exc:  # the tree rules refused an entry: not a delta problem, the install fails
+        raise InstallError(f"{label}: {exc}") from exc
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise DeltaError(f"{label}: {exc.strerror or exc}{where}") from exc
@@ -798,7 +812,7 @@ def manifest_from_delta(
     with ``base_tar`` as prefix: the base's canonical tar, or the directory of its verified tree to
     rebuild it from, unless ``base`` ships files below the persistent paths ``skip`` (the slot links
     them away); the manifest is then the tar's entries, read by its exact canonical layout
-    (:func:`client.archive.read_canonical_tar`), with ``release``'s version and content digest. A solid
+    (``formats.archive.read_canonical_tar``), with ``release``'s version and content digest. A solid
     delta's skeleton comes as a patch; its stream is decoded with the base files of the tree
     ``base_tar`` as dictionary (a base that ships files below the persistent paths ``skip`` refuses
     it: LZMA needs every dictionary byte), and the hashes of the files it rebuilds complete the
@@ -837,7 +851,7 @@ def manifest_from_delta(
         raise DeltaError(f"{label}: cannot read {delta_file.name} ({exc.strerror or exc})") from exc
     except DeltaError:
         raise
-    except InstallError as exc:
+    except (InstallError, ArchiveError) as exc:
         raise DeltaError(f"{label}: {exc}") from exc
     signed = release.manifest
     again = release_compressor(header.manifest.level).compress(data)
@@ -906,7 +920,7 @@ def _apply_archive(
 
     Neither tar is hashed as a whole (each would be one more pass over every byte): the base tar is
     exact once each base file matched its sha256, and the output is checked by its known layout
-    (:func:`client.archive.extract_canonical`: every header and padding byte equal to the canonical
+    (:func:`pinnacle_updates.formats.tree.extract_canonical`: every header and padding byte equal to the canonical
     one, every file's sha256), which proves the same as its digest would.
 
     Persistent paths ``skip`` that the base shipped are no longer in the slot (they link to
@@ -928,7 +942,7 @@ def _apply_archive(
             zstd.finish()
     except DeltaError:
         raise
-    except InstallError as exc:
+    except (InstallError, ArchiveError) as exc:
         raise DeltaError(f"{label}: {exc}") from exc
 
 
@@ -1087,5 +1101,5 @@ def _apply_solid(
         else:
             try:
                 write_file(dest_fd, entry, io.BytesIO(ranges[entry.path]).read, hashed)
-            except InstallError as exc:
+            except (InstallError, ArchiveError) as exc:
                 raise DeltaError(f"{label}: the solid stream rebuilt other bytes: {exc}") from None

@@ -32,7 +32,7 @@ class DemoFailed(Exception):
 
 def run(tool: str, *args: str, expect: int = 0) -> dict[str, Any] | list[Any]:
     """Run one CLI command as a user would; return its --json document."""
-    module = {"pinnacle-release": "repo_tools", "pinnacle-update": "client"}[tool]
+    module = {"pinnacle-release": "pinnacle_updates.repo_tools", "pinnacle-update": "pinnacle_updates.client"}[tool]
     proc = subprocess.run([sys.executable, "-m", module, *args, "--json"], capture_output=True, text=True)
     if proc.returncode != expect:
         raise DemoFailed(f"{tool} {' '.join(args)} exited {proc.returncode} (expected {expect}):\n"
@@ -106,7 +106,8 @@ def main() -> int:
     try:
         run("pinnacle-release", "keys", "init", str(KEYS), "--insecure-plaintext", "--force")
         run("pinnacle-release", "init", str(REPO), "--keys", str(KEYS))
-        server = subprocess.Popen([sys.executable, "-m", "repo_tools", "serve", str(REPO), "--port", "0"],
+        server = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "serve", str(REPO), "--port",
+                                   "0"],
                                   stdout=subprocess.PIPE, text=True)
         assert server.stdout is not None
         url = server.stdout.readline().split()[1]
@@ -131,7 +132,8 @@ def main() -> int:
             "health_retries": "8", "health_interval": "0.25", "health_grace_period": "0.2",
         }
         for key, value in settings.items():
-            subprocess.run([sys.executable, "-m", "client", "--install-dir", str(client_dir), "config", "set",
+            subprocess.run([sys.executable, "-m", "pinnacle_updates.client", "--install-dir", str(client_dir),
+                            "config", "set",
                             key, value], check=True, capture_output=True)
 
         first = client("install", "1.0.0")

@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from client import fsutil
-from client import history as history_mod
-from client.config import ClientConfig
-from client.fleet import FleetView, evaluate
-from client.index import ChannelIndex, Release, UpdateType
-from client.rollout import ClockReading, format_time, newest_time, rollout_time
-from client.slots import Layout, SlotState
+from pinnacle_updates.client import history as history_mod
+from pinnacle_updates.client.config import ClientConfig
+from pinnacle_updates.client.slots import Layout, SlotState
+from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats.fleet import FleetView, evaluate
+from pinnacle_updates.formats.index import ChannelIndex, Release, UpdateType
+from pinnacle_updates.formats.rollout import ClockReading, format_time, newest_time, rollout_time
 
 FILE_NAME = "fleet.json"
 _TRACKED = ("channel", "groups", "installed_yanked", "clock_note")

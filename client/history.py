@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from client.errors import StateError
-from client.slots import BadVersion, now
+from pinnacle_updates.client.errors import StateError
+from pinnacle_updates.client.slots import BadVersion, now
 
 
 def append(path: Path, record: dict[str, Any]) -> dict[str, Any]:

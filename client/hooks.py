@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 from tuf.api.exceptions import DownloadError
 
-from client.transport import verify_context
+from pinnacle_updates.client.transport import verify_context
 
 HIDDEN_FROM_HOOKS = frozenset({"PINNACLE_SMTP_PASSWORD"})
 

@@ -44,13 +44,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from client import config as config_mod
-from client import fleet_state, fsutil
-from client import history as history_mod
-from client import slots as sm
-from client.archive import extract_release, tree_size, verify_tree
-from client.config import ClientConfig
-from client.delta import (
+from pinnacle_updates.client import config as config_mod
+from pinnacle_updates.client import fleet_state
+from pinnacle_updates.client import history as history_mod
+from pinnacle_updates.client import slots as sm
+from pinnacle_updates.client.config import ClientConfig
+from pinnacle_updates.client.delta import (
     DeltaError,
     Rebuilt,
     UpdatePath,
@@ -59,7 +58,7 @@ from client.delta import (
     manifest_from_delta,
     plan_update,
 )
-from client.errors import (
+from pinnacle_updates.client.errors import (
     BusyError,
     ConfigError,
     HealthCheckError,
@@ -70,14 +69,24 @@ from client.errors import (
     TrustError,
     UpdateError,
 )
-from client.fleet import switch_channel_plan
-from client.hooks import CommandResult, HealthResult, HealthSettings, HookContext, check_health, measure_latency
-from client.hooks import run_command as _run_command
-from client.index import FormatError, Manifest, Release
-from client.policy import decide
-from client.slots import Layout, SlotContent, SlotState, State
-from client.transport import HttpxFetcher
-from client.trust import RepositoryClient
+from pinnacle_updates.client.hooks import (
+    CommandResult,
+    HealthResult,
+    HealthSettings,
+    HookContext,
+    check_health,
+    measure_latency,
+)
+from pinnacle_updates.client.hooks import run_command as _run_command
+from pinnacle_updates.client.policy import decide
+from pinnacle_updates.client.slots import Layout, SlotContent, SlotState, State
+from pinnacle_updates.client.transport import HttpxFetcher
+from pinnacle_updates.client.trust import RepositoryClient
+from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats.archive import ArchiveError
+from pinnacle_updates.formats.fleet import switch_channel_plan
+from pinnacle_updates.formats.index import FormatError, Manifest, Release
+from pinnacle_updates.formats.tree import extract_release, tree_size, verify_tree
 
 Progress = Callable[[int, int], None]
 EventSink = Callable[[dict[str, Any]], None]
@@ -726,7 +735,10 @@ class Installer:
                 self._wipe_slot(s, s.next_slot)
                 fetched.artifact = client.fetch_target(release.full, on_progress)
         assert fetched.artifact is not None
-        extract_release(fetched.artifact, slot_dir, manifest)
+        try:
+            extract_release(fetched.artifact, slot_dir, manifest)
+        except ArchiveError as exc:
+            raise InstallError(str(exc)) from exc
         route: dict[str, Any] = {"path": "full", "update_path": "full", "skip": ()}
         if fetched.fallback:
             route["fallback_reason"] = fetched.fallback

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform as _platform
 import re
 
-from client.index import check_platform
+from pinnacle_updates.formats.index import check_platform
 
 _SYSTEMS = {"linux": "linux", "darwin": "macos", "windows": "windows", "freebsd": "freebsd"}
 _MACHINES = {

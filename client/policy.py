@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 
-from client.errors import ConfigError
-from client.index import (
+from pinnacle_updates.client.errors import ConfigError
+from pinnacle_updates.client.platform_tag import detect_platform
+from pinnacle_updates.formats.index import (
     CHANNELS,
     FormatError,
     Release,
@@ -50,7 +51,6 @@ from client.index import (
     check_platform,
     parse_version,
 )
-from client.platform_tag import detect_platform
 
 __all__ = [
     "URGENT_TYPES",

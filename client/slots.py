@@ -47,8 +47,8 @@ from typing import Any
 
 from packaging.version import Version
 
-from client import fsutil
-from client.errors import StateError
+from pinnacle_updates.client.errors import StateError
+from pinnacle_updates.formats import fsutil
 
 SCHEMA_VERSION = 1
 SLOT_NAMES = ("a", "b")

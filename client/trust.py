@@ -34,9 +34,10 @@ from tuf.api.serialization import DeserializationError
 from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.updater import Updater
 
-from client.errors import ConfigError, RepositoryError, StateError, TrustError, UpdateError
-from client.fsutil import TEMP_PREFIX, atomic_move
-from client.index import (
+from pinnacle_updates.client.errors import ConfigError, RepositoryError, StateError, TrustError, UpdateError
+from pinnacle_updates.client.transport import HttpxFetcher, TransportSettings, TransportStats, local_path
+from pinnacle_updates.formats.fsutil import TEMP_PREFIX, atomic_move
+from pinnacle_updates.formats.index import (
     PLATFORM_ANY,
     ChannelIndex,
     FormatError,
@@ -50,8 +51,7 @@ from client.index import (
     record_from_bytes,
     record_path,
 )
-from client.rollout import SIGNED_AT_FIELD
-from client.transport import HttpxFetcher, TransportSettings, TransportStats, local_path
+from pinnacle_updates.formats.rollout import SIGNED_AT_FIELD
 
 MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 """A signed manifest that decompresses to more than this is refused (a zstd bomb needs no key

@@ -18,7 +18,7 @@ from dataclasses import replace
 from securesystemslib.signer import Key
 from tuf.api.metadata import Delegations, Metadata, SuccinctRoles, TargetFile, Targets
 
-from client.index import (
+from pinnacle_updates.formats.index import (
     ChannelIndex,
     FormatError,
     Release,

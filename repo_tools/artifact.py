@@ -21,7 +21,7 @@ from typing import IO, cast
 
 import zstandard
 
-from client.archive import (
+from pinnacle_updates.formats.archive import (
     DIR_MODE,
     LINK_MODE,
     TreeChanged,
@@ -37,8 +37,8 @@ from client.archive import (
     tar_length,
     write_canonical_tar,
 )
-from client.fsutil import atomic_write, atomic_writer
-from client.index import Digest, EntryType, Manifest, ManifestEntry
+from pinnacle_updates.formats.fsutil import atomic_write, atomic_writer
+from pinnacle_updates.formats.index import Digest, EntryType, Manifest, ManifestEntry
 
 from .errors import ReleaseError, UnsafeInputError
 

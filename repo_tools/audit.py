@@ -18,7 +18,7 @@ from typing import Any
 import zstandard
 from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, TargetFile, Targets
 
-from client.index import ChannelIndex, FormatError, Manifest, index_path, record_from_bytes
+from pinnacle_updates.formats.index import ChannelIndex, FormatError, Manifest, index_path, record_from_bytes
 
 from .core.metadata import to_bytes
 from .store import Repository

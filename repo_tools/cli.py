@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from client.cliutil import Failure, emit, error_group
-from client.fleet import describe_controls
+from pinnacle_updates.formats.cliutil import Failure, emit, error_group
+from pinnacle_updates.formats.fleet import describe_controls
 
 from . import publish as ops
 from .audit import verify_repository
@@ -321,7 +321,7 @@ def main() -> None:
     cli(prog_name="pinnacle-release")
 
 
-if __name__ == "__main__":  # `python -m repo_tools.cli`: run the imported module, where the commands registered
-    from repo_tools.cli import main as _main
+if __name__ == "__main__":  # `python -m pinnacle_updates.repo_tools.cli`: run the imported module, where commands
+    from pinnacle_updates.repo_tools.cli import main as _main
 
     _main()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from client.fleet import describe_controls
+from pinnacle_updates.formats.fleet import describe_controls
 
 from . import fleet
 from .cli import _emit, _keystore, cli, json_option, keys_option, repo_argument

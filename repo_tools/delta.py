@@ -53,17 +53,17 @@ import bsdiff4.core
 import pyzstd
 import zstandard
 
-from client import bsdiff_lzma, lzma_dict
-from client.archive import (
+from pinnacle_updates.formats import bsdiff_lzma, lzma_dict
+from pinnacle_updates.formats.archive import (
     CHUNK_SIZE,
+    ArchiveError,
     TreeChanged,
     copy_hashed,
-    extract_release,
     open_beneath,
     show_path,
     write_canonical_tar,
 )
-from client.delta_format import (
+from pinnacle_updates.formats.delta_format import (
     ARCHIVE_MAX,
     SHARED_STREAMS,
     SOLID_SHA256,
@@ -77,9 +77,9 @@ from client.delta_format import (
     solid_layout,
     write_delta,
 )
-from client.delta_segments import DEFAULT_SEGMENTS, SegmentParams, read_region, regions
-from client.errors import InstallError
-from client.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry, Release, TargetRef
+from pinnacle_updates.formats.delta_segments import DEFAULT_SEGMENTS, SegmentParams, read_region, regions
+from pinnacle_updates.formats.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry, Release, TargetRef
+from pinnacle_updates.formats.tree import extract_release
 
 from .artifact import DEFAULT_LEVEL
 from .audit import MAX_MANIFEST_BYTES
@@ -190,7 +190,7 @@ def build_deltas(
         base_dir.mkdir()
         try:
             extract_release(repo.target_location(base.full.path, base.full.sha256), base_dir, base_manifest)
-        except InstallError as exc:
+        except ArchiveError as exc:
             raise RepositoryStateError(f"cannot use release {base.version} as a delta base: {exc}") from exc
         out = staging / f"from-{base.version}.pdelta"
         header, digest = build_delta(base_dir, base_manifest, source, manifest, out, staging, memory_budget,

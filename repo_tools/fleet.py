@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from client.fleet import controls_summary
-from client.index import ChannelIndex, FormatError, Release, parse_version
-from client.rollout import Rollout, Schedule, ScheduleError, Yank, parse_schedule
+from pinnacle_updates.formats.fleet import controls_summary
+from pinnacle_updates.formats.index import ChannelIndex, FormatError, Release, parse_version
+from pinnacle_updates.formats.rollout import Rollout, Schedule, ScheduleError, Yank, parse_schedule
 
 from .errors import PublishRefused
 from .keys import KeyStore

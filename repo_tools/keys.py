@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
-from client.fsutil import atomic_write
-from client.index import CHANNELS, check_channel
+from pinnacle_updates.formats.fsutil import atomic_write
+from pinnacle_updates.formats.index import CHANNELS, check_channel
 
 from .errors import KeyStoreError
 

@@ -24,7 +24,7 @@ from typing import Any
 from tuf.api.metadata import Metadata, Snapshot
 from tuf.api.serialization import DeserializationError
 
-from client.fsutil import fsync_dir
+from pinnacle_updates.formats.fsutil import fsync_dir
 
 from .store import Repository, RepoState
 

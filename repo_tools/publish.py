@@ -17,8 +17,8 @@ from typing import Any
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Targets
 
-from client.fleet import controls_summary
-from client.index import (
+from pinnacle_updates.formats.fleet import controls_summary
+from pinnacle_updates.formats.index import (
     ChannelIndex,
     DeltaRef,
     FormatError,
@@ -31,7 +31,7 @@ from client.index import (
     parse_version,
     release_dir,
 )
-from client.rollout import ABTest, Rollout, Schedule
+from pinnacle_updates.formats.rollout import ABTest, Rollout, Schedule
 
 from . import artifact
 from .archive import Archive, apply_window

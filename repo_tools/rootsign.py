@@ -33,7 +33,7 @@ from tuf.api.metadata import DelegatedRole, Metadata, Role, Root, Targets
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from client.fsutil import atomic_write
+from pinnacle_updates.formats.fsutil import atomic_write
 
 from .archive import Archive
 from .core import metadata as meta

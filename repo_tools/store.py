@@ -20,8 +20,8 @@ from typing import Any
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 
-from client.fsutil import atomic_write, atomic_writer, exclusive_lock, remove_stale_temps
-from client.index import ChannelIndex, FormatError, index_path
+from pinnacle_updates.formats.fsutil import atomic_write, atomic_writer, exclusive_lock, remove_stale_temps
+from pinnacle_updates.formats.index import ChannelIndex, FormatError, index_path
 
 from .core.metadata import DEFAULT_EXPIRY_DAYS, to_bytes
 from .core.window import DEFAULT_ARCHIVE_BITS, DEFAULT_LIVE_WINDOW, MAX_ARCHIVE_BITS, channel_of_bin

@@ -40,7 +40,7 @@ from typing import Any
 
 from tuf.api.metadata import Metadata
 
-from client.fsutil import TEMP_PREFIX, atomic_write, atomic_writer, remove_stale_temps
+from pinnacle_updates.formats.fsutil import TEMP_PREFIX, atomic_write, atomic_writer, remove_stale_temps
 
 from .errors import RepositoryStateError
 

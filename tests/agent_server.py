@@ -115,7 +115,7 @@ class Agent:
 def run_agent(install_dir: Path, *extra: str, extra_env: dict[str, str] | None = None) -> Iterator[Agent]:
     """``pinnacle-update --install-dir DIR serve --port 0`` as a child process."""
     proc = subprocess.Popen(
-        [PY, "-m", "client", "--install-dir", str(install_dir), "serve", "--port", "0", *extra],
+        [PY, "-m", "pinnacle_updates.client", "--install-dir", str(install_dir), "serve", "--port", "0", *extra],
         cwd=ROOT,
         env={**env(), **(extra_env or {})},
         stdout=subprocess.PIPE,

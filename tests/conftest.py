@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from repo_tools import publish as ops
-from repo_tools.keys import KeyStore, create_keys
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
+from pinnacle_updates.repo_tools.store import Repository
 from tests.nginx_server import NginxServer, find_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(tool: str, *args: str, env: dict[str, str] | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``pinnacle-release``/``pinnacle-update`` as a user would: a separate process."""
-    module = {"pinnacle-release": "repo_tools", "pinnacle-update": "client"}[tool]
+    module = {"pinnacle-release": "pinnacle_updates.repo_tools", "pinnacle-update": "pinnacle_updates.client"}[tool]
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env,
                           cwd=ROOT, timeout=120)
@@ -135,7 +135,7 @@ def start_server(directory: Path, kind: str | None = None) -> ServedRepo:
     if (kind or server_kind()) == "nginx":
         return NginxServer(directory)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "repo_tools", "serve", str(directory), "--port", "0"],
+        [sys.executable, "-m", "pinnacle_updates.repo_tools", "serve", str(directory), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     assert proc.stdout is not None

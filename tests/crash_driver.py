@@ -27,11 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.archive import verify_tree  # noqa: E402
-from client.errors import UpdateError  # noqa: E402
-from client.index import Manifest  # noqa: E402
-from client.installer import Installer  # noqa: E402
-from client.trust import RepositoryClient  # noqa: E402
+from pinnacle_updates.client.errors import UpdateError  # noqa: E402
+from pinnacle_updates.client.installer import Installer  # noqa: E402
+from pinnacle_updates.client.trust import RepositoryClient  # noqa: E402
+from pinnacle_updates.formats.index import Manifest  # noqa: E402
+from pinnacle_updates.formats.tree import verify_tree  # noqa: E402
 
 
 def install(install_dir: str, version: str) -> int:

@@ -37,7 +37,7 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
-from client.index import (
+from pinnacle_updates.formats.index import (
     CHANNELS,
     ChannelIndex,
     Digest,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client import config
-from client.installer import Installer
+from pinnacle_updates.client import config
+from pinnacle_updates.client.installer import Installer
 from tests.conftest import start_server, tree_digest
 
 __all__ = ["tree_digest"]
@@ -31,7 +31,8 @@ def env() -> dict[str, str]:
 
 def release_cli(*args: str) -> str:
     proc = subprocess.run(
-        [PY, "-m", "repo_tools.cli", *args], cwd=ROOT, env=env(), capture_output=True, text=True, check=False
+        [PY, "-m", "pinnacle_updates.repo_tools.cli",
+         *args], cwd=ROOT, env=env(), capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         raise AssertionError(f"pinnacle-release {' '.join(args)} failed: {proc.stderr.strip()}")

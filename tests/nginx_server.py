@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from repo_tools.hosting import nginx_standalone
+from pinnacle_updates.repo_tools.hosting import nginx_standalone
 
 START_TIMEOUT = 15.0
 

@@ -16,7 +16,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from repo_tools.serve import _Handler
+from pinnacle_updates.repo_tools.serve import _Handler
 
 PIECE = 16 * 1024
 

@@ -356,7 +356,8 @@ def test_token_file_command_rotation_and_log(agent: Agent) -> None:
 
 
 def _cli(agent: Agent, *args: str) -> str:
-    proc = subprocess.run([PY, "-m", "client", "--install-dir", str(agent.install_dir), *args], cwd=ROOT, env=env(),
+    proc = subprocess.run([PY, "-m", "pinnacle_updates.client", "--install-dir", str(agent.install_dir), *args],
+                          cwd=ROOT, env=env(),
                           capture_output=True, text=True, check=True)
     return proc.stdout.strip()
 
@@ -382,7 +383,7 @@ def test_the_loop_installs_what_policy_allows_unattended(tmp_path: Path, repo: R
 def test_log_file_rotates_and_never_holds_the_token(tmp_path: Path, repo: Repo, repo_url: str) -> None:
     import logging
 
-    from client.agent.service import configure_logging
+    from pinnacle_updates.client.agent.service import configure_logging
 
     d = tmp_path / "inst"
     init_client(d, repo_url, repo, max_log_bytes=2000, log_backups=2)

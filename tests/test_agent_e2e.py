@@ -53,7 +53,8 @@ def test_dashboard_check_install_and_progress(tmp_path: Path, browser: object) -
         # some history for the plots: two installs and a manual rollback
         installer.install(V1)
         installer.install(V101)
-        subprocess.run([PY, "-m", "client", "--install-dir", str(d), "rollback"], cwd=ROOT, env=env(), check=True,
+        subprocess.run([PY, "-m", "pinnacle_updates.client", "--install-dir", str(d), "rollback"], cwd=ROOT,
+                       env=env(), check=True,
                        capture_output=True)
         with run_agent(d) as agent:
             page = browser.new_page()  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from client.agent.openapi import document  # noqa: E402
+from pinnacle_updates.client.agent.openapi import document  # noqa: E402
 from tests.agent_server import V1, V11, V101, Agent, publish_all, run_agent, serve_repo  # noqa: E402
 from tests.helpers_client import init_client  # noqa: E402
 

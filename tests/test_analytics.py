@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from client.agent.analytics import compute
-from client.errors import HealthCheckError
-from client.history import read
+from pinnacle_updates.client.agent.analytics import compute
+from pinnacle_updates.client.errors import HealthCheckError
+from pinnacle_updates.client.history import read
 from tests.helpers_client import app_files, init_client, make_repo, publish
 
 

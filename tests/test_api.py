@@ -6,11 +6,11 @@ import asyncio
 import random
 from pathlib import Path
 
-from client import AutoUpdater, UpdateConfig, UpdateType
-from client import config as config_mod
-from repo_tools import publish as ops
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.client import AutoUpdater, UpdateConfig, UpdateType
+from pinnacle_updates.client import config as config_mod
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import run_cli
 

@@ -16,23 +16,25 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from client import archive
-from client.archive import (
+from pinnacle_updates.formats import tree
+from pinnacle_updates.formats.archive import (
+    ArchiveError,
     TreeChanged,
-    extract_canonical,
-    extract_release,
-    finish_tree,
     manifest_problems,
     open_beneath,
     tar_header,
-    tree_size,
-    verify_tree,
     write_canonical_tar,
 )
-from client.errors import InstallError
-from client.fsutil import sync_filesystem
-from client.index import Digest, EntryType, Manifest, ManifestEntry
-from repo_tools.artifact import build_artifact
+from pinnacle_updates.formats.fsutil import sync_filesystem
+from pinnacle_updates.formats.index import Digest, EntryType, Manifest, ManifestEntry
+from pinnacle_updates.formats.tree import (
+    extract_canonical,
+    extract_release,
+    finish_tree,
+    tree_size,
+    verify_tree,
+)
+from pinnacle_updates.repo_tools.artifact import build_artifact
 
 # -- round trip ------------------------------------------------------------------------------------
 
@@ -94,7 +96,7 @@ def test_the_tree_is_made_durable_with_one_syncfs_or_an_fsync_each(
         fsynced.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(archive, "sync_filesystem", fake_syncfs)
+    monkeypatch.setattr(tree, "sync_filesystem", fake_syncfs)
     monkeypatch.setattr(os, "fsync", counting_fsync)
     dest = tmp_path / "slot"
     dest.mkdir()
@@ -157,10 +159,10 @@ def test_canonical_layout_extraction(tmp_path: Path, built: tuple[Path, Manifest
         (tar + b"\0" * 512, rf"archive is longer than the manifest's {len(tar)} bytes"),
     ]
     for data, message in cases:
-        with pytest.raises(InstallError, match=message):
+        with pytest.raises(ArchiveError, match=message):
             _canonical_case(tmp_path, built, data)
     other = Manifest(built[1].version, Digest(len(tar) + 512, built[1].content.sha256), built[1].entries)
-    with pytest.raises(InstallError, match="describes a"):
+    with pytest.raises(ArchiveError, match="describes a"):
         extract_canonical(io.BytesIO(tar).read, -1, other)
 
 
@@ -176,7 +178,7 @@ def test_refuses_non_empty_destination(tmp_path: Path, built: tuple[Path, Manife
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "leftover").write_text("x")
-    with pytest.raises(InstallError, match="is not empty"):
+    with pytest.raises(ArchiveError, match="is not empty"):
         extract_release(built[0], dest, built[1])
 
 
@@ -207,16 +209,16 @@ def test_verify_rehashes_every_file_in_one_thread_or_two(
 ) -> None:
     """The re-hash is shared by two threads when there is enough to hash and a second CPU: the same
     problems are found, every file is hashed exactly once."""
-    monkeypatch.setattr(archive, "PARALLEL_HASH_MIN", 0 if threads == 2 else 1 << 62)
-    monkeypatch.setattr(archive, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(tree, "PARALLEL_HASH_MIN", 0 if threads == 2 else 1 << 62)
+    monkeypatch.setattr(tree, "_usable_cpus", lambda: 2)
     batches: list[list[str]] = []
-    check = archive._check_files
+    check = tree._check_files
 
     def spy(root_fd: int, entries: list[ManifestEntry], *args: object) -> None:
         batches.append([e.path for e in entries])
         check(root_fd, entries, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(archive, "_check_files", spy)
+    monkeypatch.setattr(tree, "_check_files", spy)
     blob = bytearray((slot / "lib" / "deep" / "blob").read_bytes())
     blob[-1] ^= 1
     (slot / "lib" / "deep" / "blob").write_bytes(bytes(blob))
@@ -303,7 +305,7 @@ def attack(tmp_path: Path) -> Attack:
         artifact = tmp_path / "evil.tar.zst"
         artifact.write_bytes(artifact_bytes or zstandard.ZstdCompressor().compress(raw_tar))
         before = snapshot(tmp_path, dest)
-        with pytest.raises(InstallError, match=match) as info:
+        with pytest.raises(ArchiveError, match=match) as info:
             extract_release(artifact, dest, manifest)
         assert "\n" not in str(info.value)
         assert snapshot(tmp_path, dest) == before

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from client.archive import tar_header
-from client.index import EntryType, Manifest
-from repo_tools.artifact import FULL_NAME, MANIFEST_NAME, build_artifact, scan_tree, write_artifact
-from repo_tools.errors import UnsafeInputError
+from pinnacle_updates.formats.archive import tar_header
+from pinnacle_updates.formats.index import EntryType, Manifest
+from pinnacle_updates.repo_tools.artifact import FULL_NAME, MANIFEST_NAME, build_artifact, scan_tree, write_artifact
+from pinnacle_updates.repo_tools.errors import UnsafeInputError
 
 LONG = "d" * 60 + "/" + "n" * 80  # > 100 bytes: needs a pax path header
 

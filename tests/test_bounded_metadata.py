@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from client.errors import UpdateError
-from client.fsutil import TEMP_PREFIX
-from client.index import ChannelIndex, index_path
-from client.installer import Installer
-from repo_tools import fleet, rotate
-from repo_tools import publish as ops
-from repo_tools.archive import Archive
-from repo_tools.audit import verify_repository
-from repo_tools.errors import PublishRefused
-from repo_tools.keys import KeyStore
-from repo_tools.store import DIRTY_FILE, Repository
+from pinnacle_updates.client.errors import UpdateError
+from pinnacle_updates.client.installer import Installer
+from pinnacle_updates.formats.fsutil import TEMP_PREFIX
+from pinnacle_updates.formats.index import ChannelIndex, index_path
+from pinnacle_updates.repo_tools import fleet, rotate
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.archive import Archive
+from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.errors import PublishRefused
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import DIRTY_FILE, Repository
 from tests.conftest import ServedRepo, tree_digest
 from tests.helpers_client import Repo, app_files, init_client, write_tree
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import bsdiff4
 import pytest
 
-from client import bsdiff_lzma
-from client.archive import verify_tree
-from client.bsdiff_lzma import TUPLE, dict_size, from_planes, pack, to_planes
-from client.delta import apply_delta
-from client.delta_format import DeltaFormatError, OpKind, read_header
-from repo_tools.delta import build_delta
+from pinnacle_updates.client.delta import apply_delta
+from pinnacle_updates.formats import bsdiff_lzma
+from pinnacle_updates.formats.bsdiff_lzma import TUPLE, dict_size, from_planes, pack, to_planes
+from pinnacle_updates.formats.delta_format import DeltaFormatError, OpKind, read_header
+from pinnacle_updates.formats.tree import verify_tree
+from pinnacle_updates.repo_tools.delta import build_delta
 
 from .test_delta_client import Trees, trees  # noqa: F401 (a fixture)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from client import bsdiff_lzma, delta_segments
-from client.archive import verify_tree
-from client.delta import DeltaError, apply_delta
-from client.delta_format import DeltaHeader, OpKind, read_header, write_delta
-from client.index import Manifest
-from repo_tools.delta import build_delta
+from pinnacle_updates.client.delta import DeltaError, apply_delta
+from pinnacle_updates.formats import bsdiff_lzma, delta_segments
+from pinnacle_updates.formats.delta_format import DeltaHeader, OpKind, read_header, write_delta
+from pinnacle_updates.formats.index import Manifest
+from pinnacle_updates.formats.tree import verify_tree
+from pinnacle_updates.repo_tools.delta import build_delta
 from tests.conftest import tree_digest, write_tree
 from tests.test_delta_client import manifest_of, noise
 

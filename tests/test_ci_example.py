@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from repo_tools import publish as ops
-from repo_tools.keys import KeyStore, create_keys
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import ROOT
 from .test_client_attacks import Client
@@ -54,7 +54,7 @@ def ceremony(tmp_path: Path) -> tuple[Path, Repository]:
 def _run(tmp_path: Path, repo: Repository, keys_b64: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINNACLE_")}
     env.update(REPO_DIR=str(repo.path), PUBLIC_DIR=str(tmp_path / "public"), PINNACLE_ONLINE_KEYS_B64=keys_b64,
-               PINNACLE_KEY_PASSPHRASE=SECRET, PINNACLE_RELEASE=f"{sys.executable} -m repo_tools")
+               PINNACLE_KEY_PASSPHRASE=SECRET, PINNACLE_RELEASE=f"{sys.executable} -m pinnacle_updates.repo_tools")
     return subprocess.run(["sh", str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300)
 

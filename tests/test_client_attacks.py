@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from repo_tools import publish as ops
-from repo_tools.core import metadata as meta
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.core import metadata as meta
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import run_cli, tree_digest
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from repo_tools import publish as ops
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 from tests.conftest import ServedRepo, run_cli, tree_digest, write_tree
 
 V1, V2 = "1.0.0", "1.1.0"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from client.installer import Installer
+from pinnacle_updates.client.installer import Installer
 from tests.crash_driver import check_active, released_manifests
 from tests.helpers_client import ROOT, Repo, app_files, env, init_client, make_repo, publish, serve
 

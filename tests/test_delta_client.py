@@ -21,10 +21,25 @@ import bsdiff4
 import pytest
 import pyzstd
 
-from client import bsdiff_lzma, delta_format
-from client.archive import read_canonical_tar, release_compressor, tar_header, verify_tree, write_canonical_tar
-from client.delta import DeltaError, UpdatePath, apply_delta, base_problem, manifest_from_delta, plan_update
-from client.delta_format import (
+from pinnacle_updates.client.delta import (
+    DeltaError,
+    UpdatePath,
+    apply_delta,
+    base_problem,
+    manifest_from_delta,
+    plan_update,
+)
+from pinnacle_updates.client.errors import RepositoryError
+from pinnacle_updates.client.installer import Installer, InstallResult
+from pinnacle_updates.formats import bsdiff_lzma, delta_format
+from pinnacle_updates.formats.archive import (
+    ArchiveError,
+    read_canonical_tar,
+    release_compressor,
+    tar_header,
+    write_canonical_tar,
+)
+from pinnacle_updates.formats.delta_format import (
     DeltaHeader,
     DeltaOp,
     ManifestPatch,
@@ -33,8 +48,7 @@ from client.delta_format import (
     read_header,
     write_delta,
 )
-from client.errors import InstallError, RepositoryError
-from client.index import (
+from pinnacle_updates.formats.index import (
     ChannelIndex,
     DeltaRef,
     Digest,
@@ -45,13 +59,13 @@ from client.index import (
     TargetRef,
     UpdateType,
 )
-from client.installer import Installer, InstallResult
-from repo_tools import publish as ops
-from repo_tools.artifact import scan_tree
-from repo_tools.core import metadata as meta
-from repo_tools.delta import archive_patch, build_delta, load_manifest, manifest_patch
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.formats.tree import verify_tree
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.artifact import scan_tree
+from pinnacle_updates.repo_tools.core import metadata as meta
+from pinnacle_updates.repo_tools.delta import archive_patch, build_delta, load_manifest, manifest_patch
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 from tests import helpers_client as hc
 from tests.conftest import tree_digest, write_tree
 from tests.helpers_client import Repo
@@ -534,7 +548,7 @@ def test_read_canonical_tar_refuses_what_is_not_canonical(trees: Trees, how: str
         "global pax header": lambda: with_member(tar, raw_member("g", b"g", b"")),
     }[how]()
     assert last.type is EntryType.FILE and mangled != tar
-    with pytest.raises(InstallError):
+    with pytest.raises(ArchiveError):
         read_canonical_tar(mangled)
 
 
@@ -1005,7 +1019,7 @@ def test_a_failing_fallback_is_one_error_and_leaves_the_running_slot(tmp_path: P
 KILLED_INSTALL = """
 import sys
 from pathlib import Path
-from client.installer import Installer
+from pinnacle_updates.client.installer import Installer
 Installer(Path(sys.argv[1])).install(sys.argv[2])
 """
 

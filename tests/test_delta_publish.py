@@ -21,9 +21,9 @@ import pytest
 import pyzstd
 import zstandard
 
-from client import bsdiff_lzma
-from client.archive import release_compressor, verify_tree
-from client.delta_format import (
+from pinnacle_updates.formats import bsdiff_lzma
+from pinnacle_updates.formats.archive import release_compressor
+from pinnacle_updates.formats.delta_format import (
     MAGIC,
     DeltaFormatError,
     DeltaHeader,
@@ -33,11 +33,12 @@ from client.delta_format import (
     read_header,
     write_delta,
 )
-from client.index import Digest, EntryType, Manifest, ManifestEntry, Release
-from repo_tools import delta as rdelta
-from repo_tools import publish as ops
-from repo_tools.audit import verify_repository
-from repo_tools.core.delta_plan import (
+from pinnacle_updates.formats.index import Digest, EntryType, Manifest, ManifestEntry, Release
+from pinnacle_updates.formats.tree import verify_tree
+from pinnacle_updates.repo_tools import delta as rdelta
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.core.delta_plan import (
     SIDE_BY_SIDE,
     SIMILAR_MIN,
     ZSTD_MEMORY,
@@ -49,7 +50,7 @@ from repo_tools.core.delta_plan import (
     plan_delta,
     zstd_patch_memory,
 )
-from repo_tools.delta import (
+from pinnacle_updates.repo_tools.delta import (
     ARCHIVE_LEVEL,
     ARCHIVE_LEVEL_MEMORY,
     DELTA_MAX_RATIO,
@@ -59,9 +60,9 @@ from repo_tools.delta import (
     load_manifest,
     parse_size,
 )
-from repo_tools.errors import PublishRefused
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools.errors import PublishRefused
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import ROOT, tree_digest, write_tree
 from .test_delta_client import tar_of
@@ -559,7 +560,7 @@ def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, 
 
 def test_client_applier_rebuilds_published_delta(tmp_path: Path, repo: Repository, keystore: KeyStore) -> None:
     """The client's own applier (client/delta.py, when present) agrees with the publisher."""
-    client_delta = pytest.importorskip("client.delta")
+    client_delta = pytest.importorskip("pinnacle_updates.client.delta")
     v1, v2 = _pair_trees(tmp_path)
     _publish(repo, keystore, v1, "1.2.0")
     _publish(repo, keystore, v2, "1.3.0")
@@ -747,7 +748,8 @@ print(json.dumps({"rc": proc.returncode, "out": proc.stdout, "err": proc.stderr,
 def _publish_measured(repo: Path, keys: Path, source: Path, version: str, *extra: str) -> tuple[dict, int]:  # type: ignore[type-arg]
     """``pinnacle-release publish --json`` in a child process; its peak RSS measured by a parent
     that has no other child."""
-    cmd = [sys.executable, "-m", "repo_tools", "publish", str(repo), "--keys", str(keys), "--channel", "beta",
+    cmd = [sys.executable, "-m", "pinnacle_updates.repo_tools", "publish", str(repo), "--keys", str(keys),
+           "--channel", "beta",
            "--version", version, "--type", "minor", "--platform", "linux-x86_64", "--json", *extra, str(source)]
     proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=ROOT,
                           timeout=600, check=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from client import delta_segments
-from client.archive import verify_tree
-from client.delta import DeltaError, apply_delta
-from client.delta_format import DeltaHeader, OpKind, read_header, write_delta
-from client.delta_segments import (
+from pinnacle_updates.client.delta import DeltaError, apply_delta
+from pinnacle_updates.client.installer import Installer
+from pinnacle_updates.formats import delta_segments
+from pinnacle_updates.formats.delta_format import DeltaHeader, OpKind, read_header, write_delta
+from pinnacle_updates.formats.delta_segments import (
     PREFIX_MIN,
     RECORD,
     SEGMENT_BASE_MAX,
@@ -25,14 +25,14 @@ from client.delta_segments import (
     parse_record,
     regions,
 )
-from client.index import Digest, EntryType, Manifest, ManifestEntry
-from client.installer import Installer
-from repo_tools import delta as rdelta
-from repo_tools import publish as ops
-from repo_tools.core.delta_plan import ZSTD_MEMORY, bsdiff_lzma_memory, plan_delta, segments_memory
-from repo_tools.delta import build_delta, segment_frame
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.formats.index import Digest, EntryType, Manifest, ManifestEntry
+from pinnacle_updates.formats.tree import verify_tree
+from pinnacle_updates.repo_tools import delta as rdelta
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.core.delta_plan import ZSTD_MEMORY, bsdiff_lzma_memory, plan_delta, segments_memory
+from pinnacle_updates.repo_tools.delta import build_delta, segment_frame
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 from tests import helpers_client as hc
 from tests.conftest import tree_digest, write_tree
 from tests.test_delta_client import delta_file, forge_delta, manifest_of, noise

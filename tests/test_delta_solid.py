@@ -10,12 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from client import lzma_dict
-from client.delta import DeltaError, apply_delta, manifest_from_delta
-from client.delta_format import SOLID_SHA256, DeltaHeader, ManifestPatch, read_header, solid_layout, write_delta
-from client.index import EntryType, Manifest
-from repo_tools.delta import build_delta, load_manifest, manifest_patch, solid_patch
-from repo_tools.store import Repository
+from pinnacle_updates.client.delta import DeltaError, apply_delta, manifest_from_delta
+from pinnacle_updates.formats import lzma_dict
+from pinnacle_updates.formats.delta_format import (
+    SOLID_SHA256,
+    DeltaHeader,
+    ManifestPatch,
+    read_header,
+    solid_layout,
+    write_delta,
+)
+from pinnacle_updates.formats.index import EntryType, Manifest
+from pinnacle_updates.repo_tools.delta import build_delta, load_manifest, manifest_patch, solid_patch
+from pinnacle_updates.repo_tools.store import Repository
 from tests import test_delta_client
 from tests.conftest import tree_digest, write_tree
 from tests.helpers_client import Repo

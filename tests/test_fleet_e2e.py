@@ -9,13 +9,13 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from client import AutoUpdater
-from client import config as config_mod
-from client.installer import Installer
-from client.rollout import bucket, parse_schedule
-from repo_tools import publish as ops
-from repo_tools.keys import KeyStore, create_keys
-from repo_tools.store import Repository
+from pinnacle_updates.client import AutoUpdater
+from pinnacle_updates.client import config as config_mod
+from pinnacle_updates.client.installer import Installer
+from pinnacle_updates.formats.rollout import bucket, parse_schedule
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
+from pinnacle_updates.repo_tools.store import Repository
 
 from .helpers_client import Repo, app_files, make_repo, publish, release_cli, serve, write_tree
 from .test_client_attacks import Client

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from client.index import ChannelIndex
-from client.rollout import Schedule
-from repo_tools import fleet
-from repo_tools import publish as ops
-from repo_tools.audit import verify_repository
-from repo_tools.errors import PublishRefused
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.formats.index import ChannelIndex
+from pinnacle_updates.formats.rollout import Schedule
+from pinnacle_updates.repo_tools import fleet
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.errors import PublishRefused
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import run_cli, tree_digest
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from client import config
-from client.errors import ConfigError
-from client.hooks import HealthSettings, HookContext, check_health, measure_latency, run_command
+from pinnacle_updates.client import config
+from pinnacle_updates.client.errors import ConfigError
+from pinnacle_updates.client.hooks import HealthSettings, HookContext, check_health, measure_latency, run_command
 
 
 @pytest.fixture

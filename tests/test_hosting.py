@@ -22,12 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.index import TargetRef
-from client.installer import Installer
-from client.transport import HttpxFetcher
-from client.trust import RepositoryClient
-from repo_tools.hosting import IMMUTABLE, NO_STORE, nginx_site
-from repo_tools.store import Repository
+from pinnacle_updates.client.installer import Installer
+from pinnacle_updates.client.transport import HttpxFetcher
+from pinnacle_updates.client.trust import RepositoryClient
+from pinnacle_updates.formats.index import TargetRef
+from pinnacle_updates.repo_tools.hosting import IMMUTABLE, NO_STORE, nginx_site
+from pinnacle_updates.repo_tools.store import Repository
 from tests import helpers_client as hc
 from tests.conftest import SERVER_ENV, ServedRepo, run_cli, server_kind, start_server
 from tests.nginx_server import NginxServer, find_nginx
@@ -174,8 +174,8 @@ def test_both_servers_send_the_same_status_headers_and_bytes(published: hc.Repo)
 KILLED_INSTALL = """
 import sys
 from pathlib import Path
-from client.index import TargetRef
-from client.installer import Installer
+from pinnacle_updates.formats.index import TargetRef
+from pinnacle_updates.client.installer import Installer
 Installer(Path(sys.argv[1])).install(sys.argv[2])
 """
 

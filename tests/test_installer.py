@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from client import config
-from client.errors import BusyError, HealthCheckError, InstallError, StateError
-from client.installer import Installer
+from pinnacle_updates.client import config
+from pinnacle_updates.client.errors import BusyError, HealthCheckError, InstallError, StateError
+from pinnacle_updates.client.installer import Installer
 from tests.helpers_client import PY, ROOT, Repo, app_files, env, init_client, make_repo, publish, serve, tree_digest
 
 VERSIONS = ("1.0.0", "1.1.0", "1.2.0")
@@ -337,7 +337,7 @@ def test_lock_busy_names_the_holder_and_wait_queues(tmp_path: Path, repo: Repo) 
         [
             PY,
             "-c",
-            "import sys, time\nfrom client.fsutil import exclusive_lock\n"
+            "import sys, time\nfrom pinnacle_updates.formats.fsutil import exclusive_lock\n"
             "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(float(sys.argv[2]))\n",
             str(d / "lock"),
             "1.5",

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from client import lzma_dict
-from client.delta_format import DeltaFormatError
+from pinnacle_updates.formats import lzma_dict
+from pinnacle_updates.formats.delta_format import DeltaFormatError
 
 
 def noise(seed: str, size: int) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from client.agent.notify import Notification, Notifier, NotifySettings
+from pinnacle_updates.client.agent.notify import Notification, Notifier, NotifySettings
 from tests.agent_server import V1, V11, V101, Receiver, free_port, publish_all, run_agent, serve_repo
 from tests.conftest import run_cli
 from tests.helpers_client import Repo, init_client

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from client import config as config_mod
-from client import slots
-from client.errors import HealthCheckError
-from client.installer import Installer
-from repo_tools import publish as ops
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.client import config as config_mod
+from pinnacle_updates.client import slots
+from pinnacle_updates.client.errors import HealthCheckError
+from pinnacle_updates.client.installer import Installer
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 
 
 def test_pointer_file_switches_slots(monkeypatch: pytest.MonkeyPatch, repo: Repository, keystore: KeyStore,

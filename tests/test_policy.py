@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from client.errors import ConfigError
-from client.index import Digest, Release, TargetRef, UpdateType
-from client.platform_tag import detect_platform, platform_tag
-from client.policy import Decision, UpdateConfig, decide, jittered_interval
+from pinnacle_updates.client.errors import ConfigError
+from pinnacle_updates.client.platform_tag import detect_platform, platform_tag
+from pinnacle_updates.client.policy import Decision, UpdateConfig, decide, jittered_interval
+from pinnacle_updates.formats.index import Digest, Release, TargetRef, UpdateType
 
 T = UpdateType
 H = "0" * 64
@@ -286,6 +286,6 @@ def test_platform_tag(system: str, machine: str, tag: str) -> None:
 
 
 def test_detect_platform_is_a_valid_tag() -> None:
-    from client.index import check_platform
+    from pinnacle_updates.formats.index import check_platform
 
     assert check_platform(detect_platform()) == detect_platform()

@@ -9,11 +9,11 @@ from pathlib import Path
 from tuf.api.metadata import Metadata
 from tuf.ngclient import Updater
 
-from repo_tools import publish as ops
-from repo_tools.audit import verify_repository
-from repo_tools.keys import KeyStore
-from repo_tools.prune import prune
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.prune import prune
+from pinnacle_updates.repo_tools.store import Repository
 from tests.conftest import ServedRepo, run_cli, tree_digest
 from tests.helpers_client import app_files, write_tree
 

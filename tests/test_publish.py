@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from tuf.ngclient import Updater
 
-from client.index import ChannelIndex
-from repo_tools import publish as ops
-from repo_tools.audit import verify_repository
-from repo_tools.errors import KeyStoreError, PublishRefused, RepositoryStateError
-from repo_tools.keys import KeyStore, create_keys
-from repo_tools.store import Repository
+from pinnacle_updates.formats.index import ChannelIndex
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.errors import KeyStoreError, PublishRefused, RepositoryStateError
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import run_cli, tree_digest
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from tuf.ngclient import Updater
 
-from repo_tools import publish as ops
-from repo_tools.archive import Archive
-from repo_tools.audit import verify_repository
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.archive import Archive
+from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import ROOT, write_tree
 
@@ -80,7 +80,8 @@ def test_flipping_any_byte_of_any_fetchable_file_fails_verify(repo: Repository, 
 
 
 def _publish_cmd(repo: Path, keys: Path, src: Path, version: str) -> list[str]:
-    return [sys.executable, "-m", "repo_tools", "publish", str(repo), "--keys", str(keys), "--channel", "stable",
+    return [sys.executable, "-m", "pinnacle_updates.repo_tools", "publish", str(repo), "--keys", str(keys),
+            "--channel", "stable",
             "--version", version, "--type", "patch", "--platform", "linux-x86_64", str(src)]
 
 

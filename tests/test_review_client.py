@@ -15,7 +15,8 @@ from tests.helpers_client import PY, ROOT, env, make_repo, release_cli, write_tr
 
 
 def client_cli(install_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "client", "--install-dir", str(install_dir), *args], cwd=ROOT, env=env(),
+    return subprocess.run([PY, "-m", "pinnacle_updates.client", "--install-dir", str(install_dir), *args], cwd=ROOT,
+                          env=env(),
                           capture_output=True, text=True, check=False)
 
 
@@ -134,8 +135,8 @@ def test_config_set_on_a_full_disk_is_one_line(install_dir: Path, monkeypatch: p
 
     from click.testing import CliRunner
 
-    from client import fsutil
-    from client.cli import cli
+    from pinnacle_updates.client.cli import cli
+    from pinnacle_updates.formats import fsutil
 
     before = (install_dir / "config.toml").read_bytes()
 
@@ -169,7 +170,7 @@ def test_install_with_the_slots_directory_gone_does_not_crash(install_dir: Path)
 def test_webhook_failure_does_not_publish_the_webhook_url(status: int) -> None:
     # the agent shows only whether a webhook is set (the URL often is the credential), while the
     # notifier's last error is served by the unauthenticated GET /api/updates/status
-    from client.agent.notify import Notification, Notifier, NotifySettings
+    from pinnacle_updates.client.agent.notify import Notification, Notifier, NotifySettings
     from tests.agent_server import Receiver
 
     with Receiver(status=status, fail_first=5 if status == 500 else 0) as rx:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from repo_tools.keys import create_keys
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools.keys import create_keys
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import run_cli, tree_digest, write_tree
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from client.fleet import evaluate, switch_channel_plan
-from client.index import ChannelIndex, Digest, FormatError, Release, TargetRef, UpdateType
-from client.policy import UpdateConfig, decide
-from client.rollout import (
+from pinnacle_updates.client.policy import UpdateConfig, decide
+from pinnacle_updates.formats.fleet import evaluate, switch_channel_plan
+from pinnacle_updates.formats.index import ChannelIndex, Digest, FormatError, Release, TargetRef, UpdateType
+from pinnacle_updates.formats.rollout import (
     ABTest,
     ClockReading,
     Rollout,

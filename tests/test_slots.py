@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from client import slots as sm
-from client.errors import StateError
-from client.slots import Event, SlotContent, SlotState, State
+from pinnacle_updates.client import slots as sm
+from pinnacle_updates.client.errors import StateError
+from pinnacle_updates.client.slots import Event, SlotContent, SlotState, State
 
 V1 = ("1.0.0", "1" * 64)
 

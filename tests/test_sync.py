@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from tuf.ngclient import Updater
 
-from repo_tools import publish as ops
-from repo_tools import rotate
-from repo_tools.errors import RepositoryStateError
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
-from repo_tools.sync import ROLES, ROOTS, SNAPSHOTS, TARGETS, TIMESTAMP, plan, sync
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools import rotate
+from pinnacle_updates.repo_tools.errors import RepositoryStateError
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
+from pinnacle_updates.repo_tools.sync import ROLES, ROOTS, SNAPSHOTS, TARGETS, TIMESTAMP, plan, sync
 
 from .conftest import ROOT, run_cli, tree_digest
 
@@ -140,7 +140,8 @@ def test_sync_killed_at_random_points_never_breaks_ngclient(repo: Repository, ke
             rotate.rotate_key(repo, keystore, "timestamp")  # new root versions in the mix too
             keystore = KeyStore(keystore.directory)
         pending = sync(repo.path, dest, dry_run=True)["copied"]
-        proc = subprocess.Popen([sys.executable, "-m", "repo_tools", "sync", str(repo.path), str(dest), "--verbose"],
+        proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "sync", str(repo.path),
+                                 str(dest), "--verbose"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         assert proc.stdout is not None
         wanted = rng.randrange(pending)  # kill after this many copied files, anywhere up to the last one

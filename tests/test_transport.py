@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
 
-from client.transport import USER_AGENT, HttpxFetcher, TransportSettings, local_path
-from repo_tools.serve import RangeNotSatisfiable, parse_range
+from pinnacle_updates.client.transport import USER_AGENT, HttpxFetcher, TransportSettings, local_path
+from pinnacle_updates.repo_tools.serve import RangeNotSatisfiable, parse_range
 from tests.fixtures_repo import Script, ScriptedServer, free_port
 from tests.range_server import RangeServer
 

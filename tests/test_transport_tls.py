@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tuf.api.exceptions import DownloadError
 
-from client import transport
-from client.hooks import probe_url
-from client.transport import HttpxFetcher, TransportSettings
+from pinnacle_updates.client import transport
+from pinnacle_updates.client.hooks import probe_url
+from pinnacle_updates.client.transport import HttpxFetcher, TransportSettings
 
 BODY = b"served over TLS\n" * 100
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")

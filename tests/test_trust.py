@@ -15,12 +15,12 @@ import pytest
 import zstandard
 from securesystemslib.signer import CryptoSigner
 
-from client import trust
-from client.errors import ConfigError, RepositoryError, StateError, TrustError
-from client.fsutil import TEMP_PREFIX
-from client.index import ChannelIndex, TargetRef, UpdateType
-from client.transport import TransportSettings
-from client.trust import RepositoryClient
+from pinnacle_updates.client import trust
+from pinnacle_updates.client.errors import ConfigError, RepositoryError, StateError, TrustError
+from pinnacle_updates.client.transport import TransportSettings
+from pinnacle_updates.client.trust import RepositoryClient
+from pinnacle_updates.formats.fsutil import TEMP_PREFIX
+from pinnacle_updates.formats.index import ChannelIndex, TargetRef, UpdateType
 from tests.fixtures_repo import (
     ROOT_DIR,
     FixtureRepo,
@@ -472,7 +472,7 @@ def test_bad_repository_url(tmp_path: Path, repo: FixtureRepo) -> None:
 
 def _release_cli(*args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "repo_tools", *args],
+        [sys.executable, "-m", "pinnacle_updates.repo_tools", *args],
         capture_output=True,
         text=True,
         cwd=ROOT_DIR,
@@ -496,7 +496,7 @@ def test_repository_made_by_pinnacle_release(tmp_path: Path) -> None:
             "--type", kind, "--platform", PLATFORM, str(src), "--entry-point", "bin/app",
         )  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "repo_tools", "serve", str(repo_dir), "--port", "0"],
+        [sys.executable, "-m", "pinnacle_updates.repo_tools", "serve", str(repo_dir), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

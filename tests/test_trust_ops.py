@@ -19,10 +19,10 @@ import pytest
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata
 
-from repo_tools import publish as ops
-from repo_tools.core import metadata as meta
-from repo_tools.keys import KeyStore, create_keys, load_pem_signer, public_key_bytes
-from repo_tools.store import Repository
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.core import metadata as meta
+from pinnacle_updates.repo_tools.keys import KeyStore, create_keys, load_pem_signer, public_key_bytes
+from pinnacle_updates.repo_tools.store import Repository
 
 from .conftest import run_cli, tree_digest
 from .test_client_attacks import Client

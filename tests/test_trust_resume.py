@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from client.transport import HttpxFetcher
-from client.trust import RepositoryClient
-from repo_tools import publish as ops
-from repo_tools.keys import KeyStore
-from repo_tools.store import Repository
+from pinnacle_updates.client.transport import HttpxFetcher
+from pinnacle_updates.client.trust import RepositoryClient
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 
 
 def test_damaged_partial_is_discarded_and_fetched_again(repo: Repository, keystore: KeyStore, source, serve,

@@ -42,10 +42,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from client.agent import token as token_mod
-from client.agent.openapi import document
-from client.agent.service import AgentError, AgentService, configure_logging
-from client.errors import UpdateError
+from pinnacle_updates.client.agent import token as token_mod
+from pinnacle_updates.client.agent.openapi import document
+from pinnacle_updates.client.agent.service import AgentError, AgentService, configure_logging
+from pinnacle_updates.client.errors import UpdateError
 
 log = logging.getLogger("pinnacle.agent.http")
 
@@ -256,7 +256,7 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
 
 
 def _asset(name: str) -> bytes:
-    return resources.files("client.agent").joinpath("static", name).read_bytes()
+    return resources.files("pinnacle_updates.client.agent").joinpath("static", name).read_bytes()
 
 
 # ----- the process -----------------------------------------------------------------------------------

@@ -37,10 +37,10 @@ from typing import Any
 
 import httpx
 
-from client import fleet_state
-from client.config import ClientConfig
-from client.errors import BusyError, ConfigError, HealthCheckError, InstallRefused, UpdateError
-from client.slots import now
+from pinnacle_updates.client import fleet_state
+from pinnacle_updates.client.config import ClientConfig
+from pinnacle_updates.client.errors import BusyError, ConfigError, HealthCheckError, InstallRefused, UpdateError
+from pinnacle_updates.client.slots import now
 
 log = logging.getLogger("pinnacle.agent.notify")
 

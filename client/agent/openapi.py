@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from client import config as config_mod
+from pinnacle_updates.client import config as config_mod
 
 JSON = "application/json"
 

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from client import config as config_mod
-from client import slots as sm
-from client.agent import analytics
-from client.agent.notify import Notifier, NotifySettings, Outcome, notification, outcome
-from client.errors import (
+from pinnacle_updates.client import config as config_mod
+from pinnacle_updates.client import slots as sm
+from pinnacle_updates.client.agent import analytics
+from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, outcome
+from pinnacle_updates.client.errors import (
     BusyError,
     ConfigError,
     HealthCheckError,
@@ -48,11 +48,11 @@ from client.errors import (
     TrustError,
     UpdateError,
 )
-from client.index import CHANNELS, FormatError, Release, parse_version
-from client.installer import CheckResult, Installer, InstallResult
-from client.installer import _age_days as age_days
-from client.policy import decide, jittered_interval
-from client.slots import now
+from pinnacle_updates.client.installer import CheckResult, Installer, InstallResult
+from pinnacle_updates.client.installer import _age_days as age_days
+from pinnacle_updates.client.policy import decide, jittered_interval
+from pinnacle_updates.client.slots import now
+from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, parse_version
 
 log = logging.getLogger("pinnacle.agent")
 

@@ -13,8 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
-from client import fsutil
-from client.errors import ConfigError
+from pinnacle_updates.client.errors import ConfigError
+from pinnacle_updates.formats import fsutil
 
 TOKEN_FILE = "agent.token"
 

@@ -38,10 +38,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from client.bsdiff_lzma import lzma_memory
-from client.delta_format import OpKind
-from client.delta_segments import DEFAULT_SEGMENTS, SEGMENT_BASE_MAX, SEGMENT_MAX, SegmentParams
-from client.index import EntryType, Manifest, ManifestEntry
+from pinnacle_updates.formats.bsdiff_lzma import lzma_memory
+from pinnacle_updates.formats.delta_format import OpKind
+from pinnacle_updates.formats.delta_segments import DEFAULT_SEGMENTS, SEGMENT_BASE_MAX, SEGMENT_MAX, SegmentParams
+from pinnacle_updates.formats.index import EntryType, Manifest, ManifestEntry
 
 MIB = 1 << 20
 BSDIFF4_PER_OLD_BYTE = 17

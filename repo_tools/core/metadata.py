@@ -26,7 +26,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from client.rollout import SIGNED_AT_FIELD, format_time
+from pinnacle_updates.formats.rollout import SIGNED_AT_FIELD, format_time
 
 SPEC_HASH = "sha256"
 _SERIALIZER = JSONSerializer(compact=True)

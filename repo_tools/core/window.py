@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from tuf.api.metadata import SuccinctRoles
 
-from client.index import Release
+from pinnacle_updates.formats.index import Release
 
 DEFAULT_LIVE_WINDOW = 16
 """Releases per platform a channel index keeps: enough for every delta base and chain."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from client.rollout import ABTest, Rollout, ScheduleError, Yank
+from .rollout import ABTest, Rollout, ScheduleError, Yank
 
 INDEX_FORMAT = 1
 MANIFEST_FORMAT = 1

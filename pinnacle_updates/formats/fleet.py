@@ -30,8 +30,8 @@ from typing import Any
 
 from packaging.version import Version
 
-from client.index import Release, UpdateType, parse_version
-from client.rollout import ClockReading, Yank, bucket
+from .index import Release, UpdateType, parse_version
+from .rollout import ClockReading, Yank, bucket
 
 __all__ = [
     "DEFAULT_SKIP_RAMP",

@@ -1,0 +1,13 @@
+"""pinnacle-updates: secure, delta-compressed, self-rolling-back software updates over a static TUF repository.
+
+One installed namespace, three layers (docs/ARCHITECTURE.md):
+
+- :mod:`pinnacle_updates.formats`: the neutral layer, the signed wire formats, the codecs, the canonical
+  archive and atomic files; it imports neither side.
+- :mod:`pinnacle_updates.repo_tools`: the publisher (``pinnacle-release``).
+- :mod:`pinnacle_updates.client`: the client (``pinnacle-update``, the Python API, the agent).
+
+The publisher and the client never import each other.
+"""
+
+__version__ = "0.1.0"
