@@ -3,7 +3,7 @@
 Hand-written rather than generated so that it states what the routes in ``client.agent.app``
 promise: every status code each one can answer with, the one error shape, and which calls need
 the bearer token. The config request body is derived from ``client.config.KEYS``, so a new key is
-documented the moment it exists. ``tests/test_agent_fuzz.py`` runs schemathesis against it.
+documented the moment it exists. ``tests/agent/test_agent_fuzz.py`` runs schemathesis against it.
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 def _publish(repo: Repository, keystore: KeyStore, source, version: str, kind: str) -> None:  # type: ignore[no-untyped-def]

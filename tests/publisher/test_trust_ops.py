@@ -23,9 +23,8 @@ from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.core import metadata as meta
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys, load_pem_signer, public_key_bytes
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import run_cli, tree_digest
-from .test_client_attacks import Client
+from tests.client.test_client_attacks import Client
+from tests.conftest import run_cli, tree_digest
 
 ONLINE = ("timestamp", "snapshot", "stable", "beta", "alpha")
 SECRET = "tr0ub4dor&3"

@@ -63,9 +63,8 @@ from pinnacle_updates.repo_tools.delta import (
 from pinnacle_updates.repo_tools.errors import PublishRefused
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import ROOT, tree_digest, write_tree
-from .test_delta_client import tar_of
+from tests.client.test_delta_client import tar_of
+from tests.conftest import ROOT, tree_digest, write_tree
 
 MIB = 1 << 20
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64

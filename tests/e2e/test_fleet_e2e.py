@@ -16,9 +16,8 @@ from pinnacle_updates.formats.rollout import bucket, parse_schedule
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
 from pinnacle_updates.repo_tools.store import Repository
-
-from .helpers_client import Repo, app_files, make_repo, publish, release_cli, serve, write_tree
-from .test_client_attacks import Client
+from tests.client.test_client_attacks import Client
+from tests.helpers_client import Repo, app_files, make_repo, publish, release_cli, serve, write_tree
 
 
 def _client(tmp_path: Path, name: str, url: str, repo: Repo, client_id: str) -> Client:

@@ -16,8 +16,8 @@ from pinnacle_updates.formats.delta_format import DeltaHeader, OpKind, read_head
 from pinnacle_updates.formats.index import Manifest
 from pinnacle_updates.formats.tree import verify_tree
 from pinnacle_updates.repo_tools.delta import build_delta
+from tests.client.test_delta_client import manifest_of, noise
 from tests.conftest import tree_digest, write_tree
-from tests.test_delta_client import manifest_of, noise
 
 Trees = tuple[tuple[Path, Manifest], tuple[Path, Manifest]]
 

@@ -10,8 +10,7 @@ import pytest
 
 from pinnacle_updates.repo_tools.keys import create_keys
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import run_cli, tree_digest, write_tree
+from tests.conftest import run_cli, tree_digest, write_tree
 
 
 @pytest.fixture

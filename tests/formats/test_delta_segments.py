@@ -34,8 +34,8 @@ from pinnacle_updates.repo_tools.delta import build_delta, segment_frame
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests import helpers_client as hc
+from tests.client.test_delta_client import delta_file, forge_delta, manifest_of, noise
 from tests.conftest import tree_digest, write_tree
-from tests.test_delta_client import delta_file, forge_delta, manifest_of, noise
 
 MIB = 1 << 20
 SMALL = SegmentParams(whole_max=64 << 10, size=16 << 10, margin=8 << 10)

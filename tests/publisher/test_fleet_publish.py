@@ -18,8 +18,7 @@ from pinnacle_updates.repo_tools.audit import verify_repository
 from pinnacle_updates.repo_tools.errors import PublishRefused
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import run_cli, tree_digest
+from tests.conftest import run_cli, tree_digest
 
 
 def _publish(repo: Repository, keystore: KeyStore, source: Callable[..., Path], version: str, *,

@@ -23,8 +23,7 @@ from pinnacle_updates.repo_tools.errors import RepositoryStateError
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from pinnacle_updates.repo_tools.sync import ROLES, ROOTS, SNAPSHOTS, TARGETS, TIMESTAMP, plan, sync
-
-from .conftest import ROOT, run_cli, tree_digest
+from tests.conftest import ROOT, run_cli, tree_digest
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ import pytest
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import ROOT
-from .test_client_attacks import Client
+from tests.client.test_client_attacks import Client
+from tests.conftest import ROOT
 
 SCRIPT = ROOT / "examples" / "ci" / "publish.sh"
 WORKFLOW = ROOT / "examples" / "ci" / "publish.yml"

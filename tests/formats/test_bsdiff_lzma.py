@@ -16,8 +16,7 @@ from pinnacle_updates.formats.bsdiff_lzma import TUPLE, dict_size, from_planes, 
 from pinnacle_updates.formats.delta_format import DeltaFormatError, OpKind, read_header
 from pinnacle_updates.formats.tree import verify_tree
 from pinnacle_updates.repo_tools.delta import build_delta
-
-from .test_delta_client import Trees, trees  # noqa: F401 (a fixture)
+from tests.client.test_delta_client import Trees, trees  # noqa: F401 (a fixture)
 
 
 def _code_like(seed: int, size: int) -> bytes:

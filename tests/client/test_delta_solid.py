@@ -23,10 +23,8 @@ from pinnacle_updates.formats.delta_format import (
 from pinnacle_updates.formats.index import EntryType, Manifest
 from pinnacle_updates.repo_tools.delta import build_delta, load_manifest, manifest_patch, solid_patch
 from pinnacle_updates.repo_tools.store import Repository
-from tests import test_delta_client
-from tests.conftest import tree_digest, write_tree
-from tests.helpers_client import Repo
-from tests.test_delta_client import (
+from tests.client import test_delta_client
+from tests.client.test_delta_client import (
     NOT_LOGS,
     Trees,
     apply_fails,
@@ -42,6 +40,8 @@ from tests.test_delta_client import (
     signed,
     update_over_http,
 )
+from tests.conftest import tree_digest, write_tree
+from tests.helpers_client import Repo
 
 # the fixtures of the other kinds' tests: the same trees and published repository
 trees, published, repo = test_delta_client.trees, test_delta_client.published, test_delta_client.repo

@@ -17,8 +17,7 @@ from pinnacle_updates.repo_tools.archive import Archive
 from pinnacle_updates.repo_tools.audit import verify_repository
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import ROOT, write_tree
+from tests.conftest import ROOT, write_tree
 
 
 def fetchable_files(repo: Repository) -> list[Path]:

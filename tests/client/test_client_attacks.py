@@ -19,8 +19,7 @@ from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.core import metadata as meta
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import run_cli, tree_digest
+from tests.conftest import run_cli, tree_digest
 
 
 class Client:

@@ -17,8 +17,7 @@ from pinnacle_updates.repo_tools.audit import verify_repository
 from pinnacle_updates.repo_tools.errors import KeyStoreError, PublishRefused, RepositoryStateError
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
 from pinnacle_updates.repo_tools.store import Repository
-
-from .conftest import run_cli, tree_digest
+from tests.conftest import run_cli, tree_digest
 
 
 def _publish(repo: Repository, keystore: KeyStore, src: Path, version: str, channel: str = "stable",
