@@ -18,12 +18,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@$(BIN)/python -m pinnacle_updates.client.demo
 
-test: $(STAMP)
+# The whole suite: lint, types and layer contracts first (seconds), then the tests.
+test: lint
 	@$(BIN)/python -m pytest
 
+# ruff; mypy --strict over the whole installed package; the import contracts of pyproject.toml.
 lint: $(STAMP)
-	@$(BIN)/ruff check .
-	@$(BIN)/mypy --strict --follow-imports=silent client/index.py client/fsutil.py client/policy.py client/slots.py client/delta.py client/delta_format.py client/delta_segments.py client/bsdiff_lzma.py client/lzma_dict.py client/archive.py repo_tools/core client/agent/analytics.py client/rollout.py client/fleet.py
+	@$(BIN)/ruff check --quiet .
+	@$(BIN)/mypy --strict pinnacle_updates > $(VENV)/mypy.log 2>&1 || { cat $(VENV)/mypy.log; exit 1; }
+	@$(BIN)/lint-imports --no-cache > $(VENV)/lint-imports.log 2>&1 || { cat $(VENV)/lint-imports.log; exit 1; }
 
 bench: $(STAMP)
 	@$(BIN)/python bench/publish.py

@@ -204,7 +204,7 @@ def load_pem_signer(path: Path, passphrase: str | None, public: SSlibKey | None 
         # The exception text never includes the secret; keep it out of the message all the same.
         raise KeyStoreError(f"cannot decrypt key {name}: wrong passphrase or damaged file") from exc
     try:
-        return CryptoSigner(private_key, public)  # type: ignore[arg-type]
+        return CryptoSigner(private_key, public)  # type: ignore[arg-type, unused-ignore]
     except Exception as exc:
         raise KeyStoreError(f"key {name} does not match its public key in {KEYS_FILE}") from exc
 
@@ -238,7 +238,7 @@ def load_public_key(path: Path) -> SSlibKey:
         raise KeyStoreError(f"cannot read public key {path}: {exc.strerror}") from exc
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            return SSlibKey.from_crypto(load_pem_public_key(data))  # type: ignore[arg-type]
+            return SSlibKey.from_crypto(load_pem_public_key(data))  # type: ignore[arg-type, unused-ignore]
         doc = json.loads(data)
         return SSlibKey.from_dict(doc.pop("keyid"), doc)
     except Exception as exc:

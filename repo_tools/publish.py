@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Signer
-from tuf.api.metadata import Metadata, Targets
+from tuf.api.metadata import Metadata, Role, Targets
 
 from pinnacle_updates.formats.fleet import controls_summary
 from pinnacle_updates.formats.index import (
@@ -107,6 +107,7 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
 def _trusted_signers(keys: KeyStore, state: RepoState, role: str) -> list[Signer]:
     """Signers for ``role`` among the keys the committed metadata trusts for it (not the key
     directory's own mapping, which may be stale or belong to another repository)."""
+    trusted: Role | None
     if role in ("snapshot", "timestamp"):
         trusted = state.root.signed.roles[role]
     else:

@@ -338,7 +338,7 @@ def publish(repo: Repository, role: str, data: bytes, keys: KeyStore | None = No
         else:
             _check_version(current, new)
             publisher = _publish_root if role == "root" else _publish_targets
-            result = publisher(repo, state, new, keys, now)  # type: ignore[operator]
+            result = publisher(repo, state, new, keys, now)  # type: ignore[operator, unused-ignore]
     if keys is not None:
         if role == "root":
             root: Root = new.signed

@@ -117,7 +117,7 @@ class _Handler(SimpleHTTPRequestHandler):
         self.end_headers()
         return _Slice(f, last - first + 1)
 
-    def list_directory(self, path: Any) -> None:  # type: ignore[override]
+    def list_directory(self, path: Any) -> None:  # type: ignore[override, unused-ignore]
         self.send_error(404, "Not found")
         return None
 
@@ -138,7 +138,8 @@ def serve(directory: Path, host: str = "127.0.0.1", port: int = 0, quiet: bool =
     """Serve ``directory`` until interrupted; print the URL first (tests read it from stdout)."""
     server = make_server(directory, host, port, quiet)
     bound_host, bound_port = server.server_address[:2]
-    print(f"serving http://{bound_host}:{bound_port}/", flush=True)
+    host_text = bound_host.decode() if isinstance(bound_host, bytes) else bound_host  # typeshed allows bytes
+    print(f"serving http://{host_text}:{bound_port}/", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuf.api.metadata import Metadata
+from tuf.api.metadata import Metadata, Snapshot, Timestamp
 
 from pinnacle_updates.formats.fsutil import TEMP_PREFIX, atomic_write, atomic_writer, remove_stale_temps
 
@@ -115,8 +115,8 @@ def _timestamp_before_roots(source: Path, dest: Path, items: list[SyncItem], tim
     if not new or not served:
         return False  # no root change, or a fresh DEST that serves nothing yet
     try:
-        ts = Metadata.from_bytes(timestamp)
-        snap = Metadata.from_bytes((source / "metadata" / f"{ts.signed.snapshot_meta.version}.snapshot.json")
+        ts = Metadata[Timestamp].from_bytes(timestamp)
+        snap = Metadata[Snapshot].from_bytes((source / "metadata" / f"{ts.signed.snapshot_meta.version}.snapshot.json")
                                    .read_bytes())
         top = Metadata.from_bytes((source / "metadata" / f"{snap.signed.meta['targets.json'].version}.targets.json")
                                   .read_bytes())
