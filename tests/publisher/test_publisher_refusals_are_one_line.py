@@ -1,4 +1,4 @@
-"""Review of the publisher's failure paths: a refused request prints one line, exits non-zero and
+"""The publisher's failure paths: a refused request prints one line, exits non-zero and
 leaves REPO_DIR exactly as it was."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review of the client's failure paths: malformed local files and hostile inputs end in one
+"""The client's failure paths: malformed local files and hostile inputs end in one
 line on stderr and a non-zero exit code (never a traceback), and the running slot is untouched."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def client_cli(install_dir: Path, *args: str) -> subprocess.CompletedProcess[str
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("review")
+    base = tmp_path_factory.mktemp("bad-local-state")
     repo = make_repo(base)
     src = base / "src"
     write_tree(src, {"bin/app": "#!/bin/sh\necho 1\n", "a.txt": "hello\n"})
