@@ -21,6 +21,10 @@ stored. An op's ``base`` is stored only when it differs from its ``path``. The
 header frame declares its decompressed size, which is bounded (``MAX_HEADER``) before anything is
 decompressed.
 
+The kinds of ops and of containers are named in :mod:`pinnacle_updates.formats.delta_kinds`
+(``OpKind``, ``ContainerKind``; :attr:`DeltaHeader.kind` classifies a header), which also says where
+each side registers a new kind.
+
 Nothing here trusts the header for sizes, modes or hashes of output files: those always come from
 the signed target manifest (:meth:`DeltaHeader.check_against` ties the two together). Pure: no file
 system access; callers pass open binary streams and the file size.
@@ -32,11 +36,11 @@ import lzma
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, BinaryIO, Protocol
 
 import pyzstd
 
+from .delta_kinds import ContainerKind, OpKind
 from .index import (
     Digest,
     EntryType,
@@ -83,26 +87,6 @@ class DeltaFormatError(FormatError):
 SOLID_SHA256 = "0" * 64
 """The sha256 a solid delta's skeleton manifest gives every file the LZMA stream rebuilds; the
 client puts the hash of the rebuilt bytes in its place."""
-
-
-class OpKind(StrEnum):
-    """How one target file is produced."""
-
-    COPY = "copy"  # the base file ``base`` has the target's sha256: no bytes in the payload
-    BSDIFF4 = "bsdiff4"  # bsdiff4 (BSDIFF40) patch against the base file (read; no longer written)
-    BSDIFF_LZMA = "bsdiff-lzma"  # bsdiff4's blocks coded smaller (client.bsdiff_lzma) against the base file
-    BSDIFF_SHARED = "bsdiff-shared"  # the same blocks, taken from the delta's shared streams (header "shared")
-    ZSTD_PATCH = "zstd-patch"  # one zstd frame compressed with the base file as raw prefix
-    ZSTD = "zstd"  # one plain zstd frame of the whole file (a new file)
-    ZSTD_SEGMENTS = "zstd-segments"  # a large file: zstd frames per segment, base regions as prefix (delta_segments)
-
-    @property
-    def has_base(self) -> bool:
-        return self is not OpKind.ZSTD
-
-    @property
-    def has_data(self) -> bool:
-        return self is not OpKind.COPY
 
 
 def patch_window_log(base_size: int, size: int) -> int:
@@ -218,6 +202,17 @@ class DeltaHeader:
     shared: tuple[int, int, int] | None = None
 
     @property
+    def kind(self) -> ContainerKind:
+        """Which kind of container this is, from the one optional field that marks it (``archive``,
+        ``solid``, ``shared``; none: plain per-file). The only place that reads the kind from the
+        fields; :meth:`check_layout` refuses headers where the fields disagree."""
+        if self.archive is not None:
+            return ContainerKind.WHOLE_ARCHIVE
+        if self.solid is not None:
+            return ContainerKind.SOLID
+        return ContainerKind.SHARED if self.shared is not None else ContainerKind.PER_FILE
+
+    @property
     def manifest_length(self) -> int:
         """Payload bytes of the manifest patch (0 when there is none); data starts after them."""
         return (self.manifest.length or 0) if self.manifest is not None else 0
@@ -226,7 +221,7 @@ class DeltaHeader:
     def payload_length(self) -> int:
         """Bytes of payload: the manifest patch, then the ops' data (contiguous), the archive frame or
         the solid stream."""
-        if self.archive is not None or self.solid is not None:
+        if not self.kind.has_ops:
             return self.manifest_length + (self.archive or 0) + (self.solid or 0)
         return self.manifest_length + sum(op.length for op in self.ops) + sum(self.shared or ())
 
@@ -268,14 +263,15 @@ class DeltaHeader:
         }
         if self.manifest is not None:
             out["manifest"] = self.manifest.to_dict()
-        if self.archive is not None:
-            out["archive"] = {"length": self.archive}
-        elif self.solid is not None:
-            out["solid"] = {"length": self.solid}
+        kind = self.kind
+        if kind is ContainerKind.WHOLE_ARCHIVE:
+            out[kind.value] = {"length": self.archive}
+        elif kind is ContainerKind.SOLID:
+            out[kind.value] = {"length": self.solid}
         else:
-            out["ops"] = [op.to_dict() for op in self.ops]
-            if self.shared is not None:
-                out["shared"] = dict(zip(SHARED_STREAMS, self.shared, strict=True))
+            out[ContainerKind.PER_FILE.value] = [op.to_dict() for op in self.ops]
+            if kind is ContainerKind.SHARED:
+                out[kind.value] = dict(zip(SHARED_STREAMS, self.shared or (), strict=True))
         return out
 
     def encode(self) -> bytes:
@@ -292,12 +288,13 @@ class DeltaHeader:
             raise DeltaFormatError("a whole-archive delta has no ops")
         if self.solid is not None and (self.ops or self.archive is not None):
             raise DeltaFormatError("a solid delta has neither ops nor an archive")
-        if self.solid is not None and (self.manifest is None or self.manifest.length is None):
+        kind = self.kind  # from here on at most one of archive and solid, and neither with ops
+        if kind.needs_manifest_patch and (self.manifest is None or self.manifest.length is None):
             raise DeltaFormatError("a solid delta must carry its skeleton manifest patch")
         uses_shared = any(op.op is OpKind.BSDIFF_SHARED for op in self.ops)
         if (self.shared is not None) != uses_shared:
             raise DeltaFormatError("shared streams come with bsdiff-shared ops, and only with them")
-        if self.archive is None and self.manifest is not None and self.manifest.length is None:
+        if not kind.manifest_from_tar and self.manifest is not None and self.manifest.length is None:
             raise DeltaFormatError("only a whole-archive delta may leave out the manifest patch's length")
         expected = self.manifest_length
         for i, op in enumerate(self.ops):
@@ -325,7 +322,7 @@ class DeltaHeader:
             raise DeltaFormatError(f"delta target content digest differs from manifest {target.version}")
         if self.base_content != base.content:
             raise DeltaFormatError(f"delta base content digest differs from manifest {base.version}")
-        if self.archive is not None or self.solid is not None:
+        if not self.kind.has_ops:
             return  # every output file is checked against its manifest entry while it is extracted
         files = [e for e in target.entries if e.type is EntryType.FILE]
         if len(files) != len(self.ops):
@@ -352,8 +349,7 @@ class DeltaHeader:
             raise DeltaFormatError(str(exc)) from None
         if doc.get("format") != DELTA_FORMAT:
             raise DeltaFormatError(f"delta header: unsupported format {doc.get('format')!r} (reads {DELTA_FORMAT})")
-        unknown = sorted(set(doc) - {"format", "from", "to", "from_content", "to_content", "manifest", "ops",
-                                     "archive", "solid", "shared"})
+        unknown = sorted(set(doc) - {"format", "from", "to", "from_content", "to_content", "manifest", *ContainerKind})
         if unknown:
             raise DeltaFormatError(f"delta header: unexpected field(s) {', '.join(map(repr, unknown))}")
         manifest = ManifestPatch.from_dict(doc["manifest"], "delta header.manifest") if "manifest" in doc else None
@@ -562,6 +558,7 @@ def read_header(f: BinaryIO, file_size: int | None = None, max_header: int = MAX
 
 __all__ = [
     "ARCHIVE_MAX", "DELTA_FORMAT", "HEADER_LEVEL", "MAGIC", "MANIFEST_MAX", "MAX_HEADER", "PREFIX_LENGTH",
-    "SOLID_SHA256", "DeltaFormatError", "DeltaHeader", "DeltaOp", "ManifestPatch", "OpKind", "SolidLayout",
+    "SOLID_SHA256", "ContainerKind", "DeltaFormatError", "DeltaHeader", "DeltaOp", "ManifestPatch", "OpKind",
+    "SolidLayout",
     "delta_path", "patch_window_log", "read_header", "solid_layout", "write_delta",
 ]
