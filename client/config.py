@@ -15,7 +15,7 @@ import re
 import secrets
 import shlex
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,17 @@ from urllib.parse import urlparse
 from pinnacle_updates.client.errors import ConfigError
 from pinnacle_updates.client.policy import UpdateConfig
 from pinnacle_updates.formats import fsutil
-from pinnacle_updates.formats.index import CHANNELS, FormatError, UpdateType, check_channel, check_platform
+from pinnacle_updates.formats.index import (
+    CHANNELS,
+    DEFAULT_SKIP_RAMP_TYPES,
+    FormatError,
+    UpdateType,
+    check_channel,
+    check_platform,
+)
 
 Value = str | int | float | bool | list[str]
 
-_UPDATE_TYPES = tuple(t.value for t in UpdateType)
 _PERSISTENT_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._ -]*$")
 
 
@@ -82,10 +88,21 @@ def _persistent(v: list[str]) -> None:
         raise ValueError("names repeat")
 
 
+def _type_names(types: Iterable[UpdateType]) -> list[str]:
+    """Plain strings in ``UpdateType``'s declaration order: what config.toml holds."""
+    return [t.value for t in types]
+
+
 def _update_types(v: list[str]) -> None:
+    known = _type_names(UpdateType)
     for t in v:
-        if t not in _UPDATE_TYPES:
-            raise ValueError(f"unknown update type {t!r} (known: {', '.join(_UPDATE_TYPES)})")
+        if t not in known:
+            raise ValueError(f"unknown update type {t!r} (known: {', '.join(known)})")
+
+
+# for auto_install's help line (written into every config.toml), so that it names today's types
+_AUTO_TYPES = "/".join(t for t in UpdateType if t.auto_installs and not t.urgent)
+_URGENT_TYPES = "/".join(t for t in UpdateType if t.urgent)
 
 
 def _command(v: str) -> None:
@@ -151,14 +168,14 @@ KEYS: Mapping[str, Key] = {
     "client_id": Key(str, "", "random id of this install (used for staged rollouts)", _client_id),
     # policy (the seed's UpdateConfig)
     "enabled": Key(bool, True, "whether automatic update checks run"),
-    "auto_install": Key(bool, True, "install patch releases by themselves (security/hotfix always)"),
+    "auto_install": Key(bool, True, f"install {_AUTO_TYPES} releases by themselves ({_URGENT_TYPES} always)"),
     "check_interval": Key(int, 3600, "seconds between automatic checks", _positive),
     "backup_before_update": Key(bool, True, "keep the previous version in the other slot"),
-    "allowed_update_types": Key(list, list(_UPDATE_TYPES), "update types allowed", _update_types),
+    "allowed_update_types": Key(list, _type_names(UpdateType), "update types allowed", _update_types),
     "max_rollback_attempts": Key(int, 3, "rollbacks after which a version is refused even with --force", _positive),
     "max_rollback_days": Key(int, 30, "days a previous version stays eligible for rollback", _non_negative),
-    "skip_ramp_types": Key(list, ["security", "hotfix"], "update types that skip staged rollouts unless the "
-                           "release says otherwise", _update_types),
+    "skip_ramp_types": Key(list, _type_names(DEFAULT_SKIP_RAMP_TYPES), "update types that skip staged rollouts "
+                           "unless the release says otherwise", _update_types),
     "max_clock_skew": Key(int, 86400, "seconds the clock may run ahead of the newest signed time before "
                           "rollouts stop advancing with it", _positive),
     "persistent_paths": Key(

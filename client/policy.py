@@ -53,7 +53,6 @@ from pinnacle_updates.formats.index import (
 )
 
 __all__ = [
-    "URGENT_TYPES",
     "Decision",
     "Skipped",
     "UpdateConfig",
@@ -61,10 +60,6 @@ __all__ = [
     "detect_platform",
     "jittered_interval",
 ]
-
-URGENT_TYPES = frozenset({UpdateType.SECURITY, UpdateType.HOTFIX})
-"""Installed automatically whatever ``auto_install`` says."""
-_PATCH_LIKE = URGENT_TYPES | {UpdateType.PATCH}
 
 
 @dataclass(frozen=True)
@@ -168,14 +163,14 @@ def decide(
     eligible: list[Release] = []
     gated = False
     for r in newer:
-        if r.type is UpdateType.MAJOR and current is not None and not gated:
-            if UpdateType.MAJOR not in config.allowed_update_types:
+        if r.type.needs_confirmation and current is not None and not gated:
+            if r.type not in config.allowed_update_types:
                 gated = True
-                skipped.append(Skipped(r.version, "major update: not in allowed_update_types"))
+                skipped.append(Skipped(r.version, f"{r.type} update: not in allowed_update_types"))
                 continue
             if not confirm_major:
                 gated = True
-                skipped.append(Skipped(r.version, "major update: needs explicit confirmation"))
+                skipped.append(Skipped(r.version, f"{r.type} update: needs explicit confirmation"))
                 continue
         if gated:
             skipped.append(Skipped(r.version, "comes after an unconfirmed major update"))
@@ -205,13 +200,13 @@ def _newest_automatic(
         return eligible[-1] if eligible and config.auto_install else None
     best: Release | None = None
     urgent = False
-    patch_only = True
+    auto_kinds_only = True  # every release of the jump so far is of a type that auto-installs
     for r in newer:  # ascending: the jump to r contains every release up to r
-        if r.type is UpdateType.MAJOR:
+        if r.type.needs_confirmation:
             break
-        urgent = urgent or r.type in URGENT_TYPES or r.version in required
-        patch_only = patch_only and r.type in _PATCH_LIKE
-        if r in eligible and (urgent or (patch_only and config.auto_install)):
+        urgent = urgent or r.type.urgent or r.version in required
+        auto_kinds_only = auto_kinds_only and r.type.auto_installs
+        if r in eligible and (urgent or (auto_kinds_only and config.auto_install)):
             best = r
     return best
 
@@ -232,8 +227,8 @@ def _reason(release: Release | None, auto_release: Release | None, skipped: list
         )
     if not config.enabled:
         return f"{label} is available; automatic updates are disabled"
-    if release.type is UpdateType.MAJOR:
-        return f"{label} is available (confirmed major update; never automatic)"
+    if release.type.needs_confirmation:
+        return f"{label} is available (confirmed {release.type} update; never automatic)"
     why = "automatic installs are off" if not config.auto_install else "it brings a minor change"
     return f"{label} is available on request ({why})"
 
@@ -265,12 +260,12 @@ def _requested(
         return Decision(found, None, f"{label}: downgrade from {current} (forced)", downgrade=True)
     crossed = [
         r for r in ordered
-        if r.type is UpdateType.MAJOR and current is not None and current < r.parsed_version <= wanted
+        if r.type.needs_confirmation and current is not None and current < r.parsed_version <= wanted
     ]  # fmt: skip
     if crossed and not confirm_major:
-        return Decision(
-            None, None, f"{label} crosses the major update {crossed[0].version}: needs explicit confirmation"
-        )
+        gate = crossed[0]
+        why = f"{label} crosses the {gate.type} update {gate.version}: needs explicit confirmation"
+        return Decision(None, None, why)
     return Decision(found, None, f"{label} as requested")
 
 

@@ -17,6 +17,7 @@ import click
 
 from pinnacle_updates.formats.cliutil import Failure, emit, error_group
 from pinnacle_updates.formats.fleet import describe_controls
+from pinnacle_updates.formats.index import DEFAULT_SKIP_RAMP_TYPES, UpdateType
 
 from . import publish as ops
 from .audit import verify_repository
@@ -147,7 +148,7 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
 @click.option("--channel", required=True)
 @click.option("--version", "version", required=True, help="PEP 440 version, newer than any in the channel.")
 @click.option("--type", "update_type", required=True,
-              type=click.Choice(["patch", "minor", "major", "security", "hotfix"]))
+              type=click.Choice([t.value for t in UpdateType]))
 @click.option("--platform", required=True, help="linux-x86_64, macos-arm64, windows-x86_64, any, ...")
 @click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Release notes file.")
 @click.option("--entry-point", help="Path inside the release that 'pinnacle-update run' executes.")
@@ -160,7 +161,8 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
                    "side by side when the memory budget covers both. Same bytes either way.")
 @click.option("--min-version", default=None, help="Clients below this version must update (a required update).")
 @click.option("--ramp/--no-ramp", default=None,
-              help="Follow the rollout (--ramp) or skip it (--no-ramp); default by type: security/hotfix skip.")
+              help="Follow the rollout (--ramp) or skip it (--no-ramp); default by type: "
+                   f"{'/'.join(DEFAULT_SKIP_RAMP_TYPES)} skip.")
 @click.option("--ab-test-percentage", type=float, default=None,
               help="A/B test: only this deterministic N% of clients (the test group) gets the release.")
 @rollout_options

@@ -7,11 +7,12 @@ policy to what is left (``held`` are skipped, ``required`` install unattended). 
 
 * **Yanked** releases are never offered (except to an explicit request with force).
 * **Rollout**: a release with ``rollout`` is offered when ``bucket < percent`` at the rollout time
-  (``client.rollout``). Releases whose type is in ``skip_ramp_types`` (default security, hotfix)
-  skip the rollout unless the publisher set ``"ramp": true``; ``"ramp": false`` skips it for every
-  type. **A/B tests**: the clients with ``bucket < test_group_percentage`` form the test group and
-  are offered the release; the control group stays (the publisher ends the test with ``rollout
-  --complete`` or ``yank``). ``"ramp": false`` also ends the A/B gate.
+  (``client.rollout``). Releases whose type is in ``skip_ramp_types`` (default: the types whose
+  ``UpdateType.skips_ramp``, security and hotfix) skip the rollout unless the publisher set
+  ``"ramp": true``; ``"ramp": false`` skips it for every type. **A/B tests**: the clients with
+  ``bucket < test_group_percentage`` form the test group and are offered the release; the control
+  group stays (the publisher ends the test with ``rollout --complete`` or ``yank``). ``"ramp":
+  false`` also ends the A/B gate.
 * **Required** (``min_version``): a client whose installed version is below a release's
   ``min_version`` must update: that release ignores rollout, A/B group and ``auto_install``
   (``decide`` treats the jump as urgent; still health-gated, and a major still needs a person).
@@ -30,11 +31,10 @@ from typing import Any
 
 from packaging.version import Version
 
-from .index import Release, UpdateType, parse_version
+from .index import DEFAULT_SKIP_RAMP_TYPES, Release, UpdateType, parse_version
 from .rollout import ClockReading, Yank, bucket
 
 __all__ = [
-    "DEFAULT_SKIP_RAMP",
     "FleetView",
     "Standing",
     "SwitchPlan",
@@ -43,8 +43,6 @@ __all__ = [
     "evaluate",
     "switch_channel_plan",
 ]
-
-DEFAULT_SKIP_RAMP = frozenset({UpdateType.SECURITY, UpdateType.HOTFIX})
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def evaluate(
     channel: str,
     clock: ClockReading,
     *,
-    skip_ramp_types: Collection[UpdateType] = DEFAULT_SKIP_RAMP,
+    skip_ramp_types: Collection[UpdateType] = DEFAULT_SKIP_RAMP_TYPES,
     other_slot_version: str | None = None,
     bad_versions: Collection[str] = (),
 ) -> FleetView:

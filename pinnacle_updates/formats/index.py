@@ -44,13 +44,61 @@ class FormatError(ValueError):
 
 
 class UpdateType(StrEnum):
-    """What kind of change a release is; policy decides per type what installs by itself."""
+    """What kind of change a release is, and what that means for installing it.
+
+    The one source of the update types: the client's policy, the fleet controls, config validation
+    and defaults, and both command lines read the members and their properties (``_TYPE_POLICY``)
+    rather than spelling type names. A new type is one member here and one row there.
+    """
 
     PATCH = "patch"
     MINOR = "minor"
     MAJOR = "major"
     SECURITY = "security"
     HOTFIX = "hotfix"
+
+    @property
+    def urgent(self) -> bool:
+        """Installs unattended whatever ``auto_install`` says; a jump containing it is urgent too."""
+        return _TYPE_POLICY[self].urgent
+
+    @property
+    def auto_installs(self) -> bool:
+        """With ``auto_install`` on, a jump made only of such releases installs unattended."""
+        return _TYPE_POLICY[self].auto_installs
+
+    @property
+    def skips_ramp(self) -> bool:
+        """Skips a staged rollout unless the release says ``"ramp": true`` (the default of a
+        client's ``skip_ramp_types``, which may choose otherwise)."""
+        return _TYPE_POLICY[self].skips_ramp
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """A gate: nothing at or past it is chosen for an installed client without an explicit
+        confirmation, and a jump across it is never automatic."""
+        return _TYPE_POLICY[self].needs_confirmation
+
+
+@dataclass(frozen=True)
+class _TypePolicy:
+    urgent: bool = False
+    auto_installs: bool = False
+    skips_ramp: bool = False
+    needs_confirmation: bool = False
+
+
+_TYPE_POLICY: Mapping[UpdateType, _TypePolicy] = {
+    UpdateType.PATCH: _TypePolicy(auto_installs=True),
+    UpdateType.MINOR: _TypePolicy(),
+    UpdateType.MAJOR: _TypePolicy(needs_confirmation=True),
+    # a fix that must not wait: for a person, for a rollout's ramp, for auto_install
+    UpdateType.SECURITY: _TypePolicy(urgent=True, auto_installs=True, skips_ramp=True),
+    UpdateType.HOTFIX: _TypePolicy(urgent=True, auto_installs=True, skips_ramp=True),
+}
+
+DEFAULT_SKIP_RAMP_TYPES: tuple[UpdateType, ...] = tuple(t for t in UpdateType if t.skips_ramp)
+"""The types that skip staged rollouts by default, in declaration order (config.toml writes them so)."""
 
 
 def parse_version(text: str) -> Version:

@@ -8,12 +8,14 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 
+import click
 import pytest
 from tuf.ngclient import Updater
 
-from pinnacle_updates.formats.index import ChannelIndex
+from pinnacle_updates.formats.index import ChannelIndex, UpdateType
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.cli import cli
 from pinnacle_updates.repo_tools.errors import KeyStoreError, PublishRefused, RepositoryStateError
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
 from pinnacle_updates.repo_tools.store import Repository
@@ -199,6 +201,16 @@ def test_bad_publish_requests_are_refused(repo: Repository, keys_dir: Path, sour
     assert proc.returncode != 0, proc.stdout
     assert error in proc.stderr and "Traceback" not in proc.stderr
     assert tree_digest(repo.path) == before
+
+
+def test_publish_type_choices_are_the_update_type_enum() -> None:
+    publish = cli.commands["publish"]
+    update_type = next(p for p in publish.params if p.name == "update_type")
+    assert isinstance(update_type.type, click.Choice)
+    assert list(update_type.type.choices) == [t.value for t in UpdateType]
+    ramp = next(p for p in publish.params if p.name == "ramp")
+    assert isinstance(ramp, click.Option) and ramp.help is not None
+    assert ramp.help.endswith("default by type: security/hotfix skip.")
 
 
 def test_missing_online_key_is_refused_before_writing(repo: Repository, keys_dir: Path, tmp_path: Path,
