@@ -1,8 +1,5 @@
-"""Fleet-control commands of ``pinnacle-release``: ``rollout`` and ``yank`` (thin click wrappers
-over :mod:`repo_tools.fleet`), registered on :mod:`repo_tools.cli`, which imports this module once
-at its end (``publish``/``promote --rollout/--percent`` live there).
-Errors reach the user through ``client.cliutil.error_group``.
-"""
+"""Fleet-control commands of ``pinnacle-release``: ``rollout`` and ``yank``, thin wrappers over
+``repo_tools.fleet`` (a release's first rollout is ``publish``/``promote --rollout/--percent``)."""
 
 from __future__ import annotations
 
@@ -12,11 +9,12 @@ from typing import Any
 
 import click
 
+from pinnacle_updates.formats.cliutil import emit
 from pinnacle_updates.formats.fleet import describe_controls
 
-from . import fleet
-from .cli import _emit, _keystore, cli, json_option, keys_option, repo_argument
-from .store import Repository
+from .. import fleet
+from ..store import Repository
+from .options import json_option, keys_option, keystore, repo_argument
 
 
 def _summary(result: dict[str, Any], verb: str) -> str:
@@ -37,7 +35,7 @@ def _release_target(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-@cli.command("rollout")
+@click.command("rollout")
 @_release_target
 @click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               default=None, help="New schedule (JSON), counted from now.")
@@ -51,17 +49,20 @@ def rollout_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, plat
                 as_json: bool) -> None:
     """Change the staged rollout of a published release (online keys only)."""
     schedule = fleet.schedule_option(schedule_file, percent)
-    result = fleet.rollout(Repository(repo_dir), _keystore(keys_dir), channel, version, schedule=schedule,
+    result = fleet.rollout(Repository(repo_dir), keystore(keys_dir), channel, version, schedule=schedule,
                            pause=pause, resume=resume, complete=complete, platform=platform)
-    _emit(as_json, result, _summary(result, f"rollout {result['action']}:"))
+    emit(as_json, result, _summary(result, f"rollout {result['action']}:"))
 
 
-@cli.command("yank")
+@click.command("yank")
 @_release_target
 @click.option("--reason", required=True, help="Why (clients show it in status and history).")
 @json_option
 def yank_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, reason: str, platform: str | None,
              as_json: bool) -> None:
     """Withdraw a release: clients skip it; clients running it roll back (online keys only)."""
-    result = fleet.yank(Repository(repo_dir), _keystore(keys_dir), channel, version, reason, platform=platform)
-    _emit(as_json, result, _summary(result, "yanked"))
+    result = fleet.yank(Repository(repo_dir), keystore(keys_dir), channel, version, reason, platform=platform)
+    emit(as_json, result, _summary(result, "yanked"))
+
+
+COMMANDS: tuple[click.Command, ...] = (rollout_cmd, yank_cmd)
