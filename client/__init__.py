@@ -6,9 +6,60 @@ applications all go through it.
 
 from __future__ import annotations
 
-from pinnacle_updates.formats.index import UpdateType
+from pinnacle_updates.formats.index import Release, UpdateType
 
 from .api import AutoUpdater
+from .config import ClientConfig
+from .errors import (
+    BusyError,
+    ConfigError,
+    HealthCheckError,
+    InstallError,
+    InstallRefused,
+    RepositoryError,
+    StateError,
+    TrustError,
+    UpdateError,
+)
+from .hooks import HealthResult
 from .policy import UpdateConfig
+from .results import (
+    CheckResult,
+    DoctorCheck,
+    EventSink,
+    InstallResult,
+    Progress,
+    RecoveryReport,
+    RollbackResult,
+    RollbackTarget,
+    SlotReport,
+    VerifyReport,
+)
 
-__all__ = ["AutoUpdater", "UpdateConfig", "UpdateType"]
+__all__ = [
+    "AutoUpdater",
+    "BusyError",
+    "CheckResult",
+    "ClientConfig",
+    "ConfigError",
+    "DoctorCheck",
+    "EventSink",
+    "HealthCheckError",
+    "HealthResult",
+    "InstallError",
+    "InstallRefused",
+    "InstallResult",
+    "Progress",
+    "RecoveryReport",
+    "Release",
+    "RepositoryError",
+    "RollbackResult",
+    "RollbackTarget",
+    "SlotReport",
+    "StateError",
+    "TrustError",
+    "UpdateConfig",
+    "UpdateError",
+    "UpdateType",
+    "VerifyReport",
+]

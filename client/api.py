@@ -1,4 +1,4 @@
-"""The Python API: ``AutoUpdater`` over one install directory.
+"""The public client API (docs/API.md): ``AutoUpdater`` over one install directory.
 
     from pinnacle_updates.client import AutoUpdater, UpdateConfig, UpdateType
 
@@ -7,7 +7,11 @@
         updater.install()
     asyncio.run(updater.run_continuous_updates())
 
-Everything is delegated to ``client.installer.Installer``; this class adds the continuous loop.
+The CLI (``client.cli``), the agent (``client.agent``) and embedding applications all go through
+this class; it delegates each operation to ``client.installer.Installer`` and adds the continuous
+loop and the config setters. Every answer about what to install comes from one policy path
+(``client.checking``): rollout holds, A/B groups, required versions, yanks and the versions this
+machine rolled back from all apply, whoever asks.
 """
 
 from __future__ import annotations
@@ -15,35 +19,149 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from pinnacle_updates.formats.index import Release
+
+from . import config as config_mod
+from .activation import cached_releases
+from .config import ClientConfig, Value
 from .errors import UpdateError
-from .installer import CheckResult, Installer, InstallResult, Progress, RollbackResult
+from .hooks import HealthResult
+from .installer import Installer
 from .policy import UpdateConfig, jittered_interval
+from .results import (
+    CheckResult,
+    DoctorCheck,
+    EventSink,
+    InstallResult,
+    Progress,
+    RecoveryReport,
+    RollbackResult,
+    RollbackTarget,
+    VerifyReport,
+)
 
 log = logging.getLogger("pinnacle.updater")
 
+__all__ = ["AutoUpdater"]
+
 
 class AutoUpdater:
-    """Check, install and roll back one install directory; optionally on a schedule."""
+    """Check, install and roll back one install directory; optionally on a schedule.
 
-    def __init__(self, install_dir: str | Path) -> None:
-        self.installer = Installer(Path(install_dir))
+    ``on_event`` receives every step, state save, hook, progress and recovery action of the
+    operations this object runs (the agent's live progress is built from it)."""
+
+    def __init__(self, install_dir: str | Path, *, on_event: EventSink | None = None) -> None:
+        self.installer = Installer(Path(install_dir), on_event=on_event)
+        """The engine behind this API (for tests and tools; its interface may change)."""
 
     @property
+    def install_dir(self) -> Path:
+        """The install directory, absolute."""
+        return self.installer.layout.root
+
+    # -- config --------------------------------------------------------------------------------
+    @property
     def config(self) -> UpdateConfig:
+        """The update policy settings of ``config.toml``."""
         return self.installer.config().to_update_config()
 
-    def check(self, version: str | None = None) -> CheckResult:
-        return self.installer.check(version)
+    def settings(self) -> ClientConfig:
+        """Every setting of ``config.toml``, validated (``ConfigError`` when it is not)."""
+        return self.installer.config()
+
+    def configure(self, changes: Mapping[str, Any]) -> ClientConfig:
+        """Change settings (typed values, as from JSON): all validated together and written in one
+        atomic rewrite, or ``ConfigError`` names the first bad one and nothing changes."""
+        return config_mod.update_values(self.install_dir, changes)
+
+    def set_setting(self, key: str, text: str) -> Value:
+        """Change one setting from text (lists space- or comma-separated); returns the stored value."""
+        return config_mod.set_value(self.install_dir, key, text)
+
+    def init(self, repo_url: str, root_json: Path, channel: str = "stable", platform: str = "auto",
+             **settings: Value) -> ClientConfig:
+        """Create the install directory: config (with a new client id), trusted root, slots, state."""
+        return config_mod.init(self.install_dir, repo_url, root_json, channel, platform, **settings)
+
+    # -- updates -------------------------------------------------------------------------------
+    def check(self, version: str | None = None, *, current_version: str | None = None,
+              confirm_major: bool = False, force: bool = False, wait: bool = False,
+              record: bool = True) -> CheckResult:
+        """Refresh signed metadata and say what ``install(version)`` would do; nothing changes.
+
+        ``current_version``: the answer for a client running that version (an application asking
+        for itself) instead of the installed one. ``record``: log an ``op: check`` history record."""
+        return self.installer.check(version, force=force, confirm_major=confirm_major, wait=wait,
+                                    current_version=current_version, record=record)
+
+    def releases(self) -> list[Release]:
+        """This platform's releases in the configured channel, verified (oldest first)."""
+        return self.installer.releases()
 
     def install(self, version: str | None = None, *, confirm_major: bool = False, force: bool = False,
-                progress: Progress | None = None) -> InstallResult:
-        return self.installer.install(version, confirm_major=confirm_major, force=force, progress=progress)
+                wait: bool = False, progress: Progress | None = None, auto_only: bool = False) -> InstallResult:
+        """Install ``version`` (None: what policy picks) into the inactive slot, switch, health-check,
+        commit or roll back. ``auto_only``: only what policy allows unattended."""
+        return self.installer.install(version, confirm_major=confirm_major, force=force, wait=wait,
+                                      progress=progress, auto_only=auto_only)
 
-    def rollback(self) -> RollbackResult:
-        return self.installer.rollback()
+    def rollback(self, *, force: bool = False, wait: bool = False, reason: str = "manual rollback") -> RollbackResult:
+        """Switch back to the version in the other slot, instantly; the version left is marked bad."""
+        return self.installer.rollback(force=force, wait=wait, reason=reason)
 
+    def rollback_target(self) -> RollbackTarget | None:
+        """What ``rollback`` would switch to and whether it may without ``force`` (None: nothing)."""
+        return self.installer.rollback_target()
+
+    def switch_channel(self, channel: str, *, allow_downgrade: bool = False, wait: bool = False,
+                       progress: Progress | None = None) -> dict[str, Any]:
+        """Follow ``channel`` from now on (never a downgrade unless ``allow_downgrade``)."""
+        return self.installer.switch_channel(channel, allow_downgrade=allow_downgrade, wait=wait, progress=progress)
+
+    # -- state ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Installed version and slot, channel, state, previous version, bad versions, fleet view."""
+        return self.installer.status()
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """``history.jsonl`` records, oldest first (``limit``: only the newest N)."""
+        return self.installer.history(limit)
+
+    def cached_releases(self) -> list[dict[str, Any]]:
+        """Release artifacts in the verified download cache within ``max_rollback_days``."""
+        return cached_releases(self.installer.layout, self.settings().integer("max_rollback_days"))
+
+    def entry_point(self) -> Path | None:
+        """The active release's entry point (None: the release names none)."""
+        return self.installer.entry_point()
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def recover(self, *, wait: bool = False) -> RecoveryReport:
+        """Resolve an interrupted install or rollback now (every changing operation does it first)."""
+        return self.installer.recover(wait=wait)
+
+    def verify(self, all_slots: bool = False, *, wait: bool = False) -> VerifyReport:
+        """Re-hash installed files against their signed manifest."""
+        return self.installer.verify(all_slots, wait=wait)
+
+    def repair(self, *, wait: bool = False, progress: Progress | None = None) -> InstallResult:
+        """Reinstall the active version into the other slot from the repository and switch to it."""
+        return self.installer.repair(wait=wait, progress=progress)
+
+    def health_check(self) -> HealthResult:
+        """Run the configured health check against the active version now."""
+        return self.installer.health_check()
+
+    def doctor(self) -> list[DoctorCheck]:
+        """Free space, permissions, clock, repository, config and the lock."""
+        return self.installer.doctor()
+
+    # -- the continuous loop ---------------------------------------------------------------------
     async def run_continuous_updates(self, iterations: int | None = None, rng: random.Random | None = None) -> None:
         """Every ``check_interval`` seconds (with jitter), install what policy allows unattended.
 

@@ -1,6 +1,6 @@
-"""``pinnacle-update``: thin click commands over ``client.installer``.
+"""``pinnacle-update``: thin click commands over the public API (``client.api.AutoUpdater``).
 
-Each command calls one ``Installer`` method and prints its result: text for people, one JSON
+Each command calls one ``AutoUpdater`` method and prints its result: text for people, one JSON
 document on stdout with ``--json``. Progress goes to stderr (a bar on a terminal, JSON lines with
 ``--json``). ``client.cliutil.error_group`` is the one place where an ``UpdateError`` becomes one line on
 stderr and its exit code.
@@ -21,8 +21,8 @@ from pinnacle_updates.formats.cliutil import Failure, emit, error_group
 
 from . import config as config_mod
 from .agent import notify
+from .api import AutoUpdater
 from .errors import ConfigError, StateError, UpdateError
-from .installer import Installer
 
 PROGRAM = "pinnacle-update"
 _Group = error_group(PROGRAM, UpdateError)
@@ -64,7 +64,7 @@ class _Progress:
                        f"{speed / 2**20:5.1f} MiB/s ETA {eta:4.0f}s", err=True, nl=done >= total)
 
 
-pass_installer = click.make_pass_decorator(Installer)
+pass_updater = click.make_pass_decorator(AutoUpdater)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 wait_option = click.option("--wait", is_flag=True, help="Queue behind another running update instead of failing.")
 
@@ -76,7 +76,7 @@ wait_option = click.option("--wait", is_flag=True, help="Queue behind another ru
 @click.pass_context
 def cli(ctx: click.Context, install_dir: Path) -> None:
     """Verified A/B updates with automatic rollback."""
-    ctx.obj = Installer(install_dir)
+    ctx.obj = AutoUpdater(install_dir)
 
 
 @cli.command("init")
@@ -86,24 +86,24 @@ def cli(ctx: click.Context, install_dir: Path) -> None:
 @click.option("--channel", default="stable", show_default=True)
 @click.option("--platform", default="auto", show_default=True, help="auto, or a tag such as linux-x86_64.")
 @json_option
-@pass_installer
-def init_cmd(installer: Installer, repo_url: str, root_json: Path, channel: str, platform: str,
+@pass_updater
+def init_cmd(updater: AutoUpdater, repo_url: str, root_json: Path, channel: str, platform: str,
              as_json: bool) -> None:
     """Create the install directory: config.toml, trusted root, slots, state."""
-    cfg = config_mod.init(installer.layout.root, repo_url, root_json, channel, platform)
-    data = {"install_dir": str(installer.layout.root), "repo_url": cfg.text("repo_url"),
+    cfg = updater.init(repo_url, root_json, channel, platform)
+    data = {"install_dir": str(updater.install_dir), "repo_url": cfg.text("repo_url"),
             "channel": cfg.text("channel"), "platform": cfg.text("platform"), "client_id": cfg.text("client_id")}
-    emit(as_json, data, f"initialised {installer.layout.root} ({cfg.text('channel')}, {cfg.text('platform')})")
+    emit(as_json, data, f"initialised {updater.install_dir} ({cfg.text('channel')}, {cfg.text('platform')})")
 
 
 @cli.command("check")
 @click.argument("version", required=False)
 @json_option
 @wait_option
-@pass_installer
-def check_cmd(installer: Installer, version: str | None, as_json: bool, wait: bool) -> None:
+@pass_updater
+def check_cmd(updater: AutoUpdater, version: str | None, as_json: bool, wait: bool) -> None:
     """Refresh signed metadata and say whether an update is available."""
-    result = installer.check(version, wait=wait)
+    result = updater.check(version, wait=wait)
     if result.update_available:
         human = (f"update available: {result.current_version or 'nothing installed'} -> {result.version} "
                  f"({result.type}, {result.download_bytes} bytes via {result.path}"
@@ -119,18 +119,18 @@ def check_cmd(installer: Installer, version: str | None, as_json: bool, wait: bo
 @click.option("--force", is_flag=True, help="Also consider versions that were rolled back before.")
 @json_option
 @wait_option
-@pass_installer
-def install_cmd(installer: Installer, version: str | None, confirm_major: bool, force: bool, as_json: bool,
+@pass_updater
+def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, force: bool, as_json: bool,
                 wait: bool) -> None:
     """Install VERSION (default: what policy picks) into the inactive slot and switch to it."""
     progress = _Progress(as_json)
-    installer = Installer(installer.layout.root, on_event=progress.event)
+    updater = AutoUpdater(updater.install_dir, on_event=progress.event)
     try:
-        result = installer.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress)
+        result = updater.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress)
     except UpdateError as exc:  # the active release is still the one it was before
-        _report(installer, notify.outcome(_active_version(installer), version, error=exc))
+        _report(updater, notify.outcome(_active_version(updater), version, error=exc))
         raise
-    _report(installer, notify.outcome(result.previous_version, result.version, result.outcome, result.reason))
+    _report(updater, notify.outcome(result.previous_version, result.version, result.outcome, result.reason))
     if result.outcome == "up_to_date":
         human = f"nothing to install ({result.version or 'nothing installed'}): {result.reason}"
     elif result.outcome == "rolled_back":
@@ -145,36 +145,36 @@ def install_cmd(installer: Installer, version: str | None, confirm_major: bool, 
 @click.option("--force", is_flag=True, help="Roll back even to a version marked bad.")
 @json_option
 @wait_option
-@pass_installer
-def rollback_cmd(installer: Installer, force: bool, as_json: bool, wait: bool) -> None:
+@pass_updater
+def rollback_cmd(updater: AutoUpdater, force: bool, as_json: bool, wait: bool) -> None:
     """Switch back to the previous version in the other slot, instantly."""
-    result = installer.rollback(wait=wait, force=force)
-    _report(installer, ("rollback", result.from_version, result.version, "rolled_back", result.reason))
+    result = updater.rollback(wait=wait, force=force)
+    _report(updater, ("rollback", result.from_version, result.version, "rolled_back", result.reason))
     emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
                                      f"{result.duration * 1000:.1f} ms)")
 
 
-def _active_version(installer: Installer) -> str | None:
+def _active_version(updater: AutoUpdater) -> str | None:
     try:
-        version: str | None = installer.status()["version"]
+        version: str | None = updater.status()["version"]
     except UpdateError:
         return None
     return version
 
 
-def _report(installer: Installer, what: notify.Outcome | None) -> None:
+def _report(updater: AutoUpdater, what: notify.Outcome | None) -> None:
     """The outcome's webhook and e-mail notifications, as the agent sends them; a warning if undelivered."""
-    warning = notify.report(installer.layout.root, installer.config(), what)
+    warning = notify.report(updater.install_dir, updater.settings(), what)
     if warning:
         click.echo(f"warning: {warning}", err=True)
 
 
 @cli.command("status")
 @json_option
-@pass_installer
-def status_cmd(installer: Installer, as_json: bool) -> None:
+@pass_updater
+def status_cmd(updater: AutoUpdater, as_json: bool) -> None:
     """The active version and slot, channel and state."""
-    s = installer.status()
+    s = updater.status()
     human = (f"{s['version'] or 'nothing installed'} in slot {s['slot'] or '-'} ({s['channel']}, {s['state']})"
              + (f"; previous {s['previous_version']} in slot {s['previous_slot']}" if s["previous_version"] else "")
              + ("; NEEDS RECOVERY (run 'recover')" if s["needs_recovery"] else "")
@@ -189,10 +189,10 @@ def status_cmd(installer: Installer, as_json: bool) -> None:
 @click.option("--allow-downgrade", is_flag=True, help="Install the channel's newest release even when it is older.")
 @json_option
 @wait_option
-@pass_installer
-def channel_cmd(installer: Installer, name: str, allow_downgrade: bool, as_json: bool, wait: bool) -> None:
+@pass_updater
+def channel_cmd(updater: AutoUpdater, name: str, allow_downgrade: bool, as_json: bool, wait: bool) -> None:
     """Follow channel NAME (stable, beta, alpha, ...); never a downgrade without --allow-downgrade."""
-    result = installer.switch_channel(name, allow_downgrade=allow_downgrade, wait=wait, progress=_Progress(as_json))
+    result = updater.switch_channel(name, allow_downgrade=allow_downgrade, wait=wait, progress=_Progress(as_json))
     emit(as_json, result, f"now on {result['channel']} (was {result['previous_channel']}), "
                            f"running {result['version'] or 'nothing'}: {result['reason']}")
 
@@ -200,10 +200,10 @@ def channel_cmd(installer: Installer, name: str, allow_downgrade: bool, as_json:
 @cli.command("history")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N records.")
 @json_option
-@pass_installer
-def history_cmd(installer: Installer, limit: int | None, as_json: bool) -> None:
+@pass_updater
+def history_cmd(updater: AutoUpdater, limit: int | None, as_json: bool) -> None:
     """Every check, install and rollback, oldest first."""
-    records = installer.history(limit)
+    records = updater.history(limit)
     lines = []
     for r in records:
         what = r.get("op", "?")
@@ -215,10 +215,10 @@ def history_cmd(installer: Installer, limit: int | None, as_json: bool) -> None:
 
 @cli.command("health-check")
 @json_option
-@pass_installer
-def health_cmd(installer: Installer, as_json: bool) -> None:
+@pass_updater
+def health_cmd(updater: AutoUpdater, as_json: bool) -> None:
     """Run the configured health check against the active version now."""
-    result = installer.health_check()
+    result = updater.health_check()
     data = result.to_dict()
     emit(as_json, data, f"{'healthy' if result.healthy else 'UNHEALTHY'}: {data.get('reason') or ''}".strip())
     if not result.healthy:
@@ -229,10 +229,10 @@ def health_cmd(installer: Installer, as_json: bool) -> None:
 @click.option("--all", "all_slots", is_flag=True, help="Verify both slots (the previous version too).")
 @json_option
 @wait_option
-@pass_installer
-def verify_cmd(installer: Installer, all_slots: bool, as_json: bool, wait: bool) -> None:
+@pass_updater
+def verify_cmd(updater: AutoUpdater, all_slots: bool, as_json: bool, wait: bool) -> None:
     """Re-hash installed files against their signed manifest (finds local tampering)."""
-    report = installer.verify(all_slots, wait=wait)
+    report = updater.verify(all_slots, wait=wait)
     if as_json:
         emit(True, report.to_dict(), "")
     else:
@@ -248,30 +248,30 @@ def verify_cmd(installer: Installer, all_slots: bool, as_json: bool, wait: bool)
 @cli.command("repair")
 @json_option
 @wait_option
-@pass_installer
-def repair_cmd(installer: Installer, as_json: bool, wait: bool) -> None:
+@pass_updater
+def repair_cmd(updater: AutoUpdater, as_json: bool, wait: bool) -> None:
     """Reinstall the current version into the other slot from the repository and switch to it."""
-    result = installer.repair(wait=wait, progress=_Progress(as_json))
+    result = updater.repair(wait=wait, progress=_Progress(as_json))
     emit(as_json, result.to_dict(), f"repaired {result.version} (now in slot {result.slot})")
 
 
 @cli.command("recover")
 @json_option
 @wait_option
-@pass_installer
-def recover_cmd(installer: Installer, as_json: bool, wait: bool) -> None:
+@pass_updater
+def recover_cmd(updater: AutoUpdater, as_json: bool, wait: bool) -> None:
     """Resolve any interrupted install or rollback now."""
-    report = installer.recover(wait=wait)
+    report = updater.recover(wait=wait)
     human = "; ".join(report.actions) or "nothing to recover"
     emit(as_json, report.to_dict(), f"{human} (now {report.version or 'nothing installed'}, {report.state})")
 
 
 @cli.command("doctor")
 @json_option
-@pass_installer
-def doctor_cmd(installer: Installer, as_json: bool) -> None:
+@pass_updater
+def doctor_cmd(updater: AutoUpdater, as_json: bool) -> None:
     """Check free space, permissions, clock, repository, config and the lock."""
-    checks = installer.doctor()
+    checks = updater.doctor()
     emit(as_json, [c.to_dict() for c in checks],
           "\n".join(f"{c.to_dict()['status']:>4}  {c.name}: {c.detail}" for c in checks))
     if any(not c.ok and not c.warning for c in checks):
@@ -286,29 +286,29 @@ def config_group() -> None:
 @config_group.command("set")
 @click.argument("key")
 @click.argument("value")
-@pass_installer
-def config_set(installer: Installer, key: str, value: str) -> None:
+@pass_updater
+def config_set(updater: AutoUpdater, key: str, value: str) -> None:
     """Validate and store one setting (lists: space- or comma-separated)."""
-    stored = config_mod.set_value(installer.layout.root, key, value)
+    stored = updater.set_setting(key, value)
     click.echo(f"{key} = {stored!r}")
 
 
 @config_group.command("show")
 @json_option
-@pass_installer
-def config_show(installer: Installer, as_json: bool) -> None:
+@pass_updater
+def config_show(updater: AutoUpdater, as_json: bool) -> None:
     """Print every setting."""
-    cfg = installer.config()
+    cfg = updater.settings()
     data = {key: cfg[key] for key in config_mod.KEYS}
     emit(as_json, data, "\n".join(f"{k} = {v!r}" for k, v in data.items()))
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@pass_installer
-def run_cmd(installer: Installer, args: tuple[str, ...]) -> None:
+@pass_updater
+def run_cmd(updater: AutoUpdater, args: tuple[str, ...]) -> None:
     """Exec the active slot's entry point with ARGS (apps need not know which slot is active)."""
-    entry = installer.entry_point()
+    entry = updater.entry_point()
     if entry is None:
         raise ConfigError("the installed release names no entry point (publish with --entry-point)")
     try:
@@ -322,26 +322,26 @@ def run_cmd(installer: Installer, args: tuple[str, ...]) -> None:
               help="Address to listen on; anything but loopback exposes the agent to the network.")
 @click.option("--port", default=8004, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--debug", is_flag=True, help="Log detail (requests, transport) to logs/auto_updater.log and stderr.")
-@pass_installer
-def serve_cmd(installer: Installer, host: str, port: int, debug: bool) -> None:
+@pass_updater
+def serve_cmd(updater: AutoUpdater, host: str, port: int, debug: bool) -> None:
     """Run the update loop and serve the dashboard and REST API (needs the 'agent' extra)."""
     try:
         from .agent.app import serve
     except ImportError as exc:
         raise ConfigError(f"the agent needs the optional extra: pip install 'pinnacle-updates[agent]' ({exc})") from exc
-    installer.config()  # an uninitialised directory is refused before anything is created in it
-    serve(installer.layout.root, host, port, debug=debug)
+    updater.settings()  # an uninitialised directory is refused before anything is created in it
+    serve(updater.install_dir, host, port, debug=debug)
 
 
 @cli.command("token")
 @click.option("--rotate", is_flag=True, help="Replace the token (dashboards must paste the new one).")
-@pass_installer
-def token_cmd(installer: Installer, rotate: bool) -> None:
+@pass_updater
+def token_cmd(updater: AutoUpdater, rotate: bool) -> None:
     """Print the agent's bearer token (DIR/agent.token, 0600), creating it if needed."""
     from .agent.token import load_or_create
 
-    installer.config()
-    click.echo(load_or_create(installer.layout.root, rotate=rotate))
+    updater.settings()
+    click.echo(load_or_create(updater.install_dir, rotate=rotate))
 
 
 def main() -> None:

@@ -59,18 +59,10 @@ def view_for(
     signed_time: str | None,
 ) -> FleetView:
     """Evaluate the fleet controls for this install now, persist them and log what changed."""
-    clock, floor = reading(layout.root, cfg, (signed_time, index.updated))
     other = s.other_content
-    view = evaluate(
-        releases,
-        s.active_version,
-        cfg.text("client_id"),
-        cfg.text("channel"),
-        clock,
-        skip_ramp_types=frozenset(UpdateType(t) for t in cfg.names("skip_ramp_types")),
-        other_slot_version=other.version if other is not None else None,
-        bad_versions=frozenset(s.bad_versions),
-    )
+    view, floor = assess(layout, cfg, index, releases, signed_time, s.active_version,
+                         other_slot_version=other.version if other is not None else None,
+                         bad_versions=frozenset(s.bad_versions))
     previous = load(layout.root)
     shown = view.to_dict()
     record = {"newest_signed_time": format_time(floor) if floor is not None else None,
@@ -85,6 +77,33 @@ def view_for(
         with contextlib.suppress(OSError):
             history_mod.append(layout.history, {"op": "fleet", **{k: record[k] for k in _TRACKED}})
     return view
+
+
+def assess(
+    layout: Layout,
+    cfg: ClientConfig,
+    index: ChannelIndex,
+    releases: Sequence[Release],
+    signed_time: str | None,
+    installed: str | None,
+    *,
+    other_slot_version: str | None = None,
+    bad_versions: frozenset[str] = frozenset(),
+) -> tuple[FleetView, datetime | None]:
+    """The fleet controls for a client of this install running ``installed``, now, and the newest
+    signed time they were bounded by; nothing is persisted (``view_for`` persists this install's)."""
+    clock, floor = reading(layout.root, cfg, (signed_time, index.updated))
+    view = evaluate(
+        releases,
+        installed,
+        cfg.text("client_id"),
+        cfg.text("channel"),
+        clock,
+        skip_ramp_types=frozenset(UpdateType(t) for t in cfg.names("skip_ramp_types")),
+        other_slot_version=other_slot_version,
+        bad_versions=bad_versions,
+    )
+    return view, floor
 
 
 def summary(root: Path) -> dict[str, Any]:

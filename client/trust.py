@@ -222,7 +222,7 @@ class RepositoryClient:
     def prune_cache(self, keep: set[str]) -> list[str]:
         """Delete cached targets whose path is not in ``keep`` (plus temp files left by a killed
         download); channel indexes always stay. Returns the target paths removed."""
-        keep_names = {_cache_name(p) for p in keep}
+        keep_names = {cache_name(p) for p in keep}
         removed: list[str] = []
         try:
             entries = list(os.scandir(self.cache_dir))
@@ -283,7 +283,7 @@ class RepositoryClient:
         holds a torn or unverified file under a real name.
         """
         updater = self._require_updater()
-        dest = self.cache_dir / _cache_name(info.path)
+        dest = self.cache_dir / cache_name(info.path)
         if updater.find_cached_target(info, str(dest)) is not None:
             if progress is not None:
                 progress(info.length, info.length)
@@ -457,7 +457,7 @@ def _base_url(repo_url: str) -> str:
     return url if url.endswith("/") else f"{url}/"
 
 
-def _cache_name(target_path: str) -> str:
+def cache_name(target_path: str) -> str:
     """A flat, reversible cache file name for a target path (the scheme ngclient uses)."""
     return quote(target_path, safe="")
 

@@ -1,8 +1,11 @@
 """The agent's engine: the continuous update loop, live progress, and every API operation.
 
-``AgentService`` owns one ``Installer`` for the install directory and is what the HTTP layer
-(``client.agent.app``) calls; it imports no web framework, so it is tested and reasoned about on
-its own. Concurrency rules:
+``AgentService`` owns one ``AutoUpdater`` (the public client API, ``client.api``) for the install
+directory and is what the HTTP layer (``client.agent.app``) calls; it imports no web framework, so
+it is tested and reasoned about on its own. Every answer about what to install (the loop, a check,
+a check for an application's own ``current_version``, an install request) comes from the API's one
+policy path, with rollout holds, required versions, yanks and locally bad versions applied.
+Concurrency rules:
 
 * One agent operation that changes the install (an install job, a rollback, an unattended
   round of the loop) runs at a time: ``_op`` is taken without waiting, so a second request gets
@@ -16,7 +19,7 @@ its own. Concurrency rules:
   and runs the configured health check, whose last result the dashboard shows.
 
 Outcomes are reported through ``client.agent.notify`` (never blocking or failing an update) and
-are already in ``history.jsonl`` (the installer writes it), from which analytics are computed.
+are already in ``history.jsonl`` (the client writes it), from which analytics are computed.
 """
 
 from __future__ import annotations
@@ -31,27 +34,25 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from pinnacle_updates.client import config as config_mod
-from pinnacle_updates.client import slots as sm
-from pinnacle_updates.client.agent import analytics
-from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, outcome
-from pinnacle_updates.client.errors import (
+from pinnacle_updates.client import (
+    AutoUpdater,
     BusyError,
+    CheckResult,
     ConfigError,
     HealthCheckError,
+    InstallResult,
     RepositoryError,
     TrustError,
     UpdateError,
 )
-from pinnacle_updates.client.installer import CheckResult, Installer, InstallResult
-from pinnacle_updates.client.installer import _age_days as age_days
-from pinnacle_updates.client.policy import decide, jittered_interval
-from pinnacle_updates.client.slots import now
+from pinnacle_updates.client.agent import analytics
+from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, outcome
+from pinnacle_updates.client.policy import jittered_interval
 from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, parse_version
 
 log = logging.getLogger("pinnacle.agent")
@@ -70,6 +71,11 @@ _STEP_PERCENT = {
     "committed": 100.0,
 }
 _DOWNLOAD_SHARE = 80.0
+
+
+def now() -> str:
+    """UTC now as the history and state files stamp it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AgentError(Exception):
@@ -213,11 +219,9 @@ class AgentService:
         *,
         rng: random.Random | None = None,
         notify_backoff: float = 1.0,
-        installer_factory: Callable[..., Installer] = Installer,
     ) -> None:
         self.progress = Progress()
-        self.installer = installer_factory(Path(install_dir), on_event=self.progress.event)
-        self.layout = self.installer.layout
+        self.updater = AutoUpdater(Path(install_dir), on_event=self.progress.event)
         self._rng = rng or random.Random()
         self._op = threading.Lock()
         self._stop = threading.Event()
@@ -230,7 +234,7 @@ class AgentService:
         self._started = time.monotonic()
         self._started_at = now()
         self._thread: threading.Thread | None = None
-        self.notifier = Notifier(lambda: NotifySettings.from_config(self.installer.config()), backoff=notify_backoff)
+        self.notifier = Notifier(lambda: NotifySettings.from_config(self.updater.settings()), backoff=notify_backoff)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -251,7 +255,7 @@ class AgentService:
         first = True
         while not self._stop.is_set():
             try:
-                cfg = self.installer.config()
+                cfg = self.updater.settings()
                 interval = float(cfg.integer("check_interval"))
                 enabled = cfg.flag("enabled")
             except UpdateError as exc:
@@ -274,7 +278,7 @@ class AgentService:
         """Finish whatever a previous run left half done (an agent stopped mid-install), before the
         dashboard shows the state; another process holding the lock recovers it itself."""
         try:
-            report = self.installer.recover()
+            report = self.updater.recover()
         except UpdateError as exc:
             log.warning("recovery at start not run: %s", exc)
             return
@@ -297,7 +301,7 @@ class AgentService:
             if found.auto_release is None:
                 return self._loop_result(f"nothing to install unattended: {found.reason}")
             job = self.progress.begin(Job("auto", found.auto_release.version, found.current_version))
-            self._run_install(job, lambda: self.installer.install(auto_only=True))
+            self._run_install(job, lambda: self.updater.install(auto_only=True))
             return self._loop_result(f"{job.state}: {job.version}" + (f" ({job.error})" if job.error else ""))
         finally:
             self._op.release()
@@ -310,9 +314,9 @@ class AgentService:
 
     def _record_health(self) -> None:
         try:
-            if self.installer.status()["version"] is None:
+            if self.updater.status()["version"] is None:
                 return
-            result = self.installer.health_check()
+            result = self.updater.health_check()
         except UpdateError as exc:
             log.debug("health check not run: %s", exc)
             return
@@ -326,25 +330,17 @@ class AgentService:
 
     # -- check ----------------------------------------------------------------------------------
     def _check_and_list(self) -> CheckResult:
-        """``Installer.check`` (recorded in history) plus the channel's releases for the dashboard."""
-        result = self.installer.check()
-        releases = self._list_releases()
+        """This install's check (recorded in history) plus the channel's releases for the dashboard."""
+        result = self.updater.check()
+        releases = self.updater.releases()
         with self._state_lock:
             self._releases = releases
             self._available = {**result.to_dict(), "checked": now()}
         return result
 
-    def _list_releases(self) -> list[Release]:
-        """This platform's releases in the configured channel, verified through TUF."""
-        with self.installer.locked():
-            cfg = self.installer.config()
-            with self.installer._client(cfg) as client:  # the installer's own verified repository client
-                client.refresh()
-                return client.channel_index(cfg.text("channel")).for_platform(cfg.text("platform"))
-
     def check(self, current_version: str | None = None) -> dict[str, Any]:
-        """Check now. With ``current_version`` (an app asking for itself), the answer is what
-        policy would offer that version, computed from the same verified releases."""
+        """Check now. With ``current_version`` (an app asking for itself), the answer is what the
+        same policy path offers a client of this install running that version."""
         if current_version is not None:
             try:
                 parse_version(current_version)
@@ -352,25 +348,13 @@ class AgentService:
                 raise AgentError(422, "invalid_request", f"current_version: {exc}") from None
         try:
             result = self._check_and_list()
+            installed = result.current_version
+            if current_version is not None and (installed is None or parse_version(current_version) !=
+                                                parse_version(installed)):
+                result = self.updater.check(current_version=current_version, record=False)
         except UpdateError as exc:
             raise error_for(exc) from exc
         out = result.to_dict()
-        installed = result.current_version
-        if current_version is not None and (installed is None or parse_version(current_version) !=
-                                            parse_version(installed)):
-            cfg = self.installer.config()
-            d = decide(self._releases, current_version, cfg.to_update_config(), frozenset(self._bad_versions()))
-            release = d.release
-            out = {
-                "current_version": current_version,
-                "update_available": release is not None,
-                "version": release.version if release else None,
-                "type": release.type.value if release else None,
-                "download_bytes": release.full.length + release.manifest.length if release else 0,
-                "path": release.full.path if release else None,
-                "auto": d.auto,
-                "reason": d.reason,
-            }
         out["installed_version"] = installed
         out["notes"] = next((r.notes for r in self._releases if r.version == out["version"]), "")
         out["releases"] = self._release_list(current_version or installed)
@@ -393,11 +377,6 @@ class AgentService:
             for r in reversed(releases)
         ]
 
-    def _bad_versions(self) -> set[str]:
-        with contextlib.suppress(UpdateError):
-            return set(sm.load(self.layout.state).bad_versions)
-        return set()
-
     # -- install --------------------------------------------------------------------------------
     def start_install(self, version: str, *, confirm_major: bool = False, force: bool = False) -> dict[str, Any]:
         """Validate the request now, then install on a thread; returns the new job."""
@@ -409,9 +388,9 @@ class AgentService:
             raise AgentError(409, "busy", "an install or rollback is already running")
         try:
             try:
-                releases = self._list_releases()
-                current = self.installer.status()["version"]
-                cfg = self.installer.config()
+                releases = self.updater.releases()
+                current = self.updater.status()["version"]
+                cfg = self.updater.settings()
             except UpdateError as exc:
                 raise error_for(exc) from exc
             with self._state_lock:
@@ -423,21 +402,20 @@ class AgentService:
                     f"version {version} is not published for {cfg.text('platform')} on channel {cfg.text('channel')}",
                 )
 
-            def decision(confirm: bool) -> Release | None:
-                d = decide(releases, current, cfg.to_update_config(), frozenset(self._bad_versions()),
-                           requested_version=version, confirm_major=confirm, force=force)
-                if d.release is None:
-                    raise AgentError(409, "not_installable", d.reason)
-                return d.release
+            def installable(confirm: bool) -> CheckResult:
+                """What an install of ``version`` would do, through the one policy path (not recorded)."""
+                try:
+                    return self.updater.check(version, confirm_major=confirm, force=force, record=False)
+                except UpdateError as exc:
+                    raise error_for(exc) from exc
 
-            try:
-                decision(confirm_major)
-            except AgentError:
-                if not confirm_major and _succeeds(lambda: decision(True)):
+            found = installable(confirm_major)
+            if found.release is None:
+                if not confirm_major and installable(True).release is not None:
                     raise AgentError(
                         409, "confirmation_required", f"{version} crosses a major update: confirm_major is required"
-                    ) from None
-                raise
+                    )
+                raise AgentError(409, "not_installable", found.reason)
             job = self.progress.begin(Job("install", version, current))
         except BaseException:
             self._op.release()
@@ -446,7 +424,7 @@ class AgentService:
         def work() -> None:
             try:
                 self._run_install(
-                    job, lambda: self.installer.install(version, confirm_major=confirm_major, force=force)
+                    job, lambda: self.updater.install(version, confirm_major=confirm_major, force=force)
                 )
             finally:
                 self._op.release()
@@ -490,11 +468,11 @@ class AgentService:
 
     def _notify(self, what: Outcome | None, client_id: str) -> None:
         if what is not None:
-            self.notifier.notify(notification(self.installer.layout.root, what, client_id))
+            self.notifier.notify(notification(self.updater.install_dir, what, client_id))
 
     def _client_id(self) -> str:
         with contextlib.suppress(UpdateError):
-            return self.installer.config().text("client_id")
+            return self.updater.settings().text("client_id")
         return ""
 
     # -- rollback -------------------------------------------------------------------------------
@@ -504,7 +482,7 @@ class AgentService:
         try:
             job = self.progress.begin(Job("rollback", None, None))
             try:
-                result = self.installer.rollback(force=force, reason=MANUAL_ROLLBACK_REASON)
+                result = self.updater.rollback(force=force, reason=MANUAL_ROLLBACK_REASON)
             except UpdateError as exc:
                 self.progress.finish(job, "failed", error=str(exc))
                 raise error_for(exc) from exc
@@ -520,7 +498,7 @@ class AgentService:
     # -- read-only views --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         try:
-            installed: dict[str, Any] = self.installer.status()
+            installed: dict[str, Any] = self.updater.status()
         except UpdateError as exc:
             installed = {"version": None, "error": str(exc)}
         with self._state_lock:
@@ -530,7 +508,7 @@ class AgentService:
         releases = self._release_list(installed.get("version"))
         newer = [r for r in releases if r["newer"]]
         try:
-            cfg = self.installer.config()
+            cfg = self.updater.settings()
             settings = {k: cfg[k] for k in ("enabled", "auto_install", "check_interval", "channel",
                                             "allowed_update_types", "max_rollback_days", "notify_on")}
             settings["webhook"] = bool(cfg.text("webhook_url"))
@@ -551,52 +529,29 @@ class AgentService:
         }
 
     def history(self, limit: int = 100, op: str | None = None) -> dict[str, Any]:
-        records = self.installer.history()
+        records = self.updater.history()
         if op:
             records = [r for r in records if r.get("op") == op]
         newest = list(reversed(records))
         return {"total": len(records), "records": newest[:limit]}
 
     def analytics(self) -> dict[str, Any]:
-        return analytics.compute(self.installer.history()).to_dict()
+        return analytics.compute(self.updater.history()).to_dict()
 
     def backups(self) -> dict[str, Any]:
         """What rollback can reach: the other slot, and cached release artifacts, within max_rollback_days."""
         try:
-            cfg = self.installer.config()
-            s = sm.load(self.layout.state)
+            days = self.updater.settings().integer("max_rollback_days")
+            target = self.updater.rollback_target()
+            cached = self.updater.cached_releases()
         except UpdateError as exc:
             raise error_for(exc) from exc
-        days = cfg.integer("max_rollback_days")
-        previous = None
-        other = s.other_content
-        if other is not None and s.active is not None:
-            age = age_days(other.installed) if other.installed else None
-            bad = s.bad_versions.get(other.version)
-            previous = {
-                "version": other.version,
-                "slot": s.next_slot,
-                "installed": other.installed,
-                "age_days": None if age is None else round(age, 2),
-                "eligible": (days == 0 or age is None or age <= days) and bad is None,
-                "bad": bad is not None,
-            }
-        cached = []
-        with contextlib.suppress(OSError):
-            for entry in sorted(self.layout.cache.iterdir()):
-                parts = unquote(entry.name).split("/")
-                if len(parts) < 4 or not entry.is_file():
-                    continue  # <channel>/<platform>/<version>/<file>
-                age = (time.time() - entry.stat().st_mtime) / 86400
-                if days and age > days:
-                    continue
-                cached.append({"channel": parts[0], "platform": parts[1], "version": parts[2],
-                               "file": parts[-1], "bytes": entry.stat().st_size, "age_days": round(age, 2)})
+        previous = target.to_dict() if target is not None else None
         return {"max_rollback_days": days, "previous_slot": previous, "cached_releases": cached}
 
     def channels(self) -> dict[str, Any]:
         try:
-            current = self.installer.config().text("channel")
+            current = self.updater.settings().text("channel")
         except UpdateError as exc:
             raise error_for(exc) from exc
         names = list(CHANNELS) + ([current] if current not in CHANNELS else [])
@@ -607,7 +562,7 @@ class AgentService:
         if not changes:
             raise AgentError(422, "invalid_config", "no settings given")
         try:
-            cfg = config_mod.update_values(self.layout.root, changes)
+            cfg = self.updater.configure(changes)
         except ConfigError as exc:
             raise AgentError(422, "invalid_config", str(exc)) from None
         log.info("config changed: %s", ", ".join(sorted(changes)))
@@ -653,7 +608,7 @@ class RedactFilter(logging.Filter):
 def configure_logging(install_dir: Path, *, debug: bool, secret: Callable[[], str]) -> Path:
     """``DIR/logs/auto_updater.log`` rotated at ``max_log_bytes`` (``log_backups`` kept), and
     warnings on stderr; ``debug`` logs detail. Returns the log path."""
-    cfg = config_mod.load(install_dir)
+    cfg = AutoUpdater(install_dir).settings()
     path = Path(install_dir) / LOG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(
@@ -675,14 +630,6 @@ def configure_logging(install_dir: Path, *, debug: bool, secret: Callable[[], st
 
 
 # ----- helpers ----------------------------------------------------------------------------------
-def _succeeds(fn: Callable[[], object]) -> bool:
-    try:
-        fn()
-    except AgentError:
-        return False
-    return True
-
-
 def _iso_in(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
 

@@ -1,0 +1,211 @@
+"""One install directory as every part of the installer touches it.
+
+``InstallDir`` is the shared I/O the parts (``client.staging``, ``client.activation``,
+``client.recovery``, ``client.doctor``) work through, so that each rule is written once: the lock,
+the config, loading and *saving* the slot state (every save is announced as a ``state`` event),
+appending to the history, running hooks, the verified repository client, the cached manifests
+and the one way a slot is emptied for writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pinnacle_updates.client import config as config_mod
+from pinnacle_updates.client import history as history_mod
+from pinnacle_updates.client import slots as sm
+from pinnacle_updates.client.config import ClientConfig
+from pinnacle_updates.client.errors import BusyError, ConfigError, RepositoryError, StateError
+from pinnacle_updates.client.hooks import CommandResult, HookContext, run_command
+from pinnacle_updates.client.results import EventSink, Progress
+from pinnacle_updates.client.slots import Layout, SlotContent, SlotState
+from pinnacle_updates.client.transport import HttpxFetcher
+from pinnacle_updates.client.trust import RepositoryClient
+from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats.index import FormatError, Manifest, Release
+
+ClientFactory = Callable[[ClientConfig, Layout], RepositoryClient]
+
+
+class InstallDir:
+    """The layout of one install directory and the I/O every operation on it shares."""
+
+    def __init__(
+        self, root: Path, *, on_event: EventSink | None = None, client_factory: ClientFactory | None = None
+    ) -> None:
+        self.layout = Layout(Path(root).absolute())
+        self._on_event = on_event
+        self._client_factory = client_factory or default_client
+
+    # -- events, config, state, history ------------------------------------------------------------
+    def emit(self, event: str, **fields: Any) -> None:
+        if self._on_event is not None:
+            self._on_event({"event": event, **fields})
+
+    def progress(self, progress: Progress | None) -> Progress:
+        """``progress`` that also reports each call as a ``progress`` event."""
+
+        def on_progress(done: int, total: int) -> None:
+            self.emit("progress", bytes=done, total=total)
+            if progress is not None:
+                progress(done, total)
+
+        return on_progress
+
+    def config(self) -> ClientConfig:
+        return config_mod.load(self.layout.root)
+
+    def load(self) -> SlotState:
+        return sm.load(self.layout.state)
+
+    def save(self, s: SlotState) -> SlotState:
+        """Persist ``s`` atomically (the write-ahead step), then announce it."""
+        sm.save(self.layout.state, s)
+        self.emit("state", state=s.state.value)
+        return s
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Append ``entry`` to ``history.jsonl``."""
+        try:
+            history_mod.append(self.layout.history, entry)
+        except OSError as exc:
+            raise StateError(f"cannot append to {self.layout.history}: {exc.strerror or exc}") from exc
+
+    @contextlib.contextmanager
+    def locked(self, wait: bool = False) -> Iterator[None]:
+        """Hold ``DIR/lock``; ``BusyError`` naming the holder when another process has it."""
+        if not self.layout.config.exists():
+            raise ConfigError(f"{self.layout.root} is not an initialised install directory (no config.toml)")
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(fsutil.exclusive_lock(self.layout.lock, wait=wait))
+            except fsutil.LockBusyError:
+                pid = lock_holder(self.layout.lock)
+                who = f" (pid {pid})" if pid else ""
+                raise BusyError(f"another pinnacle-update process{who} is installing; use --wait to queue") from None
+            except OSError as exc:
+                raise StateError(f"cannot lock {self.layout.lock}: {exc.strerror or exc}") from exc
+            yield
+
+    # -- hooks --------------------------------------------------------------------------------------
+    def hook_context(self, s: SlotState, slot: str, version: str, **extra: str) -> HookContext:
+        """Hooks acting for ``version`` in ``slot``; the active slot, if another, is the previous one."""
+        prev_slot = s.active if s.active != slot else None
+        prev_version = s.active_version if prev_slot else None
+        return HookContext(
+            install_dir=self.layout.root,
+            slot=slot,
+            slot_dir=self.layout.slot(slot),
+            version=version,
+            previous_version=prev_version,
+            previous_slot=prev_slot,
+            extra_env=extra,
+        )
+
+    def hook(self, name: str, cfg: ClientConfig, ctx: HookContext) -> CommandResult:
+        result = run_command(name, cfg.text(name), ctx, cfg.number("hook_timeout"), self.layout.hooks_log)
+        if cfg.text(name).strip():
+            self.emit("hook", name=name, ok=result.ok, duration=round(result.duration, 3))
+        return result
+
+    # -- the repository ---------------------------------------------------------------------------------
+    def repository(self, cfg: ClientConfig) -> RepositoryClient:
+        """A verified repository client for ``cfg`` (a context manager; closes its connections)."""
+        return self._client_factory(cfg, self.layout)
+
+    def find_release(self, client: RepositoryClient, cfg: ClientConfig, content: SlotContent) -> Release:
+        """The signed release of ``content`` (the live index, else the channel's archive)."""
+        index = client.channel_index(cfg.text("channel"))
+        release = index.find(content.version, cfg.text("platform")) or client.archived_release(
+            cfg.text("channel"), cfg.text("platform"), content.version)
+        if release is None or release.content.sha256 != content.sha256:
+            raise RepositoryError(
+                f"the repository no longer serves {content.version} with content sha256 "
+                f"{content.sha256[:12]}... on channel {cfg.text('channel')}"
+            )
+        return release
+
+    # -- cached manifests -------------------------------------------------------------------------------
+    def store_manifest(self, manifest: Manifest) -> None:
+        """Keep ``manifest`` (verified through TUF) as ``manifests/<content sha256>.json``."""
+        dest = self.layout.manifest(manifest.content.sha256)
+        if not dest.exists():
+            try:
+                self.layout.manifests.mkdir(exist_ok=True)
+                fsutil.atomic_write(dest, manifest.to_bytes())
+            except OSError as exc:
+                raise StateError(f"cannot store the manifest in {self.layout.manifests}: {one_line(exc)}") from exc
+
+    def manifest_for(
+        self, content: SlotContent, cfg: ClientConfig, client: RepositoryClient | None
+    ) -> Manifest | None:
+        """The cached manifest of ``content``; with ``client``, fetched again through TUF if needed."""
+        path = self.layout.manifest(content.sha256)
+        with contextlib.suppress(OSError, FormatError):
+            m = Manifest.from_bytes(path.read_bytes())
+            if m.content.sha256 == content.sha256 and m.version == content.version:
+                return m
+        if client is None:
+            return None
+        client.refresh()
+        manifest = client.fetch_manifest(self.find_release(client, cfg, content))
+        self.store_manifest(manifest)
+        return manifest
+
+    # -- slots ------------------------------------------------------------------------------------------
+    def wipe_slot(self, s: SlotState, slot: str) -> Path:
+        """Empty ``slot`` for writing. Refuses the active slot and the slot ``current`` points at:
+        this is the one place a slot is emptied, so the running slot is never written."""
+        if slot == s.active or self.layout.linked_slot() == slot:
+            raise StateError(f"refusing to write slot {slot}: it is the running slot")
+        path = self.layout.slot(slot)
+        trash = self.layout.slots_dir / f".trash-{slot}"
+        if trash.exists():
+            shutil.rmtree(trash)
+        if path.exists() or path.is_symlink():
+            os.rename(path, trash)
+        path.mkdir()
+        fsutil.fsync_dir(self.layout.slots_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+        return path
+
+
+def default_client(cfg: ClientConfig, layout: Layout) -> RepositoryClient:
+    try:
+        root = layout.trusted_root.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the trusted root {layout.trusted_root}: {exc.strerror or exc}") from exc
+    fetcher = HttpxFetcher(partial_dir=layout.cache / "partial")  # interrupted downloads resume
+    return RepositoryClient(cfg.text("repo_url"), layout.metadata, layout.cache, root, fetcher=fetcher)
+
+
+def installed(s: SlotState) -> tuple[str, str] | None:
+    """(version, content sha256) of the active release: the base deltas are planned from."""
+    content = s.active_content
+    return (content.version, content.sha256) if content is not None else None
+
+
+def lock_holder(path: Path) -> str | None:
+    """The pid recorded in the lock file, if any."""
+    with contextlib.suppress(OSError, ValueError):
+        text = path.read_text().strip()
+        if text:
+            return str(int(text.split()[0]))
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line (an ``OSError`` with the file it names)."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return " ".join(str(exc).split())
+
+
+def mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
