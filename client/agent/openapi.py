@@ -3,7 +3,9 @@
 Hand-written rather than generated so that it states what the routes in ``client.agent.app``
 promise: every status code each one can answer with, the one error shape, and which calls need
 the bearer token. The config request body is derived from ``client.config.KEYS``, so a new key is
-documented the moment it exists. ``tests/agent/test_agent_fuzz.py`` runs schemathesis against it.
+documented the moment it exists. ``tests/agent/test_agent_routes.py`` checks that it lists exactly
+the routes ``create_app`` serves (method and path), so a route added on one side only fails there;
+``tests/agent/test_agent_fuzz.py`` runs schemathesis against it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ def document() -> dict[str, Any]:
         "/": {"get": {"summary": "The dashboard (HTML)", "operationId": "dashboard",
                       "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}},
                                     **_errors()}}},
+        "/static/{name}": {"get": {
+            "summary": "The dashboard's script and style sheet (dashboard.js, dashboard.css)",
+            "operationId": "static",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file",
+                                  "content": {"text/javascript": {}, "text/css": {}}},
+                          **_errors("404")}}},
         "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                   "responses": {"200": _json(_OBJECT, "OpenAPI document"), **_errors()}}},
         "/api/updates/status": {"get": {
