@@ -16,6 +16,7 @@ lock, so a publish cannot add a snapshot between the plan and the deletion.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from tuf.api.serialization import DeserializationError
 
 from pinnacle_updates.formats.fsutil import fsync_dir
 
-from .store import Repository, RepoState
+from .store import Repository
 
 _VERSIONED = re.compile(r"^(?P<version>\d+)\.(?P<role>.+)\.json$")
 
@@ -45,43 +46,64 @@ class PrunePlan:
 def plan(repo: Repository, now: datetime) -> PrunePlan:
     """What to delete: non-root metadata versions that no unexpired snapshot needs."""
     state = repo.load()
-    current = state.snapshot.signed.version
-    keep: set[tuple[str, int]] = {("snapshot", current)}
-    keep.update((name.removesuffix(".json"), info.version) for name, info in state.snapshot.signed.meta.items())
-    found: list[tuple[Path, str, int]] = []
     result = PrunePlan()
-    for path in repo.metadata_dir.iterdir():
-        m = _VERSIONED.match(path.name)
-        if m is None or m["role"] == "root":
-            continue
-        role, version = m["role"], int(m["version"])
-        found.append((path, role, version))
-        if role != "snapshot" or version == current:
-            continue
+
+    def load(name: str) -> bytes | None:
         try:
-            snapshot = Metadata.from_bytes(path.read_bytes())
-        except (OSError, DeserializationError):
-            continue  # unreadable: no client can use it either
-        signed = snapshot.signed
-        if isinstance(signed, Snapshot) and not signed.is_expired(now):
-            keep.add(("snapshot", version))
-            keep.update((name.removesuffix(".json"), info.version) for name, info in signed.meta.items())
-    for path, role, version in sorted(found):
-        if (role, version) in keep:
-            if role == "snapshot":
-                result.kept_snapshots.append(version)
-            continue
-        if role == "snapshot" or version < _current_version(state, role):
-            result.delete.append(path)
-            result.freed += path.stat().st_size
-    result.kept_snapshots.sort()
+            return (repo.metadata_dir / name).read_bytes()
+        except OSError:
+            return None
+
+    names = [path.name for path in repo.metadata_dir.iterdir()]
+    delete, result.kept_snapshots = retention(state.snapshot.signed, names, load, now)
+    for name in delete:
+        path = repo.metadata_dir / name
+        result.delete.append(path)
+        result.freed += path.stat().st_size
     return result
 
 
-def _current_version(state: RepoState, role: str) -> int:
+def retention(current: Snapshot, names: Iterable[str], load: Callable[[str], bytes | None],
+              now: datetime) -> tuple[list[str], list[int]]:
+    """The retention rule, for any copy of ``metadata/`` (the publisher's directory, a bucket):
+    which of ``names`` to delete, and the snapshot versions kept. ``current`` is the snapshot
+    being served; ``load(name)`` returns a snapshot file's bytes (None: unreadable or gone)."""
+    keep: set[tuple[str, int]] = {("snapshot", current.version)}
+    keep.update((name.removesuffix(".json"), info.version) for name, info in current.meta.items())
+    found: list[tuple[str, str, int]] = []
+    for name in names:
+        m = _VERSIONED.match(name)
+        if m is None or m["role"] == "root":
+            continue
+        role, version = m["role"], int(m["version"])
+        found.append((name, role, version))
+        if role != "snapshot" or version == current.version:
+            continue
+        data = load(name)
+        try:
+            snapshot = Metadata.from_bytes(data) if data is not None else None
+        except DeserializationError:
+            snapshot = None  # unreadable: no client can use it either
+        signed = snapshot.signed if snapshot is not None else None
+        if isinstance(signed, Snapshot) and not signed.is_expired(now):
+            keep.add(("snapshot", version))
+            keep.update((name.removesuffix(".json"), info.version) for name, info in signed.meta.items())
+    delete: list[str] = []
+    kept: list[int] = []
+    for name, role, version in sorted(found):
+        if (role, version) in keep:
+            if role == "snapshot":
+                kept.append(version)
+            continue
+        if role == "snapshot" or version < _current_version(current, role):
+            delete.append(name)
+    return delete, sorted(kept)
+
+
+def _current_version(current: Snapshot, role: str) -> int:
     """The committed version of ``role`` (a file newer than it is a killed publish's orphan: the
     next publish overwrites it, so it is left alone)."""
-    info = state.snapshot.signed.meta.get(f"{role}.json")
+    info = current.meta.get(f"{role}.json")
     return int(info.version) if info is not None else 1 << 62
 
 
@@ -95,4 +117,4 @@ def prune(repo: Repository, now: datetime, dry_run: bool = False) -> dict[str, A
     return result.to_dict(repo.path, done=not dry_run)
 
 
-__all__ = ["PrunePlan", "plan", "prune"]
+__all__ = ["PrunePlan", "plan", "prune", "retention"]

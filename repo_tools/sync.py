@@ -25,6 +25,9 @@ skipped: content-addressed targets by name and size, metadata by content (a kill
 leave an orphan ``N.<role>.json`` that the next publish rewrites with other bytes).
 
 Nothing is deleted at DEST: old versions stay valid for clients that are mid-update.
+
+The order is defined here once (:func:`upload_order`, :func:`stages`, :func:`content_addressed`);
+:mod:`repo_tools.objectstore` uploads to an S3 bucket with the same functions.
 """
 
 from __future__ import annotations
@@ -67,6 +70,37 @@ def plan(source: Path) -> list[SyncItem]:
     return sorted(items, key=lambda i: (i.rank, i.version, i.relative))
 
 
+def upload_order(source: Path, timestamp: bytes, served: Callable[[str], bool],
+                 read_served: Callable[[str], bytes]) -> list[SyncItem]:
+    """Every file of ``source`` in the order it must reach a destination: :func:`plan`, with the
+    key-rotation exception of the module docstring applied. ``served(relative)`` says whether the
+    destination has that file, ``read_served(relative)`` returns its bytes there (asked only for
+    the newest root it serves). The one definition of the order, for every kind of destination."""
+    items = plan(source)
+    if _timestamp_before_roots(source, items, timestamp, served, read_served):
+        items = [i for i in items if i.rank != ROOTS] + [i for i in items if i.rank == ROOTS]
+    return items
+
+
+def stages(items: list[SyncItem]) -> list[list[SyncItem]]:
+    """``items`` (in :func:`upload_order`) cut into the steps a destination that uploads in parallel
+    takes one after another, each only once every upload of the one before is confirmed: a run of
+    files of the same rank is one step, except root versions, one per step (oldest first), and
+    ``timestamp.json``, always a step of its own."""
+    out: list[list[SyncItem]] = []
+    for item in items:
+        if out and out[-1][0].rank == item.rank and item.rank not in (ROOTS, TIMESTAMP):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
+def content_addressed(item: SyncItem) -> bool:
+    """A target whose name starts with the sha256 of its content: same name and size, same file."""
+    return item.rank == TARGETS and _CONTENT_ADDRESSED.match(item.relative.rpartition("/")[2]) is not None
+
+
 def _walk(source: Path) -> Iterator[str]:
     for dirpath, dirnames, filenames in os.walk(source):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(_SKIP_PREFIXES))
@@ -95,7 +129,7 @@ def _unchanged(src: Path, dest: Path, item: SyncItem) -> bool:
         return False
     if size != src.stat().st_size:
         return False
-    if item.rank == TARGETS and _CONTENT_ADDRESSED.match(dest.name):
+    if content_addressed(item):
         return True  # the name is the sha256 of the content, and DEST only ever gets whole files
     return _sha256(src) == _sha256(dest)
 
@@ -108,10 +142,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _timestamp_before_roots(source: Path, dest: Path, items: list[SyncItem], timestamp: bytes) -> bool:
+def _timestamp_before_roots(source: Path, items: list[SyncItem], timestamp: bytes, is_served: Callable[[str], bool],
+                            read_served: Callable[[str], bytes]) -> bool:
     """Whether the new timestamp chain is valid under DEST's root and every new root but the last."""
-    new = [i for i in items if i.rank == ROOTS and not (dest / i.relative).exists()]
-    served = [i for i in items if i.rank == ROOTS and (dest / i.relative).exists()]
+    new = [i for i in items if i.rank == ROOTS and not is_served(i.relative)]
+    served = [i for i in items if i.rank == ROOTS and is_served(i.relative)]
     if not new or not served:
         return False  # no root change, or a fresh DEST that serves nothing yet
     try:
@@ -121,7 +156,8 @@ def _timestamp_before_roots(source: Path, dest: Path, items: list[SyncItem], tim
         top = Metadata.from_bytes((source / "metadata" / f"{snap.signed.meta['targets.json'].version}.targets.json")
                                   .read_bytes())
         for item in [served[-1], *new[:-1]]:
-            root = Metadata.from_bytes((dest if item in served else source).joinpath(item.relative).read_bytes())
+            root = Metadata.from_bytes(read_served(item.relative) if item in served
+                                       else source.joinpath(item.relative).read_bytes())
             for role, md in (("timestamp", ts), ("snapshot", snap), ("targets", top)):
                 root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
     except Exception:
@@ -142,9 +178,8 @@ def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None =
         timestamp = (source / "metadata" / "timestamp.json").read_bytes()
     except FileNotFoundError:
         raise RepositoryStateError(f"{source} is not an initialised repository (no metadata/timestamp.json)") from None
-    items = plan(source)
-    if _timestamp_before_roots(source, dest, items, timestamp):
-        items = [i for i in items if i.rank != ROOTS] + [i for i in items if i.rank == ROOTS]
+    items = upload_order(source, timestamp, lambda relative: (dest / relative).exists(),
+                         lambda relative: (dest / relative).read_bytes())
     copied = skipped = copied_bytes = 0
     try:
         for item in items:
