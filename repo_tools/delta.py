@@ -29,6 +29,9 @@ file's zstd patch and its bsdiff) run on two threads when ``jobs`` allows and th
 their estimates together: zstd, bsdiff4 and LZMA release the GIL, so two cores halve the wait. Only the
 timing changes, never the bytes.
 
+Each op kind's encoder and each container kind's builder, with its memory estimate, is one entry of
+:data:`PUBLISHER_KINDS` at the end of this module (``formats.delta_kinds`` says where else a new kind goes).
+
 Files of the new release are read from the source tree below a directory descriptor with
 ``open_beneath`` and must still have the sha256 ``scan_tree`` recorded. Everything is
 deterministic: the same base and target give the same delta bytes.
@@ -71,19 +74,19 @@ from pinnacle_updates.formats.delta_format import (
     DeltaHeader,
     DeltaOp,
     ManifestPatch,
-    OpKind,
     delta_path,
     patch_window_log,
     solid_layout,
     write_delta,
 )
+from pinnacle_updates.formats.delta_kinds import ContainerKind, DeltaKind, OpKind
 from pinnacle_updates.formats.delta_segments import DEFAULT_SEGMENTS, SegmentParams, read_region, regions
 from pinnacle_updates.formats.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry, Release, TargetRef
 from pinnacle_updates.formats.tree import extract_release
 
 from .artifact import DEFAULT_LEVEL
 from .audit import MAX_MANIFEST_BYTES
-from .core.delta_plan import SIDE_BY_SIDE, FilePlan, PlanError, plan_delta, zstd_patch_memory
+from .core.delta_plan import ENCODER_MEMORY, SIDE_BY_SIDE, FilePlan, PlanError, plan_delta, zstd_patch_memory
 from .errors import PublishRefused, RepositoryStateError, UnsafeInputError
 from .store import Repository
 
@@ -376,10 +379,9 @@ def solid_patch(
     fit ``memory_budget``."""
     if not lzma_dict.available() or not archive_possible(base, target):
         return None
-    layout = solid_layout(base, target.entries)
-    # plus the dictionary once more: joining its files holds the parts and the whole for a moment
-    if lzma_dict.encoder_memory(layout.dictionary_size, layout.size) + layout.dictionary_size > memory_budget:
+    if solid_memory(base, target) > memory_budget:
         return None
+    layout = solid_layout(base, target.entries)
     with _Tree(base_root) as old_tree, _Tree(source) as new_tree:
         dictionary = b"".join([old_tree.read(e) for e in layout.dictionary])
         data = b"".join([new_tree.read(e) for e in layout.solid])
@@ -388,6 +390,14 @@ def solid_patch(
         replace(e, sha256=SOLID_SHA256) if e.path in rebuilt else e for e in target.entries
     ))
     return zstd_patch(base.to_bytes(), skeleton.to_bytes()), lzma_dict.compress(data, dictionary)
+
+
+def solid_memory(base: Manifest, target: Manifest) -> int:
+    """Peak bytes :func:`solid_patch` adds (liblzma must be available): LZMA's encoder with the base
+    files as dictionary (the coder, the dictionary, the data and the output), plus the dictionary once
+    more: joining its files holds the parts and the whole for a moment."""
+    layout = solid_layout(base, target.entries)
+    return lzma_dict.encoder_memory(layout.dictionary_size, layout.size) + layout.dictionary_size
 
 
 def _smaller_solid(
@@ -423,8 +433,8 @@ def _smaller_whole_archive(header: DeltaHeader, frame: bytes | None) -> tuple[De
 
 def _count_whole_parts(result: DeltaResult, header: DeltaHeader) -> None:
     """Report the manifest patch and a whole-archive frame like ops (``to_dict``'s ops/op_bytes)."""
-    parts = (("manifest", header.manifest_length), ("archive", header.archive), ("solid", header.solid),
-             ("shared", sum(header.shared or ())))
+    parts = (("manifest", header.manifest_length), (ContainerKind.WHOLE_ARCHIVE.value, header.archive),
+             (ContainerKind.SOLID.value, header.solid), (ContainerKind.SHARED.value, sum(header.shared or ())))
     for name, length in parts:
         if length:
             result.ops[name] = 1
@@ -490,48 +500,50 @@ def zstd_patch(old: bytes, new: bytes, level: int = PATCH_LEVEL) -> bytes:
     return compressor.compress(new, pyzstd.ZstdCompressor.FLUSH_FRAME)
 
 
+@dataclass(frozen=True)
+class _FileInputs:
+    """What one file's candidate encoders read: the two trees and, when a whole-file patch is among the
+    candidates, both files whole (at most WHOLE_PATCH_MAX each)."""
+
+    item: FilePlan
+    old_tree: _Tree
+    new_tree: _Tree
+    old: bytes = b""
+    new: bytes = b""
+
+
+Blocks = tuple[bytes, bytes, bytes]
+"""bsdiff's raw blocks (control as planes, diff, extra), kept for the shared streams."""
+
+
 def _encode_best(
     item: FilePlan, old_tree: _Tree, new_tree: _Tree, work: Path, payload: BinaryIO, shared: _SharedSpool,
     side: Executor | None = None,
 ) -> tuple[OpKind, int]:
-    """Run every candidate of ``item`` into its own scratch file, append the smallest to
-    ``payload`` and return its kind and length (ties: the earlier candidate). When bsdiff-lzma wins,
-    its raw blocks also go to ``shared``. With ``side``, the zstd patch runs there while bsdiff runs
-    here (the caller checked the budget covers both at once); the choice and bytes are the same."""
-    blocks: tuple[bytes, bytes, bytes] | None = None
-    old = new = b""
+    """Run every candidate of ``item`` (its encoder in :data:`PUBLISHER_KINDS`) into its own scratch
+    file, append the smallest to ``payload`` and return its kind and length (ties: the earlier
+    candidate). When bsdiff-lzma wins, its raw blocks also go to ``shared``. With ``side``, the zstd
+    patch runs there while bsdiff runs here (the caller checked the budget covers both at once); the
+    choice and bytes are the same."""
+    blocks: Blocks | None = None
+    inputs = _FileInputs(item, old_tree, new_tree)
     if item.base is not None and SIDE_BY_SIDE & set(item.candidates):
-        old, new = old_tree.read(item.base), new_tree.read(item.entry)  # at most WHOLE_PATCH_MAX each
+        inputs = replace(inputs, old=old_tree.read(item.base), new=new_tree.read(item.entry))
     scratch = {kind: work / f"candidate.{kind.value}" for kind in item.candidates}
-    job: Future[None] | None = None
+    job: Future[Blocks | None] | None = None
     if side is not None and set(item.candidates) >= SIDE_BY_SIDE:
-        job = side.submit(_write_zstd_patch, scratch[OpKind.ZSTD_PATCH], old, new)
+        job = side.submit(_encode_candidate, OpKind.ZSTD_PATCH, scratch[OpKind.ZSTD_PATCH], inputs)
     try:
         for kind in item.candidates:
-            if kind is OpKind.ZSTD_PATCH:
-                if job is None:
-                    _write_zstd_patch(scratch[kind], old, new)
+            if job is not None and kind is OpKind.ZSTD_PATCH:
                 continue
-            with open(scratch[kind], "wb") as f:
-                if kind is OpKind.ZSTD:
-                    new_tree.zstd(item.entry, f)  # streamed from the source, never held in memory
-                elif kind is OpKind.ZSTD_SEGMENTS:
-                    assert item.base is not None
-                    write_segments(old_tree, item.base, new_tree, item.entry, f, SEGMENTS)
-                else:
-                    control, diff, extra = bsdiff4.core.diff(old, new)
-                    try:
-                        f.write(bsdiff_lzma.pack(control, diff, extra, len(new)))
-                        blocks = bsdiff_lzma.to_planes(control), diff, extra
-                    except DeltaFormatError:  # more control tuples than clients accept (never the only candidate)
-                        f.truncate(0)
-                    del control, diff, extra
+            blocks = _encode_candidate(kind, scratch[kind], inputs) or blocks
     finally:
         if job is not None:
             wait([job])  # never leave it writing a scratch file; its own error is raised below
     if job is not None:
         job.result()
-    del old, new
+    del inputs
     best: tuple[int, OpKind, Path] | None = None
     for kind, path in scratch.items():
         size = path.stat().st_size
@@ -552,9 +564,35 @@ def _encode_best(
     return kind, size
 
 
-def _write_zstd_patch(path: Path, old: bytes, new: bytes) -> None:
+def _encode_candidate(kind: OpKind, path: Path, inputs: _FileInputs) -> Blocks | None:
+    """Write ``kind``'s encoding of ``inputs`` into the scratch file ``path`` (empty: no output)."""
+    encode = OP_ENCODERS[kind].encode
+    assert encode is not None, f"the plan lists {kind}, which has no encoder"
     with open(path, "wb") as f:
-        f.write(zstd_patch(old, new))
+        return encode(inputs, f)
+
+
+def _encode_zstd(inputs: _FileInputs, out: BinaryIO) -> None:
+    inputs.new_tree.zstd(inputs.item.entry, out)  # streamed from the source, never held in memory
+
+
+def _encode_zstd_patch(inputs: _FileInputs, out: BinaryIO) -> None:
+    out.write(zstd_patch(inputs.old, inputs.new))
+
+
+def _encode_bsdiff_lzma(inputs: _FileInputs, out: BinaryIO) -> Blocks | None:
+    control, diff, extra = bsdiff4.core.diff(inputs.old, inputs.new)
+    try:
+        out.write(bsdiff_lzma.pack(control, diff, extra, len(inputs.new)))
+    except DeltaFormatError:  # more control tuples than clients accept (never the only candidate)
+        out.truncate(0)
+        return None
+    return bsdiff_lzma.to_planes(control), diff, extra
+
+
+def _encode_segments(inputs: _FileInputs, out: BinaryIO) -> None:
+    assert inputs.item.base is not None
+    write_segments(inputs.old_tree, inputs.item.base, inputs.new_tree, inputs.item.entry, out, SEGMENTS)
 
 
 class _SharedSpool:
@@ -690,3 +728,67 @@ def segment_frame(region: bytes, data: bytes) -> bytes:
         return zstd_patch(region, data, SEGMENT_LEVEL)
     option: dict[int, int] = {pyzstd.CParameter.compressionLevel: SEGMENT_LEVEL, pyzstd.CParameter.checksumFlag: 0}
     return pyzstd.compress(data, option)
+
+
+# -- the publisher's registry of delta kinds (formats.delta_kinds) ----------------------------------
+
+
+@dataclass(frozen=True)
+class OpEncoder:
+    """How the publisher encodes one op kind as a file's candidate: ``encode`` writes the op's data for
+    one file (None: not a candidate of its own, ``note`` says where the op comes from), ``memory``
+    estimates the encoder's peak from the base and target file sizes (``core.delta_plan``, which the
+    planner budgets with)."""
+
+    encode: Callable[[_FileInputs, BinaryIO], Blocks | None] | None
+    memory: Callable[[int, int], int]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerEncoder:
+    """How the publisher builds one container kind: ``build`` is the function that makes it
+    (:func:`build_delta` tries them in this order: per-file, its shared variant, whole-archive, and
+    solid where whole-archive won; the smallest container is written), ``memory`` estimates its peak
+    from the base and target manifests."""
+
+    build: Callable[..., object]
+    memory: Callable[[Manifest, Manifest], int]
+
+
+OP_ENCODERS: dict[OpKind, OpEncoder] = {
+    OpKind.COPY: OpEncoder(None, ENCODER_MEMORY[OpKind.COPY], "no data: the plan found a base file with its sha256"),
+    OpKind.BSDIFF4: OpEncoder(None, ENCODER_MEMORY[OpKind.BSDIFF4], "read by clients, no longer written"),
+    OpKind.BSDIFF_LZMA: OpEncoder(_encode_bsdiff_lzma, ENCODER_MEMORY[OpKind.BSDIFF_LZMA]),
+    OpKind.BSDIFF_SHARED: OpEncoder(None, ENCODER_MEMORY[OpKind.BSDIFF_SHARED],
+                                    "the bsdiff-lzma candidates' blocks, moved by the shared container"),
+    OpKind.ZSTD_PATCH: OpEncoder(_encode_zstd_patch, ENCODER_MEMORY[OpKind.ZSTD_PATCH]),
+    OpKind.ZSTD: OpEncoder(_encode_zstd, ENCODER_MEMORY[OpKind.ZSTD]),
+    OpKind.ZSTD_SEGMENTS: OpEncoder(_encode_segments, ENCODER_MEMORY[OpKind.ZSTD_SEGMENTS]),
+}
+
+UNLIMITED = 1 << 62
+
+
+def _per_file_memory(base: Manifest, target: Manifest) -> int:
+    """The most demanding file's candidates, every encoder allowed."""
+    return plan_delta(base, target, UNLIMITED, SEGMENTS).memory
+
+
+def _shared_memory(base: Manifest, target: Manifest) -> int:
+    """Per-file, then LZMA coding the longest stream (the diff blocks: at most the target's bytes)."""
+    return max(_per_file_memory(base, target), bsdiff_lzma.lzma_memory(target.content.length))
+
+
+CONTAINER_ENCODERS: dict[ContainerKind, ContainerEncoder] = {
+    ContainerKind.PER_FILE: ContainerEncoder(build_delta, _per_file_memory),
+    ContainerKind.SHARED: ContainerEncoder(_SharedSpool.variant, _shared_memory),
+    ContainerKind.WHOLE_ARCHIVE: ContainerEncoder(archive_patch, lambda b, t: archive_memory(b, t, ARCHIVE_LEVEL)),
+    ContainerKind.SOLID: ContainerEncoder(solid_patch, solid_memory),
+}
+
+PUBLISHER_KINDS: dict[DeltaKind, OpEncoder | ContainerEncoder] = dict(
+    [*OP_ENCODERS.items(), *CONTAINER_ENCODERS.items()]
+)
+"""Every kind the publisher knows (``formats.delta_kinds`` names the other places a new kind goes);
+``tests/formats/test_delta_kinds.py`` checks it is every kind, like the client's ``CLIENT_KINDS``."""

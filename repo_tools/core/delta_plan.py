@@ -35,11 +35,11 @@ client would need both files in memory. They get ``zstd-segments`` (bounded memo
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pinnacle_updates.formats.bsdiff_lzma import lzma_memory
-from pinnacle_updates.formats.delta_format import OpKind
+from pinnacle_updates.formats.delta_kinds import OpKind
 from pinnacle_updates.formats.delta_segments import DEFAULT_SEGMENTS, SEGMENT_BASE_MAX, SEGMENT_MAX, SegmentParams
 from pinnacle_updates.formats.index import EntryType, Manifest, ManifestEntry
 
@@ -132,19 +132,23 @@ def segments_memory(old: int, new: int) -> int:
     return zstd_patch_memory(min(old, SEGMENT_BASE_MAX), min(new, SEGMENT_MAX))
 
 
+ENCODER_MEMORY: Mapping[OpKind, Callable[[int, int], int]] = {
+    OpKind.COPY: lambda old, new: 0,  # no encoder: the plan found the same sha256
+    OpKind.BSDIFF4: bsdiff4_memory,
+    OpKind.BSDIFF_LZMA: bsdiff_lzma_memory,
+    OpKind.BSDIFF_SHARED: bsdiff_lzma_memory,  # the bsdiff-lzma candidate's blocks (its streams: the container's)
+    OpKind.ZSTD_PATCH: zstd_patch_memory,
+    OpKind.ZSTD: lambda old, new: ZSTD_MEMORY,
+    OpKind.ZSTD_SEGMENTS: segments_memory,
+}
+"""Each op kind's encoder memory estimate (inputs and output included), from the base and target
+file sizes: what the planner budgets with, and the ``memory`` of the publisher's registry
+(``repo_tools.delta.PUBLISHER_KINDS``)."""
+
+
 def encoder_memory(kind: OpKind, old: int, new: int) -> int:
     """Estimated peak resident bytes an encoder adds (inputs and output included)."""
-    if kind is OpKind.ZSTD_SEGMENTS:
-        return segments_memory(old, new)
-    if kind is OpKind.BSDIFF_LZMA:
-        return bsdiff_lzma_memory(old, new)
-    if kind is OpKind.BSDIFF4:
-        return bsdiff4_memory(old, new)
-    if kind is OpKind.ZSTD_PATCH:
-        return zstd_patch_memory(old, new)
-    if kind is OpKind.ZSTD:
-        return ZSTD_MEMORY
-    return 0
+    return ENCODER_MEMORY[kind](old, new)
 
 
 _HASH_RUN = re.compile(r"(?<=[-_.])(?=[a-f]*[0-9])[0-9a-f]{6,}(?![0-9A-Za-z])")
@@ -304,7 +308,7 @@ def _segmented(entry: ManifestEntry, base: ManifestEntry, match: str, budget: in
 
 
 __all__ = [
-    "SIDE_BY_SIDE", "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory",
-    "bsdiff_lzma_memory", "encoder_memory", "extension", "normalise_path", "plan_delta", "segments_memory",
-    "zstd_patch_memory",
+    "ENCODER_MEMORY", "SIDE_BY_SIDE", "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError",
+    "bsdiff4_memory", "bsdiff_lzma_memory", "encoder_memory", "extension", "normalise_path", "plan_delta",
+    "segments_memory", "zstd_patch_memory",
 ]
