@@ -1,9 +1,9 @@
 """Building deltas at publish time: the I/O half of ``core.delta_plan``.
 
 For each earlier release chosen as a base, the base's full artifact is extracted from the
-repository into staging with :func:`client.archive.extract_release` (which verifies every file and
+repository into staging with :func:`formats.tree.extract_release` (which verifies every file and
 the whole content digest against the signed manifest), then one delta container
-(``client.delta_format``) is written file by file:
+(``formats.delta_format``) is written file by file:
 
 * the plan (pure) picks a base file and the encoders the memory budget allows;
 * each candidate encoder writes its output into a scratch file, the smallest is appended to the
@@ -15,7 +15,7 @@ the whole content digest against the signed manifest), then one delta container
 
 Every per-file delta also carries the target manifest as a zstd patch against the base manifest
 (:func:`manifest_patch`), so the client does not download it separately. When both canonical tars
-together fit :data:`client.delta_format.ARCHIVE_MAX` and the memory budget, a whole-archive
+together fit :data:`formats.delta_format.ARCHIVE_MAX` and the memory budget, a whole-archive
 candidate (one zstd patch-from frame of the target tar with the base tar as prefix,
 :func:`archive_patch`) is built too, and the smaller container of the two is kept: it wins where a
 change repeats across files (translations, bundles sharing code) or the files are tiny. It carries
@@ -107,7 +107,7 @@ long-distance matching: levels 16-19 miss most matches a region offers unless th
 tables grow far past the memory bound (11.5 MB instead of 8 KB for a segment with one 4 KiB
 insertion); level 12 is within 10% of the best level-19 size found, at about 1 s per segment."""
 SEGMENTS = DEFAULT_SEGMENTS
-"""Which files are segmented and how (``client.delta_segments``); tests lower it to small sizes."""
+"""Which files are segmented and how (``formats.delta_segments``); tests lower it to small sizes."""
 
 
 @dataclass
@@ -330,7 +330,7 @@ def archive_memory(base: Manifest, target: Manifest, level: int = PATCH_LEVEL) -
 
 
 def archive_possible(base: Manifest, target: Manifest) -> bool:
-    """Whether both canonical tars together are within :data:`~client.delta_format.ARCHIVE_MAX`, the
+    """Whether both canonical tars together are within :data:`~formats.delta_format.ARCHIVE_MAX`, the
     client's bound for whole-archive and solid deltas."""
     return base.content.length + target.content.length <= ARCHIVE_MAX
 
@@ -342,7 +342,7 @@ def archive_patch(
     :data:`ARCHIVE_LEVEL` when :func:`archive_memory` at that level fits ``memory_budget``, else at
     level 19) of the target's canonical tar with the base's canonical tar as prefix, both rebuilt
     from the trees (every file checked against its manifest). ``None`` when the two tars together
-    exceed :data:`~client.delta_format.ARCHIVE_MAX` (the client's memory bound) or no level fits."""
+    exceed :data:`~formats.delta_format.ARCHIVE_MAX` (the client's memory bound) or no level fits."""
     if not archive_possible(base, target):
         return None
     level = next((lv for lv in (ARCHIVE_LEVEL, PATCH_LEVEL) if archive_memory(base, target, lv) <= memory_budget), 0)
@@ -371,11 +371,11 @@ def _canonical_tar(root: Path, manifest: Manifest, error: type[Exception], what:
 def solid_patch(
     base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> tuple[bytes, bytes] | None:
-    """The solid candidate (``client.delta_format.solid_layout``): the skeleton manifest (the target's,
-    with :data:`~client.delta_format.SOLID_SHA256` for every file the stream rebuilds) as a zstd patch
+    """The solid candidate (``formats.delta_format.solid_layout``): the skeleton manifest (the target's,
+    with :data:`~formats.delta_format.SOLID_SHA256` for every file the stream rebuilds) as a zstd patch
     against the base manifest, and the raw LZMA2 stream of those files with the base files as preset
-    dictionary (:func:`client.lzma_dict.compress`). ``None`` when liblzma is not available here, the
-    tars exceed :data:`~client.delta_format.ARCHIVE_MAX` (the client's bound) or the encoder does not
+    dictionary (:func:`formats.lzma_dict.compress`). ``None`` when liblzma is not available here, the
+    tars exceed :data:`~formats.delta_format.ARCHIVE_MAX` (the client's bound) or the encoder does not
     fit ``memory_budget``."""
     if not lzma_dict.available() or not archive_possible(base, target):
         return None
@@ -598,7 +598,7 @@ def _encode_segments(inputs: _FileInputs, out: BinaryIO) -> None:
 class _SharedSpool:
     """The raw bsdiff blocks (control as planes, diff, extra) of every op kept as ``bsdiff-lzma``, in
     op order, spooled to three scratch files: coded at the end as the delta's shared streams
-    (``client.bsdiff_lzma.SharedStream``), they make the ``bsdiff-shared`` variant of the container,
+    (``formats.bsdiff_lzma.SharedStream``), they make the ``bsdiff-shared`` variant of the container,
     kept when smaller (one LZMA model per block kind instead of three per file)."""
 
     def __init__(self, work: Path) -> None:
@@ -686,7 +686,7 @@ def chunks(f: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: f.read(CHUNK_SIZE), b"")
 
 
-# -- large files: zstd-segments (client.delta_segments) ------------------------------------------
+# -- large files: zstd-segments (formats.delta_segments) ------------------------------------------
 
 
 def write_segments(
@@ -694,7 +694,7 @@ def write_segments(
     params: SegmentParams = DEFAULT_SEGMENTS,
 ) -> None:
     """Write the ``zstd-segments`` data rebuilding ``entry`` from ``base``: for each of
-    :func:`~client.delta_segments.regions`, its record and one frame (:func:`segment_frame`) of the
+    :func:`~formats.delta_segments.regions`, its record and one frame (:func:`segment_frame`) of the
     segment with its base region, read with ``pread``, as prefix. One region and one segment are in
     memory at a time. The base file is hashed first and the new file while it is read: either not
     matching its entry raises like :meth:`_Tree.read`."""

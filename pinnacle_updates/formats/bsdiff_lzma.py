@@ -21,7 +21,7 @@ Layout (all integers unsigned LEB128)::
 Each block is one raw LZMA2 stream whose dictionary size follows from its declared length and the
 output size (:func:`dict_size`), so both sides agree without storing it.
 
-``bsdiff-shared`` ops (a per-file delta with ``shared`` streams, ``client.delta_format``) hold only
+``bsdiff-shared`` ops (a per-file delta with ``shared`` streams, ``formats.delta_format``) hold only
 the three raw lengths (:func:`lengths_record`); their blocks are the next bytes of three LZMA2 streams
 shared by every such op of the delta, in op order (:class:`SharedStream`): one model per block kind
 instead of three per file, 9% fewer bytes on scipy 1.14.0 -> 1.14.1's 127 patched files, 6% on
@@ -46,7 +46,7 @@ TUPLE = 24
 DICT_MIN = 1 << 16
 DICT_MAX = 64 << 20
 """LZMA2 dictionary bounds: no block is longer than a whole-file patch's output
-(``client.delta_segments.WHOLE_PATCH_MAX``, 64 MiB), so a larger dictionary would never be used."""
+(``formats.delta_segments.WHOLE_PATCH_MAX``, 64 MiB), so a larger dictionary would never be used."""
 PRESET = 9 | lzma.PRESET_EXTREME
 BYTES_PER_TUPLE = 32
 """A patch may hold one control tuple per this many output bytes (plus :data:`TUPLES_FREE`), so the

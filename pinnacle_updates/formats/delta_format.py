@@ -15,7 +15,7 @@ base files as its preset dictionary (the solid kind, ``solid``; its manifest pat
 see :func:`solid_layout`). Data ops (every op but ``copy``) own ``length`` bytes of the payload
 each, contiguous, in op order, right after the manifest patch; a per-file delta may then have three
 *shared* LZMA streams (``shared``) holding the bsdiff blocks of its ``bsdiff-shared`` ops, in op order
-(``client.bsdiff_lzma``); the payload ends exactly at the end of the file, so a delta has no
+(``formats.bsdiff_lzma``); the payload ends exactly at the end of the file, so a delta has no
 unused, overlapping or trailing bytes to hide anything in; offsets are therefore implied, never
 stored. An op's ``base`` is stored only when it differs from its ``path``. The
 header frame declares its decompressed size, which is bounded (``MAX_HEADER``) before anything is
@@ -156,9 +156,9 @@ class ManifestPatch:
     canonical JSON (``Manifest.to_bytes``), compressed with the base manifest's canonical JSON as
     raw prefix. Without (``None``, serialised as ``{"level": L}``; whole-archive kind only) nothing
     is in the payload: the client derives the manifest from the target tar the archive frame
-    rebuilds (:func:`client.archive.read_canonical_tar`). ``level`` is the zstd level of the signed
+    rebuilds (:func:`formats.archive.read_canonical_tar`). ``level`` is the zstd level of the signed
     manifest target: the rebuilt JSON, compressed again with
-    :func:`client.archive.release_compressor` at that level, must be exactly the signed target
+    :func:`formats.archive.release_compressor` at that level, must be exactly the signed target
     (length and sha256), or it is not used."""
 
     length: int | None

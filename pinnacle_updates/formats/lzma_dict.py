@@ -1,4 +1,4 @@
-"""Raw LZMA2 with a preset dictionary: the coder of ``solid`` deltas (``client.delta_format``).
+"""Raw LZMA2 with a preset dictionary: the coder of ``solid`` deltas (``formats.delta_format``).
 
 LZMA2 can start with a *preset dictionary*: bytes both sides already hold, which the first output
 byte may already match. With the base release's files as that dictionary and the changed files of

@@ -22,12 +22,12 @@ Matching (first rule that applies):
 Encoders, by a memory budget in bytes (what the process may still add to its resident size):
 ``zstd`` is always a candidate (a patch does not always beat plain compression, e.g. on small or
 rewritten files); ``zstd-patch`` when :func:`zstd_patch_memory` fits; ``bsdiff-lzma`` (bsdiff4's matches, coded
-smaller: :mod:`client.bsdiff_lzma`) when :func:`bsdiff_lzma_memory` (about 17x the old file,
+smaller: :mod:`formats.bsdiff_lzma`) when :func:`bsdiff_lzma_memory` (about 17x the old file,
 measured) fits. The I/O layer runs every candidate
 and keeps the smallest output; ties go to the earlier candidate (cheaper to apply).
 
 Large files (base or target above ``SegmentParams.whole_max``, at most
-:data:`client.delta_segments.WHOLE_PATCH_MAX`) are never patched whole, whatever the budget: the
+:data:`formats.delta_segments.WHOLE_PATCH_MAX`) are never patched whole, whatever the budget: the
 client would need both files in memory. They get ``zstd-segments`` (bounded memory on both sides,
 :func:`segments_memory`) when it fits the budget, else plain ``zstd``.
 """
