@@ -47,3 +47,10 @@ class ExpiringSoon(ReleaseError):
     """``status --warn-days``: at least one role expires inside the window (or has expired)."""
 
     exit_code = 7
+
+
+class ObjectStoreError(ReleaseError):
+    """``sync`` to ``s3://``: the object store is unreachable, refused the credentials or the request, or
+    the bucket is missing; what was served before the sync is still served."""
+
+    exit_code = 8

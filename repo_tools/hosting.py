@@ -2,7 +2,8 @@
 
 The repository needs no server logic, only the right ``Cache-Control`` per file. This module is
 the one place that rule lives: ``repo_tools.serve`` (the Python server) calls
-:func:`cache_control_for`, and :func:`nginx_site` writes the same rule as nginx configuration
+:func:`cache_control_for`, ``repo_tools.objectstore`` stores it (and :func:`content_type_for`)
+on every object it uploads, and :func:`nginx_site` writes the same rule as nginx configuration
 (``pinnacle-release nginx-config``; the tests and ``bench/hosting.py`` run nginx with exactly that
 output, wrapped by :func:`nginx_standalone` into a configuration an unprivileged nginx can run).
 
@@ -58,6 +59,12 @@ def cache_control_for(path: str, status: int = 200) -> str:
     if name in NO_CACHE_FILES or not name:
         return NO_STORE
     return IMMUTABLE
+
+
+def content_type_for(path: str) -> str:
+    """The ``Content-Type`` of a repository file, as the nginx configuration's ``types`` says:
+    ``application/json`` for ``.json`` files (metadata, channel indexes), bytes for the rest."""
+    return "application/json" if path.endswith(".json") else "application/octet-stream"
 
 
 def _quoted(value: str, what: str) -> str:
