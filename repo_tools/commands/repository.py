@@ -18,8 +18,9 @@ from .. import publish as ops
 from ..audit import verify_repository
 from ..core.expiry import expiring, parse_time
 from ..delta import DEFAULT_JOBS, DELTA_MAX_RATIO, parse_size
-from ..errors import ExpiringSoon, PublishRefused, VerificationFailed
+from ..errors import ExpiringSoon, ObjectStoreError, PublishRefused, RepositoryStateError, VerificationFailed
 from ..fleet import schedule_option
+from ..objectstore import sync_to
 from ..prune import prune
 from ..store import Repository
 from .options import PROGRAM, failure, json_option, keys_option, keystore, repo_argument
@@ -87,12 +88,16 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
 @click.option("--ab-test-percentage", type=float, default=None,
               help="A/B test: only this deterministic N% of clients (the test group) gets the release.")
 @rollout_options
+@click.option("--sync-to", "sync_dest", default=None, metavar="DEST",
+              help="Then `sync` the repository to DEST (a directory or s3://BUCKET/PREFIX).")
+@click.option("--endpoint-url", default=None, help="With --sync-to s3://: the S3 API of a store other than AWS.")
 @click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
 @json_option
 def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, update_type: str, platform: str,
                 notes: Path | None, entry_point: str | None, delta_count: int, memory_budget: str, jobs: int,
                 min_version: str | None, ramp: bool | None, ab_test_percentage: float | None,
-                rollout_file: Path | None, rollout_percent: float | None, source_dir: Path, as_json: bool) -> None:
+                rollout_file: Path | None, rollout_percent: float | None, sync_dest: str | None,
+                endpoint_url: str | None, source_dir: Path, as_json: bool) -> None:
     """Build SOURCE_DIR into a release and publish it in a channel."""
     try:
         text = notes.read_text(encoding="utf-8") if notes else ""
@@ -109,6 +114,12 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
     for d in result["deltas"]:
         verdict = "published" if d["published"] else f"not published (over {DELTA_MAX_RATIO:.0%} of full)"
         lines.append(f"  delta from {d['from']}: {d['length']} bytes ({d['ratio']:.1%} of full), {verdict}")
+    if sync_dest is not None:  # published either way; a failed sync says so and is run again on its own
+        try:
+            result["sync"], line = sync_to(repo_dir, sync_dest, endpoint_url=endpoint_url)
+        except (ObjectStoreError, RepositoryStateError) as exc:
+            raise type(exc)(f"published {channel} {version}, but the sync to {sync_dest} failed: {exc}") from None
+        lines.append(line)
     emit(as_json, result, "\n".join(lines))
 
 

@@ -3,7 +3,7 @@
 ``keys init|generate|import|list|rotate`` (key directories, key sources and rotation),
 ``root prepare|sign|publish`` and ``targets prepare|sign|publish`` (offline, threshold signing),
 ``sync`` (ordered upload). The logic lives in ``repo_tools.keys``, ``repo_tools.rootsign``,
-``repo_tools.rotate`` and ``repo_tools.sync``.
+``repo_tools.rotate``, ``repo_tools.sync`` and ``repo_tools.objectstore``.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from ..keys import (
     signer_from_uri,
     write_private_key,
 )
+from ..objectstore import DEFAULT_JOBS as DEFAULT_S3_JOBS
+from ..objectstore import sync_to
 from ..rotate import rotate_key
 from ..store import Repository
-from ..sync import sync
 from .options import (
     ReleaseGroup,
     failure,
@@ -248,19 +249,25 @@ targets = _signing_group("targets", None, "top-level targets (the channel delega
 # ----- sync ---------------------------------------------------------------------------------------
 @click.command("sync")
 @repo_argument
-@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dest")
 @click.option("--verbose", is_flag=True, help="One line per file, as it is done.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be copied.")
+@click.option("--endpoint-url", default=None, help="s3://: the S3 API of a store other than AWS (or AWS_ENDPOINT_URL).")
+@click.option("--prune", is_flag=True, help="s3://: then delete the metadata versions `prune` would delete.")
+@click.option("--jobs", type=click.IntRange(min=1), default=DEFAULT_S3_JOBS, show_default=True,
+              help="s3://: uploads in flight at once.")
 @json_option
-def sync_cmd(repo_dir: Path, dest: Path, verbose: bool, dry_run: bool, as_json: bool) -> None:
-    """Copy REPO_DIR to DEST (a directory or mounted bucket): targets, roles, root, snapshot, timestamp last."""
+def sync_cmd(repo_dir: Path, dest: str, verbose: bool, dry_run: bool, endpoint_url: str | None, prune: bool,
+             jobs: int, as_json: bool) -> None:
+    """Copy REPO_DIR to DEST (a directory, a mounted bucket or s3://BUCKET/PREFIX): targets, roles, root,
+    snapshot, timestamp last. s3:// credentials come from the AWS environment variables or profiles."""
 
     def progress(action: str, relative: str) -> None:
         click.echo(f"{action} {relative}")
 
-    result = sync(repo_dir, dest, progress if verbose else None, dry_run)
-    emit(as_json, result, f"{'would sync' if dry_run else 'synced'} {repo_dir} -> {dest}: {result['copied']} copied "
-                          f"({result['copied_bytes']} bytes), {result['skipped']} unchanged")
+    result, line = sync_to(repo_dir, dest, endpoint_url=endpoint_url, progress=progress if verbose else None,
+                           dry_run=dry_run, prune=prune, jobs=jobs)
+    emit(as_json, result, line)
 
 
 COMMANDS: tuple[click.Command, ...] = (keys, root, targets, sync_cmd)
