@@ -15,7 +15,7 @@ import re
 import secrets
 import shlex
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,13 +88,14 @@ def _persistent(v: list[str]) -> None:
         raise ValueError("names repeat")
 
 
-def _type_names(types: Iterable[UpdateType]) -> list[str]:
-    """Plain strings in ``UpdateType``'s declaration order: what config.toml holds."""
-    return [t.value for t in types]
+def _type_names(types: Collection[UpdateType]) -> list[str]:
+    """Plain strings in ``UpdateType``'s declaration order (whatever the order of ``types``): what
+    config.toml holds, the same bytes for the same settings."""
+    return [t.value for t in UpdateType if t in types]
 
 
 def _update_types(v: list[str]) -> None:
-    known = _type_names(UpdateType)
+    known = _type_names(frozenset(UpdateType))
     for t in v:
         if t not in known:
             raise ValueError(f"unknown update type {t!r} (known: {', '.join(known)})")
@@ -160,26 +161,35 @@ def _client_id(v: str) -> None:
         raise ValueError("must be 32 lowercase hex digits")
 
 
+_POLICY = UpdateConfig()
+"""The policy's defaults, as the Python API's ``UpdateConfig()`` has them: config.toml starts from
+the same values, stated once (in ``client.policy``, which is pure and cannot import this module)."""
+
 KEYS: Mapping[str, Key] = {
     # where updates come from
     "repo_url": Key(str, "", "repository URL: http(s)://, file:// or a local path", _repo_url),
-    "channel": Key(str, "stable", f"release channel (e.g. {', '.join(CHANNELS)})", _channel),
+    "channel": Key(str, _POLICY.channel, f"release channel (e.g. {', '.join(CHANNELS)})", _channel),
     "platform": Key(str, "any", "platform tag of this machine, e.g. linux-x86_64", _platform),
     "client_id": Key(str, "", "random id of this install (used for staged rollouts)", _client_id),
     # policy (the seed's UpdateConfig)
-    "enabled": Key(bool, True, "whether automatic update checks run"),
-    "auto_install": Key(bool, True, f"install {_AUTO_TYPES} releases by themselves ({_URGENT_TYPES} always)"),
-    "check_interval": Key(int, 3600, "seconds between automatic checks", _positive),
-    "backup_before_update": Key(bool, True, "keep the previous version in the other slot"),
-    "allowed_update_types": Key(list, _type_names(UpdateType), "update types allowed", _update_types),
-    "max_rollback_attempts": Key(int, 3, "rollbacks after which a version is refused even with --force", _positive),
-    "max_rollback_days": Key(int, 30, "days a previous version stays eligible for rollback", _non_negative),
+    "enabled": Key(bool, _POLICY.enabled, "whether automatic update checks run"),
+    "auto_install": Key(bool, _POLICY.auto_install,
+                        f"install {_AUTO_TYPES} releases by themselves ({_URGENT_TYPES} always)"),
+    "check_interval": Key(int, _POLICY.check_interval, "seconds between automatic checks", _positive),
+    "backup_before_update": Key(bool, _POLICY.backup_before_update, "keep the previous version in the other slot"),
+    "allowed_update_types": Key(list, _type_names(_POLICY.allowed_update_types), "update types allowed",
+                                _update_types),
+    "max_rollback_attempts": Key(int, _POLICY.max_rollback_attempts,
+                                 "rollbacks after which a version is refused even with --force", _positive),
+    "max_rollback_days": Key(int, _POLICY.max_rollback_days, "days a previous version stays eligible for rollback",
+                             _non_negative),
     "skip_ramp_types": Key(list, _type_names(DEFAULT_SKIP_RAMP_TYPES), "update types that skip staged rollouts "
                            "unless the release says otherwise", _update_types),
     "max_clock_skew": Key(int, 86400, "seconds the clock may run ahead of the newest signed time before "
                           "rollouts stop advancing with it", _positive),
     "persistent_paths": Key(
-        list, ["logs", "uploads", "temp"], "top-level paths shared by every slot (kept in data/)", _persistent
+        list, [p.rstrip("/") for p in _POLICY.excluded_paths], "top-level paths shared by every slot (kept in data/)",
+        _persistent,
     ),
     # hooks (shell commands; cwd = the slot being activated; empty = none)
     "stop_command": Key(str, "", "stops the running service before the swap", _command),
@@ -453,7 +463,7 @@ def init(
     install_dir: Path,
     repo_url: str,
     root_json_path: Path,
-    channel: str = "stable",
+    channel: str = _POLICY.channel,
     platform: str = "auto",
     **settings: Value,
 ) -> ClientConfig:

@@ -6,11 +6,10 @@ import random
 
 import pytest
 
-from pinnacle_updates.client import config
 from pinnacle_updates.client.errors import ConfigError
 from pinnacle_updates.client.platform_tag import detect_platform, platform_tag
 from pinnacle_updates.client.policy import Decision, UpdateConfig, decide, jittered_interval
-from pinnacle_updates.formats.index import DEFAULT_SKIP_RAMP_TYPES, Digest, Release, TargetRef, UpdateType
+from pinnacle_updates.formats.index import Digest, Release, TargetRef, UpdateType
 
 T = UpdateType
 H = "0" * 64
@@ -52,16 +51,6 @@ def test_config_defaults_are_the_seeds() -> None:
     assert c.allowed_update_types == frozenset(UpdateType)
     assert c.excluded_paths == ("logs/", "uploads/", "temp/")
     assert (c.channel, c.platform, c.max_rollback_attempts) == ("stable", "", 3)
-
-
-def test_config_type_lists_and_validation_come_from_the_update_type_enum() -> None:
-    assert config.KEYS["allowed_update_types"].default == [t.value for t in UpdateType]
-    assert config.KEYS["skip_ramp_types"].default == [t.value for t in DEFAULT_SKIP_RAMP_TYPES]
-    assert config.KEYS["auto_install"].help == "install patch releases by themselves (security/hotfix always)"
-    for key in ("allowed_update_types", "skip_ramp_types"):
-        assert config.parse_value(key, ", ".join(UpdateType)) == [t.value for t in UpdateType]
-        with pytest.raises(ConfigError, match="unknown update type 'huge' \\(known: patch, minor, major, security"):
-            config.parse_value(key, "patch, huge")
 
 
 @pytest.mark.parametrize(
