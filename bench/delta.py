@@ -44,6 +44,7 @@ sys.path.insert(0, str(BENCH))
 from corpus import CACHE, PAIRS, Pair, release_dir, tree_size  # noqa: E402
 
 from pinnacle_updates.formats.delta_format import read_header  # noqa: E402
+from pinnacle_updates.formats.delta_kinds import ContainerKind  # noqa: E402
 from pinnacle_updates.formats.index import EntryType, Manifest  # noqa: E402
 from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
 from pinnacle_updates.repo_tools.artifact import build_artifact  # noqa: E402
@@ -371,13 +372,19 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
         result.ours_delta = delta.target.length
         with open(repo.target_location(delta.target.path, delta.target.sha256), "rb") as f:
             header = read_header(f)
-        kind = ("whole-archive" if header.archive is not None else
-                f"solid (LZMA stream {header.solid:,} B)" if header.solid is not None else
-                f"per-file ({len(header.ops)} ops; bsdiff blocks in shared streams, {sum(header.shared):,} B)"
-                if header.shared is not None else f"per-file ({len(header.ops)} ops)")
+        match header.kind:
+            case ContainerKind.WHOLE_ARCHIVE:
+                kind = "whole-archive"
+            case ContainerKind.SOLID:
+                kind = f"solid (LZMA stream {header.solid or 0:,} B)"
+            case ContainerKind.SHARED:
+                kind = (f"per-file ({len(header.ops)} ops; bsdiff blocks in shared streams, "
+                        f"{sum(header.shared or ()):,} B)")
+            case ContainerKind.PER_FILE:
+                kind = f"per-file ({len(header.ops)} ops)"
         if header.manifest is not None and header.manifest.length is None:
             manifest = f"read from the rebuilt tar (signed manifest {release.manifest.length:,} B)"
-        elif header.solid is not None:
+        elif header.kind is ContainerKind.SOLID:
             manifest = f"skeleton patch {header.manifest_length:,} B (signed manifest {release.manifest.length:,} B)"
         else:
             manifest = f"patch {header.manifest_length:,} B of {release.manifest.length:,}"

@@ -22,7 +22,7 @@ from .errors import (
     UpdateError,
 )
 from .hooks import HealthResult
-from .policy import UpdateConfig
+from .policy import UpdateConfig, jittered_interval
 from .results import (
     CheckResult,
     DoctorCheck,
@@ -62,4 +62,5 @@ __all__ = [
     "UpdateError",
     "UpdateType",
     "VerifyReport",
+    "jittered_interval",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 from pinnacle_updates.formats.index import Release
 
 from . import config as config_mod
+from . import fleet_state
 from .activation import cached_releases
 from .config import ClientConfig, Value
 from .errors import UpdateError
@@ -83,7 +84,7 @@ class AutoUpdater:
         """Change one setting from text (lists space- or comma-separated); returns the stored value."""
         return config_mod.set_value(self.install_dir, key, text)
 
-    def init(self, repo_url: str, root_json: Path, channel: str = "stable", platform: str = "auto",
+    def init(self, repo_url: str, root_json: Path, channel: str = config_mod.DEFAULT_CHANNEL, platform: str = "auto",
              **settings: Value) -> ClientConfig:
         """Create the install directory: config (with a new client id), trusted root, slots, state."""
         return config_mod.init(self.install_dir, repo_url, root_json, channel, platform, **settings)
@@ -131,6 +132,12 @@ class AutoUpdater:
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         """``history.jsonl`` records, oldest first (``limit``: only the newest N)."""
         return self.installer.history(limit)
+
+    def ab_groups(self) -> dict[str, str]:
+        """This machine's A/B group per release that has an A/B test, as last verified from the
+        signed fleet fields (no network; {} when none)."""
+        groups = fleet_state.load(self.install_dir).get("groups")
+        return {str(k): str(v) for k, v in groups.items()} if isinstance(groups, dict) else {}
 
     def cached_releases(self) -> list[dict[str, Any]]:
         """Release artifacts in the verified download cache within ``max_rollback_days``."""

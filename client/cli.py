@@ -83,7 +83,7 @@ def cli(ctx: click.Context, install_dir: Path) -> None:
 @click.option("--repo", "repo_url", required=True, help="Repository URL: http(s)://, file:// or a local path.")
 @click.option("--root", "root_json", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The trusted root.json shipped with the client.")
-@click.option("--channel", default="stable", show_default=True)
+@click.option("--channel", default=config_mod.DEFAULT_CHANNEL, show_default=True)
 @click.option("--platform", default="auto", show_default=True, help="auto, or a tag such as linux-x86_64.")
 @json_option
 @pass_updater

@@ -162,6 +162,8 @@ def _client_id(v: str) -> None:
 
 
 _POLICY = UpdateConfig()
+DEFAULT_CHANNEL = _POLICY.channel
+"""The channel a new install directory follows unless told otherwise."""
 """The policy's defaults, as the Python API's ``UpdateConfig()`` has them: config.toml starts from
 the same values, stated once (in ``client.policy``, which is pure and cannot import this module)."""
 
@@ -463,7 +465,7 @@ def init(
     install_dir: Path,
     repo_url: str,
     root_json_path: Path,
-    channel: str = _POLICY.channel,
+    channel: str = DEFAULT_CHANNEL,
     platform: str = "auto",
     **settings: Value,
 ) -> ClientConfig:

@@ -49,6 +49,7 @@ from packaging.version import Version
 
 from pinnacle_updates.client.errors import StateError
 from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats.rollout import format_time
 
 SCHEMA_VERSION = 1
 SLOT_NAMES = ("a", "b")
@@ -118,7 +119,8 @@ def other_slot(slot: str) -> str:
 
 
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC now as the state and history files stamp it (the rollout format's time)."""
+    return format_time(datetime.now(UTC))
 
 
 @dataclass(frozen=True)

@@ -32,21 +32,33 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from pinnacle_updates.client import fleet_state
-from pinnacle_updates.client.config import ClientConfig
-from pinnacle_updates.client.errors import BusyError, ConfigError, HealthCheckError, InstallRefused, UpdateError
-from pinnacle_updates.client.slots import now
+from pinnacle_updates.client import (
+    AutoUpdater,
+    BusyError,
+    ClientConfig,
+    ConfigError,
+    HealthCheckError,
+    InstallRefused,
+    UpdateError,
+)
+from pinnacle_updates.formats.rollout import format_time
 
 log = logging.getLogger("pinnacle.agent.notify")
 
 EVENTS = ("success", "failure", "rollback")
 MAX_BACKOFF = 60.0
 
+
+
+def now() -> str:
+    """UTC now as the history and state files stamp it (the rollout format's time)."""
+    return format_time(datetime.now(UTC))
 
 @dataclass(frozen=True)
 class Notification:
@@ -105,7 +117,7 @@ def notification(root: Path, what: Outcome, client_id: str) -> Notification:
     """``what`` as a notification from the install directory ``root``, with the machine's A/B group
     for the release it moved to (from ``DIR/fleet.json``), if that release has an A/B test."""
     event, from_v, to_v, outcome_name, reason = what
-    groups = fleet_state.load(root).get("groups") or {}
+    groups = AutoUpdater(root).ab_groups()
     return Notification(event, from_v, to_v, outcome_name, reason, client_id, groups.get(to_v or ""))
 
 

@@ -34,7 +34,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -49,10 +48,10 @@ from pinnacle_updates.client import (
     RepositoryError,
     TrustError,
     UpdateError,
+    jittered_interval,
 )
 from pinnacle_updates.client.agent import analytics
-from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, outcome
-from pinnacle_updates.client.policy import jittered_interval
+from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, now, outcome
 from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, parse_version
 
 log = logging.getLogger("pinnacle.agent")
@@ -71,11 +70,6 @@ _STEP_PERCENT = {
     "committed": 100.0,
 }
 _DOWNLOAD_SHARE = 80.0
-
-
-def now() -> str:
-    """UTC now as the history and state files stamp it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AgentError(Exception):

@@ -52,6 +52,10 @@ def test_the_tree_keeps_every_contract() -> None:
         ("client/policy.py", "import subprocess", "pure core"),
         ("repo_tools/core/window.py", "from pinnacle_updates.formats import fsutil", "pure core"),
         ("client/config.py", "import client", "one installed namespace"),
+        ("repo_tools/commands/fleet.py", "from pinnacle_updates.repo_tools.commands import trust", "commands.options"),
+        ("repo_tools/commands/options.py", "import pinnacle_updates.repo_tools.cli", "commands.options"),
+        ("client/agent/service.py", "import pinnacle_updates.client.slots", "only the client's public API"),
+        ("client/agent/notify.py", "from pinnacle_updates.client.installer import Installer", "public API"),
     ],
 )
 def test_a_planted_forbidden_import_breaks_its_contract(copy: Path, module: str, planted: str, contract: str) -> None:

@@ -558,7 +558,7 @@ def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, 
 
 
 def test_client_applier_rebuilds_published_delta(tmp_path: Path, repo: Repository, keystore: KeyStore) -> None:
-    """The client's own applier (client/delta.py, when present) agrees with the publisher."""
+    """The client's own applier (pinnacle_updates.client.delta) agrees with the publisher."""
     client_delta = pytest.importorskip("pinnacle_updates.client.delta")
     v1, v2 = _pair_trees(tmp_path)
     _publish(repo, keystore, v1, "1.2.0")
