@@ -3,7 +3,7 @@
 bsdiff codes moved machine code as a *diff* block whose non-zero bytes are mostly reference fields (relative
 calls and jumps, RIP-relative operands, symbol values, relocations, unwind tables) whose targets moved by a
 different amount than the field. For the largest changed ELF x86-64 files of the native pairs this prints the
-``bsdiff-lzma`` patch (``client.bsdiff_lzma``, what the publisher sends today) of:
+``bsdiff-lzma`` patch (``formats.bsdiff_lzma``, what the publisher sends today) of:
 
 * the files as they are;
 * both files with every reference field set to zero (the **bound**: what is left when every reference is

@@ -5,8 +5,8 @@ The repository is built with the real publisher (``repo_tools.publish`` / ``repo
 step a signed commit at a simulated time). At every step the metadata is refreshed and the channel
 index loaded once through the real client path (``client.trust.RepositoryClient``: python-tuf's
 ngclient, signatures, hashes, the index checks), then every client decides in process with the
-real client code: ``client.rollout.rollout_time`` (clock bounded by the signed time),
-``client.fleet.evaluate`` and ``client.policy.decide``; a client that may install unattended
+real client code: ``formats.rollout.rollout_time`` (clock bounded by the signed time),
+``formats.fleet.evaluate`` and ``client.policy.decide``; a client that may install unattended
 installs (its previous version stays in its other slot), and a client whose release was yanked
 goes to ``rollback_to``. Targets are independent: the schedule's own numbers written out here.
 

@@ -7,7 +7,7 @@ configured, so the timings isolate the switch itself).
 
 Measured, over ``--runs`` runs each (median and p95):
 
-* ``atomic_symlink``: ``client.fsutil.atomic_symlink`` flipping ``DIR/current`` between the slots
+* ``atomic_symlink``: ``formats.fsutil.atomic_symlink`` flipping ``DIR/current`` between the slots
   (new link, rename over the old one, fsync of ``DIR``): the commit point of every install and rollback.
 * ``Installer.rollback(force=True)``: the whole public call, alternating v2 -> v1 -> v2 ...: lock,
   recovery pass, two fsync'd state saves, the swap, an fsync'd history append. ``force`` is needed

@@ -2,7 +2,7 @@
 
 Each command calls one ``AutoUpdater`` method and prints its result: text for people, one JSON
 document on stdout with ``--json``. Progress goes to stderr (a bar on a terminal, JSON lines with
-``--json``). ``client.cliutil.error_group`` is the one place where an ``UpdateError`` becomes one line on
+``--json``). ``formats.cliutil.error_group`` is the one place where an ``UpdateError`` becomes one line on
 stderr and its exit code.
 """
 

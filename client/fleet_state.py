@@ -1,4 +1,4 @@
-"""``DIR/fleet.json``: the client's side of fleet control, around the pure ``client.fleet``.
+"""``DIR/fleet.json``: the client's side of fleet control, around the pure ``formats.fleet``.
 
 ``view_for`` evaluates the signed fleet fields for this install at its rollout time and persists
 the result, so that ``status`` (no network) can show the A/B groups, a yank of the installed
@@ -7,7 +7,7 @@ rollout clock's floor never moves back, even if an older (still valid) index wer
 A change in what the controls say about this client (group, yank, clock) is also appended to the
 history as an ``op: fleet`` record.
 
-Rollout time (``client.rollout.rollout_time``): the local clock, at least the newest signed time
+Rollout time (``formats.rollout.rollout_time``): the local clock, at least the newest signed time
 (the timestamp's ``pinnacle_signed_at``, the channel index's ``updated``, the persisted value), at
 most ``max_clock_skew`` seconds past it.
 """

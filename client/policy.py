@@ -27,7 +27,7 @@ Rules (``decide``):
 * With nothing installed (``current_version`` None) there is no jump to judge: the newest
   eligible release is chosen (majors need no confirmation for a first install) and it is
   automatic when ``enabled`` and ``auto_install`` are on.
-* Fleet controls (``client.fleet.evaluate``) come in as ``held`` (version -> why: yanked, not yet
+* Fleet controls (``formats.fleet.evaluate``) come in as ``held`` (version -> why: yanked, not yet
   in this client's rollout, A/B control group; skipped) and ``required`` (versions whose jump is
   urgent: ``min_version``, or leaving a yanked release).
 """

@@ -39,7 +39,7 @@ class CheckResult:
     return_to: Release | None = field(default=None, repr=False)
     """Where the client goes because its installed release was yanked (a downgrade)."""
     fleet: dict[str, Any] = field(default_factory=dict, repr=False)
-    """What the fleet controls say for this client (``client.fleet.FleetView.to_dict``)."""
+    """What the fleet controls say for this client (``formats.fleet.FleetView.to_dict``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """``downgrade`` and ``fleet`` appear only when fleet controls apply to this client."""

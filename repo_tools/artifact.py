@@ -1,7 +1,7 @@
 """Deterministic release artifacts from a source directory.
 
 ``scan_tree`` turns a directory into manifest entries, refusing anything a release must never carry;
-``build_artifact`` streams the canonical tar (layout defined once, in ``client.archive``) straight
+``build_artifact`` streams the canonical tar (layout defined once, in ``formats.archive``) straight
 into zstd, hashing as it goes, and writes ``full.tar.zst`` and ``manifest.json.zst``. Memory stays
 bounded (``CHUNK_SIZE`` pieces) whatever the size of the tree, and the same tree content gives
 byte-identical files on every run and machine (with the same zstd library version): nothing about

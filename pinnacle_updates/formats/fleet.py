@@ -7,7 +7,7 @@ policy to what is left (``held`` are skipped, ``required`` install unattended). 
 
 * **Yanked** releases are never offered (except to an explicit request with force).
 * **Rollout**: a release with ``rollout`` is offered when ``bucket < percent`` at the rollout time
-  (``client.rollout``). Releases whose type is in ``skip_ramp_types`` (default: the types whose
+  (``formats.rollout``). Releases whose type is in ``skip_ramp_types`` (default: the types whose
   ``UpdateType.skips_ramp``, security and hotfix) skip the rollout unless the publisher set
   ``"ramp": true``; ``"ramp": false`` skips it for every type. **A/B tests**: the clients with
   ``bucket < test_group_percentage`` form the test group and are offered the release; the control

@@ -202,7 +202,7 @@ class Release:
     """One release of one platform in one channel.
 
     ``extra`` keeps fields this code does not know (added by later formats) so that a publisher
-    round-trips them untouched. Fleet controls (``client.rollout``): ``rollout`` (schedule and
+    round-trips them untouched. Fleet controls (``formats.rollout``): ``rollout`` (schedule and
     state), ``yanked`` (withdrawn, with a reason), ``min_version`` (clients below it must update),
     ``ramp`` (the publisher's override of the type's default: False skips the rollout, True keeps
     security/hotfix in it), ``ab_testing`` (a fixed test group).

@@ -129,7 +129,7 @@ def create_entry(root_fd: int, entry: ManifestEntry) -> None:
 
 def finish_tree(root_fd: int, manifest: Manifest) -> None:
     """One closing pass: set directory modes; then make the whole tree durable with one ``syncfs``
-    of its file system where available (:func:`client.fsutil.sync_filesystem`: one journal commit
+    of its file system where available (:func:`formats.fsutil.sync_filesystem`: one journal commit
     instead of one per file), else with an fsync of every file and directory, deepest first."""
     for e in reversed(manifest.entries):
         if e.type is EntryType.DIR:

@@ -1,4 +1,4 @@
-"""client.archive: extraction of real and hand-made malicious archives, and slot verification."""
+"""formats.archive and formats.tree: extraction of real and hand-made malicious archives, and slot verification."""
 
 from __future__ import annotations
 

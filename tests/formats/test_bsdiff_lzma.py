@@ -1,4 +1,4 @@
-"""The ``bsdiff-lzma`` patch format (client.bsdiff_lzma): exact round trips, smaller than bsdiff4's own
+"""The ``bsdiff-lzma`` patch format (formats.bsdiff_lzma): exact round trips, smaller than bsdiff4's own
 format on code-like data, and one clear error (never an over-allocation) for every malformed patch."""
 
 from __future__ import annotations

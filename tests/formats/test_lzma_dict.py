@@ -1,4 +1,4 @@
-"""client.lzma_dict: raw LZMA2 with a preset dictionary, through liblzma."""
+"""formats.lzma_dict: raw LZMA2 with a preset dictionary, through liblzma."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""client.rollout and client.fleet: schedules, states, buckets, clock bounds and the per-client
+"""formats.rollout and formats.fleet: schedules, states, buckets, clock bounds and the per-client
 fleet rules (rollout, A/B groups, update-type fast paths, min_version, yanks), with decide()."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Deltas at publish time: the container format, the per-file plan, and real publishes into real
 repositories whose deltas are applied back (by a small reference applier that decodes ops with
-client.bsdiff_lzma/pyzstd/zstandard directly) and compared with the signed manifest byte for byte."""
+formats.bsdiff_lzma/pyzstd/zstandard directly) and compared with the signed manifest byte for byte."""
 
 from __future__ import annotations
 
