@@ -37,9 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workspace import fresh_repository  # noqa: E402
+
 from pinnacle_updates.client.trust import RepositoryClient  # noqa: E402
 from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
-from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.keys import KeyStore  # noqa: E402
 from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 
 CHANNEL = "stable"
@@ -156,10 +158,7 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pinnacle-scale-") as tmp:
         work = Path(tmp)
-        create_keys(work / "keys", passphrase=None)
-        keys = KeyStore(work / "keys")
-        repo = Repository(work / "repo")
-        ops.init_repository(repo, keys)
+        repo, keys = fresh_repository(work)
         config = repo.config()
         print(f"live window {config.live_window} releases, {2 ** config.archive_bits} archive bins per channel",
               flush=True)

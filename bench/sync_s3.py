@@ -33,8 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workspace import fresh_repository  # noqa: E402
+
 from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
-from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
 from pinnacle_updates.repo_tools.objectstore import sync_s3  # noqa: E402
 from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 from tests.s3_server import SeaweedS3  # noqa: E402
@@ -78,10 +79,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-sync-s3-") as tmp:
         base = Path(tmp)
-        create_keys(base / "keys", passphrase=None)
-        keys = KeyStore(base / "keys")
-        repo = Repository(base / "repo")
-        ops.init_repository(repo, keys)
+        repo, keys = fresh_repository(base)
         common = os.urandom(512 << 10)
         start = time.perf_counter()
         for n in range(1, args.releases + 1):

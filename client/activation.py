@@ -27,17 +27,13 @@ from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.errors import HealthCheckError, StateError, UpdateError
 from pinnacle_updates.client.hooks import HealthResult, HealthSettings, HookContext, check_health
-from pinnacle_updates.client.install_dir import InstallDir, one_line
+from pinnacle_updates.client.install_dir import Part, one_line
 from pinnacle_updates.client.results import InstallResult, RollbackResult, RollbackTarget
 from pinnacle_updates.client.slots import Layout, SlotState
 
 
-class Activation:
+class Activation(Part):
     """Swaps, health checks, commits and rollbacks on ``site``."""
-
-    def __init__(self, site: InstallDir) -> None:
-        self.site = site
-        self.layout = site.layout
 
     def activate(
         self,

@@ -26,24 +26,13 @@ from typing import Any
 from pinnacle_updates.formats.index import Release
 
 from . import config as config_mod
-from . import fleet_state
+from . import fleet_state, results
 from .activation import cached_releases
 from .config import ClientConfig, Value
 from .errors import UpdateError
 from .hooks import HealthResult
 from .installer import Installer
 from .policy import UpdateConfig, jittered_interval
-from .results import (
-    CheckResult,
-    DoctorCheck,
-    EventSink,
-    InstallResult,
-    Progress,
-    RecoveryReport,
-    RollbackResult,
-    RollbackTarget,
-    VerifyReport,
-)
 
 log = logging.getLogger("pinnacle.updater")
 
@@ -56,7 +45,7 @@ class AutoUpdater:
     ``on_event`` receives every step, state save, hook, progress and recovery action of the
     operations this object runs (the agent's live progress is built from it)."""
 
-    def __init__(self, install_dir: str | Path, *, on_event: EventSink | None = None) -> None:
+    def __init__(self, install_dir: str | Path, *, on_event: results.EventSink | None = None) -> None:
         self.installer = Installer(Path(install_dir), on_event=on_event)
         """The engine behind this API (for tests and tools; its interface may change)."""
 
@@ -92,7 +81,7 @@ class AutoUpdater:
     # -- updates -------------------------------------------------------------------------------
     def check(self, version: str | None = None, *, current_version: str | None = None,
               confirm_major: bool = False, force: bool = False, wait: bool = False,
-              record: bool = True) -> CheckResult:
+              record: bool = True) -> results.CheckResult:
         """Refresh signed metadata and say what ``install(version)`` would do; nothing changes.
 
         ``current_version``: the answer for a client running that version (an application asking
@@ -105,22 +94,24 @@ class AutoUpdater:
         return self.installer.releases()
 
     def install(self, version: str | None = None, *, confirm_major: bool = False, force: bool = False,
-                wait: bool = False, progress: Progress | None = None, auto_only: bool = False) -> InstallResult:
+                wait: bool = False, progress: results.Progress | None = None,
+                auto_only: bool = False) -> results.InstallResult:
         """Install ``version`` (None: what policy picks) into the inactive slot, switch, health-check,
         commit or roll back. ``auto_only``: only what policy allows unattended."""
         return self.installer.install(version, confirm_major=confirm_major, force=force, wait=wait,
                                       progress=progress, auto_only=auto_only)
 
-    def rollback(self, *, force: bool = False, wait: bool = False, reason: str = "manual rollback") -> RollbackResult:
+    def rollback(self, *, force: bool = False, wait: bool = False,
+                 reason: str = "manual rollback") -> results.RollbackResult:
         """Switch back to the version in the other slot, instantly; the version left is marked bad."""
         return self.installer.rollback(force=force, wait=wait, reason=reason)
 
-    def rollback_target(self) -> RollbackTarget | None:
+    def rollback_target(self) -> results.RollbackTarget | None:
         """What ``rollback`` would switch to and whether it may without ``force`` (None: nothing)."""
         return self.installer.rollback_target()
 
     def switch_channel(self, channel: str, *, allow_downgrade: bool = False, wait: bool = False,
-                       progress: Progress | None = None) -> dict[str, Any]:
+                       progress: results.Progress | None = None) -> dict[str, Any]:
         """Follow ``channel`` from now on (never a downgrade unless ``allow_downgrade``)."""
         return self.installer.switch_channel(channel, allow_downgrade=allow_downgrade, wait=wait, progress=progress)
 
@@ -148,15 +139,15 @@ class AutoUpdater:
         return self.installer.entry_point()
 
     # -- maintenance ---------------------------------------------------------------------------
-    def recover(self, *, wait: bool = False) -> RecoveryReport:
+    def recover(self, *, wait: bool = False) -> results.RecoveryReport:
         """Resolve an interrupted install or rollback now (every changing operation does it first)."""
         return self.installer.recover(wait=wait)
 
-    def verify(self, all_slots: bool = False, *, wait: bool = False) -> VerifyReport:
+    def verify(self, all_slots: bool = False, *, wait: bool = False) -> results.VerifyReport:
         """Re-hash installed files against their signed manifest."""
         return self.installer.verify(all_slots, wait=wait)
 
-    def repair(self, *, wait: bool = False, progress: Progress | None = None) -> InstallResult:
+    def repair(self, *, wait: bool = False, progress: results.Progress | None = None) -> results.InstallResult:
         """Reinstall the active version into the other slot from the repository and switch to it."""
         return self.installer.repair(wait=wait, progress=progress)
 
@@ -164,7 +155,7 @@ class AutoUpdater:
         """Run the configured health check against the active version now."""
         return self.installer.health_check()
 
-    def doctor(self) -> list[DoctorCheck]:
+    def doctor(self) -> list[results.DoctorCheck]:
         """Free space, permissions, clock, repository, config and the lock."""
         return self.installer.doctor()
 

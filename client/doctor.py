@@ -18,7 +18,7 @@ from pinnacle_updates.client import fleet_state
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.errors import ConfigError, StateError, TrustError, UpdateError
-from pinnacle_updates.client.install_dir import InstallDir, lock_holder, mib
+from pinnacle_updates.client.install_dir import Part, lock_holder, mib
 from pinnacle_updates.client.results import DoctorCheck, SlotReport, VerifyReport
 from pinnacle_updates.client.slots import SlotState
 from pinnacle_updates.client.staging import SPACE_SLACK
@@ -27,12 +27,8 @@ from pinnacle_updates.formats import fsutil
 from pinnacle_updates.formats.tree import tree_size, verify_tree
 
 
-class Doctor:
+class Doctor(Part):
     """Read-mostly checks of ``site`` (``verify`` records its result in the history)."""
-
-    def __init__(self, site: InstallDir) -> None:
-        self.site = site
-        self.layout = site.layout
 
     # -- verify ----------------------------------------------------------------------------------------
     def verify(self, all_slots: bool = False, *, wait: bool = False) -> VerifyReport:

@@ -209,3 +209,12 @@ def one_line(exc: BaseException) -> str:
 
 def mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
+
+
+class Part:
+    """One part of the installer (staging, activation, recovery, doctor): it works on ``site``, the
+    install directory's shared I/O, and never on another part's state."""
+
+    def __init__(self, site: InstallDir) -> None:
+        self.site = site
+        self.layout = site.layout

@@ -29,30 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from pinnacle_updates.client import config as config_mod
-from pinnacle_updates.client import fleet_state
+from pinnacle_updates.client import fleet_state, results
 from pinnacle_updates.client import history as history_mod
 from pinnacle_updates.client.activation import Activation, refuse_too_old, rollback_target
 from pinnacle_updates.client.checking import evaluate
 from pinnacle_updates.client.config import ClientConfig
-from pinnacle_updates.client.delta import UpdatePath, plan_update
+from pinnacle_updates.client.delta import plan_update
 from pinnacle_updates.client.doctor import Doctor
 from pinnacle_updates.client.errors import ConfigError, InstallRefused, StateError
 from pinnacle_updates.client.hooks import HealthResult, HealthSettings, check_health
 from pinnacle_updates.client.install_dir import ClientFactory, InstallDir, installed
 from pinnacle_updates.client.recovery import Recovery
-from pinnacle_updates.client.results import (
-    CheckResult,
-    DoctorCheck,
-    EventSink,
-    InstallResult,
-    Progress,
-    RecoveryReport,
-    RollbackResult,
-    RollbackTarget,
-    VerifyReport,
-)
 from pinnacle_updates.client.slots import SlotState
-from pinnacle_updates.client.staging import Stager
+from pinnacle_updates.client.staging import Stager, StageRequest
 from pinnacle_updates.client.trust import RepositoryClient
 from pinnacle_updates.formats.fleet import switch_channel_plan
 from pinnacle_updates.formats.index import Release
@@ -69,7 +58,7 @@ class Installer:
         self,
         install_dir: Path,
         *,
-        on_event: EventSink | None = None,
+        on_event: results.EventSink | None = None,
         client_factory: ClientFactory | None = None,
     ) -> None:
         self.site = InstallDir(install_dir, on_event=on_event, client_factory=client_factory)
@@ -147,7 +136,7 @@ class Installer:
             log=self.layout.hooks_log,
         )
 
-    def rollback_target(self) -> RollbackTarget | None:
+    def rollback_target(self) -> results.RollbackTarget | None:
         """What ``rollback`` would switch to, and whether it may without ``force`` (no lock, no change)."""
         return rollback_target(self.site.load(), self.config())
 
@@ -161,7 +150,7 @@ class Installer:
         wait: bool = False,
         current_version: str | None = None,
         record: bool = True,
-    ) -> CheckResult:
+    ) -> results.CheckResult:
         """Refresh trusted metadata and say what ``install`` would do (nothing is installed).
         ``current_version``: answer for a client running that version (see ``checking.evaluate``).
         ``record``: append an ``op: check`` record to the history."""
@@ -204,9 +193,9 @@ class Installer:
         force: bool = False,
         confirm_major: bool = False,
         wait: bool = False,
-        progress: Progress | None = None,
+        progress: results.Progress | None = None,
         auto_only: bool = False,
-    ) -> InstallResult:
+    ) -> results.InstallResult:
         """Install ``version`` (or what policy picks) into the inactive slot and switch to it.
 
         ``auto_only``: install only what policy allows unattended (the continuous updater).
@@ -225,31 +214,25 @@ class Installer:
                 target = found.auto_release if auto_only else found.release
                 if target is None:
                     reason = found.reason if found.release is None else f"not automatic: {found.reason}"
-                    return InstallResult("up_to_date", s.active_version, s.active_version, s.active, reason=reason)
+                    return results.InstallResult("up_to_date", s.active_version, s.active_version, s.active,
+                                                 reason=reason)
                 if target is found.return_to:
                     return self._leave_yanked(client, cfg, s, found, started, progress)
                 plan = plan_update(found.releases, installed(s), target)
-                return self._install_release(client, cfg, s, target, "install", started, progress, plan)
+                return self._install_release(client, cfg, s, StageRequest(target, "install", started, progress, plan))
 
     def _install_release(
-        self,
-        client: RepositoryClient,
-        cfg: ClientConfig,
-        s: SlotState,
-        release: Release,
-        kind: str,
-        started: float,
-        progress: Progress | None,
-        plan: UpdatePath | None = None,
-    ) -> InstallResult:
-        """Stage ``release`` in the inactive slot (up to a saved TRIAL), then activate it."""
-        staged = self.stager.stage(client, cfg, s, release, kind, started, progress, plan)
-        return self.activation.activate(cfg, staged.state, started, staged.downloaded, staged.baseline, staged.route)
+        self, client: RepositoryClient, cfg: ClientConfig, s: SlotState, request: StageRequest
+    ) -> results.InstallResult:
+        """Stage the release in the inactive slot (up to a saved TRIAL), then activate it."""
+        staged = self.stager.stage(client, cfg, s, request)
+        return self.activation.activate(cfg, staged.state, request.started, staged.downloaded, staged.baseline,
+                                        staged.route)
 
     def _leave_yanked(
-        self, client: RepositoryClient, cfg: ClientConfig, s: SlotState, found: CheckResult, started: float,
-        progress: Progress | None,
-    ) -> InstallResult:
+        self, client: RepositoryClient, cfg: ClientConfig, s: SlotState, found: results.CheckResult, started: float,
+        progress: results.Progress | None,
+    ) -> results.InstallResult:
         """The installed release was yanked: switch to ``found.return_to`` instantly when the other
         slot holds exactly it (the rollback machinery), otherwise install it (a downgrade, health-gated)."""
         back, yanked = found.return_to, s.active_version
@@ -261,13 +244,14 @@ class Installer:
                           "via": "rollback" if instant else "install"})
         if instant:
             rb = self.activation.rollback(cfg, s, why, mark_bad=False)
-            return InstallResult("rolled_back", rb.version, rb.from_version, rb.slot, 0,
+            return results.InstallResult("rolled_back", rb.version, rb.from_version, rb.slot, 0,
                                  time.monotonic() - started, reason=why)
-        result = self._install_release(client, cfg, s, back, "install", started, progress)
+        result = self._install_release(client, cfg, s, StageRequest(back, "install", started, progress))
         return replace(result, reason=why)
 
     def switch_channel(
-        self, channel: str, *, allow_downgrade: bool = False, wait: bool = False, progress: Progress | None = None
+        self, channel: str, *, allow_downgrade: bool = False, wait: bool = False,
+        progress: results.Progress | None = None,
     ) -> dict[str, Any]:
         """Follow ``channel`` from now on. Never a downgrade unless ``allow_downgrade`` (then its newest
         release is installed first, and the config changes only once that succeeded)."""
@@ -287,13 +271,14 @@ class Installer:
                                            allow_downgrade)
                 done = None
                 if plan.install is not None:
-                    done = self._install_release(client, cfg, s, plan.install, "install", started, progress)
+                    done = self._install_release(client, cfg, s,
+                                                 StageRequest(plan.install, "install", started, progress))
             config_mod.update_values(self.layout.root, {"channel": channel})
             self.site.record({"op": "channel", "from_channel": previous, "channel": channel, "reason": plan.reason})
         return {"channel": channel, "previous_channel": previous, "version": self.site.load().active_version,
                 "reason": plan.reason, "install": done.to_dict() if done else None}
 
-    def repair(self, *, wait: bool = False, progress: Progress | None = None) -> InstallResult:
+    def repair(self, *, wait: bool = False, progress: results.Progress | None = None) -> results.InstallResult:
         """Reinstall the active version into the inactive slot from the repository and switch to it."""
         started = time.monotonic()
         with self.locked(wait):
@@ -306,10 +291,11 @@ class Installer:
             with self.site.repository(cfg) as client:
                 client.refresh()
                 release = self.site.find_release(client, cfg, active)
-                return self._install_release(client, cfg, s, release, "repair", started, progress)
+                return self._install_release(client, cfg, s, StageRequest(release, "repair", started, progress))
 
     # -- rollback ---------------------------------------------------------------------------------
-    def rollback(self, *, wait: bool = False, force: bool = False, reason: str = "manual rollback") -> RollbackResult:
+    def rollback(self, *, wait: bool = False, force: bool = False,
+                 reason: str = "manual rollback") -> results.RollbackResult:
         """Instant switch to the version in the inactive slot; the version left is marked bad.
         Refuses when the inactive slot holds no complete version, one older than
         ``max_rollback_days`` or a bad one (both unless ``force``)."""
@@ -322,7 +308,7 @@ class Installer:
             return self.activation.rollback(cfg, s, reason, mark_bad=True, allow_bad=force)
 
     # -- recovery, verify, doctor -------------------------------------------------------------------
-    def recover(self, *, wait: bool = False) -> RecoveryReport:
+    def recover(self, *, wait: bool = False) -> results.RecoveryReport:
         """Resolve any interrupted state now (also run by every changing operation)."""
         with self.locked(wait):
             return self.recovery.recover()
@@ -331,10 +317,10 @@ class Installer:
         """Reconstruct the state from the slots (see ``Recovery.rebuild_state``)."""
         return self.recovery.rebuild_state(why)
 
-    def verify(self, all_slots: bool = False, *, wait: bool = False) -> VerifyReport:
+    def verify(self, all_slots: bool = False, *, wait: bool = False) -> results.VerifyReport:
         """Re-hash the active slot (``all_slots``: both) against its signed manifest."""
         return self.inspection.verify(all_slots, wait=wait)
 
-    def doctor(self) -> list[DoctorCheck]:
+    def doctor(self) -> list[results.DoctorCheck]:
         """Requirements and conflicts: config, state, permissions, free space, lock, repository, clock."""
         return self.inspection.doctor()

@@ -26,7 +26,7 @@ from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.activation import Activation
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.errors import HealthCheckError, StateError
-from pinnacle_updates.client.install_dir import InstallDir
+from pinnacle_updates.client.install_dir import InstallDir, Part
 from pinnacle_updates.client.results import RecoveryReport
 from pinnacle_updates.client.slots import Layout, SlotContent, SlotState, State
 from pinnacle_updates.formats import fsutil
@@ -34,12 +34,11 @@ from pinnacle_updates.formats.index import FormatError, Manifest
 from pinnacle_updates.formats.tree import verify_tree
 
 
-class Recovery:
+class Recovery(Part):
     """Resolves interrupted states of ``site`` (the caller holds the lock)."""
 
     def __init__(self, site: InstallDir, activation: Activation) -> None:
-        self.site = site
-        self.layout = site.layout
+        super().__init__(site)
         self.activation = activation
 
     def recover(self) -> RecoveryReport:

@@ -40,7 +40,7 @@ from pinnacle_updates.client.delta import (
 )
 from pinnacle_updates.client.errors import InstallError, StateError, UpdateError
 from pinnacle_updates.client.hooks import measure_latency
-from pinnacle_updates.client.install_dir import InstallDir, mib, one_line
+from pinnacle_updates.client.install_dir import Part, mib, one_line
 from pinnacle_updates.client.results import Progress
 from pinnacle_updates.client.slots import SlotState, State
 from pinnacle_updates.client.trust import RepositoryClient, cache_name
@@ -51,6 +51,18 @@ from pinnacle_updates.formats.tree import extract_release, tree_size, verify_tre
 
 SPACE_SLACK = 1024 * 1024
 """Bytes kept free beyond the estimate (metadata, state file, history)."""
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """What to stage: the release, the operation it is for (``install``, ``repair``; recorded in the
+    state), when the operation started, its progress callback and the delta plan (None: full artifact)."""
+
+    release: Release
+    kind: str
+    started: float
+    progress: Progress | None = None
+    plan: UpdatePath | None = None
 
 
 @dataclass(frozen=True)
@@ -78,27 +90,15 @@ class Fetched:
     fallback: str = ""
 
 
-class Stager:
+class Stager(Part):
     """Downloads, writes and verifies a release into the inactive slot of ``site``."""
 
-    def __init__(self, site: InstallDir) -> None:
-        self.site = site
-        self.layout = site.layout
-
-    def stage(
-        self,
-        client: RepositoryClient,
-        cfg: ClientConfig,
-        s: SlotState,
-        release: Release,
-        kind: str,
-        started: float,
-        progress: Progress | None,
-        plan: UpdatePath | None = None,
-    ) -> Staged:
-        """Download and stage ``release`` in the inactive slot (by ``plan``'s deltas when it has
+    def stage(self, client: RepositoryClient, cfg: ClientConfig, s: SlotState, request: StageRequest) -> Staged:
+        """Download and stage the release in the inactive slot (by the plan's deltas when it has
         any, else or on any delta failure the full artifact), verify it, and save TRIAL. On the
         delta path the deltas come first: they carry the manifest (checked against the signed one)."""
+        release, kind, started, progress, plan = (request.release, request.kind, request.started, request.progress,
+                                                  request.plan)
         site = self.site
         bytes_before = client.stats.bytes
         site.emit("step", step="manifest", version=release.version)

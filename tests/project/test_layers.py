@@ -42,22 +42,22 @@ def test_the_tree_keeps_every_contract() -> None:
     assert "broken" not in proc.stdout.lower().replace("0 broken", "")
 
 
-@pytest.mark.parametrize(
-    ("module", "planted", "contract"),
-    [
-        ("client/hooks.py", "from pinnacle_updates.repo_tools import errors", "never import each other"),
-        ("repo_tools/prune.py", "from pinnacle_updates.client import errors", "never import each other"),
-        ("formats/index.py", "import pinnacle_updates.client.errors", "neutral layer imports neither side"),
-        ("formats/rollout.py", "import httpx", "pure core"),
-        ("client/policy.py", "import subprocess", "pure core"),
-        ("repo_tools/core/window.py", "from pinnacle_updates.formats import fsutil", "pure core"),
-        ("client/config.py", "import client", "one installed namespace"),
-        ("repo_tools/commands/fleet.py", "from pinnacle_updates.repo_tools.commands import trust", "commands.options"),
-        ("repo_tools/commands/options.py", "import pinnacle_updates.repo_tools.cli", "commands.options"),
-        ("client/agent/service.py", "import pinnacle_updates.client.slots", "only the client's public API"),
-        ("client/agent/notify.py", "from pinnacle_updates.client.installer import Installer", "public API"),
-    ],
-)
+PLANTED_IMPORTS = {  # module -> (the import planted into it, words of the contract it must break)
+    "client/hooks.py": ("from pinnacle_updates.repo_tools import errors", "never import each other"),
+    "repo_tools/prune.py": ("from pinnacle_updates.client import errors", "never import each other"),
+    "formats/index.py": ("import pinnacle_updates.client.errors", "neutral layer imports neither side"),
+    "formats/rollout.py": ("import httpx", "pure core"),
+    "client/policy.py": ("import subprocess", "pure core"),
+    "repo_tools/core/window.py": ("from pinnacle_updates.formats import fsutil", "pure core"),
+    "client/config.py": ("import client", "one installed namespace"),
+    "repo_tools/commands/fleet.py": ("from pinnacle_updates.repo_tools.commands import trust", "commands.options"),
+    "repo_tools/commands/options.py": ("import pinnacle_updates.repo_tools.cli", "commands.options"),
+    "client/agent/service.py": ("import pinnacle_updates.client.slots", "only the client's public API"),
+    "client/agent/notify.py": ("from pinnacle_updates.client.installer import Installer", "public API"),
+}
+
+
+@pytest.mark.parametrize(("module", "planted", "contract"), [(m, *pc) for m, pc in PLANTED_IMPORTS.items()])
 def test_a_planted_forbidden_import_breaks_its_contract(copy: Path, module: str, planted: str, contract: str) -> None:
     path = copy / "pinnacle_updates" / module
     path.write_text(path.read_text() + f"\n{planted}  # planted by the test\n")

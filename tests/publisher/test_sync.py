@@ -7,15 +7,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from tuf.ngclient import Updater
 
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools import rotate
@@ -24,6 +20,7 @@ from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from pinnacle_updates.repo_tools.sync import ROLES, ROOTS, SNAPSHOTS, TARGETS, TIMESTAMP, plan, sync
 from tests.conftest import ROOT, run_cli, tree_digest
+from tests.kill_loop import kill_after_lines, ngclient_accepts
 
 
 @pytest.fixture
@@ -106,17 +103,6 @@ def test_sync_refusals(repo: Repository, tmp_path: Path) -> None:
     assert proc.returncode == 5 and len(proc.stderr.strip().splitlines()) == 1
 
 
-def _ngclient_accepts(url: str, root: bytes, metadata_dir: Path) -> str:
-    """Stock ngclient: refresh, resolve and download the stable channel index; return its version line."""
-    with tempfile.TemporaryDirectory() as targets:
-        updater = Updater(str(metadata_dir), f"{url}metadata/", targets, f"{url}targets/", bootstrap=root)
-        updater.refresh()
-        info = updater.get_targetinfo("stable/index.json")
-        assert info is not None
-        path = updater.download_target(info, os.path.join(targets, "index.json"))
-        return Path(path).read_text()
-
-
 @pytest.mark.slow
 def test_sync_killed_at_random_points_never_breaks_ngclient(repo: Repository, keystore: KeyStore, source, serve,
                                                             tmp_path: Path) -> None:
@@ -128,7 +114,7 @@ def test_sync_killed_at_random_points_never_breaks_ngclient(repo: Repository, ke
     root = (repo.metadata_dir / "1.root.json").read_bytes()
     long_lived = tmp_path / "client-metadata"  # one client that keeps its trusted metadata across kills
     long_lived.mkdir()
-    _ngclient_accepts(url, root, long_lived)
+    ngclient_accepts(url, root, long_lived)
 
     kills = behind = 0
     for n in range(30):
@@ -142,34 +128,23 @@ def test_sync_killed_at_random_points_never_breaks_ngclient(repo: Repository, ke
         proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "sync", str(repo.path),
                                  str(dest), "--verbose"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        assert proc.stdout is not None
         wanted = rng.randrange(pending)  # kill after this many copied files, anywhere up to the last one
-        copied = 0
-        while copied < wanted:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            copied += line.startswith("copied ")
-        if rng.random() < 0.5:
-            time.sleep(rng.uniform(0, 0.004))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += proc.returncode == -signal.SIGKILL
+        kills += kill_after_lines(proc, "copied ", wanted, rng, jitter=0.004)
         behind += (dest / "metadata" / "timestamp.json").read_bytes() != (
             repo.metadata_dir / "timestamp.json").read_bytes()
         # Whatever the kill left, both a fresh client and the long-lived one accept DEST.
         for metadata_dir in (tmp_path / f"fresh-{n}", long_lived):
             metadata_dir.mkdir(exist_ok=True)
-            assert '"channel":"stable"' in _ngclient_accepts(url, root, metadata_dir)
+            assert '"channel":"stable"' in ngclient_accepts(url, root, metadata_dir)
         # Half the time the operator reruns the sync to the end; always after a key rotation: a sync
         # interrupted then must finish before the next publish (docs/OPERATIONS.md, upload order).
         if rotated or rng.random() < 0.5:
             sync(repo.path, dest)
-            assert '"channel":"stable"' in _ngclient_accepts(url, root, long_lived)
+            assert '"channel":"stable"' in ngclient_accepts(url, root, long_lived)
     assert kills >= 20
     assert behind >= 10, "the kills never landed before the commit point: the test would prove nothing"
 
     sync(repo.path, dest)
     assert _servable(dest) == _servable(repo.path)
     assert not [p for p in dest.rglob(".tmp-*")]
-    assert '"version":"1.0.30"' in _ngclient_accepts(url, root, long_lived)
+    assert '"version":"1.0.30"' in ngclient_accepts(url, root, long_lived)

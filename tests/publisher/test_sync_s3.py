@@ -11,18 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tuf.ngclient import Updater
 
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools import rotate
@@ -36,6 +32,7 @@ from pinnacle_updates.repo_tools.store import Repository
 from pinnacle_updates.repo_tools.sync import ROOTS, TIMESTAMP, stages, upload_order
 from tests import helpers_client as hc
 from tests.conftest import ROOT, run_cli
+from tests.kill_loop import kill_after_lines, ngclient_accepts
 from tests.s3_server import SeaweedS3
 
 PREFIX = "updates/prod"
@@ -100,17 +97,6 @@ def _download(s3: SeaweedS3, bucket: str, dest: Path, prefix: str = PREFIX) -> P
         (dest / relative).parent.mkdir(parents=True, exist_ok=True)
         (dest / relative).write_bytes(body)
     return dest
-
-
-def _ngclient_accepts(url: str, root: bytes, metadata_dir: Path) -> str:
-    """Stock ngclient over plain HTTP: refresh, resolve and download the stable channel index."""
-    with tempfile.TemporaryDirectory() as targets:
-        updater = Updater(str(metadata_dir), f"{url}metadata/", targets, f"{url}targets/", bootstrap=root)
-        updater.refresh()
-        info = updater.get_targetinfo("stable/index.json")
-        assert info is not None
-        path = updater.download_target(info, os.path.join(targets, "index.json"))
-        return Path(path).read_text()
 
 
 def _sync_cli(repo_dir: Path, bucket: str, *args: str, env: dict[str, str] | None = None,
@@ -311,7 +297,7 @@ def test_multipart_upload_resumes_after_an_interruption(
     assert status == 200 and hashlib.sha256(body).hexdigest() == artifact.rsplit("/", 1)[1][:64]
     assert headers["Cache-Control"] == IMMUTABLE
     assert not s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
-    assert '"channel":"stable"' in _ngclient_accepts(s3.url(bucket, PREFIX),
+    assert '"channel":"stable"' in ngclient_accepts(s3.url(bucket, PREFIX),
                                                      (repo.metadata_dir / "1.root.json").read_bytes(),
                                                      _fresh_dir(repo.path.parent / "client"))
 
@@ -340,7 +326,7 @@ def test_prune_deletes_only_what_the_prune_rule_gives_up(
     assert set(_objects(s3, bucket)) == set(everything) - expected
     assert all(r in _objects(s3, bucket) for r in everything if r.startswith("targets/") or ".root." in r)
     root = (repo.metadata_dir / "1.root.json").read_bytes()
-    assert '"version":"1.3.0"' in _ngclient_accepts(s3.url(bucket, PREFIX), root, _fresh_dir(repo.path.parent / "c"))
+    assert '"version":"1.3.0"' in ngclient_accepts(s3.url(bucket, PREFIX), root, _fresh_dir(repo.path.parent / "c"))
 
 
 # -- failures: one line, a documented exit code, no credentials --------------------------------------
@@ -392,7 +378,7 @@ def test_sync_killed_at_random_points_never_serves_an_inconsistent_repository(
     sync_s3(repo.path, dest)
     root = (repo.metadata_dir / "1.root.json").read_bytes()
     long_lived = _fresh_dir(tmp_path / "client-metadata")  # one client keeps its trusted metadata
-    _ngclient_accepts(url, root, long_lived)
+    ngclient_accepts(url, root, long_lived)
     env = {**os.environ, **aws_env}
 
     kills = behind = verified = 0
@@ -407,24 +393,13 @@ def test_sync_killed_at_random_points_never_serves_an_inconsistent_repository(
         proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "sync", str(repo.path), dest,
                                  "--verbose", "--jobs", "4"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-        assert proc.stdout is not None
         wanted = rng.randrange(pending)  # kill after this many confirmed uploads, up to the last one
-        copied = 0
-        while copied < wanted:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            copied += line.startswith("copied ")
-        if rng.random() < 0.5:
-            time.sleep(rng.uniform(0, 0.01))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += proc.returncode == -signal.SIGKILL
+        kills += kill_after_lines(proc, "copied ", wanted, rng, jitter=0.01)
         served = s3.get(url + "metadata/timestamp.json")[2]
         behind += served != (repo.metadata_dir / "timestamp.json").read_bytes()
         # Whatever the kill left, a fresh ngclient and the long-lived one accept the bucket ...
         for metadata_dir in (_fresh_dir(tmp_path / f"fresh-{n}"), long_lived):
-            assert '"channel":"stable"' in _ngclient_accepts(url, root, metadata_dir)
+            assert '"channel":"stable"' in ngclient_accepts(url, root, metadata_dir)
         # ... and so does verify (what `pinnacle-release verify` runs), on a copy of what the bucket serves.
         report = verify_repository(_download(s3, bucket, tmp_path / f"copy-{n}"), ops.utcnow())
         assert not report.problems, report.problems
@@ -433,11 +408,11 @@ def test_sync_killed_at_random_points_never_serves_an_inconsistent_repository(
         # (docs/OPERATIONS.md: a sync interrupted then must finish before the next publish).
         if rotated or rng.random() < 0.5:
             sync_s3(repo.path, dest)
-            assert '"channel":"stable"' in _ngclient_accepts(url, root, long_lived)
+            assert '"channel":"stable"' in ngclient_accepts(url, root, long_lived)
     assert kills >= 20, kills
     assert behind >= 10, "the kills never landed before the commit point: the test would prove nothing"
     sync_s3(repo.path, dest)
     assert _objects(s3, bucket) == _servable(repo.path)
-    assert f'"version":"1.0.{runs}"' in _ngclient_accepts(url, root, long_lived)
+    assert f'"version":"1.0.{runs}"' in ngclient_accepts(url, root, long_lived)
     run_cli("pinnacle-release", "verify", str(_download(s3, bucket, tmp_path / "final")))  # the command itself
     print(f"kill loop: {runs} runs, {kills} SIGKILLs, {behind} before the commit point, {verified} verify copies")
