@@ -21,6 +21,7 @@ import bsdiff4
 import pytest
 import pyzstd
 
+from pinnacle_updates.client import InstallResult
 from pinnacle_updates.client.delta import (
     DeltaError,
     UpdatePath,
@@ -30,7 +31,7 @@ from pinnacle_updates.client.delta import (
     plan_update,
 )
 from pinnacle_updates.client.errors import RepositoryError
-from pinnacle_updates.client.installer import Installer, InstallResult
+from pinnacle_updates.client.installer import Installer
 from pinnacle_updates.formats import bsdiff_lzma, delta_format
 from pinnacle_updates.formats.archive import (
     ArchiveError,
