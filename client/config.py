@@ -8,6 +8,8 @@ the same bytes. Every write is atomic (``fsutil.atomic_write``). Every key is de
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import math
 import os
@@ -15,11 +17,12 @@ import re
 import secrets
 import shlex
 import tomllib
+import unicodedata
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from pinnacle_updates.client.errors import ConfigError
 from pinnacle_updates.client.policy import UpdateConfig
@@ -35,7 +38,7 @@ from pinnacle_updates.formats.index import (
 
 Value = str | int | float | bool | list[str]
 
-_PERSISTENT_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._ -]*$")
+_PERSISTENT_RE = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._ -]{0,254}")
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,34 @@ class Key:
     check: Callable[[Any], None] | None = None
 
 
-def _positive(v: float) -> None:
-    if v <= 0:
-        raise ValueError("must be greater than 0")
+DAY = 86400
+MAX_CHECK_INTERVAL = 30 * DAY
+"""The longest ``check_interval``: beyond it the loop's sleep and the jitter stop meaning anything
+(and a huge value overflows the timers that take it)."""
+MAX_TIMEOUT = DAY
+"""The longest hook/health timeout, interval or grace period, in seconds."""
+MAX_COUNT = 1000
+"""The most retries or attempts any counting key allows."""
 
 
-def _non_negative(v: float) -> None:
-    if v < 0:
-        raise ValueError("must not be negative")
+def _between(low: float, high: float, unit: str = "", *, above: bool = False) -> Callable[[float], None]:
+    """A range check (``above``: ``low`` itself excluded); its message says what is allowed."""
+    allowed = f"{'greater than' if above else 'at least'} {_number(low)} and at most {_number(high)}{unit}"
+
+    def check(v: float) -> None:
+        if v < low or (above and v == low) or v > high:
+            raise ValueError(f"must be {allowed}")
+
+    return check
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+_positive_count = _between(0, MAX_COUNT, above=True)
+_seconds = _between(0, MAX_TIMEOUT, " seconds", above=True)
+_seconds_or_zero = _between(0, MAX_TIMEOUT, " seconds")
 
 
 def _channel(v: str) -> None:
@@ -72,17 +95,104 @@ def _platform(v: str) -> None:
         raise ValueError(str(exc)) from None
 
 
-def _repo_url(v: str) -> None:
+# ----- URLs and hosts: the one rule every URL key goes through -----------------------------------
+URL_MAX = 2048
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _plain_text(v: str, what: str) -> None:
+    """No whitespace, control or format character (bidi overrides included) anywhere in ``v``."""
+    for ch in v:
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Zs"):
+            raise ValueError(f"{what} contains whitespace or a control character ({ch!r}); allowed: printable text")
+
+
+def check_host(host: str) -> None:
+    """A DNS name (ASCII labels of 1-63 letters, digits, ``-`` or ``_``, not starting or ending with
+    ``-``; 253 characters at most) or an IP literal. ``ValueError`` says which rule failed."""
+    if not host:
+        raise ValueError("has no host")
+    _plain_text(host, "the host")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(f"host {host!r} is not a valid IPv6 address") from None
+        return
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if labels[-1].isdigit():  # no top-level domain is numeric: this is meant as an IPv4 address
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            raise ValueError(f"host {host!r} is not a valid IPv4 address") from None
+        return
+    if not name.isascii():
+        raise ValueError(f"host {host!r} is not ASCII; write an international name in its xn-- form")
+    if len(name) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"host {host!r} is not a valid DNS name (labels of 1-63 letters, digits, '-' or '_', "
+            "not starting or ending with '-'; 253 characters at most) or IP address"
+        )
+
+
+def check_http_url(v: str) -> None:
+    """The one rule for every http(s) URL key (``repo_url``, ``health_url``, ``webhook_url`` and the
+    like): parsed by ``urllib.parse``; scheme http or https; a host (``check_host``); a port, when
+    given, an integer 1-65535; no whitespace, control character or backslash; at most ``URL_MAX``
+    characters. ``ValueError`` names the rule that failed."""
+    if len(v) > URL_MAX:
+        raise ValueError(f"is longer than {URL_MAX} characters")
+    _plain_text(v, "the URL")
+    if "\\" in v:
+        raise ValueError("contains a backslash (parsers disagree on what it means)")
+    try:
+        parts = urlsplit(v)
+    except ValueError as exc:
+        raise ValueError(f"is not a URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    hostport = parts.netloc.rpartition("@")[2]
+    host, port = hostport, ""
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"has text after the IPv6 address: {rest!r}")
+        port = rest[1:]
+        if not host:
+            raise ValueError("has no host")
+        if ":" not in host:
+            raise ValueError(f"host [{host}] is not an IPv6 address")
+    elif ":" in hostport:
+        host, _, port = hostport.partition(":")
+    if port and (not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536):
+        raise ValueError(f"port {port!r} is not allowed (an integer 1-65535)")
+    check_host(host)
+
+
+def check_repo_url(v: str) -> None:
+    """A repository location: an http(s) URL by ``check_http_url``, a ``file://`` URL or a local
+    path (no control characters, at most ``URL_MAX`` characters)."""
     if not v:
         raise ValueError("must not be empty")
-    scheme = urlparse(v).scheme
-    if scheme not in ("http", "https", "file", ""):
-        raise ValueError(f"unsupported scheme {scheme!r} (http, https, file or a local path)")
+    if len(v) > URL_MAX:
+        raise ValueError(f"is longer than {URL_MAX} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in v):
+        raise ValueError("contains a control character; allowed: printable text")
+    scheme = v.partition(":")[0].lower() if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", v) else ""
+    if scheme in ("http", "https"):
+        check_http_url(v)
+    elif scheme == "file":
+        if not v[5:].lstrip("/"):
+            raise ValueError("a file:// URL needs a path")
+    elif scheme and "://" in v:
+        raise ValueError(f"unsupported scheme {scheme!r} (allowed: http, https, file or a local path)")
 
 
 def _persistent(v: list[str]) -> None:
     for p in v:
-        if p in (".", "..") or not _PERSISTENT_RE.match(p):
+        if p in (".", "..") or not _PERSISTENT_RE.fullmatch(p):
             raise ValueError(f"{p!r} is not a top-level name (no '/', no '..')")
     if len(set(v)) != len(v):
         raise ValueError("names repeat")
@@ -106,7 +216,15 @@ _AUTO_TYPES = "/".join(t for t in UpdateType if t.auto_installs and not t.urgent
 _URGENT_TYPES = "/".join(t for t in UpdateType if t.urgent)
 
 
+COMMAND_MAX = 64 * 1024
+"""The longest hook or health command (the kernel refuses one argument beyond 128 KiB)."""
+
+
 def _command(v: str) -> None:
+    if "\x00" in v:
+        raise ValueError("contains a NUL character, which no command can (allowed: a shell command line)")
+    if len(v) > COMMAND_MAX:
+        raise ValueError(f"is longer than {COMMAND_MAX} characters")
     if v:
         try:
             shlex.split(v)
@@ -114,19 +232,13 @@ def _command(v: str) -> None:
             raise ValueError(f"not a valid shell command ({exc})") from None
 
 
-def _health_url(v: str) -> None:
-    if v and urlparse(v).scheme not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL (or empty)")
+def _optional_url(v: str) -> None:
+    if v:
+        check_http_url(v)
 
 
 _NOTIFY_EVENTS = ("success", "failure", "rollback")
 _ADDRESS_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9.:_-]+$")
-
-
-def _webhook_url(v: str) -> None:
-    if v and (urlparse(v).scheme not in ("http", "https") or not urlparse(v).netloc):
-        raise ValueError("must be an http:// or https:// URL (or empty)")
 
 
 def _notify_on(v: list[str]) -> None:
@@ -136,8 +248,8 @@ def _notify_on(v: list[str]) -> None:
 
 
 def _host(v: str) -> None:
-    if v and not _HOST_RE.match(v):
-        raise ValueError("must be a host name or address")
+    if v:
+        check_host(v)
 
 
 def _port(v: int) -> None:
@@ -146,14 +258,15 @@ def _port(v: int) -> None:
 
 
 def _address(v: str) -> None:
-    if v and not _ADDRESS_RE.match(v):
+    if v and not _ADDRESS_RE.fullmatch(v):
         raise ValueError(f"{v!r} is not an e-mail address")
 
 
 def _addresses(v: list[str]) -> None:
     for address in v:
-        if not _ADDRESS_RE.match(address):
-            raise ValueError(f"{address!r} is not an e-mail address")
+        _address(address)
+        if not address:
+            raise ValueError("an empty recipient is not an e-mail address")
 
 
 def _client_id(v: str) -> None:
@@ -169,7 +282,7 @@ the same values, stated once (in ``client.policy``, which is pure and cannot imp
 
 KEYS: Mapping[str, Key] = {
     # where updates come from
-    "repo_url": Key(str, "", "repository URL: http(s)://, file:// or a local path", _repo_url),
+    "repo_url": Key(str, "", "repository URL: http(s)://, file:// or a local path", check_repo_url),
     "channel": Key(str, _POLICY.channel, f"release channel (e.g. {', '.join(CHANNELS)})", _channel),
     "platform": Key(str, "any", "platform tag of this machine, e.g. linux-x86_64", _platform),
     "client_id": Key(str, "", "random id of this install (used for staged rollouts)", _client_id),
@@ -177,18 +290,19 @@ KEYS: Mapping[str, Key] = {
     "enabled": Key(bool, _POLICY.enabled, "whether automatic update checks run"),
     "auto_install": Key(bool, _POLICY.auto_install,
                         f"install {_AUTO_TYPES} releases by themselves ({_URGENT_TYPES} always)"),
-    "check_interval": Key(int, _POLICY.check_interval, "seconds between automatic checks", _positive),
+    "check_interval": Key(int, _POLICY.check_interval, "seconds between automatic checks",
+                          _between(0, MAX_CHECK_INTERVAL, " seconds (30 days)", above=True)),
     "backup_before_update": Key(bool, _POLICY.backup_before_update, "keep the previous version in the other slot"),
     "allowed_update_types": Key(list, _type_names(_POLICY.allowed_update_types), "update types allowed",
                                 _update_types),
     "max_rollback_attempts": Key(int, _POLICY.max_rollback_attempts,
-                                 "rollbacks after which a version is refused even with --force", _positive),
+                                 "rollbacks after which a version is refused even with --force", _positive_count),
     "max_rollback_days": Key(int, _POLICY.max_rollback_days, "days a previous version stays eligible for rollback",
-                             _non_negative),
+                             _between(0, 36500, " days")),
     "skip_ramp_types": Key(list, _type_names(DEFAULT_SKIP_RAMP_TYPES), "update types that skip staged rollouts "
                            "unless the release says otherwise", _update_types),
     "max_clock_skew": Key(int, 86400, "seconds the clock may run ahead of the newest signed time before "
-                          "rollouts stop advancing with it", _positive),
+                          "rollouts stop advancing with it", _between(0, 365 * DAY, " seconds", above=True)),
     "persistent_paths": Key(
         list, [p.rstrip("/") for p in _POLICY.excluded_paths], "top-level paths shared by every slot (kept in data/)",
         _persistent,
@@ -199,27 +313,33 @@ KEYS: Mapping[str, Key] = {
     "pre_install": Key(str, "", "runs in the new slot before the swap; failure aborts the install", _command),
     "post_swap": Key(str, "", "runs after the swap (migrations); failure rolls back", _command),
     "on_rollback": Key(str, "", "runs after swapping back to the previous version", _command),
-    "hook_timeout": Key(float, 300.0, "seconds a hook may run before it is killed (fails)", _positive),
+    "hook_timeout": Key(float, 300.0, "seconds a hook may run before it is killed (fails)", _seconds),
     # health check
     "health_command": Key(str, "", "health check command: healthy when it exits 0", _command),
-    "health_url": Key(str, "", "health check URL: healthy when it answers 2xx", _health_url),
-    "health_timeout": Key(float, 10.0, "seconds one health check attempt may take", _positive),
-    "health_retries": Key(int, 3, "health check attempts before the version counts as unhealthy", _positive),
-    "health_interval": Key(float, 1.0, "seconds between health check attempts", _non_negative),
-    "health_grace_period": Key(float, 0.0, "seconds to wait after start before checking", _non_negative),
-    "max_latency_ms": Key(int, 0, "allowed increase of health_url latency after the update (0 = off)", _non_negative),
+    "health_url": Key(str, "", "health check URL: healthy when it answers 2xx", _optional_url),
+    "health_timeout": Key(float, 10.0, "seconds one health check attempt may take", _seconds),
+    "health_retries": Key(int, 3, "health check attempts before the version counts as unhealthy",
+                          _positive_count),
+    "health_interval": Key(float, 1.0, "seconds between health check attempts", _seconds_or_zero),
+    "health_grace_period": Key(float, 0.0, "seconds to wait after start before checking",
+                               _seconds_or_zero),
+    "max_latency_ms": Key(int, 0, "allowed increase of health_url latency after the update (0 = off)",
+                          _between(0, MAX_TIMEOUT * 1000, " ms")),
     # notifications and logging of the local agent (`pinnacle-update serve`)
-    "webhook_url": Key(str, "", "URL that gets a JSON POST after each update outcome (empty = none)", _webhook_url),
+    "webhook_url": Key(str, "", "URL that gets a JSON POST after each update outcome (empty = none)",
+                       _optional_url),
     "notify_on": Key(list, list(_NOTIFY_EVENTS), "update outcomes that notify: success, failure, rollback", _notify_on),
-    "webhook_retries": Key(int, 5, "delivery attempts per notification (backoff doubles from 1 s)", _positive),
+    "webhook_retries": Key(int, 5, "delivery attempts per notification (backoff doubles from 1 s)",
+                           _between(0, 100, above=True)),
     "smtp_host": Key(str, "", "SMTP server for e-mail notifications (empty = no e-mail)", _host),
     "smtp_port": Key(int, 25, "SMTP server port", _port),
     "smtp_starttls": Key(bool, False, "upgrade the SMTP connection with STARTTLS"),
     "smtp_user": Key(str, "", "SMTP login (password from PINNACLE_SMTP_PASSWORD; empty = no login)"),
     "smtp_from": Key(str, "", "sender address of notification e-mails", _address),
     "smtp_to": Key(list, [], "recipients of notification e-mails", _addresses),
-    "max_log_bytes": Key(int, 1_000_000, "size at which logs/auto_updater.log is rotated", _positive),
-    "log_backups": Key(int, 5, "rotated log files kept", _non_negative),
+    "max_log_bytes": Key(int, 1_000_000, "size at which logs/auto_updater.log is rotated",
+                         _between(0, 1 << 40, " bytes", above=True)),
+    "log_backups": Key(int, 5, "rotated log files kept", _between(0, MAX_COUNT)),
 }
 
 
@@ -278,23 +398,63 @@ class ClientConfig:
 
 
 # ----- parsing and validation -------------------------------------------------------------------
+LIST_MAX = 100
+"""The most names a list key holds."""
+
+
 def _coerce(key: str, spec: Key, value: Any) -> Value:
-    """Check ``value`` against ``spec``; ``ConfigError`` naming the key and the reason."""
+    """Check ``value`` against ``spec``; ``ConfigError`` naming the key, the value (any URL password
+    hidden) and what is allowed."""
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        with contextlib.suppress(OverflowError):  # an integer beyond any float: refused below
+            value = float(value)
     ok = isinstance(value, spec.type) and not (spec.type is int and isinstance(value, bool))
     if spec.type is list:
         ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
     if spec.type is float and isinstance(value, float) and not math.isfinite(value):
         ok = False
     if not ok:
-        raise ConfigError(f"config key {key!r}: expected {_type_name(spec)}, got {value!r}")
-    if spec.check is not None:
-        try:
+        raise ConfigError(f"config key {key!r}: expected {_type_name(spec)}, got {shown(value)}")
+    try:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                _encodable(text)
+        if isinstance(value, list) and len(value) > LIST_MAX:
+            raise ValueError(f"has {len(value)} entries, at most {LIST_MAX} allowed")
+        if spec.check is not None:
             spec.check(value)
-        except ValueError as exc:
-            raise ConfigError(f"config key {key!r}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"config key {key!r}: {shown(value)} {_reason(exc)}") from None
     return value  # type: ignore[no-any-return]
+
+
+def _encodable(text: str) -> None:
+    """Every string key: no NUL (no file, URL or command can hold one) and valid Unicode (a lone
+    surrogate, from undecodable command-line bytes, cannot be written to config.toml)."""
+    if "\x00" in text:
+        raise ValueError("contains a NUL character (allowed: text without NUL)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (undecodable bytes)") from None
+
+
+def _reason(exc: ValueError) -> str:
+    """The check's reason read after the value: ``'x' must be ...``, ``'x' is not ...``."""
+    text = " ".join(str(exc).split())
+    return text if text.split(" ", 1)[0] in ("must", "is", "has", "contains", "names") else f"is refused: {text}"
+
+
+def shown(value: Any, limit: int = 120) -> str:
+    """``value`` for an error message: one line (``repr`` escapes control characters), a URL's
+    password replaced by ``***``, cut at ``limit`` characters."""
+    if isinstance(value, str):
+        value = _URL_PASSWORD_RE.sub(r"\1***@", value)
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
+_URL_PASSWORD_RE = re.compile(r"(://[^/@:\s]*:)[^/\s]*@")
 
 
 def _type_name(spec: Key) -> str:
@@ -323,7 +483,11 @@ def _default(spec: Key) -> Value:
 
 def load(install_dir: Path) -> ClientConfig:
     """Read and validate ``DIR/config.toml``."""
-    path = Path(install_dir) / "config.toml"
+    return validate(_read(Path(install_dir)))
+
+
+def _read(install_dir: Path) -> dict[str, Any]:
+    path = install_dir / "config.toml"
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -332,9 +496,31 @@ def load(install_dir: Path) -> ClientConfig:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc})") from exc
-    return validate(raw)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+        raise ConfigError(f"{path} is not valid TOML ({type(exc).__name__}: {exc})") from exc
+    return raw
+
+
+def load_for_recovery(install_dir: Path) -> tuple[ClientConfig, list[str]]:
+    """The config as far as it is usable, for finishing an interrupted trial or rollback whatever
+    the file says: each value that fails its check (or the whole file, when it cannot be read) is
+    replaced by its default, and named in the returned problems. Never raises ``ConfigError``:
+    recovery must not depend on the file a person may have broken by hand."""
+    problems: list[str] = []
+    try:
+        raw = _read(Path(install_dir))
+    except ConfigError as exc:
+        raw, problems = {}, [str(exc)]
+    values: dict[str, Value] = {}
+    for key, spec in KEYS.items():
+        values[key] = _default(spec)
+        if key in raw:
+            try:
+                values[key] = _coerce(key, spec, raw[key])
+            except ConfigError as exc:
+                problems.append(str(exc))
+    problems += [f"unknown config key {k!r}" for k in sorted(set(raw) - set(KEYS))]
+    return ClientConfig(values), problems
 
 
 def parse_value(key: str, text: str) -> Value:
