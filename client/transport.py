@@ -11,7 +11,7 @@ seam and nothing else:
   (a USB stick, an air-gapped mirror, tests); a missing file behaves like an HTTP 404;
 * request and byte counters for ``check`` and an ``on_bytes`` hook for progress;
 * resumable target downloads: with a ``partial_dir``, the body of a content-addressed target
-  (``<sha256>.<name>``, what consistent snapshots serve) is kept on disk as it arrives; a transfer
+  (``<hex digest>.<name>``, what consistent snapshots serve) is kept on disk as it arrives; a transfer
   that breaks off (here, or in a process that was killed) continues with ``Range: bytes=N-``.
   The kept bytes are yielded first, so ngclient hashes the whole file before anything uses it.
   Metadata is never resumed (its names are not content addresses).
@@ -59,7 +59,10 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 PARTIAL_MAX_AGE = 7 * 86400
 """Seconds after which an abandoned partial download is deleted (when another one starts)."""
 
-_CONTENT_ADDRESSED = re.compile(r"^[0-9a-f]{64}\.[^/]+$")
+_CONTENT_ADDRESSED = re.compile(r"^[0-9a-f]{32,128}\.[^/]+$")
+"""A target name under consistent snapshots: ``<hex digest>.<name>``, the digest of whichever hash
+algorithm the targets metadata lists first (sha256's 64 digits, sha512's 128, ...). Metadata names
+start with a decimal version, which no real version makes 32 digits long."""
 _CONTENT_RANGE = re.compile(r"^bytes (?P<start>\d+)-(?P<end>\d+)/(?P<total>\d+|\*)$")
 
 
@@ -334,7 +337,7 @@ class HttpxFetcher(FetcherInterface):
 
     def _partial_path(self, url: str) -> Path | None:
         """Where the partial body of ``url`` is kept, or None when ``url`` is not resumable:
-        only content-addressed target names (``<sha256>.<name>``) are, and only with a
+        only content-addressed target names (``<hex digest>.<name>``) are, and only with a
         ``partial_dir``. The file name is a hash of the URL (a new repository URL starts over)."""
         if self.partial_dir is None:
             return None

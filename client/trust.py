@@ -7,6 +7,13 @@ only the product's view on top of it.
 * ``channel_index()`` downloads ``<channel>/index.json`` as a verified target and checks that every
   artifact it names is a target signed for that channel with the same length and sha256, so
   nothing read from the index later can point outside signed metadata.
+* Hashes: targets metadata may list any hash algorithm python-tuf computes (sha256, sha512,
+  sha384, blake2b-256, sha3-256, ...); ngclient verifies every one it lists and names the stored
+  file by the first (``<hash>.<name>``). The channel index and archive records are pinnacle's own
+  format and keep sha256 (docs/API.md). When the signed metadata lists no sha256, the index's
+  sha256 is checked on the verified download instead: a file is bound to both signatures either
+  way. A target listed only with broken algorithms (md5, sha1) is refused: a collision-prone hash
+  vouches for nothing.
 * ``fetch_target()`` downloads (or reuses from the cache) one verified target; ``fetch_manifest()``
   adds bounded zstd decompression and parsing; ``prune_cache()`` drops what no release needs.
 
@@ -18,10 +25,11 @@ Every failure leaves as one line a person can act on: python-tuf verification fa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -200,7 +208,12 @@ class RepositoryClient:
 
         ``progress(bytes_so_far, total)`` is called as bytes arrive; ``total`` is the signed length.
         """
-        return self._download(self._signed_ref(ref, f"{ref.path} (as referenced)"), progress)
+        where = f"{ref.path} (as referenced)"
+        info = self._signed_ref(ref, where)
+        path = self._download(info, progress)
+        if SHA256 not in _signed_hashes(info.hashes, info.path):
+            _check_sha256(path, ref, where)  # the signed hashes bound the bytes; now bind the reference too
+        return path
 
     def fetch_manifest(self, release: Release) -> Manifest:
         """The release's file manifest: verified download, bounded decompression, parsing, and a
@@ -266,13 +279,19 @@ class RepositoryClient:
         return info
 
     def _signed_ref(self, ref: TargetRef, where: str) -> TargetFile:
-        """The signed ``TargetFile`` for ``ref``; refuses a ref whose length or hash disagree."""
+        """The signed ``TargetFile`` for ``ref``; refuses a ref whose length or sha256 disagree with
+        it, and a target whose signed hashes the client cannot use (see ``_signed_hashes``)."""
         info = self._signed(ref.path)
-        if info.length != ref.length or info.hashes.get("sha256") != ref.sha256:
-            raise TrustError(
-                f"{where}: {ref.path} does not match its signed target metadata "
-                f"(length {ref.length} vs signed {info.length}, or sha256): refused"
-            )
+        differs = None
+        if info.length != ref.length:
+            differs = f"length {ref.length} referenced, {info.length} signed"
+        else:
+            signed = _signed_hashes(info.hashes, ref.path).get(SHA256)
+            if signed is not None and signed != ref.sha256:
+                referenced, signed = _abbreviated(ref.sha256, signed)
+                differs = f"sha256 {referenced} referenced, {signed} signed"
+        if differs:
+            raise TrustError(f"{where}: {ref.path} does not match its signed target metadata ({differs}): refused")
         return info
 
     def _download(self, info: TargetFile, progress: Progress | None) -> Path:
@@ -283,6 +302,7 @@ class RepositoryClient:
         holds a torn or unverified file under a real name.
         """
         updater = self._require_updater()
+        _signed_hashes(info.hashes, info.path)  # refuses hashes it cannot use before any byte moves
         dest = self.cache_dir / cache_name(info.path)
         if updater.find_cached_target(info, str(dest)) is not None:
             if progress is not None:
@@ -300,7 +320,7 @@ class RepositoryClient:
         self._fetcher.on_bytes = on_bytes
         resumed_before = self._fetcher.stats.resumed
         try:
-            with self._seam(updater, target=info.path):
+            with self._seam(updater, target=info.path, signed=info.hashes):
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 try:
                     updater.download_target(info, str(tmp))
@@ -318,9 +338,11 @@ class RepositoryClient:
         return dest
 
     @contextlib.contextmanager
-    def _seam(self, updater: Updater | None, target: str | None = None, subject: str | None = None) -> Iterator[None]:
+    def _seam(self, updater: Updater | None, target: str | None = None, subject: str | None = None,
+              signed: Mapping[str, str] | None = None) -> Iterator[None]:
         """Translate python-tuf, download and OS errors raised in the block into one-line
-        ``UpdateError``s. The subject is the target, or else the metadata file last fetched."""
+        ``UpdateError``s. The subject is the target, or else the metadata file last fetched;
+        ``signed`` are the target's signed hashes (to name the algorithm of a mismatch)."""
         try:
             yield
         except UpdateError:
@@ -328,7 +350,7 @@ class RepositoryClient:
         except (tuf_exc.DownloadError, tuf_exc.RepositoryError) as exc:
             if subject is None:
                 subject = f"target {target}" if target else _metadata_subject(self._fetcher.last_url)
-            raise _translate(exc, subject, updater) from exc
+            raise _translate(exc, subject, updater, signed) from exc
         except OSError as exc:
             where = self.cache_dir if target else self.metadata_dir
             raise StateError(f"cannot write {where}: {_os_reason(exc)}") from exc
@@ -354,10 +376,13 @@ _MISMATCH_PATTERNS = (
 _EXPIRED = r"^(?:Final |New )?(?P<role>[\w.-]+?)(?:\.json)? is expired"
 _SIGNED_BY = r"signed by (?P<n>\d+)/(?P<m>\d+) keys"
 _LENGTH = r"Observed length (?P<got>\d+) does not match expected length (?P<want>\d+)"
+_HASH = r"Observed hash (?P<got>\S+) does not match expected hash (?P<want>\S+)"
+_UNSUPPORTED = r"Unsupported algorithm '(?P<algo>.*)'"
 _TOO_LONG = r"maximum allowed length of (?P<max>\d+)"
 
 
-def _translate(exc: Exception, subject: str, updater: Updater | None) -> UpdateError:
+def _translate(exc: Exception, subject: str, updater: Updater | None,
+               signed: Mapping[str, str] | None = None) -> UpdateError:
     """One ``UpdateError`` saying what happened to ``subject`` (see the module docstring)."""
     text = str(exc)
     if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
@@ -402,8 +427,18 @@ def _translate(exc: Exception, subject: str, updater: Updater | None) -> UpdateE
         count = f" ({m['n']} of {m['m']} required signatures valid)" if m else ""
         return TrustError(f"{subject} is not signed by the trusted keys{count}: refused")
     if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
-        m = re.search(_LENGTH, text)
-        what = f"length {m['got']} instead of the signed {m['want']}" if m else "hash mismatch"
+        if m := re.search(_LENGTH, text):
+            what = f"length {m['got']} instead of the signed {m['want']}"
+        elif m := re.search(_HASH, text):
+            # python-tuf does not say which algorithm failed: the one whose signed value it expected
+            algo = next((a for a, v in (signed or {}).items() if v == m["want"]), "hash")
+            got, want = _abbreviated(m["got"], m["want"])
+            what = f"{_shown(algo)} {got} instead of the signed {want}"
+        elif m := re.search(_UNSUPPORTED, text):
+            return TrustError(f"{subject} is signed with hash algorithm {_shown(m['algo'])}, "
+                              "which python-tuf cannot compute: refused")
+        else:
+            what = "hash mismatch"
         return TrustError(f"{subject} failed verification: {what} (tampered or corrupted)")
     if isinstance(exc, DeserializationError):
         return TrustError(f"{subject} is not valid TUF metadata: {text}")
@@ -440,6 +475,72 @@ def _iso(when: datetime) -> str:
 
 def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+# -- hashes -----------------------------------------------------------------------------------
+
+SHA256 = "sha256"
+"""The one algorithm of pinnacle's own formats (channel index, archive records, manifests)."""
+
+BROKEN_HASHES = frozenset({"md5", "sha1", "md5-sha1"})
+"""Algorithms (hashlib's names) with practical collisions: python-tuf computes them, but a target
+listed with nothing stronger is refused (a colliding file would pass its signature)."""
+
+
+def _signed_hashes(hashes: Mapping[str, str], path: str) -> dict[str, str]:
+    """The signed ``hashes`` of ``path`` keyed by hashlib's name of each algorithm (``SHA-256`` and
+    ``sha2-256`` are sha256), once the client can rely on them: every algorithm listed is one
+    python-tuf computes (it verifies them all, so any other fails every download, after it), and
+    at least one is not in ``BROKEN_HASHES``. ``TrustError`` otherwise."""
+    named: dict[str, str] = {}
+    for algo, value in hashes.items():
+        try:
+            TargetFile.from_data(path, b"", [algo])  # python-tuf's own rule for what it can compute
+        except (ValueError, TypeError):
+            raise TrustError(
+                f"{path} is signed with hash algorithm {_shown(algo)}, which python-tuf cannot compute: refused"
+            ) from None
+        named[_hash_name(algo)] = value
+    if named and not set(named) - BROKEN_HASHES:
+        listed = ", ".join(_shown(a) for a in hashes)
+        raise TrustError(f"{path} is signed only with {listed}, hash algorithms with practical collisions: refused")
+    return named
+
+
+def _hash_name(algo: str) -> str:
+    """hashlib's canonical name of ``algo`` (python-tuf's own ``blake2b-256`` stays as it is)."""
+    try:
+        return hashlib.new(algo).name
+    except (ValueError, TypeError):
+        return algo
+
+
+def _check_sha256(path: Path, ref: TargetRef, where: str) -> None:
+    """Refuse the verified download ``path`` unless its sha256 is the one ``ref`` names."""
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, SHA256).hexdigest()
+    except OSError as exc:
+        raise StateError(f"cannot read the cached {ref.path}: {_os_reason(exc)}") from exc
+    if digest != ref.sha256:
+        got, want = _abbreviated(digest, ref.sha256)
+        raise TrustError(
+            f"{where}: {ref.path} matches its signed hashes but its sha256 is {got}, not the referenced {want}: "
+            "refused (the index and the signed targets disagree)"
+        )
+
+
+def _abbreviated(a: str, b: str, keep: int = 16) -> tuple[str, str]:
+    """Two digests for a message: cut to ``keep`` characters, unless that would hide how they differ."""
+    if a[:keep] != b[:keep]:
+        a, b = (x if len(x) <= keep else f"{x[:keep]}..." for x in (a, b))
+    return _shown(a), _shown(b)
+
+
+def _shown(text: str) -> str:
+    """``text`` from signed metadata as it may appear in a one-line message: as is when it is a plain
+    name or hex digest, else quoted with escapes (no control character reaches a terminal)."""
+    return text if re.fullmatch(r"[\w.+-]{1,200}", text, re.ASCII) else ascii(text)
 
 
 # -- small helpers ----------------------------------------------------------------------------
