@@ -87,7 +87,8 @@ class CommandResult:
         else:
             what = f"exited {self.returncode}"
         tail = self.output_tail.strip().splitlines()[-1:] if self.output_tail.strip() else []
-        return f"{self.name} `{self.command}` {what}" + (f": {tail[0][:200]}" if tail else "")
+        said = f": {_one_line(tail[0])[:200]}" if tail else ""
+        return f"{self.name} `{_one_line(self.command)[:200]}` {what}{said}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +98,12 @@ class CommandResult:
             "timed_out": self.timed_out,
             "duration": round(self.duration, 3),
         }
+
+
+def _one_line(text: str) -> str:
+    """``text`` for a one-line message: whitespace runs collapsed, other control characters escaped
+    (a multi-line command or a NUL must not break the line, nor reach a terminal raw)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in " ".join(text.split()))
 
 
 def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: Path | None = None) -> CommandResult:
@@ -127,7 +134,7 @@ def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: 
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: a NUL in the command
             return CommandResult(name, command, 127, False, time.monotonic() - start, f"cannot run: {exc}")
         timed_out = False
         try:
@@ -213,6 +220,8 @@ def probe_url(url: str, timeout: float) -> tuple[bool, str, float]:
         return False, f"{url} timed out after {timeout:g}s", (time.monotonic() - start) * 1000
     except httpx.HTTPError as exc:
         return False, f"{url} unreachable ({type(exc).__name__}: {exc})", (time.monotonic() - start) * 1000
+    except (httpx.InvalidURL, ValueError, OverflowError) as exc:  # a URL or timeout the config check missed
+        return False, f"{url} cannot be probed ({type(exc).__name__}: {exc})", (time.monotonic() - start) * 1000
     ms = (time.monotonic() - start) * 1000
     if 200 <= response.status_code < 300:
         return True, f"{url} answered {response.status_code}", ms
