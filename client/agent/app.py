@@ -21,15 +21,26 @@ Security, in the order ``Guard`` applies it to every request:
 
 Pages cannot be framed (``X-Frame-Options: DENY``, CSP ``frame-ancestors 'none'``), which keeps
 a foreign page from tricking a click on the install button.
+
+Limits (``Limits``), so that slow or greedy local clients cannot hold the agent: a request line and
+headers must arrive within ``header_timeout`` of the connection opening or of the previous response
+(uvicorn itself only times out a connection idle *between* requests: a client trickling a header
+byte at a time, or a body nobody reads after an early answer, was held forever), at most
+``max_header_bytes`` of them; a body must arrive within ``body_timeout`` and is counted while it
+streams, refused with 413 as soon as it passes ``MAX_BODY`` (a Content-Length over it at once); at
+most ``max_connections`` connections are open: one more evicts the connection that has waited
+longest for its request head, or is refused with 503 when every connection is serving a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,6 +73,22 @@ _PAGE_HEADERS = {
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
 }
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may take of the agent's HTTP server (see the module doc)."""
+
+    header_timeout: float = 10.0  # seconds for a request head, from connect or the previous response
+    body_timeout: float = 10.0  # seconds for a whole request body (at most MAX_BODY bytes)
+    keep_alive: int = 5  # seconds an idle connection stays open between requests
+    max_connections: int = 64
+    max_header_bytes: int = 16 * 1024
+
+
+LIMITS = Limits()
+# Answers after which the request's unread rest must not be read: the connection closes.
+_CLOSING = {408, 413}
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -123,11 +150,29 @@ class Guard:
 
 
 # ----- request parsing ----------------------------------------------------------------------------
+async def read_body(request: Request, limit: int = MAX_BODY, timeout: float = LIMITS.body_timeout) -> bytes:
+    """The request body, counted while it arrives: 413 as soon as it passes ``limit`` bytes (a declared
+    Content-Length over it before reading any), 408 when it takes longer than ``timeout``."""
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise AgentError(413, "too_large", f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise AgentError(413, "too_large", f"request body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise AgentError(408, "timeout", f"the request body did not arrive within {timeout:g} s") from None
+    return b"".join(chunks)
+
+
 async def _body(request: Request) -> dict[str, Any]:
     """The JSON object in the request body; an empty body is ``{}``."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise AgentError(413, "too_large", f"request body over {MAX_BODY} bytes")
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:
@@ -175,7 +220,8 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
             try:
                 result = await fn(request)
             except AgentError as exc:
-                return error(exc.status, exc.code, exc.message)
+                return error(exc.status, exc.code, exc.message,
+                             {"Connection": "close"} if exc.status in _CLOSING else None)
             return result if isinstance(result, Response) else ok(result)
 
         return endpoint
@@ -276,7 +322,10 @@ def serve(install_dir: Path, host: str = "127.0.0.1", port: int = 8004, *, debug
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}, not only on this machine's loopback", file=sys.stderr, flush=True)
     service.start()
-    config = uvicorn.Config(app, log_config=None, access_log=debug, lifespan="off", server_header=False)
+    config = uvicorn.Config(
+        app, log_config=None, access_log=debug, lifespan="off", server_header=False, http=guarded_protocol(LIMITS),
+        timeout_keep_alive=LIMITS.keep_alive, h11_max_incomplete_event_size=LIMITS.max_header_bytes,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     print(f"serving http://{shown}:{port}/", flush=True)
     try:
@@ -284,6 +333,75 @@ def serve(install_dir: Path, host: str = "127.0.0.1", port: int = 8004, *, debug
     finally:
         service.stop()
         log.info("agent stopped")
+
+
+def guarded_protocol(limits: Limits) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with a request-head deadline and a connection limit (see the module
+    doc); imported here, where uvicorn is needed anyway, so the routes import without it."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _waiting_since = 0.0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm_head_timer()
+            if len(self.connections) > limits.max_connections:
+                waiting = [c for c in self.connections
+                           if isinstance(c, GuardedH11Protocol) and c is not self and c._waiting_for_head()]
+                if waiting:
+                    min(waiting, key=lambda c: c._waiting_since)._drop(408, "Request Timeout")
+                else:
+                    self._drop(503, "Service Unavailable")
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._waiting_for_head():
+                self._cancel_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _waiting_for_head(self) -> bool:
+            """No request is being served: the connection is idle, or sending a head (or the unread
+            rest of a body after an early answer), which must end within the deadline."""
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._waiting_since = self.loop.time()
+            self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timeout)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self._waiting_for_head():
+                self._drop(408, "Request Timeout")
+
+        def _drop(self, status: int, reason: str) -> None:
+            """Answer ``status`` outside h11's state machine (no request may have been read) and close."""
+            self._cancel_head_timer()
+            if self.transport.is_closing():
+                return
+            body = json.dumps({"error": {"code": "timeout" if status == 408 else "busy", "message": reason}})
+            self.transport.write(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}".encode()
+            )
+            self.transport.close()
+
+    return GuardedH11Protocol
 
 
 def _listen(host: str, port: int) -> socket.socket:

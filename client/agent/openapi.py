@@ -159,13 +159,15 @@ def document() -> dict[str, Any]:
             "operationId": "analytics",
             "responses": {"200": _json(_ref("Analytics"), "Analytics"), **_errors()}}},
         "/api/health": {"get": {
-            "summary": "The agent is up; the last health check of the running version",
+            "summary": "The agent is up; its update loop (degraded while it fails, with the error and since "
+                       "when); the last health check of the running version (unhealthy when it failed)",
             "operationId": "health",
-            "responses": {"200": _json({"type": "object", "required": ["status", "agent"],
-                                        "properties": {"status": {"type": "string", "enum": ["ok", "unhealthy"]},
+            "responses": {"200": _json({"type": "object", "required": ["status", "agent", "loop"],
+                                        "properties": {"status": {"type": "string",
+                                                                  "enum": ["ok", "degraded", "unhealthy"]},
                                                        "agent": _OBJECT,
                                                        "app": {**_OBJECT, "nullable": True},
-                                                       "loop": _OBJECT}}, "Health"), **_errors()}}},
+                                                       "loop": _ref("Loop")}}, "Health"), **_errors()}}},
     }
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -197,7 +199,20 @@ def document() -> dict[str, Any]:
                        "busy": {"type": "boolean"},
                        "health": {**_OBJECT, "nullable": True},
                        "rollout": {"type": "object", "properties": {"position": _NSTR, "group": _NSTR}},
-                       "loop": _OBJECT, "settings": _OBJECT, "notifications": _OBJECT}},
+                       "loop": _ref("Loop"), "settings": _OBJECT, "notifications": _OBJECT}},
+        "Loop": {"type": "object",
+                 "required": ["state", "error", "since", "failures", "retry_in_seconds", "restarts"],
+                 "properties": {
+                     "state": {"type": "string", "enum": ["running", "failing"],
+                               "description": "failing: the last round failed and is retried with backoff"},
+                     "error": {**_NSTR, "description": "why the last round failed (one line)"},
+                     "since": {**_NSTR, "description": "when the current run of failures began"},
+                     "failures": {"type": "integer", "description": "failed rounds in a row"},
+                     "retry_in_seconds": {"type": "number", "nullable": True,
+                                          "description": "backoff before the next attempt: 1 s doubling to 300 s"},
+                     "last_failure": _NSTR, "last_ok": _NSTR,
+                     "restarts": {"type": "integer", "description": "times the loop thread had to be restarted"},
+                     "last_round": _NSTR, "last_result": _NSTR, "next_round": _NSTR}},
         "Analytics": {"type": "object", "required": [
             "total_updates", "successful_updates", "failed_updates", "average_install_time",
             "most_common_failure", "last_update_date", "rollbacks", "bytes_downloaded", "bytes_saved"],

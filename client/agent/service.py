@@ -53,11 +53,17 @@ from pinnacle_updates.client import (
 from pinnacle_updates.client.agent import analytics
 from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, now, outcome
 from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, parse_version
+from pinnacle_updates.formats.redact import redact_text, redact_url
 
 log = logging.getLogger("pinnacle.agent")
 
 MANUAL_ROLLBACK_REASON = f"{analytics.MANUAL_ROLLBACK_PREFIX} via the agent API"
 LOG_FILE = Path("logs") / "auto_updater.log"
+# A failed loop round is retried after 1 s, doubling to 5 min; a good round resets it.
+LOOP_BACKOFF_FIRST = 1.0
+LOOP_BACKOFF_MAX = 300.0
+# The longest wait between rounds the loop accepts (a year): beyond, threading's timer overflows.
+LOOP_DELAY_MAX = 366 * 86400.0
 
 # Share of the progress bar each install step reaches (the download fills 0-80 %).
 _STEP_PERCENT = {
@@ -224,7 +230,12 @@ class AgentService:
         self._available: dict[str, Any] | None = None
         self._releases: list[Release] = []
         self._health: dict[str, Any] | None = None
-        self._loop_info: dict[str, Any] = {"last_round": None, "last_result": None, "next_round": None}
+        self._loop_info: dict[str, Any] = {
+            "state": "running", "error": None, "since": None, "failures": 0, "retry_in_seconds": None,
+            "last_failure": None, "last_ok": None, "restarts": 0,
+            "last_round": None, "last_result": None, "next_round": None,
+        }  # fmt: skip
+        self._supervise_lock = threading.Lock()
         self._started = time.monotonic()
         self._started_at = now()
         self._thread: threading.Thread | None = None
@@ -235,8 +246,22 @@ class AgentService:
         """Recover what a previous run left half done, then start the continuous update loop (a
         daemon thread). Called before the server answers, so no request races the recovery."""
         self._recover()
-        self._thread = threading.Thread(target=self._loop, name="pinnacle-loop", daemon=True)
+        self._start_loop()
+
+    def _start_loop(self) -> None:
+        self._thread = threading.Thread(target=self._loop_thread, name="pinnacle-loop", daemon=True)
         self._thread.start()
+
+    def ensure_loop(self) -> None:
+        """Restart the loop thread if it ended while the agent runs (it catches every ``Exception``
+        itself; this covers what it cannot, so the loop never stays dead behind an ``ok``)."""
+        with self._supervise_lock:
+            if self._thread is None or self._thread.is_alive() or self._stop.is_set():
+                return
+            with self._state_lock:
+                self._loop_info["restarts"] += 1
+            log.error("update loop: the thread had ended; restarted")
+            self._start_loop()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -245,28 +270,77 @@ class AgentService:
             self._thread.join(timeout)
         self.notifier.close(timeout=2.0)
 
+    def _loop_thread(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # not an Exception (those are handled per round): record why it ended
+            self._loop_failed(exc, 0.0)
+            raise
+
     def _loop(self) -> None:
+        """Rounds until stopped. A round that fails in any way (a config that does not load, a value
+        that overflows a timer, a bug) is logged with its cause, shown as ``degraded`` in
+        ``/api/health``, and retried after a backoff (``LOOP_BACKOFF_FIRST`` doubling to
+        ``LOOP_BACKOFF_MAX``; a config change through the API retries at once); a good round
+        clears it."""
         first = True
+        backoff = 0.0
         while not self._stop.is_set():
             try:
-                cfg = self.updater.settings()
-                interval = float(cfg.integer("check_interval"))
-                enabled = cfg.flag("enabled")
-            except UpdateError as exc:
-                log.error("update loop: %s", exc)
-                interval, enabled = 60.0, False
-            # The first round comes soon after start, jittered over a tenth of the interval.
-            delay = self._rng.uniform(0, min(interval, 600) / 10) if first else jittered_interval(interval, self._rng)
+                self._one_round(first)
+            except Exception as exc:
+                backoff = min(max(backoff * 2, LOOP_BACKOFF_FIRST), LOOP_BACKOFF_MAX)
+                self._loop_failed(exc, backoff)
+                if self._wake.wait(backoff):
+                    self._wake.clear()
+                first = True  # once the cause is fixed, the good round comes soon, not an interval later
+                continue
             first = False
-            with self._state_lock:
-                self._loop_info["next_round"] = _iso_in(delay)
-            if self._wake.wait(delay):
-                self._wake.clear()
-            if self._stop.is_set():
-                return
-            if enabled:
-                self.run_round()
-            self._record_health()
+            if not self._stop.is_set():
+                backoff = 0.0
+                self._loop_ok()
+
+    def _one_round(self, first: bool) -> None:
+        """Wait for the next round, then run it; raises whatever stopped it (``_loop`` handles it)."""
+        cfg = self.updater.settings()  # a config that does not load fails the round (ConfigError)
+        interval = float(cfg.integer("check_interval"))
+        enabled = cfg.flag("enabled")
+        delay = jittered_interval(interval, self._rng)
+        if not 0 <= delay <= LOOP_DELAY_MAX:  # also NaN; a wait this long overflows threading's timer
+            raise ConfigError(f"check_interval {cfg['check_interval']!r} is out of range: "
+                              f"allowed is 1..{LOOP_DELAY_MAX:.0f} seconds")
+        if first:  # the first round (and a retry) comes soon, jittered over a tenth of the interval
+            delay = self._rng.uniform(0, min(interval, 600) / 10)
+        with self._state_lock:
+            self._loop_info["next_round"] = _iso_in(delay)
+        if self._wake.wait(delay):
+            self._wake.clear()
+        if self._stop.is_set():
+            return
+        if enabled:
+            self.run_round()
+        self._record_health()
+
+    def _loop_failed(self, exc: BaseException, backoff: float) -> None:
+        cause = _cause(exc)
+        with self._state_lock:
+            info = self._loop_info
+            info["failures"] += 1
+            if info["state"] != "failing":
+                info["since"] = now()
+            info.update(state="failing", error=cause, last_failure=now(),
+                        retry_in_seconds=backoff, next_round=_iso_in(backoff))
+            failures = info["failures"]
+        log.error("update loop failed (%d in a row; retrying in %.0f s): %s", failures, backoff, cause)
+        log.debug("update loop failure", exc_info=exc)
+
+    def _loop_ok(self) -> None:
+        with self._state_lock:
+            info = self._loop_info
+            was = info["error"] if info["state"] == "failing" else None
+            info.update(state="running", error=None, since=None, failures=0, retry_in_seconds=None, last_ok=now())
+        if was is not None:
+            log.warning("update loop recovered (it had failed: %s)", was)
 
     def _recover(self) -> None:
         """Finish whatever a previous run left half done (an agent stopped mid-install), before the
@@ -290,6 +364,8 @@ class AgentService:
         try:
             try:
                 found = self._check_and_list()
+            except ConfigError:
+                raise  # not a passing failure of the repository: the loop cannot work (degraded)
             except UpdateError as exc:
                 return self._loop_result(f"check failed: {exc}")
             if found.auto_release is None:
@@ -311,6 +387,8 @@ class AgentService:
             if self.updater.status()["version"] is None:
                 return
             result = self.updater.health_check()
+        except ConfigError:
+            raise  # a health check that cannot run is the loop failing (degraded), not a quiet skip
         except UpdateError as exc:
             log.debug("health check not run: %s", exc)
             return
@@ -491,10 +569,13 @@ class AgentService:
 
     # -- read-only views --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        self.ensure_loop()
         try:
             installed: dict[str, Any] = self.updater.status()
         except UpdateError as exc:
             installed = {"version": None, "error": str(exc)}
+        if isinstance(installed.get("repo_url"), str):  # unauthenticated: never a credential
+            installed["repo_url"] = redact_url(installed["repo_url"])
         with self._state_lock:
             check = dict(self._available) if self._available else None
             health = dict(self._health) if self._health else None
@@ -561,20 +642,32 @@ class AgentService:
             raise AgentError(422, "invalid_config", str(exc)) from None
         log.info("config changed: %s", ", ".join(sorted(changes)))
         self.wake()  # the loop picks up a new interval or channel at once
-        return {"changed": sorted(changes), "config": {k: cfg[k] for k in changes}}
+        shown = {k: redact_url(v) if isinstance(v, str) else v for k, v in ((k, cfg[k]) for k in changes)}
+        return {"changed": sorted(changes), "config": shown}
 
     def health(self) -> dict[str, Any]:
+        """``ok``; ``degraded`` while the update loop fails (``loop.error`` says why, ``loop.since``
+        since when) or is not running; ``unhealthy`` when the running version's last health
+        check failed (that outranks the loop)."""
+        self.ensure_loop()
+        alive = self._thread is not None and self._thread.is_alive()
         with self._state_lock:
             app = dict(self._health) if self._health else None
             loop = dict(self._loop_info)
+        if app is not None and not app.get("healthy"):
+            status = "unhealthy"
+        elif loop["state"] == "failing" or not alive:
+            status = "degraded"
+        else:
+            status = "ok"
         return {
-            "status": "ok" if app is None or app.get("healthy") else "unhealthy",
+            "status": status,
             "agent": {
                 "version": _package_version(),
                 "pid": os.getpid(),
                 "started": self._started_at,
                 "uptime_seconds": round(time.monotonic() - self._started, 1),
-                "loop_alive": self._thread is not None and self._thread.is_alive(),
+                "loop_alive": alive,
             },
             "app": app,
             "loop": loop,
@@ -583,19 +676,30 @@ class AgentService:
 
 # ----- logging ----------------------------------------------------------------------------------
 class RedactFilter(logging.Filter):
-    """Replaces the current ``secret()`` in every record (defence in depth: the token is never logged on purpose)."""
+    """Removes secrets from every record: the current ``secret()`` (the token is never logged on purpose:
+    defence in depth) and credentials in URLs (``formats.redact``), in the message and in a traceback."""
 
     def __init__(self, secret: Callable[[], str]) -> None:
         super().__init__()
         self.secret = secret
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def _clean(self, text: str) -> str:
         secret = self.secret()
-        if secret:
-            message = record.getMessage()
-            if secret in message:
-                record.msg = message.replace(secret, "[redacted]")
-                record.args = None
+        if secret and secret in text:
+            text = text.replace(secret, "[redacted]")
+        return redact_text(text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self._clean(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            # Formatted here so the formatter prints the cleaned text (it reuses ``exc_text``).
+            record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
         return True
 
 
@@ -624,6 +728,13 @@ def configure_logging(install_dir: Path, *, debug: bool, secret: Callable[[], st
 
 
 # ----- helpers ----------------------------------------------------------------------------------
+def _cause(exc: BaseException) -> str:
+    """One line saying why: the message of an error the client raised on purpose, the type and
+    message of anything else (credentials redacted)."""
+    text = str(exc) if isinstance(exc, UpdateError) else f"{type(exc).__name__}: {exc}"
+    return redact_text(" ".join(text.split()) or type(exc).__name__)
+
+
 def _iso_in(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
 

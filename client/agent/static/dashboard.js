@@ -120,6 +120,11 @@ function renderStatus(s) {
        (settings.enabled ? "on, every " + secs(settings.check_interval) : "off"));
   text("loop-next", settings.enabled ? when(s.loop.next_round) : "–");
   text("loop-last", s.loop.last_result ? when(s.loop.last_round) + ": " + s.loop.last_result : "–");
+  // A failing loop is shown with its cause: it is retried with backoff, and fixed by fixing the cause.
+  const failing = s.loop.state === "failing";
+  text("loop-state", failing ? "FAILING since " + when(s.loop.since) + " (" + s.loop.failures + " in a row, retry in " +
+       secs(s.loop.retry_in_seconds) + "): " + s.loop.error : "running");
+  $("loop-state").className = failing ? "bad-text" : "";
 
   const h = s.health;
   $("health-state").textContent = h ? (h.healthy ? "healthy" : "UNHEALTHY") : "no result yet";
@@ -350,6 +355,7 @@ async function loadHealth() {
     const pill = $("agent-health");
     pill.textContent = "agent " + h.status;
     pill.className = "pill " + (h.status === "ok" ? "ok" : "bad");
+    pill.title = h.loop && h.loop.error ? "update loop failing: " + h.loop.error : "";
   } catch (e) {
     $("agent-health").textContent = "agent unreachable";
     $("agent-health").className = "pill bad";

@@ -1,0 +1,71 @@
+"""Credentials out of anything shown: URLs with ``user:password@``, token query parameters, signed-URL
+signatures, and free text (error messages, log lines) that carries such URLs.
+
+Repository, health and webhook URLs may carry credentials (``https://user:secret@host/``, a CDN's
+``?token=...``, an S3 pre-signed ``X-Amz-Signature``). The install needs them as they are; every
+*display* of them (status, logs, history, errors, the dashboard) goes through this module, so there is
+one rule for what counts as a secret. Pure text work: nothing here parses strictly or raises, since it
+runs on messages about malformed URLs too.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+
+# Query/fragment parameter names whose values are secrets: matched as lowercase substrings, so
+# ``access_token``, ``X-Amz-Security-Token``, ``X-Goog-Signature``, ``AWSAccessKeyId``, Azure's ``sig``
+# and ``api_key`` are all covered.
+_SECRET_PARTS = ("token", "secret", "sig", "passw", "pwd", "key", "auth", "credential", "session")
+# A URL in free text: a scheme, ``://``, then everything up to white space or a quote/bracket that
+# usually ends a quoted URL in a message.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_URL_PARTS = re.compile(r"(?s)(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*:)?//(?P<authority>[^/?#]*)(?P<rest>.*)")
+
+
+def secret_name(name: str) -> bool:
+    """Whether a query parameter called ``name`` carries a secret value."""
+    lowered = name.lower()
+    return any(part in lowered for part in _SECRET_PARTS)
+
+
+def _params(text: str) -> str:
+    """``a=1&token=x`` -> ``a=1&token=***`` (order, separators and other values kept byte for byte)."""
+    out = []
+    for item in re.split(r"([&;])", text):
+        name, eq, value = item.partition("=")
+        out.append(f"{name}={MASK}" if eq and value and secret_name(name) else item)
+    return "".join(out)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (or a lone user name, often a token), secret query and fragment
+    parameters replaced by ``***``; everything else as given. Never raises."""
+    m = _URL_PARTS.match(url)
+    if m is None:  # a local path, or not a URL at all: nothing to find
+        return url
+    authority = m["authority"]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        userinfo = f"{user}:{MASK}" if colon else MASK
+        authority = f"{userinfo}@{hostport}"
+    return f"{m['scheme'] or ''}//{authority}{_params_after(m['rest'])}"
+
+
+def _params_after(rest: str) -> str:
+    """Redact the query and fragment parameters of a URL's path part."""
+    path, hash_, fragment = rest.partition("#")
+    path, question, query = path.partition("?")
+    return path + question + _params(query) + hash_ + _params(fragment)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted (:func:`redact_url`)."""
+    if "://" not in text:  # the common case: a message without a URL costs one scan
+        return text
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+__all__ = ["MASK", "redact_text", "redact_url", "secret_name"]
