@@ -35,6 +35,7 @@ from pinnacle_updates.formats.index import (
     check_channel,
     check_platform,
 )
+from pinnacle_updates.formats.redact import redact_text
 
 Value = str | int | float | bool | list[str]
 
@@ -449,12 +450,9 @@ def shown(value: Any, limit: int = 120) -> str:
     """``value`` for an error message: one line (``repr`` escapes control characters), a URL's
     password replaced by ``***``, cut at ``limit`` characters."""
     if isinstance(value, str):
-        value = _URL_PASSWORD_RE.sub(r"\1***@", value)
+        value = redact_text(value)
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
-
-
-_URL_PASSWORD_RE = re.compile(r"(://[^/@:\s]*:)[^/\s]*@")
 
 
 def _type_name(spec: Key) -> str:
