@@ -7,11 +7,18 @@ they occur (``raise ... from exc``), never leaked raw.
 
 from __future__ import annotations
 
+from pinnacle_updates.formats.redact import redact_text
+
 
 class UpdateError(Exception):
     """Root of every error the client raises on purpose."""
 
     exit_code = 1
+
+    def __init__(self, *args: object) -> None:
+        # Messages name URLs (repository, health, webhook) that may carry credentials: they are
+        # redacted here, once, for every surface an error reaches (CLI, agent, history, logs).
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(UpdateError):

@@ -14,11 +14,24 @@ from typing import Any
 
 from pinnacle_updates.client.errors import StateError
 from pinnacle_updates.client.slots import BadVersion, now
+from pinnacle_updates.formats.redact import redact_text
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with credentials in every URL inside its strings redacted (the history is shown by
+    ``history``, the agent's API and dashboard, analytics and notifications)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def append(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Append ``record`` (with a ``ts`` added when missing) durably; return what was written."""
-    rec = {"ts": now(), **record}
+    rec: dict[str, Any] = _redacted({"ts": now(), **record})
     line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -31,6 +31,7 @@ import httpx
 from tuf.api.exceptions import DownloadError
 
 from pinnacle_updates.client.transport import verify_context
+from pinnacle_updates.formats.redact import redact_text
 
 HIDDEN_FROM_HOOKS = frozenset({"PINNACLE_SMTP_PASSWORD"})
 
@@ -103,7 +104,8 @@ class CommandResult:
 def _one_line(text: str) -> str:
     """``text`` for a one-line message: whitespace runs collapsed, other control characters escaped
     (a multi-line command or a NUL must not break the line, nor reach a terminal raw)."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in " ".join(text.split()))
+    text = redact_text(" ".join(text.split()))  # a command or its output may name a URL with credentials
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: Path | None = None) -> CommandResult:
@@ -121,7 +123,7 @@ def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: 
         with contextlib.suppress(OSError):
             offset = out.tell()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            out.write(f"--- {stamp} {name} v{ctx.version} slot {ctx.slot}: {command}\n".encode())
+            out.write(f"--- {stamp} {name} v{ctx.version} slot {ctx.slot}: {_one_line(command)}\n".encode())
             out.flush()
             offset = out.tell()
         try:
@@ -208,7 +210,13 @@ class HealthResult:
 
 
 def probe_url(url: str, timeout: float) -> tuple[bool, str, float]:
-    """One GET: (2xx?, reason, latency in ms)."""
+    """One GET: (2xx?, reason, latency in ms). The reason reaches status, history and notifications:
+    credentials in the URL (here or in an httpx message) are redacted."""
+    healthy, reason, ms = _probe(url, timeout)
+    return healthy, redact_text(reason), ms
+
+
+def _probe(url: str, timeout: float) -> tuple[bool, str, float]:
     start = time.monotonic()
     try:  # no redirect followed and no proxy: a plain http probe loads no CA bundle (verify_context)
         verify = verify_context(url)
