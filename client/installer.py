@@ -45,6 +45,7 @@ from pinnacle_updates.client.staging import Stager, StageRequest
 from pinnacle_updates.client.trust import RepositoryClient
 from pinnacle_updates.formats.fleet import switch_channel_plan
 from pinnacle_updates.formats.index import Release
+from pinnacle_updates.formats.redact import redact_url
 
 __all__ = ["Installer"]
 
@@ -101,7 +102,7 @@ class Installer:
             "current_slot": linked,
             "needs_recovery": not s.resting or linked != s.link_target(),
             "fleet": fleet_state.summary(self.layout.root),
-            "repo_url": cfg.text("repo_url"),
+            "repo_url": redact_url(cfg.text("repo_url")),  # status is shown and served: no credentials
             "client_id": cfg.text("client_id"),
             "install_dir": str(self.layout.root),
             "updated": s.updated,
