@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from pinnacle_updates.formats.cliutil import Failure, emit, error_group
+from pinnacle_updates.formats.redact import redact_text, redact_url
 
 from . import config as config_mod
 from .agent import notify
@@ -91,7 +92,7 @@ def init_cmd(updater: AutoUpdater, repo_url: str, root_json: Path, channel: str,
              as_json: bool) -> None:
     """Create the install directory: config.toml, trusted root, slots, state."""
     cfg = updater.init(repo_url, root_json, channel, platform)
-    data = {"install_dir": str(updater.install_dir), "repo_url": cfg.text("repo_url"),
+    data = {"install_dir": str(updater.install_dir), "repo_url": redact_url(cfg.text("repo_url")),
             "channel": cfg.text("channel"), "platform": cfg.text("platform"), "client_id": cfg.text("client_id")}
     emit(as_json, data, f"initialised {updater.install_dir} ({cfg.text('channel')}, {cfg.text('platform')})")
 
@@ -290,7 +291,7 @@ def config_group() -> None:
 def config_set(updater: AutoUpdater, key: str, value: str) -> None:
     """Validate and store one setting (lists: space- or comma-separated)."""
     stored = updater.set_setting(key, value)
-    click.echo(f"{key} = {stored!r}")
+    click.echo(f"{key} = {_shown(stored)!r}")
 
 
 @config_group.command("show")
@@ -299,8 +300,13 @@ def config_set(updater: AutoUpdater, key: str, value: str) -> None:
 def config_show(updater: AutoUpdater, as_json: bool) -> None:
     """Print every setting."""
     cfg = updater.settings()
-    data = {key: cfg[key] for key in config_mod.KEYS}
+    data = {key: _shown(cfg[key]) for key in config_mod.KEYS}
     emit(as_json, data, "\n".join(f"{k} = {v!r}" for k, v in data.items()))
+
+
+def _shown(value: Any) -> Any:
+    """A setting as printed: credentials in a URL redacted (the file itself keeps them)."""
+    return redact_text(value) if isinstance(value, str) else value
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
