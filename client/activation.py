@@ -72,13 +72,25 @@ class Activation(Part):
                         failure = f"health check failed: {health.reason}"
         except (UpdateError, OSError) as exc:
             failure = one_line(exc)
+        except Exception as exc:  # defence in depth: whatever a check missed still rolls back
+            failure = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+        if not failure:
+            try:
+                s = site.save(sm.commit(s))
+            except StateError as exc:
+                failure = f"cannot commit: {exc}"
         if failure:
-            back = self.rollback(cfg, s, failure, mark_bad=True)
+            try:
+                back = self.rollback(cfg, s, failure, mark_bad=True)
+            except Exception as exc:  # the saved TRIAL/ROLLING_BACK lets recover finish it
+                raise StateError(
+                    f"{op.version} failed after the swap ({failure}) and the rollback did not finish "
+                    f"({type(exc).__name__}: {one_line(exc)}); run `pinnacle-update recover` to finish it"
+                ) from exc
             where = (
                 f"rolled back to {back.version}" if back.version else "nothing to roll back to; no version is active"
             )
             raise HealthCheckError(f"{op.version} failed after the swap ({failure}); {where}")
-        s = site.save(sm.commit(s))
         other = s.other_content
         if other is not None and other.version == op.version:
             # A repair leaves the damaged copy of the same version behind: never roll back onto it.
@@ -149,15 +161,11 @@ class Activation(Part):
             previous_slot=op.leaving,
             extra_env={"PINNACLE_FAILED_VERSION": leaving},
         )
-        stop = site.hook("stop_command", cfg, ctx)
-        if not stop.ok:
-            notes.append(stop.describe())
+        self._noted_hook("stop_command", cfg, ctx, notes)
         site.emit("step", step="swap_back", slot=op.slot, version=op.version)
         self.layout.point_current(op.slot)
         for name in ("on_rollback", "start_command") if op.slot is not None else ("on_rollback",):
-            result = site.hook(name, cfg, ctx)
-            if not result.ok:
-                notes.append(result.describe())
+            self._noted_hook(name, cfg, ctx, notes)
         s = site.save(sm.finish_rollback(s))
         duration = time.monotonic() - started
         record: dict[str, Any] = {
@@ -176,6 +184,16 @@ class Activation(Part):
         site.record(record)
         site.emit("step", step="rolled_back", version=op.version, slot=op.slot, reason=op.reason)
         return RollbackResult(op.version, op.slot, op.leaving_version, op.leaving, op.reason, duration, tuple(notes))
+
+    def _noted_hook(self, name: str, cfg: ClientConfig, ctx: HookContext, notes: list[str]) -> None:
+        """Run hook ``name`` for a rollback; any failure, even an unexpected exception, is a note."""
+        try:
+            result = self.site.hook(name, cfg, ctx)
+        except Exception as exc:  # going back must not get stuck on a hook
+            notes.append(f"{name} could not run ({type(exc).__name__}: {one_line(exc)})")
+            return
+        if not result.ok:
+            notes.append(result.describe())
 
 
 def rollback_target(s: SlotState, cfg: ClientConfig) -> RollbackTarget | None:

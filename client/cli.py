@@ -179,6 +179,7 @@ def status_cmd(updater: AutoUpdater, as_json: bool) -> None:
     human = (f"{s['version'] or 'nothing installed'} in slot {s['slot'] or '-'} ({s['channel']}, {s['state']})"
              + (f"; previous {s['previous_version']} in slot {s['previous_slot']}" if s["previous_version"] else "")
              + ("; NEEDS RECOVERY (run 'recover')" if s["needs_recovery"] else "")
+             + (f"; CONFIG INVALID: {s['config_problems'][0]}" if s["config_problems"] else "")
              + "".join(f"; A/B {v}: {g} group" for v, g in (s["fleet"]["groups"] or {}).items())
              + (f"; {s['last_error']}" if s["last_error"].startswith("yanked") else "")
              + (f"; {s['fleet']['clock_note']}" if s["fleet"]["clock_note"] else ""))

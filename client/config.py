@@ -560,7 +560,7 @@ def set_value(install_dir: Path, key: str, value_text: str) -> Value:
     """Change one key safely: parse and validate the value, then rewrite the config atomically."""
     if key == "client_id":
         raise ConfigError("config key 'client_id' is created by init and cannot be changed")
-    load(install_dir)  # a broken config is reported as such, before the value
+    _read(Path(install_dir))  # a missing or unreadable config is reported as such, before the value
     value = parse_value(key, value_text)
     update_values(install_dir, {key: value})
     return value
@@ -569,13 +569,14 @@ def set_value(install_dir: Path, key: str, value_text: str) -> Value:
 def update_values(install_dir: Path, changes: Mapping[str, Any]) -> ClientConfig:
     """Change several keys at once (values already typed, e.g. from JSON): all are validated
     together and written in one atomic rewrite, or ``ConfigError`` names the first bad one and
-    nothing changes."""
+    nothing changes. The file's other values are checked too, so a value broken by hand elsewhere
+    is named; changing that very key repairs it (the file is read as written, not validated first)."""
     if "client_id" in changes:
         raise ConfigError("config key 'client_id' is created by init and cannot be changed")
     unknown = sorted(set(changes) - set(KEYS))
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r} (known keys: {', '.join(KEYS)})")
-    values: dict[str, Any] = dict(load(install_dir).values)
+    values: dict[str, Any] = _read(Path(install_dir))
     for key, value in changes.items():
         if key == "persistent_paths" and isinstance(value, list):
             value = [p.rstrip("/") if isinstance(p, str) else p for p in value]

@@ -79,8 +79,15 @@ class Installer:
     # -- read-only ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The state for people and machines (``version``, ``slot``, ``channel``, ``state``, ...).
-        Raises ``StateError`` for a corrupt state file (``recover`` rebuilds it)."""
-        cfg = self.config()
+        Raises ``StateError`` for a corrupt state file (``recover`` rebuilds it). A config.toml
+        that fails its checks is reported in ``config_problems`` (the usable values shown), not raised."""
+        config_problems: list[str] = []
+        try:
+            cfg = self.config()
+        except ConfigError:
+            if not self.layout.config.exists():
+                raise
+            cfg, config_problems = config_mod.load_for_recovery(self.layout.root)
         s = self.site.load()
         other = s.other_content
         linked = self.layout.linked_slot()
@@ -106,6 +113,7 @@ class Installer:
             "client_id": cfg.text("client_id"),
             "install_dir": str(self.layout.root),
             "updated": s.updated,
+            "config_problems": config_problems,
         }
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:

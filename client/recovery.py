@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import history as history_mod
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.activation import Activation
@@ -50,7 +51,8 @@ class Recovery(Part):
             trash = self.layout.slots_dir / f".trash-{name}"
             if trash.exists():
                 shutil.rmtree(trash, ignore_errors=True)
-        cfg = site.config()
+        # whatever config.toml says now: an interrupted trial or rollback must still be finished
+        cfg, config_problems = config_mod.load_for_recovery(self.layout.root)
         s = self.load_or_rebuild(actions)
 
         if s.state is State.DOWNLOADING:
@@ -62,7 +64,7 @@ class Recovery(Part):
             s = site.save(sm.abort(s, f"interrupted while {s.state.value}"))
             actions.append(f"discarded the partly staged slot {s.next_slot}")
         elif s.state is State.TRIAL:
-            s, action = self._resume_trial(cfg, s)
+            s, action = self._resume_trial(cfg, s, config_problems)
             actions.append(action)
         elif s.state is State.ROLLING_BACK:
             op = s.op
@@ -79,15 +81,21 @@ class Recovery(Part):
                 site.emit("recovery", action=a)
         return RecoveryReport(tuple(actions), s.state.value, s.active_version, s.active)
 
-    def _resume_trial(self, cfg: ClientConfig, s: SlotState) -> tuple[SlotState, str]:
+    def _resume_trial(self, cfg: ClientConfig, s: SlotState, config_problems: list[str]) -> tuple[SlotState, str]:
         """A trial that was never committed: its slot was verified before TRIAL was saved, so the
-        trial resumes from the swap (hooks are idempotent) and commits or rolls back."""
+        trial resumes from the swap (hooks are idempotent) and commits or rolls back. With a config
+        that cannot be used as it is, the new version cannot be judged: it is rolled back (not
+        marked bad: nothing was found wrong with it), the hooks run with the usable values."""
         op = s.op
         assert op is not None and op.slot is not None
         slot_ok = self.layout.slot(op.slot).is_dir()
         if not slot_ok:
             self.activation.rollback(cfg, s, f"slot {op.slot} of the interrupted trial is missing", mark_bad=False)
             return self.site.load(), f"rolled back an interrupted trial of {op.version}: its slot is missing"
+        if config_problems:
+            why = f"the config cannot be used to health-check it ({config_problems[0]})"
+            self.activation.rollback(cfg, s, why, mark_bad=False)
+            return self.site.load(), f"rolled back the interrupted trial of {op.version}: {why}"
         try:
             self.activation.activate(cfg, s, time.monotonic(), 0, None)
         except HealthCheckError as exc:
@@ -156,7 +164,7 @@ class Recovery(Part):
         """Reconstruct the state from the slots: each slot is hashed against the cached manifests;
         ``current`` names the active slot; bad versions come from the history log. The damaged
         state file is kept as ``state.json.corrupt``. Never writes a slot."""
-        cfg = self.site.config()
+        cfg, _problems = config_mod.load_for_recovery(self.layout.root)
         manifests = self._cached_manifests()
         found: dict[str, SlotContent | None] = {}
         for name in sm.SLOT_NAMES:
