@@ -24,6 +24,7 @@ from pinnacle_updates.client.slots import SlotState
 from pinnacle_updates.client.staging import SPACE_SLACK
 from pinnacle_updates.client.trust import RepositoryClient
 from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats.redact import redact_url
 from pinnacle_updates.formats.tree import tree_size, verify_tree
 
 
@@ -163,7 +164,7 @@ class Doctor(Part):
                 DoctorCheck(
                     "repository",
                     True,
-                    f"{cfg.text('repo_url')} reachable; {n} release(s) for {cfg.text('platform')} "
+                    f"{redact_url(cfg.text('repo_url'))} reachable; {n} release(s) for {cfg.text('platform')} "
                     f"on {cfg.text('channel')}",
                 )
             )
