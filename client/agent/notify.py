@@ -47,6 +47,7 @@ from pinnacle_updates.client import (
     InstallRefused,
     UpdateError,
 )
+from pinnacle_updates.formats.redact import redact_text
 from pinnacle_updates.formats.rollout import format_time
 
 log = logging.getLogger("pinnacle.agent.notify")
@@ -282,7 +283,7 @@ class Notifier:
                 error = str(exc)
                 break
             except Exception as exc:  # network, SMTP and OS errors alike: retry
-                error = f"{type(exc).__name__}: {exc}"
+                error = redact_text(f"{type(exc).__name__}: {exc}")  # shown in the unauthenticated status
                 log.info("%s attempt %d failed: %s", channel, attempt, error)
                 if attempt < retries and self._stop.wait(min(self._backoff * 2 ** (attempt - 1), MAX_BACKOFF)):
                     break
