@@ -48,10 +48,13 @@ from typing import Any
 from packaging.version import Version
 
 from pinnacle_updates.client.errors import StateError
-from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats import boundedjson, fsutil
+from pinnacle_updates.formats.index import _sha256
 from pinnacle_updates.formats.rollout import format_time
 
 SCHEMA_VERSION = 1
+STATE_MAX = 1 << 20
+"""Bytes of ``state.json`` read at most (a real one is under 4 KiB, even with many bad versions)."""
 SLOT_NAMES = ("a", "b")
 
 
@@ -252,11 +255,9 @@ class SlotState:
     def from_bytes(cls, data: bytes) -> SlotState:
         """Parse and validate a state file; ``StateError`` naming what is wrong."""
         try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateError(f"not valid JSON ({exc})") from exc
-        if not isinstance(doc, dict):
-            raise StateError("not a JSON object")
+            doc = boundedjson.load_object(data, "state", max_bytes=STATE_MAX)
+        except boundedjson.FormatError as exc:
+            raise StateError(str(exc)) from exc
         if doc.get("schema") != SCHEMA_VERSION:
             raise StateError(f"unsupported state schema {doc.get('schema')!r} (this client reads {SCHEMA_VERSION})")
         try:
@@ -321,7 +322,7 @@ def _content(value: Any) -> SlotContent | None:
     entry = value.get("entry_point")
     return SlotContent(
         version=_version(value["version"]),
-        sha256=str(value["sha256"]),
+        sha256=_sha256(value, "sha256", "slot content"),  # it names files under manifests/: hex only
         installed=str(value.get("installed", "")),
         entry_point=None if entry is None else str(entry),
     )
@@ -344,11 +345,13 @@ def _operation(value: Any) -> Operation | None:
         v = value.get(key)
         return None if v is None else str(v)
 
+    sha256 = None if value.get("sha256") is None else _sha256(value, "sha256", "operation")
+
     return Operation(
         kind=str(value["kind"]),
         slot=_opt_slot(value.get("slot")),
         version=None if value.get("version") is None else _version(value["version"]),
-        sha256=opt("sha256"),
+        sha256=sha256,
         started=str(value["started"]),
         reason=str(value.get("reason", "")),
         leaving=_opt_slot(value.get("leaving")),
@@ -537,7 +540,7 @@ def save(path: Path, s: SlotState) -> None:
 def load(path: Path) -> SlotState:
     """Read the state file; ``StateError`` with a recovery hint when it is missing or unreadable."""
     try:
-        data = path.read_bytes()
+        data = fsutil.read_regular(path, STATE_MAX)  # one read of one inode: saves rename a whole new file in
     except FileNotFoundError:
         raise StateError(f"no state file at {path}; is this an initialised install directory?") from None
     except OSError as exc:

@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Protocol
 
 import pyzstd
 
+from .boundedjson import load_object
 from .delta_kinds import ContainerKind, OpKind
 from .index import (
     Digest,
@@ -48,7 +49,6 @@ from .index import (
     Manifest,
     ManifestEntry,
     _int,
-    _load_json,
     _str,
     canonical_json,
     parse_version,
@@ -344,7 +344,7 @@ class DeltaHeader:
         """Decompress (at most ``max_header`` bytes), parse and validate the stored header (shape,
         versions, digests, ops); data ops get consecutive offsets from 0."""
         try:
-            doc = _load_json(_decompress_header(data, max_header), "delta header")
+            doc = load_object(_decompress_header(data, max_header), "delta header", max_bytes=max_header)
         except FormatError as exc:
             raise DeltaFormatError(str(exc)) from None
         if doc.get("format") != DELTA_FORMAT:

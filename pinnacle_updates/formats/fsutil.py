@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -119,6 +120,66 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> int:
     return removed
 
 
+class NotRegularFile(OSError):
+    """A path that should hold a file we wrote holds a FIFO, device, socket, directory or symlink."""
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o644, *,
+                 follow: bool = False) -> int:
+    """Open ``path`` (``flags`` as for ``os.open``) only if it is a regular file, and return the fd.
+
+    ``O_NONBLOCK`` makes opening a planted FIFO return at once instead of waiting for a writer, and
+    ``fstat`` then refuses it (and devices, sockets, directories); without ``follow`` a symlink is
+    refused too (``O_NOFOLLOW``): the files pinnacle itself writes are never links. Raises
+    ``NotRegularFile`` (an ``OSError``) naming what is there."""
+    try:
+        fd = os.open(path, flags | _NONBLOCK | _CLOEXEC | (0 if follow else _NOFOLLOW), mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR) and os.path.lexists(path):
+            raise _not_regular(path, os.lstat(path).st_mode) from None  # say what is there, not the errno
+        raise
+    try:
+        st_mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(st_mode):
+            raise _not_regular(path, st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _not_regular(path: str | os.PathLike[str], st_mode: int) -> NotRegularFile:
+    kind = ("a FIFO" if stat.S_ISFIFO(st_mode) else "a symbolic link" if stat.S_ISLNK(st_mode)
+            else "a directory" if stat.S_ISDIR(st_mode) else "a socket" if stat.S_ISSOCK(st_mode)
+            else "a device" if stat.S_ISCHR(st_mode) or stat.S_ISBLK(st_mode) else "not a regular file")
+    return NotRegularFile(errno.EINVAL, f"{kind}, not a regular file" if kind[0] == "a" else kind, str(path))
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, *, follow: bool = False) -> bytes:
+    """The bytes of the regular file ``path`` (see ``open_regular``), at most ``limit`` of them:
+    a larger file raises ``OSError`` (``EFBIG``) without being read past the limit."""
+    fd = open_regular(path, follow=follow)
+    try:
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    if left <= 0:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return b"".join(chunks)
+
+
 class LockBusyError(OSError):
     """Another process holds the lock."""
 
@@ -130,7 +191,7 @@ def exclusive_lock(path: str | os.PathLike[str], wait: bool = False, record_pid:
     The kernel drops the lock when the holder dies, so a ``kill -9`` never leaves a stale lock.
     Raises ``LockBusyError`` at once when ``wait`` is false and another process holds it.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # a FIFO planted there must not hang or lock
     try:
         flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
         try:

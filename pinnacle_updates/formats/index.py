@@ -28,6 +28,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from .boundedjson import FormatError as FormatError
+from .boundedjson import load_object
 from .rollout import ABTest, Rollout, ScheduleError, Yank
 
 INDEX_FORMAT = 1
@@ -37,10 +39,6 @@ PLATFORM_ANY = "any"
 _PLATFORM_RE = re.compile(r"^(any|[a-z0-9]+-[a-z0-9_]+)$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class FormatError(ValueError):
-    """A document does not follow its format; the message names the field."""
 
 
 class UpdateType(StrEnum):
@@ -379,7 +377,7 @@ class ChannelIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChannelIndex:
-        doc = _load_json(data, "channel index")
+        doc = load_object(data, "channel index")
         fmt = doc.get("format")
         if fmt != INDEX_FORMAT:
             raise FormatError(f"channel index: unsupported format {fmt!r} (this client reads {INDEX_FORMAT})")
@@ -398,7 +396,7 @@ def record_to_bytes(channel: str, release: Release) -> bytes:
 
 def record_from_bytes(data: bytes, channel: str, platform: str, version: str) -> Release:
     """Parse an archive record and check it is the one its path promised."""
-    doc = _load_json(data, "archive record")
+    doc = load_object(data, "archive record")
     if doc.get("format") != INDEX_FORMAT:
         raise FormatError(f"archive record: unsupported format {doc.get('format')!r} "
                           f"(this client reads {INDEX_FORMAT})")
@@ -479,7 +477,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        doc = _load_json(data, "manifest")
+        doc = load_object(data, "manifest")
         if doc.get("format") != MANIFEST_FORMAT:
             raise FormatError(f"manifest: unsupported format {doc.get('format')!r}")
         raw = doc.get("entries")
@@ -500,16 +498,6 @@ def canonical_json(doc: Any) -> bytes:
 
 def newest(releases: Iterable[Release]) -> Release | None:
     return max(releases, key=lambda r: r.parsed_version, default=None)
-
-
-def _load_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{what}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise FormatError(f"{what}: expected a JSON object")
-    return doc
 
 
 def _mapping(data: Any, where: str) -> Mapping[str, Any]:

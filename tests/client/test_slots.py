@@ -155,7 +155,7 @@ def test_save_load_roundtrip_and_bytes_are_stable(tmp_path: Path) -> None:
     "content, message",
     [
         (b"{not json", "not valid JSON"),
-        (b"[]", "not a JSON object"),
+        (b"[]", "expected a JSON object"),
         (b'{"schema": 99}', "unsupported state schema 99"),
         (b'{"schema": 1, "state": "idle", "slots": {"a": null}}', "exactly a and b"),
         (b'{"schema": 1, "state": "bogus", "slots": {"a": null, "b": null}}', "malformed"),
