@@ -38,7 +38,7 @@ from pinnacle_updates.formats.archive import (
     write_canonical_tar,
 )
 from pinnacle_updates.formats.fsutil import atomic_write, atomic_writer
-from pinnacle_updates.formats.index import Digest, EntryType, Manifest, ManifestEntry
+from pinnacle_updates.formats.index import PLATFORM_ANY, Digest, EntryType, Manifest, ManifestEntry
 
 from .errors import ReleaseError, UnsafeInputError
 
@@ -65,7 +65,7 @@ class BuiltArtifact:
 
 
 def _refuse(source: Path, problem: str) -> UnsafeInputError:
-    return UnsafeInputError(f"refusing {source}: {problem}")
+    return UnsafeInputError(f"refusing {show_path(str(source))}: {problem}")
 
 
 def _open_root(source: Path) -> int:
@@ -77,14 +77,17 @@ def _open_root(source: Path) -> int:
         raise ReleaseError(f"cannot read source {source}: {exc.strerror}") from exc
 
 
-def scan_tree(source: Path) -> list[ManifestEntry]:
+def scan_tree(source: Path, platform: str = PLATFORM_ANY) -> list[ManifestEntry]:
     """Manifest entries of every path below ``source`` (not the root), sorted bytewise by UTF-8 path.
 
     Files are hashed (streamed); modes are normalised; hard links become plain files. Raises
-    ``UnsafeInputError`` naming the path for: devices, FIFOs, sockets, setuid/setgid/sticky bits,
-    names with a backslash, NUL or invalid UTF-8, absolute symlinks or symlinks resolving outside the
-    tree (also through chains), a source that is not a directory or is empty. ``source`` itself may
-    be a symlink to a directory; nothing below it is ever followed.
+    ``UnsafeInputError`` naming the path (escaped) and the rule for: devices, FIFOs, sockets,
+    setuid/setgid/sticky bits, names with a backslash, NUL, a control or bidirectional formatting
+    character or invalid UTF-8, names or paths over the POSIX lengths, names unsafe on ``platform``
+    (``formats.archive.platform_problems``: Windows names, case and normalisation collisions; the
+    default ``any`` means safe on every platform), absolute symlinks or symlinks resolving outside
+    the tree (also through chains), a source that is not a directory or is empty. ``source`` itself
+    may be a symlink to a directory; nothing below it is ever followed.
     """
     root_fd = _open_root(source)
     entries: list[ManifestEntry] = []
@@ -104,9 +107,9 @@ def scan_tree(source: Path) -> list[ManifestEntry]:
     if not entries:
         raise _refuse(source, "the directory is empty")
     entries.sort(key=lambda e: e.path.encode("utf-8"))
-    problems = manifest_problems(entries)
+    problems = manifest_problems(entries, platform)
     if problems:
-        raise _refuse(source, problems[0])
+        raise _refuse(source, f"{problems[0]} (names must be safe on platform {platform})")
     return entries
 
 
@@ -171,10 +174,12 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 
 
 def build_artifact(
-    source: Path, out_dir: Path, version: str, level: int = DEFAULT_LEVEL, keep_tar: bool = False
+    source: Path, out_dir: Path, version: str, level: int = DEFAULT_LEVEL, keep_tar: bool = False,
+    platform: str = PLATFORM_ANY,
 ) -> BuiltArtifact:
-    """Scan ``source`` and write the release artifacts into ``out_dir`` (see :func:`write_artifact`)."""
-    return write_artifact(source, scan_tree(source), out_dir, version, level, keep_tar)
+    """Scan ``source`` for ``platform`` and write the release artifacts into ``out_dir`` (see
+    :func:`write_artifact`)."""
+    return write_artifact(source, scan_tree(source, platform), out_dir, version, level, keep_tar)
 
 
 def write_artifact(

@@ -285,7 +285,7 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
     """Build the artifact from ``request.source`` and publish it as a new release of its channel."""
     now = now or utcnow()
     update_type = _validate(request)
-    entries = artifact.scan_tree(Path(request.source))  # refuses unsafe input before anything is locked
+    entries = artifact.scan_tree(Path(request.source), request.platform)  # refuses unsafe input before the lock
     if request.entry_point is not None:
         regular = {e.path for e in entries if e.type.value == "file"}
         if request.entry_point not in regular:
@@ -302,7 +302,8 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
             _trusted_signers(keys, state, role)  # fail on a missing key or passphrase before the (long) build
         with repo.staging_dir() as staging:
             built = artifact.build_artifact(
-                Path(request.source), staging, request.version, level=repo.config().compression_level
+                Path(request.source), staging, request.version, level=repo.config().compression_level,
+                platform=request.platform,
             )
             base = release_dir(request.channel, request.platform, request.version)
             full = TargetRef(f"{base}/full.tar.zst", built.full_length, built.full_sha256)

@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
+import sys
 import tarfile
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 
 import zstandard
 
-from .index import Digest, EntryType, FormatError, ManifestEntry
+from .index import PLATFORM_ANY, Digest, EntryType, FormatError, ManifestEntry
 
 CHUNK_SIZE = 1 << 20
 """Read/write granularity for every streamed copy (bounded memory)."""
@@ -52,29 +55,136 @@ class ArchiveError(FormatError):
 # -- paths, modes, links: the rules shared by publisher and client ---------------------------------
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+"""Characters no release name may hold on any platform, because they change how the text around
+them is shown: Unicode's Cc category (C0 and C1 controls, DEL: a terminal acts on ESC sequences),
+the line and paragraph separators (a second line), and the bidirectional formatting characters
+(``U+202E`` shows ``exe.txt`` for ``txt.exe``; also the marks ``U+200E``, ``U+200F``, ``U+061C``,
+invisible and never needed in a file name)."""
+
+
 def show_path(path: str) -> str:
-    """``path`` printable on one line: undecodable bytes (surrogate escapes) shown as ``\\xNN``."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``path`` printable on one line whatever it holds: undecodable bytes (surrogate escapes) shown
+    as ``\\xNN``, control, line-breaking and bidirectional formatting characters as ``\\xNN`` or
+    ``\\uNNNN``, so a name from an archive or a repository never drives the terminal it is shown on."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+MAX_NAME_BYTES = 255
+"""Longest path component, in UTF-8 bytes: NAME_MAX of Linux file systems (macOS and Windows allow
+255 UTF-16 units, never fewer than 255 bytes of UTF-8)."""
+MAX_PATH_BYTES = 4096
+"""Longest release path, in UTF-8 bytes: Linux's PATH_MAX (the install directory comes on top, but
+every file access is relative to a directory descriptor, so only the release's own part counts)."""
 
 
 def path_problem(path: str) -> str | None:
-    """Why ``path`` is not a safe release path (relative, '/'-separated, UTF-8), or ``None``."""
+    """Why ``path`` is not a safe release path on any platform (relative, '/'-separated, UTF-8, no
+    control or bidirectional formatting character, within POSIX name and path lengths), or ``None``.
+    Rules that only some platforms need are :func:`platform_problems`."""
     if not path:
         return "empty path"
     try:
-        path.encode("utf-8")
+        size = len(path.encode("utf-8"))
     except UnicodeEncodeError:
         return "name is not valid UTF-8"
     if "\x00" in path:
         return "name contains a NUL byte"
     if "\\" in path:
         return "name contains a backslash"
+    bad = _UNPRINTABLE.search(path)
+    if bad is not None:
+        return f"name contains the control or bidirectional formatting character U+{ord(bad[0]):04X}"
     if path.startswith("/"):
         return "absolute path"
+    if size > MAX_PATH_BYTES:
+        return f"path is {size} bytes of UTF-8, more than {MAX_PATH_BYTES}"
     for part in path.split("/"):
         if part in ("", ".", ".."):
             return f"path segment {part!r} is not allowed"
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            return f"a path segment is {len(part.encode('utf-8'))} bytes of UTF-8, more than {MAX_NAME_BYTES}"
     return None
+
+
+# -- names per target platform ---------------------------------------------------------------------
+
+POSIX, MACOS, WINDOWS = "posix", "macos", "windows"
+"""Rule families. Every platform gets :func:`path_problem`; macOS adds names equal once normalised
+and case-folded (APFS and HFS+ are normalisation- and, by default, case-insensitive); Windows adds
+reserved device names, its forbidden characters, trailing dots and spaces, names equal once
+case-folded and a path length limit."""
+_FAMILY_OF_OS = {"macos": MACOS, "darwin": MACOS, "ios": MACOS, "windows": WINDOWS, "win": WINDOWS,
+                 "win32": WINDOWS, "win64": WINDOWS}
+WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{dev}{n}" for dev in ("COM", "LPT") for n in (*"123456789", "\u00b9", "\u00b2", "\u00b3")]
+)
+"""Device names Windows opens instead of a file, whatever the extension (``NUL.txt``) or case."""
+WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+MAX_WINDOWS_PATH = 260
+"""Longest release path for Windows, in UTF-16 units: MAX_PATH, for applications that do not opt in
+to long paths (the install directory comes on top: keep it short there)."""
+
+
+def rule_families(platform: str | None) -> frozenset[str]:
+    """The rule families for a platform tag (``linux-x86_64``, ``macos-arm64``, ``windows-x86_64``;
+    ``any``: every family, safe everywhere), or for this machine when ``platform`` is None (what the
+    client checks before it writes a tree here). Unknown operating systems get the POSIX rules."""
+    if platform is None:
+        host = {"win32": WINDOWS, "darwin": MACOS}.get(sys.platform, POSIX)
+        return frozenset({POSIX, host})
+    if platform == PLATFORM_ANY:
+        return frozenset({POSIX, MACOS, WINDOWS})
+    return frozenset({POSIX, _FAMILY_OF_OS.get(platform.partition("-")[0], POSIX)})
+
+
+def _windows_name_problem(path: str) -> str | None:
+    for part in path.split("/"):
+        bad = sorted(WINDOWS_FORBIDDEN.intersection(part))
+        if bad:
+            return f"name contains {''.join(bad)!r}, which Windows forbids"
+        if part.endswith((".", " ")):
+            return "a path segment ends with a dot or a space, which Windows drops"
+        if part.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED:
+            return f"'{show_path(part)}' is a reserved device name on Windows"
+    units = len(path.encode("utf-16-le", "surrogatepass")) // 2
+    if units > MAX_WINDOWS_PATH:
+        return f"path is {units} characters, more than Windows' {MAX_WINDOWS_PATH}"
+    return None
+
+
+def _collision_keys(path: str, families: frozenset[str]) -> list[tuple[str, str]]:
+    """``(key, why)`` pairs: two paths with an equal key are one file on some platform."""
+    keys = []
+    if MACOS in families:  # canonical caseless matching (Unicode 3.13): normalisation and case at once
+        nfd = unicodedata.normalize("NFD", path)
+        keys.append((unicodedata.normalize("NFD", nfd.casefold()), "normalisation or case folding (macOS)"))
+    if WINDOWS in families:
+        keys.append((path.casefold(), "case folding (Windows)"))
+    return keys
+
+
+def platform_problems(paths: Iterable[str], platform: str | None) -> list[str]:
+    """Every reason, as ``"path: reason"`` (shown escaped), why ``paths`` cannot be written as one
+    tree on ``platform`` (a tag, ``any``, or None for this machine) beyond :func:`path_problem`:
+    Windows names and lengths, and two paths that would be one file there."""
+    families = rule_families(platform)
+    problems: list[str] = []
+    seen: dict[tuple[str, str], str] = {}
+    for path in paths:
+        bad = _windows_name_problem(path) if WINDOWS in families else None
+        if bad:
+            problems.append(f"{show_path(path)}: {bad}")
+        for key in _collision_keys(path, families):
+            other = seen.setdefault(key, path)
+            if other != path:
+                shown, first = show_path(path), show_path(other)
+                alike = f" ({path!a} and {other!a})" if shown.casefold() == first.casefold() else ""
+                problems.append(f"{shown}: same file as {first} under {key[1]}{alike}")
+                break
+    return problems
 
 
 def _link_text_problem(target: str) -> str | None:
@@ -86,6 +196,8 @@ def _link_text_problem(target: str) -> str | None:
         return f"symlink target {show_path(target)!r} is not valid UTF-8"
     if "\x00" in target or "\\" in target:
         return f"symlink target {show_path(target)!r} contains a NUL or a backslash"
+    if _UNPRINTABLE.search(target):
+        return f"symlink target {show_path(target)!r} contains a control or bidirectional formatting character"
     return None
 
 
@@ -131,12 +243,14 @@ def _link_escapes(link_path: str, target: str, links: dict[str, str]) -> str | N
     return None
 
 
-def manifest_problems(entries: Sequence[ManifestEntry]) -> list[str]:
+def manifest_problems(entries: Sequence[ManifestEntry], platform: str | None = None) -> list[str]:
     """Every reason why ``entries`` is not a safe, canonical release tree, each as ``"path: reason"``.
 
     Checks: safe paths, strictly increasing bytewise order (so parents come first), every parent a
-    directory entry, canonical modes, and symlinks that are relative and resolve inside the tree
-    (also through chains of links). Empty list means safe.
+    directory entry, canonical modes, symlinks that are relative and resolve inside the tree
+    (also through chains of links), and the names rules of ``platform`` (:func:`platform_problems`:
+    a platform tag, ``any`` for every platform; None, the default, for the machine this runs on,
+    which is what the client checks before writing a tree). Empty list means safe.
     """
     problems: list[str] = []
     kinds: dict[str, EntryType] = {}
@@ -168,6 +282,7 @@ def manifest_problems(entries: Sequence[ManifestEntry]) -> list[str]:
             bad = _link_escapes(path, target, links)
         if bad:
             problems.append(f"{show_path(path)}: {bad}")
+    problems += platform_problems((e.path for e in entries), platform)
     return problems
 
 
