@@ -18,14 +18,16 @@ failure aborts (before the swap) or rolls back (after it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from tuf.api.exceptions import DownloadError
@@ -115,10 +117,7 @@ def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: 
     start = time.monotonic()
     log_path = log or (ctx.install_dir / "hooks.log")
     offset = 0
-    try:
-        out = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-    except OSError:
-        out = open(os.devnull, "ab")  # noqa: SIM115
+    out = _open_log(log_path)
     with out:
         with contextlib.suppress(OSError):
             offset = out.tell()
@@ -146,16 +145,41 @@ def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: 
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
-    return CommandResult(name, command, code, timed_out, time.monotonic() - start, _tail(log_path, offset))
+        tail = _tail(out, offset)
+    return CommandResult(name, command, code, timed_out, time.monotonic() - start, tail)
 
 
-def _tail(path: Path, offset: int, limit: int = 2000) -> str:
+_LOG_FLAGS = (os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+              | getattr(os, "O_CLOEXEC", 0))
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    """``hooks.log`` for appending, never through a link planted at its path (that would append
+    command output to a file outside the install directory): a symlink there is removed as the
+    entry itself and the log started anew; a FIFO or other non-regular file there is left alone
+    and the output dropped (``/dev/null``), so a hook never blocks or fails on its log."""
+    for _attempt in range(2):
+        try:
+            fd = os.open(path, _LOG_FLAGS, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                continue
+            break
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return os.fdopen(fd, "r+b")
+        os.close(fd)
+        break
+    return open(os.devnull, "r+b")  # handed to the child, closed by the caller
+
+
+def _tail(f: IO[bytes], offset: int, limit: int = 2000) -> str:
+    """What the command wrote after ``offset`` (its last ``limit`` bytes), read from the open log."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = f.tell()
-            f.seek(max(offset, end - limit))
-            return f.read().decode("utf-8", "replace")
+        end = os.fstat(f.fileno()).st_size
+        start = max(offset, end - limit)
+        return os.pread(f.fileno(), max(0, end - start), start).decode("utf-8", "replace")
     except OSError:
         return ""
 
