@@ -1,0 +1,177 @@
+"""Targets signed with hash algorithms other than sha256 (issue 17, class 10).
+
+python-tuf verifies whatever hashes targets metadata lists and names each stored file by the first
+(``<hash>.<name>``). A repository whose channel role lists only sha512 (or blake2b-256, or sha384
+ahead of sha256) is built here with the real publisher, then edited as another TUF tool would have
+written it: every target re-hashed, stored under its new content address (the sha256 file removed),
+the channel role, snapshot and timestamp re-signed with the repository's real keys. nginx serves it;
+the real client installs from it (full artifact, then a delta). The channel index keeps pinnacle's
+own sha256 references, which the client checks on the verified downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tuf.api.metadata import TargetFile
+
+from pinnacle_updates.client.errors import TrustError, UpdateError
+from pinnacle_updates.formats.index import ChannelIndex, index_path
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
+from tests.client.repo_edits import CHANNEL, publish_versions, resign, stored
+from tests.conftest import ROOT, ServedRepo, tree_digest
+from tests.helpers_client import Repo, env, init_client
+
+
+def _rehash(repository: Repository, keystore: KeyStore, algorithms: list[str]) -> None:
+    """Every target of the channel re-hashed with ``algorithms`` only and stored under its new name."""
+
+    def edit(targets: dict[str, TargetFile]) -> None:
+        for path, old in list(targets.items()):
+            source = stored(repository, old)
+            data = source.read_bytes()
+            new = TargetFile.from_data(path, data, algorithms)
+            stored(repository, new).write_bytes(data)
+            if stored(repository, new) != source:
+                source.unlink()  # served only under the new content address, as the other tool wrote it
+            targets[path] = new
+
+    resign(repository, keystore, edit)
+
+
+def _edit_index(repository: Repository, keystore: KeyStore, change: Callable[[dict[str, object]], None]) -> None:
+    """Rewrite the channel index (pinnacle's own signed target) and sign its new hashes."""
+    path = index_path(CHANNEL)
+
+    def edit(targets: dict[str, TargetFile]) -> None:
+        old = targets[path]
+        doc = json.loads(stored(repository, old).read_bytes())
+        change(doc)
+        data = ChannelIndex.from_bytes(json.dumps(doc).encode()).to_bytes()
+        new = TargetFile.from_data(path, data, list(old.hashes))
+        stored(repository, new).write_bytes(data)
+        targets[path] = new
+
+    resign(repository, keystore, edit)
+
+
+def _cli(install_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pinnacle_updates.client", "--install-dir", str(install_dir), *args],
+                          capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120, check=False)
+
+
+# In the order canonical JSON writes them (sorted): python-tuf names the file by the first one it reads.
+@pytest.mark.parametrize("algorithms", [["sha512"], ["blake2b-256", "sha256"], ["sha384", "sha512"]])
+def test_a_target_signed_without_a_leading_sha256_installs_and_updates_by_delta(
+    tmp_path: Path, repo: Repository, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo],
+    algorithms: list[str],
+) -> None:
+    publish_versions(repo, keystore, tmp_path, "1.0.0", "1.1.0")
+    _rehash(repo, keystore, algorithms)
+    targets = repo.load().channels[CHANNEL].signed.targets
+    assert {tuple(info.hashes) for info in targets.values()} == {tuple(algorithms)}
+    for info in targets.values():  # each served only under its first hash, as python-tuf will ask for it
+        data = stored(repo, info).read_bytes()
+        assert not repo.target_location(info.path, hashlib.sha256(data).hexdigest()).exists()
+
+    installer = init_client(tmp_path / "client", serve(repo.path).url, Repo(repo.path, keys_dir))
+    full = installer.install("1.0.0", force=True)
+    assert (full.outcome, full.version, full.route.get("path")) == ("committed", "1.0.0", "full")
+    update = installer.install()
+    assert (update.outcome, update.version, update.route.get("path")) == ("committed", "1.1.0", "delta"), update.route
+    assert (tmp_path / "client" / "current" / "VERSION").read_text() == "1.1.0\n"
+    assert installer.verify().ok
+
+
+def test_a_reference_that_disagrees_with_the_signed_bytes_is_refused_in_one_line(
+    tmp_path: Path, repo: Repository, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo],
+) -> None:
+    """Signed sha512 only: the index's sha256 is what binds the file to the release; a wrong one is refused
+    after the verified download, and the running slot stays as it was."""
+    publish_versions(repo, keystore, tmp_path, "1.0.0", "1.1.0")
+    _rehash(repo, keystore, ["sha512"])
+    installer = init_client(tmp_path / "client", serve(repo.path).url, Repo(repo.path, keys_dir))
+    installer.install("1.0.0", force=True)
+    running = tree_digest(tmp_path / "client" / "current")
+    wrong = "0" * 64
+
+    def change(doc: dict[str, object]) -> None:
+        for release in doc["releases"]:  # type: ignore[attr-defined]
+            if release["version"] == "1.1.0":
+                release["manifest"]["sha256"] = wrong
+
+    _edit_index(repo, keystore, change)
+    proc = _cli(tmp_path / "client", "install")
+    assert proc.returncode == TrustError.exit_code, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "manifest.json.zst matches its signed hashes but its sha256 is " in line
+    assert f"not the referenced {wrong[:16]}...: refused (the index and the signed targets disagree)" in line
+    assert tree_digest(tmp_path / "client" / "current") == running
+    assert _cli(tmp_path / "client", "status").returncode == 0
+
+
+def test_a_tampered_sha512_target_names_the_algorithm(
+    tmp_path: Path, repo: Repository, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo],
+) -> None:
+    publish_versions(repo, keystore, tmp_path, "1.0.0")
+    _rehash(repo, keystore, ["sha512"])
+    info = next(i for p, i in repo.load().channels[CHANNEL].signed.targets.items() if p.endswith("/full.tar.zst"))
+    served = stored(repo, info)
+    data = bytearray(served.read_bytes())
+    data[100] ^= 0xFF
+    served.write_bytes(bytes(data))
+    installer = init_client(tmp_path / "client", serve(repo.path).url, Repo(repo.path, keys_dir))
+    with pytest.raises(TrustError) as caught:
+        installer.install("1.0.0", force=True)
+    signed = info.hashes["sha512"]
+    assert str(caught.value) == (
+        f"target {info.path} failed verification: sha512 {hashlib.sha512(data).hexdigest()[:16]}... "
+        f"instead of the signed {signed[:16]}... (tampered or corrupted)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("hashes", "message"),
+    [
+        (lambda data: {"md5": hashlib.md5(data).hexdigest()},
+         "is signed only with md5, hash algorithms with practical collisions: refused"),
+        (lambda data: {"sha1": hashlib.sha1(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()},
+         "is signed only with md5, sha1, hash algorithms with practical collisions: refused"),
+        (lambda data: {"sha999": "ab" * 32, "sha512": hashlib.sha512(data).hexdigest()},
+         "is signed with hash algorithm sha999, which python-tuf cannot compute: refused"),
+        (lambda data: {"sha256\n\x1b[2J": "ab" * 32},
+         r"is signed with hash algorithm 'sha256\n\x1b[2J', which python-tuf cannot compute: refused"),
+    ],
+    ids=["md5", "sha1+md5", "unknown", "control-characters"],
+)
+def test_hashes_the_client_cannot_rely_on_are_refused_before_any_download(
+    tmp_path: Path, repo: Repository, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo],
+    hashes: Callable[[bytes], dict[str, str]], message: str,
+) -> None:
+    publish_versions(repo, keystore, tmp_path, "1.0.0")
+    path = index_path(CHANNEL)
+
+    def edit(targets: dict[str, TargetFile]) -> None:
+        old = targets[path]
+        data = stored(repo, old).read_bytes()
+        targets[path] = TargetFile(old.length, hashes(data), path)
+        stored(repo, targets[path]).write_bytes(data)
+
+    resign(repo, keystore, edit)
+    server = serve(repo.path)
+    install_dir = tmp_path / "client"
+    init_client(install_dir, server.url, Repo(repo.path, keys_dir))
+    proc = _cli(install_dir, "check")
+    assert proc.returncode == TrustError.exit_code, proc.stderr
+    assert proc.stderr.strip() == f"pinnacle-update: error: {path} {message}"
+    assert _cli(install_dir, "status").returncode == 0
+    with pytest.raises(UpdateError):  # the same through the Python API
+        init_client(tmp_path / "again", server.url, Repo(repo.path, keys_dir)).check()
