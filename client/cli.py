@@ -86,13 +86,18 @@ def cli(ctx: click.Context, install_dir: Path) -> None:
               help="The trusted root.json shipped with the client.")
 @click.option("--channel", default=config_mod.DEFAULT_CHANNEL, show_default=True)
 @click.option("--platform", default="auto", show_default=True, help="auto, or a tag such as linux-x86_64.")
+@click.option("--metadata-url", default="", help="Where the repository's metadata/ is served, if not under --repo.")
+@click.option("--targets-url", default="",
+              help="Where the repository's targets/ is served (e.g. a CDN), if not under --repo.")
 @json_option
 @pass_updater
 def init_cmd(updater: AutoUpdater, repo_url: str, root_json: Path, channel: str, platform: str,
-             as_json: bool) -> None:
+             metadata_url: str, targets_url: str, as_json: bool) -> None:
     """Create the install directory: config.toml, trusted root, slots, state."""
-    cfg = updater.init(repo_url, root_json, channel, platform)
+    split = {key: value for key, value in (("metadata_url", metadata_url), ("targets_url", targets_url)) if value}
+    cfg = updater.init(repo_url, root_json, channel, platform, **split)
     data = {"install_dir": str(updater.install_dir), "repo_url": redact_url(cfg.text("repo_url")),
+            **{key: redact_url(cfg.text(key)) for key in split},
             "channel": cfg.text("channel"), "platform": cfg.text("platform"), "client_id": cfg.text("client_id")}
     emit(as_json, data, f"initialised {updater.install_dir} ({cfg.text('channel')}, {cfg.text('platform')})")
 

@@ -238,6 +238,15 @@ def _optional_url(v: str) -> None:
         check_http_url(v)
 
 
+def _optional_location(v: str) -> None:
+    if v:
+        check_repo_url(v)
+
+
+_LOCATION_KEYS = ("repo_url", "metadata_url", "targets_url")
+"""Keys naming where the repository is: a local path among them is stored absolute (init)."""
+
+
 _NOTIFY_EVENTS = ("success", "failure", "rollback")
 _ADDRESS_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
 
@@ -284,6 +293,10 @@ the same values, stated once (in ``client.policy``, which is pure and cannot imp
 KEYS: Mapping[str, Key] = {
     # where updates come from
     "repo_url": Key(str, "", "repository URL: http(s)://, file:// or a local path", check_repo_url),
+    "metadata_url": Key(str, "", "where the repository's metadata/ directory is served, if not under repo_url "
+                        "(empty = repo_url + metadata/)", _optional_location),
+    "targets_url": Key(str, "", "where the repository's targets/ directory is served, e.g. a CDN "
+                       "(empty = repo_url + targets/)", _optional_location),
     "channel": Key(str, _POLICY.channel, f"release channel (e.g. {', '.join(CHANNELS)})", _channel),
     "platform": Key(str, "any", "platform tag of this machine, e.g. linux-x86_64", _platform),
     "client_id": Key(str, "", "random id of this install (used for staged rollouts)", _client_id),
@@ -672,10 +685,13 @@ def init(
     _check_root(root_bytes, Path(root_json_path))
     if platform == "auto":
         platform = _detect_platform()
-    if "://" not in repo_url:
-        repo_url = str(Path(repo_url).resolve())
-    raw: dict[str, Any] = dict(settings)
-    raw.update(repo_url=repo_url, channel=channel, platform=platform, client_id=secrets.token_hex(16))
+    raw: dict[str, Any] = {**settings, "repo_url": repo_url}
+    for key in _LOCATION_KEYS:  # a local path must name the same directory from any working directory
+        value = raw.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            _coerce(key, KEYS[key], value)  # a bad value is named before it is used as a path
+            raw[key] = str(Path(value).resolve())
+    raw.update(channel=channel, platform=platform, client_id=secrets.token_hex(16))
     cfg = validate(raw)
     try:
         install_dir.mkdir(parents=True, exist_ok=True)

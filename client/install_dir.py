@@ -181,7 +181,8 @@ def default_client(cfg: ClientConfig, layout: Layout) -> RepositoryClient:
     except OSError as exc:
         raise ConfigError(f"cannot read the trusted root {layout.trusted_root}: {exc.strerror or exc}") from exc
     fetcher = HttpxFetcher(partial_dir=layout.cache / "partial")  # interrupted downloads resume
-    return RepositoryClient(cfg.text("repo_url"), layout.metadata, layout.cache, root, fetcher=fetcher)
+    return RepositoryClient(cfg.text("repo_url"), layout.metadata, layout.cache, root, fetcher=fetcher,
+                            metadata_url=cfg.text("metadata_url") or None, targets_url=cfg.text("targets_url") or None)
 
 
 def installed(s: SlotState) -> tuple[str, str] | None:

@@ -72,8 +72,12 @@ class RepositoryClient:
     """A verified view of one repository for one client (metadata dir and target cache).
 
     ``repo_url`` is an http(s) URL, a ``file://`` URL or a local directory; the repository keeps
-    metadata under ``metadata/`` and targets under ``targets/``. ``root_bytes`` is the root
-    metadata shipped with the client: the trust anchor, used whenever the local copy is absent.
+    metadata under ``metadata/`` and targets under ``targets/``. ``metadata_url`` and
+    ``targets_url``, when given, are those two directories' own locations instead (python-tuf's
+    ``metadata_base_url`` and ``target_base_url``): metadata from an origin, artifacts from a CDN or
+    a mirror. Nothing is trusted for where it comes from; every byte is verified the same way.
+    ``root_bytes`` is the root metadata shipped with the client: the trust anchor, used whenever
+    the local copy is absent.
     """
 
     def __init__(
@@ -85,8 +89,12 @@ class RepositoryClient:
         settings: TransportSettings | None = None,
         *,
         fetcher: HttpxFetcher | None = None,
+        metadata_url: str | None = None,
+        targets_url: str | None = None,
     ) -> None:
         self.repo_url = _base_url(repo_url)
+        self.metadata_url = _base_url(metadata_url) if metadata_url else f"{self.repo_url}metadata/"
+        self.targets_url = _base_url(targets_url) if targets_url else f"{self.repo_url}targets/"
         self.metadata_dir = Path(metadata_dir)
         self.cache_dir = Path(cache_dir)
         self._root_bytes = root_bytes
@@ -122,9 +130,9 @@ class RepositoryClient:
         with self._seam(None, subject="the shipped root metadata"):
             updater = Updater(
                 metadata_dir=str(self.metadata_dir),
-                metadata_base_url=f"{self.repo_url}metadata/",
+                metadata_base_url=self.metadata_url,
                 target_dir=str(self.cache_dir),
-                target_base_url=f"{self.repo_url}targets/",
+                target_base_url=self.targets_url,
                 fetcher=self._fetcher,
                 config=UpdaterConfig(),
                 bootstrap=self._root_bytes,
@@ -547,7 +555,8 @@ def _shown(text: str) -> str:
 
 
 def _base_url(repo_url: str) -> str:
-    """The repository URL with a trailing slash; a plain directory becomes a ``file://`` URL."""
+    """A base URL (the repository's, or its metadata or targets directory's) with a trailing slash;
+    a plain directory becomes a ``file://`` URL."""
     url = repo_url
     try:
         path = local_path(repo_url)
