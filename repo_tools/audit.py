@@ -8,36 +8,77 @@ with the targets its role signed. It reports every problem it finds, not just th
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, TargetFile, Targets
 
+from pinnacle_updates.formats.archive import CHUNK_SIZE, manifest_problems, show_path
 from pinnacle_updates.formats.index import ChannelIndex, FormatError, Manifest, index_path, record_from_bytes
 
 from .core.metadata import to_bytes
 from .store import Repository
 
 MAX_MANIFEST_BYTES = 64 << 20
+_CONTENT_NAME = {64: "sha256", 128: "sha512"}
+_NOT_REGULAR = (errno.ELOOP, errno.EINVAL)
+"""What :func:`open_regular` raises for a symlink or a file that is not regular."""
+"""Content-addressed target names start with the hex digest of the file (the first hash its
+metadata lists): its algorithm by the digest's length."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading only if it is a regular file: never through a symlink, and a FIFO
+    planted in the repository cannot make the audit wait (``O_NONBLOCK``, then ``fstat``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: Path) -> bytes:
+    with open_regular(path) as f:
+        return f.read()
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open_regular(path) as f:
+        while chunk := f.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
 class AuditReport:
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Not wrong, worth knowing: files under ``targets/`` that no retained metadata references (what
+    a killed publish leaves; the next publish of the same bytes reuses them)."""
     checked_files: int = 0
     checked_targets: int = 0
+    superseded_targets: int = 0
+    """Of ``checked_targets``: files only older, retained metadata versions reference (superseded
+    channel indexes and targets clients in the middle of an update may still fetch)."""
     releases: int = 0
     archived: int = 0
+    deltas: int = 0
+    """Deltas applied by ``--deep`` against their base releases."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": not self.problems, "problems": self.problems, "checked_metadata_files": self.checked_files,
-                "checked_targets": self.checked_targets, "releases": self.releases,
-                "archived_releases": self.archived}
+        return {"ok": not self.problems, "problems": self.problems, "warnings": self.warnings,
+                "checked_metadata_files": self.checked_files, "checked_targets": self.checked_targets,
+                "superseded_targets": self.superseded_targets, "releases": self.releases,
+                "archived_releases": self.archived, "applied_deltas": self.deltas}
 
 
 class _Auditor:
@@ -46,17 +87,28 @@ class _Auditor:
         self.now = now
         self.deep = deep
         self.report = AuditReport()
+        self.hashed: dict[Path, int] = {}
+        """Target files already checked against signed metadata, with their length."""
 
     def problem(self, text: str) -> None:
-        self.report.problems.append(text)
+        # Names and messages come from the repository (an attacker's, maybe): never a raw control
+        # or bidirectional formatting character on the auditor's terminal, one line per problem.
+        self.report.problems.append(show_path(text))
+
+    def warning(self, text: str) -> None:
+        self.report.warnings.append(show_path(text))
 
     def load(self, filename: str, expected: MetaFile | None = None) -> Metadata | None:  # type: ignore[type-arg]
         """Read one metadata file, check it against its parent's length/hash, and parse it."""
         path = self.repo.metadata_dir / filename
         try:
-            data = path.read_bytes()
-        except OSError:
+            data = read_regular(path)
+        except FileNotFoundError:
             self.problem(f"{filename}: missing")
+            return None
+        except OSError as exc:
+            why = "not a regular file" if exc.errno in _NOT_REGULAR else exc.strerror
+            self.problem(f"{filename}: unreadable ({why})")
             return None
         self.report.checked_files += 1
         if expected is not None and (expected.length is not None or expected.hashes):
@@ -160,7 +212,65 @@ class _Auditor:
             listed.update(self.archive(name, role, md, meta, snap_name))
         for extra in sorted(set(meta) - listed):
             self.problem(f"{snap_name}: lists {extra}, which no role delegates")
+        self.superseded({name.removesuffix(".json"): info.version for name, info in meta.items()
+                         if name != "targets.json"})
+        self.unreferenced()
         return self.report
+
+    def superseded(self, current: dict[str, int]) -> None:
+        """Targets that only older versions of the delegated roles (channels, archive bins) still
+        list: kept for clients in the middle of an update (a superseded channel index, above all),
+        so checked like live ones. Older versions are those still in ``metadata/`` (``prune``
+        removes the ones no unexpired snapshot lists); their signatures were checked when they
+        were current and keys may have been rotated since, so only their targets are checked."""
+        for filename in sorted(self.repo.metadata_dir.iterdir() if self.repo.metadata_dir.is_dir() else ()):
+            version, _, rest = filename.name.partition(".")
+            role = rest.removesuffix(".json")
+            if not version.isdigit() or role not in current or int(version) == current[role]:
+                continue
+            try:
+                md = Metadata.from_bytes(read_regular(filename))
+                targets = md.signed.targets if isinstance(md.signed, Targets) else None
+            except Exception as exc:  # any decoding failure (deep nesting too) is the file's problem
+                self.problem(f"{filename.name}: a retained version that is not valid TUF metadata ({exc})")
+                continue
+            if targets is None:
+                self.problem(f"{filename.name}: a retained version that is not targets metadata")
+                continue
+            for path, info in sorted(targets.items()):
+                self.target_file(path, info, f" (listed by {filename.name})")
+
+    def unreferenced(self) -> None:
+        """Every file under ``targets/`` that no retained metadata references: a regular file whose
+        content matches its content-addressed name is a warning (a killed publish's leftover), one
+        that does not is a problem (a publish of those bytes would reuse the corrupt file), and
+        anything not a regular file (a symlink, a FIFO) is a problem."""
+        root = self.repo.targets_dir
+        for directory, dirs, files in os.walk(root):
+            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+                location = Path(directory, name)
+                relative = location.relative_to(self.repo.path)
+                if location in self.hashed:
+                    continue
+                digest = name.partition(".")[0]
+                algorithm = _CONTENT_NAME.get(len(digest)) if digest.strip("0123456789abcdef") == "" else None
+                try:
+                    if not stat.S_ISREG(location.lstat().st_mode):
+                        self.problem(f"{relative}: not a regular file")
+                        continue
+                    if algorithm is None:
+                        self.warning(f"{relative}: not a content-addressed target name, and no metadata references it")
+                        continue
+                    self.report.checked_targets += 1
+                    actual = _file_digest(location, algorithm)
+                except OSError as exc:
+                    self.problem(f"{relative}: unreadable ({exc.strerror or exc})")
+                    continue
+                if actual != digest:
+                    self.problem(f"{relative}: content does not match its name, which is its {algorithm} "
+                                 "(corrupt; a publish of those bytes would reuse it)")
+                else:
+                    self.warning(f"{relative}: no retained metadata references it (left by an interrupted publish?)")
 
     def delegated(self, name: str, parent: Metadata[Targets], meta: dict[str, MetaFile],
                   unlisted: str) -> Metadata[Targets] | None:
@@ -207,7 +317,7 @@ class _Auditor:
             self.problem(f"archive target {path} is not a record at <channel>/<platform>/<version>/release.json")
             return
         try:
-            data = self.repo.target_location(path, info.hashes.get("sha256", "")).read_bytes()
+            data = read_regular(self.repo.target_location(path, info.hashes.get("sha256", "")))
             release = record_from_bytes(data, channel, parts[1], parts[2])
         except (OSError, FormatError) as exc:
             self.problem(f"archive record {path} unreadable ({exc})")
@@ -227,16 +337,29 @@ class _Auditor:
             self.target_file(path, info)
         self.index(name, targets)
 
-    def target_file(self, path: str, info: Any) -> None:
+    def target_file(self, path: str, info: Any, where: str = "") -> None:
+        """Check the file of target ``path`` against ``info`` (its signed length and hashes), once
+        per file: a file listed again (by another role version) has its length compared only."""
         location = self.repo.target_location(path, info.hashes.get("sha256", ""))
+        if location in self.hashed:
+            if info.length != self.hashed[location]:
+                self.problem(f"target {path}{where}: signed length {info.length} differs from the "
+                             f"{self.hashed[location]} bytes signed elsewhere")
+            return
+        self.hashed[location] = info.length
         self.report.checked_targets += 1
+        if where:
+            self.report.superseded_targets += 1
         try:
-            with open(location, "rb") as f:
+            with open_regular(location) as f:
                 info.verify_length_and_hashes(f)
         except FileNotFoundError:
-            self.problem(f"target {path}: file {location.relative_to(self.repo.path)} is missing")
+            self.problem(f"target {path}{where}: file {location.relative_to(self.repo.path)} is missing")
+        except OSError as exc:
+            self.problem(f"target {path}{where}: file {location.relative_to(self.repo.path)}: "
+                         f"{'not a regular file' if exc.errno in _NOT_REGULAR else exc.strerror}")
         except Exception:
-            self.problem(f"target {path}: length or sha256 differs from the signed value (tampered?)")
+            self.problem(f"target {path}{where}: length or sha256 differs from the signed value (tampered?)")
 
     def index(self, name: str, targets: dict[str, Any]) -> None:
         ipath = index_path(name)
@@ -245,7 +368,7 @@ class _Auditor:
             self.problem(f"{name}: no channel index {ipath} in signed targets")
             return
         try:
-            index = ChannelIndex.from_bytes(self.repo.target_location(ipath, info.hashes["sha256"]).read_bytes())
+            index = ChannelIndex.from_bytes(read_regular(self.repo.target_location(ipath, info.hashes["sha256"])))
         except (OSError, FormatError) as exc:
             self.problem(f"{name}: channel index unreadable ({exc})")
             return
@@ -273,7 +396,7 @@ class _Auditor:
     def manifest(self, name: str, release: Any) -> None:
         location = self.repo.target_location(release.manifest.path, release.manifest.sha256)
         try:
-            with open(location, "rb") as f:
+            with open_regular(location) as f:
                 data = zstandard.ZstdDecompressor().stream_reader(f).read(MAX_MANIFEST_BYTES + 1)
             manifest = Manifest.from_bytes(data)
         except (OSError, zstandard.ZstdError, FormatError) as exc:
@@ -281,6 +404,9 @@ class _Auditor:
             return
         if manifest.content != release.content or manifest.version != release.version:
             self.problem(f"{name} {release.version}: manifest disagrees with the channel index")
+        unsafe = manifest_problems(manifest.entries, release.platform)
+        if unsafe:  # what publish refuses today (names unsafe on the release's platform) may be older
+            self.problem(f"{name} {release.version}: release tree unsafe on {release.platform}: {unsafe[0]}")
         if self.deep:
             self.artifact_content(name, release)
 
@@ -290,7 +416,7 @@ class _Auditor:
         digest = hashlib.sha256()
         length = 0
         try:
-            with open(location, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+            with open_regular(location) as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
                 while chunk := reader.read(1 << 20):
                     digest.update(chunk)
                     length += len(chunk)
