@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,10 @@ class InstallDir:
                 raise BusyError(f"another pinnacle-update process{who} is installing; use --wait to queue") from None
             except OSError as exc:
                 raise StateError(f"cannot lock {self.layout.lock}: {exc.strerror or exc}") from exc
+            try:
+                self.clear_planted()  # every operation that writes starts from safe working paths
+            except OSError as exc:
+                raise StateError(f"cannot clear the working paths of {self.layout.root}: {one_line(exc)}") from exc
             yield
 
     # -- hooks --------------------------------------------------------------------------------------
@@ -157,22 +162,54 @@ class InstallDir:
         self.store_manifest(manifest)
         return manifest
 
-    # -- slots ------------------------------------------------------------------------------------------
+    # -- slots and working paths ------------------------------------------------------------------------
+    def trash(self, slot: str) -> Path:
+        """Where ``wipe_slot`` moves a slot's old content before deleting it."""
+        return self.layout.slots_dir / f".trash-{self.layout.slot(slot).name}"
+
+    @property
+    def delta_work(self) -> Path:
+        """Scratch space for the intermediate releases of a delta chain."""
+        return self.layout.cache / "delta-work"
+
     def wipe_slot(self, s: SlotState, slot: str) -> Path:
         """Empty ``slot`` for writing. Refuses the active slot and the slot ``current`` points at:
-        this is the one place a slot is emptied, so the running slot is never written."""
+        this is the one place a slot is emptied, so the running slot is never written. Whatever is
+        at the slot's or its trash path (a planted symlink included) is removed as the entry itself."""
         if slot == s.active or self.layout.linked_slot() == slot:
             raise StateError(f"refusing to write slot {slot}: it is the running slot")
         path = self.layout.slot(slot)
-        trash = self.layout.slots_dir / f".trash-{slot}"
-        if trash.exists():
-            shutil.rmtree(trash)
-        if path.exists() or path.is_symlink():
+        trash = self.trash(slot)
+        remove_entry(trash)
+        if os.path.lexists(path):
             os.rename(path, trash)
         path.mkdir()
         fsutil.fsync_dir(self.layout.slots_dir)
-        shutil.rmtree(trash, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_entry(trash)
         return path
+
+    def clear_planted(self) -> None:
+        """Make the client's own working paths safe before an operation writes through them (under
+        the lock): ``cache/``, ``cache/partial/`` and ``manifests/`` are real directories, the slots'
+        trash paths and ``cache/delta-work`` (left by a killed run) are gone, and no entry in the
+        cache, the partial downloads or the manifests is a symlink, FIFO or other non-regular file
+        (those downloads are written with plain ``open``: a link would be followed outside). Each
+        is removed as the entry itself (``remove_entry``): a link's target is never touched."""
+        layout = self.layout
+        for name in sm.SLOT_NAMES:
+            remove_entry(self.trash(name))
+        remove_entry(self.delta_work)
+        for directory, subdirs in ((layout.cache, {"partial"}), (layout.cache / "partial", set()),
+                                   (layout.manifests, set())):
+            if directory.name == "partial" and not os.path.lexists(directory):
+                continue  # made by the fetcher when a resumable download starts
+            own_directory(directory)
+            for entry in os.scandir(directory):
+                kept = entry.is_dir(follow_symlinks=False) if entry.name in subdirs else entry.is_file(
+                    follow_symlinks=False)
+                if not kept:
+                    remove_entry(Path(entry.path))
 
 
 def default_client(cfg: ClientConfig, layout: Layout) -> RepositoryClient:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -47,10 +46,6 @@ class Recovery(Part):
         actions: list[str] = []
         for directory in (self.layout.root, self.layout.slots_dir, self.layout.manifests):
             fsutil.remove_stale_temps(directory)
-        for name in sm.SLOT_NAMES:
-            trash = self.layout.slots_dir / f".trash-{name}"
-            if trash.exists():
-                shutil.rmtree(trash, ignore_errors=True)
         # whatever config.toml says now: an interrupted trial or rollback must still be finished
         cfg, config_problems = config_mod.load_for_recovery(self.layout.root)
         s = self.load_or_rebuild(actions)

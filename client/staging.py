@@ -102,10 +102,14 @@ class Stager(Part):
         site = self.site
         bytes_before = client.stats.bytes
         site.emit("step", step="manifest", version=release.version)
+        target = s.next_slot
+        self.check_writable()
+        if plan is not None and plan.steps:  # before the deltas arrive: the tar length stands in for the tree
+            self.check_space(s, release, target, download=plan.total_bytes, tree=release.content.length)
         fetched = self.download_deltas(client, cfg, s, release, plan, site.progress(progress))
         manifest = fetched.steps[-1][1] if fetched.steps else client.fetch_manifest(release)
-        target = s.next_slot
-        self.precheck(cfg, s, release, manifest, target)
+        cached = fetched.steps or os.path.isfile(self.layout.cache / cache_name(release.full.path))
+        self.check_space(s, release, target, download=0 if cached else release.full.length, tree=tree_size(manifest))
         s = site.save(sm.begin_install(s, release.version, release.content.sha256, kind, release.entry_point))
         baseline: float | None = None
         try:
@@ -213,7 +217,7 @@ class Stager(Part):
             skip = tuple(n for n in cfg.persistent_paths if os.path.lexists(self.layout.data / n))
             rebuilt, fetched.rebuilt = fetched.rebuilt, None  # held no longer than the apply
             try:
-                apply_chain(fetched.steps, *fetched.base, slot_dir, self.layout.cache / "delta-work",
+                apply_chain(fetched.steps, *fetched.base, slot_dir, self.site.delta_work,
                             skip=skip, rebuilt=rebuilt)
                 return {"path": plan.kind, "update_path": plan.describe(), "skip": skip}
             except DeltaError as exc:
@@ -231,24 +235,33 @@ class Stager(Part):
             route["fallback_reason"] = fetched.fallback
         return route
 
-    def precheck(self, cfg: ClientConfig, s: SlotState, release: Release, manifest: Manifest, target: str) -> None:
-        """Refuse, before touching anything, an install that cannot finish."""
+    def check_writable(self) -> None:
+        """Refuse, before touching anything, an install into directories it cannot write."""
         root = self.layout.root
         for path in (root, self.layout.slots_dir, self.layout.cache, self.layout.manifests, self.layout.data):
             if not os.access(path, os.W_OK | os.X_OK):
                 raise InstallError(f"cannot write {path} (permission denied); nothing was changed")
-        need = tree_size(manifest) + SPACE_SLACK
-        cached = self.layout.cache / cache_name(release.full.path)
-        if not cached.exists():
-            need += release.full.length
-        usage = shutil.disk_usage(root)
+
+    def check_space(self, s: SlotState, release: Release, target: str, *, download: int, tree: int) -> None:
+        """Refuse, before anything is downloaded or wiped, an install the disk cannot hold, by
+        ``space_problem`` over ``free_bytes`` (the one seam tests replace) and what the inactive
+        slot occupies now."""
+        root = self.layout.root
+        try:
+            free = self.free_bytes(root)
+        except OSError as exc:
+            raise InstallError(f"cannot read the free space of {root}: {one_line(exc)}; nothing was changed") from exc
         reclaim = _disk_size(self.layout.slot(target)) if target != s.active else 0
-        have = usage.free + reclaim
-        if have < need:
+        problem = space_problem(free, reclaim, download, tree)
+        if problem:
             raise InstallError(
-                f"not enough free space in {root}: {release.version} needs {mib(need)} for slot {target} "
-                f"and its download, {mib(have)} available; nothing was changed"
+                f"not enough free space in {root}: {release.version} {problem}; nothing was changed"
             )
+
+    @staticmethod
+    def free_bytes(path: Path) -> int:
+        """Bytes free on the file system of ``path``."""
+        return shutil.disk_usage(path).free
 
     def link_persistent(self, slot_dir: Path, names: tuple[str, ...]) -> None:
         """Make each persistent top-level path of the slot a link into ``data/`` (seeding it once)."""
@@ -294,9 +307,30 @@ class Stager(Part):
             )
 
 
+def space_problem(free: int, reclaim: int, download: int, tree: int) -> str | None:
+    """The one free-space rule, in the order an install uses the disk (None: it fits).
+
+    The download lands first, while the inactive slot still holds the previous release, so it
+    needs ``download`` bytes free as the disk is now: that slot is the instant-rollback target and
+    is not wiped before the download has succeeded. Then the slot is wiped (its ``reclaim`` bytes
+    come back) and the release, ``tree`` bytes, is written beside the download, which stays in the
+    cache. ``SPACE_SLACK`` stays free in both phases (state, history, metadata)."""
+    if free < download + SPACE_SLACK:
+        return (f"needs {mib(download + SPACE_SLACK)} free for its download before the inactive slot can be "
+                f"emptied, {mib(free)} free")
+    after = free - download + reclaim
+    if after < tree + SPACE_SLACK:
+        return (f"needs {mib(tree + SPACE_SLACK)} for the new slot, {mib(after)} available once it is downloaded "
+                f"and the inactive slot ({mib(reclaim)}) is emptied")
+    return None
+
+
 def _disk_size(path: Path) -> int:
-    """Bytes a directory tree occupies (blocks), not following symlinks."""
+    """Bytes a directory tree occupies (blocks), not following symlinks (a slot path that is one
+    included: what it points at is not freed by wiping the slot)."""
     total = 0
+    if os.path.islink(path):
+        return 0
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             with contextlib.suppress(OSError):
