@@ -222,6 +222,30 @@ def default_client(cfg: ClientConfig, layout: Layout) -> RepositoryClient:
                             metadata_url=cfg.text("metadata_url") or None, targets_url=cfg.text("targets_url") or None)
 
 
+def remove_entry(path: Path) -> bool:
+    """Remove whatever is at ``path`` as the entry itself, by ``lstat``: a symlink is unlinked (its
+    target untouched), a directory removed with its contents (``rmtree`` follows no link inside),
+    anything else unlinked. False when nothing was there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+    return True
+
+
+def own_directory(path: Path) -> None:
+    """Make ``path`` a real directory: a symlink or file planted there is removed first."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return
+        os.unlink(path)
+    path.mkdir()
+
+
 def installed(s: SlotState) -> tuple[str, str] | None:
     """(version, content sha256) of the active release: the base deltas are planned from."""
     content = s.active_content
