@@ -347,8 +347,10 @@ def guarded_protocol(limits: Limits) -> type[asyncio.Protocol]:
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
             self._arm_head_timer()
-            if len(self.connections) > limits.max_connections:
-                waiting = [c for c in self.connections
+            # Connections already dropped stay in the set until their close completes: not counted.
+            open_ = [c for c in self.connections if not c.transport.is_closing()]
+            if len(open_) > limits.max_connections:
+                waiting = [c for c in open_
                            if isinstance(c, GuardedH11Protocol) and c is not self and c._waiting_for_head()]
                 if waiting:
                     min(waiting, key=lambda c: c._waiting_since)._drop(408, "Request Timeout")
