@@ -248,6 +248,8 @@ def verify_cmd(updater: AutoUpdater, all_slots: bool, as_json: bool, wait: bool)
             click.echo(f"slot {slot.slot} ({slot.version or 'empty'}{', active' if slot.active else ''}): {state}")
             for problem in slot.problems:
                 click.echo(f"  {problem}")
+        if report.note:
+            click.echo(f"note: {report.note}")
     if not report.ok:
         raise _fail("installed files differ from the signed release (run 'repair')", 4)
 

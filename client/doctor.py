@@ -9,7 +9,7 @@ install (``client.installer``).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 from datetime import UTC, datetime
@@ -17,15 +17,20 @@ from datetime import UTC, datetime
 from pinnacle_updates.client import fleet_state
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
-from pinnacle_updates.client.errors import ConfigError, StateError, TrustError, UpdateError
+from pinnacle_updates.client.errors import BusyError, ConfigError, StateError, TrustError, UpdateError
 from pinnacle_updates.client.install_dir import Part, lock_holder, mib
 from pinnacle_updates.client.results import DoctorCheck, SlotReport, VerifyReport
-from pinnacle_updates.client.slots import SlotState
+from pinnacle_updates.client.slots import SlotContent, SlotState
 from pinnacle_updates.client.staging import SPACE_SLACK
-from pinnacle_updates.client.trust import RepositoryClient
-from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats import boundedjson, fsutil
+from pinnacle_updates.formats.index import Manifest
 from pinnacle_updates.formats.redact import redact_url
 from pinnacle_updates.formats.tree import tree_size, verify_tree
+
+TIMESTAMP_MAX = 1 << 20
+"""Bytes of the trusted ``timestamp.json`` read for the clock check (ngclient's own bound is 16 KiB)."""
+VERIFY_ATTEMPTS = 3
+"""Passes of a verify without the lock before it gives up on a directory that keeps changing."""
 
 
 class Doctor(Part):
@@ -33,44 +38,81 @@ class Doctor(Part):
 
     # -- verify ----------------------------------------------------------------------------------------
     def verify(self, all_slots: bool = False, *, wait: bool = False) -> VerifyReport:
-        """Re-hash the active slot (``all_slots``: both) against its signed manifest."""
+        """Re-hash the active slot (``all_slots``: both) against its signed manifest.
+
+        Read-only, so without ``wait`` it takes no lock and works while another process holds it
+        (an install, the agent), and never makes an install wait. It verifies the slots against a
+        snapshot of ``state.json`` (one read of a file only ever replaced whole), and the result
+        stands only if the state read again afterwards lists the same contents in those slots, none
+        of them the target of an operation (``SlotContent`` carries its install time, so a slot
+        wiped and refilled meanwhile shows). While an operation is in progress (or was interrupted)
+        only the active slot, which no operation writes, is verified, and the report's ``note`` says
+        so. A manifest missing from the cache is fetched through TUF under the lock (that writes the
+        trusted metadata). With ``wait`` the lock is held throughout, as for operations that write."""
         site = self.site
-        with site.locked(wait):
-            cfg = site.config()
-            s = site.load()
-            names = list(sm.SLOT_NAMES) if all_slots else ([s.active] if s.active else [])
-            if not names:
-                raise StateError("nothing is installed, so there is nothing to verify")
-            reports = []
-            client: RepositoryClient | None = None
-            try:
-                for name in names:
-                    content = s.slots.get(name)
-                    if content is None:
-                        if name != s.active:
-                            reports.append(SlotReport(name, None, False, ()))
-                        continue
-                    manifest = site.manifest_for(content, cfg, client)
-                    if manifest is None:
-                        client = client or site.repository(cfg)
-                        manifest = site.manifest_for(content, cfg, client)
-                    assert manifest is not None
-                    problems = verify_tree(self.layout.slot(name), manifest, skip=cfg.persistent_paths)
-                    problems += self._persistent_problems(name, cfg.persistent_paths)
-                    reports.append(SlotReport(name, content.version, name == s.active, tuple(problems)))
-            finally:
-                if client is not None:
-                    client.close()
-            report = VerifyReport(tuple(reports))
+        cfg = site.config()
+        with contextlib.ExitStack() as stack:
+            if wait:
+                stack.enter_context(site.locked(True))
+            for _ in range(VERIFY_ATTEMPTS):
+                s = site.load()
+                report = self._verify_slots(cfg, s, all_slots, locked=wait)
+                if wait or _still_there(s, site.load(), report):
+                    break
+            else:
+                raise BusyError("the install directory kept changing while it was verified (an install is "
+                                "running); run verify again when it finishes, or with --wait")
             site.record(
                 {
                     "op": "verify",
                     "all": all_slots,
                     "ok": report.ok,
-                    "slots": {r.slot: len(r.problems) for r in reports if r.version},
+                    "slots": {r.slot: len(r.problems) for r in report.slots if r.version},
+                    **({"note": report.note} if report.note else {}),
                 }
             )
             return report
+
+    def _verify_slots(self, cfg: ClientConfig, s: SlotState, all_slots: bool, *, locked: bool) -> VerifyReport:
+        """One pass over the slots ``s`` lists (``locked``: the caller holds the install lock)."""
+        site = self.site
+        note = ""
+        names = list(sm.SLOT_NAMES) if all_slots else ([s.active] if s.active else [])
+        if not s.resting and not locked:
+            note = (f"state {s.state.value}: an operation is in progress (or was interrupted: run recover), "
+                    "so only the active slot was verified")
+            names = [s.active] if s.active else []
+        if not names:
+            if note:
+                return VerifyReport((), note)
+            raise StateError("nothing is installed, so there is nothing to verify")
+        reports = []
+        for name in names:
+            content = s.slots.get(name)
+            if content is None:
+                if name != s.active:
+                    reports.append(SlotReport(name, None, False, ()))
+                continue
+            manifest = site.manifest_for(content, cfg, None) or self._fetch_manifest(cfg, content, locked)
+            problems = verify_tree(self.layout.slot(name), manifest, skip=cfg.persistent_paths)
+            problems += self._persistent_problems(name, cfg.persistent_paths)
+            reports.append(SlotReport(name, content.version, name == s.active, tuple(problems)))
+        return VerifyReport(tuple(reports), note)
+
+    def _fetch_manifest(self, cfg: ClientConfig, content: SlotContent, locked: bool) -> Manifest:
+        """The manifest of ``content`` through TUF (it was not cached), under the install lock."""
+        site = self.site
+        with contextlib.ExitStack() as stack:
+            if not locked:
+                try:
+                    stack.enter_context(site.locked(False))
+                except BusyError as exc:
+                    raise BusyError(f"the manifest of {content.version} is not cached, and fetching it needs "
+                                    f"the install lock: {exc}") from None
+            with site.repository(cfg) as client:
+                manifest = site.manifest_for(content, cfg, client)
+        assert manifest is not None
+        return manifest
 
     def _persistent_problems(self, slot: str, names: tuple[str, ...]) -> list[str]:
         problems = []
@@ -181,7 +223,8 @@ class Doctor(Part):
         metadata look expired; one far behind accepts stale metadata)."""
         path = self.layout.metadata / "timestamp.json"
         try:
-            signed = json.loads(path.read_bytes())["signed"]
+            signed = boundedjson.load_object(fsutil.read_regular(path, TIMESTAMP_MAX), path.name,
+                                             max_bytes=TIMESTAMP_MAX)["signed"]
             expires = datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         except (OSError, ValueError, KeyError, TypeError):
             return DoctorCheck("clock", False, "no verified timestamp metadata to compare the clock with", True)
@@ -193,3 +236,11 @@ class Doctor(Part):
                 "clock", False, f"signed timestamp expires {signed['expires']}: is the clock behind?", True
             )
         return DoctorCheck("clock", True, f"signed timestamp valid until {signed['expires']} ({left / 3600:.1f} h)")
+
+
+def _still_there(before: SlotState, after: SlotState, report: VerifyReport) -> bool:
+    """Whether every slot ``report`` verified from ``before`` holds the same content in ``after``
+    and is not the target of an operation there (so nothing wrote it while it was hashed)."""
+    target = after.op.slot if after.op is not None else None
+    return all(after.slots.get(r.slot) == before.slots.get(r.slot) and r.slot != target
+               for r in report.slots if r.version)

@@ -24,20 +24,22 @@ from typing import Any
 from pinnacle_updates.client import history as history_mod
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.slots import Layout, SlotState
-from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.fleet import FleetView, evaluate
 from pinnacle_updates.formats.index import ChannelIndex, Release, UpdateType
 from pinnacle_updates.formats.rollout import ClockReading, format_time, newest_time, rollout_time
 
 FILE_NAME = "fleet.json"
+FILE_MAX = 1 << 20
+"""Bytes of ``fleet.json`` read at most (a real one is under 2 KiB)."""
 _TRACKED = ("channel", "groups", "installed_yanked", "clock_note")
 _TYPES = {"newest_signed_time": str, "channel": str, "groups": dict, "installed_yanked": dict, "clock_note": str}
 
 
 def load(root: Path) -> dict[str, Any]:
     """The last record ({} when there is none or it is unreadable: it is only a cache and a floor)."""
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads((Path(root) / FILE_NAME).read_bytes())
+    with contextlib.suppress(OSError, ValueError):  # FormatError is a ValueError
+        data = boundedjson.loads(fsutil.read_regular(Path(root) / FILE_NAME, FILE_MAX), FILE_NAME, max_bytes=FILE_MAX)
         if isinstance(data, dict):  # a field of the wrong type is dropped, as if it were missing
             return {k: v for k, v in data.items() if k not in _TYPES or isinstance(v, _TYPES[k])}
     return {}

@@ -7,6 +7,7 @@ skip lines that do not parse (and the next append starts on a fresh line).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,13 @@ from typing import Any
 
 from pinnacle_updates.client.errors import StateError
 from pinnacle_updates.client.slots import BadVersion, now
+from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.redact import redact_text
+
+READ_MAX = 64 << 20
+"""Bytes of the log's end that readers decode (about 200,000 records; older ones are not read)."""
+LINE_MAX = 1 << 20
+"""Bytes of one record (a real one is under 2 KiB)."""
 
 
 def _redacted(value: Any) -> Any:
@@ -33,14 +40,12 @@ def append(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Append ``record`` (with a ``ts`` added when missing) durably; return what was written."""
     rec: dict[str, Any] = _redacted({"ts": now(), **record})
     line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # read-write (never blocks, even on a FIFO) and checked to be a regular file before writing
+    fd = fsutil.open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        if os.fstat(fd).st_size > 0:
-            # start on a fresh line if a killed writer left a torn one
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    line = "\n" + line
+        size = os.fstat(fd).st_size
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # start on a fresh line if a killed writer left a torn one
         os.write(fd, line.encode("utf-8"))
         os.fsync(fd)
     finally:
@@ -49,23 +54,35 @@ def append(path: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Records oldest first (the last ``limit`` when given); torn lines are skipped."""
+    """Records oldest first (the last ``limit`` when given); torn or damaged lines are skipped.
+
+    Bounded: only the last ``READ_MAX`` bytes are read, and each line is decoded within
+    ``LINE_MAX`` bytes and the bounds of ``formats.boundedjson``."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        fd = fsutil.open_regular(path)
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - READ_MAX)
+        data = os.pread(fd, size - start, start) if size else b""
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    lines = data.split(b"\n")
+    if start:
+        lines = lines[1:]  # the first line read is cut off
     out: list[dict[str, Any]] = []
-    for line in text.splitlines():
+    for line in lines:
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
+        with contextlib.suppress(boundedjson.FormatError):
+            rec = boundedjson.loads(line, "history record", max_bytes=LINE_MAX)
+            if isinstance(rec, dict):
+                out.append(rec)
     return out[-limit:] if limit else out
 
 

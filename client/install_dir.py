@@ -27,7 +27,7 @@ from pinnacle_updates.client.results import EventSink, Progress
 from pinnacle_updates.client.slots import Layout, SlotContent, SlotState
 from pinnacle_updates.client.transport import HttpxFetcher
 from pinnacle_updates.client.trust import RepositoryClient
-from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.index import FormatError, Manifest, Release
 
 ClientFactory = Callable[[ClientConfig, Layout], RepositoryClient]
@@ -152,7 +152,7 @@ class InstallDir:
         """The cached manifest of ``content``; with ``client``, fetched again through TUF if needed."""
         path = self.layout.manifest(content.sha256)
         with contextlib.suppress(OSError, FormatError):
-            m = Manifest.from_bytes(path.read_bytes())
+            m = read_manifest(path)
             if m.content.sha256 == content.sha256 and m.version == content.version:
                 return m
         if client is None:
@@ -213,8 +213,8 @@ class InstallDir:
 
 
 def default_client(cfg: ClientConfig, layout: Layout) -> RepositoryClient:
-    try:
-        root = layout.trusted_root.read_bytes()
+    try:  # may be a link to the root shipped in a package; never a FIFO
+        root = fsutil.read_regular(layout.trusted_root, boundedjson.DOCUMENT_MAX, follow=True)
     except OSError as exc:
         raise ConfigError(f"cannot read the trusted root {layout.trusted_root}: {exc.strerror or exc}") from exc
     fetcher = HttpxFetcher(partial_dir=layout.cache / "partial")  # interrupted downloads resume
@@ -252,10 +252,15 @@ def installed(s: SlotState) -> tuple[str, str] | None:
     return (content.version, content.sha256) if content is not None else None
 
 
+def read_manifest(path: Path) -> Manifest:
+    """A cached manifest (``manifests/<sha256>.json``): a regular file, bounded, decoded strictly."""
+    return Manifest.from_bytes(fsutil.read_regular(path, boundedjson.DOCUMENT_MAX))
+
+
 def lock_holder(path: Path) -> str | None:
     """The pid recorded in the lock file, if any."""
     with contextlib.suppress(OSError, ValueError):
-        text = path.read_text().strip()
+        text = fsutil.read_regular(path, 64).decode().strip()
         if text:
             return str(int(text.split()[0]))
     return None

@@ -26,7 +26,7 @@ from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.activation import Activation
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.errors import HealthCheckError, StateError
-from pinnacle_updates.client.install_dir import InstallDir, Part
+from pinnacle_updates.client.install_dir import InstallDir, Part, read_manifest
 from pinnacle_updates.client.results import RecoveryReport
 from pinnacle_updates.client.slots import Layout, SlotContent, SlotState, State
 from pinnacle_updates.formats import fsutil
@@ -184,7 +184,7 @@ class Recovery(Part):
                 if entry.suffix != ".json":
                     continue
                 with contextlib.suppress(OSError, FormatError):
-                    m = Manifest.from_bytes(entry.read_bytes())
+                    m = read_manifest(entry)
                     if entry.stem == m.content.sha256:
                         out.append(m)
         return out

@@ -148,13 +148,15 @@ class SlotReport:
 @dataclass(frozen=True)
 class VerifyReport:
     slots: tuple[SlotReport, ...]
+    note: str = ""
+    """Set when less than asked was verified (another process is in the middle of an operation)."""
 
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.slots)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "slots": [r.to_dict() for r in self.slots]}
+        return {"ok": self.ok, "slots": [r.to_dict() for r in self.slots], "note": self.note}
 
 
 @dataclass(frozen=True)
