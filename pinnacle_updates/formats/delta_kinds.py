@@ -13,8 +13,9 @@ until all three list exactly the same kinds:
 2. the publisher's registry ``PUBLISHER_KINDS`` in :mod:`pinnacle_updates.repo_tools.delta`: its
    encoder and the memory the encoder needs (op estimates in
    :data:`pinnacle_updates.repo_tools.core.delta_plan.ENCODER_MEMORY`, which the planner budgets with);
-3. the client's registry ``CLIENT_KINDS`` in :mod:`pinnacle_updates.client.delta.kinds`: its applier
-   and the memory its decoding may take at most.
+3. the appliers' registry ``CLIENT_KINDS`` in :mod:`pinnacle_updates.formats.delta_apply.kinds` (the
+   client installs with it, ``verify --deep`` checks deltas with it): its applier and the memory its
+   decoding may take at most.
 
 A kind a client cannot apply must never be published: deploy the client's applier first, then the
 publisher's encoder.

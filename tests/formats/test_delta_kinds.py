@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from pinnacle_updates.client.delta import kinds as client_kinds
 from pinnacle_updates.formats import delta_format, delta_kinds, lzma_dict
+from pinnacle_updates.formats.delta_apply import kinds as client_kinds
 from pinnacle_updates.formats.delta_format import DeltaHeader, DeltaOp, ManifestPatch, read_header, write_delta
 from pinnacle_updates.formats.delta_kinds import ALL_KINDS, ContainerKind, OpKind
 from pinnacle_updates.formats.delta_segments import WHOLE_PATCH_MAX

@@ -10,7 +10,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from pinnacle_updates.client.errors import InstallError
 from pinnacle_updates.formats import delta_format, lzma_dict
 from pinnacle_updates.formats.archive import ArchiveError, TreeChanged, show_path, write_files
 from pinnacle_updates.formats.delta_kinds import ContainerKind, OpKind
@@ -54,7 +53,7 @@ def apply_solid(job: ApplyJob) -> None:
         else:
             try:
                 write_file(job.dest_fd, entry, io.BytesIO(ranges[entry.path]).read, hashed)
-            except (InstallError, ArchiveError) as exc:
+            except ArchiveError as exc:
                 raise DeltaError(f"{label}: the solid stream rebuilt other bytes: {exc}") from None
 
 

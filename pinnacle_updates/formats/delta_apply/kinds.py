@@ -1,6 +1,6 @@
-"""The client's registry of delta kinds: for every op kind and container kind
-(:mod:`pinnacle_updates.formats.delta_kinds`), how it is applied and the most memory decoding it may
-take. ``tests/formats/test_delta_kinds.py`` checks that :data:`CLIENT_KINDS` covers every kind
+"""The appliers' registry of delta kinds (the client's, shared with ``verify --deep``): for every op
+kind and container kind (:mod:`pinnacle_updates.formats.delta_kinds`), how it is applied and the most
+memory decoding it may take. ``tests/formats/test_delta_kinds.py`` checks that :data:`CLIENT_KINDS` covers every kind
 exactly, like the publisher's ``PUBLISHER_KINDS`` (:mod:`pinnacle_updates.repo_tools.delta`).
 
 The memory bounds are what the client's checks guarantee whatever a delta says (output bounded by the

@@ -8,7 +8,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pinnacle_updates.client.errors import InstallError
 from pinnacle_updates.formats import delta_format
 from pinnacle_updates.formats.archive import (
     ArchiveError,
@@ -63,7 +62,7 @@ def apply_whole_archive(job: ApplyJob) -> None:
             zstd.finish()
     except DeltaError:
         raise
-    except (InstallError, ArchiveError) as exc:
+    except ArchiveError as exc:
         raise DeltaError(f"{label}: {exc}") from exc
 
 
