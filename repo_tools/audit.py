@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +24,18 @@ import zstandard
 from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, TargetFile, Targets
 
 from pinnacle_updates.formats.archive import CHUNK_SIZE, manifest_problems, show_path
-from pinnacle_updates.formats.index import ChannelIndex, FormatError, Manifest, index_path, record_from_bytes
+from pinnacle_updates.formats.delta_apply import DeltaError, apply_delta, manifest_from_delta
+from pinnacle_updates.formats.index import (
+    ChannelIndex,
+    DeltaRef,
+    FormatError,
+    Manifest,
+    Release,
+    index_path,
+    parse_version,
+    record_from_bytes,
+)
+from pinnacle_updates.formats.tree import extract_release, verify_tree
 
 from .core.metadata import to_bytes
 from .store import Repository
@@ -89,6 +102,8 @@ class _Auditor:
         self.report = AuditReport()
         self.hashed: dict[Path, int] = {}
         """Target files already checked against signed metadata, with their length."""
+        self.releases: dict[tuple[str, str, Any], Release] = {}
+        """Every release whose manifest reads, live or archived, by channel, platform and version."""
 
     def problem(self, text: str) -> None:
         # Names and messages come from the repository (an attacker's, maybe): never a raw control
@@ -215,7 +230,65 @@ class _Auditor:
         self.superseded({name.removesuffix(".json"): info.version for name, info in meta.items()
                          if name != "targets.json"})
         self.unreferenced()
+        if self.deep:
+            self.deltas()
         return self.report
+
+    def deltas(self) -> None:
+        """``--deep``: apply every delta of every release (live or archived) to its base release and
+        check the output against the release's signed manifest, with the client's own appliers
+        (``formats.delta_apply``): the manifest the delta carries must compress to the signed
+        manifest target, every file must come out with its signed size and sha256, and the tree must
+        be exactly the manifest. Each base is extracted (verified) once, into a temporary directory
+        outside the repository (``TMPDIR``), and each delta applied next to it; one base tree and
+        one output tree at a time."""
+        by_base: dict[tuple[str, str, Any], list[tuple[Release, DeltaRef]]] = {}
+        for (channel, platform, _), release in sorted(self.releases.items(), key=lambda kv: str(kv[0])):
+            for ref in release.deltas:
+                label = f"{channel} {release.version} ({platform}): delta from {ref.base}"
+                key = (channel, platform, parse_version(ref.base))
+                base = self.releases.get(key)
+                if base is None:
+                    self.problem(f"{label}: the base release is not in the repository")
+                elif base.content.sha256 != ref.base_content:
+                    self.problem(f"{label}: the base release's content digest is not the delta's from_content")
+                else:
+                    by_base.setdefault(key, []).append((release, ref))
+        with tempfile.TemporaryDirectory(prefix="pinnacle-verify-") as scratch:
+            for key, uses in by_base.items():
+                self.deltas_from(self.releases[key], uses, Path(scratch))
+
+    def deltas_from(self, base: Release, uses: list[tuple[Release, DeltaRef]], scratch: Path) -> None:
+        base_dir, out = scratch / "base", scratch / "out"
+        try:
+            base_manifest = self.read_manifest(base)
+            base_dir.mkdir()
+            extract_release(self.repo.target_location(base.full.path, base.full.sha256), base_dir, base_manifest)
+        except (OSError, zstandard.ZstdError, FormatError) as exc:
+            for release, ref in uses:
+                self.problem(f"{release.version} ({release.platform}): delta from {ref.base} not applied: "
+                             f"its base does not extract ({exc})")
+            shutil.rmtree(base_dir, ignore_errors=True)
+            return
+        for release, ref in uses:
+            label = f"{release.version} ({release.platform}): delta from {ref.base}"
+            delta_file = self.repo.target_location(ref.target.path, ref.target.sha256)
+            try:
+                target = self.read_manifest(release)
+                carried, rebuilt = manifest_from_delta(delta_file, base_manifest, release, base_dir)
+                if carried is not None and carried != target:
+                    raise DeltaError("the manifest it carries is not the signed manifest")
+                out.mkdir()
+                apply_delta(delta_file, base_dir, base_manifest, target, out, rebuilt=rebuilt)
+                wrong = verify_tree(out, target)
+                if wrong:
+                    raise DeltaError(f"its output differs from the signed manifest ({len(wrong)}: {wrong[0]})")
+                self.report.deltas += 1
+            except (OSError, zstandard.ZstdError, FormatError) as exc:  # DeltaError and ArchiveError are FormatErrors
+                self.problem(f"{label}: {exc}")
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(base_dir, ignore_errors=True)
 
     def superseded(self, current: dict[str, int]) -> None:
         """Targets that only older versions of the delegated roles (channels, archive bins) still
@@ -393,15 +466,19 @@ class _Auditor:
         for path in sorted(set(targets) - referenced):
             self.problem(f"{name}: signed target {path} is not referenced by the channel index")
 
-    def manifest(self, name: str, release: Any) -> None:
-        location = self.repo.target_location(release.manifest.path, release.manifest.sha256)
+    def read_manifest(self, release: Release) -> Manifest:
+        """The stored manifest of ``release``; raises ``OSError``, ``zstandard.ZstdError`` or ``FormatError``."""
+        with open_regular(self.repo.target_location(release.manifest.path, release.manifest.sha256)) as f:
+            data = zstandard.ZstdDecompressor().stream_reader(f).read(MAX_MANIFEST_BYTES + 1)
+        return Manifest.from_bytes(data)
+
+    def manifest(self, name: str, release: Release) -> None:
         try:
-            with open_regular(location) as f:
-                data = zstandard.ZstdDecompressor().stream_reader(f).read(MAX_MANIFEST_BYTES + 1)
-            manifest = Manifest.from_bytes(data)
+            manifest = self.read_manifest(release)
         except (OSError, zstandard.ZstdError, FormatError) as exc:
             self.problem(f"{name} {release.version}: manifest unreadable ({exc})")
             return
+        self.releases[(name, release.platform, release.parsed_version)] = release
         if manifest.content != release.content or manifest.version != release.version:
             self.problem(f"{name} {release.version}: manifest disagrees with the channel index")
         unsafe = manifest_problems(manifest.entries, release.platform)

@@ -12,12 +12,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+import pyzstd
 
+from pinnacle_updates.formats.delta_kinds import OpKind
 from pinnacle_updates.formats.index import index_path
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.audit import verify_repository
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
+from tests import helpers_client as hc
+from tests.client.test_delta_client import CHAIN, forge_delta, noise, publish_with, republish, rewrite_ops
 from tests.conftest import run_cli
 from tests.fixtures_repo import FixtureRepo, flip_byte
 
@@ -101,3 +105,27 @@ def test_names_from_the_repository_are_escaped(tmp_path: Path) -> None:
         assert "\\x1b]0;title\\x07.bin" in output  # the signed target nobody's index references
         assert "\\u202etxt.exe" in output  # the unreferenced file
         assert "\\x1b[2J\\x1b[31mred" in output  # the release tree: unsafe on its platform
+
+
+def test_deep_applies_every_delta_and_names_one_with_wrong_output(tmp_path: Path) -> None:
+    """``verify --deep`` applies each delta to its base with the shared appliers. A delta replaced by a
+    well-formed one, properly signed, whose op rebuilds other bytes of the right size: TUF and the
+    plain ``verify`` accept it; ``--deep`` names the release, the base and the file."""
+    repo = hc.make_repo(tmp_path / "pub")
+    for i, version in enumerate(CHAIN):
+        publish_with(repo, version, i, deltas=2)
+    clean = verify_repository(repo.dir, ops.utcnow(), deep=True)
+    assert clean.problems == [] and clean.deltas == 3  # 1.1.0 from 1.0.0; 1.2.0 from 1.1.0 and from 1.0.0
+    for whole_archive in (True, False):  # both container kinds, as the publisher builds them
+        republish(repo, tmp_path, whole_archive=whole_archive)
+        report = verify_repository(repo.dir, ops.utcnow(), deep=True)
+        assert report.problems == [] and report.deltas == 3, report.problems
+
+    wrong = pyzstd.compress(noise("not the release", 400_000), 19)  # lib/big.so is 400,000 bytes
+    forge_delta(repo, "1.1.0", "1.0.0", lambda data: rewrite_ops(data, {"lib/big.so": (OpKind.ZSTD, wrong)}))
+    assert verify_repository(repo.dir, ops.utcnow()).problems == []  # signed and hashed: only applying shows it
+    report = verify_repository(repo.dir, ops.utcnow(), deep=True)
+    assert report.deltas == 2 and len(report.problems) == 1, report.problems
+    assert "1.1.0 (any): delta from 1.0.0" in report.problems[0] and "lib/big.so" in report.problems[0]
+    proc = run_cli("pinnacle-release", "verify", "--deep", str(repo.dir), check=False)
+    assert proc.returncode == 6 and "lib/big.so" in proc.stderr and "Traceback" not in proc.stderr
