@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import math
 import os
 import re
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pinnacle_updates.client.errors import ConfigError
 from pinnacle_updates.client.policy import UpdateConfig
-from pinnacle_updates.formats import fsutil
+from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.index import (
     CHANNELS,
     DEFAULT_SKIP_RAMP_TYPES,
@@ -492,6 +491,10 @@ def _default(spec: Key) -> Value:
     return list(spec.default) if isinstance(spec.default, list) else spec.default
 
 
+CONFIG_MAX = 1 << 20
+"""Bytes of ``config.toml`` read at most (a real one is about 4 KiB)."""
+
+
 def load(install_dir: Path) -> ClientConfig:
     """Read and validate ``DIR/config.toml``."""
     return validate(_read(Path(install_dir)))
@@ -500,7 +503,7 @@ def load(install_dir: Path) -> ClientConfig:
 def _read(install_dir: Path) -> dict[str, Any]:
     path = install_dir / "config.toml"
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(fsutil.read_regular(path, CONFIG_MAX, follow=True).decode("utf-8"))  # never a FIFO
     except FileNotFoundError:
         raise ConfigError(
             f"no config at {path}; run `pinnacle-update --install-dir {install_dir} init ...` first"
@@ -679,7 +682,7 @@ def init(
     if layout.config.exists():
         raise ConfigError(f"{install_dir} is already initialised ({layout.config} exists)")
     try:
-        root_bytes = Path(root_json_path).read_bytes()
+        root_bytes = fsutil.read_regular(Path(root_json_path), boundedjson.DOCUMENT_MAX, follow=True)
     except OSError as exc:
         raise ConfigError(f"cannot read trusted root {root_json_path}: {exc.strerror or exc}") from exc
     _check_root(root_bytes, Path(root_json_path))
@@ -708,7 +711,7 @@ def init(
 
 def _check_root(data: bytes, path: Path) -> None:
     try:
-        doc = json.loads(data)
+        doc = boundedjson.loads(data, str(path))
         kind = doc["signed"]["_type"]
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not TUF root metadata") from None
