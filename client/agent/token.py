@@ -36,7 +36,7 @@ def load_or_create(install_dir: Path, *, rotate: bool = False) -> str:
                     f"{path} is readable by other users (mode {st.st_mode & 0o777:o}); "
                     "rotate it with `pinnacle-update token --rotate`"
                 )
-            token = path.read_text(encoding="ascii").strip()
+            token = fsutil.read_regular(path, 4096).decode("ascii").strip()  # a planted FIFO must not hang
             if len(token) >= 32:
                 return token
         except FileNotFoundError:
