@@ -21,6 +21,10 @@ _SECRET_PARTS = ("token", "secret", "sig", "passw", "pwd", "key", "auth", "crede
 # A URL in free text: a scheme, ``://``, then everything up to white space or a quote/bracket that
 # usually ends a quoted URL in a message.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_TRAILING = ".,;:!?)]}"
+_USERINFO_IN_TEXT = re.compile(r"(://[^/?#\s@:]*:)[^/?#\s@]+@")
+# A value ends at white space or a separator, trailing punctuation and quotes kept outside it.
+_PARAM_IN_TEXT = re.compile(r"([?&;#]([^=\s&;#?]+)=)[^\s&;#]+?(?=[.,;:!?)\]}'\"]*(?:[\s&;#]|$))")
 _URL_PARTS = re.compile(r"(?s)(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*:)?//(?P<authority>[^/?#]*)(?P<rest>.*)")
 
 
@@ -65,7 +69,19 @@ def redact_text(text: str) -> str:
     """``text`` with every URL in it redacted (:func:`redact_url`)."""
     if "://" not in text:  # the common case: a message without a URL costs one scan
         return text
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    text = _URL_IN_TEXT.sub(_redact_match, text)
+    # Second passes for what a URL match may have cut short (a quote inside a user name or a query,
+    # both legal in URLs but also how messages quote them): any ``://user:password@`` and any
+    # ``?name=value`` / ``&name=value`` left.
+    text = _USERINFO_IN_TEXT.sub(rf"\1{MASK}@", text)
+    return _PARAM_IN_TEXT.sub(lambda m: f"{m[1]}{MASK}" if secret_name(m[2]) else m[0], text)
+
+
+def _redact_match(m: re.Match[str]) -> str:
+    # Punctuation that ends a sentence or a "URL: reason" message is kept outside the URL.
+    found = m.group(0)
+    url = found.rstrip(_TRAILING)
+    return redact_url(url) + found[len(url):]
 
 
 __all__ = ["MASK", "redact_text", "redact_url", "secret_name"]
