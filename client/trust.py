@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -44,7 +43,9 @@ from tuf.ngclient.updater import Updater
 
 from pinnacle_updates.client.errors import ConfigError, RepositoryError, StateError, TrustError, UpdateError
 from pinnacle_updates.client.transport import HttpxFetcher, TransportSettings, TransportStats, local_path
-from pinnacle_updates.formats.fsutil import TEMP_PREFIX, atomic_move
+from pinnacle_updates.formats import boundedjson
+from pinnacle_updates.formats.boundedjson import DOCUMENT_MAX
+from pinnacle_updates.formats.fsutil import TEMP_PREFIX, atomic_move, read_regular
 from pinnacle_updates.formats.index import (
     PLATFORM_ANY,
     ChannelIndex,
@@ -203,7 +204,8 @@ class RepositoryClient:
         """When the newest verified timestamp metadata was signed (the publisher's
         ``pinnacle_signed_at``), or None when it does not say: the floor of the rollout clock."""
         try:
-            signed = json.loads((self.metadata_dir / "timestamp.json").read_bytes())["signed"]
+            path = self.metadata_dir / "timestamp.json"  # verified by ngclient, but bounded all the same
+            signed = boundedjson.load_object(read_regular(path, DOCUMENT_MAX), path.name)["signed"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         value = signed.get(SIGNED_AT_FIELD) if isinstance(signed, dict) else None
