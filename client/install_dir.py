@@ -29,6 +29,7 @@ from pinnacle_updates.client.transport import HttpxFetcher
 from pinnacle_updates.client.trust import RepositoryClient
 from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.index import FormatError, Manifest, Release
+from pinnacle_updates.formats.redact import redact_text
 
 ClientFactory = Callable[[ClientConfig, Layout], RepositoryClient]
 
@@ -267,11 +268,12 @@ def lock_holder(path: Path) -> str | None:
 
 
 def one_line(exc: BaseException) -> str:
-    """``exc`` as one line (an ``OSError`` with the file it names)."""
+    """``exc`` as one line (an ``OSError`` with the file it names; credentials in a URL redacted:
+    an unexpected exception's text goes to state.json, the history and the user)."""
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
-    return " ".join(str(exc).split())
+    return redact_text(" ".join(str(exc).split()))
 
 
 def mib(n: int) -> str:
