@@ -22,6 +22,7 @@ from pinnacle_updates.client.install_dir import Part, lock_holder, mib
 from pinnacle_updates.client.results import DoctorCheck, SlotReport, VerifyReport
 from pinnacle_updates.client.slots import SlotContent, SlotState
 from pinnacle_updates.client.staging import SPACE_SLACK
+from pinnacle_updates.client.trust import RepositoryClient
 from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.index import Manifest
 from pinnacle_updates.formats.redact import redact_url
@@ -202,11 +203,12 @@ class Doctor(Part):
                 index = client.channel_index(cfg.text("channel"))
                 n = len(index.for_platform(cfg.text("platform")))
                 signed = (client.signed_time(), index.updated)
+                where = _where(cfg, client)
             checks.append(
                 DoctorCheck(
                     "repository",
                     True,
-                    f"{redact_url(cfg.text('repo_url'))} reachable; {n} release(s) for {cfg.text('platform')} "
+                    f"{where} reachable; {n} release(s) for {cfg.text('platform')} "
                     f"on {cfg.text('channel')}",
                 )
             )
@@ -244,3 +246,11 @@ def _still_there(before: SlotState, after: SlotState, report: VerifyReport) -> b
     target = after.op.slot if after.op is not None else None
     return all(after.slots.get(r.slot) == before.slots.get(r.slot) and r.slot != target
                for r in report.slots if r.version)
+
+
+def _where(cfg: ClientConfig, client: RepositoryClient) -> str:
+    """What the repository check reached: ``repo_url``, or the metadata and targets URLs when the
+    config sets either apart from it."""
+    if not (cfg.text("metadata_url") or cfg.text("targets_url")):
+        return redact_url(cfg.text("repo_url"))
+    return f"metadata {redact_url(client.metadata_url)} and targets {redact_url(client.targets_url)}"

@@ -74,7 +74,10 @@ def test_metadata_from_one_server_and_artifacts_from_another(
     result = updater.install()
     assert (result.outcome, result.version, result.route["path"]) == ("committed", "1.1.0", "delta")
     assert updater.verify().ok
-    assert {c.name: c.ok for c in updater.doctor()}["repository"]
+    repository = next(c for c in updater.doctor() if c.name == "repository")
+    assert repository.ok, repository
+    reached = f"metadata {origin.url} and targets {cdn.url}app/targets/ reachable; 2 release(s)"
+    assert repository.detail.startswith(reached), repository.detail
 
     if isinstance(origin, NginxServer) and isinstance(cdn, NginxServer):
         origin.wait_for(lambda rs: any(r.uri == "/timestamp.json" for r in rs))
