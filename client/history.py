@@ -16,7 +16,7 @@ from typing import Any
 from pinnacle_updates.client.errors import StateError
 from pinnacle_updates.client.slots import BadVersion, now
 from pinnacle_updates.formats import boundedjson, fsutil
-from pinnacle_updates.formats.redact import redact_text
+from pinnacle_updates.formats.redact import redact_data
 
 READ_MAX = 64 << 20
 """Bytes of the log's end that readers decode (about 200,000 records; older ones are not read)."""
@@ -24,21 +24,10 @@ LINE_MAX = 1 << 20
 """Bytes of one record (a real one is under 2 KiB)."""
 
 
-def _redacted(value: Any) -> Any:
-    """``value`` with credentials in every URL inside its strings redacted (the history is shown by
-    ``history``, the agent's API and dashboard, analytics and notifications)."""
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, dict):
-        return {k: _redacted(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(v) for v in value]
-    return value
-
-
 def append(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Append ``record`` (with a ``ts`` added when missing) durably; return what was written."""
-    rec: dict[str, Any] = _redacted({"ts": now(), **record})
+    # Redacted: the history is shown by `history`, the agent's API and dashboard, analytics, notifications.
+    rec: dict[str, Any] = redact_data({"ts": now(), **record})
     line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
     # read-write (never blocks, even on a FIFO) and checked to be a regular file before writing
     fd = fsutil.open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)

@@ -11,6 +11,7 @@ runs on messages about malformed URLs too.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 MASK = "***"
 
@@ -84,4 +85,16 @@ def _redact_match(m: re.Match[str]) -> str:
     return redact_url(url) + found[len(url):]
 
 
-__all__ = ["MASK", "redact_text", "redact_url", "secret_name"]
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string passed through
+    :func:`redact_text`; a new object, ``value`` unchanged."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(v) for v in value]
+    return value
+
+
+__all__ = ["MASK", "redact_data", "redact_text", "redact_url", "secret_name"]
