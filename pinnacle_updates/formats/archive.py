@@ -181,7 +181,8 @@ def platform_problems(paths: Iterable[str], platform: str | None) -> list[str]:
             other = seen.setdefault(key, path)
             if other != path:
                 shown, first = show_path(path), show_path(other)
-                alike = f" ({path!a} and {other!a})" if shown.casefold() == first.casefold() else ""
+                same_look = unicodedata.normalize("NFC", shown) == unicodedata.normalize("NFC", first)
+                alike = f" ({path!a} and {other!a})" if same_look else ""  # which code points differ
                 problems.append(f"{shown}: same file as {first} under {key[1]}{alike}")
                 break
     return problems
