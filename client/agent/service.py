@@ -273,9 +273,8 @@ class AgentService:
     def _loop_thread(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # not an Exception (those are handled per round): record why it ended
-            self._loop_failed(exc, 0.0)
-            raise
+        except BaseException as exc:  # not an Exception (those are handled per round): record why it ended;
+            self._loop_failed(exc, 0.0)  # the thread ends quietly (no traceback on stderr): ensure_loop restarts it
 
     def _loop(self) -> None:
         """Rounds until stopped. A round that fails in any way (a config that does not load, a value

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pinnacle_updates.client.agent.service import AgentService
 from tests.agent_server import V1, Agent, publish_all, run_agent, serve_repo
 from tests.helpers_client import Repo, init_client
 
@@ -113,3 +114,66 @@ def test_a_fix_through_the_api_retries_at_once(tmp_path: Path, repo: Repo, repo_
         t0 = time.monotonic()
         _wait_health(agent, lambda h: h["status"] == "ok", "the loop to come back", limit=20.0)
         assert time.monotonic() - t0 < 8.0, "the fix did not wake the loop: it waited out its backoff"
+
+
+# ----- the supervisor itself, in process, over a real install directory ------------------------------
+class _Faulty(AgentService):
+    """The real service whose loop rounds first raise ``faults`` (in order), then run as usual."""
+
+    def __init__(self, install_dir: Path, faults: list[BaseException]) -> None:
+        super().__init__(install_dir)
+        self.faults = faults
+
+    def _one_round(self, first: bool) -> None:
+        if self.faults:
+            raise self.faults.pop(0)
+        super()._one_round(first)
+
+
+def _wait_service(service: AgentService, predicate: Callable[[dict[str, Any]], bool], what: str,
+                  limit: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + limit
+    while True:
+        h = service.health()
+        if predicate(h):
+            return h
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}; last health: {h}")
+        time.sleep(0.05)
+
+
+def test_any_exception_in_a_round_is_retried_with_backoff(tmp_path: Path, repo: Repo, repo_url: str) -> None:
+    """A bug (not an UpdateError) in a round: logged with its type, degraded, retried after 1 s then 2 s,
+    then a good round clears it."""
+    d = tmp_path / "inst"
+    init_client(d, repo_url, repo, check_interval=1).install(V1)
+    service = _Faulty(d, [RuntimeError("boom"), ValueError(f"bad http://u:{'s3cr3t'}@h/x")])
+    service.start()
+    try:
+        h = _wait_service(service, lambda h: h["loop"]["failures"] == 2, "two failures")
+        assert h["status"] == "degraded" and h["loop"]["error"] == "ValueError: bad http://u:***@h/x"
+        assert h["loop"]["retry_in_seconds"] == 2.0  # 1 s, then doubled
+        h = _wait_service(service, lambda h: h["status"] == "ok", "the loop to come back")
+        assert h["loop"]["state"] == "running" and h["loop"]["restarts"] == 0
+    finally:
+        service.stop()
+
+
+def test_a_loop_thread_that_ended_is_restarted(tmp_path: Path, repo: Repo, repo_url: str) -> None:
+    """What the round's ``except Exception`` cannot catch (a ``SystemExit`` from a library) ends the
+    thread: the next health or status request restarts it and reports it."""
+    d = tmp_path / "inst"
+    init_client(d, repo_url, repo, check_interval=1).install(V1)
+    service = _Faulty(d, [SystemExit(3)])
+    service.start()
+    try:
+        assert service._thread is not None
+        service._thread.join(10)
+        assert not service._thread.is_alive()
+        h = service.health()  # restarts it
+        assert h["loop"]["restarts"] == 1 and h["agent"]["loop_alive"] is True
+        assert h["loop"]["error"] == "SystemExit: 3"
+        h = _wait_service(service, lambda h: h["status"] == "ok", "the restarted loop's good round")
+        assert h["loop"]["restarts"] == 1
+    finally:
+        service.stop()
