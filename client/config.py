@@ -510,7 +510,7 @@ def _read(install_dir: Path) -> dict[str, Any]:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+    except (ValueError, RecursionError) as exc:  # also an integer of thousands of digits; arrays nested deep
         raise ConfigError(f"{path} is not valid TOML ({type(exc).__name__}: {exc})") from exc
     return raw
 
@@ -552,12 +552,12 @@ def parse_value(key: str, text: str) -> Value:
         elif lowered in ("false", "no", "off", "0"):
             value = False
         else:
-            raise ConfigError(f"config key {key!r}: expected true or false, got {text!r}")
+            raise ConfigError(f"config key {key!r}: expected true or false, got {shown(text)}")
     elif spec.type in (int, float):
         try:
             value = spec.type(text.strip())
         except ValueError:
-            raise ConfigError(f"config key {key!r}: expected {_type_name(spec)}, got {text!r}") from None
+            raise ConfigError(f"config key {key!r}: expected {_type_name(spec)}, got {shown(text)}") from None
     else:  # list of strings: a TOML array, or names separated by commas and/or spaces
         stripped = text.strip()
         if stripped.startswith("["):
@@ -585,8 +585,12 @@ def set_value(install_dir: Path, key: str, value_text: str) -> Value:
 def update_values(install_dir: Path, changes: Mapping[str, Any]) -> ClientConfig:
     """Change several keys at once (values already typed, e.g. from JSON): all are validated
     together and written in one atomic rewrite, or ``ConfigError`` names the first bad one and
-    nothing changes. The file's other values are checked too, so a value broken by hand elsewhere
-    is named; changing that very key repairs it (the file is read as written, not validated first)."""
+    nothing changes.
+
+    The file is read as written, not validated first, so that a config broken by hand can be
+    repaired key by key: when other keys (not changed here) fail their checks, the valid change is
+    still written, those keys are kept as they are, and the usable config is returned
+    (``load_for_recovery``); loading names the next broken key until all are fixed."""
     if "client_id" in changes:
         raise ConfigError("config key 'client_id' is created by init and cannot be changed")
     unknown = sorted(set(changes) - set(KEYS))
@@ -596,16 +600,24 @@ def update_values(install_dir: Path, changes: Mapping[str, Any]) -> ClientConfig
     for key, value in changes.items():
         if key == "persistent_paths" and isinstance(value, list):
             value = [p.rstrip("/") if isinstance(p, str) else p for p in value]
-        values[key] = value
-    cfg = validate(values)
+        values[key] = _coerce(key, KEYS[key], value)
+    try:
+        cfg = validate(values)
+    except ConfigError:
+        _write_text(Path(install_dir), dumps(values))  # others broken by hand: kept as written
+        return load_for_recovery(Path(install_dir))[0]
     write(install_dir, cfg)
     return cfg
 
 
 def write(install_dir: Path, cfg: ClientConfig) -> None:
-    path = Path(install_dir) / "config.toml"
+    _write_text(Path(install_dir), dumps(cfg.values))
+
+
+def _write_text(install_dir: Path, text: str) -> None:
+    path = install_dir / "config.toml"
     try:
-        fsutil.atomic_write(path, dumps(cfg.values).encode("utf-8"), 0o644)
+        fsutil.atomic_write(path, text.encode("utf-8"), 0o644)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
