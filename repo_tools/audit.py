@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import zstandard
 from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Root, TargetFile, Targets
 
+from pinnacle_updates.formats import fsutil
 from pinnacle_updates.formats.archive import CHUNK_SIZE, manifest_problems, show_path
 from pinnacle_updates.formats.delta_apply import DeltaError, apply_delta, manifest_from_delta
 from pinnacle_updates.formats.index import (
@@ -51,11 +52,7 @@ metadata lists): its algorithm by the digest's length."""
 def open_regular(path: Path) -> BinaryIO:
     """``path`` opened for reading only if it is a regular file: never through a symlink, and a FIFO
     planted in the repository cannot make the audit wait (``O_NONBLOCK``, then ``fstat``)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    return os.fdopen(fd, "rb")
+    return os.fdopen(fsutil.open_regular(path), "rb")  # the one rule (formats.fsutil); EINVAL if not regular
 
 
 def read_regular(path: Path) -> bytes:

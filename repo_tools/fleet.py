@@ -9,14 +9,15 @@ release a client could return to, ...) leaves the repository exactly as it was.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pinnacle_updates.formats import boundedjson
 from pinnacle_updates.formats.fleet import controls_summary
+from pinnacle_updates.formats.fsutil import read_regular
 from pinnacle_updates.formats.index import ChannelIndex, FormatError, Release, parse_version
 from pinnacle_updates.formats.rollout import Rollout, Schedule, ScheduleError, Yank, parse_schedule
 
@@ -27,16 +28,19 @@ from .store import Repository
 
 __all__ = ["load_schedule", "rollout", "schedule_option", "yank"]
 
+SCHEDULE_MAX = 1 << 20
+"""Bytes of a schedule file read at most."""
+
 
 def load_schedule(path: Path) -> Schedule:
     """A schedule file: JSON, either ``{"type": "percentage", ...}``, ``{"type": "waves", ...}``
     or a bare list of waves ``[{"after": "1h", "percent": 1}, ...]``."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = boundedjson.loads(read_regular(Path(path), SCHEDULE_MAX, follow=True), f"schedule {path}")
     except OSError as exc:
         raise PublishRefused(f"cannot read schedule {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PublishRefused(f"schedule {path} is not valid JSON ({exc})") from exc
+    except FormatError as exc:
+        raise PublishRefused(str(exc)) from exc
     try:
         return parse_schedule(data, f"schedule {path}")
     except ScheduleError as exc:

@@ -31,13 +31,16 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
-from pinnacle_updates.formats.fsutil import atomic_write
+from pinnacle_updates.formats import boundedjson
+from pinnacle_updates.formats.fsutil import atomic_write, read_regular
 from pinnacle_updates.formats.index import CHANNELS, check_channel
 
 from .errors import KeyStoreError
 
 KEYS_FORMAT = 1
 KEYS_FILE = "keys.json"
+KEYS_MAX = 16 << 20
+"""Bytes of ``keys.json`` or a public key file read at most (a key entry is under 1 KiB)."""
 PASSPHRASE_ENV = "PINNACLE_KEY_PASSPHRASE"
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
 
@@ -80,7 +83,7 @@ class KeyStore:
         self._signers: dict[str, Signer] = {}
         path = self.directory / KEYS_FILE
         try:
-            doc = json.loads(path.read_bytes())
+            doc = _read_keys_file(path)
         except FileNotFoundError as exc:
             raise KeyStoreError(
                 f"no key directory at {self.directory} (create one with 'pinnacle-release keys init')"
@@ -192,7 +195,7 @@ def load_pem_signer(path: Path, passphrase: str | None, public: SSlibKey | None 
     """
     name = name or str(path)
     try:
-        pem = Path(path).read_bytes()
+        pem = read_regular(Path(path), KEYS_MAX, follow=True)  # a FIFO there must not hang
     except OSError as exc:
         raise KeyStoreError(f"cannot read private key {path}: {exc.strerror}") from exc
     try:
@@ -212,7 +215,7 @@ def load_pem_signer(path: Path, passphrase: str | None, public: SSlibKey | None 
 def key_file_signer(path: Path, role: str, passphrase: PassphraseProvider | None = None) -> Signer:
     """A signer from a key holder's PEM file; the passphrase is asked for only when it is encrypted."""
     try:
-        encrypted = b"ENCRYPTED" in Path(path).read_bytes()[:64]
+        encrypted = b"ENCRYPTED" in read_regular(Path(path), KEYS_MAX, follow=True)[:64]
     except OSError as exc:
         raise KeyStoreError(f"cannot read private key {path}: {exc.strerror}") from exc
     secret = (passphrase or env_passphrase)(role) if encrypted else None
@@ -233,13 +236,13 @@ def signer_from_uri(uri: str, public: SSlibKey) -> Signer:
 def load_public_key(path: Path) -> SSlibKey:
     """A public key from a file: our JSON form (``keys generate`` writes it) or a PEM public key."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(Path(path), KEYS_MAX, follow=True)
     except OSError as exc:
         raise KeyStoreError(f"cannot read public key {path}: {exc.strerror}") from exc
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             return SSlibKey.from_crypto(load_pem_public_key(data))  # type: ignore[arg-type, unused-ignore]
-        doc = json.loads(data)
+        doc = boundedjson.load_object(data, str(path), max_bytes=KEYS_MAX)
         return SSlibKey.from_dict(doc.pop("keyid"), doc)
     except Exception as exc:
         raise KeyStoreError(f"{path} is not a public key (JSON from 'keys generate' or PEM): {exc}") from exc
@@ -265,8 +268,13 @@ def write_private_key(path: Path, passphrase: str | None) -> SSlibKey:
 
 def _read_doc(directory: Path) -> dict[str, Any]:
     KeyStore(directory)  # validates and gives the one error for a missing directory
-    doc: dict[str, Any] = json.loads((Path(directory) / KEYS_FILE).read_bytes())
-    return doc
+    return _read_keys_file(Path(directory) / KEYS_FILE)
+
+
+def _read_keys_file(path: Path) -> dict[str, Any]:
+    """``keys.json``: a regular file (a planted FIFO would hang; a link is followed, as secret
+    mounts use them), bounded JSON (``FormatError``)."""
+    return boundedjson.load_object(read_regular(path, KEYS_MAX, follow=True), KEYS_FILE, max_bytes=KEYS_MAX)
 
 
 def _write_doc(directory: Path, doc: dict[str, Any]) -> None:

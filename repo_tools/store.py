@@ -20,7 +20,14 @@ from typing import Any
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 
-from pinnacle_updates.formats.fsutil import atomic_write, atomic_writer, exclusive_lock, remove_stale_temps
+from pinnacle_updates.formats import boundedjson
+from pinnacle_updates.formats.fsutil import (
+    atomic_write,
+    atomic_writer,
+    exclusive_lock,
+    read_regular,
+    remove_stale_temps,
+)
 from pinnacle_updates.formats.index import ChannelIndex, FormatError, index_path
 
 from .core.metadata import DEFAULT_EXPIRY_DAYS, to_bytes
@@ -28,6 +35,8 @@ from .core.window import DEFAULT_ARCHIVE_BITS, DEFAULT_LIVE_WINDOW, MAX_ARCHIVE_
 from .errors import PublishRefused, RepositoryStateError
 
 CONFIG_FILE = "pinnacle-repo.json"
+CONFIG_MAX = 1 << 20
+"""Bytes of ``pinnacle-repo.json`` read at most (a real one is under 1 KiB)."""
 LOCK_FILE = ".pinnacle.lock"
 DIRTY_FILE = ".pinnacle-dirty"
 """Directories the running operation writes temporary files into, one per line: what a killed
@@ -59,7 +68,7 @@ class RepoConfig:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RepoConfig:
-        doc = json.loads(data)
+        doc = boundedjson.load_object(data, CONFIG_FILE, max_bytes=CONFIG_MAX)
         days = dict(DEFAULT_EXPIRY_DAYS)
         days.update({k: int(v) for k, v in doc.get("expiry_days", {}).items()})
         if any(v < 1 for v in days.values()):
@@ -108,9 +117,11 @@ class Repository:
 
     def config(self) -> RepoConfig:
         try:
-            return RepoConfig.from_bytes((self.path / CONFIG_FILE).read_bytes())
+            return RepoConfig.from_bytes(read_regular(self.path / CONFIG_FILE, CONFIG_MAX))
         except FileNotFoundError:
             return RepoConfig()
+        except OSError as exc:  # a FIFO, device or link planted there, or unreadable
+            raise RepositoryStateError(f"cannot read {self.path / CONFIG_FILE}: {exc.strerror or exc}") from exc
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise RepositoryStateError(f"{self.path / CONFIG_FILE} is invalid: {exc}") from exc
 
@@ -126,9 +137,11 @@ class Repository:
     def _load(self, filename: str) -> Metadata:  # type: ignore[type-arg]
         path = self.metadata_dir / filename
         try:
-            return Metadata.from_bytes(path.read_bytes())
+            return Metadata.from_bytes(read_regular(path, boundedjson.DOCUMENT_MAX))  # python-tuf bounds the parse
         except FileNotFoundError as exc:
             raise RepositoryStateError(f"{path} is missing") from exc
+        except OSError as exc:
+            raise RepositoryStateError(f"cannot read {path}: {exc.strerror or exc}") from exc
         except DeserializationError as exc:
             raise RepositoryStateError(f"{path} is not valid TUF metadata: {exc}") from exc
 
@@ -173,9 +186,11 @@ class Repository:
             return ChannelIndex(channel=channel)
         path = self.target_location(info.path, info.hashes["sha256"])
         try:
-            return ChannelIndex.from_bytes(path.read_bytes())
+            return ChannelIndex.from_bytes(read_regular(path, boundedjson.DOCUMENT_MAX))
         except FileNotFoundError as exc:
             raise RepositoryStateError(f"channel index {path} is missing") from exc
+        except OSError as exc:
+            raise RepositoryStateError(f"cannot read channel index {path}: {exc.strerror or exc}") from exc
         except FormatError as exc:
             raise RepositoryStateError(f"channel index of '{channel}' is invalid: {exc}") from exc
 
