@@ -500,8 +500,9 @@ listed with nothing stronger is refused (a colliding file would pass its signatu
 def _signed_hashes(hashes: Mapping[str, str], path: str) -> dict[str, str]:
     """The signed ``hashes`` of ``path`` keyed by hashlib's name of each algorithm (``SHA-256`` and
     ``sha2-256`` are sha256), once the client can rely on them: every algorithm listed is one
-    python-tuf computes (it verifies them all, so any other fails every download, after it), and
-    at least one is not in ``BROKEN_HASHES``. ``TrustError`` otherwise."""
+    python-tuf computes (it verifies them all, so any other fails every download, after it), every
+    value a lowercase hex digest (nothing else can ever match; and the first one becomes part of the
+    download URL), and at least one algorithm is not in ``BROKEN_HASHES``. ``TrustError`` otherwise."""
     named: dict[str, str] = {}
     for algo, value in hashes.items():
         try:
@@ -510,6 +511,9 @@ def _signed_hashes(hashes: Mapping[str, str], path: str) -> dict[str, str]:
             raise TrustError(
                 f"{path} is signed with hash algorithm {_shown(algo)}, which python-tuf cannot compute: refused"
             ) from None
+        if not re.fullmatch(r"[0-9a-f]{1,1024}", value):  # python-tuf compares with a lowercase hex digest
+            raise TrustError(f"{path} is signed with a {_shown(algo)} value that is not a hex digest "
+                             f"({_shown(value[:80])}): refused")
         named[_hash_name(algo)] = value
     if named and not set(named) - BROKEN_HASHES:
         listed = ", ".join(_shown(a) for a in hashes)

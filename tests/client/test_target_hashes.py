@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tuf.api.metadata import TargetFile
 
 from pinnacle_updates.client.errors import TrustError, UpdateError
+from pinnacle_updates.client.trust import BROKEN_HASHES, RepositoryClient
 from pinnacle_updates.formats.index import ChannelIndex, index_path
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.repo_edits import CHANNEL, publish_versions, resign, stored
 from tests.conftest import ROOT, ServedRepo, tree_digest
+from tests.fixtures_repo import FixtureRepo
 from tests.helpers_client import Repo, env, init_client
 
 
@@ -149,8 +154,10 @@ def test_a_tampered_sha512_target_names_the_algorithm(
          "is signed with hash algorithm sha999, which python-tuf cannot compute: refused"),
         (lambda data: {"sha256\n\x1b[2J": "ab" * 32},
          r"is signed with hash algorithm 'sha256\n\x1b[2J', which python-tuf cannot compute: refused"),
+        (lambda data: {"sha512": "../../x"},
+         "is signed with a sha512 value that is not a hex digest ('../../x'): refused"),
     ],
-    ids=["md5", "sha1+md5", "unknown", "control-characters"],
+    ids=["md5", "sha1+md5", "unknown", "control-characters", "path-as-digest"],
 )
 def test_hashes_the_client_cannot_rely_on_are_refused_before_any_download(
     tmp_path: Path, repo: Repository, keystore: KeyStore, keys_dir: Path, serve: Callable[[Path], ServedRepo],
@@ -163,7 +170,8 @@ def test_hashes_the_client_cannot_rely_on_are_refused_before_any_download(
         old = targets[path]
         data = stored(repo, old).read_bytes()
         targets[path] = TargetFile(old.length, hashes(data), path)
-        stored(repo, targets[path]).write_bytes(data)
+        if re.fullmatch(r"[0-9a-f]+", next(iter(targets[path].hashes.values()))):
+            stored(repo, targets[path]).write_bytes(data)  # served where python-tuf would look
 
     resign(repo, keystore, edit)
     server = serve(repo.path)
@@ -175,3 +183,71 @@ def test_hashes_the_client_cannot_rely_on_are_refused_before_any_download(
     assert _cli(install_dir, "status").returncode == 0
     with pytest.raises(UpdateError):  # the same through the Python API
         init_client(tmp_path / "again", server.url, Repo(repo.path, keys_dir)).check()
+
+
+# -- property: whatever hashes signed metadata lists, the client answers in one line ----------------------
+
+_ALGORITHMS = ["sha256", "sha512", "sha384", "blake2b-256", "blake2b", "SHA-256", "sha3_256", "md5", "sha1",
+               "md5-sha1", "shake_128", "bogus", "", "sha256\n"]
+
+
+def _digest(algo: str, data: bytes) -> str | None:
+    try:
+        return TargetFile.from_data("x", data, [algo]).hashes[algo]
+    except ValueError:
+        return None
+
+
+def _strong(algo: str) -> bool:
+    """Computable (checked before) and free of practical collisions."""
+    return algo == "blake2b-256" or hashlib.new(algo).name not in BROKEN_HASHES
+
+
+@st.composite
+def _signed_hashes(draw: st.DrawFn, data: bytes) -> dict[str, str]:
+    algorithms = draw(st.lists(st.sampled_from(_ALGORITHMS) | st.text(max_size=12), min_size=1, max_size=4,
+                               unique=True))
+    hashes = {}
+    for algo in algorithms:
+        right = _digest(algo, data)
+        wrong = draw(st.text(max_size=130) | st.sampled_from(["0" * 64, "f" * 128]))
+        hashes[algo] = right if right is not None and draw(st.booleans()) else wrong
+    return hashes
+
+
+def test_any_signed_hashes_give_the_index_or_one_line(tmp_path: Path) -> None:
+    """Arbitrary algorithm names and values in the signed entry of the channel index (re-signed each
+    time): the index is read only when every hash is right, computable and one is not broken; any
+    other case is one printable line of the client's own errors."""
+    fixture = FixtureRepo(tmp_path / "repo")
+    fixture.publish(CHANNEL, "1.0.0")
+    path = index_path(CHANNEL)
+    data = fixture.target_file(path).read_bytes()
+    strong_seen = refused_seen = 0
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(_signed_hashes(data))
+    def check(hashes: dict[str, str]) -> None:
+        nonlocal strong_seen, refused_seen
+        fixture.roles[CHANNEL].signed.targets[path] = TargetFile(len(data), hashes, path)
+        first = next(iter(hashes.values()))
+        if re.fullmatch(r"[0-9a-f]{1,128}", first):  # served under its first hash, as python-tuf asks
+            (fixture.targets_dir / CHANNEL / f"{first}.index.json").write_bytes(data)
+        fixture.commit(CHANNEL)
+        usable = all(_digest(a, data) == v for a, v in hashes.items()) and any(map(_strong, hashes))
+        with RepositoryClient(str(fixture.path), tmp_path / "client" / "metadata", tmp_path / "client" / "cache",
+                              fixture.root_bytes) as client:
+            try:
+                index = client.channel_index(CHANNEL)
+            except UpdateError as exc:
+                message = str(exc)
+                assert not usable, (hashes, message)
+                assert message and all(ch.isprintable() for ch in message), message
+                refused_seen += 1
+            else:
+                assert usable, hashes
+                assert index.latest("linux-x86_64") is not None
+                strong_seen += 1
+
+    check()
+    assert strong_seen and refused_seen  # both outcomes were exercised
