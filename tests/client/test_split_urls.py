@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from pinnacle_updates.client.errors import ConfigError, TrustError
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.repo_edits import CHANNEL, publish_versions
-from tests.conftest import ROOT, ServedRepo, tree_digest
+from tests.conftest import ServedRepo, run_cli, tree_digest
 from tests.fixtures_repo import free_port
-from tests.helpers_client import env
 from tests.nginx_server import NginxServer
 
 
@@ -38,8 +36,7 @@ def _split(repository: Repository, origin: Path, cdn: Path) -> None:
 
 
 def _cli(install_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pinnacle_updates.client", "--install-dir", str(install_dir), *args],
-                          capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120, check=False)
+    return run_cli("pinnacle-update", "--install-dir", str(install_dir), *args, check=False)
 
 
 def _uris(server: ServedRepo) -> set[str]:

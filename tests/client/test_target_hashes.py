@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,9 +29,9 @@ from pinnacle_updates.formats.index import ChannelIndex, index_path
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.repo_edits import CHANNEL, publish_versions, resign, stored
-from tests.conftest import ROOT, ServedRepo, tree_digest
+from tests.conftest import ServedRepo, run_cli, tree_digest
 from tests.fixtures_repo import FixtureRepo
-from tests.helpers_client import Repo, env, init_client
+from tests.helpers_client import Repo, init_client
 
 
 def _rehash(repository: Repository, keystore: KeyStore, algorithms: list[str]) -> None:
@@ -68,8 +67,7 @@ def _edit_index(repository: Repository, keystore: KeyStore, change: Callable[[di
 
 
 def _cli(install_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pinnacle_updates.client", "--install-dir", str(install_dir), *args],
-                          capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120, check=False)
+    return run_cli("pinnacle-update", "--install-dir", str(install_dir), *args, check=False)
 
 
 # In the order canonical JSON writes them (sorted): python-tuf names the file by the first one it reads.
