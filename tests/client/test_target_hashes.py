@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from tuf.api.metadata import TargetFile
 
 from pinnacle_updates.client.errors import TrustError, UpdateError
+from pinnacle_updates.client.transport import HttpxFetcher
 from pinnacle_updates.client.trust import BROKEN_HASHES, RepositoryClient
 from pinnacle_updates.formats.index import ChannelIndex, index_path
 from pinnacle_updates.repo_tools.keys import KeyStore
@@ -91,6 +92,31 @@ def test_a_target_signed_without_a_leading_sha256_installs_and_updates_by_delta(
     assert (update.outcome, update.version, update.route.get("path")) == ("committed", "1.1.0", "delta"), update.route
     assert (tmp_path / "client" / "current" / "VERSION").read_text() == "1.1.0\n"
     assert installer.verify().ok
+
+
+def test_a_download_of_a_target_named_by_its_sha512_resumes(
+    tmp_path: Path, repo: Repository, keystore: KeyStore, serve: Callable[[Path], ServedRepo],
+) -> None:
+    """Content-addressed names are whatever digest comes first: an interrupted download of
+    ``<sha512>.full.tar.zst`` continues with a range request like a sha256-named one."""
+    publish_versions(repo, keystore, tmp_path, "1.0.0")
+    _rehash(repo, keystore, ["sha512"])
+    served = serve(repo.path)
+    fetcher = HttpxFetcher(partial_dir=tmp_path / "partial")
+    with RepositoryClient(served.url, tmp_path / "tuf", tmp_path / "cache",
+                          (repo.metadata_dir / "1.root.json").read_bytes(), fetcher=fetcher) as client:
+        release = client.channel_index(CHANNEL).latest("any")
+        assert release is not None
+        info = repo.load().channels[CHANNEL].signed.targets[release.full.path]
+        data = stored(repo, info).read_bytes()
+        directory, _, name = info.path.rpartition("/")
+        url = f"{served.url}targets/{directory}/{info.hashes['sha512']}.{name}"
+        (tmp_path / "partial").mkdir(exist_ok=True)  # the channel index download made it
+        (tmp_path / "partial" / hashlib.sha256(url.encode()).hexdigest()).write_bytes(data[: len(data) // 2])
+        before = fetcher.stats.bytes
+        assert client.fetch_target(release.full).read_bytes() == data
+    assert fetcher.stats.resumed == 1
+    assert fetcher.stats.bytes - before == len(data) - len(data) // 2
 
 
 def test_a_reference_that_disagrees_with_the_signed_bytes_is_refused_in_one_line(
