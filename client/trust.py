@@ -8,12 +8,13 @@ only the product's view on top of it.
   artifact it names is a target signed for that channel with the same length and sha256, so
   nothing read from the index later can point outside signed metadata.
 * Hashes: targets metadata may list any hash algorithm python-tuf computes (sha256, sha512,
-  sha384, blake2b-256, sha3-256, ...); ngclient verifies every one it lists and names the stored
-  file by the first (``<hash>.<name>``). The channel index and archive records are pinnacle's own
-  format and keep sha256 (docs/API.md). When the signed metadata lists no sha256, the index's
-  sha256 is checked on the verified download instead: a file is bound to both signatures either
-  way. A target listed only with broken algorithms (md5, sha1) is refused: a collision-prone hash
-  vouches for nothing.
+  sha384, blake2b-256, sha3-256, ...); ngclient verifies every one it lists and asks for the file
+  by the first in the signed file's order (``<hash>.<name>``; canonical JSON sorts them). The
+  channel index and archive records are pinnacle's own format and keep sha256
+  (docs/ARCHITECTURE.md). When the signed metadata lists no sha256, the index's sha256 is checked
+  on the verified download instead: a file is bound to both signatures either way. A target
+  listed only with broken algorithms (md5, sha1) is refused: a collision-prone hash vouches for
+  nothing.
 * ``fetch_target()`` downloads (or reuses from the cache) one verified target; ``fetch_manifest()``
   adds bounded zstd decompression and parsing; ``prune_cache()`` drops what no release needs.
 
