@@ -70,10 +70,8 @@ class Activation(Part):
                     health = check_health(HealthSettings.from_config(cfg), ctx, baseline, log=self.layout.hooks_log)
                     if not health.healthy:
                         failure = f"health check failed: {health.reason}"
-        except (UpdateError, OSError) as exc:
-            failure = one_line(exc)
         except Exception as exc:  # defence in depth: whatever a check missed still rolls back
-            failure = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+            failure = _describe(exc)
         if not failure:
             try:
                 s = site.save(sm.commit(s))
@@ -85,7 +83,7 @@ class Activation(Part):
             except Exception as exc:  # the saved TRIAL/ROLLING_BACK lets recover finish it
                 raise StateError(
                     f"{op.version} failed after the swap ({failure}) and the rollback did not finish "
-                    f"({type(exc).__name__}: {one_line(exc)}); run `pinnacle-update recover` to finish it"
+                    f"({_describe(exc)}); run `pinnacle-update recover` to finish it"
                 ) from exc
             where = (
                 f"rolled back to {back.version}" if back.version else "nothing to roll back to; no version is active"
@@ -190,10 +188,19 @@ class Activation(Part):
         try:
             result = self.site.hook(name, cfg, ctx)
         except Exception as exc:  # going back must not get stuck on a hook
-            notes.append(f"{name} could not run ({type(exc).__name__}: {one_line(exc)})")
+            notes.append(f"{name} could not run ({_describe(exc)})")
             return
         if not result.ok:
             notes.append(result.describe())
+
+
+def _describe(exc: Exception) -> str:
+    """``exc`` as one line; one that no check foresaw (not an ``UpdateError`` or ``OSError``) named
+    with its type, since its message may be empty or mean little alone."""
+    detail = one_line(exc)
+    if isinstance(exc, UpdateError | OSError):
+        return detail
+    return f"unexpected {type(exc).__name__}" + (f": {detail}" if detail else "")
 
 
 def rollback_target(s: SlotState, cfg: ClientConfig) -> RollbackTarget | None:
