@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.boundedjson import FormatError, load_object, loads
 from pinnacle_updates.formats.index import FormatError as IndexFormatError
 from pinnacle_updates.formats.index import Manifest
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize(
@@ -185,3 +187,45 @@ def test_a_fifo_at_a_lock_path_is_refused_at_once(tmp_path: Path) -> None:
 
 def test_bounds_are_named_once() -> None:
     assert boundedjson.MAX_DEPTH == 64 and boundedjson.MAX_INT_DIGITS == 40
+
+
+# -- the publisher's own files: the same reader, one line each -----------------------------------------
+@pytest.fixture(scope="module")
+def publisher_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("publisher-files")
+    run_cli("pinnacle-release", "keys", "init", str(base / "keys"), "--insecure-plaintext")
+    run_cli("pinnacle-release", "init", str(base / "repo"), "--keys", str(base / "keys"))
+    return base / "repo", base / "keys"
+
+
+def _plant(path: Path, what: str) -> None:
+    path.unlink()
+    if what == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.write_bytes({"deep": b"[" * 100_000 + b"]" * 100_000, "huge int": b'{"format":' + b"9" * 5000 + b"}",
+                          "dup": b'{"format":1,"format":1}'}[what])
+
+
+@pytest.mark.parametrize("what", ["fifo", "deep", "huge int", "dup"])
+@pytest.mark.parametrize(("planted", "command", "code"), [
+    ("keys/keys.json", "publish", 2),         # KeyStoreError
+    ("repo/pinnacle-repo.json", "publish", 5),  # RepositoryStateError
+    ("repo/metadata/1.root.json", "status", 5),
+])
+def test_a_damaged_publisher_file_is_one_line(publisher_repo: tuple[Path, Path], tmp_path: Path, what: str,
+                                             planted: str, command: str, code: int) -> None:
+    repo, keys = tmp_path / "repo", tmp_path / "keys"
+    shutil.copytree(publisher_repo[0], repo)
+    shutil.copytree(publisher_repo[1], keys)
+    _plant(tmp_path / planted, what)
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "app").write_text("#!/bin/sh\n")
+    args = {"publish": ["publish", str(repo), str(src), "--keys", str(keys), "--channel", "stable", "--version",
+                        "1.0.0", "--type", "patch", "--platform", "any"],
+            "status": ["status", str(repo)]}[command]
+    proc = run_cli("pinnacle-release", *args, check=False)  # a blocking open would hang until the timeout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
