@@ -57,6 +57,7 @@ from pinnacle_updates.client.agent import token as token_mod
 from pinnacle_updates.client.agent.openapi import document
 from pinnacle_updates.client.agent.service import AgentError, AgentService, configure_logging
 from pinnacle_updates.client.errors import UpdateError
+from pinnacle_updates.formats import boundedjson
 
 log = logging.getLogger("pinnacle.agent.http")
 
@@ -175,10 +176,10 @@ async def _body(request: Request) -> dict[str, Any]:
     raw = await read_body(request)
     if not raw.strip():
         return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise AgentError(422, "invalid_request", "the body is not valid JSON") from None
+    try:  # bounded: a body nested 30,000 deep must be a 422, not a RecursionError's 500
+        data = boundedjson.loads(raw, "the body")
+    except boundedjson.FormatError as exc:
+        raise AgentError(422, "invalid_request", f"the body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise AgentError(422, "invalid_request", "the body must be a JSON object")
     return data

@@ -30,6 +30,7 @@ from pinnacle_updates.formats import delta_format
 from pinnacle_updates.formats.boundedjson import FormatError
 from pinnacle_updates.formats.delta_format import DeltaFormatError, DeltaHeader, read_header
 from pinnacle_updates.formats.index import ChannelIndex, Manifest
+from tests.agent_server import run_agent
 from tests.client.test_delta_client import CHAIN, delta_file, forge_delta, index_of, publish_with
 from tests.helpers_client import PY, ROOT, Repo, env, init_client, make_repo, serve, tree_digest
 
@@ -361,3 +362,19 @@ def test_a_deeply_nested_timestamp_served_by_the_repository_is_one_line(publishe
         assert proc.returncode in (3, 4), proc.stderr
     assert tree_digest(d / "slots" / "a") == before
     assert AutoUpdater(d).status()["version"] == "1.0.0"
+
+
+# -- the agent reads JSON request bodies through the same reader ---------------------------------------
+@pytest.mark.parametrize("body", [b"[" * 30_000 + b"]" * 30_000, b'{"check_interval":' + b"9" * 5000 + b"}",
+                                  b'{"channel":"beta","channel":"stable"}', b'{"health_timeout":NaN}'])
+def test_an_agent_request_body_bomb_is_a_422(copies: Copies, body: bytes) -> None:
+    d = copies()
+    config_before = (d / "config.toml").read_bytes()
+    with run_agent(d) as agent:
+        r = agent.http.post("/api/updates/config", content=body,
+                            headers={**agent.auth(), "Content-Type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_request"
+        assert agent.get("/api/health").status_code == 200
+    assert (d / "config.toml").read_bytes() == config_before
+    running_slot_untouched(d, copies)
