@@ -442,9 +442,9 @@ def _translate(exc: Exception, subject: str, updater: Updater | None,
             what = f"length {m['got']} instead of the signed {m['want']}"
         elif m := re.search(_HASH, text):
             # python-tuf does not say which algorithm failed: the one whose signed value it expected
-            algo = next((a for a, v in (signed or {}).items() if v == m["want"]), "hash")
+            algo = next((f"{_shown(a)} " for a, v in (signed or {}).items() if v == m["want"]), "")
             got, want = _abbreviated(m["got"], m["want"])
-            what = f"{_shown(algo)} {got} instead of the signed {want}"
+            what = f"{algo}hash {got} instead of the signed {want}"
         elif m := re.search(_UNSUPPORTED, text):
             return TrustError(f"{subject} is signed with hash algorithm {_shown(m['algo'])}, "
                               "which python-tuf cannot compute: refused")

@@ -110,7 +110,7 @@ def test_a_targets_server_serving_other_bytes_is_refused_in_one_line(
     line = proc.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     assert line.startswith("pinnacle-update: error: target stable/any/1.1.0/"), line
-    assert "failed verification: sha256 " in line and "(tampered or corrupted)" in line
+    assert "failed verification: sha256 hash " in line and "(tampered or corrupted)" in line
     assert tree_digest(install_dir / "current") == running
     assert _cli(install_dir, "status").returncode == 0
 

@@ -162,7 +162,7 @@ def test_a_tampered_sha512_target_names_the_algorithm(
         installer.install("1.0.0", force=True)
     signed = info.hashes["sha512"]
     assert str(caught.value) == (
-        f"target {info.path} failed verification: sha512 {hashlib.sha512(data).hexdigest()[:16]}... "
+        f"target {info.path} failed verification: sha512 hash {hashlib.sha512(data).hexdigest()[:16]}... "
         f"instead of the signed {signed[:16]}... (tampered or corrupted)"
     )
 

@@ -146,7 +146,7 @@ def test_tampered_target_is_refused_and_not_cached(
     signed = release.full.sha256
     assert re.fullmatch(  # the algorithm, what was received and what is signed (abbreviated: still distinct)
         rf"target stable/linux-x86_64/1\.0\.0/full\.tar\.zst failed verification: "
-        rf"sha256 (?!{signed[:16]})[0-9a-f]{{16}}\.\.\. instead of the signed {signed[:16]}\.\.\. "
+        rf"sha256 hash (?!{signed[:16]})[0-9a-f]{{16}}\.\.\. instead of the signed {signed[:16]}\.\.\. "
         r"\(tampered or corrupted\)",
         str(err.value),
     ), err.value
@@ -221,7 +221,7 @@ def test_missing_target_is_a_repository_error(
 def test_index_altered_after_signing(repo: FixtureRepo, server: StaticServer, make_client: ClientFactory) -> None:
     stored = repo.target_file("stable/index.json")
     stored.write_bytes(stored.read_bytes().replace(b'"patch"', b'"major"'))
-    with pytest.raises(TrustError, match=r"^target stable/index.json failed verification: sha256 \w{16}\.\.\. inst"):
+    with pytest.raises(TrustError, match=r"^target stable/index.json failed verification: sha256 hash \w{16}\.\.\. "):
         make_client(server.url).channel_index("stable")
 
 
