@@ -649,7 +649,8 @@ class Layout:
     def linked_slot(self) -> str | None:
         """The slot ``current`` points at, ``None`` when the link is absent or points elsewhere."""
         try:
-            target = self.pointer_file.read_text().strip() if self.pointer else os.readlink(self.current)
+            target = (fsutil.read_regular(self.pointer_file, 4096).decode().strip() if self.pointer
+                      else os.readlink(self.current))
         except (FileNotFoundError, OSError, UnicodeDecodeError):
             return None
         for name in SLOT_NAMES:

@@ -22,6 +22,7 @@ from tuf.api.serialization import DeserializationError
 
 from pinnacle_updates.formats import boundedjson
 from pinnacle_updates.formats.fsutil import (
+    NotRegularFile,
     atomic_write,
     atomic_writer,
     exclusive_lock,
@@ -219,8 +220,10 @@ class Repository:
             shutil.rmtree(entry, ignore_errors=True)
         journal = self.path / DIRTY_FILE
         try:
-            listed = journal.read_text().splitlines()
+            listed = read_regular(journal, CONFIG_MAX).decode("utf-8", "replace").splitlines()
         except FileNotFoundError:
+            listed = []
+        except NotRegularFile:  # a FIFO or link planted there: nothing to clean from it; removed below
             listed = []
         for directory in {self.path, self.metadata_dir, *(self.path / line for line in listed if line)}:
             if directory.resolve().is_relative_to(self.path.resolve()):
