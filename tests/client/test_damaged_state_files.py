@@ -56,11 +56,10 @@ def pristine(published: Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture
-def repo(published: Repo, tmp_path: Path) -> Repo:
-    copy = tmp_path / "repo"
-    shutil.copytree(published.dir, copy)
-    return Repo(copy, published.keys)
+def own_copy(published: Repo, tmp_path: Path) -> Repo:
+    """A copy of the published repository this test may forge in (same keys)."""
+    shutil.copytree(published.dir, tmp_path / "repo")
+    return Repo(tmp_path / "repo", published.keys)
 
 
 class Copies:
@@ -326,8 +325,9 @@ class _maybe:
     b'{"format":3,"from":"1.0.0","to":"1.1.0","from_content":{"size":' + b"9" * 5000 + b"}}",
     b'{"format":3,"format":3}',
 ])
-def test_a_signed_delta_header_bomb_falls_back_to_the_full_artifact(repo: Repo, tmp_path: Path,
+def test_a_signed_delta_header_bomb_falls_back_to_the_full_artifact(published: Repo, tmp_path: Path,
                                                                      bomb: bytes) -> None:
+    repo = own_copy(published, tmp_path)
     d = tmp_path / "inst"
     installer = init_client(d, str(repo.dir), repo)
     installer.install("1.0.0")
@@ -345,11 +345,11 @@ def test_a_signed_delta_header_bomb_falls_back_to_the_full_artifact(repo: Repo, 
 
 # -- TUF metadata: python-tuf parses it; a JSON bomb served as timestamp.json is one line -------------
 def test_a_deeply_nested_timestamp_served_by_the_repository_is_one_line(published: Repo, tmp_path: Path) -> None:
-    repo_dir = tmp_path / "repo"
-    shutil.copytree(published.dir, repo_dir)
+    repo = own_copy(published, tmp_path)
+    repo_dir = repo.dir
     d = tmp_path / "inst"
     with serve(repo_dir) as url:
-        init_client(d, url, Repo(repo_dir, published.keys)).install("1.0.0")
+        init_client(d, url, repo).install("1.0.0")
         before = tree_digest(d / "slots" / "a")
         depth = 7000  # within ngclient's 16 KiB bound for timestamp.json
         bomb = (b'{"signatures":[],"signed":{"_type":"timestamp","x":' + b"[" * depth + b"]" * depth + b"}}")
