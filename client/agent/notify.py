@@ -293,10 +293,10 @@ class Notifier:
                     self._stats["last_delivered"] = now()
                 log.info("%s notification delivered", channel)
                 return
+        log.warning("%s notification failed: %s", channel, error)  # logged before the status shows it
         with self._lock:
             self._stats["failed"] += 1
             self._stats["last_error"] = f"{channel}: {error}"
-        log.warning("%s notification failed: %s", channel, error)
 
     def _post(self, n: Notification, s: NotifySettings) -> None:
         body = json.dumps(n.payload(), sort_keys=True).encode()
