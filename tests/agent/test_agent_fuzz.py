@@ -33,7 +33,8 @@ from tests.agent_server import V1, V11, V101, Agent, publish_all, run_agent, ser
 from tests.helpers_client import init_client  # noqa: E402
 
 UNSAFE_KEYS = frozenset({
-    "repo_url", "health_url", "webhook_url", "smtp_host", "health_command", "stop_command", "start_command",
+    "repo_url", "metadata_url", "targets_url", "health_url", "webhook_url", "smtp_host", "health_command",
+    "stop_command", "start_command",
     "pre_install", "post_swap", "on_rollback",
 })  # fmt: skip
 EXAMPLES = 30
