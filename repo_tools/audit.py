@@ -239,7 +239,7 @@ class _Auditor:
         be exactly the manifest. Each base is extracted (verified) once, into a temporary directory
         outside the repository (``TMPDIR``), and each delta applied next to it; one base tree and
         one output tree at a time."""
-        by_base: dict[tuple[str, str, Any], list[tuple[Release, DeltaRef]]] = {}
+        by_base: dict[tuple[str, str, Any], list[tuple[str, Release, DeltaRef]]] = {}
         for (channel, platform, _), release in sorted(self.releases.items(), key=lambda kv: str(kv[0])):
             for ref in release.deltas:
                 label = f"{channel} {release.version} ({platform}): delta from {ref.base}"
@@ -250,25 +250,23 @@ class _Auditor:
                 elif base.content.sha256 != ref.base_content:
                     self.problem(f"{label}: the base release's content digest is not the delta's from_content")
                 else:
-                    by_base.setdefault(key, []).append((release, ref))
+                    by_base.setdefault(key, []).append((label, release, ref))
         with tempfile.TemporaryDirectory(prefix="pinnacle-verify-") as scratch:
             for key, uses in by_base.items():
                 self.deltas_from(self.releases[key], uses, Path(scratch))
 
-    def deltas_from(self, base: Release, uses: list[tuple[Release, DeltaRef]], scratch: Path) -> None:
+    def deltas_from(self, base: Release, uses: list[tuple[str, Release, DeltaRef]], scratch: Path) -> None:
         base_dir, out = scratch / "base", scratch / "out"
         try:
             base_manifest = self.read_manifest(base)
             base_dir.mkdir()
             extract_release(self.repo.target_location(base.full.path, base.full.sha256), base_dir, base_manifest)
         except (OSError, zstandard.ZstdError, FormatError) as exc:
-            for release, ref in uses:
-                self.problem(f"{release.version} ({release.platform}): delta from {ref.base} not applied: "
-                             f"its base does not extract ({exc})")
+            for label, _, _ in uses:
+                self.problem(f"{label}: not applied, its base release does not extract ({exc})")
             shutil.rmtree(base_dir, ignore_errors=True)
             return
-        for release, ref in uses:
-            label = f"{release.version} ({release.platform}): delta from {ref.base}"
+        for label, release, ref in uses:
             delta_file = self.repo.target_location(ref.target.path, ref.target.sha256)
             try:
                 target = self.read_manifest(release)
@@ -282,7 +280,7 @@ class _Auditor:
                     raise DeltaError(f"its output differs from the signed manifest ({len(wrong)}: {wrong[0]})")
                 self.report.deltas += 1
             except (OSError, zstandard.ZstdError, FormatError) as exc:  # DeltaError and ArchiveError are FormatErrors
-                self.problem(f"{label}: {exc}")
+                self.problem(f"{label}: {str(exc).removeprefix(f'delta from {base.version}: ')}")  # the appliers' label
             finally:
                 shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(base_dir, ignore_errors=True)

@@ -126,6 +126,6 @@ def test_deep_applies_every_delta_and_names_one_with_wrong_output(tmp_path: Path
     assert verify_repository(repo.dir, ops.utcnow()).problems == []  # signed and hashed: only applying shows it
     report = verify_repository(repo.dir, ops.utcnow(), deep=True)
     assert report.deltas == 2 and len(report.problems) == 1, report.problems
-    assert "1.1.0 (any): delta from 1.0.0" in report.problems[0] and "lib/big.so" in report.problems[0]
+    assert report.problems[0].startswith("stable 1.1.0 (any): delta from 1.0.0: lib/big.so: "), report.problems
     proc = run_cli("pinnacle-release", "verify", "--deep", str(repo.dir), check=False)
     assert proc.returncode == 6 and "lib/big.so" in proc.stderr and "Traceback" not in proc.stderr
