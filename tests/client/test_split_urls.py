@@ -18,6 +18,7 @@ import pytest
 
 from pinnacle_updates.client import AutoUpdater
 from pinnacle_updates.client.errors import ConfigError, TrustError
+from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.repo_edits import CHANNEL, publish_versions
@@ -131,3 +132,28 @@ def test_bad_split_urls_are_refused_when_set(tmp_path: Path, repo: Repository, v
         AutoUpdater(tmp_path / "other").init(str(repo.path), repo.metadata_dir / "1.root.json", CHANNEL, "any",
                                              targets_url=value)
     assert not (tmp_path / "other" / "config.toml").exists()
+
+
+def test_an_archived_release_installs_from_the_split_repository(
+    tmp_path: Path, keystore: KeyStore, serve: Callable[[Path], ServedRepo],
+) -> None:
+    """An old release out of the live window: its archive record (through the channel's hashed bins,
+    from the metadata server) and its files (from the CDN) are found the same way."""
+    repository = Repository(tmp_path / "repo")
+    ops.init_repository(repository, keystore, live_window=1, archive_bits=1)
+    publish_versions(repository, keystore, tmp_path, "1.0.0", "1.1.0")
+    origin_dir, cdn_dir = tmp_path / "origin", tmp_path / "cdn"
+    _split(repository, origin_dir, cdn_dir)
+    origin, cdn = serve(origin_dir), serve(cdn_dir)
+    install_dir = tmp_path / "client"
+    updater = AutoUpdater(install_dir)
+    updater.init(f"http://127.0.0.1:{free_port()}/", repository.metadata_dir / "1.root.json", CHANNEL, "any",
+                 metadata_url=origin.url, targets_url=f"{cdn.url}app/targets", health_command="true")
+    assert [r.version for r in updater.releases()] == ["1.1.0"]  # 1.0.0 is archived
+    assert updater.install().version == "1.1.0"
+    old = updater.install("1.0.0", force=True)
+    assert (old.outcome, old.version) == ("committed", "1.0.0")
+    assert (install_dir / "current" / "VERSION").read_text() == "1.0.0\n"
+    if isinstance(cdn, NginxServer):
+        cdn.wait_for(lambda rs: any("/1.0.0/" in r.uri for r in rs))
+        assert any(r.uri.endswith(".release.json") for r in cdn.requests())  # the record came from the CDN
