@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pinnacle_updates.formats.archive import (
     MACOS,
@@ -97,3 +99,28 @@ def test_client_refuses_a_signed_release_with_an_unsafe_name(name: str, tmp_path
     assert "\x1b" not in proc.stderr and "\u202e" not in proc.stderr
     assert show_path(name) in lines[0], lines[0]
     assert (install / "current").resolve() == running and tree_digest(running) == before
+
+
+_NAME_CHARS = st.one_of(
+    st.sampled_from("aA\u00e9e\u0301._- :?<>*|\"\\/\x00\x1b\x7f\x9b\u202e\u2066\u200f\u2028\u00df\u0130\u00b9"),
+    st.characters(codec="utf-8"),
+    st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),  # surrogate escapes of undecodable bytes
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(_NAME_CHARS, min_size=1, max_size=12), min_size=1, max_size=6, unique=True))
+def test_names_property_any_is_the_union_and_nothing_raises(names: list[str]) -> None:
+    """For any names: the rules answer (never raise), what is shown is never a raw control, bidi or
+    undecodable character, and what ``any`` accepts every platform accepts."""
+    entries = [_file(n) for n in sorted(names, key=lambda n: n.encode("utf-8", "surrogatepass"))]
+    verdicts = {p: manifest_problems(entries, p) for p in ("any", "linux-x86_64", "macos-arm64", "windows-x86_64")}
+    verdicts["host"] = manifest_problems(entries)
+    for problems in verdicts.values():
+        for text in problems:
+            assert text.encode("utf-8") and not any(c in text for c in "\x1b\x7f\x9b\u202e\u2066\u200f\u2028")
+    if not verdicts["any"]:
+        assert not any(verdicts.values()), verdicts
+    for name in names:
+        shown = show_path(name)
+        assert shown.encode("utf-8") and "\x1b" not in shown and "\u202e" not in shown
