@@ -45,17 +45,22 @@ def _health(agent: Agent) -> dict[str, Any]:
     return data
 
 
-def _wait_health(agent: Agent, predicate: Callable[[dict[str, Any]], bool], what: str,
-                 limit: float = 30.0) -> dict[str, Any]:
-    """Poll /api/health until ``predicate`` holds (a bound on waiting, not a timing assertion)."""
+def _until(read: Callable[[], dict[str, Any]], predicate: Callable[[dict[str, Any]], bool], what: str,
+           limit: float, alive: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """Poll ``read()`` until ``predicate`` holds (a bound on waiting, not a timing assertion)."""
     deadline = time.monotonic() + limit
     while True:
-        h = _health(agent)
+        h = read()
         if predicate(h):
             return h
-        if time.monotonic() > deadline or agent.proc.poll() is not None:
+        if time.monotonic() > deadline or not alive():
             raise AssertionError(f"gave up waiting for {what}; last health: {h}")
-        time.sleep(0.1)
+        time.sleep(0.05)
+
+
+def _wait_health(agent: Agent, predicate: Callable[[dict[str, Any]], bool], what: str,
+                 limit: float = 30.0) -> dict[str, Any]:
+    return _until(lambda: _health(agent), predicate, what, limit, lambda: agent.proc.poll() is None)
 
 
 def _set_raw(config: Path, key: str, raw: str) -> None:
@@ -130,16 +135,8 @@ class _Faulty(AgentService):
         super()._one_round(first)
 
 
-def _wait_service(service: AgentService, predicate: Callable[[dict[str, Any]], bool], what: str,
-                  limit: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + limit
-    while True:
-        h = service.health()
-        if predicate(h):
-            return h
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}; last health: {h}")
-        time.sleep(0.05)
+def _wait_service(service: AgentService, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    return _until(service.health, predicate, what, 20.0)
 
 
 def test_any_exception_in_a_round_is_retried_with_backoff(tmp_path: Path, repo: Repo, repo_url: str) -> None:
