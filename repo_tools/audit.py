@@ -8,7 +8,6 @@ with the targets its role signed. It reports every problem it finds, not just th
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -43,8 +42,6 @@ from .store import Repository
 
 MAX_MANIFEST_BYTES = 64 << 20
 _CONTENT_NAME = {64: "sha256", 128: "sha512"}
-_NOT_REGULAR = (errno.ELOOP, errno.EINVAL)
-"""What :func:`open_regular` raises for a symlink or a file that is not regular."""
 """Content-addressed target names start with the hex digest of the file (the first hash its
 metadata lists): its algorithm by the digest's length."""
 
@@ -119,8 +116,7 @@ class _Auditor:
             self.problem(f"{filename}: missing")
             return None
         except OSError as exc:
-            why = "not a regular file" if exc.errno in _NOT_REGULAR else exc.strerror
-            self.problem(f"{filename}: unreadable ({why})")
+            self.problem(f"{filename}: unreadable ({exc.strerror or exc})")  # a FIFO, a symbolic link...
             return None
         self.report.checked_files += 1
         if expected is not None and (expected.length is not None or expected.hashes):
@@ -424,8 +420,7 @@ class _Auditor:
         except FileNotFoundError:
             self.problem(f"target {path}{where}: file {location.relative_to(self.repo.path)} is missing")
         except OSError as exc:
-            self.problem(f"target {path}{where}: file {location.relative_to(self.repo.path)}: "
-                         f"{'not a regular file' if exc.errno in _NOT_REGULAR else exc.strerror}")
+            self.problem(f"target {path}{where}: file {location.relative_to(self.repo.path)}: {exc.strerror or exc}")
         except Exception:
             self.problem(f"target {path}{where}: length or sha256 differs from the signed value (tampered?)")
 

@@ -85,7 +85,7 @@ def test_unreferenced_files_warn_when_intact_and_fail_when_corrupt(three_release
     assert proc.returncode == 6, proc.stderr
     problems = json.loads(proc.stdout)["problems"]
     assert any("link.json: not a regular file" in p for p in problems), problems
-    assert any(f"{live}.index.json: not a regular file" in p for p in problems), problems
+    assert any(f"{live}.index.json: a FIFO, not a regular file" in p for p in problems), problems[0][:400]
 
 
 def test_names_from_the_repository_are_escaped(tmp_path: Path) -> None:
