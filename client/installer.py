@@ -45,7 +45,7 @@ from pinnacle_updates.client.staging import Stager, StageRequest
 from pinnacle_updates.client.trust import RepositoryClient
 from pinnacle_updates.formats.fleet import switch_channel_plan
 from pinnacle_updates.formats.index import Release
-from pinnacle_updates.formats.redact import redact_url
+from pinnacle_updates.formats.redact import redact_data, redact_url
 
 __all__ = ["Installer"]
 
@@ -117,7 +117,9 @@ class Installer:
         }
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        return history_mod.read(self.layout.history, limit)
+        # Redacted on reading too: records written before redaction existed (or by an older client).
+        records: list[dict[str, Any]] = redact_data(history_mod.read(self.layout.history, limit))
+        return records
 
     def entry_point(self) -> Path | None:
         """The active release's entry point inside its slot (``None`` when the release names none),

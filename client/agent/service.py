@@ -53,7 +53,7 @@ from pinnacle_updates.client import (
 from pinnacle_updates.client.agent import analytics
 from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, now, outcome
 from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, parse_version
-from pinnacle_updates.formats.redact import redact_data, redact_text, redact_url
+from pinnacle_updates.formats.redact import redact_text, redact_url
 
 log = logging.getLogger("pinnacle.agent")
 
@@ -603,14 +603,14 @@ class AgentService:
         }
 
     def history(self, limit: int = 100, op: str | None = None) -> dict[str, Any]:
-        records = redact_data(self.updater.history())  # also records written before redaction existed
+        records = self.updater.history()
         if op:
             records = [r for r in records if r.get("op") == op]
         newest = list(reversed(records))
         return {"total": len(records), "records": newest[:limit]}
 
     def analytics(self) -> dict[str, Any]:
-        return analytics.compute(redact_data(self.updater.history())).to_dict()
+        return analytics.compute(self.updater.history()).to_dict()
 
     def backups(self) -> dict[str, Any]:
         """What rollback can reach: the other slot, and cached release artifacts, within max_rollback_days."""
