@@ -170,3 +170,15 @@ def test_credentials_are_used_but_never_shown(tmp_path: Path, repo: Repo, repo_u
     for path, text in files.items():
         _assert_clean(str(path.relative_to(d)), text)
     assert PASSWORD in (d / "config.toml").read_text()  # the install still has what it needs
+
+
+def test_history_written_before_redaction_is_shown_redacted(tmp_path: Path, repo: Repo, repo_url: str) -> None:
+    """A record an older client wrote with the credential in it is redacted when read (CLI and API)."""
+    d = tmp_path / "inst"
+    installer = init_client(d, repo_url, repo)
+    old = {"ts": "2026-01-01T00:00:00Z", "op": "check", "outcome": "failed",
+           "reason": f"http://user:{PASSWORD}@h/metadata/timestamp.json?token={TOKEN}: HTTP 503"}
+    (d / "history.jsonl").write_text(json.dumps(old) + "\n")
+    shown = installer.history()
+    assert shown[0]["reason"] == "http://user:***@h/metadata/timestamp.json?token=***: HTTP 503"
+    _assert_clean("history --json", _cli(d, "history", "--json"))
