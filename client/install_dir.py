@@ -198,6 +198,7 @@ class InstallDir:
         (those downloads are written with plain ``open``: a link would be followed outside). Each
         is removed as the entry itself (``remove_entry``): a link's target is never touched."""
         layout = self.layout
+        own_directory(layout.cache)  # first: the paths below go through it
         for name in sm.SLOT_NAMES:
             remove_entry(self.trash(name))
         remove_entry(self.delta_work)

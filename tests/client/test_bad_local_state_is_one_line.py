@@ -118,15 +118,27 @@ def test_unusable_local_file_is_one_line(install_dir: Path, obstacle: str, comma
     assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
 
 
-@pytest.mark.parametrize(("obstacle", "command"), [("cache", "check"), ("manifests", "verify")])
+@pytest.mark.parametrize(("obstacle", "command"), [("tuf", "check")])
 def test_unusable_local_directory_is_one_line(install_dir: Path, obstacle: str, command: str) -> None:
+    _replace_with_file(install_dir / obstacle)
+    proc = client_cli(install_dir, command)
+    assert_one_line_failure(proc)
+    assert obstacle in proc.stderr
+    assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
+
+
+@pytest.mark.parametrize(("obstacle", "command"), [("cache", "check"), ("manifests", "verify")])
+def test_a_file_in_place_of_a_working_directory_is_removed_as_the_entry(install_dir: Path, obstacle: str,
+                                                                        command: str) -> None:
+    """The client's own working directories (issue 17, class 5): a stray file there is replaced by
+    the directory, under the lock, and the command works."""
     if obstacle == "manifests":
         for m in (install_dir / "manifests").iterdir():
             m.unlink()
     _replace_with_file(install_dir / obstacle)
     proc = client_cli(install_dir, command)
-    assert_one_line_failure(proc)
-    assert obstacle in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert (install_dir / obstacle).is_dir()
     assert (install_dir / "current").resolve() == (install_dir / "slots" / "a").resolve()
 
 
