@@ -309,7 +309,8 @@ KEYS: Mapping[str, Key] = {
     "allowed_update_types": Key(list, _type_names(_POLICY.allowed_update_types), "update types allowed",
                                 _update_types),
     "max_rollback_attempts": Key(int, _POLICY.max_rollback_attempts,
-                                 "rollbacks after which a version is refused even with --force", _positive_count),
+                                 "rollbacks after which a version is refused even with --force",
+                                 _between(0, 1_000_000, above=True)),
     "max_rollback_days": Key(int, _POLICY.max_rollback_days, "days a previous version stays eligible for rollback",
                              _between(0, 36500, " days")),
     "skip_ramp_types": Key(list, _type_names(DEFAULT_SKIP_RAMP_TYPES), "update types that skip staged rollouts "
