@@ -13,7 +13,6 @@ by ``recover`` whatever config.toml says."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from pinnacle_updates.client import config
 from pinnacle_updates.client.errors import HealthCheckError, StateError
 from pinnacle_updates.client.installer import Installer
+from tests.client.test_config_values import write_raw
 from tests.helpers_client import PY, ROOT, Repo, app_files, env, init_client, make_repo, publish, tree_digest
 
 VERSIONS = ("1.0.0", "1.1.0", "1.2.0")
@@ -54,13 +54,6 @@ def _installed(tmp_path: Path, repo: Repo, **settings: object) -> tuple[Path, In
     return d, ins
 
 
-def _write_raw(d: Path, key: str, literal: str) -> None:
-    path = d / "config.toml"
-    text = re.sub(rf"(?m)^{key} = .*$", lambda _m: f"{key} = {literal}", path.read_text())
-    assert f"{key} = {literal}" in text
-    path.write_text(text)
-
-
 def _cli(d: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", "pinnacle_updates.client", "--install-dir", str(d), *args], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=120, check=False)
@@ -75,7 +68,7 @@ def test_a_value_broken_by_hand_is_refused_before_the_swap_and_every_command_sti
         tmp_path: Path, repo: Repo, key: str, literal: str, used_to: str) -> None:
     d, ins = _installed(tmp_path, repo)
     slots = {n: tree_digest(d / "slots" / n) for n in ("a", "b")}
-    _write_raw(d, key, literal)
+    write_raw(d, key, literal)
 
     proc = _cli(d, "install", "1.2.0")
     assert proc.returncode == 2, proc.stderr  # ConfigError, before anything was downloaded or swapped
@@ -182,8 +175,8 @@ def test_recover_finishes_an_interrupted_trial_whatever_config_toml_says(tmp_pat
     assert proc.returncode == -9, proc.stderr
     assert json.loads((d / "state.json").read_text())["state"] == "trial" and _version(d) == "1.2.0"
 
-    _write_raw(d, "health_url", '"http://127.0.0.1:80a/"')
-    _write_raw(d, "post_swap", '""')
+    write_raw(d, "health_url", '"http://127.0.0.1:80a/"')
+    write_raw(d, "post_swap", '""')
     status = _cli(d, "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["needs_recovery"] is True, status.stderr
     rec = _cli(d, "recover")
