@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -193,11 +194,17 @@ class InstallDir:
     def clear_planted(self) -> None:
         """Make the client's own working paths safe before an operation writes through them (under
         the lock): ``cache/``, ``cache/partial/`` and ``manifests/`` are real directories, the slots'
-        trash paths and ``cache/delta-work`` (left by a killed run) are gone, and no entry in the
+        trash paths and ``cache/delta-work`` (left by a killed run) are gone, anything but a link at
+        ``current`` (a file in pointer mode) is moved aside, and no entry in the
         cache, the partial downloads or the manifests is a symlink, FIFO or other non-regular file
         (those downloads are written with plain ``open``: a link would be followed outside). Each
         is removed as the entry itself (``remove_entry``): a link's target is never touched."""
         layout = self.layout
+        current = layout.pointer_file if layout.pointer else layout.current
+        if os.path.lexists(current) and not (os.path.isfile(current) if layout.pointer else os.path.islink(current)):
+            # something else where the switch belongs (a directory unpacked there, say) would block
+            # every swap: kept, moved aside, and recovery relinks ``current`` as the state says
+            os.rename(current, current.with_name(f"{current.name}.moved-{time.strftime('%Y%m%dT%H%M%S')}"))
         own_directory(layout.cache)  # first: the paths below go through it
         for name in sm.SLOT_NAMES:
             remove_entry(self.trash(name))

@@ -164,3 +164,18 @@ def test_a_link_planted_as_the_delta_scratch_directory_is_not_written_through(tm
     result = ins.install("1.2.0")
     assert result.outcome == "committed" and result.route["path"] == "chain", result.route
     assert tree_digest(outside) == before and not os.path.lexists(d / "cache/delta-work")
+
+
+def test_a_directory_planted_at_current_is_moved_aside_not_deleted_and_the_swap_works(tmp_path: Path,
+                                                                                    repo: Repo) -> None:
+    d = tmp_path / "inst"
+    ins = init_client(d, str(repo.dir), repo)
+    ins.install("1.0.0")
+    (d / "current").unlink()
+    (d / "current").mkdir()
+    (d / "current/notes.txt").write_text("someone's notes\n")
+    assert ins.install("1.1.0").outcome == "committed"
+    assert os.readlink(d / "current") == "slots/b" and (d / "current/VERSION").read_text() == "1.1.0\n"
+    moved = [p for p in d.iterdir() if p.name.startswith("current.moved-")]
+    assert len(moved) == 1 and (moved[0] / "notes.txt").read_text() == "someone's notes\n"
+    assert ins.rollback().version == "1.0.0"
