@@ -18,10 +18,8 @@ failure aborts (before the swap) or rolls back (after it).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +31,7 @@ import httpx
 from tuf.api.exceptions import DownloadError
 
 from pinnacle_updates.client.transport import verify_context
+from pinnacle_updates.formats import fsutil
 from pinnacle_updates.formats.redact import redact_text
 
 HIDDEN_FROM_HOOKS = frozenset({"PINNACLE_SMTP_PASSWORD"})
@@ -149,8 +148,7 @@ def run_command(name: str, command: str, ctx: HookContext, timeout: float, log: 
     return CommandResult(name, command, code, timed_out, time.monotonic() - start, tail)
 
 
-_LOG_FLAGS = (os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-              | getattr(os, "O_CLOEXEC", 0))
+_LOG_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT
 
 
 def _open_log(path: Path) -> IO[bytes]:
@@ -160,17 +158,14 @@ def _open_log(path: Path) -> IO[bytes]:
     and the output dropped (``/dev/null``), so a hook never blocks or fails on its log."""
     for _attempt in range(2):
         try:
-            fd = os.open(path, _LOG_FLAGS, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP and os.path.islink(path):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                continue
+            return os.fdopen(fsutil.open_regular(path, _LOG_FLAGS), "r+b")
+        except fsutil.NotRegularFile:
+            if not os.path.islink(path):
+                break
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        except OSError:
             break
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return os.fdopen(fd, "r+b")
-        os.close(fd)
-        break
     return open(os.devnull, "r+b")  # handed to the child, closed by the caller
 
 
