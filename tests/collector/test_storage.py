@@ -173,7 +173,7 @@ def test_concurrent_writers_count_each_report_once(db_url: str) -> None:
             for _ in range(12):
                 start = rng.randrange(0, 550)
                 results.append(storages[worker % 2].ingest(reports[start:start + 50]))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=send, args=(w,)) for w in range(4)]
