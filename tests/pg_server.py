@@ -17,11 +17,12 @@ import contextlib
 import glob
 import os
 import pwd
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.nginx_server import free_port
 
 PG_BIN_ENV = "PINNACLE_PG_BIN"
 USER = "postgres"
@@ -46,12 +47,6 @@ def _as_server_user() -> list[str]:
     except KeyError:
         uid = gid = 65534
     return ["unshare", "--user", f"--map-user={uid}", f"--map-group={gid}"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -81,7 +76,7 @@ def run_postgres(base: Path, binaries: Path) -> Iterator[PgServer]:
     subprocess.run([*wrap, str(binaries / "initdb"), "-D", str(data), "-U", USER, "-A", "trust", "--no-sync",
                     "-E", "UTF8", "--locale=C"], **run)  # type: ignore[call-overload]
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off "
                    "-c synchronous_commit=off -c max_connections=200")
         started = subprocess.run([*wrap, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"),

@@ -18,6 +18,7 @@ from pinnacle_updates.formats.report import MAX_BATCH_BYTES, encode_batch
 from pinnacle_updates.repo_tools.collector.storage import open_storage
 from tests.collector.conftest import make_report
 from tests.conftest import run_cli
+from tests.formats.test_report import body as batch
 
 
 def rows(db: str) -> int:
@@ -29,10 +30,6 @@ def wire(**changes: Any) -> dict[str, Any]:
     d = make_report().to_dict()
     d.update(changes)
     return d
-
-
-def batch(*items: Any) -> bytes:
-    return json.dumps({"schema": 1, "reports": list(items)}).encode()
 
 
 def test_ingest_and_resend(db_url: str, collector_factory: Any) -> None:
