@@ -9,8 +9,11 @@ from __future__ import annotations
 from pinnacle_updates.formats.index import Release, UpdateType
 
 from .api import AutoUpdater
+from .backups import Backup
 from .config import ClientConfig
 from .errors import (
+    BackupError,
+    BackupSpaceError,
     BusyError,
     ConfigError,
     HealthCheckError,
@@ -30,6 +33,7 @@ from .results import (
     InstallResult,
     Progress,
     RecoveryReport,
+    RestoreReport,
     RollbackResult,
     RollbackTarget,
     SlotReport,
@@ -38,6 +42,9 @@ from .results import (
 
 __all__ = [
     "AutoUpdater",
+    "Backup",
+    "BackupError",
+    "BackupSpaceError",
     "BusyError",
     "CheckResult",
     "ClientConfig",
@@ -53,6 +60,7 @@ __all__ = [
     "RecoveryReport",
     "Release",
     "RepositoryError",
+    "RestoreReport",
     "RollbackResult",
     "RollbackTarget",
     "SlotReport",

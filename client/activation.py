@@ -3,10 +3,13 @@
 The state machine is ``client.slots`` (states, events, the transition table, pure transitions);
 this module drives it, saving each state *before* the step it guards::
 
-    TRIAL -> stop_command -> swap ``current`` -> post_swap -> start_command -> health check
-          -> save COMMITTED                  (any failure after TRIAL: automatic rollback)
+    TRIAL -> stop_command -> data snapshot (saved with the trial) -> swap ``current`` -> post_swap
+          -> the release's migration -> start_command -> health check
+          -> save COMMITTED                  (any failure after the snapshot: automatic rollback;
+                                              a snapshot that cannot be taken: FAILED, nothing swapped)
 
-    rollback (automatic or manual): save ROLLING_BACK -> stop_command -> swap ``current`` back
+    rollback (automatic or manual): save ROLLING_BACK (with the snapshot to restore) -> stop_command
+          -> restore the data (``client.backups``, journaled) -> swap ``current`` back
           -> on_rollback -> start_command -> save ROLLED_BACK (version marked bad)
 
 Recovery (``client.recovery``) resumes both from the saved state, which is why hooks must be
@@ -23,9 +26,16 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
+from pinnacle_updates.client import backups
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
-from pinnacle_updates.client.errors import HealthCheckError, StateError, UpdateError
+from pinnacle_updates.client.errors import (
+    BackupError,
+    BackupSpaceError,
+    HealthCheckError,
+    StateError,
+    UpdateError,
+)
 from pinnacle_updates.client.hooks import HealthResult, HealthSettings, HookContext, check_health
 from pinnacle_updates.client.install_dir import Part, one_line
 from pinnacle_updates.client.results import InstallResult, RollbackResult, RollbackTarget
@@ -44,42 +54,37 @@ class Activation(Part):
         baseline: float | None,
         route: dict[str, Any] | None = None,
     ) -> InstallResult:
-        """From a saved TRIAL: stop, swap, post_swap, start, health check; commit or roll back.
-        ``route`` (how the slot was staged: path, bytes saved, fallback) goes into the history."""
+        """From a saved TRIAL: stop, snapshot the data, swap, post_swap, the release's migration,
+        start, health check; commit or roll back (code and data). ``route`` (how the slot was
+        staged: path, bytes saved, fallback) goes into the history."""
         site = self.site
         op = s.op
         assert op is not None and op.slot is not None and op.version is not None
         ctx = site.hook_context(s, op.slot, op.version)
         previous = s.active_version
-        failure = ""
+        failure = cause = ""
         health: HealthResult | None = None
+        route = dict(route or {})
         try:
             stop = site.hook("stop_command", cfg, ctx)
             if not stop.ok:
-                failure = stop.describe()
-            else:
-                site.emit("step", step="swap", slot=op.slot, version=op.version)
-                self.layout.point_current(op.slot)
-                for name in ("post_swap", "start_command"):
-                    result = site.hook(name, cfg, ctx)
-                    if not result.ok:
-                        failure = result.describe()
-                        break
-                else:
-                    site.emit("step", step="health_check", version=op.version)
-                    health = check_health(HealthSettings.from_config(cfg), ctx, baseline, log=self.layout.hooks_log)
-                    if not health.healthy:
-                        failure = f"health check failed: {health.reason}"
+                failure, cause = stop.describe(), "stop"
+            elif op.snapshot and op.data_backup is None:
+                s = self._snapshot(cfg, s, route)
+        except BackupError as exc:  # before the swap: nothing changed but the stopped application
+            raise self._abort_trial(cfg, s, exc, started) from exc
         except Exception as exc:  # defence in depth: whatever a check missed still rolls back
-            failure = _describe(exc)
+            failure, cause = _describe(exc), "other"
+        if not failure:
+            failure, cause, health = self._switch(cfg, s, ctx, baseline)
         if not failure:
             try:
                 s = site.save(sm.commit(s))
             except StateError as exc:
-                failure = f"cannot commit: {exc}"
+                failure, cause = f"cannot commit: {exc}", "other"
         if failure:
             try:
-                back = self.rollback(cfg, s, failure, mark_bad=True)
+                back = self.rollback(cfg, s, failure, mark_bad=True, cause=cause)
             except Exception as exc:  # the saved TRIAL/ROLLING_BACK lets recover finish it
                 raise StateError(
                     f"{op.version} failed after the swap ({failure}) and the rollback did not finish "
@@ -88,6 +93,8 @@ class Activation(Part):
             where = (
                 f"rolled back to {back.version}" if back.version else "nothing to roll back to; no version is active"
             )
+            if back.data_restored:
+                where += f", data restored from backup {back.data_restored}"
             raise HealthCheckError(f"{op.version} failed after the swap ({failure}); {where}")
         other = s.other_content
         if other is not None and other.version == op.version:
@@ -95,6 +102,9 @@ class Activation(Part):
             s = site.save(sm.forget_slot(s, s.next_slot))
         duration = time.monotonic() - started
         self.prune_cache(cfg, op.version)
+        pruned = self.prune_backups(cfg, s)
+        if pruned:
+            route["backups_pruned"] = pruned
         site.record(
             {
                 "op": op.kind,
@@ -106,7 +116,7 @@ class Activation(Part):
                 "duration": round(duration, 3),
                 "outcome": "committed",
                 "health": health.to_dict() if health else None,
-                **(route or {}),
+                **route,
             }
         )
         site.emit("step", step="committed", version=op.version, slot=op.slot)
@@ -118,8 +128,81 @@ class Activation(Part):
             downloaded,
             duration,
             health=health.to_dict() if health else None,
-            route=dict(route or {}),
+            route=route,
         )
+
+    def _switch(
+        self, cfg: ClientConfig, s: SlotState, ctx: HookContext, baseline: float | None
+    ) -> tuple[str, str, HealthResult | None]:
+        """Swap ``current``, run post_swap, the release's migration and start_command, then the
+        health check: ``(failure, cause class, health)``, failure empty when all passed."""
+        site = self.site
+        op = s.op
+        assert op is not None and op.slot is not None
+        try:
+            site.emit("step", step="swap", slot=op.slot, version=op.version)
+            self.layout.point_current(op.slot)
+            steps = (("post_swap", "migration"), ("migration", "migration"), ("start_command", "start"))
+            for name, cause in steps:
+                result = site.migrate(cfg, ctx, op.migration) if name == "migration" else site.hook(name, cfg, ctx)
+                if not result.ok:
+                    return result.describe(), cause, None
+            site.emit("step", step="health_check", version=op.version)
+            health = check_health(HealthSettings.from_config(cfg), ctx, baseline, log=self.layout.hooks_log)
+            if not health.healthy:
+                return f"health check failed: {health.reason}", "health_check", health
+            return "", "", health
+        except Exception as exc:  # defence in depth: whatever a check missed still rolls back
+            return _describe(exc), "other", None
+
+    def _snapshot(self, cfg: ClientConfig, s: SlotState, route: dict[str, Any]) -> SlotState:
+        """Snapshot the persistent data (the application is stopped) and save its id with the
+        trial, before the swap. ``BackupError`` when it cannot be taken, unless
+        ``backup_required = false``: then the update goes on without one, said in the history."""
+        op = s.op
+        assert op is not None
+        self.site.emit("step", step="snapshot", version=s.active_version)
+        try:
+            backup = backups.snapshot(self.layout, cfg.persistent_paths, version=s.active_version,
+                                      for_version=op.version)
+        except BackupError as exc:
+            if cfg.flag("backup_required"):
+                raise
+            route["data_backup_skipped"] = one_line(exc)
+            return s
+        route.update(data_backup=backup.id, data_backup_method=backup.method, data_backup_files=backup.files,
+                     data_backup_bytes=backup.bytes, data_backup_seconds=backup.seconds)
+        self.site.emit("step", step="snapshotted", backup=backup.id, method=backup.method, files=backup.files,
+                       bytes=backup.bytes, seconds=backup.seconds)
+        return self.site.save(sm.with_data_backup(s, backup.id))
+
+    def _abort_trial(self, cfg: ClientConfig, s: SlotState, exc: BackupError, started: float) -> BackupError:
+        """The snapshot failed before the swap: start the running version again, save FAILED and
+        say so. ``current`` never moved, so the running slot and its data are as they were."""
+        site = self.site
+        op = s.op
+        assert op is not None
+        reason = one_line(exc)
+        notes: list[str] = []
+        if s.active is not None and s.active_version is not None:
+            self._noted_hook("start_command", cfg, site.hook_context(s, s.active, s.active_version), notes)
+        s = site.save(sm.abort(s, reason))  # the staged slot is discarded: the next install stages again
+        site.emit("step", step="failed", reason=reason)
+        site.record({"op": op.kind, "from_version": s.active_version, "version": op.version, "sha256": op.sha256,
+                     "outcome": "failed", "cause": "space" if isinstance(exc, BackupSpaceError) else "other",
+                     "reason": reason, "notes": notes, "duration": round(time.monotonic() - started, 3)})
+        keeps = f"{s.active_version} keeps running" if s.active_version else "nothing was installed"
+        return type(exc)(f"{reason}; nothing was swapped, {keeps}")
+
+    def prune_backups(self, cfg: ClientConfig, s: SlotState) -> list[str]:
+        """Retention after a commit: ``max_rollback_days`` and ``max_backups``; the snapshot a
+        rollback of the running version would restore is kept while it may be used."""
+        keep = s.active_content.data_backup if s.active_content else None
+        try:
+            return backups.prune(self.layout, max_days=cfg.integer("max_rollback_days"),
+                                 max_count=cfg.integer("max_backups"), keep=[keep])
+        except (BackupError, OSError):
+            return []  # best effort: the next commit or `backups prune` tries again
 
     def prune_cache(self, cfg: ClientConfig, version: str) -> None:
         """Drop cached artifacts of other releases (best effort; the slots hold what rollback needs)."""
@@ -133,16 +216,24 @@ class Activation(Part):
 
     # -- rollback -----------------------------------------------------------------------------------
     def rollback(
-        self, cfg: ClientConfig, s: SlotState, reason: str, *, mark_bad: bool, allow_bad: bool = False
+        self, cfg: ClientConfig, s: SlotState, reason: str, *, mark_bad: bool, allow_bad: bool = False,
+        keep_data: bool = False, cause: str = "",
     ) -> RollbackResult:
-        """Save ROLLING_BACK (the table refuses what may not roll back), then finish it."""
-        started = time.monotonic()
-        s = self.site.save(sm.begin_rollback(s, reason, mark_bad, allow_bad=allow_bad))
-        return self.finish_rollback(cfg, s, started)
+        """Save ROLLING_BACK (the table refuses what may not roll back), then finish it.
 
-    def finish_rollback(self, cfg: ClientConfig, s: SlotState, started: float) -> RollbackResult:
-        """From a saved ROLLING_BACK: stop, swap back, on_rollback, start; save ROLLED_BACK.
-        Hook failures here are recorded, not fatal: going back must not get stuck."""
+        Data: an automatic rollback restores the trial's snapshot; a manual one the snapshot taken
+        before the running version went live, unless ``keep_data``. A snapshot that should be there
+        and is not (pruned) refuses the manual rollback rather than start old code on new data."""
+        started = time.monotonic()
+        restore = data_to_restore(self.layout, s, keep_data)
+        rejected = backups.new_id() if restore else None
+        s = self.site.save(sm.begin_rollback(s, reason, mark_bad, allow_bad=allow_bad, restore=restore,
+                                             rejected=rejected))
+        return self.finish_rollback(cfg, s, started, cause=cause)
+
+    def finish_rollback(self, cfg: ClientConfig, s: SlotState, started: float, cause: str = "") -> RollbackResult:
+        """From a saved ROLLING_BACK: stop, restore the data, swap back, on_rollback, start; save
+        ROLLED_BACK. Hook failures here are recorded, not fatal: going back must not get stuck."""
         site = self.site
         op = s.op
         assert op is not None
@@ -160,11 +251,21 @@ class Activation(Part):
             extra_env={"PINNACLE_FAILED_VERSION": leaving},
         )
         self._noted_hook("stop_command", cfg, ctx, notes)
+        restored: backups.RestoreResult | None = None
+        if op.data_backup is not None and op.data_rejected is not None:
+            site.emit("step", step="restore_data", backup=op.data_backup)
+            try:  # the application is stopped: data and code go back together
+                restored = backups.restore(self.layout, op.data_backup, op.data_rejected, cfg.persistent_paths,
+                                           version=op.version, rejected_version=op.leaving_version,
+                                           reason=op.reason)
+            except (BackupError, OSError) as exc:
+                notes.append(f"data not restored from backup {op.data_backup}: {one_line(exc)}")
         site.emit("step", step="swap_back", slot=op.slot, version=op.version)
         self.layout.point_current(op.slot)
         for name in ("on_rollback", "start_command") if op.slot is not None else ("on_rollback",):
             self._noted_hook(name, cfg, ctx, notes)
         s = site.save(sm.finish_rollback(s))
+        pruned = self.prune_backups(cfg, s) if restored and restored.rejected else []
         duration = time.monotonic() - started
         record: dict[str, Any] = {
             "op": "rollback",
@@ -173,15 +274,22 @@ class Activation(Part):
             "version": op.version,
             "slot": op.slot,
             "reason": op.reason,
+            "cause": cause or ("manual" if op.leaving_version and op.slot is not None else "other"),
             "outcome": "rolled_back",
             "duration": round(duration, 6),
             "notes": notes,
+            "data_restored": restored.backup if restored else None,
+            "data_rejected": restored.rejected if restored else None,
         }
+        if pruned:
+            record["backups_pruned"] = pruned
         if op.mark_bad and op.leaving_version:
             record["bad_version"] = op.leaving_version
         site.record(record)
         site.emit("step", step="rolled_back", version=op.version, slot=op.slot, reason=op.reason)
-        return RollbackResult(op.version, op.slot, op.leaving_version, op.leaving, op.reason, duration, tuple(notes))
+        return RollbackResult(op.version, op.slot, op.leaving_version, op.leaving, op.reason, duration, tuple(notes),
+                              data_restored=restored.backup if restored else None,
+                              data_rejected=restored.rejected if restored else None)
 
     def _noted_hook(self, name: str, cfg: ClientConfig, ctx: HookContext, notes: list[str]) -> None:
         """Run hook ``name`` for a rollback; any failure, even an unexpected exception, is a note."""
@@ -201,6 +309,24 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, UpdateError | OSError):
         return detail
     return f"unexpected {type(exc).__name__}" + (f": {detail}" if detail else "")
+
+
+def data_to_restore(layout: Layout, s: SlotState, keep_data: bool) -> str | None:
+    """The data snapshot a rollback from ``s`` restores (None: the data stays as it is).
+
+    From a trial: its snapshot, if one was taken. Manual: the snapshot taken just before the
+    running version went live, unless ``keep_data``; ``StateError`` when it was pruned."""
+    if s.state is sm.State.TRIAL:
+        return s.op.data_backup if s.op is not None else None
+    content = s.active_content
+    if keep_data or content is None or content.data_backup is None:
+        return None
+    if not backups.exists(layout, content.data_backup):
+        raise StateError(
+            f"the data snapshot {content.data_backup} taken before {content.version} was installed no longer "
+            "exists (pruned or removed); use --keep-data to roll back the code and keep the data as it is"
+        )
+    return content.data_backup
 
 
 def rollback_target(s: SlotState, cfg: ClientConfig) -> RollbackTarget | None:
@@ -254,4 +380,4 @@ def age_days(stamp: str) -> float:
     return (datetime.now(UTC) - when).total_seconds() / 86400
 
 
-__all__ = ["Activation", "age_days", "cached_releases", "refuse_too_old", "rollback_target"]
+__all__ = ["Activation", "age_days", "cached_releases", "data_to_restore", "refuse_too_old", "rollback_target"]

@@ -28,6 +28,7 @@ from pinnacle_updates.formats.index import Release
 from . import config as config_mod
 from . import fleet_state, results
 from .activation import cached_releases
+from .backups import Backup
 from .config import ClientConfig, Value
 from .errors import UpdateError
 from .hooks import HealthResult
@@ -101,10 +102,12 @@ class AutoUpdater:
         return self.installer.install(version, confirm_major=confirm_major, force=force, wait=wait,
                                       progress=progress, auto_only=auto_only)
 
-    def rollback(self, *, force: bool = False, wait: bool = False,
+    def rollback(self, *, force: bool = False, wait: bool = False, keep_data: bool = False,
                  reason: str = "manual rollback") -> results.RollbackResult:
-        """Switch back to the version in the other slot, instantly; the version left is marked bad."""
-        return self.installer.rollback(force=force, wait=wait, reason=reason)
+        """Switch back to the version in the other slot, instantly; the version left is marked bad.
+        The persistent data goes back to its snapshot from before the running version was installed
+        (the data it replaces is kept as a backup) unless ``keep_data``."""
+        return self.installer.rollback(force=force, wait=wait, keep_data=keep_data, reason=reason)
 
     def rollback_target(self) -> results.RollbackTarget | None:
         """What ``rollback`` would switch to and whether it may without ``force`` (None: nothing)."""
@@ -137,6 +140,28 @@ class AutoUpdater:
     def entry_point(self) -> Path | None:
         """The active release's entry point (None: the release names none)."""
         return self.installer.entry_point()
+
+    # -- data backups ----------------------------------------------------------------------------
+    def backups(self) -> list[Backup]:
+        """Every data backup (snapshots taken before updates, data replaced by restores), oldest first."""
+        return self.installer.backups()
+
+    def backup(self, backup_id: str) -> Backup:
+        """One backup with its manifest entries; ``BackupError`` when there is none of that id."""
+        return self.installer.backup(backup_id)
+
+    def verify_backup(self, backup_id: str) -> list[str]:
+        """Problems of one backup against its manifest (empty list: intact)."""
+        return self.installer.verify_backup(backup_id)
+
+    def restore_backup(self, backup_id: str, *, wait: bool = False) -> results.RestoreReport:
+        """Put a backup's data in place under the running version (stop, restore, start); the data
+        it replaces is kept as a new backup."""
+        return self.installer.restore_backup(backup_id, wait=wait)
+
+    def prune_backups(self, *, wait: bool = False) -> list[str]:
+        """Remove backups beyond ``max_rollback_days`` and ``max_backups`` now; the removed ids."""
+        return self.installer.prune_backups(wait=wait)
 
     # -- maintenance ---------------------------------------------------------------------------
     def recover(self, *, wait: bool = False) -> results.RecoveryReport:

@@ -149,15 +149,90 @@ def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, 
 
 @cli.command("rollback")
 @click.option("--force", is_flag=True, help="Roll back even to a version marked bad.")
+@click.option("--keep-data", is_flag=True,
+              help="Keep the persistent data as it is (default: restore its snapshot from before the update).")
 @json_option
 @wait_option
 @pass_updater
-def rollback_cmd(updater: AutoUpdater, force: bool, as_json: bool, wait: bool) -> None:
-    """Switch back to the previous version in the other slot, instantly."""
-    result = updater.rollback(wait=wait, force=force)
+def rollback_cmd(updater: AutoUpdater, force: bool, keep_data: bool, as_json: bool, wait: bool) -> None:
+    """Switch back to the previous version in the other slot, instantly, with its data."""
+    result = updater.rollback(wait=wait, force=force, keep_data=keep_data)
     _report(updater, ("rollback", result.from_version, result.version, "rolled_back", result.reason))
+    if result.data_restored:
+        data = f"; data restored from backup {result.data_restored}"
+        data += f", the replaced data kept as backup {result.data_rejected}" if result.data_rejected else ""
+    else:
+        data = "; data kept as it was"
+    notes = "".join(f"\nnote: {n}" for n in result.notes)
     emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
-                                     f"{result.duration * 1000:.1f} ms)")
+                                     f"{result.duration * 1000:.1f} ms){data}{notes}")
+
+
+@cli.group("backups")
+def backups_group() -> None:
+    """Data backups: snapshots of the persistent paths taken before updates, and data replaced by restores."""
+
+
+@backups_group.command("list")
+@json_option
+@pass_updater
+def backups_list(updater: AutoUpdater, as_json: bool) -> None:
+    """Every backup, oldest first."""
+    rows = [b.summary() for b in updater.backups()]
+    lines = [f"{r['id']}  {r['kind']:<8} {r['version'] or '-':<12} -> {r['for_version'] or '-':<12} "
+             f"{r['files']:>7} files {r['bytes'] / 2**20:9.1f} MiB  {r['method']:<7} {r['age_days']:.1f} days"
+             for r in rows]
+    emit(as_json, rows, "\n".join(lines) or "no backups")
+
+
+@backups_group.command("show")
+@click.argument("backup_id")
+@json_option
+@pass_updater
+def backups_show(updater: AutoUpdater, backup_id: str, as_json: bool) -> None:
+    """One backup's manifest: versions, method, every entry."""
+    b = updater.backup(backup_id)
+    human = [f"{k}: {v}" for k, v in b.summary().items()]
+    human += [f"  {e.type:<4} {e.mode:04o} {e.size:>10} {e.path}" + (f" -> {e.target}" if e.target else "")
+              for e in b.entries]
+    emit(as_json, b.to_dict(), "\n".join(human))
+
+
+@backups_group.command("verify")
+@click.argument("backup_id")
+@json_option
+@pass_updater
+def backups_verify(updater: AutoUpdater, backup_id: str, as_json: bool) -> None:
+    """Check one backup against its manifest (types, modes, sizes, link texts, recorded sha256)."""
+    problems = updater.verify_backup(backup_id)
+    emit(as_json, {"id": backup_id, "ok": not problems, "problems": problems},
+         "\n".join([f"backup {backup_id}: {'intact' if not problems else f'{len(problems)} problem(s)'}",
+                    *(f"  {p}" for p in problems)]))
+    if problems:
+        raise _fail(f"backup {backup_id} differs from its manifest", 9)
+
+
+@backups_group.command("restore")
+@click.argument("backup_id")
+@json_option
+@wait_option
+@pass_updater
+def backups_restore(updater: AutoUpdater, backup_id: str, as_json: bool, wait: bool) -> None:
+    """Put a backup's data in place under the running version (stop, restore, start)."""
+    report = updater.restore_backup(backup_id, wait=wait)
+    kept = f"; the replaced data kept as backup {report.rejected}" if report.rejected else ""
+    notes = "".join(f"\nnote: {n}" for n in report.notes)
+    emit(as_json, report.to_dict(), f"restored the data of backup {backup_id} under {report.version}{kept}{notes}")
+
+
+@backups_group.command("prune")
+@json_option
+@wait_option
+@pass_updater
+def backups_prune(updater: AutoUpdater, as_json: bool, wait: bool) -> None:
+    """Remove backups beyond max_rollback_days and max_backups (the rollback snapshot of the running version stays)."""
+    removed = updater.prune_backups(wait=wait)
+    emit(as_json, {"removed": removed}, f"removed {len(removed)} backup(s)" + "".join(f"\n  {r}" for r in removed))
 
 
 def _active_version(updater: AutoUpdater) -> str | None:

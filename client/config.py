@@ -305,7 +305,14 @@ KEYS: Mapping[str, Key] = {
                         f"install {_AUTO_TYPES} releases by themselves ({_URGENT_TYPES} always)"),
     "check_interval": Key(int, _POLICY.check_interval, "seconds between automatic checks",
                           _between(0, MAX_CHECK_INTERVAL, " seconds (30 days)", above=True)),
-    "backup_before_update": Key(bool, _POLICY.backup_before_update, "keep the previous version in the other slot"),
+    "backup_before_update": Key(bool, _POLICY.backup_before_update, "snapshot the persistent data before each "
+                                "update (application stopped, before the swap) and restore it on rollback"),
+    "backup_update_types": Key(list, _type_names(tuple(UpdateType)), "update types whose installs take the data "
+                               "snapshot (with backup_before_update)", _update_types),
+    "backup_required": Key(bool, True, "stop an update whose data snapshot cannot be taken (false: update "
+                           "without one, said in the history)"),
+    "max_backups": Key(int, 5, "data backups kept (snapshots and rejected data; 0 = no count limit; "
+                       "max_rollback_days also applies)", _between(0, MAX_COUNT)),
     "allowed_update_types": Key(list, _type_names(_POLICY.allowed_update_types), "update types allowed",
                                 _update_types),
     "max_rollback_attempts": Key(int, _POLICY.max_rollback_attempts,
@@ -328,6 +335,8 @@ KEYS: Mapping[str, Key] = {
     "post_swap": Key(str, "", "runs after the swap (migrations); failure rolls back", _command),
     "on_rollback": Key(str, "", "runs after swapping back to the previous version", _command),
     "hook_timeout": Key(float, 300.0, "seconds a hook may run before it is killed (fails)", _seconds),
+    "migration_timeout": Key(float, 600.0, "seconds a release's migration step may run before it is killed "
+                             "(the update rolls back)", _seconds),
     # health check
     "health_command": Key(str, "", "health check command: healthy when it exits 0", _command),
     "health_url": Key(str, "", "health check URL: healthy when it answers 2xx", _optional_url),

@@ -66,3 +66,13 @@ class BusyError(UpdateError):
     """Another update process holds the install lock."""
 
     exit_code = 8
+
+
+class BackupError(UpdateError):
+    """A data snapshot could not be taken, read or restored (before an update: nothing was swapped)."""
+
+    exit_code = 9
+
+
+class BackupSpaceError(BackupError):
+    """The data snapshot does not fit on the disk (checked before anything is written)."""

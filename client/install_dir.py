@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import stat
 import time
@@ -118,6 +119,16 @@ class InstallDir:
         result = run_command(name, cfg.text(name), ctx, cfg.number("hook_timeout"), self.layout.hooks_log)
         if cfg.text(name).strip():
             self.emit("hook", name=name, ok=result.ok, duration=round(result.duration, 3))
+        return result
+
+    def migrate(self, cfg: ClientConfig, ctx: HookContext, step: str | None) -> CommandResult:
+        """Run the release's own migration step (``step``: a path in its slot, from the signed
+        release) with ``migration_timeout``; ok when there is none."""
+        if not step:
+            return CommandResult("migration", "", 0, False, 0.0)
+        result = run_command("migration", shlex.quote(f"./{step}"), ctx, cfg.number("migration_timeout"),
+                             self.layout.hooks_log)
+        self.emit("hook", name="migration", ok=result.ok, duration=round(result.duration, 3))
         return result
 
     # -- the repository ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pinnacle_updates.client import backups as backups_mod
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import fleet_state, results
 from pinnacle_updates.client import history as history_mod
@@ -305,18 +306,71 @@ class Installer:
                 return self._install_release(client, cfg, s, StageRequest(release, "repair", started, progress))
 
     # -- rollback ---------------------------------------------------------------------------------
-    def rollback(self, *, wait: bool = False, force: bool = False,
+    def rollback(self, *, wait: bool = False, force: bool = False, keep_data: bool = False,
                  reason: str = "manual rollback") -> results.RollbackResult:
         """Instant switch to the version in the inactive slot; the version left is marked bad.
-        Refuses when the inactive slot holds no complete version, one older than
-        ``max_rollback_days`` or a bad one (both unless ``force``)."""
+        The persistent data goes back to the snapshot taken before the running version went live
+        (what it replaces is kept as a backup) unless ``keep_data``. Refuses when the inactive slot
+        holds no complete version, one older than ``max_rollback_days`` or a bad one (both unless
+        ``force``), or when that snapshot was pruned (unless ``keep_data``)."""
         with self.locked(wait):
             self.recovery.recover()
             cfg = self.config()
             s = self.site.load()
             if not force:
                 refuse_too_old(rollback_target(s, cfg))
-            return self.activation.rollback(cfg, s, reason, mark_bad=True, allow_bad=force)
+            return self.activation.rollback(cfg, s, reason, mark_bad=True, allow_bad=force, keep_data=keep_data)
+
+    # -- data backups -------------------------------------------------------------------------------
+    def backups(self) -> list[backups_mod.Backup]:
+        """Every complete data backup, oldest first (no lock: backups appear and go by renames)."""
+        return backups_mod.list_backups(self.layout)
+
+    def backup(self, backup_id: str) -> backups_mod.Backup:
+        """One backup with its entries; ``BackupError`` when there is none of that id."""
+        return backups_mod.load(self.layout, backup_id)
+
+    def verify_backup(self, backup_id: str) -> list[str]:
+        """Problems of one backup against its manifest (empty: intact)."""
+        return backups_mod.verify(self.layout, backup_id)
+
+    def restore_backup(self, backup_id: str, *, wait: bool = False) -> results.RestoreReport:
+        """Put backup ``backup_id``'s data in place with the running version (no code change): stop,
+        restore (journaled), start. What the data was is kept as a new backup."""
+        started = time.monotonic()
+        with self.locked(wait):
+            self.recovery.recover()
+            cfg = self.config()
+            s = self.site.load()
+            source = backups_mod.load(self.layout, backup_id)
+            if s.active is None or s.active_version is None:
+                raise StateError("nothing is installed: there is no application to restore data for")
+            ctx = self.site.hook_context(s, s.active, s.active_version)
+            stop = self.site.hook("stop_command", cfg, ctx)
+            if not stop.ok:
+                raise StateError(f"{stop.describe()}; nothing was restored")
+            notes: list[str] = []
+            try:
+                done = backups_mod.restore(self.layout, backup_id, backups_mod.new_id(), cfg.persistent_paths,
+                                           version=source.version, rejected_version=s.active_version,
+                                           reason=f"restore of backup {backup_id}")
+            finally:
+                start = self.site.hook("start_command", cfg, ctx)
+                if not start.ok:
+                    notes.append(start.describe())
+            report = results.RestoreReport(backup_id, done.rejected, s.active_version, time.monotonic() - started,
+                                           tuple(notes))
+            self.site.record({"op": "restore", **report.to_dict()})
+            return report
+
+    def prune_backups(self, *, wait: bool = False) -> list[str]:
+        """Apply the retention (``max_rollback_days``, ``max_backups``) now; the removed ids."""
+        with self.locked(wait):
+            cfg = self.config()
+            removed = self.activation.prune_backups(cfg, self.site.load())
+            if removed:
+                self.site.record({"op": "prune_backups", "removed": removed})
+            return removed
 
     # -- recovery, verify, doctor -------------------------------------------------------------------
     def recover(self, *, wait: bool = False) -> results.RecoveryReport:

@@ -7,6 +7,7 @@ Run first by every operation that changes anything, and by ``recover``:
 * rolling back: the rollback is finished;
 * at rest, slots the state lists as complete must exist and ``current`` must point at the active
   slot (the state wins);
+* data: an interrupted restore is finished from its journal, half-written snapshots are removed;
 * a corrupt state file is rebuilt by hashing the slots against the cached manifests (bad versions
   recovered from history).
 
@@ -20,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+from pinnacle_updates.client import backups
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import history as history_mod
 from pinnacle_updates.client import slots as sm
@@ -49,6 +51,15 @@ class Recovery(Part):
         # whatever config.toml says now: an interrupted trial or rollback must still be finished
         cfg, config_problems = config_mod.load_for_recovery(self.layout.root)
         s = self.load_or_rebuild(actions)
+        # Data first: a restore whose journal is complete is finished, half-written snapshots and
+        # clones are removed (client.backups). A restore interrupted at rest (`backups restore`)
+        # stopped the application: it is started again once its data is whole.
+        data_actions = backups.finish_pending(self.layout)
+        actions.extend(data_actions)
+        if data_actions and s.resting and s.active is not None and s.active_version is not None:
+            start = site.hook("start_command", cfg, site.hook_context(s, s.active, s.active_version))
+            if not start.ok:
+                actions.append(f"start_command after the restore: {start.describe()}")
 
         if s.state is State.DOWNLOADING:
             s = site.save(sm.abort(s, "interrupted while downloading"))

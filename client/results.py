@@ -98,6 +98,8 @@ class RollbackResult:
     reason: str
     duration: float
     notes: tuple[str, ...] = ()
+    data_restored: str | None = None  # the backup whose data was put back (None: data kept as it was)
+    data_rejected: str | None = None  # the backup now holding the data it replaced
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,7 +110,24 @@ class RollbackResult:
             "reason": self.reason,
             "duration": round(self.duration, 6),
             "notes": list(self.notes),
+            "data_restored": self.data_restored,
+            "data_rejected": self.data_rejected,
         }
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """``backups restore``: which backup's data is in place now and where the replaced data went."""
+
+    backup: str
+    rejected: str | None  # the backup holding what the data was (None: there was none)
+    version: str  # the version running on it
+    duration: float
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backup": self.backup, "data_rejected": self.rejected, "version": self.version,
+                "duration": round(self.duration, 3), "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ def _table() -> dict[tuple[State, Event], State]:
     table[(State.TRIAL, Event.COMMIT)] = State.COMMITTED
     for early in (State.DOWNLOADING, State.STAGING, State.STAGED):
         table[(early, Event.ABORT)] = State.FAILED
+    # A trial is aborted only before its swap, when the data snapshot cannot be taken (see ``abort``).
+    table[(State.TRIAL, Event.ABORT)] = State.FAILED
     table[(State.TRIAL, Event.ROLLBACK)] = State.ROLLING_BACK  # automatic rollback
     table[(State.ROLLING_BACK, Event.FINISH_ROLLBACK)] = State.ROLLED_BACK
     return table
@@ -134,6 +136,8 @@ class SlotContent:
     sha256: str
     installed: str = ""  # when it was staged (UTC, ISO 8601); empty when rebuilt from the slots
     entry_point: str | None = None  # what ``pinnacle-update run`` executes, from the signed release
+    data_backup: str | None = None  # the data snapshot taken just before this release went live
+    # (``client.backups``): what a manual rollback from it restores
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +145,7 @@ class SlotContent:
             "sha256": self.sha256,
             "installed": self.installed,
             "entry_point": self.entry_point,
+            "data_backup": self.data_backup,
         }
 
 
@@ -165,9 +170,21 @@ class Operation:
     leaving_version: str | None = None
     mark_bad: bool = False
     entry_point: str | None = None
+    # Data safety (``client.backups``). An install: ``snapshot`` says a snapshot of the persistent
+    # data is wanted before the swap, ``data_backup`` names it once it is complete (saved before
+    # the swap). A rollback: ``data_backup`` is the snapshot to restore (None: the data stays as it
+    # is) and ``data_rejected`` the id the replaced data is kept under, chosen before anything moves.
+    snapshot: bool = False
+    data_backup: str | None = None
+    data_rejected: str | None = None
+    migration: str | None = None  # an install: the release's signed migration step (a path in its slot)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "migration": self.migration,
+            "snapshot": self.snapshot,
+            "data_backup": self.data_backup,
+            "data_rejected": self.data_rejected,
             "entry_point": self.entry_point,
             "kind": self.kind,
             "slot": self.slot,
@@ -325,6 +342,7 @@ def _content(value: Any) -> SlotContent | None:
         sha256=_sha256(value, "sha256", "slot content"),  # it names files under manifests/: hex only
         installed=str(value.get("installed", "")),
         entry_point=None if entry is None else str(entry),
+        data_backup=None if value.get("data_backup") is None else str(value["data_backup"]),
     )
 
 
@@ -358,6 +376,10 @@ def _operation(value: Any) -> Operation | None:
         leaving_version=None if value.get("leaving_version") is None else _version(value["leaving_version"]),
         mark_bad=bool(value.get("mark_bad", False)),
         entry_point=opt("entry_point"),
+        snapshot=bool(value.get("snapshot", False)),
+        data_backup=opt("data_backup"),
+        data_rejected=opt("data_rejected"),
+        migration=opt("migration"),
     )
 
 
@@ -375,12 +397,16 @@ def _slots_with(s: SlotState, slot: str, content: SlotContent | None) -> dict[st
 
 
 def begin_install(
-    s: SlotState, version: str, sha256: str, kind: str = "install", entry_point: str | None = None
+    s: SlotState, version: str, sha256: str, kind: str = "install", entry_point: str | None = None,
+    snapshot: bool = False, migration: str | None = None,
 ) -> SlotState:
-    """BEGIN: an install (or repair) of ``version`` into the inactive slot starts downloading."""
+    """BEGIN: an install (or repair) of ``version`` into the inactive slot starts downloading;
+    ``snapshot``: the persistent data is to be snapshotted before the swap; ``migration``: the
+    release's migration step, run after the swap."""
     if kind not in ("install", "repair"):
         raise StateError(f"unknown install kind {kind!r}")
-    op = Operation(kind=kind, slot=s.next_slot, version=version, sha256=sha256, started=now(), entry_point=entry_point)
+    op = Operation(kind=kind, slot=s.next_slot, version=version, sha256=sha256, started=now(),
+                   entry_point=entry_point, snapshot=snapshot, migration=migration)
     return _moved(s, Event.BEGIN, op=op, last_error="")
 
 
@@ -405,33 +431,57 @@ def begin_trial(s: SlotState) -> SlotState:
     return _moved(s, Event.SWAP)
 
 
+def with_data_backup(s: SlotState, backup_id: str) -> SlotState:
+    """The trial's data snapshot is complete (no transition: saved before the swap, so that a
+    rollback of this trial, even one recovery finishes, restores it)."""
+    op = _need_op(s)
+    if s.state is not State.TRIAL:
+        raise StateError(f"a data snapshot belongs to a trial, not to {s.state.value}")
+    new = replace(s, op=replace(op, data_backup=backup_id), updated=now())
+    new.check()
+    return new
+
+
 def commit(s: SlotState) -> SlotState:
-    """COMMIT: the target passed hooks and health checks and becomes the active slot.
+    """COMMIT: the target passed hooks and health checks and becomes the active slot, remembering
+    the data snapshot taken before it went live (what a manual rollback restores).
 
     A version committed after a forced retry is no longer bad.
     """
     op = _need_op(s)
+    assert op.slot is not None
     bad = {v: b for v, b in s.bad_versions.items() if v != op.version}
-    return _moved(s, Event.COMMIT, active=op.slot, op=None, bad_versions=bad, last_error="")
+    content = s.slots.get(op.slot)
+    slots = dict(s.slots)
+    if content is not None:
+        slots[op.slot] = replace(content, data_backup=op.data_backup)
+    return _moved(s, Event.COMMIT, active=op.slot, op=None, bad_versions=bad, slots=slots, last_error="")
 
 
 def abort(s: SlotState, reason: str) -> SlotState:
     """ABORT: failure before the swap. A partly or fully written target slot is discarded
-    (listed empty): only a slot that went through a committed or rolled-back operation counts."""
+    (listed empty): only a slot that went through a committed or rolled-back operation counts.
+    From TRIAL only before ``current`` moved (the data snapshot failed): the caller guarantees it."""
     op = _need_op(s)
     slots = dict(s.slots)
-    if s.state in (State.STAGING, State.STAGED) and op.slot is not None:
+    if s.state in (State.STAGING, State.STAGED, State.TRIAL) and op.slot is not None:
         slots[op.slot] = None
     return _moved(s, Event.ABORT, op=None, slots=slots, last_error=reason)
 
 
-def begin_rollback(s: SlotState, reason: str, mark_bad: bool = True, *, allow_bad: bool = False) -> SlotState:
+def begin_rollback(
+    s: SlotState, reason: str, mark_bad: bool = True, *, allow_bad: bool = False,
+    restore: str | None = None, rejected: str | None = None,
+) -> SlotState:
     """ROLLBACK: saved before ``current`` is swapped back.
 
     From ``trial`` (automatic): go back to the active slot (``None`` when this was the first
     install), abandoning the trial target. From a resting state (manual): switch to the inactive
     slot, which must hold a complete version that is not marked bad (unless ``allow_bad``).
+    ``restore``: the data snapshot to put back (None: keep the data), the replaced data kept as
+    backup ``rejected``.
     """
+    rejected = rejected if restore else None
     if s.state is State.TRIAL:
         op = _need_op(s)
         back = Operation(
@@ -444,6 +494,8 @@ def begin_rollback(s: SlotState, reason: str, mark_bad: bool = True, *, allow_ba
             leaving=op.slot,
             leaving_version=op.version,
             mark_bad=mark_bad,
+            data_backup=restore,
+            data_rejected=rejected,
         )
         return _moved(s, Event.ROLLBACK, op=back)
     if s.active is None:
@@ -467,6 +519,8 @@ def begin_rollback(s: SlotState, reason: str, mark_bad: bool = True, *, allow_ba
         leaving=s.active,
         leaving_version=s.active_version,
         mark_bad=mark_bad,
+        data_backup=restore,
+        data_rejected=rejected,
     )
     return _moved(s, Event.ROLLBACK, op=manual)
 

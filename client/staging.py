@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pinnacle_updates.client import backups
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.delta import (
@@ -110,7 +111,11 @@ class Stager(Part):
         manifest = fetched.steps[-1][1] if fetched.steps else client.fetch_manifest(release)
         cached = fetched.steps or os.path.isfile(self.layout.cache / cache_name(release.full.path))
         self.check_space(s, release, target, download=0 if cached else release.full.length, tree=tree_size(manifest))
-        s = site.save(sm.begin_install(s, release.version, release.content.sha256, kind, release.entry_point))
+        snapshot = wants_snapshot(cfg, release)
+        if snapshot:
+            self.check_snapshot_space(cfg)
+        s = site.save(sm.begin_install(s, release.version, release.content.sha256, kind, release.entry_point,
+                                       snapshot=snapshot, migration=release.migration))
         baseline: float | None = None
         try:
             on_progress = site.progress(progress)
@@ -235,6 +240,12 @@ class Stager(Part):
             route["fallback_reason"] = fetched.fallback
         return route
 
+    def check_snapshot_space(self, cfg: ClientConfig) -> None:
+        """Before the download: the data snapshot must fit (checked again when it is taken). With
+        ``backup_required = false`` a snapshot that does not fit is skipped there instead."""
+        if cfg.flag("backup_required"):
+            backups.check_space(self.layout, cfg.persistent_paths)
+
     def check_writable(self) -> None:
         """Refuse, before touching anything, an install into directories it cannot write."""
         root = self.layout.root
@@ -305,6 +316,12 @@ class Stager(Part):
                     "duration": round(time.monotonic() - started, 3),
                 }
             )
+
+
+def wants_snapshot(cfg: ClientConfig, release: Release) -> bool:
+    """Whether installing ``release`` takes a data snapshot: ``backup_before_update`` for its type."""
+    return (cfg.flag("backup_before_update") and bool(cfg.persistent_paths)
+            and release.type.value in cfg.names("backup_update_types"))
 
 
 def space_problem(free: int, reclaim: int, download: int, tree: int) -> str | None:

@@ -246,6 +246,8 @@ class PublishRequest:
     """Override of the type's default: False skips the rollout, True keeps security/hotfix in it."""
     ab_test_percentage: float | None = None
     """A/B test: only this deterministic percent of clients (the test group) gets the release."""
+    migration: str | None = None
+    """A file of the release that clients run after the swap, before the health check (data migrations)."""
 
 
 def _validate(request: PublishRequest) -> UpdateType:
@@ -286,10 +288,10 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
     now = now or utcnow()
     update_type = _validate(request)
     entries = artifact.scan_tree(Path(request.source), request.platform)  # refuses unsafe input before the lock
-    if request.entry_point is not None:
-        regular = {e.path for e in entries if e.type.value == "file"}
-        if request.entry_point not in regular:
-            raise PublishRefused(f"entry point '{request.entry_point}' is not a file in {request.source}")
+    regular = {e.path for e in entries if e.type.value == "file"}
+    for what, path in (("entry point", request.entry_point), ("migration", request.migration)):
+        if path is not None and path not in regular:
+            raise PublishRefused(f"{what} '{path}' is not a file in {request.source}")
     with repo.locked():
         state = repo.load()
         md = state.channel(request.channel)
@@ -324,6 +326,7 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
                 manifest=manifest,
                 notes=request.notes,
                 entry_point=request.entry_point,
+                migration=request.migration,
                 deltas=tuple(ref for ref, _ in deltas),
                 rollout=Rollout(request.rollout, _iso(now)) if request.rollout is not None else None,
                 min_version=request.min_version,

@@ -192,6 +192,7 @@ class DeltaRef:
 _RELEASE_KEYS = {
     "version", "platform", "type", "published", "notes", "content", "full", "manifest",
     "entry_point", "promoted_from", "deltas", "rollout", "yanked", "min_version", "ramp", "ab_testing",
+    "migration",
 }
 
 
@@ -222,6 +223,7 @@ class Release:
     min_version: str | None = None
     ramp: bool | None = None
     ab_testing: ABTest | None = None
+    migration: str | None = None  # a file of the release the client runs after the swap (data migrations)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -249,6 +251,8 @@ class Release:
         )
         if self.entry_point is not None:
             out["entry_point"] = self.entry_point
+        if self.migration is not None:
+            out["migration"] = self.migration
         if self.promoted_from is not None:
             out["promoted_from"] = self.promoted_from
         if self.deltas:
@@ -273,6 +277,9 @@ class Release:
         except ValueError as exc:
             raise FormatError(f"{where}: unknown update type {d.get('type')!r}") from exc
         entry = d.get("entry_point")
+        migration = d.get("migration")
+        if migration is not None and not _relative_path(migration):
+            raise FormatError(f"{where}: 'migration' must be a relative path inside the release")
         promoted = d.get("promoted_from")
         raw_deltas = d.get("deltas", [])
         if not isinstance(raw_deltas, list):
@@ -309,6 +316,7 @@ class Release:
             min_version=min_version,
             ramp=ramp,
             ab_testing=ab,
+            migration=migration,
             extra={k: v for k, v in d.items() if k not in _RELEASE_KEYS},
         )
 
@@ -489,6 +497,13 @@ class Manifest:
             content=Digest.from_dict(doc.get("content"), "manifest.content"),
             entries=entries,
         )
+
+
+def _relative_path(value: Any) -> bool:
+    """A path inside a release: relative, no ``.``/``..``/empty part, printable, at most 255 bytes."""
+    if not isinstance(value, str) or not value or len(value.encode()) > 255 or not value.isprintable():
+        return False
+    return not value.startswith("/") and all(p not in ("", ".", "..") for p in value.split("/"))
 
 
 def canonical_json(doc: Any) -> bytes:

@@ -74,6 +74,9 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
 @click.option("--platform", required=True, help="linux-x86_64, macos-arm64, windows-x86_64, any, ...")
 @click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Release notes file.")
 @click.option("--entry-point", help="Path inside the release that 'pinnacle-update run' executes.")
+@click.option("--migration", default=None,
+              help="Path inside the release that clients run after the swap, before the health check "
+                   "(data migrations; its failure or timeout rolls back code and data).")
 @click.option("--deltas", "delta_count", type=click.IntRange(min=0), default=3, show_default=True,
               help="Build deltas from this many previous releases of the channel and platform (0: none).")
 @click.option("--memory-budget", default="2G", show_default=True, metavar="SIZE",
@@ -94,7 +97,8 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
 @click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
 @json_option
 def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, update_type: str, platform: str,
-                notes: Path | None, entry_point: str | None, delta_count: int, memory_budget: str, jobs: int,
+                notes: Path | None, entry_point: str | None, migration: str | None, delta_count: int,
+                memory_budget: str, jobs: int,
                 min_version: str | None, ramp: bool | None, ab_test_percentage: float | None,
                 rollout_file: Path | None, rollout_percent: float | None, sync_dest: str | None,
                 endpoint_url: str | None, source_dir: Path, as_json: bool) -> None:
@@ -106,7 +110,7 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
     request = ops.PublishRequest(channel, version, update_type, platform, source_dir, text, entry_point,
                                  deltas=delta_count, memory_budget=parse_size(memory_budget), jobs=jobs,
                                  rollout=schedule_option(rollout_file, rollout_percent), min_version=min_version,
-                                 ramp=ramp, ab_test_percentage=ab_test_percentage)
+                                 ramp=ramp, ab_test_percentage=ab_test_percentage, migration=migration)
     result = ops.publish(Repository(repo_dir), keystore(keys_dir), request)
     full = result["release"]["full"]
     lines = [f"published {channel} {version} ({platform}, {update_type}): {full['path']} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def test_automatic_rollback_on_failed_health_check(tmp_path: Path, repo: Repo, u
         ins.install(BROKEN)
     message = str(info.value)
     assert message.startswith(f"{BROKEN} failed after the swap (health check failed: unhealthy after 2 attempt(s)")
-    assert message.endswith("rolled back to 1.2.0")
+    assert re.search(r"; rolled back to 1\.2\.0, data restored from backup \d{8}T\d{9}Z-[0-9a-f]{4}$", message)
     assert version_of(d) == "1.2.0" and os.readlink(d / "current") == "slots/a"
     assert tree_digest(d / "slots/a") == before
     assert log.read_text().splitlines() == [
@@ -250,13 +251,21 @@ def test_persistent_data_survives_20_upgrade_rollback_cycles(tmp_path: Path, rep
         line = f"cycle {cycle} on {target}\n".encode()
         with open(d / "current/logs/app.log", "ab") as f:  # the app keeps writing its log
             f.write(line)
-        expected["logs/app.log"] += line
-        ins.rollback(force=True)
+        keep = cycle % 2 == 0
+        back = ins.rollback(force=True, keep_data=keep)
         assert version_of(d) == "1.0.0"
+        if keep:  # --keep-data: what the newer version wrote stays
+            expected["logs/app.log"] += line
+            assert back.data_restored is None
+        else:  # the data goes back to its snapshot from before the update; the newer data is kept aside
+            assert back.data_restored is not None and back.data_rejected is not None
+            rejected = d / "backups" / back.data_rejected / "data/logs/app.log"
+            assert rejected.read_bytes() == expected["logs/app.log"] + line
         for rel, data in expected.items():
             assert (d / "current" / rel).read_bytes() == data, (cycle, rel)
     assert (d / "data/logs/seed.txt").read_text() == "seed from 1.0.0\n"
     assert ins.verify(all_slots=True).ok
+    assert len(ins.backups()) <= 5  # max_backups
 
 
 def test_corrupted_state_file_is_a_clear_error_and_is_rebuilt(tmp_path: Path, repo: Repo) -> None:
