@@ -1,6 +1,7 @@
-"""Publisher verbs of fleet control: ``rollout`` (schedule, percent, pause, resume, complete) and
-``yank``. Each edits fields of existing releases in a channel's signed index and commits like a
-publish (new index target, channel role, snapshot, timestamp last) with the online keys only.
+"""Publisher verbs of fleet control: ``rollout`` (schedule, percent, pause, resume, complete),
+``yank`` and ``feedback`` (where the channel's clients send outcome reports). Each edits fields of
+a channel's signed index and commits like a publish (new index target, channel role, snapshot,
+timestamp last) with the online keys only.
 
 Everything is validated, and every signer loaded, before a byte is written: a refused request
 (unknown version, bad schedule, percent outside 0-100, pausing a paused rollout, yanking the last
@@ -18,7 +19,7 @@ from typing import Any
 from pinnacle_updates.formats import boundedjson
 from pinnacle_updates.formats.fleet import controls_summary
 from pinnacle_updates.formats.fsutil import read_regular
-from pinnacle_updates.formats.index import ChannelIndex, FormatError, Release, parse_version
+from pinnacle_updates.formats.index import ChannelIndex, Feedback, FormatError, Release, parse_version
 from pinnacle_updates.formats.rollout import Rollout, Schedule, ScheduleError, Yank, parse_schedule
 
 from .errors import PublishRefused
@@ -26,7 +27,7 @@ from .keys import KeyStore
 from .publish import _archived, _Change, _commit, _iso, _set_index, _windowed, utcnow
 from .store import Repository
 
-__all__ = ["load_schedule", "rollout", "schedule_option", "yank"]
+__all__ = ["load_schedule", "rollout", "schedule_option", "set_feedback", "yank"]
 
 SCHEDULE_MAX = 1 << 20
 """Bytes of a schedule file read at most."""
@@ -136,6 +137,33 @@ def yank(
                 )
 
     return _edit(repo, keys, channel, version, platform, when, change, "yank", check)
+
+
+def set_feedback(
+    repo: Repository,
+    keys: KeyStore,
+    channel: str,
+    feedback: Feedback | None,
+    *,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Name the collector ``channel``'s clients report to (``None``: clear it, clients stop
+    reporting unless their own config names a collector). The releases stay as they are."""
+    when = now or utcnow()
+    with repo.locked():
+        state = repo.load()
+        md = state.channel(channel)
+        index = repo.channel_index(state, channel)
+        if index.feedback == feedback:
+            what = "set to" if feedback is not None else "cleared in"
+            raise PublishRefused(f"{channel}: the feedback setting is already {what} the signed index; nothing to do")
+        live, files, bins = _windowed(repo, state, channel, md, replace(index, feedback=feedback, updated=_iso(when)))
+        files.append(_set_index(md, channel, live))
+        versions = _commit(repo, keys, state, _Change(files, {channel: md, **bins}), when)
+    return {"channel": channel, "action": "feedback set" if feedback is not None else "feedback cleared",
+            # the key is public (it is in the signed index) but still not echoed into CI logs
+            "feedback": {"collector_url": feedback.collector_url, "ingest_key": bool(feedback.ingest_key)}
+            if feedback is not None else None, "metadata_versions": versions}
 
 
 def _edit(

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from packaging.version import InvalidVersion, Version
 
@@ -321,6 +322,67 @@ class Release:
         )
 
 
+FEEDBACK_URL_MAX = 2048
+FEEDBACK_KEY_MAX = 256
+_INGEST_KEY_RE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: it travels in an HTTP header
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Where a channel's clients send outcome reports (``client.reporting``), signed with the index.
+
+    ``ingest_key`` is public like the rest of the index: it only narrows who can report to the
+    collector, it protects nothing. Unknown keys are kept (``extra``) for newer publishers."""
+
+    collector_url: str
+    ingest_key: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problem = feedback_url_problem(self.collector_url)
+        if problem:
+            raise FormatError(f"channel index: feedback collector_url {problem}")
+        key = self.ingest_key
+        if not isinstance(key, str) or len(key) > FEEDBACK_KEY_MAX or (key and not _INGEST_KEY_RE.match(key)):
+            raise FormatError(f"channel index: feedback ingest_key must be at most {FEEDBACK_KEY_MAX} "
+                              "visible ASCII characters")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.extra, "collector_url": self.collector_url}
+        if self.ingest_key:
+            out["ingest_key"] = self.ingest_key
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Feedback:
+        d = _mapping(data, "channel index: feedback")
+        return cls(d.get("collector_url", ""), d.get("ingest_key", ""),  # types checked in __post_init__
+                   extra={k: v for k, v in d.items() if k not in ("collector_url", "ingest_key")})
+
+
+def feedback_url_problem(url: Any) -> str:
+    """Why ``url`` cannot be a collector URL ("" when it can): http(s) with a host, at most
+    ``FEEDBACK_URL_MAX`` characters, no white space or control character, no query or fragment."""
+    if not isinstance(url, str) or not url:
+        return "must be a non-empty string"
+    if len(url) > FEEDBACK_URL_MAX:
+        return f"is longer than {FEEDBACK_URL_MAX} characters"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "holds white space or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return f"is not a URL: {url[:80]!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL with a host, not {url[:80]!r}"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment (reports go to <url>/v1/reports)"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold a user name or password (use an ingest key)"
+    return ""
+
+
 @dataclass(frozen=True)
 class ChannelIndex:
     """All releases of a channel, for every platform, oldest first."""
@@ -328,6 +390,7 @@ class ChannelIndex:
     channel: str
     releases: tuple[Release, ...] = ()
     updated: str = ""
+    feedback: Feedback | None = None  # optional: older indexes and clients have none / ignore it
 
     def for_platform(self, platform: str) -> list[Release]:
         """Releases usable on ``platform`` (its own and ``any``), oldest first."""
@@ -381,6 +444,8 @@ class ChannelIndex:
             "updated": self.updated,
             "releases": [r.to_dict() for r in self.releases],
         }
+        if self.feedback is not None:
+            doc["feedback"] = self.feedback.to_dict()
         return canonical_json(doc)
 
     @classmethod
@@ -394,7 +459,8 @@ class ChannelIndex:
         if not isinstance(raw, list):
             raise FormatError("channel index: 'releases' must be a list")
         releases = tuple(Release.from_dict(r, f"release #{i}") for i, r in enumerate(raw))
-        return cls(channel=channel, releases=releases, updated=str(doc.get("updated", "")))
+        feedback = Feedback.from_dict(doc["feedback"]) if doc.get("feedback") is not None else None
+        return cls(channel=channel, releases=releases, updated=str(doc.get("updated", "")), feedback=feedback)
 
 
 def record_to_bytes(channel: str, release: Release) -> bytes:

@@ -1,5 +1,6 @@
-"""Fleet-control commands of ``pinnacle-release``: ``rollout`` and ``yank``, thin wrappers over
-``repo_tools.fleet`` (a release's first rollout is ``publish``/``promote --rollout/--percent``)."""
+"""Fleet-control commands of ``pinnacle-release``: ``rollout``, ``yank`` and ``feedback set/clear``,
+thin wrappers over ``repo_tools.fleet`` (a release's first rollout is ``publish``/``promote
+--rollout/--percent``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import click
 
 from pinnacle_updates.formats.cliutil import emit
 from pinnacle_updates.formats.fleet import describe_controls
+from pinnacle_updates.formats.fsutil import read_regular
+from pinnacle_updates.formats.index import Feedback, FormatError
 
 from .. import fleet
+from ..errors import KeyStoreError, UnsafeInputError
 from ..store import Repository
 from .options import json_option, keys_option, keystore, repo_argument
 
@@ -65,4 +69,58 @@ def yank_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, reason:
     emit(as_json, result, _summary(result, "yanked"))
 
 
-COMMANDS: tuple[click.Command, ...] = (rollout_cmd, yank_cmd)
+@click.group("feedback")
+def feedback_group() -> None:
+    """Where a channel's clients send their outcome reports (signed in the channel index).
+
+    The ingest key is published in the signed index like everything else there: it is not a
+    secret, it only narrows who can report to the collector."""
+
+
+@feedback_group.command("set")
+@repo_argument
+@keys_option
+@click.option("--channel", required=True)
+@click.option("--collector-url", required=True, metavar="URL",
+              help="The collector's base URL (http or https); clients POST to URL/v1/reports.")
+@click.option("--ingest-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A file holding the collector's ingest key, published in the signed index (public, "
+                   "not a secret: it only narrows who can report).")
+@json_option
+def feedback_set_cmd(repo_dir: Path, keys_dir: Path, channel: str, collector_url: str, ingest_key_file: Path | None,
+                     as_json: bool) -> None:
+    """Name the collector the channel's clients report to (online keys only)."""
+    key = _ingest_key(ingest_key_file) if ingest_key_file is not None else ""
+    try:
+        setting = Feedback(collector_url, key)
+    except FormatError as exc:
+        raise UnsafeInputError(str(exc).replace("channel index: feedback ", "--")) from None
+    result = fleet.set_feedback(Repository(repo_dir), keystore(keys_dir), channel, setting)
+    emit(as_json, result, f"{channel}: clients report to {setting.collector_url}"
+                          + (" with the ingest key from the file" if key else ""))
+
+
+@feedback_group.command("clear")
+@repo_argument
+@keys_option
+@click.option("--channel", required=True)
+@json_option
+def feedback_clear_cmd(repo_dir: Path, keys_dir: Path, channel: str, as_json: bool) -> None:
+    """Remove the channel's collector: its clients stop reporting unless their config names one."""
+    result = fleet.set_feedback(Repository(repo_dir), keystore(keys_dir), channel, None)
+    emit(as_json, result, f"{channel}: no collector named; clients report only where their config says")
+
+
+def _ingest_key(path: Path) -> str:
+    """The ingest key in ``path`` (one line; surrounding white space dropped)."""
+    try:
+        text = read_regular(path, 4096, follow=True).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyStoreError(f"cannot read the ingest key file {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    if not text:
+        raise KeyStoreError(f"the ingest key file {path} is empty")
+    return text
+
+
+COMMANDS: tuple[click.Command, ...] = (rollout_cmd, yank_cmd, feedback_group)
