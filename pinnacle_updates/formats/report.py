@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -59,7 +58,7 @@ from typing import Any
 from .boundedjson import FormatError, load_object
 from .index import UpdateType, check_channel, check_platform, parse_version
 from .redact import redact_text
-from .rollout import TIME_FORMAT, format_time
+from .rollout import format_time
 
 __all__ = [
     "ALLOWED",
@@ -116,6 +115,10 @@ _KEYS = frozenset(("schema", "report_id", "install_id", "at", "kind", "outcome",
                    "bytes_downloaded", "bytes_saved", "client_version", "current_version"))
 _UPDATE_TYPES = frozenset(t.value for t in UpdateType)
 _SPACE = re.compile(r"\s+")
+# Unicode categories Cc (C0, DEL, C1) and Cs (surrogates), as one character class: a regex scan is
+# several times faster than a category lookup per character, and every report has eight strings.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_TIME = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
 
 
 def _fail(name: str, problem: str) -> FormatError:
@@ -127,7 +130,7 @@ def _string(name: str, value: object, limit: int) -> str:
         raise _fail(name, f"expected a string, not {_type_name(value)}")
     if len(value) > limit:
         raise _fail(name, f"{len(value)} characters, at most {limit}")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+    if _CONTROL.search(value):
         raise _fail(name, "holds a control character")
     return value
 
@@ -181,20 +184,21 @@ def _durations(value: object) -> dict[str, float]:
 def _time(value: object) -> datetime:
     if not isinstance(value, str):
         raise _fail("at", f"expected a time string, not {_type_name(value)}")
+    # formats.rollout.TIME_FORMAT exactly, zero-padded (strptime would also take "2026-1-2T3:4:5Z", and is slower).
+    m = _TIME.match(value)
     try:
-        when = datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+        if m is None:
+            raise ValueError(value)
+        year, month, day, hour, minute, second = map(int, m.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
-        when = None
-    # strptime also takes "2026-1-2T3:4:5Z"; the one time format is the zero-padded one.
-    if when is None or format_time(when) != value:
-        raise _fail("at", f"not a UTC time like 2026-01-31T12:00:00Z: {value[:40]!r}")
-    return when
+        raise _fail("at", f"not a UTC time like 2026-01-31T12:00:00Z: {value[:40]!r}") from None
 
 
 def clean_cause_text(text: str) -> str:
     """A free-text cause made fit for ``cause_text``: credentials redacted, control characters and
     runs of white space turned into one space, cut to 200 characters."""
-    printable = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in redact_text(text))
+    printable = _CONTROL.sub(" ", redact_text(text))
     return _SPACE.sub(" ", printable).strip()[:MAX_CAUSE_TEXT]
 
 

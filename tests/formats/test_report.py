@@ -57,6 +57,8 @@ def test_round_trip_and_batch() -> None:
     ({"schema": 2}, "schema"), ({"schema": True}, "schema"),
     ({"report_id": "A" * 32}, "report_id"), ({"install_id": "ab"}, "install_id"),
     ({"at": "2026-12-04 12:00:00"}, "at"), ({"at": "2026-12-4T12:00:00Z"}, "at"), ({"at": 17}, "at"),
+    ({"at": "2026-02-30T12:00:00Z"}, "at"), ({"at": "٢٠٢٦-12-04T12:00:00Z"}, "at"),
+    ({"at": "2026-12-04T12:00:00Z\n"}, "at"),
     ({"kind": "upgrade"}, "kind"), ({"outcome": "fine"}, "outcome"), ({"cause": "cosmic"}, "cause"),
     ({"cause_text": "x" * 201}, "cause_text"), ({"cause_text": "two\nlines"}, "cause_text"),
     ({"channel": "../x"}, "channel"), ({"platform": "Linux"}, "platform"), ({"channel": "c" * 129}, "channel"),
