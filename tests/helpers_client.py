@@ -98,10 +98,12 @@ def publish(
     channel: str = "stable",
     platform: str = "any",
     entry_point: str | None = None,
+    migration: str | None = None,
 ) -> None:
     src = repo.dir.parent / f"src-{channel}-{version}"
     write_tree(src, files)
     extra = ["--entry-point", entry_point] if entry_point else []
+    extra += ["--migration", migration] if migration else []
     release_cli(
         "publish", str(repo.dir), str(src), "--keys", str(repo.keys), "--channel", channel,
         "--version", version, "--type", type, "--platform", platform, *extra,
