@@ -97,6 +97,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# The aggregate upserts, shared by both databases: table, column types (for PostgreSQL's unnest
+# arrays), what a conflict does (``{greatest}`` is MAX on SQLite, GREATEST on PostgreSQL). Rows come
+# from ``Additions`` in the tables' column order, keys unique within a batch (PostgreSQL refuses to
+# update one row twice in one statement).
+_TEXT4 = ("text",) * 4
+_UPSERTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("installs", ("text",) * 5 + ("bigint",),
+     "ON CONFLICT (install_id) DO UPDATE SET channel = excluded.channel, platform = excluded.platform, "
+     "current_version = excluded.current_version, client_version = excluded.client_version, "
+     "last_seen = excluded.last_seen WHERE excluded.last_seen >= installs.last_seen"),
+    ("release_installs", (*_TEXT4, "text", "bigint"),
+     f"ON CONFLICT ({_KEY}, install_id) DO UPDATE SET "
+     "last_at = {greatest}(release_installs.last_at, excluded.last_at)"),
+    ("hourly", (*_TEXT4, "bigint", "text", "text", "text", "bigint", "bigint", "bigint"),
+     f"ON CONFLICT ({_KEY}, hour, kind, outcome, cause) DO UPDATE SET reports = hourly.reports + "
+     "excluded.reports, bytes_downloaded = hourly.bytes_downloaded + excluded.bytes_downloaded, "
+     "bytes_saved = hourly.bytes_saved + excluded.bytes_saved"),
+    ("hourly_time", (*_TEXT4, "bigint", "integer", "bigint"),
+     f"ON CONFLICT ({_KEY}, hour, bucket) DO UPDATE SET reports = hourly_time.reports + excluded.reports"),
+)
+
 
 # ----- what one batch adds ---------------------------------------------------------------------------
 def release_of(report: Report) -> str:
@@ -319,19 +340,9 @@ class SQLiteStorage(Storage):
         c = self._conn
         c.executemany(f"INSERT INTO reports ({', '.join(_REPORT_COLUMNS)}) "
                       f"VALUES ({', '.join('?' * len(_REPORT_COLUMNS))})", add.reports)
-        c.executemany("INSERT INTO installs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (install_id) DO UPDATE SET "
-                      "channel = excluded.channel, platform = excluded.platform, "
-                      "current_version = excluded.current_version, client_version = excluded.client_version, "
-                      "last_seen = excluded.last_seen WHERE excluded.last_seen >= installs.last_seen", add.installs)
-        c.executemany(f"INSERT INTO release_installs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT ({_KEY}, install_id) "
-                      "DO UPDATE SET last_at = MAX(release_installs.last_at, excluded.last_at)",
-                      add.release_installs)
-        c.executemany(f"INSERT INTO hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
-                      f"({_KEY}, hour, kind, outcome, cause) DO UPDATE SET reports = hourly.reports + "
-                      "excluded.reports, bytes_downloaded = hourly.bytes_downloaded + excluded.bytes_downloaded, "
-                      "bytes_saved = hourly.bytes_saved + excluded.bytes_saved", add.hourly)
-        c.executemany(f"INSERT INTO hourly_time VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({_KEY}, hour, bucket) "
-                      "DO UPDATE SET reports = hourly_time.reports + excluded.reports", add.hourly_time)
+        for table, types, conflict in _UPSERTS:
+            c.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(types))}) "
+                          + conflict.format(greatest="MAX"), getattr(add, table))
 
     def _read(self, queries: dict[str, str], filters: Filters) -> Rows:
         try:
@@ -463,27 +474,13 @@ class PostgresStorage(Storage):
     @staticmethod
     def _upsert(conn: Any, add: Additions) -> None:
         with conn.cursor() as cur:
-            if add.installs:
-                cur.executemany(
-                    "INSERT INTO installs VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (install_id) DO UPDATE SET "
-                    "channel = excluded.channel, platform = excluded.platform, current_version = "
-                    "excluded.current_version, client_version = excluded.client_version, last_seen = "
-                    "excluded.last_seen WHERE excluded.last_seen >= installs.last_seen", add.installs)
-            if add.release_installs:
-                cur.executemany(
-                    f"INSERT INTO release_installs VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT ({_KEY}, install_id) "
-                    "DO UPDATE SET last_at = GREATEST(release_installs.last_at, excluded.last_at)",
-                    add.release_installs)
-            if add.hourly:
-                cur.executemany(
-                    f"INSERT INTO hourly VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT "
-                    f"({_KEY}, hour, kind, outcome, cause) DO UPDATE SET reports = hourly.reports + "
-                    "excluded.reports, bytes_downloaded = hourly.bytes_downloaded + excluded.bytes_downloaded, "
-                    "bytes_saved = hourly.bytes_saved + excluded.bytes_saved", add.hourly)
-            if add.hourly_time:
-                cur.executemany(
-                    f"INSERT INTO hourly_time VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT ({_KEY}, hour, bucket) "
-                    "DO UPDATE SET reports = hourly_time.reports + excluded.reports", add.hourly_time)
+            for table, types, conflict in _UPSERTS:
+                rows = getattr(add, table)
+                if rows:
+                    arrays = ", ".join(f"%s::{t}[]" for t in types)
+                    cur.execute(f"INSERT INTO {table} SELECT * FROM unnest({arrays}) "
+                                + conflict.format(greatest="GREATEST"),
+                                [list(column) for column in zip(*rows, strict=True)])
 
     def _read(self, queries: dict[str, str], filters: Filters) -> Rows:
         def work(conn: Any) -> Rows:
