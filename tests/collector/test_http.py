@@ -8,14 +8,19 @@ import json
 import os
 import select
 import socket
+import ssl
 import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
 from pinnacle_updates.formats.report import MAX_BATCH_BYTES, encode_batch
 from pinnacle_updates.repo_tools.collector.storage import open_storage
+from tests.client.test_transport_tls import pki  # noqa: F401 - the fixture
 from tests.collector.conftest import make_report
 from tests.conftest import run_cli
 from tests.formats.test_report import body as batch
@@ -242,3 +247,19 @@ def test_database_down_is_503_and_nothing_is_claimed(pg_server: Any, collector_f
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     assert collector.post(encode_batch([make_report()])).status_code == 200
     assert rows(db) == 2
+
+
+def test_tls(tmp_path: Path, collector_factory: Any, request: pytest.FixtureRequest) -> None:
+    ca, cert, key = request.getfixturevalue("pki")  # the test CA and a certificate for 127.0.0.1
+    collector = collector_factory(str(tmp_path / "r.sqlite"), "--certfile", str(cert), "--keyfile", str(key))
+    assert collector.url.startswith("https://127.0.0.1:")
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca))) as client:
+        answer = client.post(f"{collector.url}/v1/reports", content=encode_batch([make_report()]),
+                             headers={"Content-Type": "application/json"})
+    assert answer.json() == {"accepted": 1, "duplicates": 0}
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    proc = run_cli("pinnacle-release", "collector", "serve", "--port", "0", "--db", str(tmp_path / "r.sqlite"),
+                   "--token-file", str(tmp_path / "t"), "--certfile", str(garbage), "--keyfile", str(key),
+                   check=False)
+    assert proc.returncode == 1 and "TLS" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
