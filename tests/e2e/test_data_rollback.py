@@ -61,6 +61,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     publish(r, "1.0.0", {**app_files("1.0.0"), "bin/schema1": SCHEMA_1})
     publish(r, "2.0.0", {**app_files("2.0.0", healthy=False), "bin/migrate": MIGRATE_TO_2}, migration="bin/migrate")
     publish(r, "2.1.0", {**app_files("2.1.0"), "bin/migrate": MIGRATE_TO_2}, migration="bin/migrate")
+    # migrations that change the data and then fail: one exits 3, one runs past migration_timeout
+    publish(r, "2.2.0", {**app_files("2.2.0"), "bin/migrate": MIGRATE_TO_2 + "raise SystemExit(3)\n"},
+            migration="bin/migrate")
+    publish(r, "2.3.0", {**app_files("2.3.0"), "bin/migrate": MIGRATE_TO_2 + "import time; time.sleep(60)\n"},
+            migration="bin/migrate")
     return r
 
 
@@ -286,3 +291,21 @@ def test_links_to_outside_files_are_copied_as_links_never_followed(tmp_path: Pat
     assert secret.read_text() == "never read, never written\n"
     assert sorted(p.name for p in outside.iterdir()) == ["dir", "secret.txt"]
     assert sorted(p.name for p in (outside / "dir").iterdir()) == ["inner.txt"]
+
+
+@pytest.mark.parametrize(("version", "why"), [("2.2.0", r"migration `\./bin/migrate` exited 3"),
+                                             ("2.3.0", r"migration `\./bin/migrate` timed out")])
+def test_a_failing_or_hanging_migration_rolls_back_code_and_data(tmp_path: Path, url: str, repo: Repo,
+                                                                  version: str, why: str) -> None:
+    d = tmp_path / "inst"
+    _client(d, url, repo, migration_timeout=2.0)
+    before = backups.digest_tree(d / "data", PERSISTENT)
+    started = time.monotonic()
+    with pytest.raises(HealthCheckError, match=f"{version} failed after the swap \\({why}.*rolled back to 1\\.0\\.0, "
+                                               "data restored from backup"):
+        Installer(d).install(version)
+    assert time.monotonic() - started < 30  # the hanging one was killed at its timeout
+    assert backups.digest_tree(d / "data", PERSISTENT) == before
+    record = [h for h in Installer(d).history() if h["op"] == "rollback"][-1]
+    assert record["cause"] == "migration"
+    assert _schema(d / "backups" / record["data_rejected"] / "data/db/app.sqlite") == 2
