@@ -69,7 +69,9 @@ def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float] |
     z2 = z * z
     centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # In exact arithmetic low <= p <= high (low = 0 at p = 0, high = 1 at p = 1); rounding may
+    # leave 1e-17 on the wrong side, which a reader comparing the rate with its interval should not see.
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def merge(into: dict[int, int], histogram: Mapping[int, int]) -> dict[int, int]:
