@@ -268,10 +268,12 @@ class SQLiteStorage(Storage):
     """One file, WAL mode, ``synchronous=FULL``; one writer connection behind a lock (SQLite has one
     writer anyway), a fresh reader connection per query (WAL readers do not block the writer)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self.url = str(path)
         self._lock = threading.Lock()
+        if not create and not path.is_file():
+            raise StorageError(f"no reports database at {path}")
         if not path.parent.is_dir():
             raise StorageError(f"cannot create the reports database {path}: {path.parent} is not a directory")
         self._conn = self._connect()
@@ -346,7 +348,7 @@ class SQLiteStorage(Storage):
 
     def _read(self, queries: dict[str, str], filters: Filters) -> Rows:
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            conn = sqlite3.connect(self.path.absolute().as_uri() + "?mode=ro", uri=True, timeout=30)
             try:
                 return {name: conn.execute(sql, values).fetchall()
                         for name, (sql, values) in _prepare(queries, filters, "?").items()}
@@ -510,10 +512,11 @@ def _pg_message(exc: Exception) -> str:
     return redact_text(lines[0] if lines else type(exc).__name__)
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, *, create: bool = True) -> Storage:
     """The database at ``url``: ``postgresql://`` / ``postgres://`` URLs (psycopg 3 and a pool),
-    ``sqlite:///path`` or a plain file path (created with its schema when missing). Migrations run
-    on open. ``StorageError`` when it cannot be opened."""
+    ``sqlite:///path`` or a plain file path (created with its schema when missing, unless ``create``
+    is False: a query of a mistyped path must not answer from a new empty file). Migrations run on
+    open. ``StorageError`` when it cannot be opened."""
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStorage(url)
     if url.startswith("sqlite://"):
@@ -521,4 +524,4 @@ def open_storage(url: str) -> Storage:
     if not url or url.startswith(("http://", "https://")) or "://" in url:
         raise StorageError(f"not a reports database: {redact_url(url)!r} (a file path, sqlite:///PATH or "
                            "postgresql://...)")
-    return SQLiteStorage(Path(url))
+    return SQLiteStorage(Path(url), create=create)

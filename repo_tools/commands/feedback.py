@@ -115,7 +115,7 @@ def report_cmd(db_url: str | None, collector_url: str | None, token_file: Path |
         from ..collector.storage import open_storage
 
         assert db_url is not None
-        with open_storage(db_url) as storage:
+        with open_storage(db_url, create=False) as storage:
             document = storage.fleet_report(filters, now)
     emit(as_json, document, render(document))
 

@@ -211,7 +211,7 @@ def test_fleet_report_refusals(tmp_path: Path, collector_factory: Any) -> None:
         (["--collector", collector.url, "--token-file", str(wrong)], 2, "refused the read token"),
         (["--collector", "http://127.0.0.1:1", "--token-file", str(wrong)], 1, "cannot reach the collector"),
         (["--db", db, "--since", "yesterday"], 2, "since"),
-        (["--db", "/nonexistent-dir/r.sqlite"], 5, "not a directory"),
+        (["--db", str(tmp_path / "typo.sqlite")], 5, "no reports database at"),
     ]
     for args, code, message in cases:
         proc = run_cli("pinnacle-release", "fleet", "report", *args, check=False)

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +217,15 @@ def test_unusable_databases_are_one_line(url: str) -> None:
         open_storage(url)
     assert "\n" not in str(info.value) and "hunter2" not in str(info.value)
     assert info.value.exit_code == 5
+
+
+def test_sqlite_paths_with_uri_characters(tmp_path: Path) -> None:
+    """The read-only reader opens the file by URI: '?', '#' and '%' in the path stay part of the name."""
+    where = tmp_path / "a?b#c%20d"
+    where.mkdir()
+    with open_storage(str(where / "r.sqlite")) as storage:
+        storage.ingest([make_report()])
+        assert storage.fleet_report()["releases"][0]["attempted"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a?b#c%20d"]
+    with pytest.raises(StorageError, match="no reports database at"):
+        open_storage(str(tmp_path / "missing.sqlite"), create=False)
