@@ -193,7 +193,8 @@ def test_serve_refusals_are_one_line(tmp_path: Path) -> None:
         (["--db", str(tmp_path / "r.sqlite"), "--certfile", str(leaky)], 2, "--certfile and --keyfile"),
     ]
     for args, code, message in cases:
-        proc = run_cli("pinnacle-release", "collector", "serve", "--port", "0", *args, check=False)
+        proc = run_cli("pinnacle-release", "collector", "serve", "--port", "0",
+                       "--token-file", str(tmp_path / "collector.token"), *args, check=False)
         assert proc.returncode == code, (args, proc.stderr)
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
