@@ -67,8 +67,9 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def run_postgres(base: Path, binaries: Path) -> Iterator[PgServer]:
-    """A cluster in ``base`` (created 0700) listening on a free port of 127.0.0.1; stopped at exit."""
+def run_postgres(base: Path, binaries: Path, *, durable: bool = False) -> Iterator[PgServer]:
+    """A cluster in ``base`` (created 0700) listening on a free port of 127.0.0.1; stopped at exit.
+    ``durable`` keeps PostgreSQL's own fsync and commit settings (bench/collector.py measures with them)."""
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = base / "data"
     wrap = _as_server_user()
@@ -77,8 +78,9 @@ def run_postgres(base: Path, binaries: Path) -> Iterator[PgServer]:
                     "-E", "UTF8", "--locale=C"], **run)  # type: ignore[call-overload]
     for attempt in range(3):
         port = free_port()
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off "
-                   "-c synchronous_commit=off -c max_connections=200")
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         started = subprocess.run([*wrap, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"),
                                   "-w", "-t", "60", "-o", options, "start"], capture_output=True, timeout=120)
         if started.returncode == 0:
