@@ -10,10 +10,10 @@ application that reports its own ``current_version``) all get their answer here.
 
 from __future__ import annotations
 
-from pinnacle_updates.client import fleet_state
+from pinnacle_updates.client import fleet_state, reporting
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.delta import plan_update
-from pinnacle_updates.client.errors import InstallError
+from pinnacle_updates.client.errors import InstallError, RepositoryError, TrustError
 from pinnacle_updates.client.install_dir import InstallDir, installed
 from pinnacle_updates.client.policy import decide
 from pinnacle_updates.client.results import CheckResult
@@ -39,8 +39,13 @@ def evaluate(
     ``current_version``: answer for a client running that version instead of the installed one
     (an application asking for itself); the same fleet controls, policy and locally bad versions
     apply, and nothing is persisted for it."""
-    client.refresh()
-    index = client.channel_index(cfg.text("channel"))
+    try:
+        client.refresh()
+        index = client.channel_index(cfg.text("channel"))
+    except (RepositoryError, TrustError) as exc:
+        reporting.on_failed_check(site.layout.root, exc)
+        raise
+    reporting.after_refresh(site.layout.root, cfg, index)  # the signed feedback setting, the heartbeat
     releases = index.for_platform(cfg.text("platform"))
     assumed = current_version is not None and not _same_version(current_version, s.active_version)
     current = current_version if assumed else s.active_version

@@ -33,6 +33,7 @@ from pinnacle_updates.formats.index import (
     UpdateType,
     check_channel,
     check_platform,
+    feedback_url_problem,
 )
 from pinnacle_updates.formats.redact import redact_text
 
@@ -283,6 +284,29 @@ def _client_id(v: str) -> None:
         raise ValueError("must be 32 lowercase hex digits")
 
 
+REPORT_MODES = ("auto", "on", "off")
+"""``report``: auto = to the collector the signed channel names; on = to ``report_url`` (without
+one nothing is sent, and ``status`` says why); off = never."""
+
+
+def _report_mode(v: str) -> None:
+    if v not in REPORT_MODES:
+        raise ValueError(f"must be one of {', '.join(REPORT_MODES)}")
+
+
+def _report_url(v: str) -> None:
+    if v:
+        check_http_url(v)
+        problem = feedback_url_problem(v)  # the same rule as the channel's signed collector_url
+        if problem:
+            raise ValueError(problem)
+
+
+def _optional_file(v: str) -> None:
+    if len(v) > 4096 or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in v):
+        raise ValueError("must be a file path of at most 4096 characters without control characters")
+
+
 _POLICY = UpdateConfig()
 DEFAULT_CHANNEL = _POLICY.channel
 """The channel a new install directory follows unless told otherwise."""
@@ -363,6 +387,13 @@ KEYS: Mapping[str, Key] = {
     "max_log_bytes": Key(int, 1_000_000, "size at which logs/auto_updater.log is rotated",
                          _between(0, 1 << 40, " bytes", above=True)),
     "log_backups": Key(int, 5, "rotated log files kept", _between(0, MAX_COUNT)),
+    # fleet feedback (client.reporting): outcome reports to a collector; no user data
+    "report": Key(str, "auto", "outcome reports: auto (to the collector the signed channel names, if any), "
+                  "on (to report_url), off (never: nothing is kept or sent)", _report_mode),
+    "report_url": Key(str, "", "collector URL for outcome reports, used instead of the channel's "
+                      "(empty = the channel's)", _report_url),
+    "report_key_file": Key(str, "", "file holding the collector's ingest key, used instead of the "
+                           "channel's (empty = the channel's)", _optional_file),
 }
 
 

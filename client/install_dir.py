@@ -21,6 +21,7 @@ from typing import Any
 
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import history as history_mod
+from pinnacle_updates.client import reporting
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.errors import BusyError, ConfigError, RepositoryError, StateError
@@ -74,11 +75,13 @@ class InstallDir:
         return s
 
     def record(self, entry: dict[str, Any]) -> None:
-        """Append ``entry`` to ``history.jsonl``."""
+        """Append ``entry`` to ``history.jsonl``; an outcome record also becomes a fleet report
+        (``client.reporting``: spooled and sent in the background, when reporting is on)."""
         try:
-            history_mod.append(self.layout.history, entry)
+            written = history_mod.append(self.layout.history, entry)
         except OSError as exc:
             raise StateError(f"cannot append to {self.layout.history}: {exc.strerror or exc}") from exc
+        reporting.on_record(self.layout.root, written)
 
     @contextlib.contextmanager
     def locked(self, wait: bool = False) -> Iterator[None]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from pinnacle_updates.client import backups as backups_mod
 from pinnacle_updates.client import config as config_mod
-from pinnacle_updates.client import fleet_state, results
+from pinnacle_updates.client import fleet_state, reporting, results
 from pinnacle_updates.client import history as history_mod
 from pinnacle_updates.client.activation import Activation, refuse_too_old, rollback_target
 from pinnacle_updates.client.checking import evaluate
@@ -113,6 +113,7 @@ class Installer:
             "current_slot": linked,
             "needs_recovery": not s.resting or linked != s.link_target(),
             "fleet": fleet_state.summary(self.layout.root),
+            "reports": reporting.summary(self.layout.root, cfg),  # fleet feedback: spool, counters, collector
             "repo_url": redact_url(cfg.text("repo_url")),  # status is shown and served: no credentials
             "client_id": cfg.text("client_id"),
             "install_dir": str(self.layout.root),
