@@ -54,7 +54,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pinnacle_updates.client.agent import token as token_mod
-from pinnacle_updates.client.agent.openapi import document
+from pinnacle_updates.client.agent.openapi import BACKUP_ID, document
 from pinnacle_updates.client.agent.service import AgentError, AgentService, configure_logging
 from pinnacle_updates.client.errors import UpdateError
 from pinnacle_updates.formats import boundedjson
@@ -208,6 +208,15 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+def _backup_id(request: Request) -> str:
+    """The ``{id}`` path parameter, checked against the documented pattern: 422 for anything that is
+    not a backup id (a traversal, an empty or overlong name) before it reaches the service."""
+    text: str = request.path_params["id"]
+    if not BACKUP_ID.fullmatch(text):
+        raise AgentError(422, "invalid_request", f"{text[:80]!r} is not a backup id (e.g. 20261204T130501123Z-1a2b)")
+    return text
+
+
 # ----- the application ----------------------------------------------------------------------------
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -263,8 +272,27 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
         return ok({"job": job}, 202)
 
     async def rollback(request: Request) -> Any:
-        body = _fields(await _body(request), {"force": bool})
-        return await run_in_threadpool(lambda: service.rollback(force=body.get("force", False)))
+        body = _fields(await _body(request), {"force": bool, "keep_data": bool})
+        return await run_in_threadpool(
+            lambda: service.rollback(force=body.get("force", False), keep_data=body.get("keep_data", False))
+        )
+
+    async def backup(request: Request) -> Any:
+        return await run_in_threadpool(service.data_backup, _backup_id(request))
+
+    def backup_action(action: Callable[[str], Any]) -> Callable[[Request], Awaitable[Any]]:
+        """A POST on one backup: no body fields (an empty object or none)."""
+
+        async def handler(request: Request) -> Any:
+            backup_id = _backup_id(request)
+            _fields(await _body(request), {})
+            return await run_in_threadpool(action, backup_id)
+
+        return handler
+
+    async def prune(request: Request) -> Any:
+        _fields(await _body(request), {})
+        return await run_in_threadpool(service.prune_data_backups)
 
     async def history(request: Request) -> Any:
         limit = _int_param(request, "limit", 100, 1, 10_000)
@@ -284,6 +312,11 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
         Route("/api/updates/history", route(history), methods=["GET"]),
         Route("/api/updates/backups", route(view(service.backups)), methods=["GET"]),
         Route("/api/updates/config", route(config), methods=["POST"]),
+        Route("/api/backups", route(view(service.data_backups)), methods=["GET"]),
+        Route("/api/backups/prune", route(prune), methods=["POST"]),
+        Route("/api/backups/{id}", route(backup), methods=["GET"]),
+        Route("/api/backups/{id}/verify", route(backup_action(service.verify_data_backup)), methods=["POST"]),
+        Route("/api/backups/{id}/restore", route(backup_action(service.restore_data_backup)), methods=["POST"]),
         Route("/api/updates/channels", route(view(service.channels)), methods=["GET"]),
         Route("/api/updates/analytics", route(view(service.analytics)), methods=["GET"]),
         Route("/api/health", route(view(service.health)), methods=["GET"]),

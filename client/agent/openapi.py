@@ -10,11 +10,16 @@ the routes ``create_app`` serves (method and path), so a route added on one side
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pinnacle_updates.client import config as config_mod
 
 JSON = "application/json"
+BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{9}Z-[0-9a-f]{4}", re.ASCII)
+"""A data backup's id as ``client.backups.new_id`` makes it (UTC to the millisecond, 4 hex digits);
+documented here as the path parameter's pattern and checked by the routes against it (a test
+compares it with ``client.backups.valid_id``)."""
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -29,7 +34,8 @@ _ERRORS = {
     "401": "Bearer token missing or wrong",
     "403": "Foreign Host or Origin (DNS rebinding, cross-site request)",
     "404": "No such version or resource",
-    "409": "Another install or rollback is running, or the request conflicts with the install's state",
+    "409": "Another install, rollback or restore is running, or the request conflicts with the install's state "
+           "(code busy, refused, or backup_error: a backup that cannot be read or restored)",
     "413": "Request body too large",
     "422": "Invalid request body, parameter or configuration",
     "502": "The repository could not be reached or served data that failed verification",
@@ -47,6 +53,8 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 _OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 _NSTR: dict[str, Any] = {"type": "string", "nullable": True}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+_BACKUP_ID_PARAM: dict[str, Any] = {"name": "id", "in": "path", "required": True,
+                                    "schema": {"type": "string", "pattern": f"^{BACKUP_ID.pattern}$"}}
 
 
 def _config_body() -> dict[str, Any]:
@@ -113,10 +121,11 @@ def document() -> dict[str, Any]:
                                        "Install started"),
                           **_errors("401", "404", "409", "413", "422", "502")}}},
         "/api/updates/rollback": {"post": {
-            "summary": "Switch back to the previous version in the other slot",
+            "summary": "Switch back to the previous version in the other slot; its data snapshot is restored "
+                       "unless keep_data",
             "operationId": "rollback", "security": _SECURED,
             "requestBody": _body({"type": "object", "additionalProperties": False,
-                                  "properties": {"force": {"type": "boolean"}}}),
+                                  "properties": {"force": {"type": "boolean"}, "keep_data": {"type": "boolean"}}}),
             "responses": {"200": _json(_OBJECT, "Rollback result"), **_errors("401", "409", "413", "422")}}},
         "/api/updates/history": {"get": {
             "summary": "history.jsonl records, newest first",
@@ -131,14 +140,61 @@ def document() -> dict[str, Any]:
                                                        "records": {"type": "array", "items": _OBJECT}}},
                                        "History"), **_errors("422")}}},
         "/api/updates/backups": {"get": {
-            "summary": "Previous slot and cached releases within max_rollback_days",
+            "summary": "Previous slot and cached releases within max_rollback_days; the data backups",
             "operationId": "backups",
             "responses": {"200": _json({"type": "object",
-                                        "required": ["max_rollback_days", "previous_slot", "cached_releases"],
+                                        "required": ["max_rollback_days", "previous_slot", "cached_releases",
+                                                     "backups"],
                                         "properties": {"max_rollback_days": {"type": "integer"},
                                                        "previous_slot": {**_OBJECT, "nullable": True},
-                                                       "cached_releases": {"type": "array", "items": _OBJECT}}},
+                                                       "cached_releases": {"type": "array", "items": _OBJECT},
+                                                       "backups": {"type": "array", "items": _ref("Backup")}}},
                                        "Backups"), **_errors("409", "422")}}},
+        "/api/backups": {"get": {
+            "summary": "Data backups (oldest first), the retention, and what a manual rollback would restore",
+            "operationId": "listBackups",
+            "responses": {"200": _json(_ref("BackupList"), "Data backups"), **_errors("409", "422")}}},
+        "/api/backups/prune": {"post": {
+            "summary": "Remove backups beyond max_rollback_days and max_backups now (the snapshot a rollback "
+                       "of the running version restores stays)",
+            "operationId": "pruneBackups", "security": _SECURED,
+            "requestBody": _body({"type": "object", "additionalProperties": False, "properties": {}}),
+            "responses": {"200": _json({"type": "object", "required": ["removed"],
+                                        "properties": {"removed": {"type": "array", "items": {"type": "string"}}}},
+                                       "Removed backup ids"), **_errors("401", "409", "413", "422")}}},
+        "/api/backups/{id}": {"get": {
+            "summary": "One data backup: its summary and its first 1,000 manifest entries",
+            "operationId": "showBackup",
+            "parameters": [_BACKUP_ID_PARAM],
+            "responses": {"200": _json({"allOf": [_ref("Backup"), {
+                "type": "object", "required": ["entries", "entry_count", "entries_truncated"],
+                "properties": {"entries": {"type": "array", "maxItems": 1000, "items": _OBJECT},
+                               "entry_count": {"type": "integer"},
+                               "entries_truncated": {"type": "boolean"}}}]}, "The backup"),
+                          **_errors("404", "409", "422")}}},
+        "/api/backups/{id}/verify": {"post": {
+            "summary": "Check one backup against its manifest (types, modes, sizes, link texts, recorded sha256)",
+            "operationId": "verifyBackup", "security": _SECURED,
+            "parameters": [_BACKUP_ID_PARAM],
+            "requestBody": _body({"type": "object", "additionalProperties": False, "properties": {}}),
+            "responses": {"200": _json({"type": "object", "required": ["id", "ok", "problems"],
+                                        "properties": {"id": {"type": "string"}, "ok": {"type": "boolean"},
+                                                       "problems": {"type": "array",
+                                                                    "items": {"type": "string"}}}},
+                                       "Verification result (ok false: the problems found)"),
+                          **_errors("401", "404", "409", "413", "422")}}},
+        "/api/backups/{id}/restore": {"post": {
+            "summary": "Put one backup's data in place under the running version (stop, restore, start); the "
+                       "data it replaces is kept as a new backup",
+            "operationId": "restoreBackup", "security": _SECURED,
+            "parameters": [_BACKUP_ID_PARAM],
+            "requestBody": _body({"type": "object", "additionalProperties": False, "properties": {}}),
+            "responses": {"200": _json({"type": "object", "required": ["backup", "data_rejected", "version"],
+                                        "properties": {"backup": {"type": "string"}, "data_rejected": _NSTR,
+                                                       "version": {"type": "string"},
+                                                       "duration": {"type": "number"},
+                                                       "notes": {"type": "array", "items": {"type": "string"}}}},
+                                       "Restored"), **_errors("401", "404", "409", "413", "422")}}},
         "/api/updates/config": {"post": {
             "summary": "Change settings: all validated by client.config and written at once, or none",
             "operationId": "config", "security": _SECURED,
@@ -178,7 +234,8 @@ def document() -> dict[str, Any]:
             "published": {"type": "string"}, "download_bytes": {"type": "integer"},
             "newer": {"type": "boolean"}, "installed": {"type": "boolean"}}},
         "Job": {"type": "object", "required": ["id", "kind", "state", "step", "percent"], "properties": {
-            "id": {"type": "string"}, "kind": {"type": "string", "enum": ["install", "auto", "rollback"]},
+            "id": {"type": "string"},
+            "kind": {"type": "string", "enum": ["install", "auto", "rollback", "restore"]},
             "state": {"type": "string", "enum": ["running", "succeeded", "failed", "rolled_back", "up_to_date"]},
             "step": {"type": "string"}, "version": _NSTR, "from_version": _NSTR,
             "bytes": {"type": "integer"}, "total": {"type": "integer"},
@@ -200,6 +257,37 @@ def document() -> dict[str, Any]:
                        "health": {**_OBJECT, "nullable": True},
                        "rollout": {"type": "object", "properties": {"position": _NSTR, "group": _NSTR}},
                        "loop": _ref("Loop"), "settings": _OBJECT, "notifications": _OBJECT}},
+        "Backup": {"type": "object",
+                   "required": ["id", "kind", "created", "version", "for_version", "method", "paths", "files",
+                                "bytes", "age_days", "path"],
+                   "properties": {
+                       "id": {"type": "string"},
+                       "kind": {"type": "string", "enum": ["snapshot", "rejected"],
+                                "description": "snapshot: taken before an update; rejected: data a restore "
+                                               "moved aside"},
+                       "created": {"type": "string"}, "version": _NSTR, "for_version": _NSTR,
+                       "reason": {"type": "string"},
+                       "method": {"type": "string", "description": "reflink, copy, mixed, empty or moved"},
+                       "paths": {"type": "array", "items": {"type": "string"}},
+                       "files": {"type": "integer"}, "bytes": {"type": "integer"}, "seconds": {"type": "number"},
+                       "restored_from": _NSTR, "age_days": {"type": "number"},
+                       "path": {"type": "string", "description": "where it is, under the install directory"}}},
+        "BackupList": {"type": "object", "required": ["backups", "count", "bytes", "retention", "rollback"],
+                       "properties": {
+                           "backups": {"type": "array", "items": _ref("Backup")},
+                           "count": {"type": "integer"}, "bytes": {"type": "integer"},
+                           "retention": {"type": "object", "properties": {
+                               "max_backups": {"type": "integer"}, "max_rollback_days": {"type": "integer"}}},
+                           "rollback": {"type": "object", "required": ["target", "restores", "restorable"],
+                                        "properties": {
+                                            "target": {**_OBJECT, "nullable": True,
+                                                       "description": "the version a manual rollback switches to"},
+                                            "from_version": _NSTR,
+                                            "restores": {**_NSTR, "description": "the data snapshot it restores "
+                                                                                 "(null: the data stays)"},
+                                            "restorable": {"type": "boolean",
+                                                           "description": "false: that snapshot was pruned; "
+                                                                          "roll back with keep_data"}}}}},
         "Loop": {"type": "object",
                  "required": ["state", "error", "since", "failures", "retry_in_seconds", "restarts"],
                  "properties": {
@@ -228,7 +316,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "pinnacle-update agent", "version": "1",
                  "description": "Local update agent: status, checks, installs with live progress, rollback, "
-                                "history, analytics. Mutating calls need `Authorization: Bearer <token>` "
+                                "data backups, history, analytics. Mutating calls need `Authorization: Bearer <token>` "
                                 "(`pinnacle-update token`); cross-origin requests are refused."},
         "paths": paths,
         "components": {"schemas": schemas,

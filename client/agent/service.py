@@ -40,6 +40,8 @@ from typing import Any
 
 from pinnacle_updates.client import (
     AutoUpdater,
+    Backup,
+    BackupError,
     BusyError,
     CheckResult,
     ConfigError,
@@ -547,13 +549,13 @@ class AgentService:
         return ""
 
     # -- rollback -------------------------------------------------------------------------------
-    def rollback(self, *, force: bool = False) -> dict[str, Any]:
+    def rollback(self, *, force: bool = False, keep_data: bool = False) -> dict[str, Any]:
         if not self._op.acquire(blocking=False):
             raise AgentError(409, "busy", "an install or rollback is already running")
         try:
             job = self.progress.begin(Job("rollback", None, None))
             try:
-                result = self.updater.rollback(force=force, reason=MANUAL_ROLLBACK_REASON)
+                result = self.updater.rollback(force=force, keep_data=keep_data, reason=MANUAL_ROLLBACK_REASON)
             except UpdateError as exc:
                 self.progress.finish(job, "failed", error=str(exc))
                 raise error_for(exc) from exc
@@ -613,15 +615,128 @@ class AgentService:
         return analytics.compute(self.updater.history()).to_dict()
 
     def backups(self) -> dict[str, Any]:
-        """What rollback can reach: the other slot, and cached release artifacts, within max_rollback_days."""
+        """What rollback can reach: the other slot, and cached release artifacts, within
+        max_rollback_days; and the data backups (summaries, oldest first)."""
         try:
             days = self.updater.settings().integer("max_rollback_days")
             target = self.updater.rollback_target()
             cached = self.updater.cached_releases()
+            data = [b.summary() for b in self.updater.backups()]
         except UpdateError as exc:
             raise error_for(exc) from exc
         previous = target.to_dict() if target is not None else None
-        return {"max_rollback_days": days, "previous_slot": previous, "cached_releases": cached}
+        return {"max_rollback_days": days, "previous_slot": previous, "cached_releases": cached, "backups": data}
+
+    # -- data backups -----------------------------------------------------------------------------
+    def data_backups(self) -> dict[str, Any]:
+        """Every data backup (summaries, oldest first, as ``backups list``), the retention, and what
+        a manual rollback would do: the version it switches to and the snapshot it restores."""
+        try:
+            cfg = self.updater.settings()
+            found = self.updater.backups()
+            target = self.updater.rollback_target()
+            installed = self.updater.status()
+            restores = self._rollback_snapshot(installed)
+        except UpdateError as exc:
+            raise error_for(exc) from exc
+        ids = {b.id for b in found}
+        return {
+            "backups": [b.summary() for b in found],
+            "count": len(found),
+            "bytes": sum(b.bytes for b in found),
+            "retention": {"max_backups": cfg.integer("max_backups"),
+                          "max_rollback_days": cfg.integer("max_rollback_days")},
+            "rollback": {
+                "target": target.to_dict() if target is not None else None,
+                "from_version": installed.get("version"),
+                "restores": restores,
+                # a pruned snapshot makes a rollback refuse unless it keeps the data
+                "restorable": restores is None or restores in ids,
+            },
+        }
+
+    def _rollback_snapshot(self, installed: Mapping[str, Any]) -> str | None:
+        """The snapshot a manual rollback restores: the one taken just before the running release
+        went live, named by the history record of that commit (same slot, version and sha256).
+        None when nothing is installed or no snapshot was taken for it."""
+        if not installed.get("version"):
+            return None
+        keys = ("slot", "version", "sha256")
+        for record in reversed(self.updater.history()):
+            if record.get("outcome") == "committed" and all(record.get(k) == installed.get(k) for k in keys):
+                found = record.get("data_backup")
+                return found if isinstance(found, str) else None
+        return None
+
+    def data_backup(self, backup_id: str, max_entries: int = 1000) -> dict[str, Any]:
+        """One backup: its summary and its first ``max_entries`` manifest entries (``entry_count``
+        says how many there are)."""
+        b = self._load_backup(backup_id)
+        return {**b.summary(), "entries": [e.to_dict() for e in b.entries[:max_entries]],
+                "entry_count": len(b.entries), "entries_truncated": len(b.entries) > max_entries}
+
+    def verify_data_backup(self, backup_id: str) -> dict[str, Any]:
+        """Check one backup against its manifest (read-only: no operation lock). 200 either way;
+        ``ok`` false with the ``problems`` when it differs."""
+        self._load_backup(backup_id)
+        try:
+            problems = self.updater.verify_backup(backup_id)
+        except (UpdateError, OSError) as exc:  # OSError: the backup was pruned while it was read
+            raise self._backup_error(backup_id, exc) from exc
+        return {"id": backup_id, "ok": not problems, "problems": problems}
+
+    def restore_data_backup(self, backup_id: str) -> dict[str, Any]:
+        """Put a backup's data in place under the running version (stop, restore, start), one
+        operation like a rollback: 409 while another runs, here or in another process."""
+        self._load_backup(backup_id)  # 404 for an unknown backup before any job is shown
+        if not self._op.acquire(blocking=False):
+            raise AgentError(409, "busy", "an install, rollback or restore is already running")
+        try:
+            job = self.progress.begin(Job("restore", None, None))
+            try:
+                report = self.updater.restore_backup(backup_id)
+            except UpdateError as exc:
+                self.progress.finish(job, "failed", error=str(exc))
+                raise self._backup_error(backup_id, exc) from exc
+            job.version = report.version
+            self.progress.finish(job, "succeeded", result=report.to_dict())
+            log.info("restored the data of backup %s under %s (replaced data kept as %s)", backup_id,
+                     report.version, report.rejected)
+            return report.to_dict()
+        finally:
+            self._op.release()
+
+    def prune_data_backups(self) -> dict[str, Any]:
+        """Apply the retention (``max_rollback_days``, ``max_backups``) now; the removed ids."""
+        if not self._op.acquire(blocking=False):
+            raise AgentError(409, "busy", "an install, rollback or restore is already running")
+        try:
+            try:
+                removed = self.updater.prune_backups()
+            except UpdateError as exc:
+                raise error_for(exc) from exc
+        finally:
+            self._op.release()
+        if removed:
+            log.info("pruned data backups: %s", ", ".join(removed))
+        return {"removed": removed}
+
+    def _load_backup(self, backup_id: str) -> Backup:
+        try:
+            return self.updater.backup(backup_id)
+        except UpdateError as exc:
+            raise self._backup_error(backup_id, exc) from exc
+
+    def _backup_error(self, backup_id: str, exc: Exception) -> AgentError:
+        """404 for a backup that does not exist; other backup failures (a corrupt manifest, a
+        restore that could not finish) are 409 ``backup_error``; the rest as ``error_for``. Where a
+        backup lives is the ``path`` its summary gives (``backups/<id>``, under the install dir)."""
+        if not os.path.lexists(self.updater.install_dir / "backups" / backup_id):
+            return AgentError(404, "unknown_backup", f"no backup {backup_id}")
+        if isinstance(exc, BackupError | OSError):
+            return AgentError(409, "backup_error", _cause(exc))
+        assert isinstance(exc, UpdateError)
+        return error_for(exc)
 
     def channels(self) -> dict[str, Any]:
         try:

@@ -185,7 +185,7 @@ function renderJob(job, busy) {
   bar.style.width = pct + "%";
   bar.className = "bar" + (job.state === "succeeded" ? " ok" : (job.state === "failed" || job.state === "rolled_back" ? " bad" : ""));
   $("progress-text").textContent = Math.round(pct) + "%";
-  const label = job.kind === "rollback" ? "rollback" : job.kind === "auto" ? "automatic install" : "install";
+  const label = { rollback: "rollback", auto: "automatic install", restore: "data restore" }[job.kind] || "install";
   $("progress-step").textContent = label + " " + (job.version || "") + ": " +
     (job.state === "running" ? job.step : job.state.replace("_", " "));
   $("progress-bytes").textContent = job.total ? bytes(job.bytes) + " / " + bytes(job.total) : "";
@@ -197,7 +197,7 @@ function renderJob(job, busy) {
     // a job seen running has ended, or a new one started and ended between two polls (a fast install)
     const finished = !first && job.state !== "running" && (job.id !== lastJobId || lastJobState === "running");
     lastJobId = job.id; lastJobState = job.state;
-    if (finished) { loadHistory(); loadAnalytics(); }
+    if (finished) { loadHistory(); loadAnalytics(); loadBackups(); }
   }
   schedule(busy || job.state === "running" ? 500 : 4000);
 }
@@ -248,6 +248,77 @@ function renderAnalytics(a) {
     { name: "saved", color: "#1f9d55", values: updates.map((u) => u.bytes_saved) },
     { name: "downloaded", color: "#2f6fde", values: updates.map((u) => u.bytes) },
   ], bytes, true);
+}
+
+// Data backups: one row each, newest first; the snapshot a rollback would restore is marked.
+function renderBackups(data) {
+  const rb = data.rollback || {};
+  let line = data.count + " backup(s), " + bytes(data.bytes) + "; keeping " +
+    (data.retention.max_backups || "any number") + " for " + (data.retention.max_rollback_days || "any number of") + " days. ";
+  if (rb.target) {
+    line += "A rollback to " + rb.target.version + (rb.restores ? (rb.restorable ? " restores backup " + rb.restores
+      : " would need backup " + rb.restores + ", which was pruned: roll back keeping the data") : " keeps the data as it is") + ".";
+  } else {
+    line += "No previous version to roll back to.";
+  }
+  $("backups-summary").textContent = line;
+  const body = $("backups").querySelector("tbody");
+  body.textContent = "";
+  for (const b of data.backups.slice().reverse()) {
+    const versions = b.kind === "rejected" ? "data of " + (b.version || "–") + " (replaced by " + (b.restored_from || "–") + ")"
+      : (b.version || "nothing") + " → " + (b.for_version || "–");
+    const verify = el("button", { type: "button", class: "verify-btn", "data-id": b.id, text: "Verify" });
+    const restore = el("button", { type: "button", class: "danger restore-btn", "data-id": b.id, text: "Restore" });
+    verify.addEventListener("click", () => doVerifyBackup(b.id));
+    restore.addEventListener("click", () => doRestoreBackup(b));
+    body.appendChild(el("tr", { "data-id": b.id, class: b.id === rb.restores ? "rollback-snapshot" : "" }, [
+      el("td", { class: "backup-id", text: b.id }),
+      el("td", { text: b.kind }),
+      el("td", { text: versions }),
+      el("td", { text: String(b.files) }),
+      el("td", { text: bytes(b.bytes) }),
+      el("td", { text: b.method }),
+      el("td", { text: b.age_days < 1 ? Math.round(b.age_days * 24 * 60) + " min" : b.age_days.toFixed(1) + " days" }),
+      el("td", { class: "backup-actions" }, [verify, restore]),
+    ]));
+  }
+  if (!data.backups.length) body.appendChild(el("tr", {}, [el("td", { colspan: "8", class: "muted", text: "no backups yet" })]));
+}
+
+function backupResult(textValue, bad) {
+  $("backup-result").textContent = textValue;
+  $("backup-result").className = "small" + (bad ? " bad-text" : " ok-text");
+}
+
+async function doVerifyBackup(id) {
+  if (needToken()) return;
+  backupResult("verifying " + id + " …", false);
+  try {
+    const r = await api("POST", "/api/backups/" + encodeURIComponent(id) + "/verify", {});
+    backupResult(r.ok ? "backup " + id + ": intact" :
+      "backup " + id + ": " + r.problems.length + " problem(s): " + r.problems.slice(0, 5).join("; "), !r.ok);
+  } catch (e) {
+    backupResult("verify of " + id + " failed: " + e.message, true);
+  }
+}
+
+async function doRestoreBackup(b) {
+  if (needToken()) return;
+  const running = (lastStatus && lastStatus.installed.version) || "the running version";
+  if (!confirm("Put the data of backup " + b.id + " (" + b.files + " files, " + bytes(b.bytes) + ") in place under " +
+               running + "? The application is stopped and started again; the data it replaces is kept as a new backup.")) return;
+  backupResult("restoring " + b.id + " …", false);
+  try {
+    const r = await api("POST", "/api/backups/" + encodeURIComponent(b.id) + "/restore", {});
+    backupResult("restored the data of backup " + r.backup + " under " + r.version +
+      (r.data_rejected ? "; the replaced data is kept as backup " + r.data_rejected : "") +
+      (r.notes.length ? " (note: " + r.notes.join("; ") + ")" : ""), false);
+  } catch (e) {
+    backupResult("restore of " + b.id + " refused: " + e.message, true);
+  }
+  loadBackups();
+  await loadStatus();
+  loadHistory();
 }
 
 // ----- SVG charts -------------------------------------------------------------------------
@@ -349,6 +420,7 @@ async function loadStatus() {
 }
 async function loadHistory() { try { renderHistory(await api("GET", "/api/updates/history?limit=200")); } catch (e) { /* next poll */ } }
 async function loadAnalytics() { try { renderAnalytics(await api("GET", "/api/updates/analytics")); } catch (e) { /* next poll */ } }
+async function loadBackups() { try { renderBackups(await api("GET", "/api/backups")); } catch (e) { /* next poll */ } }
 async function loadHealth() {
   try {
     const h = await api("GET", "/api/health");
@@ -426,13 +498,15 @@ async function doRollback() {
   say("");
   try {
     const r = await api("POST", "/api/updates/rollback", {});
-    say("Rolled back " + r.from_version + " → " + r.version, "info");
+    say("Rolled back " + r.from_version + " → " + r.version +
+        (r.data_restored ? "; data restored from backup " + r.data_restored : ""), "info");
   } catch (e) {
     say("Rollback refused: " + e.message);
   }
   await loadStatus();
   loadHistory();
   loadAnalytics();
+  loadBackups();
 }
 
 // ----- start ------------------------------------------------------------------------------
@@ -453,7 +527,8 @@ document.addEventListener("DOMContentLoaded", () => {
   loadStatus();
   loadHistory();
   loadAnalytics();
+  loadBackups();
   loadHealth();
   setInterval(loadHealth, 10000);
-  setInterval(() => { loadHistory(); loadAnalytics(); }, 30000);
+  setInterval(() => { loadHistory(); loadAnalytics(); loadBackups(); }, 30000);
 });
