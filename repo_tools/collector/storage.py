@@ -389,7 +389,7 @@ class PostgresStorage(Storage):
         "d_total": "float8",
     }
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 10.0, wait_timeout: float = 3.0) -> None:
         try:
             import psycopg
             from psycopg_pool import ConnectionPool, PoolTimeout
@@ -405,7 +405,9 @@ class PostgresStorage(Storage):
             psycopg.connect(url, connect_timeout=max(1, int(connect_timeout))).close()
         except psycopg.Error as exc:
             raise StorageError(f"cannot connect to the reports database {self.url}: {_pg_message(exc)}") from None
-        self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_MAX, open=False, timeout=connect_timeout,
+        # ``timeout``: how long a request waits for a pooled connection; a database that went away is
+        # then a 503 within seconds, not a client held for the whole connect timeout.
+        self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_MAX, open=False, timeout=wait_timeout,
                                     kwargs={"connect_timeout": max(1, int(connect_timeout))})
         try:
             self._pool.open(wait=True, timeout=connect_timeout)

@@ -17,13 +17,22 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from pinnacle_updates.formats.report import MAX_BATCH_BYTES, encode_batch
+from pinnacle_updates.repo_tools.cli import cli
 from pinnacle_updates.repo_tools.collector.storage import open_storage
 from tests.client.test_transport_tls import pki  # noqa: F401 - the fixture
 from tests.collector.conftest import make_report
 from tests.conftest import run_cli
 from tests.formats.test_report import body as batch
+
+
+def release_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``pinnacle-release ARGS`` in this process (the same group, error handling and exit codes as the
+    installed command, without a Python start-up per case): exit code and stderr."""
+    result = CliRunner().invoke(cli, list(args), env=env)
+    return result.exit_code, result.stderr
 
 
 def rows(db: str) -> int:
@@ -193,11 +202,11 @@ def test_serve_refusals_are_one_line(tmp_path: Path) -> None:
         (["--db", str(tmp_path / "r.sqlite"), "--certfile", str(leaky)], 2, "--certfile and --keyfile"),
     ]
     for args, code, message in cases:
-        proc = run_cli("pinnacle-release", "collector", "serve", "--port", "0",
-                       "--token-file", str(tmp_path / "collector.token"), *args, check=False)
-        assert proc.returncode == code, (args, proc.stderr)
-        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
+        status, stderr = release_cli("collector", "serve", "--port", "0",
+                                     "--token-file", str(tmp_path / "collector.token"), *args)
+        assert status == code, (args, stderr)
+        assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert "hunter2" not in stderr and "Traceback" not in stderr
 
 
 def test_fleet_report_refusals(tmp_path: Path, collector_factory: Any) -> None:
@@ -215,9 +224,9 @@ def test_fleet_report_refusals(tmp_path: Path, collector_factory: Any) -> None:
         (["--db", str(tmp_path / "typo.sqlite")], 5, "no reports database at"),
     ]
     for args, code, message in cases:
-        proc = run_cli("pinnacle-release", "fleet", "report", *args, check=False)
-        assert proc.returncode == code, (args, proc.stderr)
-        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        status, stderr = release_cli("fleet", "report", *args)
+        assert status == code, (args, stderr)
+        assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_human_table(tmp_path: Path) -> None:
