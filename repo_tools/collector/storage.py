@@ -95,6 +95,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             hour BIGINT NOT NULL, bucket INTEGER NOT NULL, reports BIGINT NOT NULL,
             PRIMARY KEY ({_KEY}, hour, bucket))""",
     ),
+    # The fleet page's latest rollbacks and failures: newest first without reading every report.
+    ("CREATE INDEX reports_problems ON reports (at) WHERE outcome IN ('rolled_back', 'failed')",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -200,6 +202,11 @@ class Storage(ABC):
         rows = self._read(_QUERIES, filters)
         return build_report(rows, filters, now or datetime.now(UTC))
 
+    def activity(self, filters: Filters | None = None) -> Rows:
+        """The fleet page's rows (``page.activity``): install outcomes per release and hour, and the
+        latest rollbacks and failures with their cause text."""
+        return self._read(_ACTIVITY, filters or Filters())
+
     @abstractmethod
     def counts(self) -> dict[str, int]:
         """Rows per table (tests, ``collector serve`` start-up line); a full count, not for hot paths."""
@@ -234,7 +241,16 @@ _QUERIES = {
     "versions": "SELECT channel, platform, current_version, COUNT(*) FROM installs {where} "
                 "GROUP BY channel, platform, current_version",
 }
-_TIME_COLUMN = {"hourly": "hour", "timing": "hour", "offered": "last_at", "offered_release": "last_at",
+_ACTIVITY = {
+    "hours": "SELECT channel, platform, version, hour, outcome, SUM(reports) FROM hourly {where} "
+             "GROUP BY channel, platform, version, hour, kind, outcome HAVING kind = 'install'",
+    # The version a report counts for (``release_of``) as a column, so the filters apply to it.
+    "problems": "SELECT at, channel, platform, version, kind, outcome, cause, cause_text FROM (SELECT *, "
+                "CASE WHEN kind = 'rollback' THEN from_version ELSE to_version END AS version FROM reports "
+                "WHERE outcome IN ('rolled_back', 'failed')) AS problems {where} ORDER BY at DESC LIMIT 50",
+}
+_TIME_COLUMN = {"hours": "hour", "problems": "at",
+                "hourly": "hour", "timing": "hour", "offered": "last_at", "offered_release": "last_at",
                 "versions": "last_seen"}
 
 
