@@ -142,6 +142,17 @@ def run_agent(install_dir: Path, *extra: str, extra_env: dict[str, str] | None =
             proc.wait()
 
 
+def api_error(r: httpx.Response, status: int, code: str) -> str:
+    """Assert ``r`` is the API's one error shape with ``status`` and ``code``; its one-line message."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    message: str = body["error"]["message"]
+    assert message and "\n" not in message and "Traceback" not in message
+    return message
+
+
 def state_digest(d: Path) -> dict[str, str]:
     """What an install decision could change: config, state, history, the ``current`` link, slots
     and the trusted metadata (not the lock, logs, hook logs or the token)."""

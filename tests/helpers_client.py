@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -119,6 +120,29 @@ def serve(repo_dir: Path) -> Iterator[str]:
         yield served.url
     finally:
         served.stop()
+
+
+@contextlib.contextmanager
+def hold_lock(install_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``DIR/lock`` until the block ends (the kernel drops it if it dies)."""
+    code = ("import sys; from pinnacle_updates.formats import fsutil\n"
+            f"with fsutil.exclusive_lock({str(install_dir / 'lock')!r}):\n"
+            "    print('held', flush=True); sys.stdin.read()\n")
+    proc = subprocess.Popen([PY, "-c", code], cwd=ROOT, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def copy_install(template: Path, dest: Path) -> Path:
+    """A private copy of an install directory a module fixture prepared once (links kept as links)."""
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
 
 
 def init_client(install_dir: Path, repo_url: str, repo: Repo, **settings: Any) -> Installer:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.agent_server import V1, V2, V11, V101, Agent, publish_all, run_agent, serve_repo, state_digest
+from tests.agent_server import api_error as _error
 from tests.helpers_client import PY, ROOT, Repo, env, init_client
 
 VERSIONS = ((V1, "patch"), (V101, "patch"), (V11, "minor"), (V2, "major"))
@@ -48,16 +49,6 @@ def _install(agent: Agent, version: str, body: dict[str, Any] | None = None) -> 
     job = r.json()["job"]
     assert job["state"] == "running" and job["version"] == version
     return agent.wait_job_done()
-
-
-def _error(r: httpx.Response, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    message: str = body["error"]["message"]
-    assert message
-    return message
 
 
 # ----- read-only endpoints -----------------------------------------------------------------------------

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import string
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,32 +22,26 @@ import pytest
 from pinnacle_updates.client import backups, config
 from pinnacle_updates.client.agent.openapi import BACKUP_ID
 from tests.agent_server import V1, V2, Agent, publish_all, run_agent, serve_repo
-from tests.helpers_client import PY, ROOT, Repo, env, init_client, tree_digest
+from tests.agent_server import api_error as _error
+from tests.helpers_client import copy_install, hold_lock, init_client, tree_digest
 
 PERSISTENT = ["uploads", "db"]
 MANY = 1_200  # files in uploads/: more than the 1,000 entries one backup's detail shows
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
-    return publish_all(tmp_path_factory.mktemp("agent-backups-repo"), ((V1, "patch"), (V2, "major")))
-
-
-@pytest.fixture(scope="module")
-def repo_url(repo: Repo) -> Iterator[str]:
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """V1 installed from a repository served by nginx, its data written, then V2 installed (the real
+    install snapshots V1's data before the swap), then V2 changes the data. The tests need the
+    repository no more: restores, prunes and rollbacks are local."""
+    base = tmp_path_factory.mktemp("agent-backups")
+    repo = publish_all(base / "repo", ((V1, "patch"), (V2, "major")))
+    d = base / "inst"
     with serve_repo(repo.dir) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, repo: Repo, repo_url: str) -> Path:
-    """V1 installed, its data written, then V2 installed: one snapshot of V1's data (taken by the
-    real install before the swap). V2 then changed the data."""
-    d = tmp_path_factory.mktemp("agent-backups") / "inst"
-    ins = init_client(d, repo_url, repo, enabled=False, persistent_paths=PERSISTENT)
-    ins.install(V1)
-    _write_v1_data(d)
-    ins.install(V2, confirm_major=True)
+        ins = init_client(d, url, repo, enabled=False, persistent_paths=PERSISTENT)
+        ins.install(V1)
+        _write_v1_data(d)
+        ins.install(V2, confirm_major=True)
     _v2_changes_the_data(d)
     return d
 
@@ -68,9 +60,7 @@ def _v2_changes_the_data(d: Path) -> None:
 
 @pytest.fixture
 def install_dir(template: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "inst"
-    shutil.copytree(template, d, symlinks=True)
-    return d
+    return copy_install(template, tmp_path / "inst")
 
 
 @pytest.fixture
@@ -96,16 +86,6 @@ def _on_disk(d: Path) -> dict[str, str]:
     """What a refused request must not change: the data, the backups area, the state and the slots."""
     keep = ("data", "backups", "state.json", "current", "slots")
     return {k: v for k, v in tree_digest(d).items() if k.split("/", 1)[0] in keep}
-
-
-def _error(r: httpx.Response, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    message: str = body["error"]["message"]
-    assert message and "\n" not in message and "Traceback" not in message
-    return message
 
 
 # ----- reading ---------------------------------------------------------------------------------------
@@ -183,8 +163,7 @@ def test_restore_puts_the_snapshot_back_then_prune_keeps_the_rollback_one(agent:
 
 
 def test_a_rollback_restores_the_snapshot_or_keeps_the_data(install_dir: Path, tmp_path: Path) -> None:
-    second = tmp_path / "second"
-    shutil.copytree(install_dir, second, symlinks=True)
+    second = copy_install(install_dir, tmp_path / "second")
     with run_agent(install_dir) as agent:
         snap = _only_snapshot(agent)
         want = backups.digest_tree(install_dir / "backups" / snap["id"] / "data", PERSISTENT)
@@ -271,23 +250,13 @@ def _corrupt_manifest(agent: Agent, install_dir: Path) -> None:
 
 def _lock_held_by_another_process(agent: Agent, install_dir: Path) -> None:
     snap = _only_snapshot(agent)
-    code = ("import sys; from pinnacle_updates.formats import fsutil\n"
-            f"with fsutil.exclusive_lock({str(install_dir / 'lock')!r}):\n"
-            "    print('held', flush=True); sys.stdin.read()\n")
-    holder = subprocess.Popen([PY, "-c", code], cwd=ROOT, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with hold_lock(install_dir) as holder:
         before = _on_disk(install_dir)
         message = _error(agent.post(f"/api/backups/{snap['id']}/restore"), 409, "busy")
         assert f"pid {holder.pid}" in message
         _error(agent.post("/api/backups/prune"), 409, "busy")
         assert _on_disk(install_dir) == before
         assert agent.post(f"/api/backups/{snap['id']}/verify").json()["ok"] is True  # reading needs no lock
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
 
 
 def test_restore_while_another_operation_runs_is_409(install_dir: Path) -> None:
@@ -340,31 +309,6 @@ def test_the_documented_id_pattern_is_the_clients_rule() -> None:
 
 
 # ----- the dashboard ---------------------------------------------------------------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (.ci/run does)")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1360, "height": 1000},
-        )  # fmt: skip
-        try:
-            yield context
-        finally:
-            context.close()
-
-
 def test_dashboard_lists_verifies_and_restores_a_backup(agent: Agent, install_dir: Path, browser: Any,
                                                           tmp_path: Path) -> None:
     from playwright.sync_api import expect

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,30 +18,7 @@ import pytest
 from tests.agent_server import V1, V2, V11, V101, publish_all, run_agent, serve_repo
 from tests.helpers_client import PY, ROOT, env, init_client
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (.ci/run does)")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1360, "height": 1000},
-        )  # fmt: skip
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 def test_dashboard_check_install_and_progress(tmp_path: Path, browser: object) -> None:

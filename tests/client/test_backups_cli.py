@@ -10,7 +10,6 @@ one-line rule are the real ones); the lock case runs the CLI as a separate proce
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,19 @@ from click.testing import CliRunner, Result
 from pinnacle_updates.client import backups
 from pinnacle_updates.client.cli import cli
 from pinnacle_updates.client.errors import BackupError, BusyError
-from tests.helpers_client import PY, ROOT, Repo, app_files, env, init_client, make_repo, publish, tree_digest
+from tests.helpers_client import (
+    PY,
+    ROOT,
+    Repo,
+    app_files,
+    copy_install,
+    env,
+    hold_lock,
+    init_client,
+    make_repo,
+    publish,
+    tree_digest,
+)
 
 PERSISTENT = ["uploads", "db"]
 
@@ -52,9 +63,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, repo: Repo) -> Path:
 
 @pytest.fixture
 def d(template: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "inst"
-    shutil.copytree(template, out, symlinks=True)
-    return out
+    return copy_install(template, tmp_path / "inst")
 
 
 def run(d: Path, *args: str) -> Result:
@@ -225,19 +234,8 @@ def test_a_corrupt_manifest_is_one_line_everywhere(d: Path, damage: str) -> None
 
 @pytest.fixture
 def lock_held(d: Path) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding ``DIR/lock`` until the test ends."""
-    code = ("import sys; from pinnacle_updates.formats import fsutil\n"
-            f"with fsutil.exclusive_lock({str(d / 'lock')!r}):\n"
-            "    print('held', flush=True); sys.stdin.read()\n")
-    proc = subprocess.Popen([PY, "-c", code], cwd=ROOT, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    try:
+    with hold_lock(d) as proc:
         yield proc
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
 
 
 def test_restore_and_prune_while_another_process_holds_the_lock(d: Path, lock_held: subprocess.Popen[str]) -> None:

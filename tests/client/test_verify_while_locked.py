@@ -17,7 +17,7 @@ from pinnacle_updates.client import config
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.errors import BusyError
 from pinnacle_updates.client.installer import Installer
-from tests.helpers_client import PY, ROOT, app_files, env, init_client, make_repo, publish
+from tests.helpers_client import PY, ROOT, app_files, env, hold_lock, init_client, make_repo, publish
 
 
 def client_cli(install_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,19 +46,9 @@ def install_dir(installed: tuple[Path, Path], tmp_path: Path) -> Path:
 
 @pytest.fixture
 def lock_held(install_dir: Path) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding ``DIR/lock`` until the test ends (the kernel drops it if it dies)."""
-    code = ("import sys; from pinnacle_updates.formats import fsutil\n"
-            f"with fsutil.exclusive_lock({str(install_dir / 'lock')!r}):\n"
-            "    print('held', flush=True); sys.stdin.read()\n")
-    proc = subprocess.Popen([PY, "-c", code], cwd=ROOT, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    try:
+    """Another process holding ``DIR/lock`` until the test ends."""
+    with hold_lock(install_dir) as proc:
         yield proc
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
 
 
 def test_verify_works_while_another_process_holds_the_lock(install_dir: Path,
