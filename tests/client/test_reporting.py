@@ -30,12 +30,16 @@ import pytest
 
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import reporting
-from pinnacle_updates.client.errors import ConfigError, HealthCheckError, RepositoryError
+from pinnacle_updates.client.errors import ConfigError, HealthCheckError, RepositoryError, TrustError
 from pinnacle_updates.client.installer import Installer
 from pinnacle_updates.formats.index import ChannelIndex, Feedback, FormatError
 from pinnacle_updates.formats.report import FormatError as ReportFormatError
 from pinnacle_updates.formats.report import Report, parse_batch
 from pinnacle_updates.formats.rollout import format_time
+from pinnacle_updates.repo_tools.errors import PublishRefused
+from pinnacle_updates.repo_tools.fleet import set_feedback
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 from tests.conftest import ROOT
 from tests.helpers_client import Repo, app_files, env, init_client, make_repo, publish, release_cli, serve
 
@@ -214,15 +218,15 @@ def test_damaged_and_too_old_spool_files_are_dropped_and_counted(tmp_path: Path)
 # ----- the sender --------------------------------------------------------------------------------------
 def test_every_report_arrives_exactly_once_through_failures_and_lost_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reporting, "SPOOL_MAX_REPORTS", 100)
-    monkeypatch.setattr(reporting, "MAX_BATCH", 40)  # three batches
+    monkeypatch.setattr(reporting, "SPOOL_MAX_REPORTS", 50)
+    monkeypatch.setattr(reporting, "MAX_BATCH", 20)  # three batches
     with collector() as server:
         d = plain_dir(tmp_path, server.url)
         reports = reporting.Reports(d)
-        made = [a_report(reports) for _ in range(120)]
+        made = [a_report(reports) for _ in range(60)]
         for r in made:
             reports.add(r)
-        assert reports.state()["dropped"] == 20
+        assert reports.state()["dropped"] == 10
         server.fail, server.drop = 3, 2  # 503 x3 (out of retries: the flush stops), then two lost answers
         flushes = []
         while not flushes or flushes[-1].left:
@@ -231,9 +235,9 @@ def test_every_report_arrives_exactly_once_through_failures_and_lost_answers(
         assert "answered HTTP 503" in flushes[0].error and flushes[0].sent == 0
         assert [f.error for f in flushes[1:]] == [""] * (len(flushes) - 1)
         # the batch whose answer was lost (twice) was sent three times: stored once, then two duplicates
-        assert server.duplicates == 2 * 40 and sum(f.duplicates for f in flushes) == 40
-        assert sorted(server.stored) == sorted(r.report_id for r in made[20:])
-        assert reporting.Reports(d).state()["sent"] == 100
+        assert server.duplicates == 2 * 20 and sum(f.duplicates for f in flushes) == 20
+        assert sorted(server.stored) == sorted(r.report_id for r in made[10:])
+        assert reporting.Reports(d).state()["sent"] == 50
         assert reporting.flush(d, 5, force=True).requests == 0  # nothing left to send
 
 
@@ -330,23 +334,19 @@ def test_feedback_set_and_clear_are_signed_and_kept_by_publishes(tmp_path: Path)
                       "--collector-url", "https://collector.example/", "--ingest-key-file", str(key_file), "--json")
     assert INGEST_KEY not in out and json.loads(out)["feedback"]["ingest_key"] is True
     publish(repo, "1.1.0", app_files("1.1.0"))
-    release_cli("yank", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable", "--version", "1.1.0",
-                "--reason", "bad")
     index = _signed_index(repo)
-    assert index.feedback == Feedback("https://collector.example/", INGEST_KEY)
-    with pytest.raises(AssertionError, match="already set"):
-        release_cli("feedback", "set", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable",
-                    "--collector-url", "https://collector.example/", "--ingest-key-file", str(key_file))
+    assert index.feedback == Feedback("https://collector.example/", INGEST_KEY)  # kept by the publish
     with pytest.raises(AssertionError, match="--collector_url must be an http"):
         release_cli("feedback", "set", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable",
                     "--collector-url", "file:///etc/passwd")
-    release_cli("feedback", "clear", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable")
+    r, keys = Repository(repo.dir), KeyStore(repo.keys)
+    with pytest.raises(PublishRefused, match="already set"):
+        set_feedback(r, keys, "stable", index.feedback)
+    set_feedback(r, keys, "stable", None)
     assert _signed_index(repo).feedback is None
 
 
 def _signed_index(repo: Repo) -> ChannelIndex:
-    from pinnacle_updates.repo_tools.store import Repository
-
     r = Repository(repo.dir)
     return r.channel_index(r.load(), "stable")
 
@@ -360,7 +360,7 @@ def _install(ins: Installer, version: str | None = None) -> str:
 
 
 def test_offline_client_keeps_its_spool_and_every_report_arrives_once(tmp_path: Path) -> None:
-    """Five updates (two rolled back by their health check) and a manual rollback while the collector
+    """Three updates (one rolled back by its health check) and a manual rollback while the collector
     is down; once it is back, one flush delivers each report exactly once."""
     repo = make_repo(tmp_path)
     port = free_port()
@@ -368,17 +368,16 @@ def test_offline_client_keeps_its_spool_and_every_report_arrives_once(tmp_path: 
     key_file.write_text(INGEST_KEY)
     release_cli("feedback", "set", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable",
                 "--collector-url", f"http://127.0.0.1:{port}", "--ingest-key-file", str(key_file))
-    versions = [("1.0.0", True), ("1.1.0", True), ("1.2.0", False), ("1.3.0", True), ("1.4.0", False)]
+    versions = [("1.0.0", True), ("1.1.0", False), ("1.2.0", True)]
     with serve(repo.dir) as url:
         d = tmp_path / "client"
         ins = init_client(d, url, repo)
         outcomes = []
         for version, healthy in versions:
             publish(repo, version, app_files(version, healthy=healthy))
-            if version == "1.4.0":
-                ins.rollback()  # 1.3.0 -> 1.1.0
             outcomes.append(_install(ins, version))
-        assert outcomes == ["committed", "committed", "rolled_back", "committed", "rolled_back"]
+        ins.rollback()  # 1.2.0 -> 1.0.0
+        assert outcomes == ["committed", "rolled_back", "committed"]
         assert reporting.wait(30)  # the background sender gave up (nobody listens)
         spooled = reporting.Reports(d).pending()
         status = ins.status()["reports"]
@@ -392,11 +391,9 @@ def test_offline_client_keeps_its_spool_and_every_report_arrives_once(tmp_path: 
     events = [(r.kind, r.outcome, r.cause, r.from_version, r.to_version) for r in stored if r.kind != "heartbeat"]
     assert sorted(events) == sorted([
         ("install", "committed", "", "", "1.0.0"),
-        ("install", "committed", "", "1.0.0", "1.1.0"),
-        ("install", "rolled_back", "health_check", "1.1.0", "1.2.0"),
-        ("install", "committed", "", "1.1.0", "1.3.0"),
-        ("install", "rolled_back", "health_check", "1.1.0", "1.4.0"),
-        ("rollback", "rolled_back", "manual", "1.3.0", "1.1.0"),
+        ("install", "rolled_back", "health_check", "1.0.0", "1.1.0"),
+        ("install", "committed", "", "1.0.0", "1.2.0"),
+        ("rollback", "rolled_back", "manual", "1.2.0", "1.0.0"),
     ])
     heartbeats = [r for r in stored if r.kind == "heartbeat"]
     assert len(heartbeats) == 1  # one a day, whatever the number of checks
@@ -439,20 +436,23 @@ def test_reporting_off_makes_no_request_at_all(tmp_path: Path) -> None:
 
 
 def test_failed_checks_report_at_most_once_an_hour(tmp_path: Path) -> None:
+    """A served timestamp that is not valid signed metadata: the check fails verification at once
+    (no network retries), is reported as a failed check with cause verify, and only once an hour."""
     repo = make_repo(tmp_path)
     publish(repo, "1.0.0", app_files("1.0.0"))
-    with collector() as server:
-        with serve(repo.dir) as url:
-            d = tmp_path / "client"
-            ins = init_client(d, url, repo, report_url=server.url)
-            ins.install()
+    with collector() as server, serve(repo.dir) as url:
+        d = tmp_path / "client"
+        ins = init_client(d, url, repo, report_url=server.url)
+        ins.install()
+        (repo.dir / "metadata" / "timestamp.json").write_text('{"signed": {}, "signatures": []}')
         for _ in range(2):  # the second within the hour: not reported again
-            with pytest.raises(RepositoryError):
+            with pytest.raises(TrustError):
                 ins.check()
         assert reporting.wait(20)
         reporting.flush(d, 10, force=True)
         failed = [r for r in server.stored.values() if r.kind == "check"]
-    assert [(r.outcome, r.cause, r.current_version) for r in failed] == [("failed", "download", "1.0.0")]
+    assert [(r.outcome, r.cause, r.current_version) for r in failed] == [("failed", "verify", "1.0.0")]
+    assert "timestamp" in failed[0].cause_text.lower()
 
 
 def _no_key_anywhere(d: Path, ins: Installer) -> None:
