@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import string
 import threading
 import time
@@ -23,7 +24,7 @@ from pinnacle_updates.client import backups, config
 from pinnacle_updates.client.agent.openapi import BACKUP_ID
 from tests.agent_server import V1, V2, Agent, publish_all, run_agent, serve_repo
 from tests.agent_server import api_error as _error
-from tests.helpers_client import copy_install, hold_lock, init_client, tree_digest
+from tests.helpers_client import ROOT, copy_install, hold_lock, init_client, tree_digest
 
 PERSISTENT = ["uploads", "db"]
 MANY = 1_200  # files in uploads/: more than the 1,000 entries one backup's detail shows
@@ -356,9 +357,11 @@ def test_dashboard_lists_verifies_and_restores_a_backup(agent: Agent, install_di
     expect(page.locator("#history tbody")).to_contain_text("restore")
     assert errors == [], errors
 
-    shot = tmp_path / "dashboard-backups.png"
-    page.screenshot(path=str(shot), full_page=True)
+    shot = tmp_path / "dashboard-backups.png"  # with PINNACLE_SAVE_SCREENSHOT=1 also docs/dashboard-backups.png
+    page.locator("#backups-card").screenshot(path=str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("PINNACLE_SAVE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "dashboard-backups.png")
     # a restore the user declines sends nothing
     accept[0] = False
     before = _on_disk(install_dir)
@@ -368,4 +371,8 @@ def test_dashboard_lists_verifies_and_restores_a_backup(agent: Agent, install_di
     time.sleep(0.5)  # a request, had one been sent, would have run by now (the restore above took less)
     assert _on_disk(install_dir) == before and page.locator("#backup-result").text_content() == shown
     assert agent.get("/api/backups").json()["count"] == 3
+    # the rollback button says which backup the data goes back to (declined: nothing happens)
+    page.click("#rollback-btn")
+    assert len(dialogs) == 3 and f"The data goes back to backup {snap['id']}" in dialogs[2], dialogs
+    assert agent.status()["installed"]["version"] == V2
     assert errors == [], errors

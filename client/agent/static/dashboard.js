@@ -7,6 +7,7 @@ const TOKEN_KEY = "pinnacle-agent-token";
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 let lastStatus = null;
+let lastBackups = null;
 let pollTimer = null;
 let lastJobId = null;
 let lastJobState = null;
@@ -252,6 +253,7 @@ function renderAnalytics(a) {
 
 // Data backups: one row each, newest first; the snapshot a rollback would restore is marked.
 function renderBackups(data) {
+  lastBackups = data;
   const rb = data.rollback || {};
   let line = data.count + " backup(s), " + bytes(data.bytes) + "; keeping " +
     (data.retention.max_backups || "any number") + " for " + (data.retention.max_rollback_days || "any number of") + " days. ";
@@ -494,7 +496,10 @@ async function doInstall() {
 async function doRollback() {
   if (needToken()) return;
   const prev = lastStatus && lastStatus.installed.previous_version;
-  if (!confirm("Switch back to " + prev + "? The current version will be marked bad.")) return;
+  const rb = (lastBackups && lastBackups.rollback) || {};
+  const data = rb.restores ? (rb.restorable ? " The data goes back to backup " + rb.restores + "; the current data is kept as a new backup."
+    : " Its data backup " + rb.restores + " was pruned: the rollback will be refused (use the CLI's --keep-data).") : "";
+  if (!confirm("Switch back to " + prev + "? The current version will be marked bad." + data)) return;
   say("");
   try {
     const r = await api("POST", "/api/updates/rollback", {});
