@@ -188,7 +188,8 @@ async def _body(request: Request) -> dict[str, Any]:
 def _fields(body: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
     unknown = sorted(set(body) - set(spec))
     if unknown:
-        raise AgentError(422, "invalid_request", f"unknown field {unknown[0]!r} (known: {', '.join(spec)})")
+        known = f"known: {', '.join(spec)}" if spec else "this call takes none"
+        raise AgentError(422, "invalid_request", f"unknown field {unknown[0]!r} ({known})")
     for name, kinds in spec.items():
         if name in body and not isinstance(body[name], kinds):
             raise AgentError(422, "invalid_request", f"field {name!r} has the wrong type")

@@ -227,7 +227,8 @@ def _unknown_and_malformed_ids(agent: Agent, install_dir: Path) -> None:
     # the token is checked first; a body with fields is refused
     snap = _only_snapshot(agent)
     _error(agent.post(f"/api/backups/{snap['id']}/restore", token=False), 401, "unauthorized")
-    _error(agent.post(f"/api/backups/{snap['id']}/verify", {"deep": True}), 422, "invalid_request")
+    assert _error(agent.post(f"/api/backups/{snap['id']}/verify", {"deep": True}), 422,
+                  "invalid_request") == "unknown field 'deep' (this call takes none)"
     _error(agent.post(f"/api/backups/{snap['id']}/restore", [1]), 422, "invalid_request")
     _error(agent.http.delete(f"/api/backups/{snap['id']}", headers=agent.auth()), 405, "method_not_allowed")
     assert _on_disk(install_dir) == before
