@@ -95,6 +95,7 @@ __all__ = [
     "on_failed_check",
     "on_record",
     "report_from_record",
+    "scrub",
     "summary",
     "wait",
 ]
@@ -322,6 +323,22 @@ def _unlink(path: Path) -> int:
 
 
 # ----- building reports ---------------------------------------------------------------------------------
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"`<>]*")
+_PATH_IN_TEXT = re.compile(r"(?<![\w.~-])(?:~|\.{1,2})?/[^\s'\"`,;:()<>]+")
+_HOST_PORT_IN_TEXT = re.compile(  # a.b.c names, name:port and IPv4; not after "/" (a release's own file names)
+    r"(?<![/\w.-])(?:(?:[A-Za-z0-9-]+\.){2,}[A-Za-z]{2,63}(?::\d{1,5})?|[A-Za-z0-9.-]+:\d{1,5}"
+    r"|\d{1,3}(?:\.\d{1,3}){3})\b")
+
+
+def scrub(text: str) -> str:
+    """``cause_text`` without what could name a person or a machine: URLs (credentials and host),
+    file paths (user names live in them) and host names or addresses become ``<url>``, ``<path>``,
+    ``<host>``; then ``clean_cause_text`` (redacted, one line, 200 characters)."""
+    text = _URL_IN_TEXT.sub("<url>", redact_text(text))
+    text = _PATH_IN_TEXT.sub("<path>", text)
+    return clean_cause_text(_HOST_PORT_IN_TEXT.sub("<host>", text))
+
+
 @dataclass(frozen=True)
 class Context:
     """What every report of one install directory carries besides its event."""
@@ -353,7 +370,7 @@ class Context:
             kind=kind,
             outcome=outcome,
             cause=cause,
-            cause_text=clean_cause_text(cause_text),
+            cause_text=scrub(cause_text),
             channel=self.channel,
             platform=self.platform,
             from_version=from_version,
@@ -408,7 +425,8 @@ def _cause(rec: Mapping[str, Any], kind: str, outcome: str, fallback: str) -> st
 def report_from_record(rec: Mapping[str, Any], ctx: Context) -> Report | None:
     """The report of one history record (None: a record that reports nothing, such as a check
     that worked, a verify or a channel switch). Versions, cause, durations and bytes come from the
-    record; a record's free text only reaches ``cause_text`` (redacted, one line, 200 characters)."""
+    record; a record's free text only reaches ``cause_text`` (``scrub``: no URL, path or host; redacted,
+    one line, 200 characters)."""
     op, outcome = rec.get("op"), rec.get("outcome")
     if op in ("install", "repair") and outcome == "committed":
         fallback = _text(rec, "fallback_reason")

@@ -215,6 +215,20 @@ def test_damaged_and_too_old_spool_files_are_dropped_and_counted(tmp_path: Path)
     assert reports.state()["dropped"] == 2
 
 
+def test_cause_text_names_no_path_url_host_or_credential() -> None:
+    cases = {
+        "cannot write /home/alice/app/slots (permission denied)": "cannot write <path> (permission denied)",
+        "cannot reach https://bob:pw@repo.example.com/x?token=s3cret: timed out": "cannot reach <url> timed out",
+        "cannot connect to repo.internal.example:443 (refused)": "cannot connect to <host> (refused)",
+        "connect 10.1.2.3 failed": "connect <host> failed",
+        "slot b does not match release 1.2.0: lib/x.dat: sha256 differs":
+            "slot b does not match release 1.2.0: lib/x.dat: sha256 differs",  # the release's own names stay
+        "line one\nline\ttwo\x1b[31m" + "x" * 300: ("line one line two [31m" + "x" * 300)[:200],
+    }
+    for raw, shown in cases.items():
+        assert reporting.scrub(raw) == shown
+
+
 # ----- the sender --------------------------------------------------------------------------------------
 def test_every_report_arrives_exactly_once_through_failures_and_lost_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,15 +449,20 @@ def test_reporting_off_makes_no_request_at_all(tmp_path: Path) -> None:
     assert not (d / "reports").exists()
 
 
-def test_failed_checks_report_at_most_once_an_hour(tmp_path: Path) -> None:
-    """A served timestamp that is not valid signed metadata: the check fails verification at once
-    (no network retries), is reported as a failed check with cause verify, and only once an hour."""
+def test_cli_sends_at_exit_and_failed_checks_report_at_most_once_an_hour(tmp_path: Path) -> None:
+    """``pinnacle-update install`` has sent its report when it exits. Then a served timestamp that is
+    not valid signed metadata: the check fails verification at once (no network retries), is
+    reported as a failed check with cause verify, and only once an hour."""
     repo = make_repo(tmp_path)
     publish(repo, "1.0.0", app_files("1.0.0"))
     with collector() as server, serve(repo.dir) as url:
         d = tmp_path / "client"
         ins = init_client(d, url, repo, report_url=server.url)
-        ins.install()
+        cli = subprocess.run([sys.executable, "-m", "pinnacle_updates.client", "--install-dir", str(d), "install"],
+                             cwd=ROOT, env=env(), capture_output=True, text=True, check=True, timeout=60)
+        # the CLI sent its reports after printing the result, before it exited (at most EXIT_WAIT)
+        assert [(r.kind, r.outcome) for r in server.stored.values() if r.kind != "heartbeat"] == [
+            ("install", "committed")] and "1.0.0" in cli.stdout
         (repo.dir / "metadata" / "timestamp.json").write_text('{"signed": {}, "signatures": []}')
         for _ in range(2):  # the second within the hour: not reported again
             with pytest.raises(TrustError):
