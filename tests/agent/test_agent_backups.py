@@ -263,7 +263,8 @@ def _lock_held_by_another_process(agent: Agent, install_dir: Path) -> None:
 
 def test_restore_while_another_operation_runs_is_409(install_dir: Path) -> None:
     """Another process holding the install lock, then two restores at once through the agent (a
-    stop_command that takes a second keeps the first running while the second arrives)."""
+    stop_command that takes a second keeps the first running while the second arrives), then a
+    stop_command that fails."""
     config.update_values(install_dir, {"stop_command": "sleep 1"})
     with run_agent(install_dir) as agent:
         _lock_held_by_another_process(agent, install_dir)
@@ -282,6 +283,12 @@ def test_restore_while_another_operation_runs_is_409(install_dir: Path) -> None:
         assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
         _error(next(a for a in answers if a.status_code == 409), 409, "busy")
         assert agent.get("/api/backups").json()["count"] == 3  # one restore: one rejected backup
+
+        # an application that cannot be stopped: refused, nothing restored
+        assert agent.post("/api/updates/config", {"stop_command": "exit 3"}).status_code == 200
+        before = _on_disk(install_dir)
+        assert "nothing was restored" in _error(agent.post(f"/api/backups/{snap['id']}/restore"), 409, "refused")
+        assert _on_disk(install_dir) == before and agent.status()["job"]["state"] == "failed"
 
 
 def test_the_documented_id_pattern_is_the_clients_rule() -> None:

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from pinnacle_updates.client import backups
 from pinnacle_updates.client.cli import cli
-from pinnacle_updates.client.errors import BackupError, BusyError
+from pinnacle_updates.client.errors import BackupError, BusyError, StateError
 from tests.helpers_client import (
     PY,
     ROOT,
@@ -254,3 +254,11 @@ def test_restore_and_prune_while_another_process_holds_the_lock(d: Path, lock_he
     # reading needs no lock
     assert ok_json(d, "backups", "verify", snap["id"])["ok"] is True
     assert len(ok_json(d, "backups", "list")) == 2
+
+
+def test_restore_when_the_application_cannot_be_stopped(d: Path) -> None:
+    snap = snapshot_of_1(d)
+    assert run(d, "config", "set", "stop_command", "exit 3").exit_code == 0
+    for extra in ((), ("--json",)):
+        line = refused(d, StateError.exit_code, "backups", "restore", snap["id"], *extra)
+        assert line.endswith("; nothing was restored") and "stop_command" in line, line
