@@ -94,6 +94,7 @@ __all__ = [
     "kick",
     "on_failed_check",
     "on_record",
+    "on_unrecorded_failure",
     "report_from_record",
     "scrub",
     "summary",
@@ -508,6 +509,21 @@ def on_failed_check(root: Path, exc: BaseException) -> None:
             kick(root)
     except Exception as err:
         log.warning("failed-check report not spooled: %s", _one_line(err))
+
+
+def on_unrecorded_failure(root: Path, version: str, exc: BaseException) -> None:
+    """An install of ``version`` refused by a pre-check (free space, permissions) before anything
+    was saved, so before any history record: reported as failed, cause ``space`` or ``other``."""
+    try:
+        enabled = _enabled(root)
+        current = _current_version(root)
+        cause = "space" if classify_failure(str(exc)) == "space" else "other"
+        if enabled is not None and _spool(root, enabled[0], lambda ctx: ctx.report(
+                "install", "failed", cause=cause, cause_text=str(exc), from_version=current, to_version=version,
+                current_version=current)):
+            kick(root)
+    except Exception as err:
+        log.warning("outcome report not spooled: %s", _one_line(err))
 
 
 def after_refresh(root: Path, cfg: ClientConfig, index: ChannelIndex) -> None:

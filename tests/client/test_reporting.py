@@ -30,7 +30,7 @@ import pytest
 
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import reporting
-from pinnacle_updates.client.errors import ConfigError, HealthCheckError, RepositoryError, TrustError
+from pinnacle_updates.client.errors import ConfigError, HealthCheckError, InstallError, RepositoryError, TrustError
 from pinnacle_updates.client.installer import Installer
 from pinnacle_updates.formats.index import ChannelIndex, Feedback, FormatError
 from pinnacle_updates.formats.report import FormatError as ReportFormatError
@@ -374,8 +374,9 @@ def _install(ins: Installer, version: str | None = None) -> str:
 
 
 def test_offline_client_keeps_its_spool_and_every_report_arrives_once(tmp_path: Path) -> None:
-    """Three updates (one rolled back by its health check) and a manual rollback while the collector
-    is down; once it is back, one flush delivers each report exactly once."""
+    """Three updates (one rolled back by its health check), a manual rollback and an update refused
+    for want of space while the collector is down; once it is back, one flush delivers each report
+    exactly once."""
     repo = make_repo(tmp_path)
     port = free_port()
     key_file = tmp_path / "ingest.key"
@@ -392,6 +393,10 @@ def test_offline_client_keeps_its_spool_and_every_report_arrives_once(tmp_path: 
             outcomes.append(_install(ins, version))
         ins.rollback()  # 1.2.0 -> 1.0.0
         assert outcomes == ["committed", "rolled_back", "committed"]
+        publish(repo, "1.3.0", app_files("1.3.0"))
+        ins.stager.free_bytes = lambda path: 0  # type: ignore[method-assign]  # the one free-space seam
+        with pytest.raises(InstallError, match="not enough free space"):  # refused before any record
+            ins.install("1.3.0")
         assert reporting.wait(30)  # the background sender gave up (nobody listens)
         spooled = reporting.Reports(d).pending()
         status = ins.status()["reports"]
@@ -408,6 +413,7 @@ def test_offline_client_keeps_its_spool_and_every_report_arrives_once(tmp_path: 
         ("install", "rolled_back", "health_check", "1.0.0", "1.1.0"),
         ("install", "committed", "", "1.0.0", "1.2.0"),
         ("rollback", "rolled_back", "manual", "1.2.0", "1.0.0"),
+        ("install", "failed", "space", "1.0.0", "1.3.0"),
     ])
     heartbeats = [r for r in stored if r.kind == "heartbeat"]
     assert len(heartbeats) == 1  # one a day, whatever the number of checks
