@@ -24,7 +24,14 @@ from pinnacle_updates.client import history as history_mod
 from pinnacle_updates.client import reporting
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
-from pinnacle_updates.client.errors import BusyError, ConfigError, RepositoryError, StateError
+from pinnacle_updates.client.errors import (
+    BusyError,
+    ConfigError,
+    InstallError,
+    InstallRefused,
+    RepositoryError,
+    StateError,
+)
 from pinnacle_updates.client.hooks import CommandResult, HookContext, run_command
 from pinnacle_updates.client.results import EventSink, Progress
 from pinnacle_updates.client.slots import Layout, SlotContent, SlotState
@@ -46,9 +53,15 @@ class InstallDir:
         self.layout = Layout(Path(root).absolute())
         self._on_event = on_event
         self._client_factory = client_factory or default_client
+        # For fleet reports: the version an install under the lock began staging, and whether its
+        # outcome reached the history (a failure in the pre-checks before the first save does not).
+        self._attempt = ""
+        self._outcome_recorded = False
 
     # -- events, config, state, history ------------------------------------------------------------
     def emit(self, event: str, **fields: Any) -> None:
+        if event == "step" and fields.get("step") == "manifest":  # staging begins: an install attempt
+            self._attempt = str(fields.get("version") or "")
         if self._on_event is not None:
             self._on_event({"event": event, **fields})
 
@@ -81,6 +94,8 @@ class InstallDir:
             written = history_mod.append(self.layout.history, entry)
         except OSError as exc:
             raise StateError(f"cannot append to {self.layout.history}: {exc.strerror or exc}") from exc
+        if entry.get("outcome") is not None:
+            self._outcome_recorded = True
         reporting.on_record(self.layout.root, written)
 
     @contextlib.contextmanager
@@ -101,7 +116,13 @@ class InstallDir:
                 self.clear_planted()  # every operation that writes starts from safe working paths
             except OSError as exc:
                 raise StateError(f"cannot clear the working paths of {self.layout.root}: {one_line(exc)}") from exc
-            yield
+            self._attempt, self._outcome_recorded = "", False
+            try:
+                yield
+            except InstallError as exc:  # refused by a pre-check (space, permissions) before any record
+                if self._attempt and not self._outcome_recorded and not isinstance(exc, InstallRefused):
+                    reporting.on_unrecorded_failure(self.layout.root, self._attempt, exc)
+                raise
 
     # -- hooks --------------------------------------------------------------------------------------
     def hook_context(self, s: SlotState, slot: str, version: str, **extra: str) -> HookContext:
