@@ -13,6 +13,9 @@ Routes (document: ``openapi.document``, served at ``/openapi.json``):
 * ``GET /v1/health``: 200 when the database answers, 503 otherwise.
 * ``GET /v1/fleet/report?channel=&version=&since=``: the fleet report (``summary``), behind the read
   token (``Authorization: Bearer``; 401). Read-only.
+* ``GET /v1/fleet/activity?channel=&version=&since=``: install outcomes per release and hour and the
+  latest rollbacks and failures (``page.activity``), behind the read token.
+* ``GET /fleet`` and ``/fleet/...``: the fleet page (``page``), behind the read token or its cookie.
 * ``GET /openapi.json``.
 
 Rate limits (``ratelimit``): per client address, requests per second (a reverse proxy in front makes
@@ -24,7 +27,6 @@ its spool while a flood from one install id is cut off.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections import Counter
@@ -44,6 +46,8 @@ from pinnacle_updates.formats import report as wire
 from pinnacle_updates.formats.boundedjson import FormatError
 
 from ..errors import ReleaseError
+from . import page
+from .credentials import bearer_matches
 from .openapi import document
 from .ratelimit import Buckets, Rate
 from .storage import Storage, StorageError
@@ -81,13 +85,6 @@ class Refusal(Exception):
 
 def answer(status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(data, status, headers={**_HEADERS, **(headers or {})})
-
-
-def _bearer_matches(expected: str, header: str | None) -> bool:
-    scheme, _, value = (header or "").partition(" ")
-    # Both sides compared in full whatever the scheme, so timing tells nothing about the secret.
-    same = hmac.compare_digest(value.strip().encode(), expected.encode())
-    return scheme.lower() == "bearer" and same
 
 
 async def _read_limited(request: Request, limit: int, timeout: float) -> bytes:
@@ -128,7 +125,7 @@ def create_app(storage: Storage, settings: Settings) -> Starlette:
         return endpoint
 
     async def ingest(request: Request) -> dict[str, Any]:
-        if settings.ingest_key is not None and not _bearer_matches(settings.ingest_key,
+        if settings.ingest_key is not None and not bearer_matches(settings.ingest_key,
                                                                    request.headers.get("authorization")):
             raise Refusal(401, "an ingest key is required: Authorization: Bearer <key>",
                           {"WWW-Authenticate": 'Bearer realm="pinnacle-collector"'})
@@ -157,8 +154,9 @@ def create_app(storage: Storage, settings: Settings) -> Starlette:
         await run_in_threadpool(storage.ping)
         return {"status": "ok", "schema": wire.REPORT_SCHEMA}
 
-    async def fleet_report(request: Request) -> dict[str, Any]:
-        if not _bearer_matches(settings.read_token, request.headers.get("authorization")):
+    def reader_filters(request: Request) -> tuple[Filters, datetime]:
+        """The query's filters for a reader (bearer read token or the fleet page's cookie)."""
+        if not page.is_reader(request, settings.read_token):
             raise Refusal(401, "the read token is required: Authorization: Bearer <token>",
                           {"WWW-Authenticate": 'Bearer realm="pinnacle-collector"'})
         params = request.query_params
@@ -170,7 +168,20 @@ def create_app(storage: Storage, settings: Settings) -> Starlette:
             filters = Filters.parse(params.get("channel"), params.get("version"), params.get("since"), now)
         except FormatError as exc:
             raise Refusal(400, str(exc)) from None
-        return await run_in_threadpool(storage.fleet_report, filters, now)
+        return filters, now
+
+    async def fleet_report(request: Request) -> dict[str, Any]:
+        return await run_in_threadpool(storage.fleet_report, *reader_filters(request))
+
+    async def fleet_activity(request: Request) -> dict[str, Any]:
+        filters, _ = reader_filters(request)
+        return page.activity(await run_in_threadpool(storage.activity, filters))
+
+    async def read_form(request: Request, limit: int) -> bytes | Response:
+        try:
+            return await _read_limited(request, limit, settings.body_timeout)
+        except Refusal as exc:
+            return answer(exc.status, {"error": exc.message}, {**exc.headers, "Connection": "close"})
 
     async def openapi(_: Request) -> dict[str, Any]:
         return spec
@@ -189,7 +200,9 @@ def create_app(storage: Storage, settings: Settings) -> Starlette:
             Route("/v1/reports", route(ingest), methods=["POST"]),
             Route("/v1/health", route(health), methods=["GET"]),
             Route("/v1/fleet/report", route(fleet_report), methods=["GET"]),
+            Route("/v1/fleet/activity", route(fleet_activity), methods=["GET"]),
             Route("/openapi.json", route(openapi), methods=["GET"]),
+            *page.routes(settings.read_token, read_form),
         ],
         exception_handlers={HTTPException: http_error, Exception: crash},
     )

@@ -10,6 +10,7 @@ command line (other local users see command lines). Neither is ever logged.
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -57,3 +58,11 @@ def ingest_key(path: Path | None) -> str | None:
     if len(value) < _MIN_LENGTH or any(c.isspace() for c in value):
         raise KeyStoreError(f"{INGEST_KEY_ENV} must be one word of at least {_MIN_LENGTH} characters")
     return value
+
+
+def bearer_matches(expected: str, header: str | None) -> bool:
+    """``header`` (an ``Authorization`` value) is ``Bearer <expected>``."""
+    scheme, _, value = (header or "").partition(" ")
+    # Both sides compared in full whatever the scheme, so timing tells nothing about the secret.
+    same = hmac.compare_digest(value.strip().encode(), expected.encode())
+    return scheme.lower() == "bearer" and same

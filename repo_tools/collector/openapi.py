@@ -78,6 +78,52 @@ def _tally_schema() -> dict[str, Any]:
     }
 
 
+def _activity_schema() -> dict[str, Any]:
+    text = {"type": "string"}
+    count = {"type": "integer", "minimum": 0}
+    hour = {"type": "object", "required": ["hour", "channel", "platform", "version", "attempted", "succeeded",
+                                           "rolled_back", "failed"],
+            "properties": {"hour": text, "channel": text, "platform": text, "version": text, "attempted": count,
+                           "succeeded": count, "rolled_back": count, "failed": count}}
+    problem = {"type": "object", "required": ["at", "channel", "platform", "version", "kind", "outcome", "cause",
+                                              "cause_text"],
+               "properties": {name: text for name in ("at", "channel", "platform", "version", "kind", "outcome",
+                                                      "cause", "cause_text")}}
+    return {"type": "object", "required": ["hours", "problems"],
+            "properties": {"hours": {"type": "array", "items": hour},
+                           "problems": {"type": "array", "maxItems": 50, "items": problem}}}
+
+
+def _page_paths() -> dict[str, Any]:
+    """The fleet page (``page``): HTML for browsers, listed so the fuzzing covers it too."""
+    def html(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+    moved = {"description": "to /fleet (with the session cookie after a right token)",
+             "headers": {"Location": {"schema": {"type": "string"}}}}
+    return {
+        "/fleet": {"get": {
+            "summary": "The fleet page; ?token= exchanges the read token for the session cookie",
+            "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}],
+            "responses": {"200": html("the page (a reader)"), "303": moved, "401": html("the token form")}}},
+        "/fleet/login": {"post": {
+            "summary": "Exchange the read token for the session cookie",
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "properties": {"token": {"type": "string"}}}}}},
+            "responses": {"303": moved, "400": html("not a login form"), "401": html("wrong token"),
+                          "408": _answer("the body did not arrive in time"),
+                          "413": _answer("body over 4096 bytes")}}},
+        "/fleet/logout": {"post": {"summary": "End the page's session",
+                                   "responses": {"303": {"description": "to /fleet, the cookie removed"}}}},
+        "/fleet/static/{name}": {"get": {
+            "summary": "The page's script and style sheet",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the file", "content": {
+                "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
+                "404": {"description": "no such file", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+
+
 def document() -> dict[str, Any]:
     retry = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -85,6 +131,12 @@ def document() -> dict[str, Any]:
         "type": "object", "required": ["channel", "platform", "version", "groups"],
         "properties": {"channel": {"type": "string"}, "platform": {"type": "string"}, "version": {"type": "string"},
                        "groups": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Tally"}}}}]}
+    filters = [
+        {"name": "channel", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "version", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "a UTC time like 2026-01-31T12:00:00Z, or a duration back from now: 90m, 1d"},
+    ]
     return {
         "openapi": "3.1.0",
         "info": {"title": "pinnacle-updates fleet feedback collector", "version": "1",
@@ -120,12 +172,7 @@ def document() -> dict[str, Any]:
             "/v1/fleet/report": {"get": {
                 "summary": "Per-release health, version distribution, per A/B group (as `fleet report --json`)",
                 "security": bearer,
-                "parameters": [
-                    {"name": "channel", "in": "query", "required": False, "schema": {"type": "string"}},
-                    {"name": "version", "in": "query", "required": False, "schema": {"type": "string"}},
-                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
-                     "description": "a UTC time like 2026-01-31T12:00:00Z, or a duration back from now: 90m, 1d"},
-                ],
+                "parameters": filters,
                 "responses": {
                     "200": _answer("the fleet report", {
                         "type": "object", "required": ["format", "generated_at", "filters", "releases", "versions"],
@@ -137,6 +184,18 @@ def document() -> dict[str, Any]:
                     "401": _answer("read token missing or wrong"),
                     "503": _answer("the database is unavailable"),
                 }}},
+            "/v1/fleet/activity": {"get": {
+                "summary": "Install outcomes per release and hour, and the latest 50 rollbacks and failures "
+                           "with their cause text (the fleet page's charts)",
+                "security": [{"bearer": []}, {"session": []}],
+                "parameters": filters,
+                "responses": {
+                    "200": _answer("the activity", _activity_schema()),
+                    "400": _answer("bad query parameter"),
+                    "401": _answer("read token missing or wrong"),
+                    "503": _answer("the database is unavailable"),
+                }}},
+            **_page_paths(),
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"})}}},
         },
@@ -144,6 +203,8 @@ def document() -> dict[str, Any]:
             "schemas": {"Error": _ERROR, "Report": _report_schema(), "Tally": _tally_schema()},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "the read token (--token-file)"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "pinnacle_fleet",
+                            "description": "the fleet page's cookie, from POST /fleet/login or /fleet?token="},
                 "ingestKey": {"type": "http", "scheme": "bearer",
                               "description": "the ingest key, when the collector requires one"},
             },
