@@ -155,8 +155,8 @@ def set_feedback(
         md = state.channel(channel)
         index = repo.channel_index(state, channel)
         if index.feedback == feedback:
-            what = "set to" if feedback is not None else "cleared in"
-            raise PublishRefused(f"{channel}: the feedback setting is already {what} the signed index; nothing to do")
+            what = "names this collector" if feedback is not None else "names no collector"
+            raise PublishRefused(f"{channel}: the signed index already {what}; nothing to do")
         live, files, bins = _windowed(repo, state, channel, md, replace(index, feedback=feedback, updated=_iso(when)))
         files.append(_set_index(md, channel, live))
         versions = _commit(repo, keys, state, _Change(files, {channel: md, **bins}), when)

@@ -94,7 +94,8 @@ def feedback_set_cmd(repo_dir: Path, keys_dir: Path, channel: str, collector_url
     try:
         setting = Feedback(collector_url, key)
     except FormatError as exc:
-        raise UnsafeInputError(str(exc).replace("channel index: feedback ", "--")) from None
+        message = str(exc).replace("channel index: feedback collector_url", "--collector-url")
+        raise UnsafeInputError(message.replace("channel index: feedback ingest_key", "the ingest key")) from None
     result = fleet.set_feedback(Repository(repo_dir), keystore(keys_dir), channel, setting)
     emit(as_json, result, f"{channel}: clients report to {setting.collector_url}"
                           + (" with the ingest key from the file" if key else ""))

@@ -350,11 +350,11 @@ def test_feedback_set_and_clear_are_signed_and_kept_by_publishes(tmp_path: Path)
     publish(repo, "1.1.0", app_files("1.1.0"))
     index = _signed_index(repo)
     assert index.feedback == Feedback("https://collector.example/", INGEST_KEY)  # kept by the publish
-    with pytest.raises(AssertionError, match="--collector_url must be an http"):
+    with pytest.raises(AssertionError, match="--collector-url must be an http"):
         release_cli("feedback", "set", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable",
                     "--collector-url", "file:///etc/passwd")
     r, keys = Repository(repo.dir), KeyStore(repo.keys)
-    with pytest.raises(PublishRefused, match="already set"):
+    with pytest.raises(PublishRefused, match="already names this collector"):
         set_feedback(r, keys, "stable", index.feedback)
     set_feedback(r, keys, "stable", None)
     assert _signed_index(repo).feedback is None
