@@ -7,7 +7,8 @@ policy to what is left (``held`` are skipped, ``required`` install unattended). 
 
 * **Yanked** releases are never offered (except to an explicit request with force).
 * **Rollout**: a release with ``rollout`` is offered when ``bucket < percent`` at the rollout time
-  (``formats.rollout``). Releases whose type is in ``skip_ramp_types`` (default: the types whose
+  (``formats.rollout``; with a gated schedule the percent is at most the approved step's, from the
+  signed ``approved_step``). Releases whose type is in ``skip_ramp_types`` (default: the types whose
   ``UpdateType.skips_ramp``, security and hotfix) skip the rollout unless the publisher set
   ``"ramp": true``; ``"ramp": false`` skips it for every type. **A/B tests**: the clients with
   ``bucket < test_group_percentage`` form the test group and are offered the release; the control
@@ -244,6 +245,8 @@ def describe_controls(summary: Mapping[str, Any]) -> str:
     rollout = summary.get("rollout")
     if rollout:
         words.append(f"rollout {rollout['state']} {rollout['percent_now']:g}%")
+        if "approved_step" in rollout:
+            words.append(f"gate approved up to step {rollout['approved_step'] + 1} ({rollout['approved_percent']:g}%)")
     if summary.get("yanked"):
         words.append(f"YANKED ({summary['yanked']['reason']})")
     if summary.get("min_version"):

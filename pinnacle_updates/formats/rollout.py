@@ -16,6 +16,13 @@ Schedules (``parse_schedule``; durations in a schedule file may be ``"90s"``, ``
   percent never decreasing. A bare list in a schedule file means ``waves``.
 * ``fixed``: ``{"percent": N}`` (what ``rollout --percent N`` writes).
 
+Gated steps (``"gate": true`` in the schedule): the schedule's steps (``Schedule.step``: each
+``percentage`` increase, each wave's percent) are also approved one by one, by ``pinnacle-release
+watch`` from reported outcomes (or a person with ``rollout --advance``). The Rollout then carries
+``approved_step`` (and, for people reading the index, ``approved_percent``); the percent offered is
+the lower of the timetable's and the approved step's, computed from these signed fields only.
+Without ``gate`` (every document written before it existed) the timetable alone moves the steps.
+
 State: ``active`` (the schedule runs from ``start``), ``paused`` (``paused_percent`` frozen at
 ``paused_at``: every client computes the same number, whatever its clock), ``complete`` (100%).
 A resume moves ``start`` forward by the paused time, so the ramp continues where it stopped.
@@ -149,6 +156,8 @@ class Schedule:
     interval: int = 0
     waves: tuple[Wave, ...] = ()
     percent: float = 0.0
+    gate: bool = False
+    """Each step past the first also needs an approval (``Rollout.approved_step``)."""
 
     def percent_at(self, elapsed: float) -> float:
         """Percent of the fleet in the rollout ``elapsed`` seconds after its start (0 before it)."""
@@ -175,24 +184,55 @@ class Schedule:
             return int(steps) * self.interval
         return next((w.after for w in self.waves if w.percent >= 100), None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def step_count(self) -> int:
+        """How many distinct percents the timetable goes through (each a step a gate approves)."""
         if self.type == "fixed":
-            return {"type": "fixed", "percent": _num(self.percent)}
+            return 1
         if self.type == "percentage":
-            return {
+            if self.initial >= 100 or self.increase <= 0:
+                return 1
+            return int(-(-(100 - self.initial) // self.increase)) + 1
+        return len({w.percent for w in self.waves})
+
+    def step(self, index: int) -> Wave:
+        """Step ``index`` (0-based, within ``step_count``): when the timetable reaches it (seconds
+        after start) and its percent."""
+        if not 0 <= index < self.step_count():
+            raise ScheduleError(f"step {index} is outside the schedule's {self.step_count()} step(s)")
+        if self.type == "fixed":
+            return Wave(0, self.percent)
+        if self.type == "percentage":
+            return Wave(index * self.interval, min(100.0, self.initial + self.increase * index))
+        firsts: list[Wave] = []
+        for w in self.waves:  # the first wave of each percent (percents never decrease)
+            if not firsts or w.percent > firsts[-1].percent:
+                firsts.append(w)
+        return firsts[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any]
+        if self.type == "fixed":
+            out = {"type": "fixed", "percent": _num(self.percent)}
+        elif self.type == "percentage":
+            out = {
                 "type": "percentage",
                 "initial_percentage": _num(self.initial),
                 "increase_percentage": _num(self.increase),
                 "increase_interval": self.interval,
             }
-        return {"type": "waves", "waves": [{"after": w.after, "percent": _num(w.percent)} for w in self.waves]}
+        else:
+            out = {"type": "waves", "waves": [{"after": w.after, "percent": _num(w.percent)} for w in self.waves]}
+        if self.gate:  # written only when set: documents without gates stay byte for byte as before
+            out["gate"] = True
+        return out
 
     def describe(self) -> str:
+        gated = ", each step gated" if self.gate else ""
         if self.type == "fixed":
-            return f"fixed at {self.percent:g}%"
+            return f"fixed at {self.percent:g}%{gated}"
         if self.type == "percentage":
-            return f"{self.initial:g}% then +{self.increase:g}% every {self.interval}s"
-        return "waves " + ", ".join(f"{w.percent:g}% after {w.after}s" for w in self.waves)
+            return f"{self.initial:g}% then +{self.increase:g}% every {self.interval}s{gated}"
+        return "waves " + ", ".join(f"{w.percent:g}% after {w.after}s" for w in self.waves) + gated
 
     @classmethod
     def fixed(cls, percent: Any, where: str = "percent") -> Schedule:
@@ -204,12 +244,20 @@ def parse_schedule(data: Any, where: str = "schedule", strict: bool = True) -> S
     if isinstance(data, list):
         data = {"type": "waves", "waves": data}
     d = _mapping(data, where)
+    gate = d.get("gate", False)
+    if not isinstance(gate, bool):
+        raise ScheduleError(f"{where}.gate must be true or false, got {gate!r}")
+    return replace(_parse_timetable(d, where, strict), gate=gate)
+
+
+def _parse_timetable(d: Mapping[str, Any], where: str, strict: bool) -> Schedule:
     kind = d.get("type")
     if kind == "fixed":
-        _unknown(d, {"type", "percent"}, where, strict)
+        _unknown(d, {"type", "percent", "gate"}, where, strict)
         return Schedule.fixed(d.get("percent"), f"{where}.percent")
     if kind == "percentage":
-        _unknown(d, {"type", "initial_percentage", "increase_percentage", "increase_interval"}, where, strict)
+        _unknown(d, {"type", "initial_percentage", "increase_percentage", "increase_interval", "gate"}, where,
+                 strict)
         initial = parse_percent(d.get("initial_percentage"), f"{where}.initial_percentage")
         increase = parse_percent(d.get("increase_percentage", 0), f"{where}.increase_percentage")
         interval = parse_duration(d.get("increase_interval"), f"{where}.increase_interval")
@@ -217,7 +265,7 @@ def parse_schedule(data: Any, where: str = "schedule", strict: bool = True) -> S
             raise ScheduleError(f"{where}.increase_interval must be at least 1 second")
         return Schedule("percentage", initial=initial, increase=increase, interval=interval)
     if kind == "waves":
-        _unknown(d, {"type", "waves"}, where, strict)
+        _unknown(d, {"type", "waves", "gate"}, where, strict)
         raw = d.get("waves")
         if not isinstance(raw, list) or not raw:
             raise ScheduleError(f"{where}.waves must be a non-empty list of {{after, percent}}")
@@ -254,6 +302,17 @@ class Rollout:
     state: RolloutState = RolloutState.ACTIVE
     paused_at: str | None = None
     paused_percent: float | None = None
+    approved_step: int = 0
+    """With a gated schedule: the last step approved (0: the first step needs no approval)."""
+
+    @property
+    def approved_percent(self) -> float | None:
+        """The percent a gate lets the timetable reach (None: the schedule has no gate)."""
+        return self.schedule.step(self.approved_step).percent if self.schedule.gate else None
+
+    def timetable_percent(self, now: datetime) -> float:
+        """The schedule's own percent at ``now``, gate or no gate."""
+        return self.schedule.percent_at((now - parse_time(self.start)).total_seconds())
 
     def percent_at(self, now: datetime) -> float:
         """Percent of the fleet in the rollout at ``now`` (a client's clamped rollout time)."""
@@ -261,7 +320,9 @@ class Rollout:
             return 100.0
         if self.state is RolloutState.PAUSED:
             return self.paused_percent if self.paused_percent is not None else 0.0
-        return self.schedule.percent_at((now - parse_time(self.start)).total_seconds())
+        timetable = self.timetable_percent(now)
+        approved = self.approved_percent
+        return timetable if approved is None else min(timetable, approved)
 
     # transitions (publisher side; each returns a new value or raises ScheduleError)
     def paused(self, now: datetime) -> Rollout:
@@ -274,7 +335,18 @@ class Rollout:
         if self.state is not RolloutState.PAUSED or self.paused_at is None:
             raise ScheduleError(f"the rollout is {self.state.value}, not paused")
         held = max(now - parse_time(self.paused_at), timedelta(0))
-        return Rollout(self.schedule, format_time(parse_time(self.start) + held))
+        return Rollout(self.schedule, format_time(parse_time(self.start) + held), approved_step=self.approved_step)
+
+    def advanced(self) -> Rollout:
+        """The next gated step approved (the timetable still decides when it is reached)."""
+        if not self.schedule.gate:
+            raise ScheduleError("the rollout has no gate: its timetable alone moves the steps")
+        if self.state is not RolloutState.ACTIVE:
+            raise ScheduleError(f"the rollout is {self.state.value}; only an active rollout advances")
+        if self.approved_step + 1 >= self.schedule.step_count():
+            raise ScheduleError(f"the last step ({self.schedule.step(self.approved_step).percent:g}%) is already "
+                                f"approved")
+        return replace(self, approved_step=self.approved_step + 1)
 
     def completed(self) -> Rollout:
         if self.state is RolloutState.COMPLETE:
@@ -286,12 +358,16 @@ class Rollout:
         if self.state is RolloutState.PAUSED:
             out["paused_at"] = self.paused_at
             out["paused_percent"] = _num(self.paused_percent or 0.0)
+        if self.schedule.gate and self.state is not RolloutState.COMPLETE:
+            out["approved_step"] = self.approved_step
+            out["approved_percent"] = _num(self.approved_percent or 0.0)
         return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "rollout", strict: bool = True) -> Rollout:
         d = _mapping(data, where)
-        _unknown(d, {"schedule", "start", "state", "paused_at", "paused_percent"}, where, strict)
+        _unknown(d, {"schedule", "start", "state", "paused_at", "paused_percent", "approved_step",
+                     "approved_percent"}, where, strict)
         start = d.get("start")
         if not isinstance(start, str):
             raise ScheduleError(f"{where}.start must be a UTC time string")
@@ -308,7 +384,18 @@ class Rollout:
             parse_time(paused_at)
             paused_percent = parse_percent(d.get("paused_percent"), f"{where}.paused_percent")
         schedule = parse_schedule(d.get("schedule"), f"{where}.schedule", strict)
-        return cls(schedule, start, state, paused_at, paused_percent)
+        step = d.get("approved_step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < schedule.step_count():
+            raise ScheduleError(f"{where}.approved_step must be a step of the schedule (0-{schedule.step_count() - 1}),"
+                                f" got {step!r}")
+        rollout = cls(schedule, start, state, paused_at, paused_percent, step if schedule.gate else 0)
+        # approved_percent is written for people reading the index; clients use the step's percent,
+        # so a value that disagrees would mean two readings of one signed document: refused.
+        if "approved_percent" in d and schedule.gate and (
+                parse_percent(d["approved_percent"], f"{where}.approved_percent") != rollout.approved_percent):
+            raise ScheduleError(f"{where}.approved_percent {d['approved_percent']!r} is not step {step}'s percent "
+                                f"{rollout.approved_percent:g}")
+        return rollout
 
 
 @dataclass(frozen=True)
