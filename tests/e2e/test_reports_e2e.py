@@ -19,6 +19,7 @@ import pytest
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import reporting
 from pinnacle_updates.client.errors import HealthCheckError, InstallError
+from tests.client.test_reporting import free_port
 from tests.collector.conftest import pg_server, start_collector, stop  # noqa: F401 - pg_server: the fixture
 from tests.conftest import run_cli
 from tests.helpers_client import Repo, app_files, init_client, make_repo, publish, release_cli, serve
@@ -92,6 +93,42 @@ def test_twenty_clients_report_exact_counts(served: tuple[Repo, str], database: 
     assert old["install_time"]["timed"] == 20 and old["install_time"]["median"] > 0
     assert {(v["version"], v["installs"]) for v in document["versions"]} == {("1.1.0", 10), ("1.0.0", 10)}
     assert all(r["channel"] == "stable" and r["platform"] == "any" for r in document["releases"])
+
+
+def test_offline_client_delivers_its_spool_exactly_once_to_the_real_collector(
+        served: tuple[Repo, str], tmp_path: Path) -> None:
+    """The channel names a collector that is not running: a client updates twice and rolls back by
+    hand, keeping its reports. The collector starts on that address: one flush stores them all; the
+    same reports sent again (a lost answer) are duplicates and the counts do not move."""
+    repo, url = served
+    port = free_port()
+    release_cli("feedback", "set", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable",
+                "--collector-url", f"http://127.0.0.1:{port}")
+    if not (repo.dir.parent / "src-stable-1.1.0").exists():
+        publish(repo, "1.1.0", app_files("1.1.0"))
+    ins = init_client(tmp_path / "client", url, repo)
+    assert ins.install("1.0.0").outcome == "committed" and ins.install("1.1.0").outcome == "committed"
+    ins.rollback()
+    assert reporting.wait(30)
+    spooled = {p.name: p.read_bytes() for p in reporting.Reports(ins.layout.root).spool.iterdir()}
+    assert len(spooled) == 4  # heartbeat, two installs, the manual rollback
+    database = str(tmp_path / "reports.sqlite")
+    proc, _ = start_collector(database, tmp_path / "collector", "--port", str(port))
+    try:
+        first = reporting.flush(ins.layout.root, 30, force=True)
+        assert (first.sent, first.accepted, first.duplicates, first.left, first.error) == (4, 4, 0, 0, "")
+        for name, data in spooled.items():  # as if the answer had been lost: everything again
+            (reporting.Reports(ins.layout.root).spool / name).write_bytes(data)
+        again = reporting.flush(ins.layout.root, 30, force=True)
+        assert (again.sent, again.accepted, again.duplicates) == (4, 0, 4)
+        document = json.loads(run_cli("pinnacle-release", "fleet", "report", "--db", database, "--json").stdout)
+    finally:
+        stop(proc)
+    releases = {r["version"]: r for r in document["releases"]}
+    assert (releases["1.0.0"]["attempted"], releases["1.0.0"]["succeeded"]) == (1, 1)
+    assert (releases["1.1.0"]["attempted"], releases["1.1.0"]["succeeded"]) == (1, 1)
+    assert releases["1.1.0"]["manual_rollbacks"] == 1
+    assert [(v["version"], v["installs"]) for v in document["versions"]] == [("1.0.0", 1)]
 
 
 def _counts(release: dict[str, Any]) -> dict[str, Any]:
