@@ -321,12 +321,18 @@ def data_to_restore(layout: Layout, s: SlotState, keep_data: bool) -> str | None
     content = s.active_content
     if keep_data or content is None or content.data_backup is None:
         return None
-    if not backups.exists(layout, content.data_backup):
+    if data_snapshot_missing(layout, s):
         raise StateError(
             f"the data snapshot {content.data_backup} taken before {content.version} was installed no longer "
             "exists (pruned or removed); use --keep-data to roll back the code and keep the data as it is"
         )
     return content.data_backup
+
+
+def data_snapshot_missing(layout: Layout, s: SlotState) -> bool:
+    """The running version was installed with a data snapshot that no longer exists."""
+    content = s.active_content
+    return content is not None and content.data_backup is not None and not backups.exists(layout, content.data_backup)
 
 
 def rollback_target(s: SlotState, cfg: ClientConfig) -> RollbackTarget | None:
@@ -380,4 +386,7 @@ def age_days(stamp: str) -> float:
     return (datetime.now(UTC) - when).total_seconds() / 86400
 
 
-__all__ = ["Activation", "age_days", "cached_releases", "data_to_restore", "refuse_too_old", "rollback_target"]
+__all__ = [
+    "Activation", "age_days", "cached_releases", "data_snapshot_missing", "data_to_restore", "refuse_too_old",
+    "rollback_target",
+]

@@ -142,7 +142,7 @@ class Backup:
     @classmethod
     def from_bytes(cls, data: builtins.bytes, backup_id: str) -> Backup:
         try:
-            d = boundedjson.load_object(data, "backup manifest", max_bytes=MANIFEST_MAX)
+            d = boundedjson.load_object(data, f"backup {backup_id}: manifest", max_bytes=MANIFEST_MAX)
         except boundedjson.FormatError as exc:
             raise BackupError(str(exc)) from exc
         try:
@@ -186,8 +186,10 @@ def backup_dir(layout: Layout, backup_id: str) -> Path:
 def valid_id(text: str) -> bool:
     """Ids are ``YYYYmmddTHHMMSSmmmZ-<4 hex>`` (UTC to the millisecond): sortable by time, safe as
     one path component."""
-    return (len(text) == 24 and text[8] == "T" and text[18:20] == "Z-" and text[:8].isdigit()
-            and text[9:18].isdigit() and all(c in "0123456789abcdef" for c in text[20:]))
+    digits = text[:8] + text[9:18]
+    return (len(text) == 24 and text[8] == "T" and text[18:20] == "Z-"
+            and all(c in "0123456789" for c in digits)  # ASCII only: str.isdigit() takes any script's digits
+            and all(c in "0123456789abcdef" for c in text[20:]))
 
 
 def new_id() -> str:

@@ -32,7 +32,7 @@ from pinnacle_updates.client import backups as backups_mod
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import fleet_state, reporting, results
 from pinnacle_updates.client import history as history_mod
-from pinnacle_updates.client.activation import Activation, refuse_too_old, rollback_target
+from pinnacle_updates.client.activation import Activation, data_snapshot_missing, refuse_too_old, rollback_target
 from pinnacle_updates.client.checking import evaluate
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.delta import plan_update
@@ -259,7 +259,10 @@ class Installer:
         self.site.record({"op": "yank", "version": yanked, "reason": why, "to_version": back.version,
                           "via": "rollback" if instant else "install"})
         if instant:
-            rb = self.activation.rollback(cfg, s, why, mark_bad=False)
+            # leaving a yanked release goes back with its data; if that snapshot is gone, the code
+            # still goes back (a yank says the release must not run) and the data stays as it is
+            keep = data_snapshot_missing(self.layout, s)
+            rb = self.activation.rollback(cfg, s, why, mark_bad=False, keep_data=keep)
             return results.InstallResult("rolled_back", rb.version, rb.from_version, rb.slot, 0,
                                  time.monotonic() - started, reason=why)
         result = self._install_release(client, cfg, s, StageRequest(back, "install", started, progress))
