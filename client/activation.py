@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,7 +38,7 @@ from pinnacle_updates.client.errors import (
 from pinnacle_updates.client.hooks import HealthResult, HealthSettings, HookContext, check_health
 from pinnacle_updates.client.install_dir import Part, one_line
 from pinnacle_updates.client.results import InstallResult, RollbackResult, RollbackTarget
-from pinnacle_updates.client.slots import Layout, SlotState
+from pinnacle_updates.client.slots import Layout, SlotState, age_days
 
 
 class Activation(Part):
@@ -375,15 +374,6 @@ def cached_releases(layout: Layout, max_days: int) -> list[dict[str, Any]]:
             cached.append({"channel": parts[0], "platform": parts[1], "version": parts[2],
                            "file": parts[-1], "bytes": entry.stat().st_size, "age_days": round(age, 2)})
     return cached
-
-
-def age_days(stamp: str) -> float:
-    """Days since ``stamp`` (``%Y-%m-%dT%H:%M:%SZ``); 0 for a stamp that does not parse."""
-    try:
-        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return 0.0
-    return (datetime.now(UTC) - when).total_seconds() / 86400
 
 
 __all__ = [

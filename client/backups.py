@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pinnacle_updates.client.errors import BackupError, BackupSpaceError
-from pinnacle_updates.client.slots import Layout
+from pinnacle_updates.client.slots import Layout, age_days
 from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.rollout import format_time
 
@@ -195,14 +195,6 @@ def valid_id(text: str) -> bool:
 def new_id() -> str:
     now = datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z-" + secrets.token_hex(2)
-
-
-def age_days(stamp: str) -> float:
-    try:
-        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return 0.0
-    return (datetime.now(UTC) - when).total_seconds() / 86400
 
 
 def load(layout: Layout, backup_id: str) -> Backup:

@@ -128,6 +128,15 @@ def now() -> str:
     return format_time(datetime.now(UTC))
 
 
+def age_days(stamp: str) -> float:
+    """Days since ``stamp`` (``%Y-%m-%dT%H:%M:%SZ``, as ``now`` writes it); 0 for a stamp that does not parse."""
+    try:
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return (datetime.now(UTC) - when).total_seconds() / 86400
+
+
 @dataclass(frozen=True)
 class SlotContent:
     """A complete, verified release in a slot: its version and the sha256 of its canonical content."""
