@@ -190,17 +190,62 @@ def _unique(reports: Sequence[Report]) -> list[Report]:
 
 
 # ----- the interface ---------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """One ``ingest`` call's batch waiting for a group commit, and what became of it."""
+
+    batch: list[Report]
+    accepted: int | None = None
+    error: StorageError | None = None
+
+
 class Storage(ABC):
     """A reports database. Thread-safe: the HTTP service calls it from worker threads."""
 
     url: str
     """Where it is, credentials redacted (for messages and logs)."""
 
-    @abstractmethod
+    def __init__(self) -> None:
+        self._writer = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Job] = []
+
     def ingest(self, reports: Sequence[Report]) -> tuple[int, int]:
         """Store ``reports`` in one transaction: ``(accepted, duplicates)``; a report whose id is
         already stored (or repeated in the batch) is a duplicate and changes nothing. Returns once
         committed durably; ``StorageError`` otherwise, and then nothing of the batch is stored."""
+        # Group commit: batches that arrive while another group is written wait for the writer
+        # lock, and whoever takes it next writes every batch queued by then in one transaction: one
+        # commit (one fsync) and one set of aggregate upserts for all of them, which is what limits
+        # both databases here. Each batch keeps its own counts; a transaction that fails fails every
+        # batch in it, and none of them is stored.
+        job = _Job(_unique(reports))
+        with self._queue_lock:
+            self._queue.append(job)
+        with self._writer:
+            if job.accepted is None and job.error is None:
+                with self._queue_lock:
+                    jobs, self._queue = self._queue, []
+                try:
+                    counts = self._store([j.batch for j in jobs])
+                except Exception as exc:  # every waiting request hears of it, not only this thread's
+                    error = exc if isinstance(exc, StorageError) else StorageError(
+                        f"cannot store reports in {self.url}: {type(exc).__name__}")
+                    for j in jobs:
+                        j.error = error
+                else:
+                    for j, count in zip(jobs, counts, strict=True):
+                        j.accepted = count
+        if job.error is not None:
+            raise job.error
+        assert job.accepted is not None
+        return job.accepted, len(reports) - job.accepted
+
+    @abstractmethod
+    def _store(self, batches: list[list[Report]]) -> list[int]:
+        """Write ``batches`` (each without repeated ids) in one durable transaction: the number of
+        new reports in each, a report id in two batches new in the first only; ``StorageError``
+        and nothing stored otherwise."""
 
     def fleet_report(self, filters: Filters | None = None, now: datetime | None = None) -> dict[str, Any]:
         """The fleet report document (see ``summary.build_report``) from the aggregates."""
@@ -287,15 +332,6 @@ def _prepare(queries: dict[str, str], filters: Filters, placeholder: str) -> dic
 
 
 # ----- SQLite ----------------------------------------------------------------------------------------
-@dataclass
-class _Job:
-    """One ``ingest`` call's batch waiting for a group commit, and what became of it."""
-
-    batch: list[Report]
-    accepted: int | None = None
-    error: StorageError | None = None
-
-
 class SQLiteStorage(Storage):
     """One file, WAL mode, ``synchronous=FULL``; one writer connection behind a lock (SQLite has one
     writer anyway), a fresh reader connection per query (WAL readers do not block the writer)."""
@@ -303,9 +339,8 @@ class SQLiteStorage(Storage):
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self.url = str(path)
+        super().__init__()
         self._lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Job] = []
         if not create and not path.is_file():
             raise StorageError(f"no reports database at {path}")
         if not path.parent.is_dir():
@@ -346,45 +381,24 @@ class SQLiteStorage(Storage):
                 self._conn.execute("ROLLBACK")
                 raise
 
-    def ingest(self, reports: Sequence[Report]) -> tuple[int, int]:
-        # Group commit: batches that arrive while another is written wait for the writer lock, and
-        # whoever takes it next writes every batch queued by then in one transaction, one fsync for
-        # all (the fsync, not the CPU, is what limits SQLite here). Each batch keeps its own counts;
-        # a transaction that fails fails every batch in it, and none of them is stored.
-        job = _Job(_unique(reports))
-        with self._queue_lock:
-            self._queue.append(job)
-        with self._lock:
-            if job.accepted is None and job.error is None:
-                with self._queue_lock:
-                    jobs, self._queue = self._queue, []
-                self._write_jobs(jobs)
-        if job.error is not None:
-            raise job.error
-        assert job.accepted is not None
-        return job.accepted, len(reports) - job.accepted
-
-    def _write_jobs(self, jobs: list[_Job]) -> None:
+    def _store(self, batches: list[list[Report]]) -> list[int]:
         accepted = []
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._lock:  # the connection's lock (ping and close use it too)
             try:
-                received = int(time.time())
-                for job in jobs:  # in order: a report id in two batches is new in the first only
-                    new = self._new(job.batch)
-                    self._write(Additions.of(new, received))
-                    accepted.append(len(new))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        except Exception as exc:  # every waiting request hears of it, not only this thread's
-            reason = str(exc) if isinstance(exc, sqlite3.Error) else type(exc).__name__
-            for job in jobs:
-                job.error = StorageError(f"cannot store reports in {self.path}: {reason}")
-            return
-        for job, count in zip(jobs, accepted, strict=True):
-            job.accepted = count
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    received = int(time.time())
+                    for batch in batches:  # in order: a report id in two batches is new in the first only
+                        new = self._new(batch)
+                        self._write(Additions.of(new, received))
+                        accepted.append(len(new))
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot store reports in {self.path}: {exc}") from None
+        return accepted
 
     def _new(self, batch: list[Report]) -> list[Report]:
         known: set[str] = set()
@@ -448,6 +462,7 @@ class PostgresStorage(Storage):
     }
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0, wait_timeout: float = 3.0) -> None:
+        super().__init__()
         try:
             import psycopg
             from psycopg_pool import ConnectionPool, PoolTimeout
@@ -516,21 +531,25 @@ class PostgresStorage(Storage):
         return (f"INSERT INTO reports ({', '.join(_REPORT_COLUMNS)}) SELECT {_json_rows(types)} "
                 "ON CONFLICT (report_id) DO NOTHING RETURNING report_id")
 
-    def ingest(self, reports: Sequence[Report]) -> tuple[int, int]:
-        batch = _unique(reports)
+    def _store(self, batches: list[list[Report]]) -> list[int]:
+        merged = _unique([r for batch in batches for r in batch])
 
-        def work(conn: Any) -> int:
+        def work(conn: Any) -> set[str]:
             received = int(time.time())
-            rows = Additions.of(batch, received).reports
+            rows = Additions.of(merged, received).reports
             with conn.cursor() as cur:
                 cur.execute(self._insert_reports, (json.dumps(rows),))
                 new_ids = {row[0] for row in cur.fetchall()}
-            add = Additions.of([r for r in batch if r.report_id in new_ids], received)
-            self._upsert(conn, add)
-            return len(new_ids)
+            self._upsert(conn, Additions.of([r for r in merged if r.report_id in new_ids], received))
+            return new_ids
 
-        accepted: int = self._run(work)
-        return accepted, len(reports) - accepted
+        new_ids: set[str] = self._run(work)
+        accepted = []
+        for batch in batches:  # a report id in two batches counts for the first
+            fresh = [r.report_id for r in batch if r.report_id in new_ids]
+            new_ids.difference_update(fresh)
+            accepted.append(len(fresh))
+        return accepted
 
     @staticmethod
     def _upsert(conn: Any, add: Additions) -> None:
