@@ -72,14 +72,18 @@ def rollout(
     pause: bool = False,
     resume: bool = False,
     complete: bool = False,
+    advance: bool = False,
+    expected_step: int | None = None,
     platform: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Set (``schedule``: from now), pause, resume or complete the rollout of ``version``."""
+    """Set (``schedule``: from now), pause, resume, complete or advance (approve the next gated step)
+    the rollout of ``version``. ``expected_step``: advance only from that approved step (``watch``
+    decides on what it read; a step approved since, by a person or an earlier run, is refused)."""
     chosen = [name for name, on in (("schedule", schedule is not None), ("pause", pause), ("resume", resume),
-                                     ("complete", complete)) if on]
+                                     ("complete", complete), ("advance", advance)) if on]
     if len(chosen) != 1:
-        raise PublishRefused("give exactly one of --schedule, --percent, --pause, --resume, --complete")
+        raise PublishRefused("give exactly one of --schedule, --percent, --pause, --resume, --complete, --advance")
     when = now or utcnow()
 
     def change(r: Release) -> Release:
@@ -93,6 +97,11 @@ def rollout(
                 raise PublishRefused(f"{channel} {r.version} ({r.platform}) has no rollout: it is already complete")
             raise PublishRefused(f"{channel} {r.version} ({r.platform}) has no rollout to {chosen[0]}")
         try:
+            if advance:
+                if expected_step is not None and current.approved_step != expected_step:
+                    raise PublishRefused(f"{channel} {r.version} ({r.platform}): step {current.approved_step + 1} "
+                                         f"is approved already, not step {expected_step + 1}; nothing changed")
+                return replace(r, rollout=current.advanced())
             if pause:
                 return replace(r, rollout=current.paused(when))
             if resume:

@@ -1,10 +1,14 @@
-"""Fleet-control commands of ``pinnacle-release``: ``rollout``, ``yank`` and ``feedback set/clear``,
+"""Fleet-control commands of ``pinnacle-release``: ``rollout``, ``yank``, ``feedback set/clear``,
 thin wrappers over ``repo_tools.fleet`` (a release's first rollout is ``publish``/``promote
---rollout/--percent``)."""
+--rollout/--percent``), and ``watch`` (``repo_tools.watch``: rollouts decided from reported outcomes)."""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from pinnacle_updates.formats.fsutil import read_regular
 from pinnacle_updates.formats.index import Feedback, FormatError
 
 from .. import fleet
-from ..errors import KeyStoreError, UnsafeInputError
+from ..errors import KeyStoreError, PublishRefused, UnsafeInputError
 from ..store import Repository
 from .options import json_option, keys_option, keystore, repo_argument
 
@@ -47,14 +51,21 @@ def _release_target(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--pause", is_flag=True, help="Freeze the rollout at the percent reached now.")
 @click.option("--resume", is_flag=True, help="Continue a paused rollout where it stopped.")
 @click.option("--complete", is_flag=True, help="Offer the release to every client (also ends an A/B test).")
+@click.option("--advance", is_flag=True, help="Approve the next step of a gated rollout (what watch does).")
+@click.option("--gate", is_flag=True, help="With --schedule: each step past the first waits for an approval "
+                                           "(watch, or --advance).")
 @json_option
 def rollout_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, platform: str | None,
                 schedule_file: Path | None, percent: float | None, pause: bool, resume: bool, complete: bool,
-                as_json: bool) -> None:
+                advance: bool, gate: bool, as_json: bool) -> None:
     """Change the staged rollout of a published release (online keys only)."""
     schedule = fleet.schedule_option(schedule_file, percent)
+    if gate:
+        if schedule is None:
+            raise PublishRefused("--gate goes with --schedule or --percent (a new rollout)")
+        schedule = replace(schedule, gate=True)
     result = fleet.rollout(Repository(repo_dir), keystore(keys_dir), channel, version, schedule=schedule,
-                           pause=pause, resume=resume, complete=complete, platform=platform)
+                           pause=pause, resume=resume, complete=complete, advance=advance, platform=platform)
     emit(as_json, result, _summary(result, f"rollout {result['action']}:"))
 
 
@@ -124,4 +135,68 @@ def _ingest_key(path: Path) -> str:
     return text
 
 
-COMMANDS: tuple[click.Command, ...] = (rollout_cmd, yank_cmd, feedback_group)
+@click.command("watch")
+@repo_argument
+@keys_option
+@click.option("--db", "db_url", envvar="PINNACLE_REPORTS_DB", required=True, metavar="PATH|URL",
+              help="The collector's reports database: a SQLite file or postgresql://... (or PINNACLE_REPORTS_DB).")
+@click.option("--once", is_flag=True, help="One look, then exit (cron, CI).")
+@click.option("--interval", type=click.IntRange(1), default=60, show_default=True,
+              help="Seconds between looks (the seed's health_check_interval).")
+@click.option("--channel", "channels", multiple=True, help="Only this channel (repeatable; default: every channel).")
+@click.option("--max-failure-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.02,
+              show_default=True, help="Highest failure rate tolerated per cause class (the null rate without a "
+                                      "baseline release, a cap with one).")
+@click.option("--min-clients-per-step", type=click.IntRange(1), default=50, show_default=True,
+              help="Distinct install ids that must report in a step before a gate approves the next one.")
+@click.option("--min-installs", type=click.IntRange(1), default=5, show_default=True,
+              help="Install attempts reported before any decision (a halt included).")
+@click.option("--gate/--no-gate", default=True, show_default=True,
+              help="Approve the steps of gated rollouts when healthy (--no-gate: only halt or yank).")
+@click.option("--auto-yank", is_flag=True, help="A halt also yanks the release: clients that took it roll back "
+                                                "to the last good release with their data.")
+@json_option
+def watch_cmd(repo_dir: Path, keys_dir: Path, db_url: str, once: bool, interval: int, channels: tuple[str, ...],
+              max_failure_rate: float, min_clients_per_step: int, min_installs: int, gate: bool, auto_yank: bool,
+              as_json: bool) -> None:
+    """Halt, yank or advance rolling releases from the fleet's reported outcomes (online keys only)."""
+    from ..collector.storage import StorageError, open_storage
+    from ..core import canary
+    from ..watch import look
+
+    options = canary.Options(max_failure_rate=max_failure_rate, min_clients_per_step=min_clients_per_step,
+                             min_installs=min_installs, gate=gate, auto_yank=auto_yank, health_check_interval=interval)
+    repo, keys = Repository(repo_dir), keystore(keys_dir)
+    stop = threading.Event()
+    if not once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    def say(line: str) -> None:
+        if not as_json:
+            click.echo(line)
+            sys.stdout.flush()
+
+    with open_storage(db_url, create=False) as storage:
+        while True:
+            try:
+                done = look(repo, keys, storage, options, channels=channels, on_intent=lambda v: say(v.line()))
+            except StorageError as exc:
+                if once:
+                    raise
+                click.echo(f"pinnacle-release watch: {exc}; trying again in {interval}s", err=True)
+            else:
+                for line in done.settled:
+                    say(line)
+                for verdict in done.verdicts:
+                    if once or verdict.applied:
+                        say(verdict.line())
+                if once:
+                    if as_json or not (done.verdicts or done.settled):
+                        emit(as_json, done.to_dict(), "no rolling release")
+                    return
+            if stop.wait(interval):
+                return
+
+
+COMMANDS: tuple[click.Command, ...] = (rollout_cmd, yank_cmd, feedback_group, watch_cmd)
