@@ -11,14 +11,19 @@ The simulated fleet: ``--installs`` random install ids, each with ``--per-instal
 (installs of 1.0.0 -> 1.4.0 over the last two days: mostly committed, some with a delta fallback,
 rolled back by health check or start-up, failed downloads, manual rollbacks, failed checks, daily
 heartbeats; durations, bytes, A/B groups), sent as the client's spool would be: batches of ``--batch``
-reports, installs interleaved. The batches are encoded before the clock starts; ``--concurrency``
-asyncio tasks with one httpx client post them (keep-alive). The per-address rate limit is turned off
-(every simulated client shares 127.0.0.1); the per-install limit stays at its default (1,000 reports an
-hour, two full batches at once) and is on the measured path.
+reports, installs interleaved. The batches are encoded before the clock starts and posted over
+keep-alive connections by a minimal asyncio HTTP/1.1 client (``Connection``). The per-address rate
+limit is turned off (every simulated client shares 127.0.0.1); the per-install limit stays at its
+default (1,000 reports an hour, two full batches at once) and is on the measured path.
 
-Printed per database: reports and requests, wall time of the sending phase, reports/s, request
-latency p50/p99/max (client side: from sending the request to the whole answer), the collector's
-CPU seconds and peak RSS (VmHWM from /proc/PID/status), database bytes per million reports
+Two phases per database, one collector process: an **open loop at the goal rate** (batches due at
+fixed times whatever the answers, as independent clients send; latency counted from when a batch was
+due, so queueing shows) and a **closed loop** (``--concurrency`` requests always in flight: the most
+the collector takes, with the latency that queue costs).
+
+Printed per phase: reports and requests, wall time, reports/s, request latency p50/p99/max (client
+side, to the whole answer); per database: the collector's CPU seconds and peak RSS (VmHWM from
+/proc/PID/status), database bytes per million reports
 (extrapolated: growth of the database over this run divided by the reports sent, times a million;
 SQLite: the file after the collector stopped, WAL checkpointed; PostgreSQL: ``pg_database_size``),
 and the loss check: rows in ``reports`` == reports answered 200 (every report id is new, so
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import secrets
@@ -52,8 +58,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
 
 from pinnacle_updates.formats.report import Report, encode_batch  # noqa: E402
 from tests.pg_server import find_binaries, run_postgres  # noqa: E402
@@ -183,59 +187,103 @@ class Load:
     skipped: int = 0
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol to post a prepared
+    request and read its answer: the load generator shares the 2 cores with the collector and the
+    database, so it spends as little CPU per request as it can (an HTTP library's pool took several
+    times more, and with hundreds of queued requests it became the bottleneck)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(lines[0].split()[1]), body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def prepared(url: str, body: bytes) -> bytes:
+    host = url.removeprefix("http://")
+    return (f"POST /v1/reports HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
 async def send_all(url: str, batches: list[tuple[int, bytes]], concurrency: int, max_seconds: float,
                    rate: float | None = None) -> Load:
     """Post every batch. Closed loop (``rate`` None): ``concurrency`` requests always in flight, the
-    most the collector takes. Open loop (``rate`` reports/s): batch i is sent at i * batch / rate
-    seconds whether or not earlier ones were answered, as a fleet's independent clients would; the
-    latency then includes any queueing a collector slower than ``rate`` builds up."""
+    most the collector takes. Open loop (``rate`` reports/s): batch i is due at i * batch / rate
+    seconds whether or not earlier ones were answered, as a fleet's independent clients would send,
+    over up to 128 connections; its latency counts from when it was due (so a collector slower than
+    ``rate`` shows its queue in the latency instead of slowing the clients down)."""
     load = Load()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(concurrency if rate is None else 128):  # the collector admits 256 connections
+        idle.put_nowait(Connection(host, int(port)))
     deadline = time.monotonic() + max_seconds
-    connections = concurrency if rate is None else 128  # open loop: clients do not wait for each other
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    headers = {"Content-Type": "application/json"}
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 
-        async def post(count: int, body: bytes) -> None:
+    async def post(count: int, request: bytes, due: float) -> None:
+        conn = await idle.get()
+        try:
             if time.monotonic() > deadline:
                 load.skipped += count
                 return
-            began = time.perf_counter()
             try:
-                answer = await client.post(f"{url}/v1/reports", content=body, headers=headers)
-            except httpx.HTTPError as exc:
+                status, body = await conn.post(request)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                conn.close()
                 load.errors[type(exc).__name__] = load.errors.get(type(exc).__name__, 0) + 1
                 return
-            load.latencies.append(time.perf_counter() - began)
-            if answer.status_code != 200:
-                key = f"HTTP {answer.status_code}: {answer.text[:80]}"
+            load.latencies.append(time.perf_counter() - due)
+            if status != 200:
+                key = f"HTTP {status}: {body[:80]!r}"
                 load.errors[key] = load.errors.get(key, 0) + 1
                 return
-            data = answer.json()
+            data = json.loads(body)
             load.sent += count
             load.accepted += data["accepted"]
             load.duplicates += data["duplicates"]
+        finally:
+            idle.put_nowait(conn)
 
-        began = time.perf_counter()
-        if rate is None:
-            queue = iter(batches)
+    requests = [(count, prepared(url, body)) for count, body in batches]
+    began = time.perf_counter()
+    if rate is None:
+        pending = iter(requests)
 
-            async def worker() -> None:
-                for count, body in queue:
-                    await post(count, body)
+        async def worker() -> None:
+            for count, request in pending:
+                await post(count, request, time.perf_counter())
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:
-            tasks = []
-            due = 0.0
-            for count, body in batches:
-                delay = began + due - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(post(count, body)))
-                due += count / rate
-            await asyncio.gather(*tasks)
-        load.wall = time.perf_counter() - began
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    else:
+        tasks = []
+        due = began
+        for count, request in requests:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(post(count, request, due)))
+            due += count / rate
+        await asyncio.gather(*tasks)
+    load.wall = time.perf_counter() - began
+    while not idle.empty():
+        idle.get_nowait().close()
     return load
 
 
@@ -262,6 +310,7 @@ class Figures:
     rss: int
     per_million: float
     stored: int
+    load_average: str
 
     @property
     def sent(self) -> int:
@@ -310,11 +359,13 @@ def measure(name: str, db: str, work: Path, args: argparse.Namespace) -> Figures
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         goal = GOALS[name]
+        before = Path("/proc/loadavg").read_text().split()[0]  # others' work on these 2 cores shows here
         phases.append(Phase(f"open loop at {goal:,.0f}/s",
                             asyncio.run(send_all(url, paced, args.concurrency, args.max_seconds, goal))))
         phases.append(Phase(f"closed loop, {args.concurrency} in flight",
                             asyncio.run(send_all(url, most, args.concurrency, args.max_seconds))))
         rss, cpu = proc_figures(proc.pid)
+        load_average = f"{before} -> {Path('/proc/loadavg').read_text().split()[0]}"
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=30)
@@ -333,7 +384,7 @@ def measure(name: str, db: str, work: Path, args: argparse.Namespace) -> Figures
     sent = sum(p.load.sent for p in phases)
     grown = database_bytes(db) - empty
     return Figures(name=name, phases=phases, cpu=cpu, rss=rss, per_million=grown / max(sent, 1) * 1e6,
-                   stored=stored_reports(db))
+                   stored=stored_reports(db), load_average=load_average)
 
 
 def table(rows: list[Figures], args: argparse.Namespace) -> str:
@@ -347,10 +398,10 @@ def table(rows: list[Figures], args: argparse.Namespace) -> str:
                      f"{p.latency_ms(1.0):.1f}", str(sum(p.load.errors.values()) + (p.load.skipped > 0)))
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| database | collector CPU s | collector peak RSS | DB bytes / 1M reports (extrapolated) "
-                  "| answered 200 | stored | lost |", "|---|---|---|---|---|---|---|"]
+                  "| answered 200 | stored | lost | load average (1 min) |", "|---|---|---|---|---|---|---|---|"]
     for f in rows:
         lines.append(f"| {f.name} | {f.cpu:.1f} | {f.rss / 2**20:.0f} MiB | {f.per_million / 2**20:,.0f} MiB "
-                     f"| {f.sent:,} | {f.stored:,} | {f.sent - f.stored} |")
+                     f"| {f.sent:,} | {f.stored:,} | {f.sent - f.stored} | {f.load_average} |")
     lines.append(f"\n{args.installs} install ids x {args.per_install} reports per phase, batches of {args.batch}; "
                  "one collector process (uvicorn, one event loop), the clients on the same 2 cores")
     return "\n".join(lines)
