@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pinnacle_updates.formats.report import Report, encode_batch  # noqa: E402
+from tests.collector.conftest import start_collector, stop  # noqa: E402
 from tests.pg_server import find_binaries, run_postgres  # noqa: E402
 
 GOALS = {"sqlite": 2000.0, "postgresql": 5000.0}
@@ -141,27 +142,11 @@ def fleet_batches(installs: int, per_install: int, batch: int, seed: int) -> lis
 
 
 # ----- the collector process ------------------------------------------------------------------------
-def start_collector(db: str, work: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pinnacle_updates.repo_tools", "collector", "serve", "--db", db, "--port", "0",
-         "--token-file", str(work / "collector.token"), "--rate-per-address", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("serving "):
-        proc.kill()
-        raise SystemExit(f"the collector did not start: {line}{proc.communicate(timeout=10)[1][-2000:]}")
-    return proc, line.split()[1].rstrip("/")
-
-
 def stop_collector(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err
+    """SIGTERM (``tests.collector.conftest.stop``), then what the collector wrote to stderr."""
+    stop(proc)
+    assert proc.stderr is not None
+    return proc.stderr.read()
 
 
 def proc_figures(pid: int) -> tuple[int, float]:
@@ -347,7 +332,7 @@ def measure(name: str, db: str, work: Path, args: argparse.Namespace) -> Figures
     paced = fleet_batches(args.installs, args.per_install, args.batch, args.seed)
     most = fleet_batches(args.installs, args.per_install, args.batch, args.seed + 1)
     print(f"{name}: 2 x {sum(n for n, _ in paced):,} reports in batches of {args.batch} ...", flush=True)
-    proc, url = start_collector(db, work)
+    proc, url = start_collector(db, work, "--rate-per-address", "0")
     phases = []
     try:
         empty = database_bytes(db) if name == "postgresql" else 0
