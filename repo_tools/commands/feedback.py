@@ -91,9 +91,11 @@ def fleet_group() -> None:
 @click.option("--channel", default=None)
 @click.option("--version", "version", default=None, help="One release's version.")
 @click.option("--since", default=None, help="A UTC time like 2026-01-31T12:00:00Z, or a duration back: 90m, 7d.")
+@click.option("--repo", "repo_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also list the rollout decisions watch signed in this repository, with their evidence.")
 @json_option
 def report_cmd(db_url: str | None, collector_url: str | None, token_file: Path | None, channel: str | None,
-               version: str | None, since: str | None, as_json: bool) -> None:
+               version: str | None, since: str | None, repo_dir: Path | None, as_json: bool) -> None:
     """Per release: clients offered, attempted, succeeded, rolled back and failed by cause, success rate
     with a 95% interval, median and p95 install time, bytes saved by deltas; the version distribution."""
     from pinnacle_updates.formats.boundedjson import FormatError
@@ -117,6 +119,10 @@ def report_cmd(db_url: str | None, collector_url: str | None, token_file: Path |
         assert db_url is not None
         with open_storage(db_url, create=False) as storage:
             document = storage.fleet_report(filters, now)
+    if repo_dir is not None:
+        from ..watch import decisions
+
+        document["decisions"] = decisions(repo_dir, channel=channel, version=version)
     emit(as_json, document, render(document))
 
 
@@ -193,6 +199,10 @@ def render(document: dict[str, Any]) -> str:
         lines += ["", _table(("CHANNEL", "PLATFORM", "VERSION", "INSTALLS"),
                              [(v["channel"], v["platform"], v["version"], str(v["installs"]))
                               for v in document["versions"]])]
+    if document.get("decisions"):
+        lines += ["", _table(("AT", "RELEASE", "DECISION", "STATUS", "WHY"),
+                             [(d["at"], f"{d['channel']}/{d['platform']}/{d['version']}", d["action"], d["status"],
+                               d.get("reason", "")) for d in document["decisions"]])]
     return "\n".join(lines)
 
 

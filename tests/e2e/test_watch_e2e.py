@@ -160,8 +160,14 @@ def test_a_failing_release_is_yanked_and_a_healthy_one_advances_through_its_gate
     assert taken[:3] == [2, 4, 6], (taken, actions)
     assert actions[:2] == ["advance", "advance"], actions
     assert _signed(repo, "1.2.0")["rollout"]["approved_step"] == 2
-    report = json.loads(run_cli("pinnacle-release", "fleet", "report", "--db", database, "--json").stdout)
+    report = json.loads(run_cli("pinnacle-release", "fleet", "report", "--db", database, "--repo", str(repo.dir),
+                                "--json").stdout)
     assert {r["version"]: r["succeeded"] for r in report["releases"]}["1.2.0"] == 6
+    assert [(d["version"], d["action"], d["status"]) for d in report["decisions"]] == [
+        ("1.1.0", "yank", "applied"), ("1.2.0", "advance", "applied"), ("1.2.0", "advance", "applied")]
+    assert report["decisions"][0]["evidence"]["evidence"][0]["class"] == "release"
+    text = run_cli("pinnacle-release", "fleet", "report", "--db", database, "--repo", str(repo.dir)).stdout
+    assert "stable/any/1.1.0  yank      applied" in text and "likelihood ratio" in text
 
 
 def _fake(collector: str, install_ids: list[str], outcome: str, repeat: int = 1) -> None:
