@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,7 @@ def append(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     # Redacted: the history is shown by `history`, the agent's API and dashboard, analytics, notifications.
     rec: dict[str, Any] = redact_data({"ts": now(), **record})
     line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
-    # read-write (never blocks, even on a FIFO) and checked to be a regular file before writing
-    fd = fsutil.open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-    try:
-        size = os.fstat(fd).st_size
-        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-            line = "\n" + line  # start on a fresh line if a killed writer left a torn one
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsutil.append_line(path, line.encode("utf-8"))
     return rec
 
 
@@ -48,22 +38,11 @@ def read(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     Bounded: only the last ``READ_MAX`` bytes are read, and each line is decoded within
     ``LINE_MAX`` bytes and the bounds of ``formats.boundedjson``."""
     try:
-        fd = fsutil.open_regular(path)
+        lines = fsutil.tail_lines(path, READ_MAX)
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - READ_MAX)
-        data = os.pread(fd, size - start, start) if size else b""
-    except OSError as exc:
-        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    lines = data.split(b"\n")
-    if start:
-        lines = lines[1:]  # the first line read is cut off
     out: list[dict[str, Any]] = []
     for line in lines:
         if not line.strip():

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -80,16 +79,9 @@ class DecisionLog:
             if not self.dir.is_dir():
                 self.dir.mkdir(mode=0o755, exist_ok=True)
                 fsutil.fsync_dir(self.dir.parent)
-            fd = fsutil.open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line  # a killed writer's torn line stays alone on its line
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if size == 0:
+            new = not self.path.exists()
+            fsutil.append_line(self.path, line)
+            if new:
                 fsutil.fsync_dir(self.dir)
         except OSError as exc:
             raise RepositoryStateError(f"cannot write the decision log {self.path}: {exc.strerror or exc}") from None
@@ -97,18 +89,11 @@ class DecisionLog:
 
     def read(self) -> list[dict[str, Any]]:
         try:
-            fd = fsutil.open_regular(self.path)
+            lines = fsutil.tail_lines(self.path, READ_MAX)
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise RepositoryStateError(f"cannot read the decision log {self.path}: {exc.strerror or exc}") from None
-        try:
-            size = os.fstat(fd).st_size
-            start = max(0, size - READ_MAX)
-            data = os.pread(fd, size - start, start)
-        finally:
-            os.close(fd)
-        lines = data.split(b"\n")[1 if start else 0:]
         out = []
         for line in lines:
             with contextlib.suppress(boundedjson.FormatError):

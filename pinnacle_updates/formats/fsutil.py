@@ -180,6 +180,34 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, follow: bool = Fal
     return b"".join(chunks)
 
 
+def append_line(path: str | os.PathLike[str], line: bytes) -> None:
+    """Append one ``line`` (ending in a newline) to the log at ``path`` (created when missing) and
+    fsync before returning: a record that was reported is on disk. A killed writer leaves at most a
+    torn last line; the next append starts on a fresh line, and ``tail_lines`` readers skip it."""
+    fd = open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)  # read-write: never blocks, even on a FIFO
+    try:
+        size = os.fstat(fd).st_size
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tail_lines(path: str | os.PathLike[str], limit: int) -> list[bytes]:
+    """The lines in the last ``limit`` bytes of the regular file ``path`` (a first line cut by the
+    limit is dropped); ``FileNotFoundError``/``OSError`` as ``open_regular``."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - limit)
+        data = os.pread(fd, size - start, start) if size else b""
+    finally:
+        os.close(fd)
+    return data.split(b"\n")[1 if start else 0:]
+
+
 class LockBusyError(OSError):
     """Another process holds the lock."""
 
