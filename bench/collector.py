@@ -340,7 +340,7 @@ def measure(name: str, db: str, work: Path, args: argparse.Namespace) -> Figures
         if args.profile:  # py-spy's collapsed stacks of the collector while it takes the load
             args.profile.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid),
-                                    "-r", "250", "--format", "raw", "-o", str(args.profile / f"{name}.txt")],
+                                    "-r", "100", "--format", "raw", "-o", str(args.profile / f"{name}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         goal = GOALS[name]
