@@ -3,6 +3,7 @@ a stock ngclient whether what it left is still a valid repository."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tuf.ngclient import Updater
 
@@ -43,3 +45,16 @@ def ngclient_accepts(url: str, root: bytes, metadata_dir: Path) -> str:
         assert info is not None
         path = updater.download_target(info, os.path.join(targets, "index.json"))
         return Path(path).read_text()
+
+
+def driver_iterations(proc: subprocess.CompletedProcess[str], expected: int) -> tuple[list[dict[str, Any]],
+                                                                                     list[dict[str, Any]]]:
+    """The JSON lines a kill-loop driver printed: (all rows, one per iteration); asserts that no
+    iteration found a problem, the driver succeeded and ran ``expected`` iterations."""
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [r for r in rows if "i" in r]
+    failed = [r for r in lines if r["problems"]]
+    assert not failed, failed[:3]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(lines) == expected
+    return rows, lines

@@ -7,7 +7,6 @@ the migrated data is kept in a rejected backup."""
 from __future__ import annotations
 
 import collections
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from tests.e2e.test_data_rollback import MIGRATE_TO_2, PERSISTENT, SCHEMA_1
 from tests.helpers_client import ROOT, app_files, env, init_client, make_repo, publish
+from tests.kill_loop import driver_iterations
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,7 @@ def test_60_kills_inside_snapshot_and_restore(tmp_path: Path) -> None:
 
     proc = subprocess.run([sys.executable, str(ROOT / "tests/data_crash_driver.py"), str(d), "60", "20261204",
                            "2.0.0"], env=env(), capture_output=True, text=True, timeout=900)
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    lines = [r for r in rows if "i" in r]
-    failed = [r for r in lines if r["problems"]]
-    assert not failed, failed[:3]
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(lines) == 60
+    rows, lines = driver_iterations(proc, 60)
     killed = collections.Counter(r["phase"] for r in lines if r["killed"])
     assert killed["snapshot"] >= 20 and killed["restore_data"] >= 20, (killed, rows[0])
     print("kills by phase:", dict(killed), "calibration:", rows[0])
