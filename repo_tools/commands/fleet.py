@@ -22,7 +22,7 @@ from pinnacle_updates.formats.index import Feedback, FormatError
 from .. import fleet
 from ..errors import KeyStoreError, PublishRefused, UnsafeInputError
 from ..store import Repository
-from .options import json_option, keys_option, keystore, repo_argument
+from .options import failure, json_option, keys_option, keystore, repo_argument
 
 
 def _summary(result: dict[str, Any], verb: str) -> str:
@@ -166,6 +166,8 @@ def watch_cmd(repo_dir: Path, keys_dir: Path, db_url: str, once: bool, interval:
 
     options = canary.Options(max_failure_rate=max_failure_rate, min_clients_per_step=min_clients_per_step,
                              min_installs=min_installs, gate=gate, auto_yank=auto_yank, health_check_interval=interval)
+    if options.problem():  # what the option types let through (nan)
+        raise failure(f"--{options.problem().replace('_', '-')}", 2)
     repo, keys = Repository(repo_dir), keystore(keys_dir)
     stop = threading.Event()
     if not once:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from pinnacle_updates.formats.fleet import evaluate
 from pinnacle_updates.formats.index import Release
@@ -31,13 +32,14 @@ from pinnacle_updates.formats.rollout import (
 from pinnacle_updates.repo_tools import fleet, watch
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.cli import cli
 from pinnacle_updates.repo_tools.collector.storage import SQLiteStorage, Storage, open_storage
 from pinnacle_updates.repo_tools.core import canary
 from pinnacle_updates.repo_tools.errors import PublishRefused
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.collector.conftest import make_report
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, tree_digest
 from tests.kill_loop import kill_after_lines
 
 GATED = {"type": "waves", "gate": True,
@@ -324,20 +326,69 @@ def test_watch_once_json_and_refusals(rolling: Repository, keys_dir: Path, tmp_p
     assert [(r["version"], r["action"], r["applied"]) for r in doc["releases"]] == [("1.1.0", "none", "")]
     text = run_cli("pinnacle-release", "watch", str(rolling.path), "--keys", str(keys_dir), "--db", db, "--once")
     assert text.stdout.startswith("stable/any/1.1.0: none: 0 install attempts reported")
+    before = tree_digest(rolling.path / "metadata")
     bad = [
         (("--db", str(tmp_path / "missing.sqlite")), 5, "no reports database at"),
         (("--db", "https://user:secret@example.org/db"), 5, "not a reports database"),
-        (("--db", db, "--channel", "nightly"), None, "nightly"),
+        (("--db", "postgresql://watch:secret@127.0.0.1:1/reports"), 5, "cannot connect to the reports database"),
+        (("--db", db, "--channel", "nightly"), 4, "unknown channel 'nightly' (this repository has: alpha,"),
         (("--db", db, "--max-failure-rate", "1.5"), 2, "--max-failure-rate"),
+        (("--db", db, "--max-failure-rate", "nan"), 2, "--max-failure-rate nan is outside (0, 1)"),
         (("--db", db, "--min-clients-per-step", "0"), 2, "--min-clients-per-step"),
+        (("--db", db, "--min-installs", "-3"), 2, "--min-installs"),
         (("--db", db, "--interval", "0"), 2, "--interval"),
+        ((), 2, "--db"),
     ]
     for args, code, words in bad:
-        proc = run_cli("pinnacle-release", "watch", str(rolling.path), "--keys", str(keys_dir), *args, "--once",
-                       check=False)
-        assert proc.returncode != 0 and (code is None or proc.returncode == code), (args, proc)
-        assert words in proc.stderr and "Traceback" not in proc.stderr and "secret" not in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) <= 3 if code == 2 else proc.stderr.count("\n") == 1
-    gone = run_cli("pinnacle-release", "watch", str(tmp_path / "nothing"), "--keys", str(keys_dir), "--db", db,
-                   "--once", check=False)
-    assert gone.returncode == 5 and "not an initialised repository" in gone.stderr
+        result = CliRunner().invoke(cli, ["watch", str(rolling.path), "--keys", str(keys_dir), *args, "--once"])
+        assert result.exit_code == code, (args, result.stderr)
+        assert words in result.stderr and "secret" not in result.stderr, (args, result.stderr)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    for args, code, words in (
+            (["watch", str(tmp_path / "nothing"), "--keys", str(keys_dir), "--db", db, "--once"], 5,
+             "not an initialised repository"),
+            (["watch", str(rolling.path), "--keys", str(tmp_path), "--db", db, "--once"], 2, "no key directory"),
+            (["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable", "--version", "1.0.0",
+              "--advance"], 4, "stable 1.0.0 (any) has no rollout to advance"),
+            (["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable", "--version", "1.1.0",
+              "--gate"], 4, "--gate goes with --schedule or --percent"),
+            (["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable", "--version", "1.1.0",
+              "--advance", "--pause"], 4, "give exactly one of")):
+        result = CliRunner().invoke(cli, args)
+        assert (result.exit_code, result.stderr.count("\n")) == (code, 1) and words in result.stderr, result.stderr
+    assert tree_digest(rolling.path / "metadata") == before  # every refusal left the signed metadata alone
+    # --gate and --advance through the CLI: a person can do what watch does
+    result = CliRunner().invoke(cli, ["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable",
+                                      "--version", "1.1.0", "--percent", "30", "--gate", "--json"])
+    assert result.exit_code == 0, result.stderr
+    result = CliRunner().invoke(cli, ["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable",
+                                      "--version", "1.1.0", "--advance"])
+    assert result.exit_code == 4 and "the last step (30%) is already approved" in result.stderr
+
+
+def test_the_service_looks_every_interval_and_stops_on_sigterm(rolling: Repository, keys_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """``watch`` without ``--once``: the reports arrive while it runs; a look within the interval halts
+    the rollout; SIGTERM ends it after the look, exit 0."""
+    import signal
+    import time
+
+    db = str(tmp_path / "reports.sqlite")
+    SQLiteStorage(Path(db)).close()
+    proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "watch", str(rolling.path),
+                             "--keys", str(keys_dir), "--db", db, "--interval", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        with open_storage(db) as s:
+            _reports(s, 6, outcome="failed", cause="verify")
+        deadline = time.monotonic() + 30
+        while _find(rolling, "1.1.0").rollout.state is not RolloutState.PAUSED:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and err == "", err
+    assert "stable/any/1.1.0: halt: delivery failures 6/6" in out and "-> paused at 10%" in out
