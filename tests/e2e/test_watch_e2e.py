@@ -166,6 +166,8 @@ def test_a_failing_release_is_yanked_and_a_healthy_one_advances_through_its_gate
     assert [(d["version"], d["action"], d["status"]) for d in report["decisions"]] == [
         ("1.1.0", "yank", "applied"), ("1.2.0", "advance", "applied"), ("1.2.0", "advance", "applied")]
     assert report["decisions"][0]["evidence"]["evidence"][0]["class"] == "release"
+    assert (repo.dir / ".pinnacle" / "decisions.jsonl").is_file()
+    assert httpx.get(f"{url}.pinnacle/decisions.jsonl", timeout=10).status_code == 404  # the audit log is not served
     text = run_cli("pinnacle-release", "fleet", "report", "--db", database, "--repo", str(repo.dir)).stdout
     assert "stable/any/1.1.0  yank      applied" in text and "likelihood ratio" in text
 
