@@ -183,6 +183,12 @@ def test_fleet_page(tmp_path: Path, collector_factory: Any, browser: Any) -> Non
     assert page.locator("main img, main svg[onload], #problems img").count() == 0
     assert page.locator("#problems tbody tr").count() == len(activity["problems"]) == 6
 
+    # A shorter window asks with ?since= and shows the same (everything is from the last 6 hours).
+    page.select_option("#window", "1d")
+    expect(page.locator("#chart-rate circle.point")).to_have_count(len(hours))
+    assert [(r["release"], r["group"]) for r in table_rows(page)] == [(n, g) for n, g, _ in expected]
+    expect(page.locator("#notice")).to_be_hidden()
+
     # Screenshots at a desktop and a phone width; at 390 px the page itself does not scroll sideways.
     for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 900})
