@@ -191,6 +191,31 @@ def test_concurrent_writers_count_each_report_once(db_url: str) -> None:
         raw(db_url, "SELECT COUNT(*) FROM reports WHERE kind != 'heartbeat'")[0][0]
 
 
+def test_a_group_commit_counts_each_batch_on_its_own(db_url: str) -> None:
+    """Batches queued behind the writer are stored in one transaction; a report id in two of them
+    is new in the one written first only, and every call gets its own counts."""
+    reports = random_reports(random.Random(11), 30, [f"{i:032x}" for i in range(5)])
+    batches = [reports[0:10], reports[5:20], reports[0:10], reports[20:30]]
+    storage = open_storage(db_url)
+    results: dict[int, tuple[int, int]] = {}
+    storage._writer.acquire()  # the writer is busy: every batch below queues for one group
+    threads = [threading.Thread(target=lambda i=i: results.update({i: storage.ingest(batches[i])}))
+               for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    while len(storage._queue) < len(batches):
+        threading.Event().wait(0.01)
+    storage._writer.release()
+    for t in threads:
+        t.join()
+    storage.close()
+    assert all(sum(results[i]) == len(batches[i]) for i in results)
+    assert sum(a for a, _ in results.values()) == 30 == raw(db_url, "SELECT COUNT(*) FROM reports")[0][0]
+    assert results[3] == (10, 0)  # disjoint from the others: all new, whoever was first
+    assert raw(db_url, "SELECT SUM(reports) FROM hourly")[0][0] == \
+        raw(db_url, "SELECT COUNT(*) FROM reports WHERE kind != 'heartbeat'")[0][0]
+
+
 def test_migrations_run_once(db_url: str) -> None:
     for _ in range(3):
         open_storage(db_url).close()
