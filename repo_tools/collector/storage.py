@@ -536,11 +536,14 @@ class PostgresStorage(Storage):
 
         def work(conn: Any) -> set[str]:
             received = int(time.time())
-            rows = Additions.of(merged, received).reports
+            every = Additions.of(merged, received)
             with conn.cursor() as cur:
-                cur.execute(self._insert_reports, (json.dumps(rows),))
+                cur.execute(self._insert_reports, (json.dumps(every.reports),))
                 new_ids = {row[0] for row in cur.fetchall()}
-            self._upsert(conn, Additions.of([r for r in merged if r.report_id in new_ids], received))
+            # Usually every report is new and the aggregates of all of them are the ones to add.
+            fresh = every if len(new_ids) == len(merged) else \
+                Additions.of([r for r in merged if r.report_id in new_ids], received)
+            self._upsert(conn, fresh)
             return new_ids
 
         new_ids: set[str] = self._run(work)
