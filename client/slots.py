@@ -324,6 +324,8 @@ class SlotState:
             raise StateError(f"state {self.state.value} without an operation")
         if self.state is State.IDLE and self.active is not None:
             raise StateError("idle with an active slot")
+        if self.state is State.COMMITTED and self.active is None:  # a commit always names the slot it activated
+            raise StateError("committed without an active slot")
         if (
             self.op is not None
             and self.state is not State.ROLLING_BACK

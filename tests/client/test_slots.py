@@ -161,6 +161,9 @@ def test_save_load_roundtrip_and_bytes_are_stable(tmp_path: Path) -> None:
         (b'{"schema": 1, "state": "bogus", "slots": {"a": null, "b": null}}', "malformed"),
         (b'{"schema": 1, "state": "idle", "active": "a", "slots": {"a": null, "b": null}}', "listed as empty"),
         (b'{"schema": 1, "state": "trial", "slots": {"a": null, "b": null}}', "without an operation"),
+        # found by the damaged-files property test: recovery must rebuild this, not unlink `current`
+        (b'{"schema": 1, "state": "committed", "active": null, "slots": {"a": {"version": "1.0.0", "sha256": "'
+         + b"1" * 64 + b'"}, "b": null}}', "committed without an active slot"),
     ],
 )
 def test_corrupt_state_is_a_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
