@@ -491,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def options_dict(o: canary.Options) -> dict[str, Any]:
     return {"alpha": o.alpha, "tolerance": o.tolerance, "max_failure_rate": o.max_failure_rate,
             "min_clients_per_step": o.min_clients_per_step, "min_installs": o.min_installs, "gate": o.gate,
-            "hold_at": round(o.hold_at, 3), "health_check_interval": o.health_check_interval,
+            "hold_at": o.hold_at, "hold_limit": o.hold_limit, "after_hold": o.after_hold,
+            "health_check_interval": o.health_check_interval,
             "alternatives": [list(a) for a in canary.ALTERNATIVES]}
 
 

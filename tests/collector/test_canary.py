@@ -132,12 +132,15 @@ def test_a_gate_holds_while_failures_lean_bad_and_halts_after_hold_limit() -> No
     long = Step(index=0, percent=1, next_percent=5, due=True, held_for=12 * 3600)
     assert canary.decide(leaning, BASELINE, long).action is Action.HALT
     assert canary.decide(leaning, BASELINE, long, Options(hold_limit=0)).action is Action.HOLD
+    assert canary.decide(leaning, BASELINE, long, Options(after_hold="advance")).action is Action.ADVANCE
+    assert canary.decide(leaning, BASELINE, DUE, Options(hold_at=0)).action is Action.ADVANCE
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"alpha": 0}, "alpha"), ({"alpha": 1.5}, "alpha"), ({"max_failure_rate": 0}, "max_failure_rate"),
     ({"tolerance": -0.1}, "tolerance"), ({"min_clients_per_step": 0}, "min_clients_per_step"),
-    ({"min_installs": 0}, "min_installs"), ({"hold_ratio": -1}, "hold_ratio"), ({"hold_limit": -1}, "hold_limit"),
+    ({"min_installs": 0}, "min_installs"), ({"hold_at": -1}, "hold_at"), ({"after_hold": "x"}, "after_hold"),
+    ({"hold_limit": -1}, "hold_limit"),
     ({"health_check_interval": 0}, "health_check_interval"),
 ])
 def test_unusable_options_are_refused_in_one_line(changes: dict[str, float], message: str) -> None:
