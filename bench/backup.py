@@ -22,7 +22,8 @@ and dropping the page cache, dentries and inodes (cold, like the first update af
 otherwise the source tree is read once before every timed step (warm for all alike). Each copy is
 checked (``digest_tree``) once per file system.
 
-Goals (exit 1 when one is missed, 0 when all that could be checked pass): with reflinks the
+Goals (exit 1 when one is missed, 0 when all that could be checked pass, 2 when a step fails or a
+copy differs from its source; bad arguments: 2 from argparse): with reflinks the
 snapshot of the tree under 1 s; in copy mode at least 0.8x the throughput of ``cp -a`` (+ sync);
 the update grows by no more than the snapshot itself (median with - median without <= our
 snapshot's median on the same file system from the same cache state, plus 0.25 s for noise). The
@@ -74,8 +75,14 @@ class OutOfTime(Exception):
 # ----- the tree ----------------------------------------------------------------------------------
 def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        size = int(float(t[:-1]) * units[t[-1]]) if t[-1:] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1G, 512M, 65536)") from None
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r}: the tree needs at least 1 MiB")
+    return size
 
 
 def build_tree(root: Path, files: int, total: int, seed: int) -> tuple[int, int, int]:
@@ -365,7 +372,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="64 MiB in 1,000 files")
     ap.add_argument("--files", type=int, default=10_000)
-    ap.add_argument("--size", default="1G", help="bytes of the tree (K/M/G suffixes)")
+    ap.add_argument("--size", type=parse_size, default=1 << 30, help="bytes of the tree (K/M/G suffixes)")
     ap.add_argument("--runs", type=int, default=3, help="rounds per contender (median of them; at least 3)")
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("--workdir", default=None, help="where the tree and copies go (default: the temp dir)")
@@ -373,7 +380,11 @@ def main() -> int:
     ap.add_argument("--no-update", action="store_true", help="skip the update with/without snapshot")
     ap.add_argument("--max-seconds", type=float, default=590.0, help="time budget of the whole run")
     args = ap.parse_args()
-    files, size = (1_000, 64 << 20) if args.quick else (args.files, parse_size(args.size))
+    files, size = (1_000, 64 << 20) if args.quick else (args.files, args.size)
+    if files < 100:
+        ap.error("--files: at least 100")
+    if args.workdir and not os.path.isdir(args.workdir):
+        ap.error(f"--workdir {args.workdir}: not a directory")
     runs = max(3, args.runs)
     started = time.monotonic()
     cold = os.access(DROP_CACHES, os.W_OK)
@@ -415,6 +426,9 @@ def main() -> int:
             print(f"update: {runs} rounds in {time.monotonic() - t:.0f} s")
     except OutOfTime as exc:
         print(f"stopped: {exc} (--max-seconds {args.max_seconds:.0f}); what was measured follows")
+    except (RuntimeError, OSError) as exc:  # a contender failed or a copy differs: no figures to trust
+        print(f"backup benchmark failed: {exc}", file=sys.stderr)
+        return 2
     finally:
         backups._rmtree(base)
 
