@@ -435,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON document")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args(argv)
+    for name in ("seeds", "good_seeds", "jobs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     bad_seeds, good_seeds = (10, 20) if args.quick else (args.seeds, args.good_seeds)
     options = canary.Options()
     began = time.monotonic()
