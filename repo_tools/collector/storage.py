@@ -480,8 +480,11 @@ class PostgresStorage(Storage):
             raise StorageError(f"cannot connect to the reports database {self.url}: {_pg_message(exc)}") from None
         # ``timeout``: how long a request waits for a pooled connection; a database that went away is
         # then a 503 within seconds, not a client held for the whole connect timeout.
+        # ``check``: a pooled connection is tested before it is lent, so connections a database restart
+        # (or an administrator) ended are replaced instead of failing one request each.
         self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_MAX, open=False, timeout=wait_timeout,
-                                    kwargs={"connect_timeout": max(1, int(connect_timeout))})
+                                    kwargs={"connect_timeout": max(1, int(connect_timeout))},
+                                    check=ConnectionPool.check_connection)
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout:

@@ -150,15 +150,21 @@ def test_a_failing_release_is_yanked_and_a_healthy_one_advances_through_its_gate
     _publish_gated(repo, "1.2.0", app_files("1.2.0"), _gated(tmp_path, [34, 67, 100]))
     taken: list[int] = []
     actions: list[str] = []
-    for _ in range(5):
+    reasons: list[str] = []
+    for _ in range(6):
         _round(clients)
         taken.append(_versions(clients).count("1.2.0"))
         look = _watch(repo, database)
-        actions += [r["action"] for r in look["releases"] if r["version"] == "1.2.0"]
+        mine = [r for r in look["releases"] if r["version"] == "1.2.0"]
+        actions += [r["action"] for r in mine]
+        reasons += [str(r.get("reason", "")) for r in mine]
         if taken[-1] == 6:
             break
-    assert taken[:3] == [2, 4, 6], (taken, actions)
-    assert actions[:2] == ["advance", "advance"], actions
+    # each approved step brings its share of the clients: 2, then 4, then all 6. On a loaded machine a
+    # look may come before the next step is due by the timetable ("none"): it then waits a look, never skips
+    assert [n for i, n in enumerate(taken) if i == 0 or n != taken[i - 1]] == [2, 4, 6], (taken, actions, reasons)
+    assert [a for a in actions if a != "none"][:2] == ["advance", "advance"], (actions, reasons)
+    assert "halt" not in actions and "yank" not in actions, (actions, reasons)
     assert _signed(repo, "1.2.0")["rollout"]["approved_step"] == 2
     report = json.loads(run_cli("pinnacle-release", "fleet", "report", "--db", database, "--repo", str(repo.dir),
                                 "--json").stdout)
