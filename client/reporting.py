@@ -433,6 +433,7 @@ def report_from_record(rec: Mapping[str, Any], ctx: Context) -> Report | None:
         fallback = _text(rec, "fallback_reason")
         health = rec.get("health")
         durations = {"total": _seconds(rec.get("duration")),
+                     "download": _seconds(rec.get("download_seconds")), "apply": _seconds(rec.get("apply_seconds")),
                      "health": _seconds(health.get("duration")) if isinstance(health, dict) else None}
         return ctx.report("install", "committed", cause="delta_fallback" if fallback else "", cause_text=fallback,
                           from_version=_text(rec, "from_version"), to_version=_text(rec, "version"),

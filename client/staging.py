@@ -107,6 +107,7 @@ class Stager(Part):
         self.check_writable()
         if plan is not None and plan.steps:  # before the deltas arrive: the tar length stands in for the tree
             self.check_space(s, release, target, download=plan.total_bytes, tree=release.content.length)
+        clock = time.monotonic()  # download and apply times go into the history (and fleet reports)
         fetched = self.download_deltas(client, cfg, s, release, plan, site.progress(progress))
         manifest = fetched.steps[-1][1] if fetched.steps else client.fetch_manifest(release)
         cached = fetched.steps or os.path.isfile(self.layout.cache / cache_name(release.full.path))
@@ -122,6 +123,7 @@ class Stager(Part):
             if not fetched.steps:
                 site.emit("step", step="download", version=release.version, total=release.full.length, path="full")
                 fetched.artifact = client.fetch_target(release.full, on_progress)
+            downloaded_at = time.monotonic()
             s = site.save(sm.begin_staging(s))  # write-ahead: the slot is listed empty first
             site.emit("step", step="staging", slot=target)
             slot_dir = site.wipe_slot(s, target)
@@ -131,6 +133,8 @@ class Stager(Part):
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise InstallError(f"slot {target} does not match release {release.version}: {problems[0]}{more}")
             self.link_persistent(slot_dir, cfg.persistent_paths)
+            route.update(download_seconds=round(downloaded_at - clock, 3),
+                         apply_seconds=round(time.monotonic() - downloaded_at, 3))
             site.store_manifest(manifest)
             s = site.save(sm.mark_staged(s))
             site.emit("step", step="staged", slot=target, version=release.version)

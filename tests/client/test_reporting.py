@@ -426,6 +426,10 @@ def test_offline_client_keeps_its_spool_and_every_report_arrives_once(tmp_path: 
     assert "health check failed" in rolled.cause_text and str(d) not in rolled.cause_text
     committed = [r for r in stored if r.outcome == "committed"]
     assert all(r.bytes_downloaded > 0 and r.durations.get("total", 0) > 0 for r in committed)
+    # where an install's time went: download, apply (extract/patch and verify), health check; each within the total
+    for r in committed:
+        assert {"download", "apply", "health", "total"} <= set(r.durations), r.durations
+        assert r.durations["download"] + r.durations["apply"] + r.durations["health"] <= r.durations["total"] + 0.01
     _no_key_anywhere(d, ins)
 
 
