@@ -56,7 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pinnacle_updates.client import backups  # noqa: E402
+from pinnacle_updates.client import backups, datacopy  # noqa: E402
 from pinnacle_updates.client import config as client_config  # noqa: E402
 from pinnacle_updates.client.installer import Installer  # noqa: E402
 from pinnacle_updates.client.slots import Layout  # noqa: E402
@@ -157,7 +157,7 @@ class Bench:
             os.sync()
             DROP_CACHES.write_text("3\n")
         elif self.metadata_only:
-            for _ in backups.scan(source, NAMES):
+            for _ in datacopy.scan(source, NAMES):
                 pass
         else:
             for dirpath, _dirs, files in os.walk(source):
@@ -180,7 +180,7 @@ def fs_type(path: Path) -> str:
 
 
 def clear(path: Path) -> None:
-    backups._rmtree(path)
+    datacopy.rmtree(path)
 
 
 def measure_fs(bench: Bench, base: Path, tree: Path, runs: int, label: str, *, keep: bool = False) -> list[Series]:
@@ -430,7 +430,7 @@ def main() -> int:
         print(f"backup benchmark failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        backups._rmtree(base)
+        datacopy.rmtree(base)
 
     print_table(rows, files, size)
     by = {(s.fs, s.name): s for s in rows}

@@ -1,4 +1,4 @@
-"""The data snapshot's copy engine (``client.backups.copy_tree`` and ``scan``), on real files: what a
+"""The data snapshot's copy engine (``client.datacopy.copy_tree`` and ``scan``), on real files: what a
 copy keeps (modes, owners, times, link texts), what it never does (follow a link, read a FIFO), the
 hashes it records, the reflink path on a loop-mounted XFS when this machine allows one, and a
 bounded random round trip snapshot -> change -> restore through the real ``snapshot``/``restore``."""
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinnacle_updates.client import backups
+from pinnacle_updates.client import backups, datacopy
 from pinnacle_updates.client.errors import BackupError
 from pinnacle_updates.client.slots import Layout
 
@@ -38,13 +38,13 @@ def _tree(root: Path) -> None:
         if i % 40 == 0:
             (d / f"sub{i}").mkdir()
             os.symlink(f"../f{i:03d}", d / f"sub{i}" / "up")
-    (root / "uploads" / "big.bin").write_bytes(os.urandom(backups.HASH_MAX + 12_345))
+    (root / "uploads" / "big.bin").write_bytes(os.urandom(datacopy.HASH_MAX + 12_345))
     (root / "uploads" / "empty").write_bytes(b"")
 
 
-def _copy(src: Path, names: list[str], dst: Path, **kw: bool) -> backups.CopyStats:
+def _copy(src: Path, names: list[str], dst: Path, **kw: bool) -> datacopy.CopyStats:
     dst.mkdir(exist_ok=True)
-    return backups.copy_tree(src, names, dst, **kw)
+    return datacopy.copy_tree(src, names, dst, **kw)
 
 
 def test_modes_times_and_contents_are_kept(tmp_path: Path) -> None:
@@ -72,9 +72,9 @@ def test_modes_times_and_contents_are_kept(tmp_path: Path) -> None:
     files = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]
     assert stats.files == len(files) and stats.bytes == sum(p.stat().st_size for p in files)
     assert stats.copied + stats.cloned == stats.files - 2  # two empty files: neither copied nor cloned
-    assert stats.method == ("reflink" if backups.probe_reflink(src, tmp_path / "dst") else "copy")
+    assert stats.method == ("reflink" if datacopy.probe_reflink(src, tmp_path / "dst") else "copy")
     # the manifest lists every entry once, parents before children, in walk order
-    assert [e.path for e in stats.entries] == [rel for rel, _ in backups.scan(src, ["db", "uploads"])]
+    assert [e.path for e in stats.entries] == [rel for rel, _ in datacopy.scan(src, ["db", "uploads"])]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to other owners")
@@ -103,7 +103,7 @@ def test_hashes_for_files_copied_through_memory(tmp_path: Path) -> None:
     for e in by_path.values():
         if e.type != "file":
             assert e.sha256 is None
-        elif e.size <= backups.HASH_MAX:
+        elif e.size <= datacopy.HASH_MAX:
             assert e.sha256 == hashlib.sha256((src / e.path).read_bytes()).hexdigest(), e.path
         else:
             assert e.sha256 is None  # copied in the kernel: recorded by size and mtime
@@ -174,14 +174,14 @@ def test_fifo_swapped_in_after_the_walk_is_refused_not_read(tmp_path: Path) -> N
     os.unlink(src / "d" / "f")
     os.mkfifo(src / "d" / "f")
     (tmp_path / "dst").mkdir()
-    stats = backups.CopyStats()
+    stats = datacopy.CopyStats()
     with pytest.raises(BackupError, match="changed while being copied"):
-        backups._copy_file(str(src / "d" / "f"), str(tmp_path / "dst" / "f"), st, stats, True, False)
+        datacopy._copy_file(str(src / "d" / "f"), str(tmp_path / "dst" / "f"), st, stats, True, False)
 
 
 def test_an_error_in_a_worker_stops_the_copy_and_no_worker_outlives_it(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backups, "BATCH_FILES", 4)  # many batches in flight
+    monkeypatch.setattr(datacopy, "BATCH_FILES", 4)  # many batches in flight
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     for i in range(100):
@@ -190,7 +190,7 @@ def test_an_error_in_a_worker_stops_the_copy_and_no_worker_outlives_it(tmp_path:
     (dst / "d").mkdir(parents=True)
     (dst / "d" / "f050").write_bytes(b"in the way")  # O_EXCL: the copy of f050 fails
     with pytest.raises(FileExistsError):
-        backups.copy_tree(src, ["d/" + n for n in sorted(os.listdir(src / "d"))], dst)
+        datacopy.copy_tree(src, ["d/" + n for n in sorted(os.listdir(src / "d"))], dst)
     assert [t for t in threading.enumerate() if t.name.startswith("pinnacle-backup")] == []
     assert (dst / "d" / "f050").read_bytes() == b"in the way"
 
@@ -276,7 +276,7 @@ def test_random_trees_round_trip(before: dict[str, object], after: dict[str, obj
         # the "new version" rewrites the data: removes, replaces, adds (within the persistent paths)
         after = {k: v for k, v in after.items() if k in before}
         for name in names:
-            backups._rmtree(layout.data / name)
+            datacopy.rmtree(layout.data / name)
         for name, node in after.items():
             _write(layout.data / name, node, len(name) + 1)
         changed = backups.digest_tree(layout.data, sorted(after))
