@@ -549,8 +549,10 @@ def _read(install_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"no config at {path}; run `pinnacle-update --install-dir {install_dir} init ...` first"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except OSError as exc:  # strerror alone: the message names the path once
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except (ValueError, RecursionError) as exc:  # also an integer of thousands of digits; arrays nested deep
         raise ConfigError(f"{path} is not valid TOML ({type(exc).__name__}: {exc})") from exc
     return raw
