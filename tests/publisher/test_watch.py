@@ -235,8 +235,9 @@ def test_a_hold_on_evidence_is_timed_across_looks_and_becomes_a_halt(rolling: Re
                                                                      storage: Storage) -> None:
     """Failures that lean bad hold the gate; the hold is timed from the log across separate looks (as
     with --once from cron) and becomes a halt after hold_limit."""
-    _reports(storage, 27)
-    _reports(storage, 3, outcome="rolled_back", cause="health_check")  # 3/30 against 2%: M = 8.1, between 4.5 and 20
+    _reports(storage, 36)
+    # 4/40 against 2%: M = 17.5, between hold_at (10) and the halt threshold (20)
+    _reports(storage, 4, outcome="rolled_back", cause="health_check")
     opts = {"hold_limit": 3600}
     first = _look(rolling, keystore, storage, T0 + HOUR, **opts)
     assert (first.decision.action, first.decision.hold, first.applied) == (canary.Action.HOLD, "evidence", "")
