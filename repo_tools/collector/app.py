@@ -27,6 +27,7 @@ its spool while a flood from one install id is cut off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -38,7 +39,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -87,12 +88,24 @@ def answer(status: int, data: dict[str, Any], headers: dict[str, str] | None = N
     return JSONResponse(data, status, headers={**_HEADERS, **(headers or {})})
 
 
+DRAIN_MAX = 64 << 10
+"""Bytes beyond a body limit that are still read (and dropped) before the 413 is sent."""
+
+
 async def _read_limited(request: Request, limit: int, timeout: float) -> bytes:
     """The body, refused (413) once it passes ``limit`` bytes while streaming, or (408) when it takes
     longer than ``timeout``; a Content-Length over the limit is refused before reading."""
     length = request.headers.get("content-length", "").strip()
     if length.isdigit() and int(length) > limit:
-        raise Refusal(413, f"the body is {int(length)} bytes, more than the {limit}-byte limit")
+        refusal = Refusal(413, f"the body is {int(length)} bytes, more than the {limit}-byte limit")
+        if int(length) <= limit + DRAIN_MAX:
+            # a body a little over the limit is read and dropped first: closing the connection with
+            # it unread makes the kernel send a reset, and the client would never see the 413
+            with contextlib.suppress(TimeoutError, ClientDisconnect):
+                async with asyncio.timeout(timeout):
+                    async for _piece in request.stream():
+                        pass
+        raise refusal
     received = bytearray()
     try:
         async with asyncio.timeout(timeout):
