@@ -105,7 +105,7 @@ class Installer:
             "previous_slot": s.next_slot if other else None,
             # the data snapshot a rollback would put back (None: the data would stay as it is)
             "rollback_data": s.active_content.data_backup if s.active_content else None,
-            "backups": len(backups_mod.list_backups(self.layout)),
+            "backups": backups_mod.count(self.layout),
             "operation": s.op.to_dict() if s.op else None,
             "bad_versions": {v: b.to_dict() for v, b in s.bad_versions.items()},
             "last_error": s.last_error,

@@ -26,6 +26,7 @@ from pinnacle_updates.client import backups
 from pinnacle_updates.client.errors import BackupError, BackupSpaceError, HealthCheckError
 from pinnacle_updates.client.installer import Installer
 from tests.conftest import run_cli
+from tests.data_crash_driver import schema as _schema
 from tests.helpers_client import Repo, app_files, init_client, make_repo, publish, serve
 
 PERSISTENT = ["logs", "uploads", "temp", "db"]
@@ -87,12 +88,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _schema(path: Path) -> int:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        db.close()
 
 
 def _cli(d: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -135,6 +130,7 @@ def test_automatic_rollback_restores_the_database_and_keeps_the_migrated_one(tmp
     assert listed[record["data_rejected"]]["restored_from"] == record["data_restored"]
     for backup_id in listed:
         assert json.loads(_cli(d, "backups", "verify", backup_id, "--json").stdout)["ok"]
+    assert Installer(d).status()["backups"] == len(listed)  # first install, snapshot, rejected
 
 
 @pytest.mark.parametrize("keep_data", [False, True], ids=["restore", "keep-data"])
