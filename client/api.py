@@ -94,6 +94,10 @@ class AutoUpdater:
         """This platform's releases in the configured channel, verified (oldest first)."""
         return self.installer.releases()
 
+    def channels(self) -> list[str]:
+        """The channels the repository offers, custom names included (verified, sorted)."""
+        return self.installer.channels()
+
     def install(self, version: str | None = None, *, confirm_major: bool = False, force: bool = False,
                 wait: bool = False, progress: results.Progress | None = None,
                 auto_only: bool = False) -> results.InstallResult:

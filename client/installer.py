@@ -201,6 +201,12 @@ class Installer:
                 client.refresh()
                 return client.channel_index(cfg.text("channel")).for_platform(cfg.text("platform"))
 
+    def channels(self, *, wait: bool = False) -> list[str]:
+        """The channels the repository offers (the roles its signed top-level targets delegate)."""
+        with self.locked(wait), self.site.repository(self.config()) as client:
+            client.refresh()
+            return client.channels()
+
     # -- install -------------------------------------------------------------------------------
     def install(
         self,

@@ -168,6 +168,17 @@ class RepositoryClient:
                 self._signed_ref(ref, where)
         return index
 
+    def channels(self) -> list[str]:
+        """The channels this repository offers, sorted: the roles its verified top-level targets
+        delegate (one per channel; archive bins hang below a channel's role, not here). Reads
+        ngclient's trusted set, loaded by ``refresh``; names that are not channel names are left out."""
+        trusted: Any = getattr(self._require_updater(), "_trusted_set", None)
+        try:
+            roles = trusted["targets"].signed.delegations.roles or {}
+        except (TypeError, KeyError, AttributeError):
+            return []
+        return sorted(name for name in roles if _is_channel(name))
+
     def archived_release(self, channel: str, platform: str, version: str) -> Release | None:
         """A release that left the channel index's live window, from its archive record (which TUF
         finds through the channel's hashed bins), or None when the channel never had it."""
@@ -466,6 +477,14 @@ def _metadata_subject(url: str | None) -> str:
         return name
     version = f" v{m['version']}" if m["version"] else ""
     return f"{unquote(m['role'])} metadata{version}"
+
+
+def _is_channel(name: str) -> bool:
+    try:
+        check_channel(name)
+    except FormatError:
+        return False
+    return True
 
 
 def _expiry(updater: Updater | None, role: str) -> str | None:

@@ -64,6 +64,7 @@ __all__ = [
     "parse_percent",
     "parse_schedule",
     "parse_time",
+    "reach",
     "rollout_time",
 ]
 
@@ -441,6 +442,36 @@ def bucket(client_id: str, channel: str, version: str) -> float:
     """This client's place in [0, 100) for one release of one channel (deterministic)."""
     digest = hashlib.sha256(f"{client_id}:{channel}:{version}".encode()).digest()
     return (int.from_bytes(digest[:8], "big") % BUCKET_SCALE) * 100 / BUCKET_SCALE
+
+
+@dataclass(frozen=True)
+class Reach:
+    """When a client in ``bucket`` enters a rollout: ``at`` (None: not by the timetable alone) and
+    ``why`` in a few words (the dashboard's rollout card shows both)."""
+
+    at: datetime | None
+    why: str
+
+
+def reach(rollout: Rollout, client_bucket: float, now: datetime) -> Reach:
+    """When ``rollout`` first offers the release to ``client_bucket`` (``bucket < percent``), from
+    the signed fields only: now, a step of the timetable, or never by itself (paused, a gate that
+    waits for an approval, a schedule that stops below the bucket)."""
+    if rollout.percent_at(now) > client_bucket:
+        return Reach(now, "this client is in the rollout")
+    if rollout.state is RolloutState.PAUSED:
+        paused = rollout.percent_at(now)
+        return Reach(None, f"the rollout is paused at {paused:g}%: not before the publisher resumes it")
+    schedule = rollout.schedule
+    for index in range(schedule.step_count()):
+        step = schedule.step(index)
+        if step.percent > client_bucket:
+            if schedule.gate and index > rollout.approved_step:
+                return Reach(None, f"step {index + 1} ({step.percent:g}%) waits for the publisher's approval")
+            at = parse_time(rollout.start) + timedelta(seconds=step.after)
+            return Reach(at, f"step {index + 1} of the schedule reaches {step.percent:g}%")
+    last = schedule.step(schedule.step_count() - 1).percent
+    return Reach(None, f"the schedule stops at {last:g}%, below this client's bucket")
 
 
 @dataclass(frozen=True)
