@@ -35,6 +35,7 @@ from pinnacle_updates.formats.index import (
     check_platform,
     feedback_url_problem,
 )
+from pinnacle_updates.formats.logs import LOG_FORMATS
 from pinnacle_updates.formats.redact import redact_text
 
 Value = str | int | float | bool | list[str]
@@ -302,6 +303,11 @@ def _report_url(v: str) -> None:
             raise ValueError(problem)
 
 
+def _log_format(v: str) -> None:
+    if v not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+
+
 def _optional_file(v: str) -> None:
     if len(v) > 4096 or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in v):
         raise ValueError("must be a file path of at most 4096 characters without control characters")
@@ -323,6 +329,20 @@ KEYS: Mapping[str, Key] = {
     "channel": Key(str, _POLICY.channel, f"release channel (e.g. {', '.join(CHANNELS)})", _channel),
     "platform": Key(str, "any", "platform tag of this machine, e.g. linux-x86_64", _platform),
     "client_id": Key(str, "", "random id of this install (used for staged rollouts)", _client_id),
+    # a private repository (client.repo_access; each also from a PINNACLE_REPO_* variable; secrets only in files)
+    "repo_token_file": Key(str, "", "file holding a bearer token for the repository (mode 600; or "
+                           "PINNACLE_REPO_TOKEN)", _optional_file),
+    "repo_username": Key(str, "", "basic-auth user name for the repository (or PINNACLE_REPO_USERNAME)",
+                         _optional_file),
+    "repo_password_file": Key(str, "", "file holding the basic-auth password (mode 600; or PINNACLE_REPO_PASSWORD)",
+                              _optional_file),
+    "repo_headers_file": Key(str, "", "file of extra 'Name: value' headers for the repository (mode 600; or "
+                             "PINNACLE_REPO_HEADERS)", _optional_file),
+    "repo_client_cert": Key(str, "", "PEM client certificate for mutual TLS with the repository", _optional_file),
+    "repo_client_key": Key(str, "", "PEM private key of repo_client_cert (mode 600; empty = in the certificate "
+                           "file)", _optional_file),
+    "repo_ca_bundle": Key(str, "", "PEM CA certificates that verify the repository's https server (empty = the "
+                          "system's)", _optional_file),
     # policy (the seed's UpdateConfig)
     "enabled": Key(bool, _POLICY.enabled, "whether automatic update checks run"),
     "auto_install": Key(bool, _POLICY.auto_install,
@@ -387,6 +407,8 @@ KEYS: Mapping[str, Key] = {
     "max_log_bytes": Key(int, 1_000_000, "size at which logs/auto_updater.log is rotated",
                          _between(0, 1 << 40, " bytes", above=True)),
     "log_backups": Key(int, 5, "rotated log files kept", _between(0, MAX_COUNT)),
+    "log_format": Key(str, "text", "stderr log lines: text (journald's form under systemd) or json (one object "
+                      "a line); PINNACLE_LOG_FORMAT or --log-format override it", _log_format),
     # fleet feedback (client.reporting): outcome reports to a collector; no user data
     "report": Key(str, "auto", "outcome reports: auto (to the collector the signed channel names, if any), "
                   "on (to report_url), off (never: nothing is kept or sent)", _report_mode),

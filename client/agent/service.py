@@ -29,6 +29,7 @@ import logging
 import logging.handlers
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -52,10 +53,13 @@ from pinnacle_updates.client import (
     UpdateError,
     jittered_interval,
 )
+from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client.agent import analytics
 from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outcome, notification, now, outcome
-from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, parse_version
+from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, UpdateType, parse_version
+from pinnacle_updates.formats.logs import RedactFilter, resolve_format, stderr_handler, under_journald
 from pinnacle_updates.formats.redact import redact_text, redact_url
+from pinnacle_updates.formats.rollout import bucket, format_time, reach
 
 log = logging.getLogger("pinnacle.agent")
 
@@ -79,15 +83,29 @@ _STEP_PERCENT = {
 }
 _DOWNLOAD_SHARE = 80.0
 
+# The settings the dashboard's form edits, in the form's order (GET /api/updates/config describes
+# them from client.config's KEYS: one source for types, defaults and help; the channel has its own
+# switch). Only policy keys: no URL, command or address that could carry a credential.
+SETTINGS_FORM = (
+    "enabled", "auto_install", "check_interval", "allowed_update_types", "backup_before_update",
+    "backup_update_types", "max_backups", "max_rollback_days", "max_rollback_attempts",
+)  # fmt: skip
+_TYPE_LISTS = frozenset({"allowed_update_types", "backup_update_types", "skip_ramp_types"})
+# client.config names the refused key in every message ("config key 'x': ...", "unknown config
+# key 'x'"): the form shows the message next to that field.
+_CONFIG_KEY = re.compile(r"config key '([A-Za-z0-9_]+)'")
+
 
 class AgentError(Exception):
     """An API-level refusal: HTTP ``status``, a stable machine ``code`` and a one-line message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.field = field
+        """The request field the refusal is about (a config key), when there is one."""
 
 
 def error_for(exc: UpdateError) -> AgentError:
@@ -789,37 +807,10 @@ class AgentService:
 
 
 # ----- logging ----------------------------------------------------------------------------------
-class RedactFilter(logging.Filter):
-    """Removes secrets from every record: the current ``secret()`` (the token is never logged on purpose:
-    defence in depth) and credentials in URLs (``formats.redact``), in the message and in a traceback."""
-
-    def __init__(self, secret: Callable[[], str]) -> None:
-        super().__init__()
-        self.secret = secret
-
-    def _clean(self, text: str) -> str:
-        secret = self.secret()
-        if secret and secret in text:
-            text = text.replace(secret, "[redacted]")
-        return redact_text(text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = self._clean(message)
-        if cleaned != message:
-            record.msg = cleaned
-            record.args = None
-        if record.exc_info and not record.exc_text:
-            # Formatted here so the formatter prints the cleaned text (it reuses ``exc_text``).
-            record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
-        elif record.exc_text:
-            record.exc_text = self._clean(record.exc_text)
-        return True
-
-
 def configure_logging(install_dir: Path, *, debug: bool, secret: Callable[[], str]) -> Path:
-    """``DIR/logs/auto_updater.log`` rotated at ``max_log_bytes`` (``log_backups`` kept), and
-    warnings on stderr; ``debug`` logs detail. Returns the log path."""
+    """``DIR/logs/auto_updater.log`` rotated at ``max_log_bytes`` (``log_backups`` kept), and lines on
+    stderr in ``log_format`` (``formats.logs``: text, JSON, journald's form under systemd; warnings
+    only on a terminal, everything from INFO as a service); ``debug`` logs detail. Returns the log path."""
     cfg = AutoUpdater(install_dir).settings()
     path = Path(install_dir) / LOG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -827,12 +818,13 @@ def configure_logging(install_dir: Path, *, debug: bool, secret: Callable[[], st
         path, maxBytes=cfg.integer("max_log_bytes"), backupCount=cfg.integer("log_backups"), encoding="utf-8"
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    console = logging.StreamHandler()
-    console.setLevel(logging.DEBUG if debug else logging.WARNING)
-    console.setFormatter(logging.Formatter("pinnacle-update serve: %(levelname)s %(message)s"))
-    redact = RedactFilter(secret)
-    for h in (handler, console):
-        h.addFilter(redact)
+    handler.addFilter(RedactFilter(secret))
+    fmt = resolve_format(cfg.text("log_format"))
+    # A service's stderr is its log (the journal, a log shipper reading JSON): what it did belongs
+    # there; on a terminal only what needs a person.
+    unattended = fmt == "json" or under_journald()
+    level = logging.DEBUG if debug else logging.INFO if unattended else logging.WARNING
+    console = stderr_handler(fmt, level, secret=secret)
     root = logging.getLogger()
     root.handlers[:] = [handler, console]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
