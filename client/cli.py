@@ -8,6 +8,7 @@ stderr and its exit code.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -17,7 +18,8 @@ from typing import Any
 
 import click
 
-from pinnacle_updates.formats.cliutil import Failure, emit, error_group
+from pinnacle_updates.formats.cliutil import Failure, emit, error_group, json_option
+from pinnacle_updates.formats.exitcodes import ExitCode
 from pinnacle_updates.formats.redact import redact_text, redact_url
 
 from . import config as config_mod
@@ -65,19 +67,37 @@ class _Progress:
                        f"{speed / 2**20:5.1f} MiB/s ETA {eta:4.0f}s", err=True, nl=done >= total)
 
 
-pass_updater = click.make_pass_decorator(AutoUpdater)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def _updater(ctx: click.Context) -> AutoUpdater:
+    """The install directory's ``AutoUpdater``; asked for only by a command that runs (so ``--help``
+    needs no install directory)."""
+    updater = ctx.find_object(AutoUpdater)
+    if updater is None:
+        raise click.UsageError("Missing option '--install-dir' (or set PINNACLE_INSTALL_DIR).", ctx)
+    return updater
+
+
+def pass_updater(f: Any) -> Any:
+    @click.pass_context
+    def run(ctx: click.Context, /, *args: Any, **kwargs: Any) -> Any:
+        return ctx.invoke(f, _updater(ctx), *args, **kwargs)
+
+    return functools.update_wrapper(run, f)
+
+
+exit_code_option = click.option("--exit-code", is_flag=True,
+                                 help=f"Exit {int(ExitCode.NO_UPDATE)} (no update) when there is nothing to install.")
 wait_option = click.option("--wait", is_flag=True, help="Queue behind another running update instead of failing.")
 
 
 @click.group(cls=_Group)
-@click.option("--install-dir", envvar="PINNACLE_INSTALL_DIR", required=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Install directory (or PINNACLE_INSTALL_DIR).")
+@click.option("--install-dir", envvar="PINNACLE_INSTALL_DIR", default=None,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Install directory (or PINNACLE_INSTALL_DIR); needed by every command.")
 @click.version_option(package_name="pinnacle-updates")
 @click.pass_context
-def cli(ctx: click.Context, install_dir: Path) -> None:
+def cli(ctx: click.Context, install_dir: Path | None) -> None:
     """Verified A/B updates with automatic rollback."""
-    ctx.obj = AutoUpdater(install_dir)
+    ctx.obj = AutoUpdater(install_dir) if install_dir is not None else None
 
 
 @cli.command("init")
@@ -106,8 +126,9 @@ def init_cmd(updater: AutoUpdater, repo_url: str, root_json: Path, channel: str,
 @click.argument("version", required=False)
 @json_option
 @wait_option
+@exit_code_option
 @pass_updater
-def check_cmd(updater: AutoUpdater, version: str | None, as_json: bool, wait: bool) -> None:
+def check_cmd(updater: AutoUpdater, version: str | None, as_json: bool, wait: bool, exit_code: bool) -> int:
     """Refresh signed metadata and say whether an update is available."""
     result = updater.check(version, wait=wait)
     if result.update_available:
@@ -117,17 +138,20 @@ def check_cmd(updater: AutoUpdater, version: str | None, as_json: bool, wait: bo
     else:
         human = f"up to date ({result.current_version or 'nothing installed'}): {result.reason}"
     emit(as_json, result.to_dict(), human)
+    return ExitCode.NO_UPDATE if exit_code and not result.update_available else ExitCode.OK
 
 
 @cli.command("install")
 @click.argument("version", required=False)
 @click.option("--yes", "confirm_major", is_flag=True, help="Confirm a major update.")
-@click.option("--force", is_flag=True, help="Also consider versions that were rolled back before.")
+@click.option("--force", is_flag=True,
+              help="Also install a version marked bad or yanked, an older one, or the installed one again.")
 @json_option
 @wait_option
+@exit_code_option
 @pass_updater
 def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, force: bool, as_json: bool,
-                wait: bool) -> None:
+                wait: bool, exit_code: bool) -> int:
     """Install VERSION (default: what policy picks) into the inactive slot and switch to it."""
     progress = _Progress(as_json)
     updater = AutoUpdater(updater.install_dir, on_event=progress.event)
@@ -145,6 +169,7 @@ def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, 
         human = (f"installed {result.version} in slot {result.slot} (was {result.previous_version or 'nothing'}; "
                  f"{result.bytes_downloaded} bytes, {result.duration:.2f}s)")
     emit(as_json, result.to_dict(), human)
+    return ExitCode.NO_UPDATE if exit_code and result.outcome == "up_to_date" else ExitCode.OK
 
 
 @cli.command("rollback")
@@ -209,7 +234,7 @@ def backups_verify(updater: AutoUpdater, backup_id: str, as_json: bool) -> None:
          "\n".join([f"backup {backup_id}: {'intact' if not problems else f'{len(problems)} problem(s)'}",
                     *(f"  {p}" for p in problems)]))
     if problems:
-        raise _fail(f"backup {backup_id} differs from its manifest", 9)
+        raise _fail(f"backup {backup_id} differs from its manifest", ExitCode.BACKUP)
 
 
 @backups_group.command("restore")
@@ -304,7 +329,7 @@ def health_cmd(updater: AutoUpdater, as_json: bool) -> None:
     data = result.to_dict()
     emit(as_json, data, f"{'healthy' if result.healthy else 'UNHEALTHY'}: {data.get('reason') or ''}".strip())
     if not result.healthy:
-        sys.exit(6)
+        raise _fail(f"the running version is unhealthy: {data.get('reason') or 'no reason given'}", ExitCode.UNHEALTHY)
 
 
 @cli.command("verify")
@@ -326,7 +351,8 @@ def verify_cmd(updater: AutoUpdater, all_slots: bool, as_json: bool, wait: bool)
         if report.note:
             click.echo(f"note: {report.note}")
     if not report.ok:
-        raise _fail("installed files differ from the signed release (run 'repair')", 4)
+        raise _fail("installed files differ from the signed release (run 'pinnacle-update repair')",
+                    ExitCode.VERIFICATION)
 
 
 @cli.command("repair")
@@ -358,8 +384,9 @@ def doctor_cmd(updater: AutoUpdater, as_json: bool) -> None:
     checks = updater.doctor()
     emit(as_json, [c.to_dict() for c in checks],
           "\n".join(f"{c.to_dict()['status']:>4}  {c.name}: {c.detail}" for c in checks))
-    if any(not c.ok and not c.warning for c in checks):
-        sys.exit(1)
+    failed = [c.name for c in checks if not c.ok and not c.warning]
+    if failed:
+        raise _fail(f"{len(failed)} check(s) failed: {', '.join(failed)}", ExitCode.CHECKS_FAILED)
 
 
 @cli.group("config")
@@ -374,17 +401,17 @@ def config_group() -> None:
 def config_set(updater: AutoUpdater, key: str, value: str) -> None:
     """Validate and store one setting (lists: space- or comma-separated)."""
     stored = updater.set_setting(key, value)
-    click.echo(f"{key} = {_shown(stored)!r}")
+    click.echo(config_mod.dumps({key: _shown(stored)}).splitlines()[-1])  # the line as config.toml holds it
 
 
 @config_group.command("show")
 @json_option
 @pass_updater
 def config_show(updater: AutoUpdater, as_json: bool) -> None:
-    """Print every setting."""
+    """Print every setting as TOML (what config.toml holds, credentials redacted), or JSON."""
     cfg = updater.settings()
     data = {key: _shown(cfg[key]) for key in config_mod.KEYS}
-    emit(as_json, data, "\n".join(f"{k} = {v!r}" for k, v in data.items()))
+    emit(as_json, data, config_mod.dumps(data).rstrip("\n"))
 
 
 def _shown(value: Any) -> Any:

@@ -1,30 +1,83 @@
 """What both command-line tools share: one line per error, one exit code, one output shape.
 
 Commands raise their library's root error; the group class made here is the single place where
-it becomes ``<program>: error: <message>`` on stderr and the error's ``exit_code``. ``--json``
-output is one JSON document on stdout.
+it, click's own usage errors and anything unforeseen become output and an exit code from the
+shared table (``formats.exitcodes``):
+
+* as text: ``<program>: error: <message>`` on stderr (after any detail lines);
+* under ``--json``: one JSON line on stderr, ``{"error": {"code": n, "name": "...", "message":
+  "...", "details": [...]}}``. stderr is where ``--json`` commands write their JSON-lines events
+  (progress), so it stays all JSON lines; stdout holds only the command's result document, which
+  a command that reports *and* fails (``verify``, ``doctor``) still prints.
+
+``--json`` output is one JSON document on stdout (``emit``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import click
 
+from .exitcodes import ExitCode
+from .redact import redact_text
+
+_JSON = "pinnacle_updates.json"
+"""Key in the root context's ``meta``: the command being run was given ``--json``."""
+
+
+def error_document(code: int, message: str, details: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``--json`` shape of a failure (what the tests and CI scripts parse)."""
+    try:
+        name = ExitCode(code).name.lower()
+    except ValueError:  # not in the table: reported as what it is, never hidden
+        name = "unknown"
+    error: dict[str, Any] = {"code": int(code), "name": name, "message": message}
+    if details:
+        error["details"] = list(details)
+    return {"error": error}
+
 
 class Failure(click.ClickException):
-    """A refusal shown as one line, with the program's name and its own exit code."""
+    """A refusal shown as one line (text) or one JSON line (``--json``), with its own exit code."""
 
-    def __init__(self, program: str, message: str, exit_code: int) -> None:
+    def __init__(self, program: str, message: str, exit_code: int, details: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.program = program
         self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default only
+        self.details = tuple(details)
+        self.as_json = False
 
     def show(self, file: Any = None) -> None:
+        if self.as_json:
+            document = error_document(self.exit_code, self.format_message(), self.details)
+            click.echo(json.dumps(document, sort_keys=True), err=True)
+            return
+        for line in self.details:
+            click.echo(f"{self.program}: {line}", err=True)
         click.echo(f"{self.program}: error: {self.format_message()}", err=True)
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:  # read by the group when the command fails, after its own context is gone
+        ctx.find_root().meta[_JSON] = True
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_remember_json,
+                           help="Print one JSON document on stdout (errors: one JSON line on stderr).")
+"""``--json`` for every command of both tools: its failures are JSON too."""
+
+
+def _asked_json(tokens: Sequence[str]) -> bool:
+    """``--json`` among the command line's options (before any ``--``): for usage errors, which
+    happen before the option itself is parsed."""
+    words = list(tokens)
+    return "--json" in (words[: words.index("--")] if "--" in words else words)
 
 
 def error_group(
@@ -39,30 +92,49 @@ def error_group(
         def main(self, *args: Any, **kwargs: Any) -> NoReturn:
             """click's own usage errors become one line too (click prints usage, a hint and a blank)."""
             kwargs["standalone_mode"] = False
+            tokens = args[0] if args and args[0] is not None else kwargs.get("args") or sys.argv[1:]
             try:
                 result = super().main(*args, **kwargs)
+            except click.exceptions.NoArgsIsHelpError as exc:
+                exc.show()  # a group alone: its help, as click does
+                sys.exit(ExitCode.USAGE)
             except click.UsageError as exc:
                 command = exc.ctx.command_path if exc.ctx else program
-                click.echo(f"{program}: error: {exc.format_message()} (see '{command} --help')", err=True)
-                sys.exit(exc.exit_code)
+                usage = Failure(program, f"{exc.format_message()} (see '{command} --help')", ExitCode.USAGE)
+                usage.as_json = _asked_json(tokens) or bool(exc.ctx and exc.ctx.meta.get(_JSON))
+                usage.show()
+                sys.exit(ExitCode.USAGE)
             except click.ClickException as exc:
                 exc.show()
                 sys.exit(exc.exit_code)
             except click.Abort:
-                click.echo(f"{program}: aborted", err=True)
-                sys.exit(1)
-            sys.exit(result if isinstance(result, int) else 0)
+                failure = Failure(program, "interrupted", ExitCode.INTERRUPTED)
+                failure.as_json = _asked_json(tokens)
+                failure.show()
+                sys.exit(ExitCode.INTERRUPTED)
+            sys.exit(result if isinstance(result, int) else ExitCode.OK)
 
         def invoke(self, ctx: click.Context) -> Any:
             try:
                 return super().invoke(ctx)
+            except Failure as exc:
+                exc.as_json = bool(ctx.meta.get(_JSON))
+                raise
             except errors as exc:
-                for line in details(exc):
-                    click.echo(f"{program}: {line}", err=True)
-                raise Failure(program, str(exc), getattr(exc, "exit_code", 1)) from exc
+                failure = Failure(program, str(exc), getattr(exc, "exit_code", ExitCode.INTERNAL), tuple(details(exc)))
             except OSError as exc:  # last resort: a file error no library layer translated is still one line
                 where = f": {exc.filename}" if exc.filename else ""
-                raise Failure(program, f"{exc.strerror or exc}{where}", 1) from exc
+                failure = Failure(program, f"{exc.strerror or exc}{where}", ExitCode.INTERNAL)
+            except (click.ClickException, click.Abort, click.exceptions.Exit):
+                raise
+            except Exception as exc:  # a bug: still one line, never a traceback (PINNACLE_TRACEBACK=1 shows it)
+                if os.environ.get("PINNACLE_TRACEBACK"):
+                    raise
+                text = redact_text(" ".join(str(exc).split()))[:300]
+                failure = Failure(program, f"internal error: {type(exc).__name__}: {text} (please report this; "
+                                           "PINNACLE_TRACEBACK=1 shows where)", ExitCode.INTERNAL)
+            failure.as_json = bool(ctx.meta.get(_JSON))
+            raise failure
 
     return ErrorGroup
 

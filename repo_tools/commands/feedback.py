@@ -49,10 +49,12 @@ def collector_group() -> None:
               help="Requests per second from one client address (burst: twice that); 0 turns it off.")
 @click.option("--rate-per-install", type=click.FloatRange(0), default=1000.0, show_default=True,
               help="Reports per hour from one install id (burst: two full batches); 0 turns it off.")
+@click.option("--repo", "repo_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A repository whose watch decisions the fleet page's rollout timeline shows (read only).")
 @click.option("--verbose", is_flag=True, help="Log at INFO (refusals stay unlogged; database errors are WARNING).")
 def serve_cmd(db_url: str, host: str, port: int, token_file: Path, ingest_key_file: Path | None,
               certfile: str | None, keyfile: str | None, rate_per_address: float, rate_per_install: float,
-              verbose: bool) -> None:
+              repo_dir: Path | None, verbose: bool) -> None:
     """Serve the collector: POST /v1/reports, GET /v1/fleet/report, GET /v1/health, GET /openapi.json."""
     import logging
 
@@ -64,7 +66,7 @@ def serve_cmd(db_url: str, host: str, port: int, token_file: Path, ingest_key_fi
     from ..collector.storage import open_storage
 
     if (certfile is None) != (keyfile is None):
-        raise failure("give --certfile and --keyfile together", 2)
+        raise failure("give --certfile and --keyfile together")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(
@@ -72,6 +74,7 @@ def serve_cmd(db_url: str, host: str, port: int, token_file: Path, ingest_key_fi
         ingest_key=credentials.ingest_key(ingest_key_file),
         per_address=Rate(rate_per_address, 2 * rate_per_address),
         per_install=Rate(rate_per_install / 3600, 2.0 * wire.MAX_BATCH),
+        repo_dir=repo_dir.absolute() if repo_dir is not None else None,
     )
     storage = open_storage(db_url)
     serve(storage, settings, Listen(host, port, certfile, keyfile))
@@ -97,21 +100,23 @@ def fleet_group() -> None:
 def report_cmd(db_url: str | None, collector_url: str | None, token_file: Path | None, channel: str | None,
                version: str | None, since: str | None, repo_dir: Path | None, as_json: bool) -> None:
     """Per release: clients offered, attempted, succeeded, rolled back and failed by cause, success rate
-    with a 95% interval, median and p95 install time, bytes saved by deltas; the version distribution."""
+    with a 95% interval, median and p95 install time, bytes saved by deltas, application metrics; A/B
+    groups compared (success rate, install time, each metric: the difference with its interval); the
+    version distribution."""
     from pinnacle_updates.formats.boundedjson import FormatError
 
     from ..collector.summary import Filters
 
     if (db_url is None) == (collector_url is None):
-        raise failure("give --db PATH|URL or --collector URL (one of them)", 2)
+        raise failure("give --db PATH|URL or --collector URL (one of them)")
     now = datetime.now(UTC)
     try:
         filters = Filters.parse(channel, version, since, now)
     except FormatError as exc:
-        raise failure(str(exc), 2) from None
+        raise failure(str(exc)) from None
     if collector_url is not None:
         if token_file is None:
-            raise failure("--collector needs --token-file (the collector's read token)", 2)
+            raise failure("--collector needs --token-file (the collector's read token)")
         document = _ask_collector(collector_url, token_file, channel, version, since)
     else:
         from ..collector.storage import open_storage
@@ -195,6 +200,12 @@ def render(document: dict[str, Any]) -> str:
                          _rate(tally), _causes(tally["rolled_back"]), _causes(tally["failed"]),
                          str(tally["delta_fallbacks"]), _time(tally), _size(tally["bytes_saved"])))
     lines = [_table(head, rows)] if rows else ["no install reports"]
+    compared = [(rel, c) for rel in document["releases"] for c in rel.get("comparisons", ())]
+    if compared:
+        from ..core.canary import comparison_line
+
+        lines += ["", "A/B GROUPS (difference with an always-valid 95% interval; a winner only on enough data)"]
+        lines += [f"{rel['channel']}/{rel['platform']}/{rel['version']}: {comparison_line(c)}" for rel, c in compared]
     if document["versions"]:
         lines += ["", _table(("CHANNEL", "PLATFORM", "VERSION", "INSTALLS"),
                              [(v["channel"], v["platform"], v["version"], str(v["installs"]))

@@ -75,7 +75,9 @@ def rollout_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, plat
 @json_option
 def yank_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, reason: str, platform: str | None,
              as_json: bool) -> None:
-    """Withdraw a release: clients skip it; clients running it roll back (online keys only)."""
+    """Withdraw a release: no client is offered it any more (only `install VERSION --force` takes it);
+    clients running it move off it at their next update: to a newer release they may take, else back
+    to the newest older one (instantly, with its data, when their other slot holds it). Online keys only."""
     result = fleet.yank(Repository(repo_dir), keystore(keys_dir), channel, version, reason, platform=platform)
     emit(as_json, result, _summary(result, "yanked"))
 
@@ -153,8 +155,9 @@ def _ingest_key(path: Path) -> str:
               help="Install attempts reported before any decision (a halt included).")
 @click.option("--gate/--no-gate", default=True, show_default=True,
               help="Approve the steps of gated rollouts when healthy (--no-gate: only halt or yank).")
-@click.option("--auto-yank", is_flag=True, help="A halt also yanks the release: clients that took it roll back "
-                                                "to the last good release with their data.")
+@click.option("--auto-yank", is_flag=True, help="A halt also yanks the release: clients running it move off it "
+                                                "at their next update (to a newer release, else back to the newest "
+                                                "older one, instantly with its data when their other slot holds it).")
 @json_option
 def watch_cmd(repo_dir: Path, keys_dir: Path, db_url: str, once: bool, interval: int, channels: tuple[str, ...],
               max_failure_rate: float, min_clients_per_step: int, min_installs: int, gate: bool, auto_yank: bool,
@@ -167,7 +170,7 @@ def watch_cmd(repo_dir: Path, keys_dir: Path, db_url: str, once: bool, interval:
     options = canary.Options(max_failure_rate=max_failure_rate, min_clients_per_step=min_clients_per_step,
                              min_installs=min_installs, gate=gate, auto_yank=auto_yank, health_check_interval=interval)
     if options.problem():  # what the option types let through (nan)
-        raise failure(f"--{options.problem().replace('_', '-')}", 2)
+        raise failure(f"--{options.problem().replace('_', '-')}")
     repo, keys = Repository(repo_dir), keystore(keys_dir)
     stop = threading.Event()
     if not once:

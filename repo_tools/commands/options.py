@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import click
 
 from pinnacle_updates.formats.cliutil import Failure, error_group
+from pinnacle_updates.formats.cliutil import json_option as json_option
+from pinnacle_updates.formats.exitcodes import ExitCode
 
 from ..errors import ReleaseError, VerificationFailed
 from ..keys import KeyStore, env_passphrase
@@ -30,8 +32,9 @@ def _problems(exc: Exception) -> list[str]:
 ReleaseGroup = error_group(PROGRAM, ReleaseError, _problems)
 
 
-def failure(message: str, exit_code: int) -> Failure:
-    """A refusal of the command line itself (bad option values), shown like a library error."""
+def failure(message: str, exit_code: int = ExitCode.USAGE) -> Failure:
+    """A refusal of the command line itself (bad option values: a usage error unless told), shown
+    like a library error."""
     return Failure(PROGRAM, message, exit_code)
 
 
@@ -57,7 +60,6 @@ def _keys_option(*, required: bool) -> Callable[[_F], _F]:
     )
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 keys_option = _keys_option(required=True)
 optional_keys_option = _keys_option(required=False)
 """``--keys`` for commands that also work without a key directory (offline signing steps)."""

@@ -39,7 +39,7 @@ def _parse_expiry(values: tuple[str, ...]) -> dict[str, int]:
     for value in values:
         role, sep, days = value.partition("=")
         if not sep or not days.isdigit():
-            raise failure(f"--expires takes ROLE=DAYS, got '{value}'", 2)
+            raise failure(f"--expires takes ROLE=DAYS, got '{value}'")
         out[role] = int(days)
     return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from pinnacle_updates.formats.cliutil import emit
+from pinnacle_updates.formats.exitcodes import ExitCode
 
 from .. import rootsign
 from ..keys import (
@@ -66,7 +67,7 @@ def keys_init(
         passphrase = os.environ.get(PASSPHRASE_ENV)
         if not passphrase:
             if not sys.stdin.isatty():
-                raise failure(f"set {PASSPHRASE_ENV} or pass --insecure-plaintext (no terminal to prompt on)", 2)
+                raise failure(f"set {PASSPHRASE_ENV} or pass --insecure-plaintext (no terminal to prompt on)")
             passphrase = click.prompt(
                 "Passphrase for the new keys", hide_input=True, confirmation_prompt=True, err=True
             )
@@ -84,10 +85,10 @@ def keys_init(
 def keys_generate(pem_file: Path, insecure_plaintext: bool, as_json: bool) -> None:
     """Create one key pair for a key holder: PEM_FILE and PEM_FILE's .pub.json next to it."""
     if pem_file.exists():
-        raise failure(f"{pem_file} exists; refusing to overwrite a key", 2)
+        raise failure(f"{pem_file} exists; refusing to overwrite a key", ExitCode.REFUSED)
     passphrase = None if insecure_plaintext else os.environ.get(PASSPHRASE_ENV)
     if not insecure_plaintext and not passphrase:
-        raise failure(f"set {PASSPHRASE_ENV} or pass --insecure-plaintext", 2)
+        raise failure(f"set {PASSPHRASE_ENV} or pass --insecure-plaintext")
     key = write_private_key(pem_file, passphrase)
     public = pem_file.with_suffix(".pub.json")
     public.write_bytes(public_key_bytes(key))
@@ -146,7 +147,7 @@ def _pairs(values: tuple[str, ...], default_role: str | None, option: str) -> li
     for value in values:
         role, sep, rest = value.partition("=")
         if not (rest if sep else default_role):
-            raise failure(f"{option} takes {'[ROLE=]' if default_role else 'ROLE='}VALUE, got '{value}'", 2)
+            raise failure(f"{option} takes {'[ROLE=]' if default_role else 'ROLE='}VALUE, got '{value}'")
         out.append((role, rest) if sep else (str(default_role), value))
     return out
 
@@ -181,7 +182,7 @@ def _signing_group(role: str, default_role: str | None, what: str) -> click.Grou
         thresholds = {}
         for r, n in _pairs(threshold, default_role, "--threshold"):
             if not n.isdigit():
-                raise failure(f"--threshold takes [ROLE=]N, got '{n}'", 2)
+                raise failure(f"--threshold takes [ROLE=]N, got '{n}'")
             thresholds[r] = int(n)
         changes = rootsign.KeyChanges(
             add=[(r, load_public_key(Path(f))) for r, f in _pairs(add_key, default_role, "--add-key")],
@@ -208,10 +209,10 @@ def _signing_group(role: str, default_role: str | None, what: str) -> click.Grou
              trusted_root: Path | None, as_json: bool) -> None:
         """Append one signature to FILE; needs the key, not the repository."""
         if (key_file is None) == (key_uri is None):
-            raise failure("pass exactly one of --key PEMFILE or --key-uri URI", 2)
+            raise failure("pass exactly one of --key PEMFILE or --key-uri URI")
         if key_uri is not None:
             if public_key is None:
-                raise failure("--key-uri needs --public-key PUBFILE", 2)
+                raise failure("--key-uri needs --public-key PUBFILE")
             signer = signer_from_uri(key_uri, load_public_key(public_key))
         else:
             assert key_file is not None
