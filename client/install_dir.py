@@ -21,7 +21,7 @@ from typing import Any
 
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client import history as history_mod
-from pinnacle_updates.client import reporting
+from pinnacle_updates.client import repo_access, reporting
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.config import ClientConfig
 from pinnacle_updates.client.errors import (
@@ -261,7 +261,8 @@ def default_client(cfg: ClientConfig, layout: Layout) -> RepositoryClient:
         root = fsutil.read_regular(layout.trusted_root, boundedjson.DOCUMENT_MAX, follow=True)
     except OSError as exc:
         raise ConfigError(f"cannot read the trusted root {layout.trusted_root}: {exc.strerror or exc}") from exc
-    fetcher = HttpxFetcher(partial_dir=layout.cache / "partial")  # interrupted downloads resume
+    # interrupted downloads resume; a private repository's credentials go with every request
+    fetcher = HttpxFetcher(partial_dir=layout.cache / "partial", access=repo_access.load(cfg, layout.root))
     return RepositoryClient(cfg.text("repo_url"), layout.metadata, layout.cache, root, fetcher=fetcher,
                             metadata_url=cfg.text("metadata_url") or None, targets_url=cfg.text("targets_url") or None)
 

@@ -10,6 +10,9 @@ seam and nothing else:
 * the same interface for ``file://`` URLs and plain paths, so a repository can be a directory
   (a USB stick, an air-gapped mirror, tests); a missing file behaves like an HTTP 404;
 * request and byte counters for ``check`` and an ``on_bytes`` hook for progress;
+* a private repository's credentials (:class:`RepoAccess`: headers such as a bearer token or basic
+  auth, sent only to the repository's own origins; a client certificate and a CA bundle), on every
+  request this seam makes, metadata and targets alike;
 * resumable target downloads: with a ``partial_dir``, the body of a content-addressed target
   (``<hex digest>.<name>``, what consistent snapshots serve) is kept on disk as it arrives; a transfer
   that breaks off (here, or in a process that was killed) continues with ``Range: bytes=N-``.
@@ -31,7 +34,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -146,14 +149,15 @@ class _LazyTLSTransport(httpx.BaseTransport):
     context that verifies against no CA at all (fails closed), which it never uses: it carries no
     TLS and, without proxies (see :func:`_connection_options`), tunnels none."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Callable[[], ssl.SSLContext] = _tls_context) -> None:
         self._plain: httpx.HTTPTransport | None = None
         self._tls: httpx.HTTPTransport | None = None
+        self._make_tls = tls
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme == "https":
             if self._tls is None:
-                self._tls = httpx.HTTPTransport(verify=_tls_context())
+                self._tls = httpx.HTTPTransport(verify=self._make_tls())
             return self._tls.handle_request(request)
         if self._plain is None:
             self._plain = httpx.HTTPTransport(verify=_no_ca_context())
@@ -165,14 +169,91 @@ class _LazyTLSTransport(httpx.BaseTransport):
                 transport.close()
 
 
-def _connection_options() -> dict[str, Any]:
+def _connection_options(tls: Callable[[], ssl.SSLContext] = _tls_context) -> dict[str, Any]:
     """How an ``httpx.Client`` connects: with a proxy in the environment, httpx's own set-up (its proxy
-    rules and ``NO_PROXY``; every transport verifies TLS with :func:`_tls_context`), else the lazy
-    transport (httpx then reads no proxies either, and there are none to read)."""
+    rules and ``NO_PROXY``; every transport verifies TLS with ``tls()``, by default
+    :func:`_tls_context`), else the lazy transport (httpx then reads no proxies either, and there are
+    none to read)."""
     proxies = getproxies()
     if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
-        return {"verify": _tls_context()}
-    return {"transport": _LazyTLSTransport()}
+        return {"verify": tls()}
+    return {"transport": _LazyTLSTransport(tls)}
+
+
+def _origin(url: httpx.URL | str) -> str:
+    """``scheme://host:port`` with the scheme's default port written out: what credentials are bound to."""
+    url = httpx.URL(url)
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme, 0)
+    return f"{url.scheme}://{url.host.lower()}:{port}"
+
+
+@dataclass(frozen=True, repr=False)
+class RepoAccess:
+    """What a private repository asks of its clients: extra headers (``Authorization: Bearer ...``,
+    basic auth, any other), a client certificate and key for mutual TLS, a CA bundle of its own.
+
+    The headers are sent only to ``origins`` (the repository's metadata and targets locations), on
+    every request and every redirect within them; a redirect elsewhere (a CDN) gets none of them,
+    whatever httpx keeps across redirects. The certificate is presented to any https server of this
+    fetcher that asks for one (TLS offers it per connection, not per URL). ``repr`` shows no value:
+    the object may end up in a log or a traceback."""
+
+    origins: frozenset[str]
+    headers: tuple[tuple[str, str], ...] = ()
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    ca_bundle: Path | None = None
+
+    def __repr__(self) -> str:
+        names = ", ".join(name for name, _ in self.headers)
+        return (f"RepoAccess(origins={sorted(self.origins)}, headers=[{names}], "
+                f"client_cert={self.client_cert}, ca_bundle={self.ca_bundle})")
+
+    @classmethod
+    def for_urls(cls, urls: Iterable[str], **fields: Any) -> RepoAccess:
+        """Bound to the origins of the http(s) URLs among ``urls`` (local paths need no credentials)."""
+        return cls(frozenset(_origin(u) for u in urls if _scheme(u) in ("http", "https")), **fields)
+
+    @property
+    def has_tls(self) -> bool:
+        return self.client_cert is not None or self.ca_bundle is not None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A verifying context with this access's CA bundle (else the system's) and client certificate:
+        built for this fetcher alone, never the process-wide one (a client certificate must not reach
+        the hooks' health probes)."""
+        try:
+            if self.ca_bundle is not None:
+                context = ssl.create_default_context(cafile=str(self.ca_bundle))
+            else:
+                context = httpx.create_ssl_context()
+            if self.client_cert is not None:
+                key = str(self.client_key) if self.client_key is not None else None
+                context.load_cert_chain(str(self.client_cert), key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise DownloadError(f"cannot load the repository's TLS files: {_tls_reason(exc)}") from exc
+        return context
+
+    def authorize(self, request: httpx.Request) -> None:
+        """Set the headers on a request to one of ``origins``, remove them from any other (httpx
+        calls this for every request, redirects included)."""
+        ours = _origin(request.url) in self.origins
+        for name, value in self.headers:
+            if ours:
+                request.headers[name] = value
+            elif name in request.headers:
+                del request.headers[name]
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """An ``ssl``/``OSError`` reason without the file's content (there is none in it, but one line)."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return " ".join(str(reason).split())
+
+
+def _scheme(url: str) -> str:
+    """The lowercase URL scheme of ``url`` ('' for a plain path)."""
+    return urlsplit(url.strip()).scheme.lower()
 
 
 class HttpxFetcher(FetcherInterface):
@@ -193,9 +274,11 @@ class HttpxFetcher(FetcherInterface):
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         partial_dir: Path | None = None,
+        access: RepoAccess | None = None,
     ) -> None:
         self.settings = settings or TransportSettings()
         self.partial_dir = partial_dir
+        self.access = access
         self.stats = TransportStats()
         self.on_bytes: Callable[[int], None] | None = None
         self.last_url: str | None = None
@@ -208,11 +291,13 @@ class HttpxFetcher(FetcherInterface):
         that downloads nothing, never needs one)."""
         if self._client is None:
             s = self.settings
+            access = self.access
             self._client = httpx.Client(
                 timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
                 headers={"User-Agent": s.user_agent},
                 follow_redirects=True,
-                **_connection_options(),
+                event_hooks={"request": [access.authorize]} if access is not None and access.headers else None,
+                **_connection_options(access.tls_context if access is not None and access.has_tls else _tls_context),
             )
         return self._client
 

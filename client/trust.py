@@ -412,6 +412,9 @@ def _translate(exc: Exception, subject: str, updater: Updater | None,
         limit = f"the {m['max']} bytes expected" if m else "expected"
         return TrustError(f"{subject} failed verification: longer than {limit} (tampered or corrupted)")
     if isinstance(exc, tuf_exc.DownloadHTTPError):
+        if exc.status_code in (401, 407):  # a private repository (client.repo_access): never the credential itself
+            return RepositoryError(f"the repository refused {subject} without valid credentials ({text}); "
+                                   "check repo_token_file, repo_username/repo_password_file or PINNACLE_REPO_*")
         if exc.status_code in (403, 404):
             return RepositoryError(f"{subject} is not on the repository ({text})")
         return RepositoryError(f"the repository failed to serve {subject} ({text})")

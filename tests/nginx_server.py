@@ -110,7 +110,11 @@ class NginxServer:
         worker_connections: int = 1024,
         limit_rate: str | None = None,
         nginx: str | None = None,
+        server_extra: str = "",
+        tls: bool = False,
     ) -> None:
+        """``server_extra``: directives added to the server block (auth_basic, ssl_* ...); ``tls``:
+        listen with ``ssl`` (``server_extra`` names the certificate) and serve ``https://``."""
         binary = nginx or find_nginx()
         if binary is None:
             raise RuntimeError("nginx is not installed (Debian: apt-get install nginx-light)")
@@ -121,8 +125,9 @@ class NginxServer:
             for name in ("stderr.log", "error.log"):
                 (self.prefix / name).unlink(missing_ok=True)
             port = free_port()
-            conf = nginx_standalone(directory, self.prefix, listen=f"127.0.0.1:{port}", workers=workers,
-                                    worker_connections=worker_connections, limit_rate=limit_rate)
+            conf = nginx_standalone(directory, self.prefix, listen=f"127.0.0.1:{port}{' ssl' if tls else ''}",
+                                    workers=workers, worker_connections=worker_connections, limit_rate=limit_rate)
+            conf = conf.replace("    server {\n", "    server {\n" + server_extra, 1)
             (self.prefix / "nginx.conf").write_text(conf)
             with open(self.prefix / "stderr.log", "wb") as err:
                 self.process = subprocess.Popen(
@@ -133,7 +138,7 @@ class NginxServer:
                 )  # fmt: skip
             if self._wait_ready(port):
                 self.port = port
-                self.url = f"http://127.0.0.1:{port}/"
+                self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
                 _RUNNING.add(self)
                 return
             self._halt()
