@@ -10,7 +10,8 @@ this module drives it, saving each state *before* the step it guards::
 
     rollback (automatic or manual): save ROLLING_BACK (with the snapshot to restore) -> stop_command
           -> restore the data (``client.backups``, journaled) -> swap ``current`` back
-          -> on_rollback -> start_command -> save ROLLED_BACK (version marked bad)
+          -> on_rollback -> start_command -> save ROLLED_BACK (automatic: the version left is marked
+             bad; manual: recorded as rolled back by the operator, or bad with --mark-bad)
 
 Recovery (``client.recovery``) resumes both from the saved state, which is why hooks must be
 idempotent. ``rollback_target`` is the one rule for what a manual rollback may switch to (the
@@ -216,7 +217,7 @@ class Activation(Part):
     # -- rollback -----------------------------------------------------------------------------------
     def rollback(
         self, cfg: ClientConfig, s: SlotState, reason: str, *, mark_bad: bool, allow_bad: bool = False,
-        keep_data: bool = False, cause: str = "",
+        keep_data: bool = False, cause: str = "", operator: bool = False,
     ) -> RollbackResult:
         """Save ROLLING_BACK (the table refuses what may not roll back), then finish it.
 
@@ -227,7 +228,7 @@ class Activation(Part):
         restore = data_to_restore(self.layout, s, keep_data)
         rejected = backups.new_id() if restore else None
         s = self.site.save(sm.begin_rollback(s, reason, mark_bad, allow_bad=allow_bad, restore=restore,
-                                             rejected=rejected))
+                                             rejected=rejected, operator=operator))
         return self.finish_rollback(cfg, s, started, cause=cause)
 
     def finish_rollback(self, cfg: ClientConfig, s: SlotState, started: float, cause: str = "") -> RollbackResult:
@@ -284,6 +285,8 @@ class Activation(Part):
             record["backups_pruned"] = pruned
         if op.mark_bad and op.leaving_version:
             record["bad_version"] = op.leaving_version
+        elif op.operator and op.leaving_version:  # what a lost state file is rebuilt from (history)
+            record["rolled_back_version"] = op.leaving_version
         site.record(record)
         site.emit("step", step="rolled_back", version=op.version, slot=op.slot, reason=op.reason)
         return RollbackResult(op.version, op.slot, op.leaving_version, op.leaving, op.reason, duration, tuple(notes),

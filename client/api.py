@@ -107,11 +107,13 @@ class AutoUpdater:
                                       progress=progress, auto_only=auto_only)
 
     def rollback(self, *, force: bool = False, wait: bool = False, keep_data: bool = False,
-                 reason: str = "manual rollback") -> results.RollbackResult:
-        """Switch back to the version in the other slot, instantly; the version left is marked bad.
+                 reason: str = "manual rollback", mark_bad: bool = False) -> results.RollbackResult:
+        """Switch back to the version in the other slot, instantly; the version left is recorded as
+        rolled back by the operator (skipped by automatic updates, installable by name), or as bad
+        with ``mark_bad`` (installed again only with ``force``).
         The persistent data goes back to its snapshot from before the running version was installed
         (the data it replaces is kept as a backup) unless ``keep_data``."""
-        return self.installer.rollback(force=force, wait=wait, keep_data=keep_data, reason=reason)
+        return self.installer.rollback(force=force, wait=wait, keep_data=keep_data, reason=reason, mark_bad=mark_bad)
 
     def rollback_target(self) -> results.RollbackTarget | None:
         """What ``rollback`` would switch to and whether it may without ``force`` (None: nothing)."""

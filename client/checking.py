@@ -61,7 +61,8 @@ def evaluate(
             releases = sorted([*releases, wanted], key=lambda r: r.parsed_version)
     if wanted is not None and wanted.yanked is not None and not force:
         return CheckResult(current, False, None, None, 0, None, False,
-                           f"{wanted.version} is yanked ({wanted.yanked.reason}); force to install it anyway")
+                           f"{wanted.version} is yanked by the publisher ({wanted.yanked.reason}); "
+                           f"'install {wanted.version} --force' installs it anyway")
     try:
         decision = decide(
             releases,
@@ -69,6 +70,7 @@ def evaluate(
             cfg.to_update_config(),
             frozenset(s.bad_versions),
             requested_version=version,
+            rolled_back=frozenset(s.rolled_back_versions),
             confirm_major=confirm_major,
             force=force,
             held=view.held,

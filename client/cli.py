@@ -173,24 +173,41 @@ def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, 
 
 
 @cli.command("rollback")
-@click.option("--force", is_flag=True, help="Roll back even to a version marked bad.")
+@click.option("--force", is_flag=True,
+              help="Roll back even to a version marked bad or older than max_rollback_days.")
+@click.option("--mark-bad", is_flag=True,
+              help="Also mark the version left bad: never installed again without --force.")
 @click.option("--keep-data", is_flag=True,
               help="Keep the persistent data as it is (default: restore its snapshot from before the update).")
 @json_option
 @wait_option
 @pass_updater
-def rollback_cmd(updater: AutoUpdater, force: bool, keep_data: bool, as_json: bool, wait: bool) -> None:
-    """Switch back to the previous version in the other slot, instantly, with its data."""
-    result = updater.rollback(wait=wait, force=force, keep_data=keep_data)
+def rollback_cmd(updater: AutoUpdater, force: bool, mark_bad: bool, keep_data: bool, as_json: bool,
+                 wait: bool) -> None:
+    """Switch back to the previous version in the other slot, instantly, with its data.
+
+    The version left is recorded as rolled back by you: automatic updates skip it, 'install VERSION'
+    takes it again. With --mark-bad it is bad: refused unless 'install VERSION --force'."""
+    result = updater.rollback(wait=wait, force=force, keep_data=keep_data, mark_bad=mark_bad)
     _report(updater, ("rollback", result.from_version, result.version, "rolled_back", result.reason))
     if result.data_restored:
         data = f"; data restored from backup {result.data_restored}"
         data += f", the replaced data kept as backup {result.data_rejected}" if result.data_rejected else ""
     else:
         data = "; data kept as it was"
-    notes = "".join(f"\nnote: {n}" for n in result.notes)
+    notes = "".join(f"\nnote: {n}" for n in result.notes) + _marked(result.from_version, mark_bad)
     emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
                                      f"{result.duration * 1000:.1f} ms){data}{notes}")
+
+
+def _marked(version: str | None, bad: bool) -> str:
+    """What a manual rollback recorded of the version it left, and how to take that version again."""
+    if version is None:
+        return ""
+    if bad:
+        return f"\n{version} is marked bad: 'pinnacle-update install {version} --force' installs it again"
+    return (f"\n{version} is recorded as rolled back: automatic updates skip it, "
+            f"'pinnacle-update install {version}' installs it again")
 
 
 @cli.group("backups")

@@ -54,12 +54,13 @@ def read(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return out[-limit:] if limit else out
 
 
-def bad_versions(records: list[dict[str, Any]]) -> dict[str, BadVersion]:
+def bad_versions(records: list[dict[str, Any]], key: str = "bad_version") -> dict[str, BadVersion]:
     """Rebuild the bad-version list from the log (used when the state file was lost): every
-    record naming a ``bad_version`` counts one rollback; a later commit of that version clears it."""
+    record naming a ``bad_version`` counts one rollback; a later commit of that version clears it.
+    ``key="rolled_back_version"``: the versions a person rolled back from without marking them bad."""
     bad: dict[str, BadVersion] = {}
     for rec in records:
-        marked = rec.get("bad_version")
+        marked = rec.get(key)
         if isinstance(marked, str):
             prev = bad.get(marked)
             count = (prev.rollbacks if prev else 0) + 1

@@ -108,6 +108,7 @@ class Installer:
             "backups": backups_mod.count(self.layout),
             "operation": s.op.to_dict() if s.op else None,
             "bad_versions": {v: b.to_dict() for v, b in s.bad_versions.items()},
+            "rolled_back_versions": {v: b.to_dict() for v, b in s.rolled_back_versions.items()},
             "last_error": s.last_error,
             "current": str(self.layout.current),
             "current_slot": linked,
@@ -320,8 +321,10 @@ class Installer:
 
     # -- rollback ---------------------------------------------------------------------------------
     def rollback(self, *, wait: bool = False, force: bool = False, keep_data: bool = False,
-                 reason: str = "manual rollback") -> results.RollbackResult:
-        """Instant switch to the version in the inactive slot; the version left is marked bad.
+                 reason: str = "manual rollback", mark_bad: bool = False) -> results.RollbackResult:
+        """Instant switch to the version in the inactive slot; the version left is recorded as rolled
+        back by the operator (not offered automatically again, installable by name), or as bad with
+        ``mark_bad`` (refused unless forced).
         The persistent data goes back to the snapshot taken before the running version went live
         (what it replaces is kept as a backup) unless ``keep_data``. Refuses when the inactive slot
         holds no complete version, one older than ``max_rollback_days`` or a bad one (both unless
@@ -332,7 +335,8 @@ class Installer:
             s = self.site.load()
             if not force:
                 refuse_too_old(rollback_target(s, cfg))
-            return self.activation.rollback(cfg, s, reason, mark_bad=True, allow_bad=force, keep_data=keep_data)
+            return self.activation.rollback(cfg, s, reason, mark_bad=mark_bad, allow_bad=force, keep_data=keep_data,
+                                            operator=True)
 
     # -- data backups -------------------------------------------------------------------------------
     def backups(self) -> list[backups_mod.Backup]:

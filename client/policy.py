@@ -18,8 +18,11 @@ Rules (``decide``):
   ``patch`` (and security/hotfix) releases only and ``auto_install`` is on. A jump that brings a
   ``minor`` change without a security fix is only offered. ``enabled=False`` turns automatic
   installs off entirely (explicit requests still work).
-* Versions marked bad (this machine rolled back from them) are skipped unless ``force``;
+* Versions marked bad (this machine rolled back from them after a failure, or a person did with
+  ``--mark-bad``) are skipped unless ``force``, and a request for one is refused unless ``force``;
   releases past them are still eligible (a later release is how a bad one gets fixed).
+* Versions a person **rolled back** from (``rolled_back``, without ``--mark-bad``) are skipped
+  unless ``force`` but stay installable by name: going back was a decision about now, not a verdict.
 * ``requested_version`` asks for that exact version, ignoring ``allowed_update_types`` and
   ``enabled`` (a person asked). Still refused: a version not published for this platform,
   a bad version or a downgrade or a reinstall of the installed version without ``force``,
@@ -35,7 +38,7 @@ Rules (``decide``):
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from packaging.version import Version
@@ -143,12 +146,14 @@ def decide(
     force: bool = False,
     held: Mapping[str, str] | None = None,
     required: frozenset[str] = frozenset(),
+    rolled_back: Collection[str] = frozenset(),
 ) -> Decision:
     """Apply the module's rules to ``releases`` (this platform's, any order)."""
     held = held or {}
     ordered = sorted(releases, key=lambda r: r.parsed_version)
     current = parse_version(current_version) if current_version is not None else None
     bad = {parse_version(v) for v in bad_versions}
+    rolled = {parse_version(v) for v in rolled_back}
     if requested_version is not None:
         return _requested(ordered, current, bad, parse_version(requested_version), confirm_major, force)
 
@@ -170,7 +175,7 @@ def decide(
                 continue
             if not confirm_major:
                 gated = True
-                skipped.append(Skipped(r.version, f"{r.type} update: needs explicit confirmation"))
+                skipped.append(Skipped(r.version, f"{r.type} update: needs explicit confirmation (--yes)"))
                 continue
         if gated:
             skipped.append(Skipped(r.version, "comes after an unconfirmed major update"))
@@ -180,6 +185,8 @@ def decide(
             skipped.append(Skipped(r.version, f"{r.type.value} updates are not in allowed_update_types"))
         elif r.parsed_version in bad and not force:
             skipped.append(Skipped(r.version, "marked bad: this machine rolled back from it"))
+        elif r.parsed_version in rolled and not force:
+            skipped.append(Skipped(r.version, f"rolled back by the operator (install {r.version} takes it again)"))
         else:
             eligible.append(r)
 
@@ -246,15 +253,16 @@ def _requested(
         return Decision(None, None, f"version {wanted} is not published for this platform in the channel")
     label = f"{found.version} ({found.type.value})"
     if wanted in bad and not force:
-        return Decision(None, None, f"{label} is marked bad (this machine rolled back from it); force to install it")
+        return Decision(None, None, f"{label} is marked bad (this machine rolled back from it); "
+                                    f"'install {found.version} --force' installs it anyway")
     if current is not None and wanted == current and not force:
-        return Decision(None, None, f"{label} is already installed; force to reinstall it")
+        return Decision(None, None, f"{label} is already installed; 'install {found.version} --force' reinstalls it")
     if current is not None and wanted < current:
         if not force:
             return Decision(
                 None,
                 None,
-                f"{label} is older than the installed {current}: a downgrade needs force",
+                f"{label} is older than the installed {current}: a downgrade needs --force",
                 downgrade=True,
             )
         return Decision(found, None, f"{label}: downgrade from {current} (forced)", downgrade=True)
@@ -264,7 +272,7 @@ def _requested(
     ]  # fmt: skip
     if crossed and not confirm_major:
         gate = crossed[0]
-        why = f"{label} crosses the {gate.type} update {gate.version}: needs explicit confirmation"
+        why = f"{label} crosses the {gate.type} update {gate.version}: needs explicit confirmation (--yes)"
         return Decision(None, None, why)
     return Decision(found, None, f"{label} as requested")
 

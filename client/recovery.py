@@ -181,8 +181,9 @@ class Recovery(Part):
                 f"cannot rebuild the state: slot {linked} (where current points) matches no cached release "
                 f"manifest; remove {self.layout.current} and reinstall with `pinnacle-update install --force VERSION`"
             )
-        bad = history_mod.bad_versions(history_mod.read(self.layout.history))
-        s = sm.rebuilt(linked, found, bad, f"state rebuilt from the slots ({why})")
+        records = history_mod.read(self.layout.history)
+        bad, rolled_back = (history_mod.bad_versions(records, key) for key in ("bad_version", "rolled_back_version"))
+        s = sm.rebuilt(linked, found, bad, f"state rebuilt from the slots ({why})", rolled_back)
         if self.layout.state.exists():
             with contextlib.suppress(OSError):
                 os.replace(self.layout.state, self.layout.state.with_name("state.json.corrupt"))

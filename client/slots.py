@@ -166,7 +166,8 @@ class Operation:
     activated by an install; the slot being returned to by a rollback, ``None`` when a first
     install fails and there is nothing to return to). ``leaving``/``leaving_version`` name the
     slot and version being abandoned by a rollback, and ``mark_bad`` whether that version is to be
-    recorded as bad.
+    recorded as bad; ``operator``: a rollback a person asked for, which records the version left as
+    rolled back (not offered automatically again, still installable by name) when it is not marked bad.
     """
 
     kind: str  # install | repair | rollback
@@ -178,6 +179,7 @@ class Operation:
     leaving: str | None = None
     leaving_version: str | None = None
     mark_bad: bool = False
+    operator: bool = False
     entry_point: str | None = None
     # Data safety (``client.backups``). An install: ``snapshot`` says a snapshot of the persistent
     # data is wanted before the swap, ``data_backup`` names it once it is complete (saved before
@@ -204,6 +206,7 @@ class Operation:
             "leaving": self.leaving,
             "leaving_version": self.leaving_version,
             "mark_bad": self.mark_bad,
+            "operator": self.operator,
         }
 
 
@@ -228,6 +231,9 @@ class SlotState:
     slots: Mapping[str, SlotContent | None] = field(default_factory=lambda: dict.fromkeys(SLOT_NAMES))
     op: Operation | None = None
     bad_versions: Mapping[str, BadVersion] = field(default_factory=dict)
+    rolled_back_versions: Mapping[str, BadVersion] = field(default_factory=dict)
+    """Versions a person rolled back from without ``--mark-bad``: skipped by automatic updates,
+    installable by name (a later release is offered as usual)."""
     last_error: str = ""
     updated: str = ""
     schema: int = SCHEMA_VERSION
@@ -270,6 +276,7 @@ class SlotState:
             "slots": {n: (c.to_dict() if c else None) for n, c in sorted(self.slots.items())},
             "op": self.op.to_dict() if self.op else None,
             "bad_versions": {v: b.to_dict() for v, b in sorted(self.bad_versions.items())},
+            "rolled_back_versions": {v: b.to_dict() for v, b in sorted(self.rolled_back_versions.items())},
             "last_error": self.last_error,
             "updated": self.updated,
         }
@@ -294,16 +301,14 @@ class SlotState:
                 raise StateError("'slots' must name exactly a and b")
             slots = {n: _content(raw_slots[n]) for n in SLOT_NAMES}
             op = _operation(doc.get("op"))
-            bad_raw = doc.get("bad_versions", {})
-            if not isinstance(bad_raw, dict):
-                raise StateError("'bad_versions' must be an object")
-            bad = {str(v): BadVersion(int(b["rollbacks"]), str(b["reason"]), str(b["at"])) for v, b in bad_raw.items()}
+            bad, rolled_back = (_marks(doc, key) for key in ("bad_versions", "rolled_back_versions"))
             result = cls(
                 state=state,
                 active=active,
                 slots=slots,
                 op=op,
                 bad_versions=bad,
+                rolled_back_versions=rolled_back,
                 last_error=str(doc.get("last_error", "")),
                 updated=str(doc.get("updated", "")),
             )
@@ -386,6 +391,7 @@ def _operation(value: Any) -> Operation | None:
         leaving=_opt_slot(value.get("leaving")),
         leaving_version=None if value.get("leaving_version") is None else _version(value["leaving_version"]),
         mark_bad=bool(value.get("mark_bad", False)),
+        operator=bool(value.get("operator", False)),
         entry_point=opt("entry_point"),
         snapshot=bool(value.get("snapshot", False)),
         data_backup=opt("data_backup"),
@@ -457,16 +463,18 @@ def commit(s: SlotState) -> SlotState:
     """COMMIT: the target passed hooks and health checks and becomes the active slot, remembering
     the data snapshot taken before it went live (what a manual rollback restores).
 
-    A version committed after a forced retry is no longer bad.
+    A version committed after a forced retry is no longer bad (nor rolled back).
     """
     op = _need_op(s)
     assert op.slot is not None
     bad = {v: b for v, b in s.bad_versions.items() if v != op.version}
+    rolled_back = {v: b for v, b in s.rolled_back_versions.items() if v != op.version}
     content = s.slots.get(op.slot)
     slots = dict(s.slots)
     if content is not None:
         slots[op.slot] = replace(content, data_backup=op.data_backup)
-    return _moved(s, Event.COMMIT, active=op.slot, op=None, bad_versions=bad, slots=slots, last_error="")
+    return _moved(s, Event.COMMIT, active=op.slot, op=None, bad_versions=bad, rolled_back_versions=rolled_back,
+                  slots=slots, last_error="")
 
 
 def abort(s: SlotState, reason: str) -> SlotState:
@@ -482,7 +490,7 @@ def abort(s: SlotState, reason: str) -> SlotState:
 
 def begin_rollback(
     s: SlotState, reason: str, mark_bad: bool = True, *, allow_bad: bool = False,
-    restore: str | None = None, rejected: str | None = None,
+    restore: str | None = None, rejected: str | None = None, operator: bool = False,
 ) -> SlotState:
     """ROLLBACK: saved before ``current`` is swapped back.
 
@@ -530,6 +538,7 @@ def begin_rollback(
         leaving=s.active,
         leaving_version=s.active_version,
         mark_bad=mark_bad,
+        operator=operator,
         data_backup=restore,
         data_rejected=rejected,
     )
@@ -537,18 +546,23 @@ def begin_rollback(
 
 
 def finish_rollback(s: SlotState) -> SlotState:
-    """FINISH_ROLLBACK: ``current`` points at the rollback target; record the abandoned version as bad."""
+    """FINISH_ROLLBACK: ``current`` points at the rollback target; record the abandoned version as
+    bad (``mark_bad``) or as rolled back by a person (``operator``)."""
     op = _need_op(s)
-    bad = dict(s.bad_versions)
-    if op.mark_bad and op.leaving_version is not None:
-        prev = bad.get(op.leaving_version)
-        bad[op.leaving_version] = BadVersion((prev.rollbacks if prev else 0) + 1, op.reason, now())
+    bad, rolled_back = dict(s.bad_versions), dict(s.rolled_back_versions)
+    marks = bad if op.mark_bad else rolled_back if op.operator else None
+    if marks is not None and op.leaving_version is not None:
+        prev = marks.get(op.leaving_version)
+        marks[op.leaving_version] = BadVersion((prev.rollbacks if prev else 0) + 1, op.reason, now())
+        if op.mark_bad:  # bad now, whatever a person decided of it before
+            rolled_back.pop(op.leaving_version, None)
     new = replace(
         s,
         state=transition(s.state, Event.FINISH_ROLLBACK),
         active=op.slot,
         op=None,
         bad_versions=bad,
+        rolled_back_versions=rolled_back,
         last_error=op.reason,
         updated=now(),
     )
@@ -572,6 +586,7 @@ def rebuilt(
     slots: Mapping[str, SlotContent | None],
     bad_versions: Mapping[str, BadVersion],
     note: str,
+    rolled_back_versions: Mapping[str, BadVersion] | None = None,
 ) -> SlotState:
     """A fresh resting state reconstructed from what is on disk (after the state file was lost)."""
     new = SlotState(
@@ -579,11 +594,20 @@ def rebuilt(
         active=active,
         slots=dict(slots),
         bad_versions=dict(bad_versions),
+        rolled_back_versions=dict(rolled_back_versions or {}),
         last_error=note,
         updated=now(),
     )
     new.check()
     return new
+
+
+def _marks(doc: Mapping[str, Any], key: str) -> dict[str, BadVersion]:
+    """``bad_versions`` or ``rolled_back_versions`` of a state file (absent: none)."""
+    raw = doc.get(key, {})
+    if not isinstance(raw, dict):
+        raise StateError(f"'{key}' must be an object")
+    return {str(v): BadVersion(int(b["rollbacks"]), str(b["reason"]), str(b["at"])) for v, b in raw.items()}
 
 
 def _need_op(s: SlotState) -> Operation:

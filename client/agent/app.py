@@ -273,9 +273,10 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
         return ok({"job": job}, 202)
 
     async def rollback(request: Request) -> Any:
-        body = _fields(await _body(request), {"force": bool, "keep_data": bool})
+        body = _fields(await _body(request), {"force": bool, "keep_data": bool, "mark_bad": bool})
         return await run_in_threadpool(
-            lambda: service.rollback(force=body.get("force", False), keep_data=body.get("keep_data", False))
+            lambda: service.rollback(force=body.get("force", False), keep_data=body.get("keep_data", False),
+                                     mark_bad=body.get("mark_bad", False))
         )
 
     async def backup(request: Request) -> Any:

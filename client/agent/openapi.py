@@ -122,10 +122,12 @@ def document() -> dict[str, Any]:
                           **_errors("401", "404", "409", "413", "422", "502")}}},
         "/api/updates/rollback": {"post": {
             "summary": "Switch back to the previous version in the other slot; its data snapshot is restored "
-                       "unless keep_data",
+                       "unless keep_data; the version left is recorded as rolled back (installable by name), "
+                       "or bad with mark_bad (installed again only with force)",
             "operationId": "rollback", "security": _SECURED,
             "requestBody": _body({"type": "object", "additionalProperties": False,
-                                  "properties": {"force": {"type": "boolean"}, "keep_data": {"type": "boolean"}}}),
+                                  "properties": {"force": {"type": "boolean"}, "keep_data": {"type": "boolean"},
+                                                 "mark_bad": {"type": "boolean"}}}),
             "responses": {"200": _json(_OBJECT, "Rollback result"), **_errors("401", "409", "413", "422")}}},
         "/api/updates/history": {"get": {
             "summary": "history.jsonl records, newest first",

@@ -567,13 +567,16 @@ class AgentService:
         return ""
 
     # -- rollback -------------------------------------------------------------------------------
-    def rollback(self, *, force: bool = False, keep_data: bool = False) -> dict[str, Any]:
+    def rollback(self, *, force: bool = False, keep_data: bool = False, mark_bad: bool = False) -> dict[str, Any]:
+        """The operator's rollback: the version left is recorded as rolled back (installable by name), or
+        bad with ``mark_bad`` (the CLI's ``rollback --mark-bad``)."""
         if not self._op.acquire(blocking=False):
             raise AgentError(409, "busy", "an install or rollback is already running")
         try:
             job = self.progress.begin(Job("rollback", None, None))
             try:
-                result = self.updater.rollback(force=force, keep_data=keep_data, reason=MANUAL_ROLLBACK_REASON)
+                result = self.updater.rollback(force=force, keep_data=keep_data, reason=MANUAL_ROLLBACK_REASON,
+                                               mark_bad=mark_bad)
             except UpdateError as exc:
                 self.progress.finish(job, "failed", error=str(exc))
                 raise error_for(exc) from exc

@@ -236,7 +236,8 @@ def test_rollback_switches_back_and_refuses_without_a_previous_version(agent: Ag
     assert r.status_code == 200, r.text
     assert (r.json()["from_version"], r.json()["version"]) == (V101, V1)
     s = agent.status()
-    assert s["installed"]["version"] == V1 and V101 in s["installed"]["bad_versions"]
+    assert s["installed"]["version"] == V1 and V101 in s["installed"]["rolled_back_versions"]
+    assert V101 not in s["installed"]["bad_versions"]  # the operator went back: not a verdict on V101
     assert s["job"]["kind"] == "rollback" and s["job"]["state"] == "succeeded"
     analytics = agent.get("/api/updates/analytics").json()
     assert analytics["rollbacks"] == 1 and analytics["failed_updates"] == 0  # a manual rollback is no failure

@@ -86,7 +86,7 @@ def test_install_upgrade_and_manual_rollback_over_http(tmp_path: Path, repo: Rep
         "previous_version": "1.0.0",
     }
 
-    back = ins.rollback()
+    back = ins.rollback(mark_bad=True)  # a plain rollback records no bad version: tests/client/test_rollback_marks.py
     assert (back.version, back.slot, back.from_version) == ("1.0.0", "a", "1.1.0")
     assert version_of(d) == "1.0.0" and ins.status()["bad_versions"]["1.1.0"]["rollbacks"] == 1
     with pytest.raises(StateError, match=r"1.1.0, which was rolled back as bad"):
@@ -273,7 +273,7 @@ def test_corrupted_state_file_is_a_clear_error_and_is_rebuilt(tmp_path: Path, re
     ins = init_client(d, str(repo.dir), repo)
     for v in VERSIONS:
         ins.install(v)
-    ins.rollback()  # active b = 1.1.0, a = 1.2.0 (bad)
+    ins.rollback(mark_bad=True)  # active b = 1.1.0, a = 1.2.0 (bad)
     digests = {s: tree_digest(d / "slots" / s) for s in "ab"}
     (d / "state.json").write_bytes(b'{"schema": 1, "state": "comm')
     with pytest.raises(StateError, match=r"state file .* is corrupt .*run `pinnacle-update recover`"):

@@ -225,7 +225,7 @@ def test_requested_unknown_version() -> None:
 
 def test_requested_downgrade_needs_force() -> None:
     d = decide(RELEASES, "1.0.0", UpdateConfig(), requested_version="0.9.0")
-    assert d.release is None and d.downgrade and "needs force" in d.reason
+    assert d.release is None and d.downgrade and "needs --force" in d.reason
     d = decide(RELEASES, "1.0.0", UpdateConfig(), requested_version="0.9.0", force=True)
     assert versions(d) == ("0.9.0", None) and d.downgrade
 
