@@ -64,6 +64,6 @@ esac
 
 $RELEASE verify "$REPO_DIR"
 $RELEASE sync "$REPO_DIR" "$PUBLIC_DIR"
-# Fails the job (exit 7, naming the roles) when anything expires within WARN_DAYS: a timestamp
+# Fails the job (exit 14, EXPIRING_SOON in docs/OPERATIONS.md, naming the roles) when anything expires within WARN_DAYS: a timestamp
 # that a working refresh job renews never gets that close; root and targets need their holders.
 $RELEASE status "$REPO_DIR" --warn-days "${WARN_DAYS:-0.5}" >/dev/null

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pinnacle_updates.client.agent.notify import Notification, Notifier, NotifySettings
+from pinnacle_updates.client.errors import InstallRefused
 from tests.agent_server import V1, V11, V101, Receiver, free_port, publish_all, run_agent, serve_repo
 from tests.conftest import run_cli
 from tests.helpers_client import Repo, init_client
@@ -266,7 +267,7 @@ def test_cli_install_and_rollback_post_to_the_webhook(tmp_path: Path, repo: Repo
         rollback = rx.wait(2)[1]
         assert rollback["event"] == "rollback" and rollback["versions"] == {"from": V11, "to": V1}
         refused = _cli(d, "install", V1, check=False)  # refused (installed already): nothing to report
-        assert refused.returncode == 5 and "already installed" in refused.stderr
+        assert refused.returncode == InstallRefused.exit_code and "already installed" in refused.stderr
         time.sleep(0.5)
         assert len(rx.wait(2)) == 2
 

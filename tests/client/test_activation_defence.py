@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pinnacle_updates.client import config
-from pinnacle_updates.client.errors import HealthCheckError, StateError
+from pinnacle_updates.client.errors import ConfigError, HealthCheckError, StateError
 from pinnacle_updates.client.installer import Installer
 from tests.client.test_config_values import write_raw
 from tests.helpers_client import PY, ROOT, Repo, app_files, env, init_client, make_repo, publish, tree_digest
@@ -71,7 +71,7 @@ def test_a_value_broken_by_hand_is_refused_before_the_swap_and_every_command_sti
     write_raw(d, key, literal)
 
     proc = _cli(d, "install", "1.2.0")
-    assert proc.returncode == 2, proc.stderr  # ConfigError, before anything was downloaded or swapped
+    assert proc.returncode == ConfigError.exit_code, proc.stderr  # before anything was downloaded or swapped
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"config key {key!r}" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert _version(d) == "1.1.0" and {n: tree_digest(d / "slots" / n) for n in ("a", "b")} == slots
@@ -155,7 +155,7 @@ def test_a_rollback_that_cannot_finish_is_one_line_and_recover_finishes_it(tmp_p
     message = str(err.value)
     assert message.startswith("1.2.0 failed after the swap (health check failed: unhealthy after 2 attempt(s)")
     assert "the rollback did not finish (cannot save install state" in message and "\n" not in message
-    assert "run `pinnacle-update recover` to finish it" in message and err.value.exit_code == 7
+    assert "run `pinnacle-update recover` to finish it" in message and err.value.exit_code == StateError.exit_code
     (d / "state.json").rmdir()
     (d / "state.kept").rename(d / "state.json")
     assert json.loads((d / "state.json").read_text())["state"] == "trial"

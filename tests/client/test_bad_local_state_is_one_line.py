@@ -148,6 +148,7 @@ def test_config_set_on_a_full_disk_is_one_line(install_dir: Path, monkeypatch: p
     from click.testing import CliRunner
 
     from pinnacle_updates.client.cli import cli
+    from pinnacle_updates.client.errors import ConfigError
     from pinnacle_updates.formats import fsutil
 
     before = (install_dir / "config.toml").read_bytes()
@@ -158,7 +159,7 @@ def test_config_set_on_a_full_disk_is_one_line(install_dir: Path, monkeypatch: p
     monkeypatch.setattr(fsutil, "atomic_write", full)
     result = CliRunner().invoke(cli, ["--install-dir", str(install_dir), "config", "set", "check_interval", "60"])
     assert isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == 2
+    assert result.exit_code == ConfigError.exit_code
     assert "No space left on device" in result.output
     assert (install_dir / "config.toml").read_bytes() == before
 

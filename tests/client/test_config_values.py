@@ -207,14 +207,15 @@ def test_config_set_through_the_cli_is_one_line_and_exit_2(inst: Path) -> None:
             continue  # no process argument can hold a NUL
         proc = subprocess.run([PY, "-m", "pinnacle_updates.client", "--install-dir", str(inst), "config", "set", key,
                                text], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60, check=False)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == ConfigError.exit_code, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     # an undecodable byte on the command line (a lone surrogate in Python) is refused, not a traceback
     proc = subprocess.run([PY.encode(), b"-m", b"pinnacle_updates.client", b"--install-dir", str(inst).encode(),
                            b"config", b"set", b"post_swap", b"echo \xff"], cwd=ROOT, env=env(), capture_output=True,
                           timeout=60, check=False)
-    assert proc.returncode == 2 and b"not valid Unicode text" in proc.stderr and b"Traceback" not in proc.stderr
+    assert proc.returncode == ConfigError.exit_code, proc.stderr
+    assert b"not valid Unicode text" in proc.stderr and b"Traceback" not in proc.stderr
 
 
 # ----- the property: refused in one line, or usable by what activation does with it --------------------

@@ -24,7 +24,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pinnacle_updates.client import AutoUpdater
-from pinnacle_updates.client.errors import TrustError, UpdateError
+from pinnacle_updates.client.errors import (
+    BackupError,
+    BusyError,
+    ConfigError,
+    HealthCheckError,
+    InstallError,
+    InstallRefused,
+    RepositoryError,
+    StateError,
+    TrustError,
+    UpdateError,
+)
 from pinnacle_updates.client.installer import Installer
 from pinnacle_updates.formats import delta_format
 from pinnacle_updates.formats.boundedjson import FormatError
@@ -34,8 +45,9 @@ from tests.agent_server import run_agent
 from tests.client.test_delta_client import CHAIN, delta_file, forge_delta, index_of, publish_with
 from tests.helpers_client import PY, ROOT, Repo, env, init_client, make_repo, serve, tree_digest
 
-EXIT_CODES = {1, 2, 3, 4, 5, 6, 7, 8}
-"""The documented exit codes of the client's error classes (UpdateError .. BusyError)."""
+EXIT_CODES = {e.exit_code for e in (UpdateError, ConfigError, RepositoryError, TrustError, InstallError, InstallRefused,
+                                    HealthCheckError, StateError, BusyError, BackupError)}
+"""The documented exit codes of the client's error classes."""
 
 
 # -- a real installation: 1.0.0 from a published repository with a delta to 1.1.0 ---------------------
@@ -220,7 +232,7 @@ def test_a_state_file_bomb_is_one_line_and_recover_rebuilds_it(copies: Copies, b
     d = copies()
     (d / "state.json").write_bytes(bomb)
     proc = client_cli(d, "status")
-    assert proc.returncode == 7, proc.stderr  # StateError
+    assert proc.returncode == StateError.exit_code, proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
     assert "state file" in proc.stderr and "recover" in proc.stderr
     proc = client_cli(d, "recover")
@@ -248,9 +260,10 @@ def test_history_and_fleet_bombs_leave_status_and_history_working(copies: Copies
 
 # -- planted FIFOs (class 8b) ------------------------------------------------------------------------
 FIFO_CASES = [
-    ("state.json", "status", 7), ("state.json", "recover", 0), ("history.jsonl", "history", 7),
-    ("fleet.json", "status", 0), ("config.toml", "status", 0), ("config.toml", "check", 2), ("lock", "rollback", 7),
-    ("lock", "verify", 0), ("manifest", "verify", 0), ("agent.token", "token", 2),
+    ("state.json", "status", StateError.exit_code), ("state.json", "recover", 0),
+    ("history.jsonl", "history", StateError.exit_code), ("fleet.json", "status", 0), ("config.toml", "status", 0),
+    ("config.toml", "check", ConfigError.exit_code), ("lock", "rollback", StateError.exit_code),
+    ("lock", "verify", 0), ("manifest", "verify", 0), ("agent.token", "token", ConfigError.exit_code),
 ]
 
 
@@ -359,7 +372,7 @@ def test_a_deeply_nested_timestamp_served_by_the_repository_is_one_line(publishe
         assert "\n" not in str(info.value)
         proc = client_cli(d, "check")
         one_line_or_ok(proc)
-        assert proc.returncode in (3, 4), proc.stderr
+        assert proc.returncode in (RepositoryError.exit_code, TrustError.exit_code), proc.stderr
     assert tree_digest(d / "slots" / "a") == before
     assert AutoUpdater(d).status()["version"] == "1.0.0"
 

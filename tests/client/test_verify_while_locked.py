@@ -17,6 +17,7 @@ from pinnacle_updates.client import config
 from pinnacle_updates.client import slots as sm
 from pinnacle_updates.client.errors import BusyError
 from pinnacle_updates.client.installer import Installer
+from pinnacle_updates.formats.exitcodes import ExitCode
 from tests.helpers_client import PY, ROOT, app_files, env, hold_lock, init_client, make_repo, publish
 
 
@@ -62,7 +63,7 @@ def test_verify_works_while_another_process_holds_the_lock(install_dir: Path,
     # it really hashes: a changed file is found while the lock is held
     (install_dir / "slots" / "a" / "VERSION").write_text("tampered\n")
     proc = client_cli(install_dir, "verify")
-    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert proc.returncode == ExitCode.VERIFICATION, proc.stdout + proc.stderr
     assert "VERSION" in proc.stdout
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -87,7 +88,7 @@ def test_verify_without_a_cached_manifest_while_locked_is_one_busy_line(
 ) -> None:
     shutil.rmtree(install_dir / "manifests")
     proc = client_cli(install_dir, "verify")
-    assert proc.returncode == 8, proc.stdout + proc.stderr
+    assert proc.returncode == BusyError.exit_code, proc.stdout + proc.stderr
     assert "not cached" in proc.stderr and f"pid {lock_held.pid}" in proc.stderr and "--wait" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from pinnacle_updates.formats.report import MAX_BATCH_BYTES, encode_batch
 from pinnacle_updates.repo_tools.cli import cli
 from pinnacle_updates.repo_tools.collector.storage import open_storage
+from pinnacle_updates.repo_tools.errors import ReleaseError
 from tests.client.test_transport_tls import pki  # noqa: F401 - the fixture
 from tests.collector.conftest import make_report
 from tests.conftest import run_cli
@@ -279,4 +280,5 @@ def test_tls(tmp_path: Path, collector_factory: Any, request: pytest.FixtureRequ
     proc = run_cli("pinnacle-release", "collector", "serve", "--port", "0", "--db", str(tmp_path / "r.sqlite"),
                    "--token-file", str(tmp_path / "t"), "--certfile", str(garbage), "--keyfile", str(key),
                    check=False)
-    assert proc.returncode == 1 and "TLS" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.returncode == ReleaseError.exit_code and "TLS" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -16,6 +16,7 @@ import pytest
 from pinnacle_updates.formats.report import ALLOWED, Report
 from pinnacle_updates.repo_tools.collector.storage import SCHEMA_VERSION, StorageError, open_storage, release_of
 from pinnacle_updates.repo_tools.collector.summary import Filters
+from pinnacle_updates.repo_tools.errors import RepositoryStateError
 from tests.collector.conftest import make_report
 
 
@@ -241,7 +242,7 @@ def test_unusable_databases_are_one_line(url: str) -> None:
     with pytest.raises(StorageError) as info:
         open_storage(url)
     assert "\n" not in str(info.value) and "hunter2" not in str(info.value)
-    assert info.value.exit_code == 5
+    assert info.value.exit_code == RepositoryStateError.exit_code
 
 
 def test_sqlite_paths_with_uri_characters(tmp_path: Path) -> None:

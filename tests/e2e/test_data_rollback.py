@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from pinnacle_updates.client import backups
-from pinnacle_updates.client.errors import BackupError, BackupSpaceError, HealthCheckError
+from pinnacle_updates.client.errors import BackupError, BackupSpaceError, HealthCheckError, StateError
 from pinnacle_updates.client.installer import Installer
 from tests.conftest import run_cli
 from tests.data_crash_driver import schema as _schema
@@ -173,7 +173,7 @@ def test_manual_rollback_refuses_when_the_snapshot_was_removed(tmp_path: Path, u
     os.rename(d / "backups" / snap, d / "elsewhere")  # pruned or removed by hand
     state = (d / "state.json").read_bytes()
     proc = _cli(d, "rollback", check=False)
-    assert proc.returncode == 7
+    assert proc.returncode == StateError.exit_code
     assert proc.stderr.strip().endswith("use --keep-data to roll back the code and keep the data as it is")
     assert (d / "state.json").read_bytes() == state and os.readlink(d / "current") == "slots/b"
     assert json.loads(_cli(d, "rollback", "--keep-data", "--json").stdout)["version"] == "1.0.0"
@@ -204,9 +204,9 @@ def test_disk_too_small_for_the_snapshot(small_fs: Path, url: str, repo: Repo) -
     data = backups.digest_tree(d / "data", PERSISTENT)
     state = (d / "state.json").read_bytes()
 
-    # refused before anything is downloaded: one line, exit 9, nothing swapped
+    # refused before anything is downloaded: one line, BackupSpaceError, nothing swapped
     proc = _cli(d, "install", "2.1.0", check=False)
-    assert proc.returncode == BackupSpaceError.exit_code == 9
+    assert proc.returncode == BackupSpaceError.exit_code
     line = proc.stderr.strip()
     assert line.startswith("pinnacle-update: error: not enough space for the data snapshot") and "\n" not in line
     assert (d / "state.json").read_bytes() == state

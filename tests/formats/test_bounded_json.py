@@ -20,6 +20,7 @@ from pinnacle_updates.formats import boundedjson, fsutil
 from pinnacle_updates.formats.boundedjson import FormatError, load_object, loads
 from pinnacle_updates.formats.index import FormatError as IndexFormatError
 from pinnacle_updates.formats.index import Manifest
+from pinnacle_updates.repo_tools.errors import KeyStoreError, RepositoryStateError
 from tests.conftest import run_cli
 
 
@@ -209,9 +210,9 @@ def _plant(path: Path, what: str) -> None:
 
 @pytest.mark.parametrize("what", ["fifo", "deep", "huge int", "dup"])
 @pytest.mark.parametrize(("planted", "command", "code"), [
-    ("keys/keys.json", "publish", 2),         # KeyStoreError
-    ("repo/pinnacle-repo.json", "publish", 5),  # RepositoryStateError
-    ("repo/metadata/1.root.json", "status", 5),
+    ("keys/keys.json", "publish", KeyStoreError.exit_code),
+    ("repo/pinnacle-repo.json", "publish", RepositoryStateError.exit_code),
+    ("repo/metadata/1.root.json", "status", RepositoryStateError.exit_code),
 ])
 def test_a_damaged_publisher_file_is_one_line(publisher_repo: tuple[Path, Path], tmp_path: Path, what: str,
                                              planted: str, command: str, code: int) -> None:

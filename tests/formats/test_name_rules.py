@@ -12,6 +12,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pinnacle_updates.client.errors import InstallError
 from pinnacle_updates.formats.archive import (
     MACOS,
     MAX_NAME_BYTES,
@@ -93,7 +94,7 @@ def test_client_refuses_a_signed_release_with_an_unsafe_name(name: str, tmp_path
         proc = client("install", check=False)
     finally:
         served.stop()
-    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert proc.returncode == InstallError.exit_code, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "\x1b" not in proc.stderr and "\u202e" not in proc.stderr

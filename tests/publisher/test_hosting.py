@@ -26,6 +26,7 @@ from pinnacle_updates.client.installer import Installer
 from pinnacle_updates.client.transport import HttpxFetcher
 from pinnacle_updates.client.trust import RepositoryClient
 from pinnacle_updates.formats.index import TargetRef
+from pinnacle_updates.repo_tools.errors import ReleaseError
 from pinnacle_updates.repo_tools.hosting import IMMUTABLE, NO_STORE, nginx_site
 from pinnacle_updates.repo_tools.store import Repository
 from tests import helpers_client as hc
@@ -249,7 +250,7 @@ def test_the_printed_configuration_is_what_nginx_runs(published: hc.Repo, tmp_pa
 ])  # fmt: skip
 def test_values_nginx_would_read_as_syntax_are_refused_in_one_line(args: list[str]) -> None:
     proc = run_cli("pinnacle-release", "nginx-config", *args, check=False)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == ReleaseError.exit_code and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "cannot go into an nginx configuration" in proc.stderr
 
 

@@ -1,6 +1,6 @@
 """File-name rules per target platform (issue 17, class 6): ``publish`` refuses a tree whose names are
 unsafe on the platform it is published for, with ``--platform any`` meaning safe everywhere; the
-refusal is one line naming the path (escaped, never a raw control character) and the rule, exit 3,
+refusal is one line naming the path (escaped, never a raw control character) and the rule, UnsafeInputError,
 and the repository is left exactly as it was."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_refusal_through_the_cli_is_one_escaped_line_exit_3(repo: Repository, ke
     for platform, shown in (("linux-x86_64", "bin/\\x1b]0;pwned\\x07title"), ("any", "bin/\\x1b]0;pwned\\x07title")):
         proc = run_cli("pinnacle-release", "publish", str(repo.path), "--keys", str(keys_dir), "--channel", "stable",
                        "--version", "1.0", "--type", "patch", "--platform", platform, str(src), check=False)
-        assert proc.returncode == 3, proc.stderr
+        assert proc.returncode == UnsafeInputError.exit_code, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
@@ -88,7 +88,8 @@ def test_refusal_through_the_cli_is_one_escaped_line_exit_3(repo: Repository, ke
     (src / "bin" / "\x1b]0;pwned\x07title").unlink()
     proc = run_cli("pinnacle-release", "publish", str(repo.path), "--keys", str(keys_dir), "--channel", "stable",
                    "--version", "1.0", "--type", "patch", "--platform", "any", str(src), check=False)
-    assert proc.returncode == 3 and "CON" in proc.stderr and "reserved device name on Windows" in proc.stderr
+    assert proc.returncode == UnsafeInputError.exit_code, proc.stderr
+    assert "CON" in proc.stderr and "reserved device name on Windows" in proc.stderr
     assert tree_digest(repo.path) == before
     run_cli("pinnacle-release", "publish", str(repo.path), "--keys", str(keys_dir), "--channel", "stable",
             "--version", "1.0", "--type", "patch", "--platform", "linux-x86_64", str(src))

@@ -100,7 +100,7 @@ def test_sync_refusals(repo: Repository, tmp_path: Path) -> None:
     with pytest.raises(RepositoryStateError, match="not an initialised repository"):
         sync(tmp_path / "empty", tmp_path / "out")
     proc = run_cli("pinnacle-release", "sync", str(tmp_path / "empty"), str(tmp_path / "out"), check=False)
-    assert proc.returncode == 5 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == RepositoryStateError.exit_code and len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -348,11 +348,12 @@ def test_failures_are_one_line_with_exit_code_8_and_never_show_credentials(
                                f"s3://{name}/{PREFIX}"], capture_output=True, text=True, cwd=ROOT,
                               env={**clean, **env}, timeout=60)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 8 and len(lines) == 1 and expected in lines[0], (expected, proc.stderr)
+        assert proc.returncode == ObjectStoreError.exit_code, proc.stderr
+        assert len(lines) == 1 and expected in lines[0], (expected, proc.stderr)
         assert "Traceback" not in proc.stderr and s3.secret_key[5:] not in proc.stderr + proc.stdout
         assert s3.access_key not in proc.stderr + proc.stdout
     bad = _sync_cli(repo.path, "x", env=base, check=False)  # "s3://x/...": not a bucket name
-    assert bad.returncode == 8 and "not an s3://BUCKET[/PREFIX] URL" in bad.stderr
+    assert bad.returncode == ObjectStoreError.exit_code and "not an s3://BUCKET[/PREFIX] URL" in bad.stderr
     with pytest.raises(ObjectStoreError, match="not an s3://"):
         Location.parse("s3://bucket/../x")
 

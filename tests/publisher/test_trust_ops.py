@@ -21,6 +21,7 @@ from tuf.api.metadata import Metadata
 
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.core import metadata as meta
+from pinnacle_updates.repo_tools.errors import ExpiringSoon
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys, load_pem_signer, public_key_bytes
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.test_client_attacks import Client
@@ -326,7 +327,7 @@ def test_status_warn_days_exit_codes(repo: Repository, keystore: KeyStore) -> No
     line = _refused(release("status", str(repo.path), "--warn-days", "2", check=False), "timestamp")
     assert "snapshot" not in line
     proc = release("status", str(repo.path), "--warn-days", "8", check=False)
-    assert proc.returncode == 7 and "timestamp" in proc.stderr and "snapshot" in proc.stderr
+    assert proc.returncode == ExpiringSoon.exit_code and "timestamp" in proc.stderr and "snapshot" in proc.stderr
     assert "stable" not in proc.stderr
     # Already expired counts at any window, and says so.
     state = repo.load()
@@ -335,7 +336,7 @@ def test_status_warn_days_exit_codes(repo: Repository, keystore: KeyStore) -> No
                            meta.expiry(ops.utcnow(), -1))
     repo.write_metadata("timestamp", meta.sign(ts, keystore.signers("timestamp")), versioned=False)
     proc = release("status", str(repo.path), "--warn-days", "0", check=False)
-    assert proc.returncode == 7 and "timestamp EXPIRED" in proc.stderr
+    assert proc.returncode == ExpiringSoon.exit_code and "timestamp EXPIRED" in proc.stderr
 
 
 def test_expired_metadata_refuses_updates_and_keeps_the_app_running(team) -> None:  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from pinnacle_updates.formats.delta_kinds import OpKind
 from pinnacle_updates.formats.index import index_path
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.audit import verify_repository
+from pinnacle_updates.repo_tools.errors import VerificationFailed
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests import helpers_client as hc
@@ -55,7 +56,8 @@ def test_a_corrupt_superseded_index_is_named(three_releases: Repository) -> None
     assert len(problems) == 1, problems
     assert "stable/index.json" in problems[0] and "listed by" in problems[0] and "differs" in problems[0]
     proc = run_cli("pinnacle-release", "verify", str(three_releases.path), check=False)
-    assert proc.returncode == 6 and "stable/index.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == VerificationFailed.exit_code, proc.stderr
+    assert "stable/index.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unreferenced_files_warn_when_intact_and_fail_when_corrupt(three_releases: Repository,
@@ -82,7 +84,7 @@ def test_unreferenced_files_warn_when_intact_and_fail_when_corrupt(three_release
     shutil.move(live_index, tmp_path / "index.json")
     os.mkfifo(live_index)
     proc = run_cli("pinnacle-release", "verify", str(repo.path), "--json", check=False)
-    assert proc.returncode == 6, proc.stderr
+    assert proc.returncode == VerificationFailed.exit_code, proc.stderr
     problems = json.loads(proc.stdout)["problems"]
     assert any("link.json: not a regular file" in p for p in problems), problems
     assert any(f"{live}.index.json: a FIFO, not a regular file" in p for p in problems), problems[0][:400]
@@ -98,7 +100,7 @@ def test_names_from_the_repository_are_escaped(tmp_path: Path) -> None:
     fixture.commit("stable")
     for args in ((), ("--json",)):
         proc = run_cli("pinnacle-release", "verify", str(fixture.path), *args, check=False)
-        assert proc.returncode == 6, proc.stdout + proc.stderr
+        assert proc.returncode == VerificationFailed.exit_code, proc.stdout + proc.stderr
         output = proc.stdout + proc.stderr
         assert not any(c in output for c in "\x1b\x07\u202e"), output
         assert "Traceback" not in output
@@ -128,4 +130,5 @@ def test_deep_applies_every_delta_and_names_one_with_wrong_output(tmp_path: Path
     assert report.deltas == 2 and len(report.problems) == 1, report.problems
     assert report.problems[0].startswith("stable 1.1.0 (any): delta from 1.0.0: lib/big.so: "), report.problems
     proc = run_cli("pinnacle-release", "verify", "--deep", str(repo.dir), check=False)
-    assert proc.returncode == 6 and "lib/big.so" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == VerificationFailed.exit_code, proc.stderr
+    assert "lib/big.so" in proc.stderr and "Traceback" not in proc.stderr

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from pinnacle_updates.formats.exitcodes import ExitCode
 from pinnacle_updates.formats.fleet import evaluate
 from pinnacle_updates.formats.index import Release
 from pinnacle_updates.formats.rollout import (
@@ -35,7 +36,7 @@ from pinnacle_updates.repo_tools.audit import verify_repository
 from pinnacle_updates.repo_tools.cli import cli
 from pinnacle_updates.repo_tools.collector.storage import SQLiteStorage, Storage, open_storage
 from pinnacle_updates.repo_tools.core import canary
-from pinnacle_updates.repo_tools.errors import PublishRefused
+from pinnacle_updates.repo_tools.errors import KeyStoreError, PublishRefused, RepositoryStateError
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.collector.conftest import make_report
@@ -328,17 +329,19 @@ def test_watch_once_json_and_refusals(rolling: Repository, keys_dir: Path, tmp_p
     text = run_cli("pinnacle-release", "watch", str(rolling.path), "--keys", str(keys_dir), "--db", db, "--once")
     assert text.stdout.startswith("stable/any/1.1.0: none: 0 install attempts reported")
     before = tree_digest(rolling.path / "metadata")
+    state, refused, keys = RepositoryStateError.exit_code, PublishRefused.exit_code, KeyStoreError.exit_code
+    usage = ExitCode.USAGE
     bad = [
-        (("--db", str(tmp_path / "missing.sqlite")), 5, "no reports database at"),
-        (("--db", "https://user:secret@example.org/db"), 5, "not a reports database"),
-        (("--db", "postgresql://watch:secret@127.0.0.1:1/reports"), 5, "cannot connect to the reports database"),
-        (("--db", db, "--channel", "nightly"), 4, "unknown channel 'nightly' (this repository has: alpha,"),
-        (("--db", db, "--max-failure-rate", "1.5"), 2, "--max-failure-rate"),
-        (("--db", db, "--max-failure-rate", "nan"), 2, "--max-failure-rate nan is outside (0, 1)"),
-        (("--db", db, "--min-clients-per-step", "0"), 2, "--min-clients-per-step"),
-        (("--db", db, "--min-installs", "-3"), 2, "--min-installs"),
-        (("--db", db, "--interval", "0"), 2, "--interval"),
-        ((), 2, "--db"),
+        (("--db", str(tmp_path / "missing.sqlite")), state, "no reports database at"),
+        (("--db", "https://user:secret@example.org/db"), state, "not a reports database"),
+        (("--db", "postgresql://watch:secret@127.0.0.1:1/reports"), state, "cannot connect to the reports database"),
+        (("--db", db, "--channel", "nightly"), refused, "unknown channel 'nightly' (this repository has: alpha,"),
+        (("--db", db, "--max-failure-rate", "1.5"), usage, "--max-failure-rate"),
+        (("--db", db, "--max-failure-rate", "nan"), usage, "--max-failure-rate nan is outside (0, 1)"),
+        (("--db", db, "--min-clients-per-step", "0"), usage, "--min-clients-per-step"),
+        (("--db", db, "--min-installs", "-3"), usage, "--min-installs"),
+        (("--db", db, "--interval", "0"), usage, "--interval"),
+        ((), usage, "--db"),
     ]
     for args, code, words in bad:
         result = CliRunner().invoke(cli, ["watch", str(rolling.path), "--keys", str(keys_dir), *args, "--once"])
@@ -346,15 +349,15 @@ def test_watch_once_json_and_refusals(rolling: Repository, keys_dir: Path, tmp_p
         assert words in result.stderr and "secret" not in result.stderr, (args, result.stderr)
         assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     for args, code, words in (
-            (["watch", str(tmp_path / "nothing"), "--keys", str(keys_dir), "--db", db, "--once"], 5,
+            (["watch", str(tmp_path / "nothing"), "--keys", str(keys_dir), "--db", db, "--once"], state,
              "not an initialised repository"),
-            (["watch", str(rolling.path), "--keys", str(tmp_path), "--db", db, "--once"], 2, "no key directory"),
+            (["watch", str(rolling.path), "--keys", str(tmp_path), "--db", db, "--once"], keys, "no key directory"),
             (["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable", "--version", "1.0.0",
-              "--advance"], 4, "stable 1.0.0 (any) has no rollout to advance"),
+              "--advance"], refused, "stable 1.0.0 (any) has no rollout to advance"),
             (["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable", "--version", "1.1.0",
-              "--gate"], 4, "--gate goes with --schedule or --percent"),
+              "--gate"], refused, "--gate goes with --schedule or --percent"),
             (["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable", "--version", "1.1.0",
-              "--advance", "--pause"], 4, "give exactly one of")):
+              "--advance", "--pause"], refused, "give exactly one of")):
         result = CliRunner().invoke(cli, args)
         assert (result.exit_code, result.stderr.count("\n")) == (code, 1) and words in result.stderr, result.stderr
     assert tree_digest(rolling.path / "metadata") == before  # every refusal left the signed metadata alone
@@ -364,7 +367,7 @@ def test_watch_once_json_and_refusals(rolling: Repository, keys_dir: Path, tmp_p
     assert result.exit_code == 0, result.stderr
     result = CliRunner().invoke(cli, ["rollout", str(rolling.path), "--keys", str(keys_dir), "--channel", "stable",
                                       "--version", "1.1.0", "--advance"])
-    assert result.exit_code == 4 and "the last step (30%) is already approved" in result.stderr
+    assert result.exit_code == refused and "the last step (30%) is already approved" in result.stderr
 
 
 def test_the_service_looks_every_interval_and_stops_on_sigterm(rolling: Repository, keys_dir: Path,
