@@ -5,10 +5,12 @@ it, click's own usage errors and anything unforeseen become output and an exit c
 shared table (``formats.exitcodes``):
 
 * as text: ``<program>: error: <message>`` on stderr (after any detail lines);
-* under ``--json``: one JSON line on stderr, ``{"error": {"code": n, "name": "...", "message":
-  "...", "details": [...]}}``. stderr is where ``--json`` commands write their JSON-lines events
-  (progress), so it stays all JSON lines; stdout holds only the command's result document, which
-  a command that reports *and* fails (``verify``, ``doctor``) still prints.
+* under ``--json``: one JSON line, ``{"error": {"code": n, "name": "...", "message": "...",
+  "details": [...]}}``, on stdout as its last line: stdout under ``--json`` is all JSON (progress
+  events as lines, ``formats.progress``, then the result or this error), so a CI job reads the
+  outcome from ``tail -n 1``. A command that prints its one result document and then fails
+  (``verify``, ``doctor``, ``health-check``, ``status --warn-days``: the document says what is
+  wrong) keeps stdout that one document and writes the error line on stderr.
 
 ``--json`` output is one JSON document on stdout (``emit``).
 """
@@ -28,6 +30,8 @@ from .redact import redact_text
 
 _JSON = "pinnacle_updates.json"
 """Key in the root context's ``meta``: the command being run was given ``--json``."""
+_PRINTED = "pinnacle_updates.printed"
+"""Key in the root context's ``meta``: the command printed its result document (``emit``)."""
 
 
 def error_document(code: int, message: str, details: Sequence[str] = ()) -> dict[str, Any]:
@@ -51,11 +55,12 @@ class Failure(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default only
         self.details = tuple(details)
         self.as_json = False
+        self.after_result = False  # a JSON result document is on stdout: the error line goes to stderr
 
     def show(self, file: Any = None) -> None:
         if self.as_json:
             document = error_document(self.exit_code, self.format_message(), self.details)
-            click.echo(json.dumps(document, sort_keys=True), err=True)
+            click.echo(json.dumps(document, sort_keys=True), err=self.after_result)
             return
         for line in self.details:
             click.echo(f"{self.program}: {line}", err=True)
@@ -69,7 +74,7 @@ def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> b
 
 
 json_option = click.option("--json", "as_json", is_flag=True, callback=_remember_json,
-                           help="Print one JSON document on stdout (errors: one JSON line on stderr).")
+                           help="Print JSON on stdout: the result, or {\"error\": ...} as the last line.")
 """``--json`` for every command of both tools: its failures are JSON too."""
 
 
@@ -118,7 +123,7 @@ def error_group(
             try:
                 return super().invoke(ctx)
             except Failure as exc:
-                exc.as_json = bool(ctx.meta.get(_JSON))
+                exc.as_json, exc.after_result = bool(ctx.meta.get(_JSON)), bool(ctx.meta.get(_PRINTED))
                 raise
             except errors as exc:
                 failure = Failure(program, str(exc), getattr(exc, "exit_code", ExitCode.INTERNAL), tuple(details(exc)))
@@ -133,7 +138,7 @@ def error_group(
                 text = redact_text(" ".join(str(exc).split()))[:300]
                 failure = Failure(program, f"internal error: {type(exc).__name__}: {text} (please report this; "
                                            "PINNACLE_TRACEBACK=1 shows where)", ExitCode.INTERNAL)
-            failure.as_json = bool(ctx.meta.get(_JSON))
+            failure.as_json, failure.after_result = bool(ctx.meta.get(_JSON)), bool(ctx.meta.get(_PRINTED))
             raise failure
 
     return ErrorGroup
@@ -143,5 +148,8 @@ def emit(as_json: bool, data: Any, human: str) -> None:
     """Print ``data`` as one JSON document, or ``human`` (when not empty)."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # an error after this goes to stderr: stdout stays one JSON document
+            ctx.find_root().meta[_PRINTED] = True
     elif human:
         click.echo(human)

@@ -41,7 +41,7 @@ class ExitCode(IntEnum):
 
 MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success (also: `check` found an update; `install` had nothing to do, unless --exit-code)",
-    ExitCode.INTERNAL: "an unexpected error (a bug: please report it) or a file error no layer explained",
+    ExitCode.INTERNAL: "an error with no more specific code (a file or port that cannot be used) or a bug",
     ExitCode.USAGE: "the command line is wrong: unknown option or command, missing or malformed argument",
     ExitCode.CONFIG: "the configuration (config.toml, an option naming a setting) is missing or invalid",
     ExitCode.NETWORK: "the repository or another server could not be reached or answered something unusable",
