@@ -33,6 +33,11 @@ One report is an object with exactly these keys (unknown keys are refused, types
     bytes_saved       0..2**53 (bytes a delta saved against the full artifact)
     client_version    <= 64 characters, the reporting client's own version
     current_version   PEP 440 or "", the version running now (heartbeats carry it)
+    metrics           optional: {name: number}, the application's own numeric metrics (``record_metric``):
+                      at most MAX_METRICS (16) names, each ``^[a-z][a-z0-9_.]{0,47}$``, values finite
+                      numbers within +-1e15 (``true`` is not a number); left out when empty, so a
+                      report without metrics is what collectors before this field accept. They
+                      describe the version running now (``current_version``).
 
 Which ``(kind, outcome, cause)`` combinations exist is ``ALLOWED``: a heartbeat is ``ok`` with no
 cause; a committed install has no cause or ``delta_fallback`` (the delta failed and the full
@@ -70,10 +75,12 @@ __all__ = [
     "MAX_BATCH",
     "MAX_BATCH_BYTES",
     "MAX_FUTURE",
+    "MAX_METRICS",
     "OUTCOMES",
     "REPORT_SCHEMA",
     "FormatError",
     "Report",
+    "check_metrics",
     "clean_cause_text",
     "encode_batch",
     "encode_batches",
@@ -109,11 +116,17 @@ MAX_NAME = 128
 MAX_DURATION = 86400.0
 MAX_BYTES = 2**53
 BUCKETS = 10_000
+MAX_METRICS = 16
+MAX_METRIC_VALUE = 1e15
+"""Bound on a metric's magnitude: the collector keeps sums of squares, which stay finite and exact
+enough far beyond any counter or duration an application reports."""
+METRIC_NAME = re.compile(r"^[a-z][a-z0-9_.]{0,47}\Z")
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _KEYS = frozenset(("schema", "report_id", "install_id", "at", "kind", "outcome", "cause", "cause_text", "channel",
                    "platform", "from_version", "to_version", "update_type", "bucket", "ab_group", "durations",
                    "bytes_downloaded", "bytes_saved", "client_version", "current_version"))
+_OPTIONAL = frozenset(("metrics",))
 _UPDATE_TYPES = frozenset(t.value for t in UpdateType)
 _SPACE = re.compile(r"\s+")
 # Unicode categories Cc (C0, DEL, C1) and Cs (surrogates), as one character class: a regex scan is
@@ -190,6 +203,26 @@ def _durations(value: object) -> dict[str, float]:
     return out
 
 
+def check_metrics(value: object) -> dict[str, float]:
+    """``metrics`` checked: an object of at most ``MAX_METRICS`` names (``METRIC_NAME``) to finite
+    numbers within +-``MAX_METRIC_VALUE``; ``FormatError`` naming the metric otherwise."""
+    if not isinstance(value, Mapping):
+        raise _fail("metrics", f"expected an object, not {_type_name(value)}")
+    if len(value) > MAX_METRICS:
+        raise _fail("metrics", f"{len(value)} metrics, at most {MAX_METRICS}")
+    out: dict[str, float] = {}
+    for name, number in value.items():
+        if not isinstance(name, str) or not METRIC_NAME.match(name):
+            raise _fail("metrics", f"name {str(name)[:40]!r} is not like ^[a-z][a-z0-9_.]{{0,47}}$")
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise _fail(f"metrics.{name}", f"expected a number, not {_type_name(number)}")
+        if not math.isfinite(number) or abs(number) > MAX_METRIC_VALUE:
+            raise _fail(f"metrics.{name}", f"{str(number)[:40]} is not a finite number within "
+                                           f"+-{MAX_METRIC_VALUE:g}")
+        out[name] = float(number)
+    return out
+
+
 def _time(value: object) -> datetime:
     if not isinstance(value, str):
         raise _fail("at", f"expected a time string, not {_type_name(value)}")
@@ -234,6 +267,7 @@ class Report:
     bytes_saved: int = 0
     client_version: str = ""
     current_version: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
     schema: int = REPORT_SCHEMA
 
     def __post_init__(self) -> None:
@@ -272,6 +306,7 @@ class Report:
         _integer("bytes_downloaded", self.bytes_downloaded, 0, MAX_BYTES)
         _integer("bytes_saved", self.bytes_saved, 0, MAX_BYTES)
         _string("client_version", self.client_version, MAX_SHORT)
+        object.__setattr__(self, "metrics", check_metrics(self.metrics))
 
     @classmethod
     def from_dict(cls, data: object) -> Report:
@@ -279,13 +314,13 @@ class Report:
         if not isinstance(data, Mapping):
             raise FormatError(f"a report must be a JSON object, not {_type_name(data)}")
         keys = set(data)
-        unknown = sorted(str(k) for k in keys - _KEYS)
+        unknown = sorted(str(k) for k in keys - _KEYS - _OPTIONAL)
         if unknown:
             raise FormatError(f"report: unknown field {unknown[0][:40]!r}")
         missing = sorted(_KEYS - keys)
         if missing:
             raise FormatError(f"report: missing field {missing[0]!r}")
-        values = {name: data[name] for name in _FIELD_NAMES}
+        values = {name: data[name] for name in _FIELD_NAMES if name in data}
         values["at"] = _time(data["at"])
         return cls(**values)
 
@@ -294,6 +329,10 @@ class Report:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["at"] = format_time(self.at)
         out["durations"] = dict(self.durations)
+        if self.metrics:
+            out["metrics"] = dict(self.metrics)
+        else:  # left out: collectors from before the field refuse unknown keys
+            del out["metrics"]
         return out
 
 

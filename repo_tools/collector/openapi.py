@@ -52,7 +52,14 @@ def _report_schema() -> dict[str, Any]:
         "client_version": short,
         "current_version": short,
     }
-    return {"type": "object", "additionalProperties": False, "required": sorted(properties),
+    required = sorted(properties)
+    properties["metrics"] = {  # optional: older clients leave it out
+        "type": "object", "maxProperties": wire.MAX_METRICS,
+        "propertyNames": {"pattern": wire.METRIC_NAME.pattern.replace("\\Z", "$")},
+        "additionalProperties": {"type": "number", "minimum": -wire.MAX_METRIC_VALUE,
+                                 "maximum": wire.MAX_METRIC_VALUE},
+        "description": "the application's numeric metrics (AutoUpdater.record_metric), of the version running now"}
+    return {"type": "object", "additionalProperties": False, "required": required,
             "properties": properties,
             "description": "One outcome report (docs: formats/report.py); kind, outcome and cause must be a "
                            "combination formats.report.ALLOWED lists"}
@@ -74,8 +81,23 @@ def _tally_schema() -> dict[str, Any]:
             "install_time": {"type": "object", "properties": {"median": number, "p95": number,
                                                                "timed": {"type": "integer"}}},
             "bytes_downloaded": {"type": "integer"}, "bytes_saved": {"type": "integer"},
+            "metrics": {"type": "object", "additionalProperties": {
+                "type": "object", "properties": {"n": {"type": "integer"}, "mean": {"type": "number"},
+                                                 "sd": number}}},
         },
     }
+
+
+def _decisions_schema() -> dict[str, Any]:
+    text = {"type": "string"}
+    decision = {"type": "object", "required": ["at", "channel", "platform", "version", "action", "status"],
+                "properties": {"at": text, "channel": text, "platform": text, "version": text,
+                               "action": {"enum": ["advance", "hold", "halt", "yank"]}, "reason": text,
+                               "status": {"enum": ["applied", "refused", "abandoned", "pending", "observed"]},
+                               "percent": {"type": ["number", "null"]}, "evidence": {"type": "object"}}}
+    return {"type": "object", "required": ["repository", "decisions"],
+            "properties": {"repository": {"type": "boolean"},
+                           "decisions": {"type": "array", "items": decision}}}
 
 
 def _activity_schema() -> dict[str, Any]:
@@ -130,7 +152,9 @@ def document() -> dict[str, Any]:
     release = {"allOf": [{"$ref": "#/components/schemas/Tally"}, {
         "type": "object", "required": ["channel", "platform", "version", "groups"],
         "properties": {"channel": {"type": "string"}, "platform": {"type": "string"}, "version": {"type": "string"},
-                       "groups": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Tally"}}}}]}
+                       "groups": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Tally"}},
+                       "comparisons": {"type": "array", "items": {"type": "object"},
+                                       "description": "A/B groups compared (core.canary.Comparison)"}}}]}
     filters = [
         {"name": "channel", "in": "query", "required": False, "schema": {"type": "string"}},
         {"name": "version", "in": "query", "required": False, "schema": {"type": "string"}},
@@ -194,6 +218,17 @@ def document() -> dict[str, Any]:
                     "400": _answer("bad query parameter"),
                     "401": _answer("read token missing or wrong"),
                     "503": _answer("the database is unavailable"),
+                }}},
+            "/v1/fleet/decisions": {"get": {
+                "summary": "The rollout timeline: decisions watch logged in the repository of `collector serve "
+                           "--repo` (signed ones and holds), oldest first",
+                "security": [{"bearer": []}, {"session": []}],
+                "parameters": filters,
+                "responses": {
+                    "200": _answer("the decisions", _decisions_schema()),
+                    "400": _answer("bad query parameter"),
+                    "401": _answer("read token missing or wrong"),
+                    "503": _answer("the decision log cannot be read"),
                 }}},
             **_page_paths(),
             "/openapi.json": {"get": {"summary": "This document",

@@ -18,6 +18,11 @@ transaction under a lock, so two collectors starting on one database do not race
   count and the bytes downloaded and saved; ``hourly_time``: per the same release, group and hour, the
   committed installs' total duration as counts per ``core.stats`` bucket. The fleet report reads
   only these (and ``installs``), so it stays fast at millions of reports.
+* ``hourly_metrics`` (migration 3, which also adds ``reports.metrics``, the report's metrics as JSON
+  text, '' for none): per release, group, hour and application metric name (``formats.report``'s
+  ``metrics``) the count, sum and sum of squares of its values: enough for a mean and a variance
+  (``core.canary.compare_means``). A metric describes the version running when it was reported, so
+  it counts for ``current_version`` (the release a report counts for when it names none).
 
 The release a report counts for is its ``to_version``, except a manual rollback (``kind
 rollback``), which counts against the release it left (``from_version``). Heartbeats feed only
@@ -62,7 +67,7 @@ _DURATIONS = ("download", "apply", "health", "total")
 _REPORT_COLUMNS = ("report_id", "install_id", "at", "received", "kind", "outcome", "cause", "cause_text", "channel",
                    "platform", "from_version", "to_version", "update_type", "bucket", "ab_group", "d_download",
                    "d_apply", "d_health", "d_total", "bytes_downloaded", "bytes_saved", "client_version",
-                   "current_version")
+                   "current_version", "metrics")
 _KEY = "channel, platform, version, ab_group"
 
 # Each migration: statements run in one transaction, then its number is recorded. Plain SQL both
@@ -103,6 +108,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # The fleet page's latest rollbacks and failures: newest first without reading every report.
     ("CREATE INDEX reports_problems ON reports (at) WHERE outcome IN ('rolled_back', 'failed')",),
+    # Application metrics (issue 20's A/B groups): kept raw with the report, summed per hour.
+    (
+        "ALTER TABLE reports ADD COLUMN metrics TEXT NOT NULL DEFAULT ''",
+        f"""CREATE TABLE hourly_metrics (
+            channel TEXT NOT NULL, platform TEXT NOT NULL, version TEXT NOT NULL, ab_group TEXT NOT NULL,
+            hour BIGINT NOT NULL, name TEXT NOT NULL, n BIGINT NOT NULL, total DOUBLE PRECISION NOT NULL,
+            squares DOUBLE PRECISION NOT NULL, PRIMARY KEY ({_KEY}, hour, name))""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -125,6 +138,9 @@ _UPSERTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
      "bytes_saved = hourly.bytes_saved + excluded.bytes_saved"),
     ("hourly_time", (*_TEXT4, "bigint", "integer", "bigint"),
      f"ON CONFLICT ({_KEY}, hour, bucket) DO UPDATE SET reports = hourly_time.reports + excluded.reports"),
+    ("hourly_metrics", (*_TEXT4, "bigint", "text", "bigint", "float8", "float8"),
+     f"ON CONFLICT ({_KEY}, hour, name) DO UPDATE SET n = hourly_metrics.n + excluded.n, "
+     "total = hourly_metrics.total + excluded.total, squares = hourly_metrics.squares + excluded.squares"),
 )
 
 
@@ -144,6 +160,7 @@ class Additions:
     release_installs: list[tuple[Any, ...]]
     hourly: list[tuple[Any, ...]]
     hourly_time: list[tuple[Any, ...]]
+    hourly_metrics: list[tuple[Any, ...]]
 
     @classmethod
     def of(cls, reports: Iterable[Report], received: int) -> Additions:
@@ -152,15 +169,24 @@ class Additions:
         offered: dict[tuple[Any, ...], int] = {}
         hourly: dict[tuple[Any, ...], list[int]] = {}
         timing: dict[tuple[Any, ...], int] = {}
+        metrics: dict[tuple[Any, ...], list[float]] = {}
         for r in reports:
             at = int(r.at.timestamp())
             rows.append((r.report_id, r.install_id, at, received, r.kind, r.outcome, r.cause, r.cause_text,
                          r.channel, r.platform, r.from_version, r.to_version, r.update_type, r.bucket, r.ab_group,
                          *(r.durations.get(k) for k in _DURATIONS), r.bytes_downloaded, r.bytes_saved,
-                         r.client_version, r.current_version))
+                         r.client_version, r.current_version,
+                         json.dumps(r.metrics, sort_keys=True, separators=(",", ":")) if r.metrics else ""))
             if r.current_version and (r.install_id not in installs or installs[r.install_id][5] <= at):
                 installs[r.install_id] = (r.install_id, r.channel, r.platform, r.current_version, r.client_version,
                                           at)
+            if r.metrics:
+                running = (r.channel, r.platform, r.current_version or release_of(r), r.ab_group, at - at % 3600)
+                for name, value in r.metrics.items():
+                    sums_ = metrics.setdefault((*running, name), [0, 0.0, 0.0])
+                    sums_[0] += 1
+                    sums_[1] += value
+                    sums_[2] += value * value
             if r.kind == "heartbeat":
                 continue
             key = (r.channel, r.platform, release_of(r), r.ab_group)
@@ -180,6 +206,7 @@ class Additions:
             release_installs=sorted((*k, at) for k, at in offered.items()),
             hourly=sorted((*k, *v) for k, v in hourly.items()),
             hourly_time=sorted((*k, n) for k, n in timing.items()),
+            hourly_metrics=sorted((*k, *v) for k, v in metrics.items()),
         )
 
 
@@ -286,6 +313,8 @@ _QUERIES = {
     "hourly": f"SELECT {_KEY}, kind, outcome, cause, SUM(reports), SUM(bytes_downloaded), SUM(bytes_saved) "
               f"FROM hourly {{where}} GROUP BY {_KEY}, kind, outcome, cause",
     "timing": f"SELECT {_KEY}, bucket, SUM(reports) FROM hourly_time {{where}} GROUP BY {_KEY}, bucket",
+    "metrics": f"SELECT {_KEY}, name, SUM(n), SUM(total), SUM(squares) FROM hourly_metrics {{where}} "
+               f"GROUP BY {_KEY}, name",
     "offered": f"SELECT {_KEY}, COUNT(*) FROM release_installs {{where}} GROUP BY {_KEY}",
     "offered_release": "SELECT channel, platform, version, COUNT(DISTINCT install_id) FROM release_installs "
                        "{where} GROUP BY channel, platform, version",
@@ -300,9 +329,8 @@ _ACTIVITY = {
                 "CASE WHEN kind = 'rollback' THEN from_version ELSE to_version END AS version FROM reports "
                 "WHERE outcome IN ('rolled_back', 'failed')) AS problems {where} ORDER BY at DESC LIMIT 50",
 }
-_TIME_COLUMN = {"hours": "hour", "problems": "at",
-                "hourly": "hour", "timing": "hour", "offered": "last_at", "offered_release": "last_at",
-                "versions": "last_seen"}
+_TIME_COLUMN = {"hours": "hour", "problems": "at", "hourly": "hour", "timing": "hour", "metrics": "hour",
+                "offered": "last_at", "offered_release": "last_at", "versions": "last_seen"}
 
 
 def _where(name: str, filters: Filters, placeholder: str) -> tuple[str, list[Any]]:
@@ -434,7 +462,8 @@ class SQLiteStorage(Storage):
     @staticmethod
     def _read_counts(one: Callable[[str], int]) -> dict[str, int]:
         return {t: int(one(f"SELECT COUNT(*) FROM {t}"))
-                for t in ("reports", "installs", "release_installs", "hourly", "hourly_time", "schema_version")}
+                for t in ("reports", "installs", "release_installs", "hourly", "hourly_time", "hourly_metrics",
+                          "schema_version")}
 
     def ping(self) -> None:
         try:

@@ -12,6 +12,14 @@ Per release (``channel, platform, version``) and per A/B group of it:
 * ``install_time``: median and p95 of committed installs' total duration, from the log-bucket
   histograms (``core.stats``: within 4.4 %); null without timed installs.
 * ``bytes_downloaded`` / ``bytes_saved``: sums over the release's install reports.
+* ``metrics``: per application metric name (``formats.report``'s ``metrics``; counted for the version
+  running when reported) ``n``, ``mean`` and ``sd`` (sample standard deviation, null below 2).
+* ``comparisons`` (releases with two or more A/B groups): each group against the reference group
+  (``control`` when there is one, else the first by name) for the success rate, the install time and
+  every application metric both have: ``core.canary.compare_rates``/``compare_means``, the difference
+  with an always-valid 95 % interval; ``winner`` is null ("not enough data") unless the interval
+  excludes 0 and both groups have ``MIN_GROUP`` observations. An application metric's direction is
+  unknown, so its ``winner`` is the higher group (``direction`` says so).
 
 ``versions``: the fleet's version distribution: per channel and platform, how many install ids run
 each version by their latest report that carried ``current_version`` (heartbeats always do).
@@ -32,11 +40,14 @@ from pinnacle_updates.formats.boundedjson import FormatError
 from pinnacle_updates.formats.index import check_channel, parse_version
 from pinnacle_updates.formats.rollout import ScheduleError, format_time, parse_duration, parse_time
 
-from ..core import stats
+from ..core import canary, stats
 
 Rows = Mapping[str, Sequence[Sequence[Any]]]
 """Query name -> result rows, as ``storage`` reads them."""
 REPORT_FORMAT = 1
+REFERENCE_GROUP = "control"
+MIN_GROUP = 100
+"""Observations each group needs before a comparison may name a winner."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,15 @@ class _Tally:
         self.bytes_downloaded = 0
         self.bytes_saved = 0
         self.timing: dict[int, int] = {}
+        self.metrics: dict[str, tuple[int, float, float]] = {}
+        """name -> (count, sum, sum of squares)."""
+
+    def metric(self, name: str) -> canary.MetricSummary:
+        n, total, squares = self.metrics.get(name, (0, 0.0, 0.0))
+        mean = total / n if n else 0.0
+        # sum of squares minus n * mean^2 can come out a hair below 0 by rounding: no variance is negative
+        variance = max(0.0, (squares - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+        return canary.MetricSummary(n, mean, variance)
 
     def add(self, kind: str, outcome: str, cause: str, count: int, downloaded: int, saved: int) -> None:
         if kind == "install":
@@ -123,7 +143,35 @@ class _Tally:
                              "timed": sum(self.timing.values())},
             "bytes_downloaded": self.bytes_downloaded,
             "bytes_saved": self.bytes_saved,
+            "metrics": {name: _metric_dict(self.metric(name)) for name in sorted(self.metrics)},
         }
+
+
+def _metric_dict(m: canary.MetricSummary) -> dict[str, Any]:
+    return {"n": m.n, "mean": round(m.mean, 6), "sd": round(m.variance ** 0.5, 6) if m.n > 1 else None}
+
+
+def compare_groups(groups: Mapping[str, _Tally]) -> list[dict[str, Any]]:
+    """Each group against the reference one (module doc): success rate, install time, every
+    application metric both groups reported; ``canary.Comparison.to_dict`` each."""
+    if len(groups) < 2:
+        return []
+    reference = REFERENCE_GROUP if REFERENCE_GROUP in groups else min(groups)
+    base = groups[reference]
+    out = []
+    for name in sorted(groups):
+        if name == reference:
+            continue
+        tally, names = groups[name], (name, reference)
+        found = [canary.compare_rates(names, (tally.succeeded, tally.attempted), (base.succeeded, base.attempted),
+                                      min_group=MIN_GROUP),
+                 canary.compare_means("install_time", names, canary.MetricSummary.from_histogram(tally.timing),
+                                      canary.MetricSummary.from_histogram(base.timing), min_group=MIN_GROUP)]
+        for metric in sorted(set(tally.metrics) & set(base.metrics)):
+            found.append(canary.compare_means(metric, names, tally.metric(metric), base.metric(metric),
+                                              higher_is_better=None, min_group=MIN_GROUP))
+        out += [c.to_dict() for c in found]
+    return out
 
 
 def _seconds(value: float | None) -> float | None:
@@ -167,6 +215,11 @@ def build_report(rows: Rows, filters: Filters, now: datetime) -> dict[str, Any]:
         for tally in tallies(channel, platform, version, group):
             if tally is not None:
                 stats.merge(tally.timing, {int(bucket): int(count)})
+    for channel, platform, version, group, name, n, total, squares in rows.get("metrics", ()):
+        for tally in tallies(channel, platform, version, group):
+            if tally is not None:
+                count, summed, squared = tally.metrics.get(name, (0, 0.0, 0.0))
+                tally.metrics[name] = (count + int(n), summed + float(total), squared + float(squares))
     for channel, platform, version, group, count in rows["offered"]:
         _, grouped = tallies(channel, platform, version, group)
         if grouped is not None:
@@ -179,6 +232,7 @@ def build_report(rows: Rows, filters: Filters, now: datetime) -> dict[str, Any]:
         channel, platform, version = key
         entry = {"channel": channel, "platform": platform, "version": version, **releases[key].to_dict()}
         entry["groups"] = {name: tally.to_dict() for name, tally in sorted(groups.get(key, {}).items())}
+        entry["comparisons"] = compare_groups(groups.get(key, {}))
         out.append(entry)
     versions = [{"channel": c, "platform": p, "version": v, "installs": int(n)}
                 for c, p, v, n in sorted(rows["versions"], key=lambda r: (*_order((r[0], r[1], r[2])), r[3]))]

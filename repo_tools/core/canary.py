@@ -65,7 +65,9 @@ sequence (Waudby-Smith et al. 2021), said so in the result; ``s2 = 1/4`` would m
 interval exact (Hoeffding) but about twice as wide near 90 % success. ``rho`` sets where the
 boundary is tightest (near ``plan_n`` observations); any ``rho > 0`` is valid. A winner is named
 only when the interval excludes 0 and both groups have ``min_group`` observations; otherwise the
-answer is "no winner" with why.
+answer is "not enough data" with why (``winner`` None). For a metric whose better direction is
+unknown (an application's own metric: ``higher_is_better=None``) the "winner" is the group with the
+higher mean, and ``direction`` says so.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ __all__ = [
     "Step",
     "compare_means",
     "compare_rates",
+    "comparison_line",
     "decide",
     "mixture_ratio",
     "null_rate",
@@ -432,6 +435,8 @@ class Comparison:
     winner: str | None
     reason: str
     method: str
+    direction: str = "higher_is_better"
+    """``higher_is_better``, ``lower_is_better`` or ``higher`` (unknown: the winner is the higher group)."""
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
@@ -440,7 +445,25 @@ class Comparison:
         return {"metric": self.metric, "groups": [self.group_a, self.group_b], "n": [self.n_a, self.n_b],
                 "values": [r(self.value_a), r(self.value_b)], "difference": r(self.difference),
                 "interval": [r(self.interval[0]), r(self.interval[1])] if self.interval else None,
-                "winner": self.winner, "reason": self.reason, "method": self.method}
+                "winner": self.winner, "reason": self.reason, "method": self.method, "direction": self.direction}
+
+
+def comparison_line(c: Mapping[str, Any]) -> str:
+    """One line for a comparison's dict (``Comparison.to_dict``): ``fleet report`` and ``watch`` print it."""
+    a, b = c["groups"]
+    metric = c["metric"]
+    rate = metric == "success_rate"
+
+    def show(v: float) -> str:
+        return f"{100 * v:+.2f}%" if rate else f"{v:+.4g}"
+
+    if c["difference"] is None:
+        told = "no data in a group"
+    else:
+        low, high = c["interval"]
+        told = f"{show(c['difference'])} [{show(low)}, {show(high)}]"
+    verdict = c["reason"] if c["winner"] is None else c["reason"].split(":")[0]
+    return f"{metric} {a} - {b}: {told} (n {c['n'][0]}/{c['n'][1]}): {verdict}"
 
 
 def _radius(n: int, s2: float, alpha: float, plan_n: int) -> float:
@@ -453,22 +476,24 @@ def _radius(n: int, s2: float, alpha: float, plan_n: int) -> float:
 
 
 def _compare(metric: str, names: tuple[str, str], a: MetricSummary, b: MetricSummary, s2: tuple[float, float],
-             higher_is_better: bool, alpha: float, min_group: int, plan_n: int, method: str) -> Comparison:
+             higher_is_better: bool | None, alpha: float, min_group: int, plan_n: int, method: str) -> Comparison:
+    direction = {True: "higher_is_better", False: "lower_is_better", None: "higher"}[higher_is_better]
     if a.n < 1 or b.n < 1:
         return Comparison(metric, *names, a.n, b.n, None, None, None, None, None,
-                          "no winner: a group has no observations", method)
+                          "not enough data (a group has no observations)", method, direction)
     diff = a.mean - b.mean
     half = _radius(a.n, s2[0], alpha / 2, plan_n) + _radius(b.n, s2[1], alpha / 2, plan_n)
     interval = (diff - half, diff + half)
     base = (metric, *names, a.n, b.n, a.mean, b.mean, diff, interval)
     if min(a.n, b.n) < min_group:
-        return Comparison(*base, None, f"no winner: too little data ({min(a.n, b.n)} < {min_group} in a group)",
-                          method)
+        return Comparison(*base, None, f"not enough data (too little data: {min(a.n, b.n)} < {min_group} "
+                                       "observations in a group)", method, direction)
     if interval[0] <= 0 <= interval[1]:
-        return Comparison(*base, None, "no winner: the interval holds 0", method)
-    a_better = (diff > 0) == higher_is_better
+        return Comparison(*base, None, "not enough data (the interval holds 0)", method, direction)
+    a_better = (diff > 0) == (higher_is_better is not False)
     winner = names[0] if a_better else names[1]
-    return Comparison(*base, winner, f"{winner} is better: the interval excludes 0", method)
+    verb = "is higher" if higher_is_better is None else "is better"
+    return Comparison(*base, winner, f"{winner} {verb}: the interval excludes 0", method, direction)
 
 
 def compare_rates(names: tuple[str, str], a: tuple[int, int], b: tuple[int, int], *, alpha: float = 0.05,
@@ -491,10 +516,11 @@ def compare_rates(names: tuple[str, str], a: tuple[int, int], b: tuple[int, int]
 
 
 def compare_means(metric: str, names: tuple[str, str], a: MetricSummary, b: MetricSummary, *,
-                  higher_is_better: bool = False, alpha: float = 0.05, min_group: int = 100,
+                  higher_is_better: bool | None = False, alpha: float = 0.05, min_group: int = 100,
                   plan_n: int = 500) -> Comparison:
-    """Means of a numeric metric (install time by default: lower is better) of two groups; the
-    interval uses each group's sample variance (asymptotic confidence sequence)."""
+    """Means of a numeric metric (install time by default: lower is better; None: direction unknown,
+    the "winner" is the higher group) of two groups; the interval uses each group's sample variance
+    (asymptotic confidence sequence)."""
     for s in (a, b):
         if s.n < 0 or not math.isfinite(s.mean) or not math.isfinite(s.variance) or s.variance < 0:
             raise ValueError(f"{metric}: not a usable summary (n={s.n}, mean={s.mean}, variance={s.variance})")
