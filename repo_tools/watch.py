@@ -126,6 +126,8 @@ class Verdict:
     baseline: str | None
     applied: str = ""
     """What was signed (``advanced to step N (P%)``, ``paused at P%``, ``yanked``), or why not; '' if nothing."""
+    comparisons: tuple[Mapping[str, Any], ...] = ()
+    """The release's A/B groups compared (``collector.summary.compare_groups``): shown, never decided on."""
 
     @property
     def target(self) -> str:
@@ -134,11 +136,12 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"channel": self.channel, "platform": self.platform, "version": self.version,
                 "baseline": self.baseline, "step": self.step.index, "percent": self.step.percent,
-                "applied": self.applied, **self.decision.to_dict()}
+                "applied": self.applied, **self.decision.to_dict(), "comparisons": list(self.comparisons)}
 
     def line(self) -> str:
         done = f" -> {self.applied}" if self.applied else ""
-        return f"{self.target}: {self.decision.action.value}: {self.decision.reason}{done}"
+        ab = "".join(f"\n  A/B {canary.comparison_line(c)}" for c in self.comparisons)
+        return f"{self.target}: {self.decision.action.value}: {self.decision.reason}{done}{ab}"
 
 
 @dataclass(frozen=True)
@@ -192,12 +195,13 @@ def _key(channel: str, platform: str, version: str) -> str:
 
 
 def _entry(storage: Storage, channel: str, platform: str, version: str, since: datetime | None,
-           now: datetime) -> canary.Counts | None:
+           now: datetime) -> dict[str, Any]:
+    """The release's fleet report entry ({} when nothing was reported)."""
     document = storage.fleet_report(Filters(channel, version, since), now)
     for entry in document["releases"]:
         if entry["platform"] == platform and entry["version"] == version:
-            return canary.Counts.from_entry(entry)
-    return None
+            return dict(entry)
+    return {}
 
 
 def baseline_of(index: ChannelIndex, release: Release) -> Release | None:
@@ -212,16 +216,18 @@ def _decide(channel: str, release: Release, index: ChannelIndex, storage: Storag
             records: Sequence[Mapping[str, Any]], options: canary.Options, now: datetime) -> Verdict:
     rollout = release.rollout
     assert rollout is not None
-    counts = _entry(storage, channel, release.platform, release.version, None, now) or canary.Counts()
+    entry = _entry(storage, channel, release.platform, release.version, None, now)
+    counts = canary.Counts.from_entry(entry)
     base = baseline_of(index, release)
-    base_counts = (_entry(storage, channel, release.platform, base.version, parse_time(rollout.start), now)
-                   if base is not None else None)
+    base_entry = (_entry(storage, channel, release.platform, base.version, parse_time(rollout.start), now)
+                  if base is not None else {})
+    base_counts = canary.Counts.from_entry(base_entry) if base_entry else None
     key = _key(channel, release.platform, release.version)
     step = step_of(rollout, [r for r in records if r.get("target") == key], now)
     gated = replace(options, gate=options.gate and rollout.schedule.gate)
     decision = canary.decide(counts, base_counts, step, gated)
     return Verdict(channel, release.platform, release.version, decision, step,
-                   base.version if base is not None else None)
+                   base.version if base is not None else None, comparisons=tuple(entry.get("comparisons", ())))
 
 
 def step_of(rollout: Rollout, records: Sequence[Mapping[str, Any]], now: datetime) -> canary.Step:
@@ -280,8 +286,9 @@ def _observe(log: DecisionLog, records: Sequence[Mapping[str, Any]], verdict: Ve
         return
     if last is None and d.action is canary.Action.NONE:
         return
+    # percent and evidence only for the record (the fleet page's timeline shows a hold with its counts)
     log.append({"event": "observe", "at": format_time(now), "target": verdict.target, **mark,
-                "reason": d.reason})
+                "reason": d.reason, "percent": verdict.step.percent, "evidence": d.to_dict()})
 
 
 def _signed(repo: Repository, keys: KeyStore, log: DecisionLog, verdict: Verdict, now: datetime,
@@ -370,13 +377,21 @@ def _shows(release: Release, intent: Mapping[str, Any]) -> bool:
 
 # ----- reading the log back -------------------------------------------------------------------------
 def decisions(repo_dir: Path, *, channel: str | None = None, version: str | None = None,
-              limit: int = 200) -> list[dict[str, Any]]:
+              limit: int = 200, holds: bool = False) -> list[dict[str, Any]]:
     """The signed decisions, newest last (``fleet report --repo``): each intent with how it ended
-    (``applied``, ``refused``, ``abandoned`` or ``pending``) and its evidence."""
+    (``applied``, ``refused``, ``abandoned`` or ``pending``) and its evidence. ``holds``: also each
+    hold a gate started (``observe`` records; status ``observed``): the fleet page's timeline."""
     records = DecisionLog(repo_dir).read()
     ended = {r.get("id"): r for r in records if r.get("event") in ("done", "abandoned")}
     out = []
     for rec in records:
+        if holds and rec.get("event") == "observe" and rec.get("action") == "hold":
+            parts = str(rec.get("target", "")).split("/", 2)
+            if len(parts) == 3 and channel in (None, parts[0]) and version in (None, parts[2]):
+                out.append({k: rec[k] for k in ("at", "reason", "hold", "step", "percent", "evidence") if k in rec}
+                           | {"channel": parts[0], "platform": parts[1], "version": parts[2], "action": "hold",
+                              "status": "observed"})
+            continue
         if rec.get("event") != "intent":
             continue
         if (channel is not None and rec.get("channel") != channel) or (

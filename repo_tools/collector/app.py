@@ -15,6 +15,11 @@ Routes (document: ``openapi.document``, served at ``/openapi.json``):
   token (``Authorization: Bearer``; 401). Read-only.
 * ``GET /v1/fleet/activity?channel=&version=&since=``: install outcomes per release and hour and the
   latest rollbacks and failures (``page.activity``), behind the read token.
+* ``GET /v1/fleet/decisions?channel=&version=&since=``: the rollout timeline, behind the read token:
+  ``{"repository": bool, "decisions": [...]}``, the decisions ``watch`` logged in the repository
+  given to ``collector serve --repo`` (``watch.decisions`` with holds: read-only, the log stays the
+  one source; the collector never writes or signs anything), oldest first; without ``--repo``
+  ``repository`` is false and the list empty. An unreadable log is 503.
 * ``GET /fleet`` and ``/fleet/...``: the fleet page (``page``), behind the read token or its cookie.
 * ``GET /openapi.json``.
 
@@ -34,6 +39,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -45,8 +51,9 @@ from starlette.routing import Route
 
 from pinnacle_updates.formats import report as wire
 from pinnacle_updates.formats.boundedjson import FormatError
+from pinnacle_updates.formats.rollout import format_time
 
-from ..errors import ReleaseError
+from ..errors import ReleaseError, RepositoryStateError
 from . import page
 from .credentials import bearer_matches
 from .openapi import document
@@ -71,6 +78,8 @@ class Settings:
     per_install: Rate = field(default_factory=lambda: Rate(rate=1000 / 3600, burst=2.0 * wire.MAX_BATCH))
     """Reports per second from one install id (default 1,000 an hour, two full batches at once)."""
     body_timeout: float = 10.0
+    repo_dir: Path | None = None
+    """The repository whose decision log the timeline shows (``--repo``; read only)."""
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
@@ -88,6 +97,8 @@ def answer(status: int, data: dict[str, Any], headers: dict[str, str] | None = N
     return JSONResponse(data, status, headers={**_HEADERS, **(headers or {})})
 
 
+TIMELINE_MAX = 500
+"""Decisions the timeline answers with at most (the newest)."""
 DRAIN_MAX = 64 << 10
 """Bytes beyond a body limit that are still read (and dropped) before the 413 is sent."""
 
@@ -190,6 +201,20 @@ def create_app(storage: Storage, settings: Settings) -> Starlette:
         filters, _ = reader_filters(request)
         return page.activity(await run_in_threadpool(storage.activity, filters))
 
+    async def fleet_decisions(request: Request) -> dict[str, Any]:
+        filters, _ = reader_filters(request)
+        if settings.repo_dir is None:
+            return {"repository": False, "decisions": []}
+        from ..watch import decisions  # only here: the rest of the collector never loads the publisher
+
+        try:
+            found = await run_in_threadpool(decisions, settings.repo_dir, channel=filters.channel,
+                                            version=filters.version, limit=TIMELINE_MAX, holds=True)
+        except RepositoryStateError as exc:
+            raise Refusal(503, str(exc)) from None
+        since = format_time(filters.since) if filters.since else ""
+        return {"repository": True, "decisions": [d for d in found if str(d.get("at", "")) >= since]}
+
     async def read_form(request: Request, limit: int) -> bytes | Response:
         try:
             return await _read_limited(request, limit, settings.body_timeout)
@@ -214,6 +239,7 @@ def create_app(storage: Storage, settings: Settings) -> Starlette:
             Route("/v1/health", route(health), methods=["GET"]),
             Route("/v1/fleet/report", route(fleet_report), methods=["GET"]),
             Route("/v1/fleet/activity", route(fleet_activity), methods=["GET"]),
+            Route("/v1/fleet/decisions", route(fleet_decisions), methods=["GET"]),
             Route("/openapi.json", route(openapi), methods=["GET"]),
             *page.routes(settings.read_token, read_form),
         ],

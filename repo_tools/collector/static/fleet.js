@@ -199,6 +199,112 @@ function drawProblems(activity) {
   }
 }
 
+// ----- the rollout timeline -------------------------------------------------------------------------
+// The decisions watch logged in the repository (GET /v1/fleet/decisions, from `collector serve --repo`),
+// per release: a strip with one mark per decision over time, then the list with each one's evidence.
+const ACTIONS = { advance: COLORS.ok, hold: COLORS.warn, halt: COLORS.bad, yank: COLORS.bad };
+
+function statistic(v) { return v === "inf" ? "∞" : Number(v).toPrecision(3); }
+
+function evidenceText(d) {
+  const e = d.evidence;
+  if (!e || typeof e !== "object") return "";
+  const parts = [e.attempted + " attempted", e.installs + " install ids"];
+  if (e.step_installs !== undefined) parts.push(e.step_installs + " in this step");
+  for (const c of e.evidence || []) {
+    const rate = c.rate === null ? "–" : fmt.pct(c.rate) + " %";
+    parts.push(c["class"] + " " + c.failures + "/" + c.trials + " (" + rate + ", tolerated " + fmt.pct(c.null_rate) +
+               " %) M " + statistic(c.statistic) + " / " + statistic(c.threshold));
+  }
+  return parts.join(" · ");
+}
+
+function when(at) { return at.replace("T", " ").replace("Z", ""); }
+
+function drawStrip(box, events) {
+  box.replaceChildren();
+  const w = Math.max(260, Math.round(box.clientWidth || 600));
+  const size = { w, h: 56, left: 12, right: 12, mid: 22 };
+  const svg = shape("svg", { viewBox: "0 0 " + w + " " + size.h, role: "img" });
+  box.appendChild(svg);
+  const times = events.map((d) => Date.parse(d.at));
+  const first = Math.min(...times);
+  const span = Math.max(Math.max(...times) - first, 1);
+  const x = (t) => size.left + ((w - size.left - size.right) * (t - first)) / span;
+  svg.appendChild(shape("line", { x1: size.left, x2: w - size.right, y1: size.mid, y2: size.mid, stroke: COLORS.grid,
+                                  "stroke-width": 2 }));
+  events.forEach((d, i) => {
+    const tip = when(d.at) + " UTC: " + d.action + " (" + d.status + ") " + (d.reason || "");
+    svg.appendChild(shape("circle", { cx: x(times[i]), cy: size.mid, r: 6, class: "tl-mark",
+                                      fill: ACTIONS[d.action] || COLORS.line }, tip));
+  });
+  for (const [t, anchor] of [[first, "start"], [first + span, "end"]]) {
+    const label = shape("text", { x: anchor === "start" ? size.left : w - size.right, y: size.h - 8,
+                                  "text-anchor": anchor, class: "axis" });
+    label.textContent = new Date(t).toISOString().slice(5, 16).replace("T", " ");
+    svg.appendChild(label);
+  }
+}
+
+function releasesOf(decisions) {
+  const by = new Map();
+  for (const d of decisions) {
+    const name = fmt.release(d);
+    if (!by.has(name)) by.set(name, []);
+    by.get(name).push(d);
+  }
+  // the release decided about most recently first
+  return [...by.entries()].sort((a, b) => (a[1][a[1].length - 1].at < b[1][b[1].length - 1].at ? 1 : -1));
+}
+
+function drawTimeline(data) {
+  const box = byId("timeline");
+  box.replaceChildren();
+  const note = byId("timeline-note");
+  if (!data.repository) {
+    note.textContent = "No repository: start the collector with --repo REPO_DIR to show the decisions watch made.";
+    return;
+  }
+  note.textContent = data.decisions.length ? "Decisions of pinnacle-release watch, with their evidence (M: the " +
+    "likelihood ratio against its threshold)." : "watch has made no decision in this window.";
+  for (const [name, events] of releasesOf(data.decisions)) {
+    const block = node("div", null, "tl-release");
+    block.dataset.release = name;
+    block.appendChild(node("h3", name));
+    const strip = node("div", null, "tl-strip");
+    block.appendChild(strip);
+    const list = node("ol", null, "tl");
+    for (const d of [...events].reverse()) {  // newest first in the list
+      const li = node("li", null, "tl-event action-" + d.action);
+      li.dataset.action = d.action;
+      li.dataset.status = d.status;
+      const head = node("div", null, "tl-head");
+      head.appendChild(node("time", when(d.at) + " UTC", "dim small"));
+      head.appendChild(node("span", d.action, "badge action-" + d.action));
+      if (d.percent !== undefined && d.percent !== null) {
+        const step = d.to_step !== undefined ? " → step " + (d.to_step + 1) : d.step !== undefined ? " (step " + (d.step + 1) + ")" : "";
+        head.appendChild(node("span", "at " + d.percent + " %" + step, "small"));
+      }
+      head.appendChild(node("span", d.status, "tl-status dim small"));
+      li.appendChild(head);
+      li.appendChild(node("div", d.reason || "", "tl-reason"));
+      li.appendChild(node("div", evidenceText(d), "tl-evidence"));
+      list.appendChild(li);
+    }
+    block.appendChild(list);
+    box.appendChild(block);
+  }
+  drawStrips();
+}
+
+function drawStrips() {
+  if (!shown || !shown.decisions.repository) return;
+  const groups = new Map(releasesOf(shown.decisions.decisions));
+  for (const block of byId("timeline").querySelectorAll(".tl-release")) {
+    drawStrip(block.querySelector(".tl-strip"), groups.get(block.dataset.release) || []);
+  }
+}
+
 // ----- loading ----------------------------------------------------------------------------------
 async function read(path) {
   const since = byId("window").value;
@@ -224,15 +330,18 @@ function drawCharts() {
   drawRate(shown.activity);
   drawVersions(shown.report);
   drawCauses(shown.report);
+  drawStrips();
 }
 
 async function refresh() {
   try {
-    const [report, activity] = await Promise.all([read("/v1/fleet/report"), read("/v1/fleet/activity")]);
-    shown = { report, activity };
+    const [report, activity, decisions] = await Promise.all([
+      read("/v1/fleet/report"), read("/v1/fleet/activity"), read("/v1/fleet/decisions")]);
+    shown = { report, activity, decisions };
     drawReleases(report);
     drawCharts();
     drawProblems(activity);
+    drawTimeline(decisions);
     byId("generated").textContent = "as of " + report.generated_at.replace("T", " ").replace("Z", " UTC");
     document.body.dataset.loaded = "yes";
     notice("");
