@@ -148,8 +148,14 @@ def emit(as_json: bool, data: Any, human: str) -> None:
     """Print ``data`` as one JSON document, or ``human`` (when not empty)."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None:  # an error after this goes to stderr: stdout stays one JSON document
-            ctx.find_root().meta[_PRINTED] = True
+        result_printed()  # an error after this goes to stderr: stdout stays one JSON document
     elif human:
         click.echo(human)
+
+
+def result_printed() -> None:
+    """The command's JSON result document is on stdout (from ``emit``, or one line after the events
+    of ``formats.progress``): an error after this goes to stderr."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta[_PRINTED] = True
