@@ -139,6 +139,16 @@ class AutoUpdater:
         groups = fleet_state.load(self.install_dir).get("groups")
         return {str(k): str(v) for k, v in groups.items()} if isinstance(groups, dict) else {}
 
+    def record_metric(self, name: str, value: float) -> bool:
+        """Keep one value of an application metric (``^[a-z][a-z0-9_.]{0,47}$``, a finite number) for
+        the next outcome report about the running version (a heartbeat, a committed install), which
+        carries each name's mean; the collector compares A/B groups by it (docs/API.md). No network,
+        no lock on the install. False when reporting is off (nothing kept); ``ConfigError`` for a bad
+        name or value, or a 17th name pending."""
+        from . import reporting  # the sender's module loads httpx: only for applications that report
+
+        return reporting.record_metric(self.install_dir, name, value)
+
     def cached_releases(self) -> list[dict[str, Any]]:
         """Release artifacts in the verified download cache within ``max_rollback_days``."""
         return cached_releases(self.installer.layout, self.settings().integer("max_rollback_days"))

@@ -29,6 +29,11 @@ Files (``DIR/reports/``, created on the first report)::
                    next_attempt, last_heartbeat, last_check_failure (shown by ``status``)
     channel.json   the channel's signed feedback setting and its releases' update types, as last
                    verified (a cache: reports are built without network)
+    metrics.json   the application's metrics not yet reported (``record_metric``): per name the
+                   count and sum of the values recorded; the next report about the running version
+                   (a heartbeat, a committed install, a failed check) carries each one's mean in
+                   ``metrics`` and empties the file. Recorded at most once: a kill between the two
+                   loses those values, never reports them twice
     lock           serialises writers of the spool and state.json (never held over the network)
 
 Sending never delays an install and never blocks a caller: ``kick`` starts (at most) one daemon
@@ -50,7 +55,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,7 +81,9 @@ from pinnacle_updates.formats.report import (
     ALLOWED,
     MAX_AGE,
     MAX_BATCH,
+    MAX_METRICS,
     Report,
+    check_metrics,
     clean_cause_text,
     encode_batches,
 )
@@ -95,6 +102,7 @@ __all__ = [
     "on_failed_check",
     "on_record",
     "on_unrecorded_failure",
+    "record_metric",
     "report_from_record",
     "scrub",
     "summary",
@@ -192,6 +200,7 @@ class Reports:
         self.spool = self.dir / "spool"
         self.state_file = self.dir / "state.json"
         self.channel_file = self.dir / "channel.json"
+        self.metrics_file = self.dir / "metrics.json"
         self.id_file = self.dir / "install_id"
         self.lock_file = self.dir / "lock"
 
@@ -223,6 +232,29 @@ class Reports:
 
     def channel_cache(self) -> dict[str, Any]:
         return self._read_json(self.channel_file)
+
+    # -- the application's metrics ----------------------------------------------------------------------
+    def pending_metrics(self) -> dict[str, tuple[int, float]]:
+        """name -> (count, sum) recorded since the last report that carried them; damaged entries dropped."""
+        out = {}
+        for name, value in self._read_json(self.metrics_file).items():
+            if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and value[0] > 0
+                    and isinstance(value[1], int | float) and not isinstance(value[1], bool)):
+                out[name] = (value[0], float(value[1]))
+        return out
+
+    def take_metrics(self) -> dict[str, float]:
+        """The pending metrics' means, valid for ``metrics`` (others dropped), and none left pending."""
+        with self.locked():
+            pending = self.pending_metrics()
+            if not pending:
+                return {}
+            fsutil.atomic_write(self.metrics_file, b"{}")
+        means = {}
+        for name, (count, total) in sorted(pending.items())[:MAX_METRICS]:
+            with contextlib.suppress(FormatError):
+                means.update(check_metrics({name: total / count}))
+        return means
 
     # -- the install id ---------------------------------------------------------------------------------
     def install_id(self) -> str:
@@ -472,12 +504,41 @@ def _enabled(root: Path) -> tuple[ClientConfig, Destination] | None:
 
 
 def _spool(root: Path, cfg: ClientConfig, build: Any) -> bool:
-    """Build (``build(context) -> Report | None``) and spool one report; False when none."""
+    """Build (``build(context) -> Report | None``) and spool one report; False when none. A report
+    about the version running now also carries the application's pending metrics."""
     reports = Reports(root)
     report = build(Context.of(root, cfg, reports))
     if report is None:
         return False
+    if report.current_version and report.to_version in ("", report.current_version):
+        metrics = reports.take_metrics()
+        if metrics:
+            report = replace(report, metrics=metrics)
     reports.add(report)
+    return True
+
+
+def record_metric(root: Path, name: str, value: float) -> bool:
+    """Keep one value of an application metric for the next report about the running version
+    (``AutoUpdater.record_metric``). False when reporting is off or has nowhere to go (nothing is
+    kept then). ``ConfigError`` for a name not like ``^[a-z][a-z0-9_.]{0,47}$``, a value that is not
+    a finite number within +-1e15, or a 17th name pending at once."""
+    try:
+        check_metrics({name: value})
+    except FormatError as exc:
+        raise ConfigError(f"cannot record metric: {exc}".replace("report field ", "")) from None
+    if _enabled(root) is None:
+        return False
+    reports = Reports(root)
+    with reports.locked():
+        pending = reports.pending_metrics()
+        if name not in pending and len(pending) >= MAX_METRICS:
+            raise ConfigError(f"cannot record metric {name!r}: {MAX_METRICS} other metrics are waiting for the next "
+                              f"report (at most {MAX_METRICS} per report)")
+        count, total = pending.get(name, (0, 0.0))
+        pending[name] = (count + 1, total + float(value))
+        fsutil.atomic_write(reports.metrics_file, json.dumps({k: list(v) for k, v in pending.items()},
+                                                             sort_keys=True).encode())
     return True
 
 
