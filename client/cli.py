@@ -8,6 +8,7 @@ stderr and its exit code.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,11 +19,13 @@ from typing import Any
 
 import click
 
+from pinnacle_updates.formats import logs
 from pinnacle_updates.formats.cliutil import Failure, emit, error_group, json_option
 from pinnacle_updates.formats.exitcodes import ExitCode
 from pinnacle_updates.formats.redact import redact_text, redact_url
 
 from . import config as config_mod
+from . import service_files
 from .agent import notify
 from .api import AutoUpdater
 from .errors import ConfigError, StateError, UpdateError
@@ -93,11 +96,21 @@ wait_option = click.option("--wait", is_flag=True, help="Queue behind another ru
 @click.option("--install-dir", envvar="PINNACLE_INSTALL_DIR", default=None,
               type=click.Path(file_okay=False, path_type=Path),
               help="Install directory (or PINNACLE_INSTALL_DIR); needed by every command.")
+@click.option("--log-format", type=click.Choice(logs.LOG_FORMATS), envvar=logs.ENV_FORMAT, default=None,
+              help="Log lines on stderr: text (journald's form under systemd) or json (one object a line); "
+                   "or PINNACLE_LOG_FORMAT, or the config key log_format.")
 @click.version_option(package_name="pinnacle-updates")
 @click.pass_context
-def cli(ctx: click.Context, install_dir: Path | None) -> None:
+def cli(ctx: click.Context, install_dir: Path | None, log_format: str | None) -> None:
     """Verified A/B updates with automatic rollback."""
     ctx.obj = AutoUpdater(install_dir) if install_dir is not None else None
+    configured = None
+    if log_format:
+        os.environ[logs.ENV_FORMAT] = log_format  # the agent's logging (serve) reads the same rule
+    elif ctx.obj is not None:
+        with contextlib.suppress(UpdateError):  # no or a bad config: the command itself says so
+            configured = ctx.obj.settings().text("log_format")
+    logs.configure_stderr(logs.resolve_format(configured))
 
 
 @cli.command("init")
@@ -146,17 +159,22 @@ def check_cmd(updater: AutoUpdater, version: str | None, as_json: bool, wait: bo
 @click.option("--yes", "confirm_major", is_flag=True, help="Confirm a major update.")
 @click.option("--force", is_flag=True,
               help="Also install a version marked bad or yanked, an older one, or the installed one again.")
+@click.option("--unattended", is_flag=True, help="Only what policy installs by itself, as the agent's loop does "
+              "(nothing while enabled is false): for timers and cron.")
 @json_option
 @wait_option
 @exit_code_option
 @pass_updater
-def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, force: bool, as_json: bool,
-                wait: bool, exit_code: bool) -> int:
+def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, force: bool, unattended: bool,
+                as_json: bool, wait: bool, exit_code: bool) -> int:
     """Install VERSION (default: what policy picks) into the inactive slot and switch to it."""
+    if unattended and (version or confirm_major or force):
+        raise click.UsageError("--unattended installs what policy picks by itself: no VERSION, --yes or --force")
     progress = _Progress(as_json)
     updater = AutoUpdater(updater.install_dir, on_event=progress.event)
     try:
-        result = updater.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress)
+        result = updater.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress,
+                                 auto_only=unattended)
     except UpdateError as exc:  # the active release is still the one it was before
         _report(updater, notify.outcome(_active_version(updater), version, error=exc))
         raise
@@ -475,6 +493,50 @@ def token_cmd(updater: AutoUpdater, rotate: bool) -> None:
 
     updater.settings()
     click.echo(load_or_create(updater.install_dir, rotate=rotate))
+
+
+@cli.group("service")
+def service_group() -> None:
+    """Service files for this install directory: systemd, launchd, Windows Task Scheduler."""
+
+
+@service_group.command("install")
+@click.option("--kind", type=click.Choice(service_files.KINDS), default=None,
+              help="Service manager (default: this machine's: systemd, launchd on macOS, windows).")
+@click.option("--print", "to_stdout", is_flag=True, help="Print the files instead of writing them.")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory to write the files into (never /etc by itself); then run the steps printed.")
+@click.option("--name", default=None, help="Base name of the units, labels and tasks (default from the directory).")
+@click.option("--user", default=None, help="Account the jobs run as (default: the install directory's owner).")
+@click.option("--executable", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The pinnacle-update the files start (default: the one running now).")
+@json_option
+@pass_updater
+def service_install(updater: AutoUpdater, kind: str | None, to_stdout: bool, dest: Path | None, name: str | None,
+                    user: str | None, executable: Path | None, as_json: bool) -> None:
+    """Write (or --print) an agent service and a timer for unattended checks, for this install directory."""
+    if to_stdout == (dest is not None):
+        raise click.UsageError("give either --print or --dest DIR")
+    cfg = updater.settings()  # an uninitialised directory is refused: the files would start nothing
+    root = updater.install_dir
+    kind = kind or service_files.default_kind()
+    spec = service_files.ServiceSpec(
+        install_dir=root,
+        command=(str(executable.absolute()),) if executable else service_files.default_command(),
+        name=name or service_files.default_name(root),
+        check_interval=cfg.integer("check_interval"),
+        user=user or service_files.default_user(root),
+    )
+    files = service_files.files_for(kind, spec)
+    doc: dict[str, Any] = {"kind": kind, "name": spec.name, "command": list(spec.command)}
+    if dest is None:
+        doc["files"] = [{"name": f.name, "text": f.text} for f in files]
+        emit(as_json, doc, "\n".join(f"==> {f.name} <==\n{f.text}" for f in files).rstrip("\n"))
+        return
+    doc["written"] = [str(p) for p in service_files.write(files, dest)]
+    doc["next"] = service_files.next_steps(kind, spec, dest)
+    emit(as_json, doc, "\n".join(["wrote:", *(f"  {p}" for p in doc["written"]), "next:",
+                                  *(f"  {line}" for line in doc["next"])]))
 
 
 def main() -> None:

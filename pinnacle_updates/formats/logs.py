@@ -134,11 +134,20 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was when the handler was made
+    (a command run in-process by a test, with stderr captured, leaves no handler on a closed stream)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # emit runs under the handler's lock
+        super().emit(record)
+
+
 def stderr_handler(fmt: str, level: int, *, secret: Callable[[], str] | None = None,
                    stream: IO[str] | None = None) -> logging.Handler:
     """A handler writing ``fmt`` lines (``text`` or ``json``) at ``level`` and above to ``stream``
-    (default: ``sys.stderr`` as it is now)."""
-    handler = logging.StreamHandler(stream)
+    (default: stderr)."""
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setLevel(level)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -149,14 +158,16 @@ def stderr_handler(fmt: str, level: int, *, secret: Callable[[], str] | None = N
 
 
 def configure_stderr(fmt: str, level: int = logging.WARNING) -> logging.Handler:
-    """Make ``fmt`` lines on stderr the root logger's one handler (the commands' set-up; the agent adds
-    its log file beside it). Libraries' chatter (httpx, tuf) stays at WARNING."""
+    """Install the commands' stderr handler on the root logger, replacing one installed before (other
+    handlers, such as a test runner's, stay)."""
     handler = stderr_handler(fmt, level)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(min(level, logging.INFO))
-    for noisy in ("httpx", "httpcore", "urllib3", "tuf", "securesystemslib"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    for old in [h for h in root.handlers if getattr(h, "pinnacle_stderr", False)]:
+        root.removeHandler(old)
+    handler.pinnacle_stderr = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    if root.level > level:
+        root.setLevel(level)
     return handler
 
 
