@@ -1,28 +1,32 @@
 """``make demo``: the whole product end to end on this machine, with the real CLIs.
 
-Dev keys in ``keys/``, a repository in ``repository/`` served on 127.0.0.1, a sample HTTP app
-published in four versions; a client installs v1, updates to v3, then meets a broken v4 whose
-health check fails and rolls back to v3 by itself. Prints a short summary; exits non-zero if
-anything did not happen as it should.
+``python -m pinnacle_updates.client.demo [DIRECTORY]``: dev keys in ``DIRECTORY/keys``, a
+repository in ``DIRECTORY/repository`` served on 127.0.0.1, a sample HTTP app published in four
+versions; a client (``DIRECTORY/work/client``) installs v1, updates to v3, then meets a broken v4
+whose health check fails and rolls back to v3 by itself. DIRECTORY defaults to a fresh temporary
+directory (never the current one); it must be empty or absent. Prints a short summary; exits
+non-zero (with the shared exit codes) if anything did not happen as it should.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path.cwd()
-KEYS = ROOT / "keys"
-REPO = ROOT / "repository"
-WORK = ROOT / "demo-work"
+from pinnacle_updates.formats.exitcodes import ExitCode
+
+# set by main() from its DIRECTORY argument
+KEYS = REPO = WORK = Path()
 APP_SOURCE = Path(__file__).with_name("demo_app") / "app.py"
 
 
@@ -37,9 +41,13 @@ def run(tool: str, *args: str, expect: int = 0) -> dict[str, Any] | list[Any]:
     if proc.returncode != expect:
         raise DemoFailed(f"{tool} {' '.join(args)} exited {proc.returncode} (expected {expect}):\n"
                          f"{proc.stderr.strip()}")
-    if expect != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""}
-    result: dict[str, Any] | list[Any] = json.loads(proc.stdout)
+    if expect != 0:  # under --json the error is the last line of stdout
+        error: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])["error"]
+        return {"error": error["message"]}
+    try:
+        result: dict[str, Any] | list[Any] = json.loads(proc.stdout)
+    except ValueError:  # progress events came first, one JSON line each: the result is the last line
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -47,14 +55,6 @@ def client(*args: str, expect: int = 0) -> dict[str, Any]:
     result = run("pinnacle-update", "--install-dir", str(WORK / "client"), *args, expect=expect)
     assert isinstance(result, dict)
     return result
-
-
-def clean(directory: Path) -> None:
-    """Remove what an earlier demo generated; keep the directory's README."""
-    directory.mkdir(exist_ok=True)
-    for entry in directory.iterdir():
-        if entry.name != "README.md":
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def free_port() -> int:
@@ -95,11 +95,32 @@ def app_version(port: int) -> str:
         return "(not answering)"
 
 
-def main() -> int:
+def _parse(argv: list[str] | None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m pinnacle_updates.client.demo",
+        description="Publish four releases of a sample app and update a client through them on 127.0.0.1: "
+                    "an install, a delta update and an automatic rollback from a broken release.",
+        epilog=f"Exit codes: 0 the demo ran as it should, {int(ExitCode.INTERNAL)} a step did not, "
+               f"{int(ExitCode.USAGE)} a wrong command line (docs/OPERATIONS.md, 'Exit codes').")
+    parser.add_argument("directory", nargs="?", type=Path, default=None,
+                        help="where keys, repository and client go: empty or absent "
+                             "(default: a fresh temporary directory, printed first)")
+    args = parser.parse_args(argv)
+    if args.directory is None:
+        return Path(tempfile.mkdtemp(prefix="pinnacle-demo-"))
+    directory: Path = args.directory.absolute()
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        parser.error(f"{directory} is not an empty directory (the demo writes keys/, repository/ and work/ there)")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    global KEYS, REPO, WORK
+    base = _parse(argv)
+    KEYS, REPO, WORK = base / "keys", base / "repository", base / "work"
+    print(f"demo in      {base}")
     started = time.monotonic()
-    clean(KEYS)
-    clean(REPO)
-    shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
     server = None
     client_dir = WORK / "client"
@@ -154,7 +175,7 @@ def main() -> int:
             "--version", "1.3.0", "--type", "patch", "--platform", "any", "--entry-point", "bin/app.py",
             str(make_app("1.3.0", broken=True)))
         print("published    1.3.0 (patch, broken: /health answers 500)")
-        failed = client("install", expect=6)
+        failed = client("install", expect=ExitCode.ROLLED_BACK)
         status = client("status")
         print(f"install 1.3.0 failed its health check and rolled back:\n             {failed['error']}")
         print(f"now          {status['version']} in slot {status['slot']} ({status['state']}); "
@@ -166,10 +187,10 @@ def main() -> int:
         print(f"check        {check['reason']}")
         elapsed = time.monotonic() - started
         print(f"demo finished in {elapsed:.1f}s: install, delta update and automatic rollback verified")
-        return 0
+        return ExitCode.OK
     except DemoFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.INTERNAL
     finally:
         pid_file = client_dir / "data" / "temp" / "app.pid"
         if pid_file.exists():
