@@ -161,7 +161,7 @@ def refresh_cmd(repo_dir: Path, keys_dir: Path, force: bool, as_json: bool) -> N
 @click.command("status")
 @repo_argument
 @click.option("--warn-days", type=click.FloatRange(min=0), default=None, metavar="N",
-              help="Exit 7, naming them, when any role expires within N days (0.5 = 12 hours).")
+              help="Exit 14 (EXPIRING_SOON), naming them, when any role expires within N days (0.5 = 12 hours).")
 @json_option
 def status_cmd(repo_dir: Path, warn_days: float | None, as_json: bool) -> None:
     """Roles, versions, expiries, key ids and releases per channel."""
