@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import feedback, fleet, hosting, repository, trust
+from .commands import channels, feedback, fleet, hosting, repository, trust
 from .commands.options import PROGRAM, ReleaseGroup
 
 
@@ -22,7 +22,7 @@ def cli() -> None:
     """Publish signed releases into a static TUF repository."""
 
 
-for _group in (repository, fleet, trust, hosting, feedback):
+for _group in (repository, channels, fleet, trust, hosting, feedback):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 

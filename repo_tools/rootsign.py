@@ -34,13 +34,14 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from pinnacle_updates.formats.fsutil import atomic_write
+from pinnacle_updates.formats.index import FormatError, check_channel
 
 from .archive import Archive
 from .core import metadata as meta
 from .core.window import channel_of_bin
 from .errors import KeyStoreError, PublishRefused, RepositoryStateError
 from .keys import TOP_LEVEL_ROLES, KeyStore, PassphraseProvider, adopt_roles, generate_role_key
-from .publish import utcnow
+from .publish import new_channel, utcnow
 from .store import Repository, RepoState
 
 _PRETTY = JSONSerializer(compact=False)
@@ -58,6 +59,8 @@ class KeyChanges:
     thresholds: Mapping[str, int] = field(default_factory=dict)
     rotate: Sequence[str] = ()
     expires_days: int | None = None
+    channels: Sequence[str] = ()
+    """New channels (targets only): each a delegation to a key generated into the key directory."""
 
 
 def _roles(signed: Root | Targets) -> Mapping[str, Role | DelegatedRole]:
@@ -97,8 +100,9 @@ def _edit(md: Metadata, changes: KeyChanges, keys: KeyStore | None,  # type: ign
     for role in named:
         if role not in roles:
             raise PublishRefused(f"'{role}' is not a role of {kind} (one of {', '.join(roles)})")
-    if changes.rotate and keys is None:
-        raise PublishRefused("--rotate generates the new key into a key directory: pass --keys")
+    if (changes.rotate or changes.channels) and keys is None:
+        raise PublishRefused("a new key is generated into a key directory: pass --keys")
+    _check_new_channels(signed, changes.channels)
     for keyid in [_resolve(k, _keys(signed)) for k in changes.remove]:
         for role, info in roles.items():
             if keyid in info.keyids:
@@ -123,7 +127,29 @@ def _edit(md: Metadata, changes: KeyChanges, keys: KeyStore | None,  # type: ign
         key = generate_role_key(keys.directory, role, passphrase)
         signed.add_key(key, role)
         generated.append(key.keyid)
+    for channel in changes.channels:
+        assert keys is not None and isinstance(signed, Targets) and signed.delegations is not None
+        assert signed.delegations.roles is not None
+        key = generate_role_key(keys.directory, channel, passphrase)
+        signed.delegations.roles[channel] = DelegatedRole(channel, [], 1, True, paths=meta.channel_patterns(channel))
+        signed.add_key(key, channel)
+        generated.append(key.keyid)
     return generated
+
+
+def _check_new_channels(signed: Root | Targets, channels: Sequence[str]) -> None:
+    """New channels: a name by the one rule (``formats.index.check_channel``), not delegated yet."""
+    if not channels:
+        return
+    if not isinstance(signed, Targets):
+        raise PublishRefused("channels are delegated by targets, not root")
+    for channel in channels:
+        try:
+            check_channel(channel)
+        except FormatError as exc:
+            raise PublishRefused(str(exc)) from None
+        if channel in _roles(signed) or channels.count(channel) > 1:
+            raise PublishRefused(f"channel '{channel}' already exists")
 
 
 def prepare(repo: Repository, role: str, changes: KeyChanges, keys: KeyStore | None = None,
@@ -392,17 +418,25 @@ def _publish_targets(repo: Repository, state: RepoState, new: Metadata[Targets],
     _check_expiry(new, now)
     if new.signed.targets:
         raise PublishRefused("top-level targets must only delegate; the file lists targets itself")
-    if set(_roles(new.signed)) != set(state.channels):
-        raise PublishRefused(f"the file delegates {sorted(_roles(new.signed))}, the repository has channels "
-                             f"{sorted(state.channels)}: adding or removing channels is not supported")
+    removed = sorted(set(state.channels) - set(_roles(new.signed)))
+    if removed:
+        raise PublishRefused(f"the file no longer delegates {removed}: removing channels is not supported")
+    added = [c for c in _roles(new.signed) if c not in state.channels]
+    for channel in added:  # one rule for names, however the file was made
+        try:
+            check_channel(channel)
+        except FormatError as exc:
+            raise PublishRefused(f"the file delegates a new channel: {exc}") from None
     changed = _changed(current.signed, new.signed, state.channels)
     new_roles = _roles(new.signed)
     channel_signers = {c: _need_keys(keys, c).signers_for(c, new_roles[c].keyids, new_roles[c].threshold)
-                       for c in changed}
+                       for c in [*changed, *added]}
     online = {r: _current_signers(keys, root, r) for r in ("snapshot", "timestamp")}
     config = repo.config()
     names = list(state.channels)
     written = {"targets": (new.signed.version, repo.write_metadata("targets", new))}
+    for channel in added:  # its first version: an empty signed index
+        written[channel] = new_channel(repo, channel, channel_signers[channel], config.expiry_days["channel"], now)
     new_keys = _keys(new.signed)
     for channel in changed:
         md = _copy(state.channels[channel])
@@ -416,5 +450,5 @@ def _publish_targets(repo: Repository, state: RepoState, new: Metadata[Targets],
         meta.sign(md, channel_signers[channel])
         written[channel] = (md.signed.version, repo.write_metadata(channel, md))
     versions = _commit(repo, state, written, online, now)
-    return {"role": "targets", "version": new.signed.version, "resigned": sorted(changed),
+    return {"role": "targets", "version": new.signed.version, "resigned": sorted(changed), "added": added,
             "metadata_versions": versions}

@@ -28,7 +28,13 @@ from . import rootsign
 from .core.metadata import to_bytes
 from .errors import PublishRefused
 from .keys import TOP_LEVEL_ROLES, KeyStore, PassphraseProvider
-from .store import Repository
+from .store import Repository, RepoState
+
+
+def targets_holders(state: RepoState) -> tuple[list[str], int]:
+    """Who signs top-level targets: its key ids and threshold in the current root."""
+    role = state.root.signed.roles["targets"]
+    return list(role.keyids), role.threshold
 
 
 def rotate_key(repo: Repository, keys: KeyStore, role: str, output: Path | None = None,
@@ -37,26 +43,38 @@ def rotate_key(repo: Repository, keys: KeyStore, role: str, output: Path | None 
     state = repo.load()
     if role in state.channels:
         signed_by = "targets"
-        holders = [(state.root.signed.roles["targets"].keyids, state.root.signed.roles["targets"].threshold)]
+        holders = [targets_holders(state)]
     elif role in TOP_LEVEL_ROLES:
         signed_by = "root"
         root = state.root.signed.roles["root"]
         # Rotating root itself: the new key is generated here, so the new root's threshold (1) is met.
-        holders = [(root.keyids, root.threshold)]
+        holders = [(list(root.keyids), root.threshold)]
     else:
         known = ", ".join([*TOP_LEVEL_ROLES, *state.channels])
         raise PublishRefused(f"unknown role '{role}' (one of {known})")
+    result = apply_changes(repo, keys, signed_by, rootsign.KeyChanges(rotate=[role]), holders, output,
+                           passphrase, now)
+    return {**result, "role": role, "new_keyid": result["generated_keyids"][0]}
+
+
+def apply_changes(repo: Repository, keys: KeyStore, signed_by: str, changes: rootsign.KeyChanges,
+                  holders: list[tuple[list[str], int]], output: Path | None,
+                  passphrase: PassphraseProvider | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Prepare the next ``signed_by`` (root or targets) version with ``changes`` (keys generated into
+    KEYS_DIR); sign and publish it when KEYS_DIR holds a threshold of every ``holders`` entry (key
+    ids, threshold), else write it to ``output`` for the key holders (``published`` False, ``next``
+    says the two commands). Rotation and ``channel add`` both go this way."""
+    state = repo.load()
     direct = all(len(keys.available(keyids)) >= threshold for keyids, threshold in holders)
     if not direct and output is None:
         raise PublishRefused(f"the {signed_by} keys are not in {keys.directory}: pass -o FILE to write the next "
                              f"{signed_by} version for its key holders to sign (nothing was changed)")
-    data, summary = rootsign.prepare(repo, signed_by, rootsign.KeyChanges(rotate=[role]), keys,
-                                   passphrase or keys.passphrase, now)
-    new_keyid = summary["generated_keyids"][0]
+    data, summary = rootsign.prepare(repo, signed_by, changes, keys, passphrase or keys.passphrase, now)
+    generated = summary["generated_keyids"]
     if not direct:
         assert output is not None
         rootsign.write_prepared(output, data)
-        return {"role": role, "new_keyid": new_keyid, "published": False, "file": str(output),
+        return {"generated_keyids": generated, "published": False, "file": str(output),
                 "next": [f"pinnacle-release {signed_by} sign {output} --key KEY   (by: {'; '.join(summary['needs'])})",
                          f"pinnacle-release {signed_by} publish {repo.path} {output} --keys {keys.directory}"]}
     keys = KeyStore(keys.directory, keys.passphrase)  # sees the new key
@@ -66,5 +84,5 @@ def rotate_key(repo: Repository, keys: KeyStore, role: str, output: Path | None 
     for signer in keys.available(sorted(signer_ids)):
         data, _ = rootsign.sign(data, signed_by, signer, trusted_root=to_bytes(state.root))
     result = rootsign.publish(repo, signed_by, data, keys, now)
-    return {**result, "role": role, "new_keyid": new_keyid, "published": True, "via": signed_by,
+    return {**result, "generated_keyids": generated, "published": True, "via": signed_by,
             "version": {signed_by: result["version"]}}

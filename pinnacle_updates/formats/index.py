@@ -39,7 +39,13 @@ CHANNELS = ("stable", "beta", "alpha")
 PLATFORM_ANY = "any"
 _PLATFORM_RE = re.compile(r"^(any|[a-z0-9]+-[a-z0-9_]+)$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # fullmatch: "$" would let a final newline through
+RESERVED_CHANNELS = ("root", "targets", "snapshot", "timestamp")
+"""TUF's top-level role names: a channel is a delegated role whose metadata file is ``N.<channel>.json``
+next to theirs, so a channel of that name would be a second role with the same file."""
+ARCHIVE_MARK = "-archive"
+"""Channel archive bins are roles named ``<channel>-archive-<bin>`` (repo_tools.core.window): a channel
+name holding this could be taken for another channel's bin."""
 
 
 class UpdateType(StrEnum):
@@ -115,8 +121,15 @@ def check_platform(tag: str) -> str:
 
 
 def check_channel(name: str) -> str:
-    if not _CHANNEL_RE.match(name):
-        raise FormatError(f"bad channel name {name!r} (letters, digits, '.', '_', '-')")
+    """The one channel-name rule (publisher, client config, indexes, reports): 1-64 characters of
+    lowercase letters, digits, '.', '_' and '-', starting with a letter or digit (one spelling per
+    channel on every file system and in every URL); not a TUF top-level role name; no ``-archive``."""
+    if not isinstance(name, str) or not _CHANNEL_RE.fullmatch(name):
+        raise FormatError(f"bad channel name {str(name)[:80]!r} (1-64 lowercase letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit)")
+    if name in RESERVED_CHANNELS or ARCHIVE_MARK in name:
+        raise FormatError(f"bad channel name {name!r}: reserved ({', '.join(RESERVED_CHANNELS)} are TUF roles; "
+                          f"'{ARCHIVE_MARK}' marks archive bins)")
     return name
 
 

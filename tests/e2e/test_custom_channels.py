@@ -1,0 +1,132 @@
+"""Custom channels end to end: `pinnacle-release channel add` creates `nightly` and `lts-2026` (targets
+signs the delegation, the channel's new key its first index; also through the offline -o / sign /
+publish flow), releases are published into them and promoted between any two channels, and a real
+client served by nginx follows them with `pinnacle-update channel NAME`. Bad names are refused in
+one line by the publisher and the client, and change nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pinnacle_updates.client.errors import ConfigError
+from pinnacle_updates.formats.index import FormatError, check_channel
+from pinnacle_updates.repo_tools.errors import PublishRefused
+from tests.conftest import run_cli
+from tests.helpers_client import Repo, app_files, make_repo, publish, serve
+
+BAD_NAMES = ["Nightly", "root", "snapshot", "stable-archive-00", "a/b", "-x", ".hidden", "x" * 65, "lts 2026",
+             "nightly\n", "ünïcode", "", "timestamp", "..", "x-archive"]
+GOOD_NAMES = ["nightly", "lts-2026", "customer.acme_1", "0", "x" * 64, "archive", "stable2"]
+# through the command line (a process each); all of them in process below
+CLI_BAD = ["Nightly", "root", "stable-archive-00", "nightly\n"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_the_one_rule_refuses(name: str) -> None:
+    with pytest.raises(FormatError, match="bad channel name"):
+        check_channel(name)
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_the_one_rule_accepts(name: str) -> None:
+    assert check_channel(name) == name
+
+
+def _release(*args: str, ok: bool = True) -> str:
+    return run_cli("pinnacle-release", *args, check=ok).stdout
+
+
+def _metadata(repo: Repo) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((repo.dir / "metadata").iterdir())}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    repo = make_repo(tmp_path)
+    publish(repo, "1.0.0", app_files("1.0.0"))
+    return repo
+
+
+def test_bad_channel_names_are_refused_in_one_line(repo: Repo) -> None:
+    before = _metadata(repo)
+    keys_before = (repo.keys / "keys.json").read_bytes()
+    for name in CLI_BAD:
+        proc = run_cli("pinnacle-release", "channel", "add", "--keys", str(repo.keys), str(repo.dir), "--", name,
+                       check=False)
+        assert proc.returncode == PublishRefused.exit_code, (name, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "bad channel name" in proc.stderr, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    proc = run_cli("pinnacle-release", "channel", "add", str(repo.dir), "stable", "--keys", str(repo.keys), check=False)
+    assert proc.returncode == PublishRefused.exit_code and "already exists" in proc.stderr
+    proc = run_cli("pinnacle-release", "publish", str(repo.dir), str(repo.dir.parent / "src-stable-1.0.0"), "--keys",
+                   str(repo.keys), "--channel", "Nightly", "--version", "2.0.0", "--type", "patch", "--platform", "any",
+                   check=False)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "bad channel name" in proc.stderr
+    assert _metadata(repo) == before and (repo.keys / "keys.json").read_bytes() == keys_before
+
+
+def test_nightly_and_lts_published_promoted_and_followed(tmp_path: Path, repo: Repo) -> None:
+    for name in ("nightly", "lts-2026"):
+        assert f"added channel {name}" in _release("channel", "add", str(repo.dir), name, "--keys", str(repo.keys))
+    listed = _release("channel", "list", str(repo.dir)).split()
+    assert sorted(listed) == ["alpha", "beta", "lts-2026", "nightly", "stable"]
+    publish(repo, "1.1.0.dev1", app_files("1.1.0.dev1"), channel="nightly")
+    publish(repo, "1.2.0.dev1", app_files("1.2.0.dev1"), channel="nightly", type="minor")
+    # promotion between any two channels, in any direction of the usual stable/beta/alpha order
+    _release("promote", str(repo.dir), "--keys", str(repo.keys), "--from", "stable", "--to", "lts-2026",
+             "--version", "1.0.0")
+    _release("promote", str(repo.dir), "--keys", str(repo.keys), "--from", "nightly", "--to", "beta",
+             "--version", "1.1.0.dev1")
+    _release("promote", str(repo.dir), "--keys", str(repo.keys), "--from", "beta", "--to", "lts-2026",
+             "--version", "1.1.0.dev1")
+    _release("verify", str(repo.dir))
+
+    install = tmp_path / "install"
+    with serve(repo.dir) as url:
+        def client(*args: str, ok: bool = True) -> str:
+            proc = run_cli("pinnacle-update", "--install-dir", str(install), *args, check=ok)
+            return proc.stdout + proc.stderr
+
+        client("init", "--repo", url, "--root", str(repo.root_json), "--platform", "any")
+        client("config", "set", "health_command", "test -f healthy")
+        client("install")
+        assert (install / "current" / "VERSION").read_text() == "1.0.0\n"
+        assert '"channel":"nightly"' in client("channel", "nightly", "--json")  # an upgrade: switch, then install
+        client("install")
+        assert (install / "current" / "VERSION").read_text() == "1.2.0.dev1\n"
+        assert 'channel = "nightly"' in (install / "config.toml").read_text()
+        client("channel", "lts-2026", "--allow-downgrade")
+        assert (install / "current" / "VERSION").read_text() == "1.1.0.dev1\n"
+        assert "lts-2026" in client("status")
+
+        before = (install / "config.toml").read_bytes()
+        for name in ("Nightly",):
+            out = run_cli("pinnacle-update", "--install-dir", str(install), "channel", name, check=False)
+            assert out.returncode == ConfigError.exit_code, (name, out.stderr)
+            assert out.stderr.count("\n") == 1 and "bad channel name" in out.stderr
+        missing = run_cli("pinnacle-update", "--install-dir", str(install), "channel", "weekly", check=False)
+        assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "weekly" in missing.stderr
+        assert (install / "config.toml").read_bytes() == before
+
+
+def test_channel_add_with_offline_targets_keys(tmp_path: Path, repo: Repo) -> None:
+    """Without the targets key: -o writes the next targets version; its holder signs; publish adds the channel."""
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    shutil.move(repo.keys / "targets-1.pem", offline / "targets-1.pem")
+    before = _metadata(repo)
+    proc = run_cli("pinnacle-release", "channel", "add", str(repo.dir), "customer-acme", "--keys", str(repo.keys),
+                   check=False)
+    assert proc.returncode == PublishRefused.exit_code and "pass -o FILE" in proc.stderr
+    assert _metadata(repo) == before
+    pending = tmp_path / "targets.next.json"
+    out = _release("channel", "add", str(repo.dir), "customer-acme", "--keys", str(repo.keys), "-o", str(pending))
+    assert "targets sign" in out and _metadata(repo) == before
+    _release("targets", "sign", str(pending), "--key", str(offline / "targets-1.pem"))
+    _release("targets", "publish", str(repo.dir), str(pending), "--keys", str(repo.keys))
+    assert "customer-acme" in _release("channel", "list", str(repo.dir)).split()
+    publish(repo, "1.0.1", app_files("1.0.1"), channel="customer-acme")  # the channel's own key, now adopted
+    _release("verify", str(repo.dir))
