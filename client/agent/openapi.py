@@ -123,7 +123,7 @@ def document() -> dict[str, Any]:
         "/api/updates/rollback": {"post": {
             "summary": "Switch back to the previous version in the other slot; its data snapshot is restored "
                        "unless keep_data; the version left is recorded as rolled back (installable by name), "
-                       "or bad with mark_bad (installed again only with force)",
+                       "or bad with mark_bad (an install of it then takes force: true)",
             "operationId": "rollback", "security": _SECURED,
             "requestBody": _body({"type": "object", "additionalProperties": False,
                                   "properties": {"force": {"type": "boolean"}, "keep_data": {"type": "boolean"},
