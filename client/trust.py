@@ -174,9 +174,10 @@ class RepositoryClient:
         ngclient's trusted set, loaded by ``refresh``; names that are not channel names are left out."""
         trusted: Any = getattr(self._require_updater(), "_trusted_set", None)
         try:
-            roles = trusted["targets"].signed.delegations.roles or {}
-        except (TypeError, KeyError, AttributeError):
-            return []
+            delegations = trusted["targets"].delegations  # the trusted set holds the verified Signed parts
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise RepositoryError(f"cannot list the repository's channels ({type(exc).__name__})") from exc
+        roles = delegations.roles if delegations is not None and delegations.roles else {}
         return sorted(name for name in roles if _is_channel(name))
 
     def archived_release(self, channel: str, platform: str, version: str) -> Release | None:
