@@ -92,11 +92,11 @@ LIMITS = Limits()
 _CLOSING = {408, 413}
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error shape of the API."""
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status, headers={**_COMMON_HEADERS, **(headers or {})}
-    )
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+          field: str | None = None) -> JSONResponse:
+    """The one error shape of the API (``field``: the request field a refusal is about, when known)."""
+    body = {"code": code, "message": message, **({"field": field} if field else {})}
+    return JSONResponse({"error": body}, status, headers={**_COMMON_HEADERS, **(headers or {})})
 
 
 def ok(data: Any, status: int = 200) -> JSONResponse:
@@ -209,6 +209,14 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+def _text_param(request: Request, name: str, limit: int = 200) -> str | None:
+    """An optional short text query parameter (empty: not given)."""
+    text = request.query_params.get(name) or None
+    if text is not None and len(text) > limit:
+        raise AgentError(422, "invalid_request", f"query parameter {name!r} is longer than {limit} characters")
+    return text
+
+
 def _backup_id(request: Request) -> str:
     """The ``{id}`` path parameter, checked against the documented pattern: 422 for anything that is
     not a backup id (a traversal, an empty or overlong name) before it reaches the service."""
@@ -232,7 +240,7 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
                 result = await fn(request)
             except AgentError as exc:
                 return error(exc.status, exc.code, exc.message,
-                             {"Connection": "close"} if exc.status in _CLOSING else None)
+                             {"Connection": "close"} if exc.status in _CLOSING else None, exc.field)
             return result if isinstance(result, Response) else ok(result)
 
         return endpoint
@@ -298,7 +306,16 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
 
     async def history(request: Request) -> Any:
         limit = _int_param(request, "limit", 100, 1, 10_000)
-        return await run_in_threadpool(service.history, limit, request.query_params.get("op") or None)
+        op, outcome, version = (_text_param(request, name) for name in ("op", "outcome", "version"))
+        return await run_in_threadpool(service.history, limit, op, outcome, version)
+
+    async def switch_channel(request: Request) -> Any:
+        body = _fields(await _body(request), {"channel": str, "allow_downgrade": bool})
+        if "channel" not in body:
+            raise AgentError(422, "invalid_request", "field 'channel' is required", "channel")
+        return await run_in_threadpool(
+            lambda: service.switch_channel(body["channel"], allow_downgrade=body.get("allow_downgrade", False))
+        )
 
     async def config(request: Request) -> Any:
         return await run_in_threadpool(service.update_config, await _body(request))
@@ -314,6 +331,8 @@ def create_app(service: AgentService, *, token: Callable[[], str], hosts: frozen
         Route("/api/updates/history", route(history), methods=["GET"]),
         Route("/api/updates/backups", route(view(service.backups)), methods=["GET"]),
         Route("/api/updates/config", route(config), methods=["POST"]),
+        Route("/api/updates/config", route(view(service.settings_form)), methods=["GET"]),
+        Route("/api/updates/channel", route(switch_channel), methods=["POST"]),
         Route("/api/backups", route(view(service.data_backups)), methods=["GET"]),
         Route("/api/backups/prune", route(prune), methods=["POST"]),
         Route("/api/backups/{id}", route(backup), methods=["GET"]),

@@ -135,7 +135,12 @@ def document() -> dict[str, Any]:
             "parameters": [
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}},
-                {"name": "op", "in": "query", "required": False, "schema": {"type": "string"}},
+                {"name": "op", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "only records of this kind (install, rollback, restore, channel, check, ...)"},
+                {"name": "outcome", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "only records with this outcome (committed, failed, rolled_back, recovered, ...)"},
+                {"name": "version", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "only records that installed or left this version"},
             ],
             "responses": {"200": _json({"type": "object", "required": ["total", "records"],
                                         "properties": {"total": {"type": "integer"},
@@ -197,7 +202,13 @@ def document() -> dict[str, Any]:
                                                        "duration": {"type": "number"},
                                                        "notes": {"type": "array", "items": {"type": "string"}}}},
                                        "Restored"), **_errors("401", "404", "409", "413", "422")}}},
-        "/api/updates/config": {"post": {
+        "/api/updates/config": {"get": {
+            "summary": "The settings the dashboard's form edits: value, type, default, help, choices",
+            "operationId": "settings",
+            "responses": {"200": _json({"type": "object", "required": ["channel", "fields"],
+                                        "properties": {"channel": {"type": "string"},
+                                                       "fields": {"type": "array", "items": _OBJECT}}},
+                                       "Settings"), **_errors("422")}}, "post": {
             "summary": "Change settings: all validated by client.config and written at once, or none",
             "operationId": "config", "security": _SECURED,
             "requestBody": {"required": True, "content": {JSON: {"schema": _config_body()}}},
@@ -205,8 +216,22 @@ def document() -> dict[str, Any]:
                                         "properties": {"changed": {"type": "array", "items": {"type": "string"}},
                                                        "config": _OBJECT}}, "Changed"),
                           **_errors("401", "413", "422")}}},
+        "/api/updates/channel": {"post": {
+            "summary": "Follow another channel (any the repository offers); never a downgrade unless "
+                       "allow_downgrade (then its newest release is installed first)",
+            "operationId": "switch_channel", "security": _SECURED,
+            "requestBody": {"required": True, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["channel"],
+                "properties": {"channel": {"type": "string"}, "allow_downgrade": {"type": "boolean"}}}}}},
+            "responses": {"200": _json({"type": "object", "required": ["channel", "previous_channel", "reason"],
+                                        "properties": {"channel": {"type": "string"},
+                                                       "previous_channel": {"type": "string"},
+                                                       "version": _NSTR, "reason": {"type": "string"},
+                                                       "install": {**_OBJECT, "nullable": True}}},
+                                       "Switched"), **_errors("401", "404", "409", "413", "422", "502")}}},
         "/api/updates/channels": {"get": {
-            "summary": "Known release channels and the configured one",
+            "summary": "The channels the repository offers (custom names included) and the configured one; "
+                       "source 'defaults' with error when the repository could not be asked",
             "operationId": "channels",
             "responses": {"200": _json({"type": "object", "required": ["current", "channels"],
                                         "properties": {"current": {"type": "string"},
@@ -230,14 +255,20 @@ def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                           "field": {"type": "string", "description": "the request field (config key) a "
+                                                                     "refusal is about, when known"}}}}},
         "Release": {"type": "object", "required": ["version", "type"], "properties": {
             "version": {"type": "string"}, "type": {"type": "string"}, "notes": {"type": "string"},
             "published": {"type": "string"}, "download_bytes": {"type": "integer"},
-            "newer": {"type": "boolean"}, "installed": {"type": "boolean"}}},
+            "newer": {"type": "boolean"}, "installed": {"type": "boolean"},
+            "marks": {"type": "array", "description": "why it is not (or must be) installed here, each with its "
+                      "reason", "items": {"type": "object", "required": ["kind", "reason"], "properties": {
+                          "kind": {"type": "string", "enum": ["yanked", "held", "required", "bad"]},
+                          "reason": {"type": "string"}}}}}},
         "Job": {"type": "object", "required": ["id", "kind", "state", "step", "percent"], "properties": {
             "id": {"type": "string"},
-            "kind": {"type": "string", "enum": ["install", "auto", "rollback", "restore"]},
+            "kind": {"type": "string", "enum": ["install", "auto", "rollback", "restore", "channel"]},
             "state": {"type": "string", "enum": ["running", "succeeded", "failed", "rolled_back", "up_to_date"]},
             "step": {"type": "string"}, "version": _NSTR, "from_version": _NSTR,
             "bytes": {"type": "integer"}, "total": {"type": "integer"},
@@ -257,7 +288,19 @@ def document() -> dict[str, Any]:
                        "job": {"allOf": [_ref("Job")], "nullable": True},
                        "busy": {"type": "boolean"},
                        "health": {**_OBJECT, "nullable": True},
-                       "rollout": {"type": "object", "properties": {"position": _NSTR, "group": _NSTR}},
+                       "releases": {"type": "array", "items": _ref("Release"),
+                                    "description": "every release of the channel, newest first, with marks"},
+                       "rollout": {"type": "object", "required": ["version", "why"], "properties": {
+                           "version": {**_NSTR, "description": "the newest release this machine could move "
+                                                               "to (null: none; why says so)"},
+                           "bucket": {"type": "number", "description": "this machine's place in [0, 100) "
+                                                                       "for that release"},
+                           "percent": {"type": "number", "nullable": True,
+                                       "description": "the rollout's percent now (null: no rollout applies)"},
+                           "gets_it_at": {**_NSTR, "description": "when this machine is offered it (UTC; "
+                                                                  "null: not by the timetable alone)"},
+                           "why": {"type": "string"}, "group": _NSTR, "required": {"type": "boolean"},
+                           "held": _NSTR, "rollout_state": _NSTR, "schedule": _NSTR}},
                        "loop": _ref("Loop"), "settings": _OBJECT, "notifications": _OBJECT}},
         "Backup": {"type": "object",
                    "required": ["id", "kind", "created", "version", "for_version", "method", "paths", "files",

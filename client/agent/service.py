@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ from pinnacle_updates.client.agent.notify import Notifier, NotifySettings, Outco
 from pinnacle_updates.formats.index import CHANNELS, FormatError, Release, UpdateType, parse_version
 from pinnacle_updates.formats.logs import RedactFilter, resolve_format, stderr_handler, under_journald
 from pinnacle_updates.formats.redact import redact_text, redact_url
-from pinnacle_updates.formats.rollout import bucket, format_time, reach
+from pinnacle_updates.formats.rollout import bucket, format_time, parse_time, reach
 
 log = logging.getLogger("pinnacle.agent")
 
@@ -448,15 +449,48 @@ class AgentService:
         out = result.to_dict()
         out["installed_version"] = installed
         out["notes"] = next((r.notes for r in self._releases if r.version == out["version"]), "")
-        out["releases"] = self._release_list(current_version or installed)
+        out["releases"] = self._release_list(current_version or installed, self._bad_versions())
         return out
 
-    def _release_list(self, current: str | None) -> list[dict[str, Any]]:
+    def _bad_versions(self) -> Mapping[str, Any]:
+        """This machine's locally bad (rolled back from) versions: version -> record."""
+        try:
+            bad = self.updater.status().get("bad_versions")
+        except UpdateError:
+            return {}
+        return bad if isinstance(bad, dict) else {}
+
+    def _standings(self) -> dict[str, dict[str, Any]]:
+        """The fleet controls the last check saw, per release (``formats.fleet.Standing``; empty
+        when none applied or nothing was checked yet)."""
+        with self._state_lock:
+            fleet = (self._available or {}).get("fleet") or {}
+        return {s["version"]: s for s in fleet.get("releases", []) if isinstance(s, dict) and "version" in s}
+
+    def _release_list(self, current: str | None, bad: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The channel's releases, newest first, each with ``marks``: why it is not (or must be)
+        installed here — yanked, held (rollout, A/B group), required (min_version), locally bad —
+        each with its reason. Marks come from the signed index, the last check's fleet view and
+        this machine's state; nothing is decided here."""
         with self._state_lock:
             releases = list(self._releases)
+        standings = self._standings()
         cur = parse_version(current) if current else None
-        return [
-            {
+        out = []
+        for r in reversed(releases):
+            marks: list[dict[str, str]] = []
+            standing = standings.get(r.version, {})
+            if r.yanked is not None:
+                marks.append({"kind": "yanked", "reason": r.yanked.reason})
+            elif standing.get("held"):
+                marks.append({"kind": "held", "reason": str(standing["held"])})
+            if standing.get("required"):
+                marks.append({"kind": "required", "reason": f"this machine runs a version below min_version "
+                                                            f"{r.min_version}: the update is urgent"})
+            record = next((v for k, v in bad.items() if _same(k, r.version)), None)
+            if isinstance(record, dict):
+                marks.append({"kind": "bad", "reason": _bad_reason(record)})
+            out.append({
                 "version": r.version,
                 "type": r.type.value,
                 "notes": r.notes,
@@ -464,9 +498,57 @@ class AgentService:
                 "download_bytes": r.full.length + r.manifest.length,
                 "newer": cur is None or r.parsed_version > cur,
                 "installed": cur is not None and r.parsed_version == cur,
-            }
-            for r in reversed(releases)
-        ]
+                "marks": marks,
+            })  # fmt: skip
+        return out
+
+    def _rollout_card(self, current: str | None, releases: list[dict[str, Any]]) -> dict[str, Any]:
+        """This machine and the rollout of the newest release it could move to: its bucket, the
+        rollout's percent now, and when this machine gets it (or, in words, why that is unknown)."""
+        with self._state_lock:
+            checked = dict(self._available) if self._available else None
+            by_version = {r.version: r for r in self._releases}
+        if checked is None:
+            return {"version": None, "why": "not checked yet: this card fills in after the first check "
+                                            "(Check for updates, or the next round of the update loop)"}
+        try:
+            cfg = self.updater.settings()
+        except UpdateError as exc:
+            return {"version": None, "why": f"the config does not load: {exc}"}
+        channel = cfg.text("channel")
+        candidates = [r for r in releases if r["newer"] and not any(m["kind"] in ("yanked", "bad") for m in r["marks"])]
+        if not candidates:
+            return {"version": None, "channel": channel,
+                    "why": f"no newer release on {channel} for this machine: nothing is rolling out to it"}
+        shown = candidates[0]
+        release = by_version[shown["version"]]
+        standing = self._standings().get(release.version, {})
+        fleet = checked.get("fleet") or {}
+        when = _parse_iso(fleet.get("rollout_time")) or datetime.now(UTC)
+        card: dict[str, Any] = {
+            "version": release.version, "type": release.type.value, "channel": channel,
+            "bucket": round(bucket(cfg.text("client_id"), channel, release.version), 4),
+            "percent": standing.get("percent"), "group": standing.get("group"),
+            "required": bool(standing.get("required")), "held": standing.get("held") or None,
+            "rollout_state": release.rollout.state.value if release.rollout is not None else None,
+            "schedule": release.rollout.schedule.describe() if release.rollout is not None else None,
+            "rollout_start": release.rollout.start if release.rollout is not None else None,
+            "rollout_time": format_time(when), "checked": checked.get("checked"),
+        }  # fmt: skip
+        if standing.get("required"):
+            card.update(gets_it_at=format_time(when), why="a required update (min_version): no rollout holds it")
+        elif release.rollout is None:
+            card.update(gets_it_at=format_time(when), why="no staged rollout: every machine is offered it")
+        elif standing.get("percent") is None and standing.get("group") is None:
+            card.update(gets_it_at=format_time(when),
+                        why=f"{release.type.value} releases skip the staged rollout (skip_ramp_types, or the "
+                            f"release says no ramp): every machine is offered it")
+        elif standing.get("group") == "control":
+            card.update(gets_it_at=None, why=str(standing.get("held")) + ": until the publisher ends the A/B test")
+        else:
+            got = reach(release.rollout, card["bucket"], when)
+            card.update(gets_it_at=format_time(got.at) if got.at is not None else None, why=got.why)
+        return card
 
     # -- install --------------------------------------------------------------------------------
     def start_install(self, version: str, *, confirm_major: bool = False, force: bool = False) -> dict[str, Any]:
@@ -602,8 +684,12 @@ class AgentService:
             check = dict(self._available) if self._available else None
             health = dict(self._health) if self._health else None
             loop = dict(self._loop_info)
-        releases = self._release_list(installed.get("version"))
+        bad = installed.get("bad_versions")
+        releases = self._release_list(installed.get("version"), bad if isinstance(bad, dict) else {})
         newer = [r for r in releases if r["newer"]]
+        # the newest newer release nothing holds back here (a yanked, held or locally bad one is
+        # listed with its mark, never shown as the one available)
+        offered = [r for r in newer if not any(m["kind"] in ("yanked", "held", "bad") for m in r["marks"])]
         try:
             cfg = self.updater.settings()
             settings = {k: cfg[k] for k in ("enabled", "auto_install", "check_interval", "channel",
@@ -614,21 +700,29 @@ class AgentService:
             settings = {"error": str(exc)}
         return {
             "installed": installed,
-            "available": {"last_check": check, "releases": newer, "latest": newer[0] if newer else None},
+            "available": {"last_check": check, "releases": newer, "latest": offered[0] if offered else None},
+            "releases": releases,
             "job": self.progress.snapshot(),
             "busy": self._op.locked(),
             "health": health,
-            # Fleet features (staged rollouts, A/B groups) fill these in; until then they are unknown.
-            "rollout": {"position": None, "group": None},
+            "rollout": self._rollout_card(installed.get("version"), releases),
             "loop": loop,
             "settings": settings,
             "notifications": self.notifier.stats(),
         }
 
-    def history(self, limit: int = 100, op: str | None = None) -> dict[str, Any]:
+    def history(self, limit: int = 100, op: str | None = None, outcome: str | None = None,
+                version: str | None = None) -> dict[str, Any]:
+        """The newest ``limit`` history records, filtered by kind (``op``), ``outcome`` and
+        ``version`` (the version installed or left: either side of the record, PEP 440 equal)."""
         records = self.updater.history()
         if op:
             records = [r for r in records if r.get("op") == op]
+        if outcome:
+            records = [r for r in records if _outcome(r) == outcome]
+        if version:
+            sides = ("version", "from_version")
+            records = [r for r in records if any(_same(str(r.get(k) or ""), version) for k in sides)]
         newest = list(reversed(records))
         return {"total": len(records), "records": newest[:limit]}
 
@@ -760,21 +854,91 @@ class AgentService:
         return error_for(exc)
 
     def channels(self) -> dict[str, Any]:
+        """The channels the repository offers (its signed delegations, custom names included) and the
+        current one. When the repository cannot be asked (offline, busy), the usual names and the
+        current one, with ``error`` saying why: the switch still works for a channel typed in."""
         try:
             current = self.updater.settings().text("channel")
         except UpdateError as exc:
             raise error_for(exc) from exc
-        names = list(CHANNELS) + ([current] if current not in CHANNELS else [])
-        return {"current": current, "channels": [{"name": n, "current": n == current} for n in names]}
+        error = None
+        try:
+            names = self.updater.channels()
+            source = "repository"
+        except UpdateError as exc:
+            names, source, error = list(CHANNELS), "defaults", _cause(exc)
+        if current not in names:
+            names = [*names, current]
+        return {"current": current, "source": source, "error": error,
+                "channels": [{"name": n, "current": n == current} for n in names]}
+
+    def switch_channel(self, channel: str, *, allow_downgrade: bool = False) -> dict[str, Any]:
+        """Follow ``channel`` from now on (``AutoUpdater.switch_channel``: never a downgrade unless
+        ``allow_downgrade``), then check it so the release list and rollout card show the new channel."""
+        if not self._op.acquire(blocking=False):
+            raise AgentError(409, "busy", "an install, rollback or restore is already running")
+        try:
+            try:
+                config_mod.parse_value("channel", channel)
+            except ConfigError as exc:
+                raise AgentError(422, "invalid_config", str(exc), "channel") from None
+            try:
+                offered = self.updater.channels()
+            except UpdateError as exc:
+                raise error_for(exc) from exc
+            if channel not in offered:
+                raise AgentError(404, "unknown_channel", f"the repository offers no channel {channel!r} "
+                                 f"(it offers {', '.join(offered) or 'none'})", "channel")
+            job = self.progress.begin(Job("channel", None, None)) if allow_downgrade else None
+            try:
+                result = self.updater.switch_channel(channel, allow_downgrade=allow_downgrade)
+            except UpdateError as exc:
+                if job is not None:
+                    self.progress.finish(job, "failed", error=str(exc))
+                if isinstance(exc, ConfigError):  # "already on channel x"
+                    raise AgentError(409, "refused", str(exc), "channel") from None
+                raise error_for(exc) from exc
+            if job is not None:
+                job.version = result["version"]
+                self.progress.finish(job, "succeeded", result=result)
+            with self._state_lock:
+                self._releases, self._available = [], None  # the old channel's: not shown for the new one
+            with contextlib.suppress(UpdateError):
+                self._check_and_list()
+        finally:
+            self._op.release()
+        log.info("channel switched: %s -> %s (%s)", result["previous_channel"], channel, result["reason"])
+        self.wake()
+        return result
+
+    def settings_form(self) -> dict[str, Any]:
+        """The settings the dashboard edits: value, type, default, help and (for update-type lists)
+        the choices, from ``client.config`` (the one place that knows them)."""
+        try:
+            cfg = self.updater.settings()
+        except UpdateError as exc:
+            raise error_for(exc) from exc
+        types = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list"}
+        fields = []
+        for key in SETTINGS_FORM:
+            spec = config_mod.KEYS[key]
+            field_: dict[str, Any] = {"key": key, "type": types[spec.type], "value": cfg[key],
+                                      "default": spec.default, "help": spec.help}
+            if key in _TYPE_LISTS:
+                field_["choices"] = [t.value for t in UpdateType]
+            fields.append(field_)
+        return {"channel": cfg.text("channel"), "fields": fields}
 
     def update_config(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate every change with ``client.config`` and write them at once, or refuse them all."""
+        """Validate every change with ``client.config`` and write them at once, or refuse them all;
+        a refusal names the key it is about (``field``) so a form can show it there."""
         if not changes:
             raise AgentError(422, "invalid_config", "no settings given")
         try:
             cfg = self.updater.configure(changes)
         except ConfigError as exc:
-            raise AgentError(422, "invalid_config", str(exc)) from None
+            found = _CONFIG_KEY.search(str(exc))
+            raise AgentError(422, "invalid_config", str(exc), found.group(1) if found else None) from None
         log.info("config changed: %s", ", ".join(sorted(changes)))
         self.wake()  # the loop picks up a new interval or channel at once
         shown = {k: redact_url(v) if isinstance(v, str) else v for k, v in ((k, cfg[k]) for k in changes)}
@@ -842,6 +1006,36 @@ def _cause(exc: BaseException) -> str:
     message of anything else (credentials redacted)."""
     text = str(exc) if isinstance(exc, UpdateError) else f"{type(exc).__name__}: {exc}"
     return redact_text(" ".join(text.split()) or type(exc).__name__)
+
+
+def _same(a: str, b: str) -> bool:
+    """Two version strings name the same PEP 440 version (text that is not one: equal as text)."""
+    try:
+        return parse_version(a) == parse_version(b)
+    except FormatError:
+        return a == b
+
+
+def _outcome(record: Mapping[str, Any]) -> str:
+    """A history record's outcome as the dashboard shows it (``recover`` records have none)."""
+    found = record.get("outcome")
+    return str(found) if found else ("recovered" if record.get("op") == "recover" else "")
+
+
+def _bad_reason(record: Mapping[str, Any]) -> str:
+    """A locally bad version's record (``slots.BadVersion``) in one line."""
+    times = record.get("rollbacks")
+    count = f"rolled back {times} time{'s' if times != 1 else ''}" if isinstance(times, int) else "rolled back"
+    at = f" (last {record['at']})" if record.get("at") else ""
+    return f"{count} on this machine{at}: {record.get('reason') or 'no reason recorded'}"
+
+
+def _parse_iso(text: Any) -> datetime | None:
+    """A signed/recorded UTC time (``formats.rollout``'s form), or None."""
+    if isinstance(text, str):
+        with contextlib.suppress(ValueError):  # ScheduleError is a ValueError
+            return parse_time(text)
+    return None
 
 
 def _iso_in(seconds: float) -> str:

@@ -8,6 +8,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 let lastStatus = null;
 let lastBackups = null;
+let settingsShown = null; // the settings as last loaded: only changed fields are sent
 let pollTimer = null;
 let lastJobId = null;
 let lastJobState = null;
@@ -50,6 +51,7 @@ async function api(method, path, body) {
     }
     const e = new Error(err.message);
     e.code = err.code;
+    e.field = err.field || null;
     e.status = res.status;
     throw e;
   }
@@ -99,7 +101,8 @@ function renderStatus(s) {
   text("installed-previous", inst.previous_version ? inst.previous_version + " (slot " + inst.previous_slot + ")" : "none");
 
   const latest = s.available.latest;
-  text("latest-version", latest ? latest.version : (s.available.last_check ? "up to date" : "–"));
+  const pending = (s.available.releases || []).length > 0;  // newer releases, each marked (yanked, held, bad)
+  text("latest-version", latest ? latest.version : (s.available.last_check ? (pending ? "none offered now" : "up to date") : "–"));
   const badge = $("latest-type");
   badge.classList.toggle("hidden", !latest);
   if (latest) { badge.textContent = latest.type; badge.className = "badge " + latest.type; }
@@ -113,9 +116,7 @@ function renderStatus(s) {
   }
   $("last-check").textContent = checked;
 
-  const rollout = s.rollout || {};
-  text("rollout-position", rollout.position === null || rollout.position === undefined ? "n/a" : rollout.position);
-  text("rollout-group", rollout.group === null || rollout.group === undefined ? "n/a" : rollout.group);
+  renderRollout(s.rollout || {});
   const settings = s.settings || {};
   text("loop-enabled", settings.enabled === undefined ? "–" :
        (settings.enabled ? "on, every " + secs(settings.check_interval) : "off"));
@@ -136,28 +137,66 @@ function renderStatus(s) {
   $("notify-state").textContent = settings.webhook || settings.email ?
     "notifications: " + n.delivered + " delivered, " + n.failed + " failed" + (n.last_error ? " (" + n.last_error + ")" : "") : "";
 
-  renderReleases(s.available.releases || []);
+  renderReleases(s.available.releases || [], s.releases || s.available.releases || []);
   renderJob(s.job, s.busy);
+  if (settingsShown && settings.channel && settingsShown.channel !== settings.channel) { loadSettings(); loadChannels(); }
 }
 
-function renderReleases(releases) {
+// The rollout card: this machine's bucket for the newest release it could move to, the rollout's
+// percent now and when this machine is offered it; when a number is unknown the agent says why.
+function renderRollout(r) {
+  if (!r.version) {
+    text("rollout-version", "none");
+    for (const id of ["rollout-bucket", "rollout-percent", "rollout-when"]) text(id, "–");
+    $("rollout-why").textContent = r.why || "";
+    return;
+  }
+  text("rollout-version", r.version + (r.type ? " (" + r.type + ")" : "") + " on " + r.channel);
+  text("rollout-bucket", r.bucket.toFixed(2) + " of 100" + (r.group ? ", A/B " + r.group + " group" : ""));
+  let percent = r.percent === null || r.percent === undefined ? "not staged (offered to all)" : r.percent + "%";
+  if (r.rollout_state && r.rollout_state !== "active") percent += " (" + r.rollout_state + ")";
+  text("rollout-percent", percent);
+  const now = r.gets_it_at && r.rollout_time && r.gets_it_at <= r.rollout_time;
+  text("rollout-when", now ? "offered now" : r.gets_it_at ? "gets it at " + when(r.gets_it_at) + " UTC" : "not yet");
+  $("rollout-why").textContent = r.why + (r.schedule ? " · schedule: " + r.schedule : "");
+}
+
+const MARK_LABEL = { yanked: "yanked", held: "held", required: "required", bad: "marked bad" };
+
+function markText(r) {
+  return (r.marks || []).map((m) => MARK_LABEL[m.kind] + ": " + m.reason).join("; ");
+}
+
+// The version dropdown offers the newer releases; a yanked, held or locally bad one says so in its
+// own label (installing it is then refused with the reason, or needs force on the CLI).
+function renderReleases(newer, all) {
   const select = $("version-select");
   const chosen = select.value;
   select.textContent = "";
-  for (const r of releases) {
-    select.appendChild(el("option", { value: r.version, text: r.version + " (" + r.type + ")" }));
+  for (const r of newer) {
+    const marks = (r.marks || []).map((m) => MARK_LABEL[m.kind].toUpperCase()).join(", ");
+    select.appendChild(el("option", { value: r.version, "data-marks": (r.marks || []).map((m) => m.kind).join(" "),
+                                      text: r.version + " (" + r.type + ")" + (marks ? " — " + marks : "") }));
   }
-  if (releases.some((r) => r.version === chosen)) select.value = chosen;
-  select.classList.toggle("hidden", releases.length === 0);
+  if (newer.some((r) => r.version === chosen)) {
+    select.value = chosen;
+  } else {  // first choice: the newest release without a mark, when there is one
+    const plain = newer.find((r) => !(r.marks || []).length);
+    if (plain) select.value = plain.version;
+  }
+  select.classList.toggle("hidden", newer.length === 0);
   const box = $("releases");
   box.textContent = "";
-  for (const r of releases) {
-    box.appendChild(el("div", { class: "release" }, [
+  for (const r of all) {
+    const row = el("div", { class: "release" + (r.installed ? " installed" : ""), "data-version": r.version }, [
       el("span", { class: "v", text: r.version }),
       el("span", { class: "badge " + r.type, text: r.type }),
-      el("span", { class: "muted small", text: bytes(r.download_bytes) + " · published " + when(r.published) }),
-      el("span", { class: "notes small", text: r.notes || "" }),
-    ]));
+    ]);
+    for (const m of r.marks || []) row.appendChild(el("span", { class: "mark " + m.kind, title: m.reason, text: MARK_LABEL[m.kind] }));
+    row.appendChild(el("span", { class: "muted small", text: bytes(r.download_bytes) + " · published " + when(r.published) }));
+    for (const m of r.marks || []) row.appendChild(el("span", { class: "mark-reason notes", text: MARK_LABEL[m.kind] + ": " + m.reason }));
+    if (r.notes) row.appendChild(el("span", { class: "notes small", text: r.notes }));
+    box.appendChild(row);
   }
   updateButtons();
 }
@@ -168,6 +207,7 @@ function updateButtons() {
   const hasRelease = s && (s.available.releases || []).length > 0;
   $("install-btn").disabled = busy || !hasRelease;
   $("install-btn").textContent = hasRelease ? "Install " + $("version-select").value : "Install";
+  $("channel-switch").disabled = busy;
   $("check-btn").disabled = busy;
   $("rollback-btn").disabled = busy || !(s && s.installed && s.installed.previous_version);
 }
@@ -206,8 +246,11 @@ function renderJob(job, busy) {
 function renderHistory(data) {
   const body = $("history").querySelector("tbody");
   body.textContent = "";
+  const kind = $("filter-op").value;
+  let shown = 0;
   for (const r of data.records) {
-    if (r.op === "check" || r.op === "verify") continue;
+    if (!kind && (r.op === "check" || r.op === "verify")) continue;
+    shown++;
     const outcome = r.outcome || (r.op === "recover" ? "recovered" : "");
     body.appendChild(el("tr", {}, [
       el("td", { text: when(r.ts) }),
@@ -220,6 +263,18 @@ function renderHistory(data) {
       el("td", { class: "reason", title: r.reason || (r.actions || []).join("; "), text: r.reason || (r.actions || []).join("; ") }),
     ]));
   }
+  if (!shown) body.appendChild(el("tr", {}, [el("td", { colspan: "8", class: "muted", text: "no records match" })]));
+  labelCells($("history"));
+  $("history-count").textContent = shown + " shown of " + data.total + " matching";
+}
+
+function historyQuery() {
+  const q = new URLSearchParams({ limit: "200" });
+  for (const [name, id] of [["op", "filter-op"], ["outcome", "filter-outcome"], ["version", "filter-version"]]) {
+    const v = $(id).value.trim();
+    if (v) q.set(name, v);
+  }
+  return "/api/updates/history?" + q.toString();
 }
 
 function renderAnalytics(a) {
@@ -232,7 +287,9 @@ function renderAnalytics(a) {
   const box = $("stats");
   box.textContent = "";
   for (const [label, value] of stats) {
-    box.appendChild(el("div", { class: "card" }, [el("h2", { text: label }), el("div", { class: "stat-value", text: String(value) })]));
+    const long = String(value).length > 24;  // a failure's message: small type, wrapped anywhere
+    box.appendChild(el("div", { class: "card" }, [el("h2", { text: label }),
+                                                  el("div", { class: "stat-value" + (long ? " long" : ""), text: String(value) })]));
   }
   const days = a.series.per_day.slice(-30);
   barChart($("chart-days"), days.map((d) => d.day.slice(5)), [
@@ -285,6 +342,15 @@ function renderBackups(data) {
     ]));
   }
   if (!data.backups.length) body.appendChild(el("tr", {}, [el("td", { colspan: "8", class: "muted", text: "no backups yet" })]));
+  labelCells($("backups"));
+}
+
+// On a narrow screen each row is a block and each cell shows its column's name (CSS: data-label).
+function labelCells(table) {
+  const heads = Array.from(table.querySelectorAll("thead th")).map((th) => th.textContent);
+  for (const row of table.querySelectorAll("tbody tr")) {
+    Array.from(row.children).forEach((td, i) => { if (!td.hasAttribute("colspan") && heads[i]) td.setAttribute("data-label", heads[i]); });
+  }
 }
 
 function backupResult(textValue, bad) {
@@ -420,7 +486,9 @@ async function loadStatus() {
     schedule(5000);
   }
 }
-async function loadHistory() { try { renderHistory(await api("GET", "/api/updates/history?limit=200")); } catch (e) { /* next poll */ } }
+async function loadHistory() {
+  try { renderHistory(await api("GET", historyQuery())); } catch (e) { $("history-count").textContent = "history: " + e.message; }
+}
 async function loadAnalytics() { try { renderAnalytics(await api("GET", "/api/updates/analytics")); } catch (e) { /* next poll */ } }
 async function loadBackups() { try { renderBackups(await api("GET", "/api/backups")); } catch (e) { /* next poll */ } }
 async function loadHealth() {
@@ -455,7 +523,7 @@ async function doCheck() {
   say("");
   try {
     const r = await api("POST", "/api/updates/check", {});
-    say(r.update_available ? "Update available: " + r.version + " (" + r.type + ")" : "Up to date: " + r.reason, "info");
+    say(r.update_available ? "Update available: " + r.version + " (" + r.type + ")" : "Nothing to install: " + r.reason, "info");
   } catch (e) {
     say("Check failed: " + e.message);
   }
@@ -514,6 +582,150 @@ async function doRollback() {
   loadBackups();
 }
 
+// ----- settings ---------------------------------------------------------------------------
+// The form is built from GET /api/updates/config (client.config's types, defaults and help); the
+// agent validates every value with client.config and a refusal is shown next to its field.
+function fieldError(key, message) {
+  const box = $("err-" + key);
+  if (box) {
+    box.textContent = message || "";
+    box.closest(".field").classList.toggle("invalid", !!message);
+  }
+  return !!box;
+}
+
+function clearFieldErrors(form) {
+  for (const box of form.querySelectorAll(".field-error")) fieldError(box.id.slice(4), "");
+}
+
+function renderSettings(data) {
+  settingsShown = { channel: data.channel, values: {} };
+  const box = $("settings-fields");
+  box.textContent = "";
+  for (const f of data.fields) {
+    settingsShown.values[f.key] = f.value;
+    const id = "set-" + f.key;
+    const wrap = el("div", { class: "field", "data-key": f.key });
+    if (f.type === "boolean") {
+      const input = el("input", { type: "checkbox", id, name: f.key });
+      input.checked = !!f.value;
+      wrap.appendChild(el("label", { class: "check", for: id }, [input, document.createTextNode(" " + f.key)]));
+    } else if (f.type === "list" && f.choices) {
+      wrap.appendChild(el("label", { text: f.key }));
+      const choices = el("div", { class: "choices", id, role: "group" });
+      for (const c of f.choices) {
+        const input = el("input", { type: "checkbox", name: f.key, value: c });
+        input.checked = f.value.includes(c);
+        choices.appendChild(el("label", {}, [input, document.createTextNode(" " + c)]));
+      }
+      wrap.appendChild(choices);
+    } else {
+      wrap.appendChild(el("label", { for: id, text: f.key }));
+      const input = el("input", { type: f.type === "string" ? "text" : "number", id, name: f.key,
+                                  step: f.type === "integer" ? "1" : "any" });
+      input.value = String(f.value);
+      wrap.appendChild(input);
+    }
+    wrap.appendChild(el("p", { class: "help muted small", text: f.help + " (default " + JSON.stringify(f.default) + ")" }));
+    wrap.appendChild(el("p", { class: "field-error", id: "err-" + f.key, role: "alert" }));
+    box.appendChild(wrap);
+  }
+}
+
+function formValue(key) {
+  const wrap = $("settings-fields").querySelector(".field[data-key='" + key + "']");
+  const boxes = wrap.querySelectorAll(".choices input[type=checkbox]");
+  if (boxes.length) return Array.from(boxes).filter((b) => b.checked).map((b) => b.value);
+  const input = wrap.querySelector("input");
+  if (input.type === "checkbox") return input.checked;
+  if (input.type === "number") {
+    // what was typed goes to the agent as a number when it is one, else as text for it to refuse
+    const raw = input.value.trim();
+    return raw !== "" && isFinite(Number(raw)) ? Number(raw) : raw;
+  }
+  return input.value;
+}
+
+async function loadSettings() {
+  try { renderSettings(await api("GET", "/api/updates/config")); } catch (e) {
+    $("settings-fields").textContent = "settings cannot be read: " + e.message;
+  }
+}
+
+function settingsResult(message, bad) {
+  $("settings-result").textContent = message;
+  $("settings-result").className = "small " + (bad ? "bad-text" : "ok-text");
+}
+
+async function doSaveSettings(ev) {
+  ev.preventDefault();
+  if (needToken() || !settingsShown) return;
+  const form = $("settings-form");
+  clearFieldErrors(form);
+  const changes = {};
+  for (const key of Object.keys(settingsShown.values)) {
+    const value = formValue(key);
+    if (JSON.stringify(value) !== JSON.stringify(settingsShown.values[key])) changes[key] = value;
+  }
+  if (!Object.keys(changes).length) { settingsResult("nothing changed", false); return; }
+  try {
+    const r = await api("POST", "/api/updates/config", changes);
+    for (const k of r.changed) settingsShown.values[k] = r.config[k];
+    settingsResult("saved: " + r.changed.join(", "), false);
+    loadStatus();
+  } catch (e) {
+    if (e.field && fieldError(e.field, e.message)) {
+      settingsResult("not saved: " + e.field + " was refused (nothing changed)", true);
+      const bad = $("set-" + e.field);
+      if (bad && bad.focus) bad.focus();
+    } else {
+      settingsResult("not saved: " + e.message, true);
+    }
+  }
+}
+
+// ----- channels ---------------------------------------------------------------------------
+async function loadChannels() {
+  try {
+    const data = await api("GET", "/api/updates/channels");
+    const select = $("channel-select");
+    select.textContent = "";
+    for (const c of data.channels) {
+      select.appendChild(el("option", { value: c.name, text: c.name + (c.current ? " (current)" : "") }));
+    }
+    select.value = data.current;
+    $("channel-source").textContent = data.source === "repository"
+      ? "the channels this repository offers" : "usual channel names (the repository could not be asked: " + data.error + ")";
+  } catch (e) {
+    $("channel-source").textContent = "channels cannot be listed: " + e.message;
+  }
+}
+
+async function doSwitchChannel(ev) {
+  ev.preventDefault();
+  if (needToken()) return;
+  const channel = $("channel-select").value;
+  const downgrade = $("channel-downgrade").checked;
+  fieldError("channel", "");
+  const current = settingsShown ? settingsShown.channel : "";
+  if (channel === current) { fieldError("channel", "already on channel " + channel); return; }
+  if (!confirm("Follow channel " + channel + " from now on?" + (downgrade ? " If its newest release is older than the installed one, it is installed now." : ""))) return;
+  $("channel-result").textContent = "switching to " + channel + " …";
+  $("channel-result").className = "small";
+  try {
+    const r = await api("POST", "/api/updates/channel", { channel, allow_downgrade: downgrade });
+    $("channel-result").textContent = "now on " + r.channel + " (was " + r.previous_channel + "): " + r.reason;
+    $("channel-result").className = "small ok-text";
+  } catch (e) {
+    fieldError("channel", e.message);
+    $("channel-result").textContent = "";
+  }
+  await loadChannels();
+  await loadSettings();
+  await loadStatus();
+  loadHistory();
+}
+
 // ----- start ------------------------------------------------------------------------------
 document.addEventListener("DOMContentLoaded", () => {
   takeTokenFromFragment();
@@ -529,11 +741,18 @@ document.addEventListener("DOMContentLoaded", () => {
   $("install-btn").addEventListener("click", doInstall);
   $("rollback-btn").addEventListener("click", doRollback);
   $("version-select").addEventListener("change", updateButtons);
+  $("settings-form").addEventListener("submit", doSaveSettings);
+  $("channel-form").addEventListener("submit", doSwitchChannel);
+  $("history-filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadHistory(); });
+  for (const id of ["filter-op", "filter-outcome"]) $(id).addEventListener("change", loadHistory);
+  $("filter-version").addEventListener("input", () => { clearTimeout(window.filterTimer); window.filterTimer = setTimeout(loadHistory, 300); });
   loadStatus();
   loadHistory();
   loadAnalytics();
   loadBackups();
   loadHealth();
+  loadSettings();
+  loadChannels();
   setInterval(loadHealth, 10000);
   setInterval(() => { loadHistory(); loadAnalytics(); loadBackups(); }, 30000);
 });
