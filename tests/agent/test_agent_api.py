@@ -56,7 +56,7 @@ def test_read_endpoints_describe_the_install(agent: Agent) -> None:
     s = agent.status()
     assert s["installed"]["version"] == V1 and s["installed"]["slot"] == "a"
     assert s["job"] is None and s["busy"] is False
-    assert s["rollout"] == {"position": None, "group": None}
+    assert s["rollout"]["version"] is None and "not checked yet" in s["rollout"]["why"]  # says why, no "n/a"
     assert s["available"]["releases"] == []  # nothing known before a check
 
     health = agent.get("/api/health").json()

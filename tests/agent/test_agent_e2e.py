@@ -40,7 +40,7 @@ def test_dashboard_check_install_and_progress(tmp_path: Path, browser: object) -
             page.goto(agent.url)
             expect = sync_api.expect
             expect(page.locator("#installed-version")).to_have_text(V1)
-            expect(page.locator("#rollout-position")).to_have_text("n/a")
+            expect(page.locator("#rollout-why")).to_contain_text("not checked yet")
 
             # without the token, the check is not sent
             page.get_by_role("button", name="Check for updates").click()
