@@ -39,6 +39,7 @@ from pinnacle_updates.formats.archive import (
 )
 from pinnacle_updates.formats.fsutil import atomic_write, atomic_writer
 from pinnacle_updates.formats.index import PLATFORM_ANY, Digest, EntryType, Manifest, ManifestEntry
+from pinnacle_updates.formats.progress import NULL, Progress
 
 from .errors import ReleaseError, UnsafeInputError
 
@@ -77,7 +78,7 @@ def _open_root(source: Path) -> int:
         raise ReleaseError(f"cannot read source {source}: {exc.strerror}") from exc
 
 
-def scan_tree(source: Path, platform: str = PLATFORM_ANY) -> list[ManifestEntry]:
+def scan_tree(source: Path, platform: str = PLATFORM_ANY, progress: Progress = NULL) -> list[ManifestEntry]:
     """Manifest entries of every path below ``source`` (not the root), sorted bytewise by UTF-8 path.
 
     Files are hashed (streamed); modes are normalised; hard links become plain files. Raises
@@ -87,18 +88,28 @@ def scan_tree(source: Path, platform: str = PLATFORM_ANY) -> list[ManifestEntry]
     (``formats.archive.platform_problems``: Windows names, case and normalisation collisions; the
     default ``any`` means safe on every platform), absolute symlinks or symlinks resolving outside
     the tree (also through chains), a source that is not a directory or is empty. ``source`` itself
-    may be a symlink to a directory; nothing below it is ever followed.
+    may be a symlink to a directory; nothing below it is ever followed. ``progress`` gets phases
+    ``scan`` (paths) and ``hash`` (bytes).
     """
     root_fd = _open_root(source)
     entries: list[ManifestEntry] = []
     try:
+        # Walk first, then hash: the walk gives the hash phase its total (bytes), so progress can
+        # show an estimate; each path is still checked, in the same order, by _scan_one.
+        progress.start("scan", unit="files")
+        found: list[tuple[str, os.stat_result]] = []
         pending = [""]
         while pending:
             for path, st in list_dir(root_fd, pending.pop()):
-                entry = _scan_one(source, root_fd, path, st)
-                entries.append(entry)
-                if entry.type is EntryType.DIR:
+                found.append((path, st))
+                progress.advance()
+                if stat.S_ISDIR(st.st_mode):
                     pending.append(path)
+        progress.start("hash", sum(st.st_size for _, st in found if stat.S_ISREG(st.st_mode)), "bytes")
+        for path, st in found:
+            entries.append(_scan_one(source, root_fd, path, st))
+            progress.advance(st.st_size if stat.S_ISREG(st.st_mode) else 0)
+        progress.end()
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise ReleaseError(f"cannot read source {source}: {exc.strerror}{where}") from exc
@@ -189,6 +200,7 @@ def write_artifact(
     version: str,
     level: int = DEFAULT_LEVEL,
     keep_tar: bool = False,
+    progress: Progress = NULL,
 ) -> BuiltArtifact:
     """Write ``full.tar.zst`` and ``manifest.json.zst`` for the scanned ``entries`` of ``source``.
 
@@ -226,6 +238,9 @@ def write_artifact(
                 zst.write(data)
                 if tar_out is not None:
                     tar_out.write(data)
+                progress.advance(len(data))
+
+            progress.start("compress", expected_length, "bytes")
 
             try:
                 content = write_canonical_tar(root_fd, entries, write)
@@ -235,6 +250,7 @@ def write_artifact(
         manifest = Manifest(version=version, content=content, entries=tuple(entries))
         manifest_zst = _compressor(level).compress(manifest.to_bytes())
         atomic_write(manifest_path, manifest_zst)
+        progress.end()
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise ReleaseError(f"cannot write artifact into {out_dir}: {exc.strerror or exc}{where}") from exc

@@ -35,6 +35,7 @@ from pinnacle_updates.formats.index import (
     parse_version,
     record_from_bytes,
 )
+from pinnacle_updates.formats.progress import NULL, Progress, phase
 from pinnacle_updates.formats.tree import extract_release, verify_tree
 
 from .core.metadata import to_bytes
@@ -89,10 +90,11 @@ class AuditReport:
 
 
 class _Auditor:
-    def __init__(self, repo: Repository, now: datetime, deep: bool) -> None:
+    def __init__(self, repo: Repository, now: datetime, deep: bool, progress: Progress = NULL) -> None:
         self.repo = repo
         self.now = now
         self.deep = deep
+        self.progress = progress
         self.report = AuditReport()
         self.hashed: dict[Path, int] = {}
         """Target files already checked against signed metadata, with their length."""
@@ -247,7 +249,8 @@ class _Auditor:
                     self.problem(f"{label}: the base release's content digest is not the delta's from_content")
                 else:
                     by_base.setdefault(key, []).append((label, release, ref))
-        with tempfile.TemporaryDirectory(prefix="pinnacle-verify-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="pinnacle-verify-") as scratch, \
+                phase(self.progress, "deltas", sum(len(uses) for uses in by_base.values()), "files"):
             for key, uses in by_base.items():
                 self.deltas_from(self.releases[key], uses, Path(scratch))
 
@@ -260,6 +263,7 @@ class _Auditor:
         except (OSError, zstandard.ZstdError, FormatError) as exc:
             for label, _, _ in uses:
                 self.problem(f"{label}: not applied, its base release does not extract ({exc})")
+            self.progress.advance(len(uses))
             shutil.rmtree(base_dir, ignore_errors=True)
             return
         for label, release, ref in uses:
@@ -279,6 +283,7 @@ class _Auditor:
                 self.problem(f"{label}: {str(exc).removeprefix(f'delta from {base.version}: ')}")  # the appliers' label
             finally:
                 shutil.rmtree(out, ignore_errors=True)
+                self.progress.advance()
         shutil.rmtree(base_dir, ignore_errors=True)
 
     def superseded(self, current: dict[str, int]) -> None:
@@ -483,10 +488,12 @@ class _Auditor:
         digest = hashlib.sha256()
         length = 0
         try:
-            with open_regular(location) as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+            with (phase(self.progress, "decompress", release.content.length, "bytes", f"{name} {release.version}"),
+                  open_regular(location) as f, zstandard.ZstdDecompressor().stream_reader(f) as reader):
                 while chunk := reader.read(1 << 20):
                     digest.update(chunk)
                     length += len(chunk)
+                    self.progress.update(length)
         except (OSError, zstandard.ZstdError) as exc:
             self.problem(f"{name} {release.version}: full artifact unreadable ({exc})")
             return
@@ -494,6 +501,7 @@ class _Auditor:
             self.problem(f"{name} {release.version}: full artifact content differs from the signed content digest")
 
 
-def verify_repository(path: Path, now: datetime, deep: bool = False) -> AuditReport:
-    """Audit the repository at ``path``; an empty ``problems`` list means it is sound."""
-    return _Auditor(Repository(path), now, deep).run()
+def verify_repository(path: Path, now: datetime, deep: bool = False, progress: Progress = NULL) -> AuditReport:
+    """Audit the repository at ``path``; an empty ``problems`` list means it is sound. With ``deep``,
+    ``progress`` gets a phase ``decompress`` per full artifact (bytes) and one ``deltas`` (deltas applied)."""
+    return _Auditor(Repository(path), now, deep, progress).run()

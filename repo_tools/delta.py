@@ -82,6 +82,7 @@ from pinnacle_updates.formats.delta_format import (
 from pinnacle_updates.formats.delta_kinds import ContainerKind, DeltaKind, OpKind
 from pinnacle_updates.formats.delta_segments import DEFAULT_SEGMENTS, SegmentParams, read_region, regions
 from pinnacle_updates.formats.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry, Release, TargetRef
+from pinnacle_updates.formats.progress import NULL, Progress
 from pinnacle_updates.formats.tree import extract_release
 
 from .artifact import DEFAULT_LEVEL
@@ -179,15 +180,19 @@ def build_deltas(
     staging: Path,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     jobs: int = DEFAULT_JOBS,
+    progress: Progress = NULL,
 ) -> list[DeltaResult]:
     """Build one delta per release in ``bases`` (stored in ``repo``) to the release ``manifest``
     whose files are in ``source``. Each base is extracted into ``staging`` and removed after use,
     so disk use is one base tree at a time. Every result is returned; ``published`` says which
-    pass the :data:`DELTA_MAX_RATIO` test."""
+    pass the :data:`DELTA_MAX_RATIO` test. ``progress`` gets one phase ``delta`` per base (the target's
+    file bytes, counted as each file is encoded)."""
     results = []
+    total = sum(e.size for e in manifest.entries)
     level = repo.config().compression_level  # the level the new manifest target was compressed at
     for base in bases:
         started = time.monotonic()
+        progress.start("delta", total, "bytes", f"from {base.version}")
         base_manifest = load_manifest(repo, base)
         base_dir = staging / f"base-{base.version}"
         base_dir.mkdir()
@@ -197,7 +202,7 @@ def build_deltas(
             raise RepositoryStateError(f"cannot use release {base.version} as a delta base: {exc}") from exc
         out = staging / f"from-{base.version}.pdelta"
         header, digest = build_delta(base_dir, base_manifest, source, manifest, out, staging, memory_budget,
-                                     manifest_level=level, whole_archive=True, jobs=jobs)
+                                     manifest_level=level, whole_archive=True, jobs=jobs, progress=progress)
         shutil.rmtree(base_dir)
         result = DeltaResult(base, out, digest.length, digest.sha256, full_length,
                              seconds=time.monotonic() - started, peak_rss=peak_rss())
@@ -206,6 +211,7 @@ def build_deltas(
             result.op_bytes[op.op.value] = result.op_bytes.get(op.op.value, 0) + op.length
         _count_whole_parts(result, header)
         results.append(result)
+    progress.end()
     return results
 
 
@@ -236,6 +242,7 @@ def build_delta(
     manifest_level: int = DEFAULT_LEVEL,
     whole_archive: bool = False,
     jobs: int = DEFAULT_JOBS,
+    progress: Progress = NULL,
 ) -> tuple[DeltaHeader, Digest]:
     """Write the delta rebuilding ``target`` (files below ``source``) from ``base`` (files below
     ``base_root``, already verified) into ``out``; scratch files go to ``work``.
@@ -246,7 +253,8 @@ def build_delta(
     (as :func:`build_deltas` publishes), the per-file container is compared with the whole-archive
     one (when :func:`archive_patch` builds it) and the smaller is written. With ``jobs`` over one,
     independent candidates run side by side where the budget covers them at once
-    (:data:`DEFAULT_JOBS`). Returns the header and the digest of the written file.
+    (:data:`DEFAULT_JOBS`). Returns the header and the digest of the written file. Each file's
+    bytes are ``progress.advance``d once it is encoded (the open phase is the caller's).
     """
     available = memory_budget - current_rss()
     try:
@@ -274,12 +282,14 @@ def build_delta(
             if item.is_copy:
                 assert item.base is not None
                 ops.append(DeltaOp(item.entry.path, OpKind.COPY, item.base.path))
+                progress.advance(item.entry.size)
                 continue
             beside = side if jobs > 1 and item.memory_side_by_side + reserve <= available else None
             kind, length = _encode_best(item, old_tree, new_tree, work, payload, shared, beside)
             ops.append(DeltaOp(item.entry.path, kind, item.base.path if kind.has_base and item.base else None,
                                offset, length))
             offset += length
+            progress.advance(item.entry.size)
         header = DeltaHeader(base.version, target.version, base.content, target.content, tuple(ops),
                              manifest=manifest)
         header.check_against(target, base)

@@ -31,6 +31,7 @@ from pinnacle_updates.formats.index import (
     parse_version,
     release_dir,
 )
+from pinnacle_updates.formats.progress import NULL, Progress
 from pinnacle_updates.formats.rollout import ABTest, Rollout, Schedule
 
 from . import artifact
@@ -65,8 +66,10 @@ class _Change:
     roles: dict[str, Metadata[Targets]]
 
 
-def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change, now: datetime) -> dict[str, int]:
-    """Sign and write ``change`` in the crash-safe order; return the new role versions."""
+def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change, now: datetime,
+            progress: Progress = NULL) -> dict[str, int]:
+    """Sign and write ``change`` in the crash-safe order; return the new role versions. ``progress``:
+    phase write (target bytes), then sign (roles signed and written, the timestamp last)."""
     config = repo.config()
     names = list(state.channels)
     bins = {name for name in change.roles if channel_of_bin(name, names)}
@@ -74,11 +77,15 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
     snapshot_signers = _trusted_signers(keys, state, "snapshot")
     timestamp_signers = _trusted_signers(keys, state, "timestamp")
 
-    for target_path, sha256, content in change.files:
+    sizes = [len(content) if isinstance(content, bytes) else content.stat().st_size for _, _, content in change.files]
+    progress.start("write", sum(sizes), "bytes")
+    for (target_path, sha256, content), size in zip(change.files, sizes, strict=True):
         if isinstance(content, bytes):
             repo.add_target_bytes(target_path, sha256, content)
         else:
             repo.add_target_file(target_path, sha256, content)
+        progress.advance(size)
+    progress.start("sign", len(change.roles) + 2, "files")
 
     written: dict[str, tuple[int, bytes]] = {}
     for name, md in change.roles.items():
@@ -88,10 +95,12 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
             md.signed.expires = meta.expiry(now, config.days(name, names))
         meta.sign(md, signers[name])
         written[name] = (md.signed.version, repo.write_metadata(name, md))
+        progress.advance()
 
     snapshot = meta.snapshot_of(state.snapshot, written, meta.expiry(now, config.days("snapshot", names)), bins)
     meta.sign(snapshot, snapshot_signers)
     snapshot_bytes = repo.write_metadata("snapshot", snapshot)
+    progress.advance()
 
     timestamp = meta.timestamp_of(
         state.timestamp, snapshot.signed.version, snapshot_bytes, meta.expiry(now, config.days("timestamp", names)),
@@ -99,6 +108,8 @@ def _commit(repo: Repository, keys: KeyStore, state: RepoState, change: _Change,
     )
     meta.sign(timestamp, timestamp_signers)
     repo.write_metadata("timestamp", timestamp, versioned=False)  # the commit point
+    progress.advance()
+    progress.end()
     versions = {name: v for name, (v, _) in written.items()}
     versions.update(snapshot=snapshot.signed.version, timestamp=timestamp.signed.version)
     return versions
@@ -290,11 +301,14 @@ def _validate(request: PublishRequest) -> UpdateType:
     return update_type
 
 
-def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: datetime | None = None) -> dict[str, Any]:
-    """Build the artifact from ``request.source`` and publish it as a new release of its channel."""
+def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: datetime | None = None,
+            progress: Progress = NULL) -> dict[str, Any]:
+    """Build the artifact from ``request.source`` and publish it as a new release of its channel.
+    ``progress`` gets the phases scan, hash, compress, delta (one per base), write and sign."""
     now = now or utcnow()
     update_type = _validate(request)
-    entries = artifact.scan_tree(Path(request.source), request.platform)  # refuses unsafe input before the lock
+    # refuses unsafe input before the lock
+    entries = artifact.scan_tree(Path(request.source), request.platform, progress)
     regular = {e.path for e in entries if e.type.value == "file"}
     for what, path in (("entry point", request.entry_point), ("migration", request.migration)):
         if path is not None and path not in regular:
@@ -310,9 +324,11 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
         for role in (request.channel, "snapshot", "timestamp"):
             _trusted_signers(keys, state, role)  # fail on a missing key or passphrase before the (long) build
         with repo.staging_dir() as staging:
-            built = artifact.build_artifact(
-                Path(request.source), staging, request.version, level=repo.config().compression_level,
-                platform=request.platform,
+            # the scanned entries, not a second scan: every file is read again and must still match
+            # its scanned size and sha256 ("source changed while building")
+            built = artifact.write_artifact(
+                Path(request.source), entries, staging, request.version, level=repo.config().compression_level,
+                progress=progress,
             )
             base = release_dir(request.channel, request.platform, request.version)
             full = TargetRef(f"{base}/full.tar.zst", built.full_length, built.full_sha256)
@@ -320,7 +336,7 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
             previous = [r for r in index.releases if r.platform == request.platform]
             bases = sorted(previous, key=lambda r: r.parsed_version, reverse=True)[: request.deltas]
             built_deltas = build_deltas(repo, bases, Path(request.source), built.manifest, built.full_length,
-                                        staging, request.memory_budget, request.jobs)
+                                        staging, request.memory_budget, request.jobs, progress)
             deltas = [(d.ref(request.channel, request.platform, request.version), d.path)
                       for d in built_deltas if d.published]
             release = Release(
@@ -350,7 +366,7 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
             live, records, bins = _windowed(repo, state, request.channel, md, index.with_release(release, _iso(now)))
             files.extend(records)
             files.append(_set_index(md, request.channel, live))
-            versions = _commit(repo, keys, state, _Change(files, {request.channel: md, **bins}), now)
+            versions = _commit(repo, keys, state, _Change(files, {request.channel: md, **bins}), now, progress)
     return {"channel": request.channel, "release": release.to_dict(), "metadata_versions": versions,
             "deltas": [d.to_dict() for d in built_deltas]}
 

@@ -44,6 +44,7 @@ from typing import Any
 from tuf.api.metadata import Metadata, Snapshot, Timestamp
 
 from pinnacle_updates.formats.fsutil import TEMP_PREFIX, atomic_write, atomic_writer, remove_stale_temps
+from pinnacle_updates.formats.progress import Progress
 
 from .errors import RepositoryStateError
 
@@ -163,6 +164,21 @@ def _timestamp_before_roots(source: Path, items: list[SyncItem], timestamp: byte
     except Exception:
         return False
     return True
+
+
+def file_progress(source: Path, progress: Progress,
+                  also: Callable[[str, str], None] | None = None) -> Callable[[str, str], None]:
+    """A per-file callback for ``sync`` and ``objectstore.sync_s3`` that reports phase ``sync`` (files,
+    out of every file of ``source``) to ``progress``, then calls ``also`` (e.g. ``--verbose`` lines)."""
+    progress.start("sync", len(plan(Path(source))), "files")
+
+    def on_file(action: str, relative: str) -> None:
+        if action in ("copied", "skipped"):  # not multipart parts or pruned files: those are no upload
+            progress.advance()
+        if also is not None:
+            also(action, relative)
+
+    return on_file
 
 
 def sync(source: Path, dest: Path, progress: Callable[[str, str], None] | None = None,

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from pinnacle_updates.formats import progress
 from pinnacle_updates.formats.cliutil import emit
 from pinnacle_updates.formats.fleet import describe_controls
 from pinnacle_updates.formats.index import DEFAULT_SKIP_RAMP_TYPES, UpdateType
@@ -23,6 +24,7 @@ from ..fleet import schedule_option
 from ..objectstore import sync_to
 from ..prune import prune
 from ..store import Repository
+from ..sync import file_progress
 from .options import PROGRAM, failure, json_option, keys_option, keystore, repo_argument
 
 
@@ -111,7 +113,8 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
                                  deltas=delta_count, memory_budget=parse_size(memory_budget), jobs=jobs,
                                  rollout=schedule_option(rollout_file, rollout_percent), min_version=min_version,
                                  ramp=ramp, ab_test_percentage=ab_test_percentage, migration=migration)
-    result = ops.publish(Repository(repo_dir), keystore(keys_dir), request)
+    shown = progress.for_cli(PROGRAM, as_json)
+    result = ops.publish(Repository(repo_dir), keystore(keys_dir), request, progress=shown)
     full = result["release"]["full"]
     lines = [f"published {channel} {version} ({platform}, {update_type}): {full['path']} "
              f"{full['length']} bytes sha256 {full['sha256'][:16]}"]
@@ -120,11 +123,12 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
         lines.append(f"  delta from {d['from']}: {d['length']} bytes ({d['ratio']:.1%} of full), {verdict}")
     if sync_dest is not None:  # published either way; a failed sync says so and is run again on its own
         try:
-            result["sync"], line = sync_to(repo_dir, sync_dest, endpoint_url=endpoint_url)
+            result["sync"], line = sync_to(repo_dir, sync_dest, endpoint_url=endpoint_url,
+                                           progress=file_progress(repo_dir, shown))
         except (ObjectStoreError, RepositoryStateError) as exc:
             raise type(exc)(f"published {channel} {version}, but the sync to {sync_dest} failed: {exc}") from None
         lines.append(line)
-    emit(as_json, result, "\n".join(lines))
+    shown.result(result, "\n".join(lines))
 
 
 @click.command("promote")
@@ -192,8 +196,11 @@ def status_cmd(repo_dir: Path, warn_days: float | None, as_json: bool) -> None:
 @json_option
 def verify_cmd(repo_dir: Path, deep: bool, as_json: bool) -> None:
     """Audit every signature, threshold, hash, length, expiry and index entry, and every file under targets/."""
-    report = verify_repository(repo_dir, ops.utcnow(), deep=deep)
-    if as_json:
+    shown = progress.for_cli(PROGRAM, as_json) if deep else None  # only --deep takes long
+    report = verify_repository(repo_dir, ops.utcnow(), deep=deep, progress=shown or progress.NULL)
+    if shown is not None and as_json:
+        shown.result(report.to_dict(), "")
+    elif as_json:
         emit(True, report.to_dict(), "")
     else:
         for warning in report.warnings:  # escaped by the audit: nothing raw reaches the terminal

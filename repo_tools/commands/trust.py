@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from pinnacle_updates.formats import progress
 from pinnacle_updates.formats.cliutil import emit
 from pinnacle_updates.formats.exitcodes import ExitCode
 
@@ -33,7 +34,9 @@ from ..objectstore import DEFAULT_JOBS as DEFAULT_S3_JOBS
 from ..objectstore import sync_to
 from ..rotate import rotate_key
 from ..store import Repository
+from ..sync import file_progress
 from .options import (
+    PROGRAM,
     ReleaseGroup,
     failure,
     json_option,
@@ -263,12 +266,14 @@ def sync_cmd(repo_dir: Path, dest: str, verbose: bool, dry_run: bool, endpoint_u
     """Copy REPO_DIR to DEST (a directory, a mounted bucket or s3://BUCKET/PREFIX): targets, roles, root,
     snapshot, timestamp last. s3:// credentials come from the AWS environment variables or profiles."""
 
-    def progress(action: str, relative: str) -> None:
+    def verbose_line(action: str, relative: str) -> None:
         click.echo(f"{action} {relative}")
 
-    result, line = sync_to(repo_dir, dest, endpoint_url=endpoint_url, progress=progress if verbose else None,
+    shown = progress.for_cli(PROGRAM, as_json)
+    result, line = sync_to(repo_dir, dest, endpoint_url=endpoint_url,
+                           progress=file_progress(repo_dir, shown, verbose_line if verbose else None),
                            dry_run=dry_run, prune=prune, jobs=jobs)
-    emit(as_json, result, line)
+    shown.result(result, line)
 
 
 COMMANDS: tuple[click.Command, ...] = (keys, root, targets, sync_cmd)
