@@ -26,11 +26,11 @@ from typing import Any
 from pinnacle_updates.formats.index import Release
 
 from . import config as config_mod
-from . import fleet_state, results
+from . import fleet_state, results, seed_compat
 from .activation import cached_releases
 from .backups import Backup
 from .config import ClientConfig, Value
-from .errors import UpdateError
+from .errors import ConfigError, UpdateError
 from .hooks import HealthResult
 from .installer import Installer
 from .policy import UpdateConfig, jittered_interval
@@ -46,9 +46,23 @@ class AutoUpdater:
     ``on_event`` receives every step, state save, hook, progress and recovery action of the
     operations this object runs (the agent's live progress is built from it)."""
 
-    def __init__(self, install_dir: str | Path, *, on_event: results.EventSink | None = None) -> None:
+    def __init__(self, install_dir: str | Path | UpdateConfig | Mapping[str, Any] | None = None, *,
+                 config: UpdateConfig | Mapping[str, Any] | str | Path | None = None,
+                 on_event: results.EventSink | None = None) -> None:
+        """``AutoUpdater("/opt/myapp")``; the seed's ``AutoUpdater(config)`` and ``AutoUpdater()`` take the
+        install directory from ``PINNACLE_INSTALL_DIR``. A seed configuration (its ``UpdateConfig``, its
+        JSON file's dict, or that file's path as ``config=``) is written into config.toml through the one
+        mapping of ``client.seed_compat`` (warnings for keys that mean nothing here)."""
+        if isinstance(install_dir, UpdateConfig | Mapping):
+            install_dir, config = None, install_dir
+        if install_dir is None:
+            install_dir = config_mod.env_install_dir()
+            if install_dir is None:
+                raise ConfigError("no install directory: pass AutoUpdater(install_dir) or set PINNACLE_INSTALL_DIR")
         self.installer = Installer(Path(install_dir), on_event=on_event)
         """The engine behind this API (for tests and tools; its interface may change)."""
+        if config is not None:
+            seed_compat.apply(self.install_dir, config)
 
     @property
     def install_dir(self) -> Path:
