@@ -116,6 +116,14 @@ def _activity_schema() -> dict[str, Any]:
                            "problems": {"type": "array", "maxItems": 50, "items": problem}}}
 
 
+def _page_read(summary: str, filters: list[dict[str, Any]], ok: dict[str, Any], unavailable: str,
+               ) -> dict[str, Any]:
+    """A GET the fleet page reads (read token or its cookie) with the fleet filters."""
+    return {"get": {"summary": summary, "security": [{"bearer": []}, {"session": []}], "parameters": filters,
+                    "responses": {"200": ok, "400": _answer("bad query parameter"),
+                                  "401": _answer("read token missing or wrong"), "503": _answer(unavailable)}}}
+
+
 def _page_paths() -> dict[str, Any]:
     """The fleet page (``page``): HTML for browsers, listed so the fuzzing covers it too."""
     def html(description: str) -> dict[str, Any]:
@@ -208,28 +216,14 @@ def document() -> dict[str, Any]:
                     "401": _answer("read token missing or wrong"),
                     "503": _answer("the database is unavailable"),
                 }}},
-            "/v1/fleet/activity": {"get": {
-                "summary": "Install outcomes per release and hour, and the latest 50 rollbacks and failures "
-                           "with their cause text (the fleet page's charts)",
-                "security": [{"bearer": []}, {"session": []}],
-                "parameters": filters,
-                "responses": {
-                    "200": _answer("the activity", _activity_schema()),
-                    "400": _answer("bad query parameter"),
-                    "401": _answer("read token missing or wrong"),
-                    "503": _answer("the database is unavailable"),
-                }}},
-            "/v1/fleet/decisions": {"get": {
-                "summary": "The rollout timeline: decisions watch logged in the repository of `collector serve "
-                           "--repo` (signed ones and holds), oldest first",
-                "security": [{"bearer": []}, {"session": []}],
-                "parameters": filters,
-                "responses": {
-                    "200": _answer("the decisions", _decisions_schema()),
-                    "400": _answer("bad query parameter"),
-                    "401": _answer("read token missing or wrong"),
-                    "503": _answer("the decision log cannot be read"),
-                }}},
+            "/v1/fleet/activity": _page_read(
+                "Install outcomes per release and hour, and the latest 50 rollbacks and failures with their cause "
+                "text (the fleet page's charts)", filters, _answer("the activity", _activity_schema()),
+                "the database is unavailable"),
+            "/v1/fleet/decisions": _page_read(
+                "The rollout timeline: decisions watch logged in the repository of `collector serve --repo` "
+                "(signed ones and holds), oldest first", filters, _answer("the decisions", _decisions_schema()),
+                "the decision log cannot be read"),
             **_page_paths(),
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"})}}},

@@ -133,22 +133,21 @@ def test_a_schema_2_database_is_migrated_and_its_reports_still_count(db_url: str
     old = make_report()
     row = (old.report_id, old.install_id, int(old.at.timestamp()), 0, "install", "committed", "", "", "stable",
            "linux-x86_64", "1.0.0", "1.1.0", "minor", 17, "", 1.0, None, None, 4.0, 1000, 4000, "0.1.0", "")
+    script = [*((sql, ()) for sql in statements),
+              ("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)", ()),
+              ("INSERT INTO schema_version VALUES (1, 0), (2, 0)", ()),
+              (f"INSERT INTO reports VALUES ({', '.join('?' * len(row))})", row)]
     if db_url.startswith("postgresql"):
         import psycopg
 
-        with psycopg.connect(db_url) as conn:
-            for s in statements:
-                conn.execute(s)
-            conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            conn.execute("INSERT INTO schema_version VALUES (1, 0), (2, 0)")
-            conn.execute(f"INSERT INTO reports VALUES ({', '.join(['%s'] * len(row))})", row)
+        with psycopg.connect(db_url) as pg:
+            for sql, params in script:
+                pg.execute(sql.replace("?", "%s"), params)
     else:
-        with sqlite3.connect(db_url) as conn:
-            for s in statements:
-                conn.execute(s)
-            conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            conn.execute("INSERT INTO schema_version VALUES (1, 0), (2, 0)")
-            conn.execute(f"INSERT INTO reports VALUES ({', '.join('?' * len(row))})", row)
+        conn = sqlite3.connect(db_url)
+        with conn:
+            for sql, params in script:
+                conn.execute(sql, params)
         conn.close()
     with open_storage(db_url) as storage:
         assert storage.ingest([old, make_report(metrics={"startup_ms": 80.0}, current_version="1.1.0")]) == (1, 1)
