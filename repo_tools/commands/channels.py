@@ -10,7 +10,7 @@ from pinnacle_updates.formats.cliutil import emit
 
 from ..channels import add_channel, list_channels
 from ..store import Repository
-from .options import json_option, keys_option, keystore, repo_argument
+from .options import json_option, keys_option, keystore, output_option, pending_text, repo_argument
 
 
 @click.group("channel")
@@ -22,8 +22,7 @@ def channel_group() -> None:
 @repo_argument
 @click.argument("name")
 @keys_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="When the targets keys are offline: write the next targets version here for them to sign.")
+@output_option
 @json_option
 def add_cmd(repo_dir: Path, name: str, keys_dir: Path, output: Path | None, as_json: bool) -> None:
     """Create channel NAME (1-64 of a-z 0-9 . _ -): a delegation signed by targets, its own new key."""
@@ -31,8 +30,7 @@ def add_cmd(repo_dir: Path, name: str, keys_dir: Path, output: Path | None, as_j
     if result["published"]:
         human = f"added channel {name} (key {result['new_keyid'][:8]}; targets v{result['version']['targets']})"
     else:
-        human = "\n".join([f"channel {name}: key {result['new_keyid'][:8]} is pending; wrote {result['file']}; next:",
-                           *(f"  {step}" for step in result["next"])])
+        human = pending_text(f"channel {name}: key {result['new_keyid'][:8]} is pending", result)
     emit(as_json, result, human)
 
 

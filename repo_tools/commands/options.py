@@ -64,3 +64,12 @@ keys_option = _keys_option(required=True)
 optional_keys_option = _keys_option(required=False)
 """``--keys`` for commands that also work without a key directory (offline signing steps)."""
 repo_argument = click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+output_option = click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="When the signing keys are offline: write the next root/targets version here for them to sign.")
+"""``-o FILE`` of the commands that change keys (``keys rotate``, ``channel add``)."""
+
+
+def pending_text(head: str, result: dict[str, Any]) -> str:
+    """A key change waiting for offline signatures: what was written, then the commands that finish it."""
+    return "\n".join([f"{head}; wrote {result['file']}; next:", *(f"  {step}" for step in result["next"])])

@@ -43,6 +43,8 @@ from .options import (
     keys_option,
     keystore,
     optional_keys_option,
+    output_option,
+    pending_text,
     prompt_passphrase,
     repo_argument,
 )
@@ -128,8 +130,7 @@ def keys_list(keys_dir: Path, as_json: bool) -> None:
 @repo_argument
 @keys_option
 @click.argument("role")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="When the signing keys are offline: write the next root/targets version here.")
+@output_option
 @json_option
 def keys_rotate(repo_dir: Path, keys_dir: Path, role: str, output: Path | None, as_json: bool) -> None:
     """Replace ROLE's key by a new one (after a leak: the old key is refused from then on)."""
@@ -138,8 +139,7 @@ def keys_rotate(repo_dir: Path, keys_dir: Path, role: str, output: Path | None, 
         human = (f"rotated {role}: new key {result['new_keyid'][:8]}, published {result['via']} "
                  f"v{result['version'][result['via']]}; retired {', '.join(k[:8] for k in result['retired_keyids'])}")
     else:
-        human = "\n".join([f"new {role} key {result['new_keyid'][:8]} is pending; wrote {result['file']}; next:",
-                           *(f"  {step}" for step in result["next"])])
+        human = pending_text(f"new {role} key {result['new_keyid'][:8]} is pending", result)
     emit(as_json, result, human)
 
 
