@@ -84,6 +84,8 @@ _STEP_PERCENT = {
 }
 _DOWNLOAD_SHARE = 80.0
 
+# Seconds the repository's channel list is kept (asking refreshes the metadata under the install lock).
+CHANNELS_TTL = 300.0
 # The settings the dashboard's form edits, in the form's order (GET /api/updates/config describes
 # them from client.config's KEYS: one source for types, defaults and help; the channel has its own
 # switch). Only policy keys: no URL, command or address that could carry a credential.
@@ -257,6 +259,8 @@ class AgentService:
             "last_round": None, "last_result": None, "next_round": None,
         }  # fmt: skip
         self._supervise_lock = threading.Lock()
+        self._channel_cache: tuple[float, list[str]] | None = None  # (when, names) from the repository
+        self._channel_error: str | None = None
         self._started = time.monotonic()
         self._started_at = now()
         self._thread: threading.Thread | None = None
@@ -422,12 +426,23 @@ class AgentService:
 
     # -- check ----------------------------------------------------------------------------------
     def _check_and_list(self) -> CheckResult:
-        """This install's check (recorded in history) plus the channel's releases for the dashboard."""
+        """This install's check (recorded in history) plus the channel's releases for the dashboard,
+        and the repository's channels when the list is older than ``CHANNELS_TTL``."""
         result = self.updater.check()
         releases = self.updater.releases()
         with self._state_lock:
             self._releases = releases
             self._available = {**result.to_dict(), "checked": now()}
+            stale = self._channel_cache is None or time.monotonic() - self._channel_cache[0] >= CHANNELS_TTL
+        if stale:
+            try:
+                names = self.updater.channels()
+            except UpdateError as exc:  # the check itself succeeded: the old list (if any) stays
+                with self._state_lock:
+                    self._channel_error = _cause(exc)
+            else:
+                with self._state_lock:
+                    self._channel_cache, self._channel_error = (time.monotonic(), names), None
         return result
 
     def check(self, current_version: str | None = None) -> dict[str, Any]:
@@ -854,19 +869,20 @@ class AgentService:
         return error_for(exc)
 
     def channels(self) -> dict[str, Any]:
-        """The channels the repository offers (its signed delegations, custom names included) and the
-        current one. When the repository cannot be asked (offline, busy), the usual names and the
-        current one, with ``error`` saying why: the switch still works for a channel typed in."""
+        """The channels the repository offers (its signed delegations, custom names included), as the
+        last check learnt them, and the current one. Reading does no I/O: asking the repository
+        refreshes its metadata under the install lock, which a page load must never hold while an
+        install or restore wants it. Before any check: the usual names, ``error`` saying why."""
         try:
             current = self.updater.settings().text("channel")
         except UpdateError as exc:
             raise error_for(exc) from exc
-        error = None
-        try:
-            names = self.updater.channels()
-            source = "repository"
-        except UpdateError as exc:
-            names, source, error = list(CHANNELS), "defaults", _cause(exc)
+        with self._state_lock:
+            cached, error = self._channel_cache, self._channel_error
+        if cached is None:
+            error = error or "not asked yet: the repository's channels are listed by the next check"
+        source = "repository" if cached is not None else "defaults"
+        names = list(cached[1]) if cached is not None else list(CHANNELS)
         if current not in names:
             names = [*names, current]
         return {"current": current, "source": source, "error": error,
@@ -903,6 +919,7 @@ class AgentService:
                 self.progress.finish(job, "succeeded", result=result)
             with self._state_lock:
                 self._releases, self._available = [], None  # the old channel's: not shown for the new one
+                self._channel_cache = None
             with contextlib.suppress(UpdateError):
                 self._check_and_list()
         finally:

@@ -188,10 +188,10 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
             page.fill("#set-check_interval", "900")
             page.fill("#set-max_backups", str(cfg.integer("max_backups")))
 
-            # channel: the repository's channels, the custom one included; switch to it
+            # channel: the repository's channels (listed by the check), the custom one included; switch to it
+            expect(page.locator("#channel-source")).to_have_text("the channels this repository offers")
             offered = page.locator("#channel-select option").evaluate_all("os => os.map((o) => o.value)")
             assert sorted(offered) == sorted(CHANNELS), offered
-            expect(page.locator("#channel-source")).to_have_text("the channels this repository offers")
             dialogs: list[str] = []
 
             def accept(dialog: Any) -> None:
@@ -238,6 +238,9 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
 
             _fits(page)
             _shot(page, tmp_path / f"dashboard-{width}-after.png")
+            if width == 390:  # the narrowest phones the page is made for
+                page.set_viewport_size({"width": 360, "height": 800})
+                _fits(page)
             refused = "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
             assert errors == [refused], errors  # the one refusal above, logged by the browser; nothing else
             if width == 1280 and os.environ.get("PINNACLE_SAVE_SCREENSHOT") == "1":
@@ -258,6 +261,13 @@ def test_the_api_behind_the_dashboard_refuses_bad_input(site: Any, tmp_path: Pat
             assert by_key["check_interval"]["value"] == config.load(d).integer("check_interval")
             assert by_key["allowed_update_types"]["choices"] == [t.value for t in UpdateType]
             assert all(f["help"] for f in form["fields"])
+
+            listed = agent.get("/api/updates/channels").json()  # no check yet: the usual names, and why
+            assert listed["source"] == "defaults" and "not asked yet" in listed["error"], listed
+            assert agent.post("/api/updates/check", {}).status_code == 200
+            listed = agent.get("/api/updates/channels").json()
+            assert listed["source"] == "repository" and listed["error"] is None, listed
+            assert [c["name"] for c in listed["channels"]] == sorted(CHANNELS) and listed["current"] == "stable"
 
             before = (d / "config.toml").read_bytes()
             for body, field in (

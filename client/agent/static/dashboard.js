@@ -529,6 +529,7 @@ async function doCheck() {
   }
   await loadStatus();
   loadHistory();
+  loadChannels();  // a check also lists the repository's channels
 }
 
 function crossesMajor(version) {
@@ -695,7 +696,7 @@ async function loadChannels() {
     }
     select.value = data.current;
     $("channel-source").textContent = data.source === "repository"
-      ? "the channels this repository offers" : "usual channel names (the repository could not be asked: " + data.error + ")";
+      ? "the channels this repository offers" : "the usual channel names (" + data.error + ")";
   } catch (e) {
     $("channel-source").textContent = "channels cannot be listed: " + e.message;
   }
@@ -754,5 +755,5 @@ document.addEventListener("DOMContentLoaded", () => {
   loadSettings();
   loadChannels();
   setInterval(loadHealth, 10000);
-  setInterval(() => { loadHistory(); loadAnalytics(); loadBackups(); }, 30000);
+  setInterval(() => { loadHistory(); loadAnalytics(); loadBackups(); loadChannels(); }, 30000);
 });
