@@ -177,8 +177,11 @@ class RepositoryClient:
             delegations = trusted["targets"].delegations  # the trusted set holds the verified Signed parts
         except (TypeError, KeyError, AttributeError) as exc:
             raise RepositoryError(f"cannot list the repository's channels ({type(exc).__name__})") from exc
-        roles = delegations.roles if delegations is not None and delegations.roles else {}
-        return sorted(name for name in roles if _is_channel(name))
+        names = []
+        for name in delegations.roles if delegations is not None and delegations.roles else {}:
+            with contextlib.suppress(FormatError):  # not a channel's name: not offered as one
+                names.append(check_channel(name))
+        return sorted(names)
 
     def archived_release(self, channel: str, platform: str, version: str) -> Release | None:
         """A release that left the channel index's live window, from its archive record (which TUF
@@ -481,14 +484,6 @@ def _metadata_subject(url: str | None) -> str:
         return name
     version = f" v{m['version']}" if m["version"] else ""
     return f"{unquote(m['role'])} metadata{version}"
-
-
-def _is_channel(name: str) -> bool:
-    try:
-        check_channel(name)
-    except FormatError:
-        return False
-    return True
 
 
 def _expiry(updater: Updater | None, role: str) -> str | None:
