@@ -201,6 +201,8 @@ def _systemd_header(spec: ServiceSpec, what: str) -> list[str]:
         "# Written by `pinnacle-update service install`. Hooks (stop_command, start_command, post_swap,",
         "# health_command) run inside this sandbox: only the install directory is writable and no",
         "# privilege can be gained (no sudo). Add ReadWritePaths= for anything else they write.",
+        "# start_command should hand the application to its own unit (systemctl restart app): a",
+        "# process started here belongs to this unit and ends with it.",
     ]
 
 
