@@ -164,7 +164,7 @@ class Activation(Part):
         self.site.emit("step", step="snapshot", version=s.active_version)
         try:
             backup = backups.snapshot(self.layout, cfg.persistent_paths, version=s.active_version,
-                                      for_version=op.version)
+                                      for_version=op.version, progress=self.site.progress(None))
         except BackupError as exc:
             if cfg.flag("backup_required"):
                 raise
@@ -257,7 +257,7 @@ class Activation(Part):
             try:  # the application is stopped: data and code go back together
                 restored = backups.restore(self.layout, op.data_backup, op.data_rejected, cfg.persistent_paths,
                                            version=op.version, rejected_version=op.leaving_version,
-                                           reason=op.reason)
+                                           reason=op.reason, progress=site.progress(None))
             except (BackupError, OSError) as exc:
                 notes.append(f"data not restored from backup {op.data_backup}: {one_line(exc)}")
         site.emit("step", step="swap_back", slot=op.slot, version=op.version)

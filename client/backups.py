@@ -296,7 +296,7 @@ class RestoreResult:
 
 
 def restore(layout: Layout, backup_id: str, rejected_id: str, names: Iterable[str], *, version: str | None,
-            rejected_version: str | None, reason: str) -> RestoreResult:
+            rejected_version: str | None, reason: str, progress: Progress | None = None) -> RestoreResult:
     """Put backup ``backup_id``'s data in place of ``DIR/data/<names>`` (the application is stopped).
 
     1. clone the backup into ``.restore-tmp`` with ``plan.json``; sync; rename to ``.restore``
@@ -321,7 +321,8 @@ def restore(layout: Layout, backup_id: str, rejected_id: str, names: Iterable[st
     try:
         (tmp / "data").mkdir(parents=True)
         (tmp / "rejected" / "data").mkdir(parents=True)
-        stats = copy_tree(backup_dir(layout, backup_id) / "data", source.paths, tmp / "data", hash_files=False)
+        stats = copy_tree(backup_dir(layout, backup_id) / "data", source.paths, tmp / "data", hash_files=False,
+                          progress=progress, total=source.bytes)
         present = sorted(n for n in {*names, *source.paths} if os.path.lexists(layout.data / n))
         plan = {"backup": backup_id, "rejected": rejected_id, "put": sorted(source.paths), "move_aside": present,
                 "version": version, "rejected_version": rejected_version, "reason": reason,

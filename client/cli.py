@@ -508,7 +508,7 @@ def service_group() -> None:
               help="Directory to write the files into (never /etc by itself); then run the steps printed.")
 @click.option("--name", default=None, help="Base name of the units, labels and tasks (default from the directory).")
 @click.option("--user", default=None, help="Account the jobs run as (default: the install directory's owner).")
-@click.option("--executable", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--executable", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The pinnacle-update the files start (default: the one running now).")
 @json_option
 @pass_updater

@@ -368,9 +368,10 @@ class Installer:
                 raise StateError(f"{stop.describe()}; nothing was restored")
             notes: list[str] = []
             try:
+                self.site.emit("step", step="restore_data", backup=backup_id)
                 done = backups_mod.restore(self.layout, backup_id, backups_mod.new_id(), cfg.persistent_paths,
                                            version=source.version, rejected_version=s.active_version,
-                                           reason=f"restore of backup {backup_id}")
+                                           reason=f"restore of backup {backup_id}", progress=self.site.progress(None))
             finally:
                 start = self.site.hook("start_command", cfg, ctx)
                 if not start.ok:

@@ -128,6 +128,7 @@ class Stager(Part):
             site.emit("step", step="staging", slot=target)
             slot_dir = site.wipe_slot(s, target)
             route = self.write_slot(client, cfg, s, release, manifest, fetched, on_progress)
+            site.emit("step", step="verify", slot=target)
             problems = verify_tree(slot_dir, manifest, skip=route.pop("skip"))
             if problems:
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
