@@ -264,7 +264,7 @@ def document() -> dict[str, Any]:
             "newer": {"type": "boolean"}, "installed": {"type": "boolean"},
             "marks": {"type": "array", "description": "why it is not (or must be) installed here, each with its "
                       "reason", "items": {"type": "object", "required": ["kind", "reason"], "properties": {
-                          "kind": {"type": "string", "enum": ["yanked", "held", "required", "bad"]},
+                          "kind": {"type": "string", "enum": ["yanked", "held", "required", "bad", "rolled_back"]},
                           "reason": {"type": "string"}}}}}},
         "Job": {"type": "object", "required": ["id", "kind", "state", "step", "percent"], "properties": {
             "id": {"type": "string"},

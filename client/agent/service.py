@@ -97,6 +97,14 @@ _TYPE_LISTS = frozenset({"allowed_update_types", "backup_update_types", "skip_ra
 # client.config names the refused key in every message ("config key 'x': ...", "unknown config
 # key 'x'"): the form shows the message next to that field.
 _CONFIG_KEY = re.compile(r"config key '([A-Za-z0-9_]+)'")
+# This machine's marks on a release (``AutoUpdater.status()`` key), with what each means here.
+_LOCAL_MARKS = (
+    ("bad", "bad_versions", "refused unless forced"),
+    ("rolled_back", "rolled_back_versions", "rolled back by the operator: automatic updates skip it, "
+                                            "installing it by name works"),
+)
+# Marks that keep a release from being the one offered (the release list still shows it, marked).
+_NOT_OFFERED = frozenset({"yanked", "held", "bad", "rolled_back"})
 
 
 class AgentError(Exception):
@@ -464,16 +472,12 @@ class AgentService:
         out = result.to_dict()
         out["installed_version"] = installed
         out["notes"] = next((r.notes for r in self._releases if r.version == out["version"]), "")
-        out["releases"] = self._release_list(current_version or installed, self._bad_versions())
-        return out
-
-    def _bad_versions(self) -> Mapping[str, Any]:
-        """This machine's locally bad (rolled back from) versions: version -> record."""
         try:
-            bad = self.updater.status().get("bad_versions")
+            local = self.updater.status()
         except UpdateError:
-            return {}
-        return bad if isinstance(bad, dict) else {}
+            local = {}
+        out["releases"] = self._release_list(current_version or installed, local)
+        return out
 
     def _standings(self) -> dict[str, dict[str, Any]]:
         """The fleet controls the last check saw, per release (``formats.fleet.Standing``; empty
@@ -482,11 +486,12 @@ class AgentService:
             fleet = (self._available or {}).get("fleet") or {}
         return {s["version"]: s for s in fleet.get("releases", []) if isinstance(s, dict) and "version" in s}
 
-    def _release_list(self, current: str | None, bad: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _release_list(self, current: str | None, installed: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The channel's releases, newest first, each with ``marks``: why it is not (or must be)
-        installed here — yanked, held (rollout, A/B group), required (min_version), locally bad —
-        each with its reason. Marks come from the signed index, the last check's fleet view and
-        this machine's state; nothing is decided here."""
+        installed here — yanked, held (rollout, A/B group), required (min_version), locally bad, rolled
+        back by the operator — each with its reason. Marks come from the signed index, the last
+        check's fleet view and this machine's state (``installed``: ``AutoUpdater.status()``);
+        nothing is decided here."""
         with self._state_lock:
             releases = list(self._releases)
         standings = self._standings()
@@ -502,9 +507,12 @@ class AgentService:
             if standing.get("required"):
                 marks.append({"kind": "required", "reason": f"this machine runs a version below min_version "
                                                             f"{r.min_version}: the update is urgent"})
-            record = next((v for k, v in bad.items() if _same(k, r.version)), None)
-            if isinstance(record, dict):
-                marks.append({"kind": "bad", "reason": _bad_reason(record)})
+            for kind, key, effect in _LOCAL_MARKS:
+                found = installed.get(key)
+                record = next((v for k, v in found.items() if _same(k, r.version)), None) if isinstance(
+                    found, dict) else None
+                if isinstance(record, dict):
+                    marks.append({"kind": kind, "reason": f"{_rollback_reason(record)}; {effect}"})
             out.append({
                 "version": r.version,
                 "type": r.type.value,
@@ -531,7 +539,8 @@ class AgentService:
         except UpdateError as exc:
             return {"version": None, "why": f"the config does not load: {exc}"}
         channel = cfg.text("channel")
-        candidates = [r for r in releases if r["newer"] and not any(m["kind"] in ("yanked", "bad") for m in r["marks"])]
+        skipped = _NOT_OFFERED - {"held"}  # a held release is the very one whose rollout the card shows
+        candidates = [r for r in releases if r["newer"] and not any(m["kind"] in skipped for m in r["marks"])]
         if not candidates:
             return {"version": None, "channel": channel,
                     "why": f"no newer release on {channel} for this machine: nothing is rolling out to it"}
@@ -699,12 +708,11 @@ class AgentService:
             check = dict(self._available) if self._available else None
             health = dict(self._health) if self._health else None
             loop = dict(self._loop_info)
-        bad = installed.get("bad_versions")
-        releases = self._release_list(installed.get("version"), bad if isinstance(bad, dict) else {})
+        releases = self._release_list(installed.get("version"), installed)
         newer = [r for r in releases if r["newer"]]
         # the newest newer release nothing holds back here (a yanked, held or locally bad one is
         # listed with its mark, never shown as the one available)
-        offered = [r for r in newer if not any(m["kind"] in ("yanked", "held", "bad") for m in r["marks"])]
+        offered = [r for r in newer if not any(m["kind"] in _NOT_OFFERED for m in r["marks"])]
         try:
             cfg = self.updater.settings()
             settings = {k: cfg[k] for k in ("enabled", "auto_install", "check_interval", "channel",
@@ -1039,8 +1047,8 @@ def _outcome(record: Mapping[str, Any]) -> str:
     return str(found) if found else ("recovered" if record.get("op") == "recover" else "")
 
 
-def _bad_reason(record: Mapping[str, Any]) -> str:
-    """A locally bad version's record (``slots.BadVersion``) in one line."""
+def _rollback_reason(record: Mapping[str, Any]) -> str:
+    """A locally marked version's record (``slots.BadVersion``) in one line."""
     times = record.get("rollbacks")
     count = f"rolled back {times} time{'s' if times != 1 else ''}" if isinstance(times, int) else "rolled back"
     at = f" (last {record['at']})" if record.get("at") else ""

@@ -38,7 +38,7 @@ from tests.helpers_client import ROOT, Repo, app_files, copy_install, init_clien
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
-V1, V101, V11, V12, V2 = "1.0.0", "1.0.1", "1.1.0", "1.2.0", "2.0.0"
+V1, V101, V102, V11, V12, V2 = "1.0.0", "1.0.1", "1.0.2", "1.1.0", "1.2.0", "2.0.0"
 CHANNELS = ("stable", "beta", "alpha", "nightly")  # nightly: a custom channel
 PERSISTENT = ["db"]
 STEP = 3600  # the rollout's interval: +10 % an hour from 0 %
@@ -47,14 +47,16 @@ STEP = 3600  # the rollout's interval: +10 % an hour from 0 %
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A repository with a custom channel, served by nginx, and an install directory that ran V1,
-    then V101 (unhealthy: rolled back and marked bad here; its data snapshot kept); V11 is in a
-    staged rollout from 0 % (held from every machine now), V12 is yanked, nightly has V2."""
+    then V101 (unhealthy: rolled back and marked bad here), then V102, which the operator rolled back
+    (its data snapshot kept); V11 is in a staged rollout from 0 % (held from every machine now), V12
+    is yanked, nightly has V2."""
     base = tmp_path_factory.mktemp("dashboard")
     repo = Repo(base / "repo", base / "keys")
     create_keys(repo.keys, None, channels=CHANNELS)
     release_cli("init", str(repo.dir), "--keys", str(repo.keys))
     publish(repo, V1, app_files(V1))
     publish(repo, V101, app_files(V101, healthy=False))
+    publish(repo, V102, app_files(V102))
     publish(repo, V11, app_files(V11), type="minor")
     publish(repo, V12, app_files(V12))
     publish(repo, V2, app_files(V2), type="major", channel="nightly")
@@ -72,6 +74,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
         (template / "data" / "db" / "app.db").write_text("data of 1.0.0\n")
         with pytest.raises(HealthCheckError):  # its health check fails: back on V1, V101 marked bad
             ins.install(V101)
+        assert ins.install(V102).outcome == "committed"
+        assert ins.rollback(reason="operator: slow start").version == V1
         (template / "data" / "db" / "app.db").write_text("changed later\n")
         yield base, template
 
@@ -142,13 +146,17 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
             expect(releases.locator(f"[data-version='{V11}']")).to_contain_text("staged rollout at 0%")
             expect(releases.locator(f"[data-version='{V101}'] .mark.bad")).to_have_text("marked bad")
             expect(releases.locator(f"[data-version='{V101}']")).to_contain_text("rolled back 1 time on this machine")
+            expect(releases.locator(f"[data-version='{V102}'] .mark.rolled_back")).to_have_text("rolled back")
+            expect(releases.locator(f"[data-version='{V102}']")).to_contain_text("operator: slow start")
+            expect(releases.locator(f"[data-version='{V102}']")).to_contain_text("installing it by name works")
             expect(releases.locator(f"[data-version='{V1}'] .mark")).to_have_count(0)
             expect(page.locator("#latest-version")).to_have_text("none offered now")  # 1.2.0 yanked, 1.1.0 held
             expect(page.locator("#version-select")).to_have_value(V12)  # every newer one is marked: the newest
             options = {o["value"]: o["text"] for o in page.locator("#version-select option").evaluate_all(
                 "os => os.map((o) => ({value: o.value, text: o.textContent}))")}
-            assert set(options) == {V101, V11, V12}, options
+            assert set(options) == {V101, V102, V11, V12}, options
             assert "YANKED" in options[V12] and "MARKED BAD" in options[V101] and "HELD" in options[V11], options
+            assert "ROLLED BACK" in options[V102], options
 
             status = agent.status()
             card = status["rollout"]
@@ -213,7 +221,7 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
 
             # backup restore: asks first, then puts the snapshot's data back
             found = agent.get("/api/backups").json()["backups"]
-            snap = next(b for b in found if b["kind"] == "snapshot" and b["for_version"] == V101)  # V1's data
+            snap = next(b for b in found if b["kind"] == "snapshot" and b["for_version"] == V102)  # V1's data
             dialogs.clear()
             page.locator(f"#backups tbody tr[data-id='{snap['id']}'] .restore-btn").click()
             expect(page.locator("#backup-result")).to_contain_text(f"restored the data of backup {snap['id']}")
@@ -221,13 +229,13 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
             assert (d / "data" / "db" / "app.db").read_text() == "data of 1.0.0\n"
 
             # history filters: kind, outcome, version
-            page.select_option("#filter-op", "rollback")
-            expect(page.locator("#history tbody tr")).to_have_count(1)
-            expect(page.locator("#history tbody")).to_contain_text(V101)
+            page.select_option("#filter-op", "rollback")  # V101's automatic one and V102's by the operator
+            expect(page.locator("#history tbody tr")).to_have_count(2)
+            expect(page.locator("#history tbody")).to_contain_text("operator: slow start")
             page.select_option("#filter-op", "")
             page.select_option("#filter-outcome", "committed")
-            expect(page.locator("#history tbody tr")).to_have_count(1)
-            expect(page.locator("#history tbody")).to_contain_text(V1)
+            expect(page.locator("#history tbody tr")).to_have_count(2)
+            expect(page.locator("#history tbody tr").filter(has_text="committed")).to_have_count(2)
             page.select_option("#filter-outcome", "")
             page.select_option("#filter-op", "restore")
             expect(page.locator("#history tbody tr")).to_have_count(1)

@@ -161,7 +161,7 @@ function renderRollout(r) {
   $("rollout-why").textContent = r.why + (r.schedule ? " · schedule: " + r.schedule : "");
 }
 
-const MARK_LABEL = { yanked: "yanked", held: "held", required: "required", bad: "marked bad" };
+const MARK_LABEL = { yanked: "yanked", held: "held", required: "required", bad: "marked bad", rolled_back: "rolled back" };
 
 function markText(r) {
   return (r.marks || []).map((m) => MARK_LABEL[m.kind] + ": " + m.reason).join("; ");
@@ -568,10 +568,14 @@ async function doRollback() {
   const rb = (lastBackups && lastBackups.rollback) || {};
   const data = rb.restores ? (rb.restorable ? " The data goes back to backup " + rb.restores + "; the current data is kept as a new backup."
     : " Its data backup " + rb.restores + " was pruned: the rollback will be refused (use the CLI's --keep-data).") : "";
-  if (!confirm("Switch back to " + prev + "? The current version will be marked bad." + data)) return;
+  const leaving = (lastStatus && lastStatus.installed.version) || "the current version";
+  const markBad = $("rollback-bad").checked;
+  const mark = markBad ? " " + leaving + " is marked BAD: it is refused unless forced."
+    : " " + leaving + " is recorded as rolled back by you: automatic updates skip it, installing it by name works.";
+  if (!confirm("Switch back to " + prev + "?" + mark + data)) return;
   say("");
   try {
-    const r = await api("POST", "/api/updates/rollback", {});
+    const r = await api("POST", "/api/updates/rollback", markBad ? { mark_bad: true } : {});
     say("Rolled back " + r.from_version + " → " + r.version +
         (r.data_restored ? "; data restored from backup " + r.data_restored : ""), "info");
   } catch (e) {
