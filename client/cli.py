@@ -1,27 +1,26 @@
 """``pinnacle-update``: thin click commands over the public API (``client.api.AutoUpdater``).
 
 Each command calls one ``AutoUpdater`` method and prints its result: text for people, one JSON
-document on stdout with ``--json``. Progress goes to stderr (a bar on a terminal, JSON lines with
-``--json``). ``formats.cliutil.error_group`` is the one place where an ``UpdateError`` becomes one line on
-stderr and its exit code.
+document on stdout with ``--json``. Commands that take time show their phases (``formats.progress``):
+a bar on stderr when it is a terminal, phase lines on stdout when not, JSON-line events on stdout
+before the one-line result with ``--json``. ``formats.cliutil.error_group`` is the one place where an
+``UpdateError`` becomes one line on stderr and its exit code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
 from pinnacle_updates.formats import logs
 from pinnacle_updates.formats.cliutil import Failure, emit, error_group, json_option
 from pinnacle_updates.formats.exitcodes import ExitCode
+from pinnacle_updates.formats.progress import Renderer, for_cli
 from pinnacle_updates.formats.redact import redact_text, redact_url
 
 from . import config as config_mod
@@ -38,36 +37,50 @@ def _fail(message: str, exit_code: int) -> Failure:
     return Failure(PROGRAM, message, exit_code)
 
 
-class _Progress:
-    """Download progress on stderr: a bar on a terminal, JSON lines for machines, nothing otherwise."""
+class _Phases:
+    """The client's step and progress events (``AutoUpdater(on_event=...)``) as the phases of
+    ``formats.progress``: download (bytes), apply, verify, snapshot (bytes), activate, health check,
+    and on a rollback restore (bytes) and swap back."""
 
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self.tty = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.last = 0.0
+    STARTS: ClassVar[dict[str, tuple[str, str]]] = {
+        "download": ("download", "bytes"), "staging": ("apply", "files"), "verify": ("verify", "files"),
+        "snapshot": ("snapshot", "bytes"), "swap": ("activate", "files"), "health_check": ("health check", "files"),
+        "restore_data": ("restore", "bytes"), "swap_back": ("swap back", "files")}
+    ENDS = frozenset({"staged", "snapshotted", "committed", "rolled_back", "failed"})
 
-    def event(self, event: dict[str, Any]) -> None:
-        # Byte progress arrives through __call__ (throttled); everything else is passed on as is.
-        if self.as_json and event.get("event") != "progress":
-            click.echo(json.dumps(event, default=str), err=True)
+    def __init__(self, shown: Renderer) -> None:
+        self.shown = shown
+        self.base = self.last = self.last_total = 0
+        self.fallback = False
 
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and done < total:
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-6)
-        speed = done / elapsed
-        if self.as_json:
-            click.echo(json.dumps({"event": "progress", "bytes": done, "total": total,
-                                   "bytes_per_second": round(speed)}), err=True)
-        elif self.tty and total:
-            width = 30
-            filled = int(width * done / total)
-            eta = (total - done) / speed if speed else 0
-            click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {done / 2**20:6.1f}/{total / 2**20:.1f} MiB "
-                       f"{speed / 2**20:5.1f} MiB/s ETA {eta:4.0f}s", err=True, nl=done >= total)
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind, step = event.get("event"), event.get("step")
+        if kind == "step" and step in self.STARTS:
+            self.start(*self.STARTS[str(step)], total=int(event.get("total") or 0))
+        elif kind == "step" and step in self.ENDS:
+            self.shown.end()
+        elif kind == "delta_fallback":  # the full artifact comes after all, inside the apply step
+            self.start("download", "bytes", detail="full (delta failed)")
+            self.fallback = True
+        elif kind == "progress":
+            done, total = int(event.get("bytes") or 0), int(event.get("total") or 0)
+            if done < self.last:  # the next file of a delta chain: its bytes count on from the last one's
+                self.base += self.last_total
+            self.last, self.last_total = done, total
+            self.shown.update(self.base + done, None if self.shown.total else total)
+            if self.fallback and total and done >= total:
+                self.fallback = False
+                self.start("apply", "files")
+
+    def start(self, name: str, unit: str, total: int = 0, detail: str = "") -> None:
+        self.base = self.last = self.last_total = 0
+        self.shown.start(name, total, unit, detail)
+
+
+def _with_progress(updater: AutoUpdater, as_json: bool) -> tuple[AutoUpdater, Renderer]:
+    """The install directory's ``AutoUpdater`` reporting its phases to the renderer this command shows."""
+    shown = for_cli(PROGRAM, as_json)
+    return AutoUpdater(updater.install_dir, on_event=_Phases(shown)), shown
 
 
 def _updater(ctx: click.Context) -> AutoUpdater:
@@ -170,10 +183,9 @@ def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, 
     """Install VERSION (default: what policy picks) into the inactive slot and switch to it."""
     if unattended and (version or confirm_major or force):
         raise click.UsageError("--unattended installs what policy picks by itself: no VERSION, --yes or --force")
-    progress = _Progress(as_json)
-    updater = AutoUpdater(updater.install_dir, on_event=progress.event)
+    updater, shown = _with_progress(updater, as_json)
     try:
-        result = updater.install(version, force=force, confirm_major=confirm_major, wait=wait, progress=progress,
+        result = updater.install(version, force=force, confirm_major=confirm_major, wait=wait,
                                  auto_only=unattended)
     except UpdateError as exc:  # the active release is still the one it was before
         _report(updater, notify.outcome(_active_version(updater), version, error=exc))
@@ -186,7 +198,7 @@ def install_cmd(updater: AutoUpdater, version: str | None, confirm_major: bool, 
     else:
         human = (f"installed {result.version} in slot {result.slot} (was {result.previous_version or 'nothing'}; "
                  f"{result.bytes_downloaded} bytes, {result.duration:.2f}s)")
-    emit(as_json, result.to_dict(), human)
+    shown.result(result.to_dict(), human)
     return ExitCode.NO_UPDATE if exit_code and result.outcome == "up_to_date" else ExitCode.OK
 
 
@@ -206,6 +218,7 @@ def rollback_cmd(updater: AutoUpdater, force: bool, mark_bad: bool, keep_data: b
 
     The version left is recorded as rolled back by you: automatic updates skip it, 'install VERSION'
     takes it again. With --mark-bad it is bad: refused unless 'install VERSION --force'."""
+    updater, shown = _with_progress(updater, as_json)
     result = updater.rollback(wait=wait, force=force, keep_data=keep_data, mark_bad=mark_bad)
     _report(updater, ("rollback", result.from_version, result.version, "rolled_back", result.reason))
     if result.data_restored:
@@ -214,8 +227,8 @@ def rollback_cmd(updater: AutoUpdater, force: bool, mark_bad: bool, keep_data: b
     else:
         data = "; data kept as it was"
     notes = "".join(f"\nnote: {n}" for n in result.notes) + _marked(result.from_version, mark_bad)
-    emit(as_json, result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
-                                     f"{result.duration * 1000:.1f} ms){data}{notes}")
+    shown.result(result.to_dict(), f"rolled back {result.from_version} -> {result.version} (slot {result.slot}, "
+                                   f"{result.duration * 1000:.1f} ms){data}{notes}")
 
 
 def _marked(version: str | None, bad: bool) -> str:
@@ -279,10 +292,11 @@ def backups_verify(updater: AutoUpdater, backup_id: str, as_json: bool) -> None:
 @pass_updater
 def backups_restore(updater: AutoUpdater, backup_id: str, as_json: bool, wait: bool) -> None:
     """Put a backup's data in place under the running version (stop, restore, start)."""
+    updater, shown = _with_progress(updater, as_json)
     report = updater.restore_backup(backup_id, wait=wait)
     kept = f"; the replaced data kept as backup {report.rejected}" if report.rejected else ""
     notes = "".join(f"\nnote: {n}" for n in report.notes)
-    emit(as_json, report.to_dict(), f"restored the data of backup {backup_id} under {report.version}{kept}{notes}")
+    shown.result(report.to_dict(), f"restored the data of backup {backup_id} under {report.version}{kept}{notes}")
 
 
 @backups_group.command("prune")
@@ -334,8 +348,9 @@ def status_cmd(updater: AutoUpdater, as_json: bool) -> None:
 @pass_updater
 def channel_cmd(updater: AutoUpdater, name: str, allow_downgrade: bool, as_json: bool, wait: bool) -> None:
     """Follow channel NAME (stable, beta, alpha, ...); never a downgrade without --allow-downgrade."""
-    result = updater.switch_channel(name, allow_downgrade=allow_downgrade, wait=wait, progress=_Progress(as_json))
-    emit(as_json, result, f"now on {result['channel']} (was {result['previous_channel']}), "
+    updater, shown = _with_progress(updater, as_json)
+    result = updater.switch_channel(name, allow_downgrade=allow_downgrade, wait=wait)
+    shown.result(result, f"now on {result['channel']} (was {result['previous_channel']}), "
                            f"running {result['version'] or 'nothing'}: {result['reason']}")
 
 
@@ -396,8 +411,9 @@ def verify_cmd(updater: AutoUpdater, all_slots: bool, as_json: bool, wait: bool)
 @pass_updater
 def repair_cmd(updater: AutoUpdater, as_json: bool, wait: bool) -> None:
     """Reinstall the current version into the other slot from the repository and switch to it."""
-    result = updater.repair(wait=wait, progress=_Progress(as_json))
-    emit(as_json, result.to_dict(), f"repaired {result.version} (now in slot {result.slot})")
+    updater, shown = _with_progress(updater, as_json)
+    result = updater.repair(wait=wait)
+    shown.result(result.to_dict(), f"repaired {result.version} (now in slot {result.slot})")
 
 
 @cli.command("recover")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,15 @@ def run_cli(tool: str, *args: str, env: dict[str, str] | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def result_json(stdout: str) -> Any:
+    """What a command run with ``--json`` printed as its result: stdout is that one document, or, from
+    a command that shows progress (``formats.progress``), JSON-line events and the result last."""
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        return json.loads(stdout.splitlines()[-1])
 
 
 def write_tree(root: Path, files: dict[str, bytes | str]) -> Path:

@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from pinnacle_updates.client import backups
 from pinnacle_updates.client.cli import cli
 from pinnacle_updates.client.errors import BackupError, BusyError, StateError
+from tests.conftest import result_json
 from tests.helpers_client import (
     PY,
     ROOT,
@@ -76,7 +77,7 @@ def run(d: Path, *args: str) -> Result:
 def ok_json(d: Path, *args: str) -> Any:
     result = run(d, *args, "--json")
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return result_json(result.stdout)
 
 
 def refused(d: Path, code: int, *args: str) -> str:
@@ -150,7 +151,7 @@ def test_restore_puts_the_snapshot_back_and_keeps_the_replaced_data(d: Path) -> 
     replaced = data_digest(d / "data")
     human = run(d, "backups", "restore", snap["id"])
     assert human.exit_code == 0, human.output
-    line = human.stdout.strip()
+    line = human.stdout.strip().splitlines()[-1]  # after the restore's phase lines (formats.progress)
     assert line.startswith(f"restored the data of backup {snap['id']} under 2.0.0; the replaced data kept as backup ")
     kept = line.rsplit(" ", 1)[1]
     assert data_digest(d / "data") == want and data_digest(d / "backups" / kept / "data") == replaced

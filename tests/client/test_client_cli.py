@@ -16,7 +16,7 @@ import pytest
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-from tests.conftest import ServedRepo, run_cli, tree_digest, write_tree
+from tests.conftest import ServedRepo, result_json, run_cli, tree_digest, write_tree
 
 V1, V2 = "1.0.0", "1.1.0"
 PERSISTENT = ("logs", "uploads", "temp")
@@ -74,7 +74,7 @@ def update(d: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
 
 
 def update_json(d: Path, *args: str) -> Any:
-    return json.loads(update(d, *args, "--json").stdout)
+    return result_json(update(d, *args, "--json").stdout)
 
 
 def fails(d: Path | None, *args: str, env: dict[str, str] | None = None) -> str:
@@ -187,9 +187,8 @@ def test_check_json_before_and_after_install(tmp_path: Path, published: Publishe
     }
 
 
-def _events(stderr: str) -> list[dict[str, Any]]:
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    return [json.loads(ln) for ln in lines]  # every stderr line is a JSON event
+def _events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in stdout.splitlines()[:-1]]  # every stdout line but the result is an event
 
 
 def test_install_version_then_newest_with_json_progress(
@@ -199,21 +198,21 @@ def test_install_version_then_newest_with_json_progress(
     init(d, published, served)
 
     proc = update(d, "install", V1, "--json")
-    first = json.loads(proc.stdout)
+    first = result_json(proc.stdout)
     assert (first["outcome"], first["version"], first["previous_version"], first["slot"]) == (
         "committed",
         V1,
         None,
         "a",
     )
-    events = _events(proc.stderr)
-    progress = [e for e in events if e.get("event") == "progress"]
-    assert progress, f"no progress events in {events!r}"
+    events = _events(proc.stdout)
+    download = [e for e in events if e["phase"] == "download"]  # formats.progress: phase, progress..., done
+    assert download and download[0]["event"] == "phase" and download[-1]["event"] == "done", events
     full_length = published.releases[V1]["full"]["length"]
-    for e in progress:
-        assert isinstance(e["bytes"], int) and isinstance(e["total"], int)
-        assert 0 <= e["bytes"] <= e["total"] == full_length
-    assert progress[-1]["bytes"] == full_length
+    for e in download:
+        assert isinstance(e["done"], int) and e["unit"] == "bytes"
+        assert 0 <= e["done"] <= e["total"] == full_length
+    assert download[-1]["done"] == full_length
     assert first["bytes_downloaded"] >= full_length
 
     second = update_json(d, "install")

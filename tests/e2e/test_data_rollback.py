@@ -25,7 +25,7 @@ import pytest
 from pinnacle_updates.client import backups
 from pinnacle_updates.client.errors import BackupError, BackupSpaceError, HealthCheckError, StateError
 from pinnacle_updates.client.installer import Installer
-from tests.conftest import run_cli
+from tests.conftest import result_json, run_cli
 from tests.data_crash_driver import schema as _schema
 from tests.helpers_client import Repo, app_files, init_client, make_repo, publish, serve
 
@@ -151,7 +151,7 @@ def test_manual_rollback_after_a_good_update(tmp_path: Path, url: str, repo: Rep
     after_use = _sha(db)
 
     args = ["rollback", "--json"] + (["--keep-data"] if keep_data else [])
-    result = json.loads(_cli(d, *args).stdout)
+    result = result_json(_cli(d, *args).stdout)
     assert (result["version"], result["from_version"]) == ("1.0.0", "2.1.0")
     record = [h for h in Installer(d).history() if h["op"] == "rollback"][-1]
     assert record["cause"] == "manual"
@@ -176,7 +176,7 @@ def test_manual_rollback_refuses_when_the_snapshot_was_removed(tmp_path: Path, u
     assert proc.returncode == StateError.exit_code
     assert proc.stderr.strip().endswith("use --keep-data to roll back the code and keep the data as it is")
     assert (d / "state.json").read_bytes() == state and os.readlink(d / "current") == "slots/b"
-    assert json.loads(_cli(d, "rollback", "--keep-data", "--json").stdout)["version"] == "1.0.0"
+    assert result_json(_cli(d, "rollback", "--keep-data", "--json").stdout)["version"] == "1.0.0"
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.test_client_attacks import Client
+from tests.conftest import result_json
 from tests.helpers_client import Repo, app_files, make_repo, publish, release_cli, serve, write_tree
 
 
@@ -99,7 +100,7 @@ def test_yank_without_the_release_in_the_other_slot_installs_it(tmp_path: Path) 
         c("install", "1.2.0")  # other slot: 1.0.0
         release_cli("yank", str(repo.dir), "--keys", str(repo.keys), "--channel", "stable", "--version", "1.2.0",
                     "--reason", "memory leak")
-        out = json.loads(c("install", "--json").stdout)
+        out = result_json(c("install", "--json").stdout)
         assert out["outcome"] == "committed" and out["version"] == "1.1.0" and out["path"] == "full"
         assert (c.dir / "current" / "VERSION").read_text().strip() == "1.1.0"
         history = [json.loads(line) for line in (c.dir / "history.jsonl").read_text().splitlines()]
@@ -129,7 +130,7 @@ def test_ab_group_in_status_and_history_and_channel_switch(tmp_path: Path) -> No
         assert "staying on 1.1.0" in out and test.status()["version"] == "1.1.0"
         assert test.status()["channel"] == "beta"
         test("channel", "stable")
-        down = json.loads(test("channel", "beta", "--allow-downgrade", "--json").stdout)
+        down = result_json(test("channel", "beta", "--allow-downgrade", "--json").stdout)
         assert down["version"] == "0.9.0" and test.status()["channel"] == "beta"
         same = test("channel", "beta", check=False)
         assert same.returncode != 0 and "already on channel beta" in same.stderr

@@ -64,7 +64,7 @@ from pinnacle_updates.repo_tools.errors import PublishRefused
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.test_delta_client import tar_of
-from tests.conftest import ROOT, tree_digest, write_tree
+from tests.conftest import ROOT, result_json, tree_digest, write_tree
 
 MIB = 1 << 20
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
@@ -754,7 +754,7 @@ def _publish_measured(repo: Path, keys: Path, source: Path, version: str, *extra
                           timeout=600, check=True)
     run = json.loads(proc.stdout)
     assert run["rc"] == 0, run["err"]
-    return json.loads(run["out"]), run["peak"]
+    return result_json(run["out"]), run["peak"]
 
 
 def test_cli_jobs_side_by_side_stays_within_the_budget_and_gives_the_same_delta(

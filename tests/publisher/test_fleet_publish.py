@@ -18,7 +18,7 @@ from pinnacle_updates.repo_tools.audit import verify_repository
 from pinnacle_updates.repo_tools.errors import PublishRefused
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-from tests.conftest import run_cli, tree_digest
+from tests.conftest import result_json, run_cli, tree_digest
 
 
 def _publish(repo: Repository, keystore: KeyStore, source: Callable[..., Path], version: str, *,
@@ -61,7 +61,7 @@ def test_rollout_lifecycle_with_online_keys_only(repo: Repository, keystore: Key
     out = run_cli("pinnacle-release", "publish", str(repo.path), str(src), "--keys", str(online), "--channel",
                   "stable", "--version", "1.1.0", "--type", "minor", "--platform", "any", "--rollout", str(schedule),
                   "--min-version", "1.0.0", "--no-ramp", "--json")
-    release = json.loads(out.stdout)["release"]
+    release = result_json(out.stdout)["release"]
     assert release["rollout"]["schedule"]["waves"][0] == {"after": 3600, "percent": 1}
     assert release["rollout"]["start"] == release["published"] and release["rollout"]["state"] == "active"
     assert (release["min_version"], release["ramp"]) == ("1.0.0", False)

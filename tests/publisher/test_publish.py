@@ -19,7 +19,7 @@ from pinnacle_updates.repo_tools.cli import cli
 from pinnacle_updates.repo_tools.errors import KeyStoreError, PublishRefused, RepositoryStateError
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys
 from pinnacle_updates.repo_tools.store import Repository
-from tests.conftest import run_cli, tree_digest
+from tests.conftest import result_json, run_cli, tree_digest
 
 
 def _publish(repo: Repository, keystore: KeyStore, src: Path, version: str, channel: str = "stable",
@@ -264,7 +264,7 @@ def test_refresh_and_expiry_reported_by_verify(repo: Repository, keystore: KeySt
 def test_cli_json_outputs_and_verify(repo: Repository, keys_dir: Path, source) -> None:
     proc = run_cli("pinnacle-release", "publish", str(repo.path), "--keys", str(keys_dir), "--channel", "beta",
                    "--version", "0.1", "--type", "minor", "--platform", "any", str(source("0.1")), "--json")
-    doc = json.loads(proc.stdout)
+    doc = result_json(proc.stdout)
     assert doc["release"]["version"] == "0.1" and doc["metadata_versions"]["beta"] == 2
     status = json.loads(run_cli("pinnacle-release", "status", str(repo.path), "--json").stdout)
     assert status["channels"]["beta"][0]["version"] == "0.1"
