@@ -314,3 +314,45 @@ def test_agent_logs_json_lines_and_journald_lines(install_dir: Path, tmp_path: P
     lines = [line for line in _serve_stderr(install_dir, tmp_path, journal=True).splitlines() if line]
     assert any(line.startswith("<6>pinnacle.agent.http: agent starting on http://127.0.0.1:") for line in lines)
     assert all(line[:1] == "<" and line[2] == ">" for line in lines), lines
+
+
+def _warning_setup(install_dir: Path, tmp_path: Path) -> None:
+    """A check that fails (no repository there) and a report that cannot be spooled (``reports`` is a
+    file): the command logs a warning, then fails with its one error line."""
+    d = ("--install-dir", str(install_dir))
+    for key, value in [("report", "on"), ("report_url", "http://127.0.0.1:9/"),
+                       ("repo_url", str(tmp_path / "no-repository"))]:
+        assert cli(*d, "config", "set", key, value).exit_code == 0
+    (install_dir / "reports").write_text("not a directory")
+
+
+def test_commands_log_json_lines_or_journald_lines(install_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pinnacle_updates.client.errors import RepositoryError
+
+    _warning_setup(install_dir, tmp_path)
+    d = ("--install-dir", str(install_dir))
+    # The flag sets PINNACLE_LOG_FORMAT for the agent in the same process: this makes monkeypatch
+    # restore the variable's absence afterwards (the flag overrides the value).
+    monkeypatch.setenv(logs.ENV_FORMAT, "text")
+    result = cli(*d, "--log-format", "json", "check")
+    assert result.exit_code == RepositoryError.exit_code
+    log_line, error_line = result.stderr.splitlines()
+    doc = json.loads(log_line)
+    assert (doc["level"], doc["logger"]) == ("warning", "pinnacle.reports")
+    assert doc["message"].startswith("failed-check report not spooled:") and doc["ts"].endswith("Z")
+    assert error_line.startswith("pinnacle-update: error: timestamp metadata is not on the repository")
+
+    # the config key alone, in a child process whose stderr is the journal stream: <4>, no time
+    assert cli(*d, "config", "set", "log_format", "text").exit_code == 0
+    monkeypatch.delenv(logs.ENV_FORMAT)  # else it would win over the config key
+    err_path = tmp_path / "stderr"
+    with open(err_path, "w") as err:
+        st = os.fstat(err.fileno())
+        proc = subprocess.run([sys.executable, "-m", "pinnacle_updates.client", *d, "check"], cwd=ROOT,
+                              env={**env(), "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, stderr=err,
+                              stdout=subprocess.PIPE, text=True, timeout=120, check=False)
+    assert proc.returncode == RepositoryError.exit_code
+    first, second = err_path.read_text().splitlines()
+    assert first.startswith("<4>pinnacle.reports: failed-check report not spooled:"), first
+    assert second.startswith("pinnacle-update: error: ")
