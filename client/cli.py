@@ -544,6 +544,7 @@ def service_install(updater: AutoUpdater, kind: str | None, to_stdout: bool, des
         user=user or service_files.default_user(root),
     )
     files = service_files.files_for(kind, spec)
+    service_files.prepare(kind, spec)
     doc: dict[str, Any] = {"kind": kind, "name": spec.name, "command": list(spec.command)}
     if dest is None:
         doc["files"] = [{"name": f.name, "text": f.text} for f in files]

@@ -368,6 +368,17 @@ def files_for(kind: str, spec: ServiceSpec) -> list[ServiceFile]:
     raise ConfigError(f"unknown service kind {kind!r} (one of {', '.join(KINDS)})")
 
 
+def prepare(kind: str, spec: ServiceSpec) -> None:
+    """What the files need in the install directory before their manager reads them: launchd opens
+    ``StandardErrorPath`` itself and does not create its directory (the agent makes ``logs/`` only
+    when it first runs)."""
+    if kind == "launchd":
+        try:
+            (spec.install_dir / "logs").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {spec.install_dir / 'logs'}: {exc.strerror or exc}") from exc
+
+
 def write(files: Sequence[ServiceFile], dest: Path) -> list[Path]:
     """Each file into ``dest`` (created if missing), written atomically; returns the paths."""
     try:
@@ -405,4 +416,5 @@ def next_steps(kind: str, spec: ServiceSpec, dest: Path) -> list[str]:
 
 
 __all__ = ["KINDS", "ServiceFile", "ServiceSpec", "check_spec", "default_command", "default_kind", "default_name",
-           "default_user", "files_for", "launchd_files", "next_steps", "systemd_files", "windows_files", "write"]
+           "default_user", "files_for", "launchd_files", "next_steps", "prepare", "systemd_files", "windows_files",
+           "write"]

@@ -134,7 +134,9 @@ def test_systemd_print_matches_what_is_written(install_dir: Path, tmp_path: Path
 # ----- launchd --------------------------------------------------------------------------------------
 def test_launchd_plists_parse_and_name_absolute_paths(install_dir: Path, tmp_path: Path) -> None:
     dest = tmp_path / "plists"
+    assert not (install_dir / "logs").exists()
     assert svc(install_dir, "--kind", "launchd", "--dest", str(dest), "--name", "demo").exit_code == 0
+    assert (install_dir / "logs").is_dir()  # launchd opens StandardErrorPath there and makes no directory
     agent = plistlib.loads((dest / "org.pinnacle-updates.demo.agent.plist").read_bytes())
     check = plistlib.loads((dest / "org.pinnacle-updates.demo.check.plist").read_bytes())
     assert agent["ProgramArguments"] == [str(EXE), "--install-dir", str(install_dir), "serve"]
