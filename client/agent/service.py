@@ -100,8 +100,7 @@ _CONFIG_KEY = re.compile(r"config key '([A-Za-z0-9_]+)'")
 # This machine's marks on a release (``AutoUpdater.status()`` key), with what each means here.
 _LOCAL_MARKS = (
     ("bad", "bad_versions", "refused unless forced"),
-    ("rolled_back", "rolled_back_versions", "rolled back by the operator: automatic updates skip it, "
-                                            "installing it by name works"),
+    ("rolled_back", "rolled_back_versions", "automatic updates skip it, installing it by name works"),
 )
 # Marks that keep a release from being the one offered (the release list still shows it, marked).
 _NOT_OFFERED = frozenset({"yanked", "held", "bad", "rolled_back"})

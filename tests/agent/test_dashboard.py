@@ -13,7 +13,7 @@ repository served by nginx (no mocked API):
 * at 390 px nothing overflows and the header is wholly visible.
 
 Screenshots are written to the test's tmp dir (their paths printed); with
-PINNACLE_SAVE_SCREENSHOT=1 the 1280 px run also replaces docs/dashboard.png.
+PINNACLE_SAVE_SCREENSHOT=1 they also replace docs/dashboard.png (1280 px) and docs/dashboard-390.png.
 """
 
 from __future__ import annotations
@@ -251,8 +251,9 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
                 _fits(page)
             refused = "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
             assert errors == [refused], errors  # the one refusal above, logged by the browser; nothing else
-            if width == 1280 and os.environ.get("PINNACLE_SAVE_SCREENSHOT") == "1":
-                shutil.copyfile(tmp_path / f"dashboard-{width}.png", ROOT / "docs" / "dashboard.png")
+            if os.environ.get("PINNACLE_SAVE_SCREENSHOT") == "1":
+                name = "dashboard.png" if width == 1280 else f"dashboard-{width}.png"
+                shutil.copyfile(tmp_path / f"dashboard-{width}.png", ROOT / "docs" / name)
 
 
 def test_the_api_behind_the_dashboard_refuses_bad_input(site: Any, tmp_path: Path) -> None:
