@@ -159,13 +159,36 @@ def _under_home(path: Path) -> bool:
     return any(path == root or root in path.parents for root in _HOME_ROOTS)
 
 
+def _interpreter(script: str) -> str | None:
+    """The program a ``#!`` line names (a console script's Python), or None."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    return words[0] if words else None
+
+
+def needed_paths(spec: ServiceSpec) -> list[Path]:
+    """What the service must reach: the install dir, the executable and, for a script, its
+    interpreter, each also with links resolved (a venv's python links to a base Python that may
+    live in a home, e.g. pyenv's under /root)."""
+    first = spec.command[0]
+    programs = [first, *filter(None, [_interpreter(first)])]  # python -m ...: no #! line, first is all
+    paths = [spec.install_dir]
+    for program in programs:
+        paths += [Path(os.path.abspath(program)), Path(os.path.realpath(program))]
+    return paths
+
+
 def _sandbox(spec: ServiceSpec) -> list[str]:
     """The hardening both units share. ProtectHome= hides /home, /root and /run/user unless the
     service needs something there (the install dir, a venv in a home): then it is read-only there,
     with the install dir still writable through ReadWritePaths=."""
-    needed = [spec.install_dir, *(Path(os.path.abspath(p)) for p in spec.command[:1])]
-    needed += [Path(os.path.realpath(p)) for p in spec.command[:1]]
-    protect_home = "read-only" if any(_under_home(p) for p in needed) else "yes"
+    protect_home = "read-only" if any(_under_home(p) for p in needed_paths(spec)) else "yes"
     # PrivateTmp= gives the service an empty /tmp: an install directory in /tmp would vanish.
     in_tmp = any(Path(t) == spec.install_dir or Path(t) in spec.install_dir.parents for t in ("/tmp", "/var/tmp"))
     return [
@@ -416,5 +439,5 @@ def next_steps(kind: str, spec: ServiceSpec, dest: Path) -> list[str]:
 
 
 __all__ = ["KINDS", "ServiceFile", "ServiceSpec", "check_spec", "default_command", "default_kind", "default_name",
-           "default_user", "files_for", "launchd_files", "next_steps", "prepare", "systemd_files", "windows_files",
-           "write"]
+           "default_user", "files_for", "launchd_files", "needed_paths", "next_steps", "prepare", "systemd_files",
+           "windows_files", "write"]

@@ -83,9 +83,12 @@ def test_systemd_units_are_hardened_absolute_and_pass_systemd_analyze(install_di
     assert names == ["demo-check.service", "demo-check.timer", "demo.service"]
     assert "systemctl enable --now demo.service" in out and "/etc/systemd/system/" in out  # what to run next
     agent = _directives((dest / "demo.service").read_text())
+    # the venv's python may resolve into a home (pyenv under /root here): then homes stay readable
+    python = Path(os.path.realpath(sys.executable))
+    protect_home = "read-only" if python.parts[1] in ("home", "root") else "yes"
     check = _directives((dest / "demo-check.service").read_text())
     for unit in (agent, check):
-        for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+        for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", protect_home),
                            ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"), ("User", "daemon"),
                            ("CapabilityBoundingSet", "")]:
             assert unit[key] == [value], (key, unit.get(key))
@@ -117,6 +120,16 @@ def test_systemd_sandbox_rules_for_homes_and_tmp() -> None:
     home = sandbox("/home/alice/app")
     assert home["ProtectHome"] == ["read-only"] and home["ReadWritePaths"] == ["/home/alice/app"]
     assert "PrivateTmp" not in sandbox("/var/tmp/app")
+
+
+def test_a_console_script_whose_python_lives_in_a_home_keeps_homes_readable(tmp_path: Path) -> None:
+    script = tmp_path / "pinnacle-update"
+    script.write_text("#!/home/alice/.pyenv/versions/3.12/bin/python\nimport sys\n")
+    spec = service_files.ServiceSpec(Path("/opt/app"), (str(script),), "x", 3600)
+    assert "/home/alice/.pyenv/versions/3.12/bin/python" in map(str, service_files.needed_paths(spec))
+    assert "ProtectHome=read-only" in service_files._sandbox(spec)
+    script.write_text("#!/usr/bin/python3\n")
+    assert "ProtectHome=yes" in service_files._sandbox(spec)
 
 
 def test_systemd_print_matches_what_is_written(install_dir: Path, tmp_path: Path) -> None:
