@@ -34,7 +34,17 @@ from pinnacle_updates.formats.index import UpdateType
 from pinnacle_updates.formats.rollout import bucket, format_time, parse_time
 from pinnacle_updates.repo_tools.keys import create_keys
 from tests.agent_server import api_error, run_agent
-from tests.helpers_client import ROOT, Repo, app_files, copy_install, init_client, publish, release_cli, serve
+from tests.helpers_client import (
+    ROOT,
+    Repo,
+    app_files,
+    copy_install,
+    init_client,
+    publish,
+    release_cli,
+    serve,
+    write_tree,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -49,7 +59,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A repository with a custom channel, served by nginx, and an install directory that ran V1,
     then V101 (unhealthy: rolled back and marked bad here), then V102, which the operator rolled back
     (its data snapshot kept); V11 is in a staged rollout from 0 % (held from every machine now), V12
-    is yanked, nightly has V2."""
+    is yanked, nightly has V2, required (min_version 1.5.0)."""
     base = tmp_path_factory.mktemp("dashboard")
     repo = Repo(base / "repo", base / "keys")
     create_keys(repo.keys, None, channels=CHANNELS)
@@ -59,7 +69,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
     publish(repo, V102, app_files(V102))
     publish(repo, V11, app_files(V11), type="minor")
     publish(repo, V12, app_files(V12))
-    publish(repo, V2, app_files(V2), type="major", channel="nightly")
+    write_tree(base / "src-nightly", app_files(V2))  # required of every machine below 1.5
+    release_cli("publish", str(repo.dir), str(base / "src-nightly"), "--keys", str(repo.keys), "--channel", "nightly",
+                "--version", V2, "--type", "major", "--platform", "any", "--min-version", "1.5.0")
     schedule = base / "schedule.json"
     schedule.write_text(json.dumps({"type": "percentage", "initial_percentage": 0, "increase_percentage": 10,
                                     "increase_interval": STEP}))
@@ -217,7 +229,9 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
             expect(page.locator(f"#releases [data-version='{V11}']")).to_have_count(0)
             expect(page.locator("#rollout-version")).to_have_text(f"{V2} (major) on nightly")
             expect(page.locator("#rollout-when")).to_have_text("offered now")
-            expect(page.locator("#rollout-why")).to_contain_text("no staged rollout")
+            expect(page.locator("#rollout-why")).to_contain_text("a required update (min_version)")
+            expect(page.locator(f"#releases [data-version='{V2}'] .mark.required")).to_have_text("required")
+            expect(page.locator(f"#releases [data-version='{V2}']")).to_contain_text("below min_version 1.5.0")
 
             # backup restore: asks first, then puts the snapshot's data back
             found = agent.get("/api/backups").json()["backups"]
