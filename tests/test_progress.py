@@ -17,6 +17,7 @@ import pytest
 
 from pinnacle_updates.formats import progress
 from pinnacle_updates.formats.progress import INTERVAL, Bar, JsonLines, Lines, Quiet, for_cli, phase
+from pinnacle_updates.repo_tools.errors import UnsafeInputError
 from tests.conftest import ROOT, write_tree
 
 
@@ -133,6 +134,22 @@ def test_for_cli_picks_by_json_environment_and_terminal(monkeypatch: pytest.Monk
         os.close(slave)
 
 
+def test_close_leaves_an_open_phase_as_it_stood() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    shown = JsonLines(out)
+    shown.start("hash", 10, "bytes")
+    shown.close()  # the command failed here: no done event
+    assert [e["event"] for e in _events(out.getvalue())] == ["phase"]
+    bar = Bar(err, "p")
+    bar.start("hash", 10, "bytes")
+    bar.close()
+    assert err.getvalue().endswith(" ETA --\n")  # the bar's line is finished for the error line
+    bar.start("sign")
+    bar.end()
+    bar.close()  # nothing open: nothing more
+    assert err.getvalue().endswith("in 0.0s\n")
+
+
 def test_null_progress_and_byte_callback() -> None:
     progress.NULL.start("x", 5, "bytes")
     progress.NULL.advance(3)
@@ -159,19 +176,13 @@ def test_renderers_overhead_is_small() -> None:
     assert per_call < 20e-6, per_call
 
 
-def test_publish_under_a_terminal_shows_the_bar(keys_dir: Path, tmp_path: Path) -> None:
-    """stderr a pseudo-terminal, stdout a pipe: the bar (redrawn with carriage returns) on the
-    terminal, the result alone on stdout."""
-    repo = tmp_path / "repo"
-    subprocess.run([sys.executable, "-m", "pinnacle_updates.repo_tools", "init", str(repo), "--keys", str(keys_dir)],
-                   check=True, capture_output=True, cwd=ROOT, timeout=60)
-    src = write_tree(tmp_path / "src", {f"lib/f{i:02d}.bin": os.urandom(64 << 10) for i in range(40)})
+def _under_a_terminal(*args: str) -> tuple[int, str, str]:
+    """``pinnacle-release ARGS`` with stderr a pseudo-terminal and stdout a pipe: the exit code,
+    what the terminal showed and stdout."""
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "PINNACLE_PROGRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pinnacle_updates.repo_tools", "publish", str(repo), "--keys", str(keys_dir),
-         "--channel", "stable", "--version", "1.0", "--type", "minor", "--platform", "any", str(src)],
-        stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=env, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", *args],
+                            stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=env, text=True)
     os.close(slave)
     seen = b""
     deadline = time.monotonic() + 60
@@ -189,10 +200,29 @@ def test_publish_under_a_terminal_shows_the_bar(keys_dir: Path, tmp_path: Path) 
             break
     os.close(master)
     stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, seen
-    text = seen.decode()
+    return proc.returncode, seen.decode(), stdout
+
+
+def test_publish_under_a_terminal_shows_the_bar(keys_dir: Path, tmp_path: Path) -> None:
+    """The bar (redrawn with carriage returns) on the terminal, the result alone on stdout; a failure
+    in the middle of a phase ends the bar's line before the one error line."""
+    repo = tmp_path / "repo"
+    subprocess.run([sys.executable, "-m", "pinnacle_updates.repo_tools", "init", str(repo), "--keys", str(keys_dir)],
+                   check=True, capture_output=True, cwd=ROOT, timeout=60)
+    src = write_tree(tmp_path / "src", {f"lib/f{i:02d}.bin": os.urandom(64 << 10) for i in range(40)})
+    publish = ("publish", str(repo), "--keys", str(keys_dir), "--channel", "stable", "--type", "minor",
+               "--platform", "any")
+    code, text, stdout = _under_a_terminal(*publish, "--version", "1.0", str(src))
+    assert code == 0, text
     for name in ("scan", "hash", "compress", "write", "sign"):
         assert f"\r\x1b[K{name}" in text, text
     assert "[" in text and "] " in text and "% " in text and "MiB/s" in text and "ETA" in text
-    assert "2.5/2.5 MiB" in text or "2.6/2.6 MiB" in text  # hash: 40 x 64 KiB, done
+    assert "2.5/2.5 MiB" in text  # hash: 40 x 64 KiB, done
     assert stdout.startswith("published stable 1.0 (any, minor)") and stdout.count("\n") == 1
+
+    os.mkfifo(src / "lib" / "zz-pipe")  # refused while hashing, the last path: the hash phase is open
+    code, text, stdout = _under_a_terminal(*publish, "--version", "2.0", str(src))
+    assert code == UnsafeInputError.exit_code and stdout == ""
+    bar, error = text.rstrip("\r\n").rsplit("\r\n", 1)
+    assert bar.rsplit("\r\x1b[K", 1)[1].startswith("hash ") and "done" not in bar.rsplit("\r\n", 1)[-1]
+    assert error.startswith("pinnacle-release: error: refusing ") and "FIFO" in error

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, Protocol
 
+import click
+
 from .cliutil import emit, result_printed
 
 INTERVAL = 0.1
@@ -180,7 +182,19 @@ class Renderer:
     def label(self) -> str:
         return f"{self.name} {self.detail}" if self.detail else self.name
 
+    def close(self) -> None:
+        """The command is over. A phase still open means it failed there: the phase is left as it
+        stood (no ``done``: it did not end) and a terminal's bar line is finished, so that the error
+        line starts on a line of its own."""
+        with self.lock:
+            if self.open:
+                self.open = False
+                self.abandoned()
+
     # -- what subclasses show ----------------------------------------------------------------------------
+    def abandoned(self) -> None:
+        pass
+
     def opened(self) -> None:
         pass
 
@@ -260,6 +274,10 @@ class Bar(Renderer):
         self.out.write("\r\x1b[K" + self.line(final=True) + "\n")
         self.out.flush()
 
+    def abandoned(self) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
 
 class JsonLines(Renderer):
     """``--json``: one event object per line on ``out`` (stdout), then the result document."""
@@ -301,8 +319,15 @@ def for_cli(program: str, as_json: bool, stdout: IO[str] | None = None, stderr: 
             mode: str | None = None) -> Renderer:
     """The renderer a command uses: JSON lines with ``--json``; else ``mode`` or ``PINNACLE_PROGRESS``
     when set (bar, lines, off); else a bar when stderr is a terminal and phase lines when not."""
-    out = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
+    shown = _choose(program, as_json, stdout if stdout is not None else sys.stdout,
+                    stderr if stderr is not None else sys.stderr, mode)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # closed as the command ends, before click shows an error
+        ctx.call_on_close(shown.close)
+    return shown
+
+
+def _choose(program: str, as_json: bool, out: IO[str], err: IO[str], mode: str | None) -> Renderer:
     if as_json:
         return JsonLines(out)
     chosen = (mode if mode is not None else os.environ.get("PINNACLE_PROGRESS", "")).strip().lower()
