@@ -292,6 +292,9 @@ class Installer:
             s = self.site.load()
             with self.site.repository(cfg) as client:
                 client.refresh()
+                offered = client.channels()  # a name the repository does not delegate is a typo, not an attack
+                if channel not in offered:
+                    raise ConfigError(f"the repository has no channel {channel!r} (it offers {', '.join(offered)})")
                 index = client.channel_index(channel)
                 plan = switch_channel_plan(index.for_platform(cfg.text("platform")), s.active_version, channel,
                                            allow_downgrade)

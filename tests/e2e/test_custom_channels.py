@@ -7,15 +7,21 @@ one line by the publisher and the client, and change nothing."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pinnacle_updates.client.errors import ConfigError
 from pinnacle_updates.formats.index import FormatError, check_channel
+from pinnacle_updates.repo_tools import publish as ops
+from pinnacle_updates.repo_tools import rootsign
+from pinnacle_updates.repo_tools.channels import add_channel
 from pinnacle_updates.repo_tools.errors import PublishRefused
+from pinnacle_updates.repo_tools.keys import KeyStore
+from pinnacle_updates.repo_tools.store import Repository
 from tests.conftest import run_cli
-from tests.helpers_client import Repo, app_files, make_repo, publish, serve
+from tests.helpers_client import Repo, app_files, init_client, make_repo, publish, serve, write_tree
 
 BAD_NAMES = ["Nightly", "root", "snapshot", "stable-archive-00", "a/b", "-x", ".hidden", "x" * 65, "lts 2026",
              "nightly\n", "ünïcode", "", "timestamp", "..", "x-archive"]
@@ -43,11 +49,19 @@ def _metadata(repo: Repo) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((repo.dir / "metadata").iterdir())}
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("template")
+    publish(make_repo(base), "1.0.0", app_files("1.0.0"))
+    return base
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Repo:
-    repo = make_repo(tmp_path)
-    publish(repo, "1.0.0", app_files("1.0.0"))
-    return repo
+def repo(tmp_path: Path, template: Path) -> Repo:
+    """A private copy of a repository with stable 1.0.0 (keys in plain files, as the tests' key directories are)."""
+    base = tmp_path / "publisher"
+    shutil.copytree(template, base)
+    return Repo(base / "repo", base / "keys")
 
 
 def test_bad_channel_names_are_refused_in_one_line(repo: Repo) -> None:
@@ -68,47 +82,50 @@ def test_bad_channel_names_are_refused_in_one_line(repo: Repo) -> None:
     assert _metadata(repo) == before and (repo.keys / "keys.json").read_bytes() == keys_before
 
 
+def _publish(repo: Repo, channel: str, version: str, type: str = "patch") -> None:
+    """In process (the command line is what the other steps test): one release into ``channel``."""
+    source = repo.dir.parent / f"src-{channel}-{version}"
+    write_tree(source, app_files(version))
+    ops.publish(Repository(repo.dir), KeyStore(repo.keys), ops.PublishRequest(channel, version, type, "any", source))
+
+
 def test_nightly_and_lts_published_promoted_and_followed(tmp_path: Path, repo: Repo) -> None:
-    for name in ("nightly", "lts-2026"):
-        assert f"added channel {name}" in _release("channel", "add", str(repo.dir), name, "--keys", str(repo.keys))
+    assert "added channel nightly" in _release("channel", "add", str(repo.dir), "nightly", "--keys", str(repo.keys))
+    add_channel(Repository(repo.dir), KeyStore(repo.keys), "lts-2026")
     listed = _release("channel", "list", str(repo.dir)).split()
     assert sorted(listed) == ["alpha", "beta", "lts-2026", "nightly", "stable"]
-    publish(repo, "1.1.0.dev1", app_files("1.1.0.dev1"), channel="nightly")
-    publish(repo, "1.2.0.dev1", app_files("1.2.0.dev1"), channel="nightly", type="minor")
+    _publish(repo, "nightly", "1.1.0.dev1")
+    _publish(repo, "nightly", "1.2.0.dev1", "minor")
     # promotion between any two channels, in any direction of the usual stable/beta/alpha order
     _release("promote", str(repo.dir), "--keys", str(repo.keys), "--from", "stable", "--to", "lts-2026",
              "--version", "1.0.0")
-    _release("promote", str(repo.dir), "--keys", str(repo.keys), "--from", "nightly", "--to", "beta",
-             "--version", "1.1.0.dev1")
-    _release("promote", str(repo.dir), "--keys", str(repo.keys), "--from", "beta", "--to", "lts-2026",
-             "--version", "1.1.0.dev1")
-    _release("verify", str(repo.dir))
+    for source, dest in (("nightly", "beta"), ("beta", "lts-2026")):
+        ops.promote(Repository(repo.dir), KeyStore(repo.keys), source, dest, "1.1.0.dev1")
 
     install = tmp_path / "install"
     with serve(repo.dir) as url:
-        def client(*args: str, ok: bool = True) -> str:
-            proc = run_cli("pinnacle-update", "--install-dir", str(install), *args, check=ok)
-            return proc.stdout + proc.stderr
+        def client(*args: str) -> subprocess.CompletedProcess[str]:
+            return run_cli("pinnacle-update", "--install-dir", str(install), *args, check=False)
 
-        client("init", "--repo", url, "--root", str(repo.root_json), "--platform", "any")
-        client("config", "set", "health_command", "test -f healthy")
-        client("install")
+        updater = init_client(install, url, repo)
+        updater.install()
         assert (install / "current" / "VERSION").read_text() == "1.0.0\n"
-        assert '"channel":"nightly"' in client("channel", "nightly", "--json")  # an upgrade: switch, then install
-        client("install")
+        switched = client("channel", "nightly", "--json")  # an upgrade: the switch, then an install
+        assert switched.returncode == 0 and '"channel":"nightly"' in switched.stdout, switched.stderr
+        updater.install()
         assert (install / "current" / "VERSION").read_text() == "1.2.0.dev1\n"
         assert 'channel = "nightly"' in (install / "config.toml").read_text()
-        client("channel", "lts-2026", "--allow-downgrade")
+        assert client("channel", "lts-2026", "--allow-downgrade").returncode == 0  # its newest is older: installed
         assert (install / "current" / "VERSION").read_text() == "1.1.0.dev1\n"
-        assert "lts-2026" in client("status")
+        assert updater.status()["channel"] == "lts-2026"
 
         before = (install / "config.toml").read_bytes()
-        for name in ("Nightly",):
-            out = run_cli("pinnacle-update", "--install-dir", str(install), "channel", name, check=False)
-            assert out.returncode == ConfigError.exit_code, (name, out.stderr)
-            assert out.stderr.count("\n") == 1 and "bad channel name" in out.stderr
-        missing = run_cli("pinnacle-update", "--install-dir", str(install), "channel", "weekly", check=False)
-        assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "weekly" in missing.stderr
+        bad = client("channel", "Nightly")
+        assert bad.returncode == ConfigError.exit_code and bad.stderr.count("\n") == 1
+        assert "bad channel name" in bad.stderr
+        missing = client("channel", "weekly")
+        assert missing.returncode == ConfigError.exit_code and missing.stderr.count("\n") == 1
+        assert "no channel 'weekly' (it offers alpha, beta, lts-2026, nightly, stable)" in missing.stderr
         assert (install / "config.toml").read_bytes() == before
 
 
@@ -126,7 +143,8 @@ def test_channel_add_with_offline_targets_keys(tmp_path: Path, repo: Repo) -> No
     out = _release("channel", "add", str(repo.dir), "customer-acme", "--keys", str(repo.keys), "-o", str(pending))
     assert "targets sign" in out and _metadata(repo) == before
     _release("targets", "sign", str(pending), "--key", str(offline / "targets-1.pem"))
-    _release("targets", "publish", str(repo.dir), str(pending), "--keys", str(repo.keys))
+    # what `targets publish REPO FILE --keys KEYS` runs
+    rootsign.publish(Repository(repo.dir), "targets", pending.read_bytes(), KeyStore(repo.keys))
     assert "customer-acme" in _release("channel", "list", str(repo.dir)).split()
-    publish(repo, "1.0.1", app_files("1.0.1"), channel="customer-acme")  # the channel's own key, now adopted
+    _publish(repo, "customer-acme", "1.0.1")  # with the channel's own key, adopted into keys.json by the publish
     _release("verify", str(repo.dir))
