@@ -9,6 +9,7 @@ repository; the API answers it behind the read token, and one-line refusals othe
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -23,10 +24,12 @@ from pinnacle_updates.repo_tools.core import canary
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.agent.conftest import browser  # noqa: F401 - the fixture
+from tests.collector.test_ab_metrics import group_reports
 from tests.conftest import ROOT, tree_digest
 from tests.publisher.test_watch import GATED, HOUR, T0, _reports, rolling  # noqa: F401 - rolling: the fixture
 
 sync_api = pytest.importorskip("playwright.sync_api")
+XSS_GROUP = "<img src=x onerror=window.__pwned=3>"
 assert GATED["gate"] is True  # the rollout below is gated: watch approves its steps
 
 
@@ -123,8 +126,13 @@ def test_timeline_on_the_fleet_page(rolling: Repository, keystore: KeyStore, tmp
                                     collector_factory: Any, browser: Any) -> None:  # noqa: F811
     db = str(tmp_path / "reports.sqlite")
     decide(rolling, keystore, db)
+    rng = random.Random(5)
+    with open_storage(db) as storage:  # another release with A/B groups, one named with markup
+        storage.ingest(group_reports(rng, "control", 200, 0.99, 4.0, 200.0, "2.0.0")
+                       + group_reports(rng, XSS_GROUP, 200, 0.80, 4.0, 200.0, "2.0.0"))
     collector = collector_factory(db, "--repo", str(rolling.path))
     found = get(collector, "/v1/fleet/decisions").json()["decisions"]
+    report = get(collector, "/v1/fleet/report").json()
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -159,6 +167,24 @@ def test_timeline_on_the_fleet_page(rolling: Repository, keystore: KeyStore, tmp
         float(statistic) == pytest.approx(release["statistic"], rel=0.01), clause
     assert "→ step 2" in shown[2]["head"]  # the advance names the step it approved
     expect(page.locator("#timeline circle.tl-mark")).to_have_count(3)
+
+    # the A/B panel: one row per comparison of the fleet report, its verdict as the JSON says
+    compared = [(f"{r['channel']}/{r['platform']}/{r['version']}", c) for r in report["releases"]
+                for c in r["comparisons"]]
+    assert [c["metric"] for _, c in compared] == ["success_rate", "install_time", "startup_ms"]
+    rows = page.eval_on_selector_all("#ab tbody tr.ab-row", """rows => rows.map(tr => ({
+        release: tr.dataset.release, metric: tr.dataset.metric,
+        cells: Object.fromEntries([...tr.cells].map(td => [td.classList[0], td.textContent]))}))""")
+    assert [(r["release"], r["metric"]) for r in rows] == [(name, c["metric"]) for name, c in compared]
+    for row, (_, c) in zip(rows, compared, strict=True):
+        assert row["cells"]["groups"] == f"{c['groups'][0]} \N{MINUS SIGN} {c['groups'][1]}"
+        assert row["cells"]["n"] == f"{c['n'][0]} / {c['n'][1]}"
+        verdict = c["reason"] if c["winner"] is None else c["reason"].split(":")[0]
+        assert row["cells"]["verdict"] == verdict
+    by_metric = {c["metric"]: c for _, c in compared}
+    assert by_metric["success_rate"]["winner"] == "control" and by_metric["startup_ms"]["winner"] is None
+    assert rows[0]["cells"]["difference"].startswith("-")
+    assert page.evaluate("window.__pwned") is None and page.locator("#ab img").count() == 0
     tips = page.eval_on_selector_all("#timeline circle.tl-mark title", "ts => ts.map(t => t.textContent)")
     assert [t.split(": ")[1].split(" ")[0] for t in tips] == ["advance", "hold", "halt"]
 
@@ -171,11 +197,12 @@ def test_timeline_on_the_fleet_page(rolling: Repository, keystore: KeyStore, tmp
         marks = page.eval_on_selector_all("#timeline circle.tl-mark",
                                           "cs => cs.map(c => c.getBoundingClientRect().right)")
         assert max(marks) <= width  # every mark on screen
-        shot = tmp_path / f"fleet-timeline-{width}.png"
-        page.locator("#timeline-panel").screenshot(path=str(shot))
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        if os.environ.get("PINNACLE_SAVE_SCREENSHOT") == "1":
-            shutil.copyfile(shot, ROOT / "docs" / shot.name)
+        for panel, name in (("#timeline-panel", "fleet-timeline"), ("#ab-panel", "fleet-ab")):
+            shot = tmp_path / f"{name}-{width}.png"
+            page.locator(panel).screenshot(path=str(shot))
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            if os.environ.get("PINNACLE_SAVE_SCREENSHOT") == "1":
+                shutil.copyfile(shot, ROOT / "docs" / shot.name)
 
     # a collector without --repo says how to get a timeline, and draws none
     bare = collector_factory(db)

@@ -92,6 +92,40 @@ function drawReleases(report) {
   }
 }
 
+// ----- A/B groups compared (the release's `comparisons`, as `fleet report` prints them) ------------------
+function signed(v, rate) {
+  const text = rate ? (100 * v).toFixed(2) + " %" : Number(v.toPrecision(4)).toString();
+  return (v >= 0 ? "+" : "") + text;
+}
+
+function drawComparisons(report) {
+  const body = byId("ab").tBodies[0];
+  body.replaceChildren();
+  for (const r of report.releases) {
+    for (const c of r.comparisons || []) {
+      const rate = c.metric === "success_rate";
+      const tr = node("tr", null, "ab-row");
+      tr.dataset.release = fmt.release(r);
+      tr.dataset.metric = c.metric;
+      const told = c.difference === null ? "no data in a group" :
+        signed(c.difference, rate) + " [" + signed(c.interval[0], rate) + ", " + signed(c.interval[1], rate) + "]";
+      const cells = [["release", fmt.release(r)], ["metric", c.metric], ["groups", c.groups[0] + " − " + c.groups[1]],
+                     ["n", c.n[0] + " / " + c.n[1]], ["difference", told],
+                     ["verdict", c.winner === null ? c.reason : c.reason.split(":")[0]]];
+      const labels = { release: "Release", metric: "Metric", groups: "Groups", n: "n", difference: "Difference",
+                       verdict: "Verdict" };
+      for (const [name, value] of cells) tr.appendChild(node("td", value, name)).dataset.label = labels[name];
+      tr.lastChild.classList.add(c.winner === null ? "dim" : "winner");
+      body.appendChild(tr);
+    }
+  }
+  if (!body.rows.length) {
+    const td = node("td", "no release with A/B groups in this window", "dim");
+    td.colSpan = 6;
+    body.appendChild(node("tr")).appendChild(td);
+  }
+}
+
 // ----- charts -----------------------------------------------------------------------------------
 // A chart's viewBox is as wide as its box in CSS pixels (text stays readable on a phone) and 220 high;
 // `plotArea` draws the y grid and returns the scales. The charts are drawn again when the window resizes.
@@ -339,6 +373,7 @@ async function refresh() {
       read("/v1/fleet/report"), read("/v1/fleet/activity"), read("/v1/fleet/decisions")]);
     shown = { report, activity, decisions };
     drawReleases(report);
+    drawComparisons(report);
     drawCharts();
     drawProblems(activity);
     drawTimeline(decisions);
