@@ -370,6 +370,20 @@ def history_cmd(updater: AutoUpdater, limit: int | None, as_json: bool) -> None:
     emit(as_json, records, "\n".join(lines) or "no history yet")
 
 
+@cli.command("metric")
+@click.argument("name")
+@click.argument("value", type=float)
+@json_option
+@pass_updater
+def metric_cmd(updater: AutoUpdater, name: str, value: float, as_json: bool) -> None:
+    """Record an application metric (NAME like startup_ms, a number) for the next outcome report: the
+    collector compares A/B groups by it (AutoUpdater.record_metric)."""
+    kept = updater.record_metric(name, value)
+    emit(as_json, {"name": name, "value": value, "kept": kept},
+         f"{name} = {value:g}: " + ("kept for the next report" if kept else "not kept: reporting is off or has "
+                                                                             "no collector"))
+
+
 @cli.command("health-check")
 @json_option
 @pass_updater

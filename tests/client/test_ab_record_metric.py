@@ -12,10 +12,25 @@ from pathlib import Path
 import pytest
 
 from pinnacle_updates.client import AutoUpdater, reporting
+from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client.errors import ConfigError, HealthCheckError
+from pinnacle_updates.formats.exitcodes import ExitCode
 from pinnacle_updates.formats.report import MAX_METRICS
-from tests.client.test_reporting import collector, plain_dir
+from tests.client.test_reporting import collector
+from tests.conftest import run_cli
 from tests.helpers_client import app_files, init_client, make_repo, publish, serve
+
+
+@pytest.fixture(scope="module")
+def root_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One repository's root metadata for every install directory below (none of them downloads)."""
+    return make_repo(tmp_path_factory.mktemp("repo")).root_json
+
+
+def install_dir(where: Path, root: Path, **settings: str) -> Path:
+    config_mod.init(where, "http://127.0.0.1:9/", root, "stable", "linux-x86_64",
+                    **{"report_url": "http://127.0.0.1:9/", **settings})
+    return where
 
 
 def test_metrics_ride_on_the_next_report_about_the_running_version(tmp_path: Path) -> None:
@@ -63,8 +78,8 @@ BAD = [
 ]
 
 
-def test_bad_metrics_are_one_line_config_errors(tmp_path: Path) -> None:
-    d = plain_dir(tmp_path, "http://127.0.0.1:9/")
+def test_bad_metrics_are_one_line_config_errors(tmp_path: Path, root_json: Path) -> None:
+    d = install_dir(tmp_path / "d", root_json)
     for name, value, words in BAD:
         with pytest.raises(ConfigError) as info:
             AutoUpdater(d).record_metric(name, value)  # type: ignore[arg-type]
@@ -74,8 +89,8 @@ def test_bad_metrics_are_one_line_config_errors(tmp_path: Path) -> None:
     assert not (d / "reports" / "metrics.json").exists()
 
 
-def test_at_most_sixteen_names_wait_and_reporting_off_keeps_nothing(tmp_path: Path) -> None:
-    d = plain_dir(tmp_path, "http://127.0.0.1:9/")
+def test_at_most_sixteen_names_wait_and_reporting_off_keeps_nothing(tmp_path: Path, root_json: Path) -> None:
+    d = install_dir(tmp_path / "d", root_json)
     updater = AutoUpdater(d)
     for i in range(MAX_METRICS):
         assert updater.record_metric(f"m{i}", i)
@@ -85,6 +100,27 @@ def test_at_most_sixteen_names_wait_and_reporting_off_keeps_nothing(tmp_path: Pa
     pending = json.loads((d / "reports" / "metrics.json").read_text())
     assert len(pending) == MAX_METRICS and pending["m0"] == [2, 5.0]
 
-    off = plain_dir(tmp_path / "off", "http://127.0.0.1:9/", report="off")
+    off = install_dir(tmp_path / "off", root_json, report="off")
     assert AutoUpdater(off).record_metric("startup_ms", 1) is False
     assert not (off / "reports").exists()
+
+
+def test_the_metric_command(tmp_path: Path, root_json: Path) -> None:
+    """``pinnacle-update metric NAME VALUE`` for applications that are not Python (a hook, a script)."""
+    d = install_dir(tmp_path / "d", root_json)
+    base = ("--install-dir", str(d), "metric")
+    kept = run_cli("pinnacle-update", *base, "startup_ms", "212.5")
+    assert kept.stdout.strip() == "startup_ms = 212.5: kept for the next report"
+    shown = json.loads(run_cli("pinnacle-update", *base, "startup_ms", "7", "--json").stdout)
+    assert shown == {"name": "startup_ms", "value": 7.0, "kept": True}
+    assert reporting.Reports(d).pending_metrics() == {"startup_ms": (2, 219.5)}
+    for args, code, words in ((("Startup", "1"), ConfigError.exit_code, "cannot record metric: metrics: name"),
+                              (("x", "nan"), ConfigError.exit_code, "nan is not a finite number"),
+                              (("x", "twelve"), ExitCode.USAGE, "'twelve' is not a valid float")):
+        result = run_cli("pinnacle-update", *base, *args, check=False)
+        assert result.returncode == code, (args, result.stderr)
+        assert words in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    assert reporting.Reports(d).pending_metrics() == {"startup_ms": (2, 219.5)}  # the refusals kept nothing
+    off = install_dir(tmp_path / "off", root_json, report="off")
+    assert "not kept: reporting is off" in run_cli("pinnacle-update", "--install-dir", str(off), "metric", "a",
+                                                   "1").stdout
