@@ -27,6 +27,7 @@ from pinnacle_updates.client import config
 from pinnacle_updates.client.errors import ConfigError, RepositoryError
 from pinnacle_updates.client.repo_access import load
 from pinnacle_updates.client.transport import HttpxFetcher
+from tests.agent_server import run_agent
 from tests.conftest import run_cli
 from tests.helpers_client import Repo, app_files, make_repo, publish
 from tests.nginx_server import NginxServer, find_nginx
@@ -324,8 +325,8 @@ def test_credentials_over_plain_http_go_only_to_this_machine(tmp_path: Path, rep
 
 # ----- no credential anywhere -------------------------------------------------------------------------------
 def test_no_credential_in_any_output_log_or_file(tmp_path: Path, repo: Repo, basic_server: NginxServer) -> None:
-    """A whole run with basic auth and an extra header: init, config, install, check, status, history,
-    doctor, verify, with and without --json, and a failing run; then every file of the install dir."""
+    """A whole run with basic auth and an extra header: check, config show, install, status, history, doctor
+    (text and --json), a refused run, the agent's API; then every file of the install dir (logs/ included)."""
     install = tmp_path / "install"
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
@@ -337,20 +338,23 @@ def test_no_credential_in_any_output_log_or_file(tmp_path: Path, repo: Repo, bas
         proc = run_cli("pinnacle-update", "--install-dir", str(install), *args, env=env, check=ok)
         outputs.extend((proc.stdout, proc.stderr))
 
-    cli("init", "--repo", basic_server.url, "--root", str(repo.root_json), "--platform", "any")
-    cli("config", "set", "repo_username", USER)
-    cli("config", "set", "repo_password_file", password)
-    cli("config", "set", "repo_headers_file", headers)
-    cli("config", "set", "health_command", "test -f healthy")
-    for as_json in ((), ("--json",)):
-        cli("check", *as_json)
-        cli("config", "show", *as_json)
+    config.init(install, basic_server.url, repo.root_json, "stable", "any", health_command="test -f healthy",
+                repo_username=USER, repo_password_file=password, repo_headers_file=headers)
+    cli("check")
+    cli("config", "show")
+    cli("config", "show", "--json")
     cli("install", "--json")
     _installed(install)
-    for args in (("status",), ("status", "--json"), ("history",), ("history", "--json"), ("doctor", "--json"),
-                 ("verify",)):
+    for args in (("status", "--json"), ("history",), ("doctor", "--json")):
         cli(*args, ok=False)  # doctor may find something to say about this machine; the output is what counts
     cli("check", env={"PINNACLE_REPO_PASSWORD": "wrong-" + PASSWORD}, ok=False)  # a refused run, error output
+    with run_agent(install) as agent:  # the agent's API and its log
+        checked = agent.post("/api/updates/check", {})
+        assert checked.status_code == 200, checked.text
+        for path in ("/api/updates/status", "/api/updates/config", "/api/updates/history", "/api/updates/channels",
+                     "/api/health", "/api/updates/analytics"):
+            outputs.append(agent.get(path, headers=agent.auth()).text)
+        outputs.append(checked.text)
     text = "\n".join(outputs)
     assert basic_server.url.rstrip("/") in text  # the repository is named ...
     for secret in SECRETS:  # ... its credentials never

@@ -151,10 +151,14 @@ def test_bad_seed_values_change_nothing(tmp_path: Path, repo: Repo, seed: dict[s
     assert "\n" not in str(caught.value) and (install / "config.toml").read_bytes() == before
 
 
-def test_without_an_install_dir_it_says_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_without_an_install_dir_it_says_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, repo: Repo) -> None:
     monkeypatch.delenv("PINNACLE_INSTALL_DIR", raising=False)
     with pytest.raises(ConfigError, match="PINNACLE_INSTALL_DIR"):
         AutoUpdater(_seed_update_config())
+    with pytest.raises(ConfigError, match="PINNACLE_INSTALL_DIR"):
+        AutoUpdater()
+    monkeypatch.setenv("PINNACLE_INSTALL_DIR", str(_init(tmp_path, str(repo.dir), repo)))
+    assert AutoUpdater().settings()["channel"] == "stable"  # the seed's `updater = AutoUpdater()`
     with pytest.raises(ConfigError, match="not usable JSON"):
         read_file(_bad_json(tmp_path))
 
