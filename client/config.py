@@ -308,6 +308,12 @@ def _log_format(v: str) -> None:
         raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
 
 
+def _user_name(v: str) -> None:
+    """HTTP basic auth: a ':' would end the user name early (RFC 7617); one line of printable text."""
+    if len(v) > 256 or ":" in v or not v.isprintable():
+        raise ValueError("must be printable text without ':' (at most 256 characters)")
+
+
 def _optional_file(v: str) -> None:
     if len(v) > 4096 or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in v):
         raise ValueError("must be a file path of at most 4096 characters without control characters")
@@ -333,7 +339,7 @@ KEYS: Mapping[str, Key] = {
     "repo_token_file": Key(str, "", "file holding a bearer token for the repository (mode 600; or "
                            "PINNACLE_REPO_TOKEN)", _optional_file),
     "repo_username": Key(str, "", "basic-auth user name for the repository (or PINNACLE_REPO_USERNAME)",
-                         _optional_file),
+                         _user_name),
     "repo_password_file": Key(str, "", "file holding the basic-auth password (mode 600; or PINNACLE_REPO_PASSWORD)",
                               _optional_file),
     "repo_headers_file": Key(str, "", "file of extra 'Name: value' headers for the repository (mode 600; or "
@@ -500,8 +506,13 @@ def _coerce(key: str, spec: Key, value: Any) -> Value:
         if spec.check is not None:
             spec.check(value)
     except ValueError as exc:
-        raise ConfigError(f"config key {key!r}: {shown(value)} {_reason(exc)}") from None
+        what = "the value" if key in _UNSHOWN else shown(value)
+        raise ConfigError(f"config key {key!r}: {what} {_reason(exc)}") from None
     return value  # type: ignore[no-any-return]
+
+
+_UNSHOWN = frozenset({"repo_username"})
+"""Keys whose refused value is not repeated: 'user:password' typed by mistake must not reach a terminal log."""
 
 
 def _encodable(text: str) -> None:

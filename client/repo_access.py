@@ -81,8 +81,8 @@ def load(cfg: ClientConfig, install_dir: Path, environ: Mapping[str, str] | None
             missing = (f"{ENV['password']} or repo_password_file" if username
                        else f"{ENV['username']} or repo_username")
             raise ConfigError(f"basic auth for the repository needs a user name and a password: set {missing}")
-        if ":" in username or not username.isprintable():
-            raise ConfigError("repo_username must be printable text without ':'")
+        if ":" in username or not username.isprintable():  # from the environment (config.toml's is checked there)
+            raise ConfigError(f"{ENV['username']} must be printable text without ':'")
         pair = f"{username}:{password}".encode()
         headers.append(("Authorization", "Basic " + base64.b64encode(pair).decode("ascii")))
 

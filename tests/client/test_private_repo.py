@@ -306,6 +306,7 @@ def test_credentials_never_follow_a_redirect_to_another_origin(tmp_path: Path, r
     ({"repo_client_key": "/nonexistent/key.pem"}, {}, "without repo_client_cert"),
     ({"repo_ca_bundle": "/nonexistent/ca.pem"}, {}, "cannot read the repository's CA bundle"),
     ({"repo_token_file": "missing-token"}, {}, "cannot read repo_token_file"),
+    ({}, {"PINNACLE_REPO_USERNAME": "a:b", "PINNACLE_REPO_PASSWORD": PASSWORD}, "without ':'"),
 ])
 def test_bad_credential_settings_are_one_line_config_errors(
         tmp_path: Path, repo: Repo, settings: dict[str, str], env: dict[str, str], expected: str) -> None:
@@ -315,6 +316,13 @@ def test_bad_credential_settings_are_one_line_config_errors(
     message = str(caught.value)
     assert expected in message and "\n" not in message
     assert not any(s in message for s in SECRETS)
+
+
+def test_a_user_name_with_a_colon_is_refused_by_config_set(tmp_path: Path, repo: Repo) -> None:
+    install = _client(tmp_path, "https://updates.example.com/", repo)
+    with pytest.raises(ConfigError, match="without ':'") as caught:
+        config.set_value(install, "repo_username", f"alice:{PASSWORD}")
+    assert PASSWORD not in str(caught.value)  # a password typed there by mistake is not repeated
 
 
 def test_credentials_over_plain_http_go_only_to_this_machine(tmp_path: Path, repo: Repo) -> None:
