@@ -81,13 +81,18 @@ def ok_json(d: Path, *args: str) -> Any:
 
 
 def refused(d: Path, code: int, *args: str) -> str:
-    """Run a command that must fail: the exit code, one line on stderr, the disk unchanged."""
+    """Run a command that must fail: the exit code, one line on stderr (with --json: one JSON error line
+    on stdout, its message returned), the disk unchanged."""
     before = on_disk(d)
     result = run(d, *args)
     assert result.exit_code == code, (args, result.exit_code, result.output)
+    assert on_disk(d) == before, args
+    if "--json" in args:
+        error = json.loads(result.stdout.strip().splitlines()[-1])["error"]
+        assert error["code"] == code and result.stderr == "", (args, result.output)
+        return str(error["message"])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pinnacle-update: error: "), (args, result.stderr)
-    assert on_disk(d) == before, args
     return lines[0]
 
 

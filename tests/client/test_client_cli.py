@@ -84,6 +84,10 @@ def fails(d: Path | None, *args: str, env: dict[str, str] | None = None) -> str:
     proc = run_cli("pinnacle-update", *prefix, *args, env=env, check=False)
     assert proc.returncode != 0, f"expected a failure, got exit 0:\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr
+    if "--json" in args:  # the error is one JSON line on stdout, the last one, and nothing on stderr
+        error = json.loads(proc.stdout.strip().splitlines()[-1])["error"]
+        assert error["code"] == proc.returncode and proc.stderr == "", (proc.stdout, proc.stderr)
+        return f"pinnacle-update: error: {error['message']}"
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
     assert lines[0].startswith("pinnacle-update: error: ")
