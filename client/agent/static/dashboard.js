@@ -265,7 +265,8 @@ function renderHistory(data) {
   }
   if (!shown) body.appendChild(el("tr", {}, [el("td", { colspan: "8", class: "muted", text: "no records match" })]));
   labelCells($("history"));
-  $("history-count").textContent = shown + " shown of " + data.total + " matching";
+  $("history-count").textContent = shown + " shown of " + data.total + " matching" +
+    (kind ? "" : " (checks and verifies hidden: pick them under Kind)");
 }
 
 function historyQuery() {
