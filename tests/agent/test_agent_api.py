@@ -241,6 +241,13 @@ def test_rollback_switches_back_and_refuses_without_a_previous_version(agent: Ag
     assert s["job"]["kind"] == "rollback" and s["job"]["state"] == "succeeded"
     analytics = agent.get("/api/updates/analytics").json()
     assert analytics["rollbacks"] == 1 and analytics["failed_updates"] == 0  # a manual rollback is no failure
+    # installable by name without force; a rollback with mark_bad makes it bad (the CLI's --mark-bad)
+    assert _install(agent, V101)["state"] == "succeeded"
+    r = agent.post("/api/updates/rollback", {"mark_bad": True})
+    assert r.status_code == 200, r.text
+    s = agent.status()
+    assert V101 in s["installed"]["bad_versions"] and V101 not in s["installed"]["rolled_back_versions"]
+    _error(agent.post("/api/updates/rollback", {"mark_bad": "yes"}), 422, "invalid_request")
 
 
 # ----- config -------------------------------------------------------------------------------------------
