@@ -364,7 +364,8 @@ def history_cmd(updater: AutoUpdater, limit: int | None, as_json: bool) -> None:
     lines = []
     for r in records:
         what = r.get("op", "?")
-        keys = ("version", "from_version", "to_version", "via", "outcome", "reason", "groups", "clock_note")
+        keys = ("version", "from_version", "to_version", "via", "outcome", "reason", "bad_version",
+                "rolled_back_version", "groups", "clock_note")
         detail = " ".join(f"{k}={r[k]}" for k in keys if r.get(k))
         lines.append(f"{r.get('ts', '')} {what} {detail}".strip())
     emit(as_json, records, "\n".join(lines) or "no history yet")
