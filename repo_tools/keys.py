@@ -33,7 +33,7 @@ from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
 from pinnacle_updates.formats import boundedjson
 from pinnacle_updates.formats.fsutil import atomic_write, read_regular
-from pinnacle_updates.formats.index import CHANNELS, check_channel
+from pinnacle_updates.formats.index import CHANNELS, FormatError, check_channel
 
 from .errors import KeyStoreError
 
@@ -353,7 +353,12 @@ def create_keys(
         raise KeyStoreError(f"root threshold {root_threshold} of {root_keys} keys is impossible")
     if passphrase is not None and not passphrase:
         raise KeyStoreError("the passphrase is empty")
-    channel_list = [check_channel(c) for c in channels]
+    try:
+        channel_list = [check_channel(c) for c in channels]
+    except FormatError as exc:
+        raise KeyStoreError(str(exc)) from None
+    if len(set(channel_list)) != len(channel_list):
+        raise KeyStoreError("a channel is named twice")
     directory = Path(directory)
     if (directory / KEYS_FILE).exists() and not force:
         raise KeyStoreError(f"{directory / KEYS_FILE} already exists; refusing to overwrite keys")

@@ -17,6 +17,7 @@ import click
 from pinnacle_updates.formats import progress
 from pinnacle_updates.formats.cliutil import emit
 from pinnacle_updates.formats.exitcodes import ExitCode
+from pinnacle_updates.formats.index import CHANNELS
 
 from .. import rootsign
 from ..keys import (
@@ -62,9 +63,12 @@ def keys() -> None:
 @click.option("--root-keys", default=1, show_default=True, help="Root keys to create.")
 @click.option("--insecure-plaintext", is_flag=True, help="Store private keys unencrypted (demo and tests only).")
 @click.option("--force", is_flag=True, help="Overwrite an existing key directory.")
+@click.option("--channel", "channels", multiple=True,
+              help="A channel to create (repeatable; default: stable, beta, alpha). Later: `channel add`.")
 @json_option
 def keys_init(
-    keys_dir: Path, root_threshold: int, root_keys: int, insecure_plaintext: bool, force: bool, as_json: bool
+    keys_dir: Path, root_threshold: int, root_keys: int, insecure_plaintext: bool, force: bool,
+    channels: tuple[str, ...], as_json: bool,
 ) -> None:
     """Create ed25519 keys for root, targets, snapshot, timestamp and each channel."""
     passphrase: str | None = None
@@ -76,7 +80,7 @@ def keys_init(
             passphrase = click.prompt(
                 "Passphrase for the new keys", hide_input=True, confirmation_prompt=True, err=True
             )
-    summary = create_keys(keys_dir, passphrase, root_threshold, root_keys, force=force)
+    summary = create_keys(keys_dir, passphrase, root_threshold, root_keys, channels or CHANNELS, force=force)
     lines = [f"keys written to {keys_dir} ({'encrypted' if passphrase else 'PLAINTEXT, demo only'})"]
     for role, info in summary["roles"].items():
         lines.append(f"  {role}: {len(info['keyids'])} key(s), threshold {info['threshold']}")

@@ -148,3 +148,13 @@ def test_channel_add_with_offline_targets_keys(tmp_path: Path, repo: Repo) -> No
     assert "customer-acme" in _release("channel", "list", str(repo.dir)).split()
     _publish(repo, "customer-acme", "1.0.1")  # with the channel's own key, adopted into keys.json by the publish
     _release("verify", str(repo.dir))
+
+
+def test_a_new_repository_starts_with_the_channels_named(tmp_path: Path) -> None:
+    keys, repo_dir = tmp_path / "keys", tmp_path / "repo"
+    bad = run_cli("pinnacle-release", "keys", "init", str(keys), "--insecure-plaintext", "--channel", "Nightly",
+                  check=False)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "bad channel name" in bad.stderr
+    assert not keys.exists()
+    _release("keys", "init", str(keys), "--insecure-plaintext", "--channel", "stable", "--channel", "nightly")
+    assert "channels nightly, stable" in _release("init", str(repo_dir), "--keys", str(keys))
