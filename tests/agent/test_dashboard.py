@@ -258,6 +258,17 @@ def test_dashboard_controls_the_machine(site: Any, browser: Any, tmp_path: Path,
             expect(page.locator("#history tbody tr").filter(has_not_text=V101)).to_have_count(0)
             expect(page.locator("#history tbody tr").filter(has_text=V101)).not_to_have_count(0)
 
+            # a rollback that marks the version it leaves bad (the box), said in the confirmation first
+            page.fill("#filter-version", "")
+            dialogs.clear()
+            page.check("#rollback-bad")
+            page.click("#rollback-btn")
+            expect(page.locator("#message")).to_contain_text(f"Rolled back {V1} → {V102}")
+            assert len(dialogs) == 1 and f"{V1} is marked BAD" in dialogs[0], dialogs
+            expect(page.locator("#installed-version")).to_have_text(V102)
+            installed = agent.status()["installed"]  # (nightly's list does not hold V1: the state says it)
+            assert V1 in installed["bad_versions"] and V1 not in installed["rolled_back_versions"], installed
+
             _fits(page)
             _shot(page, tmp_path / f"dashboard-{width}-after.png")
             if width == 390:  # the narrowest phones the page is made for
