@@ -104,6 +104,8 @@ def test_names_from_the_repository_are_escaped(tmp_path: Path) -> None:
         output = proc.stdout + proc.stderr
         assert not any(c in output for c in "\x1b\x07\u202e"), output
         assert "Traceback" not in output
+        if args:  # --json: the report (with its warnings) on stdout, the error line (problems in details) on stderr
+            output = "\n".join([*json.loads(proc.stderr)["error"]["details"], *json.loads(proc.stdout)["warnings"]])
         assert "\\x1b]0;title\\x07.bin" in output  # the signed target nobody's index references
         assert "\\u202etxt.exe" in output  # the unreferenced file
         assert "\\x1b[2J\\x1b[31mred" in output  # the release tree: unsafe on its platform
