@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool.close()
     best = min(FIXED_MINIMUMS, key=lambda m: results["0.05"]["fixed"][str(m)]["exposed_p95"])
     elapsed = time.monotonic() - began
-    goals = judge(results, best)
+    goals = judge(results, best, calib_rate)
     doc = {"clients": CLIENTS, "steps": STEPS, "step_hours": STEP_SECONDS / 3600, "look_seconds": LOOK_SECONDS,
            "bad_seeds": bad_seeds, "good_seeds": good_seeds, "options": options_dict(options),
            "calibration": {"ours_false_halts": calib_rate, "fixed_thresholds": {str(m): t for m, t in
@@ -499,7 +499,37 @@ def options_dict(o: canary.Options) -> dict[str, Any]:
             "alternatives": [list(a) for a in canary.ALTERNATIVES]}
 
 
-def judge(results: dict[str, Any], best: int) -> list[dict[str, Any]]:
+def _binom_pmf(k: int, n: int, p: float) -> float:
+    if p in (0.0, 1.0):
+        return float(k == (n if p == 1.0 else 0))
+    # in log space: comb(n, k) passes a float's range long before the bound's n does
+    return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                    + k * math.log(p) + (n - k) * math.log1p(-p))
+
+
+def information_bound(false_rate: float, good: float = GOOD_RATE, bad: float = 0.05, power: float = 0.95,
+                      limit: int = 2000) -> int:
+    """The fewest installs ANY rule needs to have seen to halt ``power`` of ``bad`` releases by then, while
+    halting good ones (``good``) at most ``false_rate`` of the time. By Neyman-Pearson: whatever a rule
+    decides from the first n outcomes is a test of ``good`` against ``bad`` on n trials, and none has more
+    power at that size than the (randomised) one rejecting for many failures. Generous to the rule: the
+    baseline's true rate is known exactly, all of the false-halt budget is spent at that one n, and no
+    install is in flight unreported. Measured exposure can only be higher."""
+    for n in range(1, limit + 1):
+        size = strength = 0.0
+        for k in range(n, -1, -1):  # reject for k failures or more, the most telling first
+            p_good, p_bad = _binom_pmf(k, n, good), _binom_pmf(k, n, bad)
+            if size + p_good > false_rate:
+                share = (false_rate - size) / p_good if p_good > 0 else 0.0  # randomise at this k
+                strength += share * p_bad
+                break
+            size, strength = size + p_good, strength + p_bad
+        if strength >= power:
+            return n
+    return limit
+
+
+def judge(results: dict[str, Any], best: int, calib_rate: float) -> list[dict[str, Any]]:
     good = results["0.005"]["ours"]
     five = results["0.05"]["ours"]
     fixed_five = results["0.05"]["fixed"][str(best)]
@@ -514,7 +544,14 @@ def judge(results: dict[str, Any], best: int) -> list[dict[str, Any]]:
         (f"5%: p95 <= half the fixed rule's (m={best}: {fixed_five['exposed_p95']})", five["exposed_p95"],
          five["exposed_p95"] <= fixed_five["exposed_p95"] / 2, False),
     ]
-    return [{"goal": g, "value": v, "pass": bool(p), "share": share} for g, v, p, share in checks]
+    out = [{"goal": g, "value": v, "pass": bool(p), "share": share} for g, v, p, share in checks]
+    # What the 5 % exposure goals ask, against what no rule can beat at the false-halt rate the anchor was
+    # calibrated to: below that bound a goal is out of reach of any rule, ours or another.
+    bound = information_bound(calib_rate)
+    for goal, line in ((out[2], 200), (out[5], fixed_five["exposed_p95"] / 2)):
+        goal["bound"] = bound
+        goal["reachable"] = line >= bound
+    return out
 
 
 def print_table(doc: dict[str, Any]) -> None:
@@ -542,8 +579,12 @@ def print_table(doc: dict[str, Any]) -> None:
     for g in doc["goals"]:
         value = g["value"]
         shown = f"{value:.2%}" if g["share"] else f"{value:g}"
-        print(f"{'PASS' if g['pass'] else 'FAIL'}  {g['goal']}: {shown}" + ("  (quick run: not judged)"
-                                                                          if doc["quick"] else ""))
+        bound = (f"  (no rule of any kind halts 95% of 5% releases before {g['bound']} installs have reported at "
+                 f"the calibrated false-halt rate: Neyman-Pearson bound"
+                 + ("" if g["reachable"] else "; this goal lies below it: UNREACHABLE by any rule") + ")"
+                 if "bound" in g else "")
+        print(f"{'PASS' if g['pass'] else 'FAIL'}  {g['goal']}: {shown}{bound}" + ("  (quick run: not judged)"
+                                                                                  if doc["quick"] else ""))
     print(f"run time {doc['seconds']:.0f} s")
 
 

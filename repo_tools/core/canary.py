@@ -109,11 +109,14 @@ CLASSES: Mapping[str, tuple[str, frozenset[str]]] = {
 }
 """Cause classes: which outcome and causes (``formats.report.ALLOWED``) count as a failure of each."""
 
-ALTERNATIVES: tuple[tuple[float, float], ...] = ((2.0, 0.15), (4.0, 0.5), (8.0, 0.2), (40.0, 0.15))
+ALTERNATIVES: tuple[tuple[float, float], ...] = ((2.0, 0.15), (5.0, 0.65), (40.0, 0.2))
 """(ratio r_j, weight w_j): the alternative failure rates q_j = p0 * r_j the mixture spreads over.
-Chosen with bench/canary.py: half the weight at 4x the null rate (a 5 % release over a 0.5 %
-baseline is ~6x), some at 2x so a 2 % release is caught within a few thousand installs, some at 8x,
-and some at 40x so that a release failing everywhere is halted after a handful of installs."""
+Chosen with bench/canary.py and an exact first-passage computation of the rule's boundary: most of
+the weight at 5x the null rate (a 5 % release over a 0.5 % baseline is ~7x p0, and 5x puts the
+boundary at 5-6 failures where 5 % releases that started lucky are still being seen, near 150-200
+installs), some at 2x so a 2 % release is caught before the last step, and some at 40x so that a
+release failing everywhere is halted after a handful of installs. Spreading it wider, e.g.
+(2, 0.15), (4, 0.5), (8, 0.2), (40, 0.15), costs ~10 clients of p95 exposure at 5 %."""
 
 
 class Action(StrEnum):
@@ -138,7 +141,7 @@ class Options:
     """A halt becomes a yank (halt plus fleet rollback to the last good release)."""
     alpha: float = 0.1
     """Bound on the chance of ever halting a release no worse than the null rate, over all looks."""
-    tolerance: float = 0.001
+    tolerance: float = 0.0005
     """Added to the baseline's upper bound: how much worse than the baseline is still acceptable."""
     min_installs: int = 5
     """Install attempts before any decision (a halt included)."""

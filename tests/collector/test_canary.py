@@ -278,3 +278,14 @@ def test_the_simulation_quick_run_prints_its_table_shape() -> None:
     assert doc["cases"]["1"]["ours"]["halted"] == 1.0  # a release failing everywhere always stops
     assert doc["cases"]["1"]["ours"]["exposed_p95"] <= 10
     assert len(doc["goals"]) == 6 and all({"goal", "value", "pass"} <= set(g) for g in doc["goals"])
+
+
+def test_the_simulation_s_information_bound_is_the_neyman_pearson_one() -> None:
+    """bench/canary.py's bound on any rule (figures checked against scipy.stats.binom by hand)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import canary as bench
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert [bench.information_bound(f) for f in (0.004, 0.006, 0.0065, 0.008)] == [177, 170, 168, 153]
+    assert bench.information_bound(0.5) < bench.information_bound(0.01) < bench.information_bound(0.001)

@@ -236,8 +236,8 @@ def test_a_hold_on_evidence_is_timed_across_looks_and_becomes_a_halt(rolling: Re
                                                                      storage: Storage) -> None:
     """Failures that lean bad hold the gate; the hold is timed from the log across separate looks (as
     with --once from cron) and becomes a halt after hold_limit."""
-    _reports(storage, 36)
-    # 4/40 against 2%: M = 17.5, between hold_at (10) and the halt threshold (20)
+    _reports(storage, 40)
+    # 4/44 against 2%: M = 14.5, between hold_at (10) and the halt threshold (20)
     _reports(storage, 4, outcome="rolled_back", cause="health_check")
     opts = {"hold_limit": 3600}
     first = _look(rolling, keystore, storage, T0 + HOUR, **opts)
