@@ -32,6 +32,7 @@ import base64
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -100,6 +101,7 @@ def load(cfg: ClientConfig, install_dir: Path, environ: Mapping[str, str] | None
     for path, what in ((cert, "client certificate"), (key, "client key"), (ca, "CA bundle")):
         if path is not None:
             _readable(path, what)
+    _loads(cert, key, ca)
 
     if not headers and cert is None and ca is None:
         return None
@@ -159,6 +161,23 @@ def _readable(path: Path, what: str) -> None:
         fsutil.read_regular(path, SECRET_MAX, follow=True)
     except OSError as exc:
         raise ConfigError(f"cannot read the repository's {what} {path}: {exc.strerror or exc}") from None
+
+
+def _loads(cert: Path | None, key: Path | None, ca: Path | None) -> None:
+    """The TLS files as the fetcher will load them (only these files, no system CA store: cheap), so that
+    a key that does not belong to its certificate, or a CA file that holds no certificate, is a
+    configuration error now and not a network error at the first https request."""
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if cert is not None:
+            what = "repo_client_cert and repo_client_key" if key is not None else "repo_client_cert (with its key)"
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+        if ca is not None:
+            what = "repo_ca_bundle"
+            context.load_verify_locations(cafile=str(ca))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"{what} cannot be used for TLS: {reason}") from None
 
 
 def _visible(value: str, where: str) -> None:

@@ -421,6 +421,9 @@ def _translate(exc: Exception, subject: str, updater: Updater | None,
                                    "check repo_token_file, repo_username/repo_password_file or PINNACLE_REPO_*")
         if exc.status_code in (403, 404):
             return RepositoryError(f"{subject} is not on the repository ({text})")
+        if exc.status_code == 400 and "https:" in text:  # nginx's answer to a missing or refused client certificate
+            return RepositoryError(f"the repository failed to serve {subject} ({text}); if it asks for a client "
+                                   "certificate, check repo_client_cert/repo_client_key")
         return RepositoryError(f"the repository failed to serve {subject} ({text})")
     if isinstance(exc, tuf_exc.SlowRetrievalError):
         return RepositoryError(f"the repository is too slow or unreachable: {subject} timed out ({text or 'timeout'})")

@@ -234,13 +234,16 @@ def test_bearer_token_and_extra_header(tmp_path: Path, repo: Repo, token_server:
 def test_mtls_right_certificate_installs_others_are_refused(
         tmp_path: Path, repo: Repo, pki: Path, mtls_server: NginxServer) -> None:
     install = _client(tmp_path, mtls_server.url, repo, repo_ca_bundle=str(pki / "ca.pem"))
-    _refused(install, mtls_server.url)  # no client certificate: nginx answers 400
+    assert "check repo_client_cert" in _refused(install, mtls_server.url)  # no client certificate: nginx's 400
     stranger = {"PINNACLE_REPO_CLIENT_CERT": str(pki / "stranger.pem"),
                 "PINNACLE_REPO_CLIENT_KEY": str(pki / "stranger.key")}
     _refused(install, mtls_server.url, stranger)  # a certificate from another CA
     right = {"PINNACLE_REPO_CLIENT_CERT": str(pki / "client.pem"), "PINNACLE_REPO_CLIENT_KEY": str(pki / "client.key")}
     line = _refused(install, mtls_server.url, {**right, "PINNACLE_REPO_CA_BUNDLE": str(pki / "other-ca.pem")})
     assert "certificate" in line.lower()  # the server's certificate does not verify against that bundle
+    mismatch = {**right, "PINNACLE_REPO_CLIENT_KEY": str(pki / "stranger.key")}
+    proc = _install(install, mismatch)  # a key that is not the certificate's: a config error, before any request
+    assert proc.returncode == ConfigError.exit_code and "cannot be used for TLS" in proc.stderr
     config.set_value(install, "repo_client_cert", str(pki / "client.pem"))
     config.set_value(install, "repo_client_key", str(pki / "client.key"))
     proc = _install(install)
@@ -316,6 +319,13 @@ def test_bad_credential_settings_are_one_line_config_errors(
     message = str(caught.value)
     assert expected in message and "\n" not in message
     assert not any(s in message for s in SECRETS)
+
+
+def test_a_ca_bundle_without_certificates_is_a_config_error(tmp_path: Path, repo: Repo) -> None:
+    (tmp_path / "not-a-ca.pem").write_text("no certificate here\n")
+    install = _client(tmp_path, "https://updates.example.com/", repo, repo_ca_bundle=str(tmp_path / "not-a-ca.pem"))
+    with pytest.raises(ConfigError, match="repo_ca_bundle cannot be used for TLS"):
+        load(config.load(install), install, environ={})
 
 
 def test_a_user_name_with_a_colon_is_refused_by_config_set(tmp_path: Path, repo: Repo) -> None:
