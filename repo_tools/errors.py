@@ -52,6 +52,12 @@ class ExpiringSoon(ReleaseError):
     exit_code = ExitCode.EXPIRING_SOON
 
 
+class ServerError(ReleaseError):
+    """A server the publisher asks (the fleet collector) could not be reached or answered something unusable."""
+
+    exit_code = ExitCode.NETWORK
+
+
 class ObjectStoreError(ReleaseError):
     """``sync`` to ``s3://``: the object store is unreachable, refused the credentials or the request, or
     the bucket is missing; what was served before the sync is still served."""

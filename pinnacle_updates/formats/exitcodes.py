@@ -51,7 +51,7 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.BUSY: "another process holds the lock (retry, or pass --wait)",
     ExitCode.STATE: "the install directory's or the repository's state does not allow this command",
     ExitCode.BACKUP: "a data backup could not be taken, read or restored, or differs from its manifest",
-    ExitCode.KEYS: "signing keys are missing, unreadable, wrongly encrypted or do not match the repository",
+    ExitCode.KEYS: "keys or tokens are missing, unreadable, too open, wrongly encrypted, refused or do not match",
     ExitCode.UNSAFE_INPUT: "an input holds something a release must never carry (paths, links, devices, names)",
     ExitCode.REFUSED: "the request breaks a rule (not newer, already installed, marked bad, yanked); nothing changed",
     ExitCode.EXPIRING_SOON: "`status --warn-days`: a signed role expires within the window (or has expired)",

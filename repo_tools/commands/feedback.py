@@ -14,7 +14,7 @@ import click
 
 from pinnacle_updates.formats.cliutil import emit
 
-from ..errors import KeyStoreError, ReleaseError
+from ..errors import KeyStoreError, ServerError
 from .options import failure, json_option
 
 DEFAULT_DB = "reports.sqlite"
@@ -150,16 +150,16 @@ def _ask_collector(url: str, token_file: Path, channel: str | None, version: str
         response = httpx.get(url.rstrip("/") + "/v1/fleet/report", params=params, timeout=60,
                              headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
-        raise ReleaseError(f"cannot reach the collector at {shown}: {type(exc).__name__}") from None
+        raise ServerError(f"cannot reach the collector at {shown}: {type(exc).__name__}") from None
     try:
         data = load_object(response.content, "the collector's answer", max_bytes=256 << 20)
     except FormatError as exc:
-        raise ReleaseError(f"{shown} answered HTTP {response.status_code}, not a fleet report ({exc})") from None
+        raise ServerError(f"{shown} answered HTTP {response.status_code}, not a fleet report ({exc})") from None
     if response.status_code == 401:
         raise KeyStoreError(f"the collector at {shown} refused the read token in {token_file}")
     if response.status_code != 200:
         message = str(data.get("error", ""))[:300].replace("\n", " ")
-        raise ReleaseError(f"the collector at {shown} answered HTTP {response.status_code}: {message}")
+        raise ServerError(f"the collector at {shown} answered HTTP {response.status_code}: {message}")
     return data
 
 

@@ -20,10 +20,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from pinnacle_updates.formats.exitcodes import ExitCode
 from pinnacle_updates.formats.report import MAX_BATCH_BYTES, encode_batch
 from pinnacle_updates.repo_tools.cli import cli
 from pinnacle_updates.repo_tools.collector.storage import open_storage
-from pinnacle_updates.repo_tools.errors import ReleaseError
+from pinnacle_updates.repo_tools.errors import KeyStoreError, ReleaseError, RepositoryStateError, ServerError
 from tests.client.test_transport_tls import pki  # noqa: F401 - the fixture
 from tests.collector.conftest import make_report
 from tests.conftest import run_cli
@@ -198,10 +199,11 @@ def test_serve_refusals_are_one_line(tmp_path: Path) -> None:
     leaky.write_text("t" * 40)
     os.chmod(leaky, 0o644)
     cases = [
-        (["--db", "/nonexistent-dir/r.sqlite"], 5, "not a directory"),
-        (["--db", "postgresql://u:hunter2@127.0.0.1:1/x"], 5, "cannot connect"),
-        (["--db", str(tmp_path / "r.sqlite"), "--token-file", str(leaky)], 2, "readable by other users"),
-        (["--db", str(tmp_path / "r.sqlite"), "--certfile", str(leaky)], 2, "--certfile and --keyfile"),
+        (["--db", "/nonexistent-dir/r.sqlite"], RepositoryStateError.exit_code, "not a directory"),
+        (["--db", "postgresql://u:hunter2@127.0.0.1:1/x"], RepositoryStateError.exit_code, "cannot connect"),
+        (["--db", str(tmp_path / "r.sqlite"), "--token-file", str(leaky)], KeyStoreError.exit_code,
+         "readable by other users"),
+        (["--db", str(tmp_path / "r.sqlite"), "--certfile", str(leaky)], ExitCode.USAGE, "--certfile and --keyfile"),
     ]
     for args, code, message in cases:
         status, stderr = release_cli("collector", "serve", "--port", "0",
@@ -217,13 +219,14 @@ def test_fleet_report_refusals(tmp_path: Path, collector_factory: Any) -> None:
     wrong = tmp_path / "wrong.token"
     wrong.write_text("not-the-token-at-all")
     cases = [
-        ([], 2, "give --db"),
-        (["--db", db, "--collector", collector.url], 2, "give --db"),
-        (["--collector", collector.url], 2, "--token-file"),
-        (["--collector", collector.url, "--token-file", str(wrong)], 2, "refused the read token"),
-        (["--collector", "http://127.0.0.1:1", "--token-file", str(wrong)], 1, "cannot reach the collector"),
-        (["--db", db, "--since", "yesterday"], 2, "since"),
-        (["--db", str(tmp_path / "typo.sqlite")], 5, "no reports database at"),
+        ([], ExitCode.USAGE, "give --db"),
+        (["--db", db, "--collector", collector.url], ExitCode.USAGE, "give --db"),
+        (["--collector", collector.url], ExitCode.USAGE, "--token-file"),
+        (["--collector", collector.url, "--token-file", str(wrong)], KeyStoreError.exit_code, "refused the read token"),
+        (["--collector", "http://127.0.0.1:1", "--token-file", str(wrong)], ServerError.exit_code,
+         "cannot reach the collector"),
+        (["--db", db, "--since", "yesterday"], ExitCode.USAGE, "since"),
+        (["--db", str(tmp_path / "typo.sqlite")], RepositoryStateError.exit_code, "no reports database at"),
     ]
     for args, code, message in cases:
         status, stderr = release_cli("fleet", "report", *args)
