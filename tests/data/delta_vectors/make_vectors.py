@@ -1,0 +1,229 @@
+"""Generate the delta test vectors of docs/DELTA-FORMAT.md: run from the repository root with
+``.venv/bin/python tests/data/delta_vectors/make_vectors.py`` (rewrites every vector directory here).
+
+Each vector ``<name>/`` holds ``base/`` and ``target/`` (the two release trees), ``from-1.0.0.pdelta``
+(the delta our publisher writes for them: ``repo_tools.delta.build_delta``, the code ``publish``
+runs) and ``vector.json``: both manifests, the signed manifest target of the target release (its
+zstd level, length and sha256), the container kind, the ops, and the sha256 of the delta and of every
+target file. The trees are generated from fixed seeds, so the whole directory is a function of this
+script and the publisher's encoders (tests/formats/test_delta_vectors.py regenerates it and compares).
+
+Nothing below a vector's ``base/`` or ``target/`` is a Python file, and no directory is empty (git
+keeps neither empty directories nor modes beyond the execute bit; manifests normalise modes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))  # run as a script from anywhere: the repository root
+
+from pinnacle_updates.formats.archive import release_compressor, write_canonical_tar  # noqa: E402
+from pinnacle_updates.formats.delta_format import (  # noqa: E402
+    DeltaHeader,
+    ManifestPatch,
+    read_header,
+    write_delta,
+)
+from pinnacle_updates.formats.delta_segments import SegmentParams  # noqa: E402
+from pinnacle_updates.formats.index import EntryType, Manifest  # noqa: E402
+from pinnacle_updates.repo_tools import delta as publisher  # noqa: E402
+from pinnacle_updates.repo_tools.artifact import scan_tree  # noqa: E402
+
+MANIFEST_LEVEL = 19
+"""zstd level of the signed manifest targets (the publisher's default)."""
+DELTA_NAME = "from-1.0.0.pdelta"
+Files = dict[str, bytes | str]
+
+
+def noise(seed: str, size: int) -> bytes:
+    """``size`` incompressible but reproducible bytes."""
+    return b"".join(hashlib.sha256(f"{seed}/{i}".encode()).digest() for i in range(size // 32 + 1))[:size]
+
+
+def text(seed: str, lines: int) -> str:
+    """Source-like text that compresses and diffs like code."""
+    return "".join(f"def f_{seed}_{i}(x):\n    return x * {i} + {len(seed)}  # {seed} line {i}\n"
+                   for i in range(lines))
+
+
+def edited(data: bytes, at: int, new: bytes) -> bytes:
+    return data[:at] + new + data[at + len(new):]
+
+
+def per_file() -> tuple[Files, Files, dict[str, str]]:
+    """Per-file kind: an unchanged file (copy), a renamed one (copy from another base path), a
+    new file (zstd), a small edit in a binary (a patch op), a symlink and an executable."""
+    big = noise("big", 60_000)
+    base: Files = {
+        "bin/app": "#!/bin/sh\necho app 1.0.0\n",
+        "lib/big.bin": big,
+        "lib/same.dat": noise("same", 5_000),
+        "share/old-name.txt": "moved but unchanged\n" * 40,
+    }
+    target: Files = {
+        "bin/app": "#!/bin/sh\necho app 1.1.0\n",
+        "lib/big.bin": edited(big, 30_000, b"0123456789abcdef"),
+        "lib/same.dat": noise("same", 5_000),
+        "lib/new.dat": noise("new", 3_000),
+        "share/new-name.txt": "moved but unchanged\n" * 40,
+    }
+    return base, target, {"lib/link": "big.bin"}
+
+
+def whole_archive() -> tuple[Files, Files, dict[str, str]]:
+    """Many small text files each changed a little: one frame over the tars wins."""
+    base: Files = {f"src/m{i:02d}.txt": text(f"m{i}", 30) for i in range(24)}
+    target: Files = {path: str(body).replace("line 7\n", "line seven\n") for path, body in base.items()}
+    return base, target, {}
+
+
+def segments() -> tuple[Files, Files, dict[str, str]]:
+    """A file above the (lowered, see ``SEGMENTS``) whole-file limit: ``zstd-segments``."""
+    blob = noise("seg", 40_000)
+    return {"data/blob.bin": blob}, {"data/blob.bin": edited(blob, 25_000, b"SEGMENTED") + noise("tail", 500)}, {}
+
+
+def executable() -> tuple[Files, Files, dict[str, str]]:
+    """Code whose addresses shifted: a table of 4-byte pointers, those after an insertion moved by
+    16 (bsdiff's approximate matches: ``bsdiff-lzma``)."""
+    words = [noise("op", 4)[:2] + struct.pack("<H", i % 5000) for i in range(10_000)]
+    old = b"".join(w + struct.pack("<I", 0x400000 + 64 * i) for i, w in enumerate(words))
+    new = b"".join(w + struct.pack("<I", 0x400000 + 64 * i + (16 if i > 3000 else 0)) for i, w in enumerate(words))
+    return {"bin/tool": old}, {"bin/tool": new[:24_000] + b"\x90" * 16 + new[24_000:]}, {}
+
+
+def solid() -> tuple[Files, Files, dict[str, str]]:
+    """Solid kind (written with the publisher's solid encoder even where another kind is smaller):
+    text files renamed and edited alike, one unchanged (copied)."""
+    base: Files = {f"pkg/a{i}.txt": text(f"a{i}", 20) for i in range(4)}
+    target: Files = {f"pkg/b{i}.txt": text(f"a{i}", 20).replace("return", "yield") for i in range(4)}
+    target["pkg/a0.txt"] = base["pkg/a0.txt"]
+    return base, target, {}
+
+
+SEGMENTS = SegmentParams(whole_max=16_384, size=8_192, margin=2_048)
+"""The ``segments`` vector's publisher parameters: tiny files segmented as a 64 MiB one would be."""
+
+VECTORS: dict[str, tuple[Callable[[], tuple[Files, Files, dict[str, str]]], str, SegmentParams | None]] = {
+    # name: (trees, how: "per-file" (build_delta without the whole-tree candidates), "publish" (with
+    # them, as ``publish`` runs it) or "solid" (the solid encoder alone), segment parameters)
+    "per-file": (per_file, "per-file", None),
+    "executable": (executable, "per-file", None),
+    "whole-archive": (whole_archive, "publish", None),
+    "segments": (segments, "per-file", SEGMENTS),
+    "solid": (solid, "solid", None),
+}
+
+
+def encoder_versions() -> dict[str, str]:
+    """The libraries whose encoders fix the delta bytes: the same versions give the same bytes
+    (zstd and LZMA at fixed parameters, single-threaded, and bsdiff4 are deterministic), other
+    versions may code the same data differently (still valid deltas)."""
+    import ctypes
+
+    import bsdiff4
+    import pyzstd
+    import zstandard
+
+    lib = ctypes.CDLL("liblzma.so.5")
+    lib.lzma_version_string.restype = ctypes.c_char_p
+    return {"zstd (pyzstd)": pyzstd.zstd_version, "zstd (zstandard)": ".".join(map(str, zstandard.ZSTD_VERSION)),
+            "liblzma": lib.lzma_version_string().decode(), "bsdiff4": bsdiff4.__version__}
+
+
+def write_tree(root: Path, files: Files, links: dict[str, str]) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = content.encode() if isinstance(content, str) else content
+        path.write_bytes(data)
+        path.chmod(0o755 if data.startswith(b"#!") else 0o644)
+    for rel, link in links.items():
+        (root / rel).symlink_to(link)
+
+
+def manifest_of(root: Path, version: str) -> Manifest:
+    entries = scan_tree(root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        content = write_canonical_tar(fd, entries, lambda b: None)
+    finally:
+        os.close(fd)
+    return Manifest(version, content, tuple(entries))
+
+
+def make_vector(name: str, out: Path) -> None:
+    """Write the vector ``name`` into the (new or emptied) directory ``out``."""
+    trees, how, params = VECTORS[name]
+    base_files, target_files, links = trees()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    write_tree(out / "base", base_files, {})
+    write_tree(out / "target", target_files, links)
+    base, target = manifest_of(out / "base", "1.0.0"), manifest_of(out / "target", "1.1.0")
+    saved = publisher.SEGMENTS
+    publisher.SEGMENTS = params or saved
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            header, _ = publisher.build_delta(out / "base", base, out / "target", target, out / DELTA_NAME,
+                                                   Path(work), manifest_level=MANIFEST_LEVEL,
+                                                   whole_archive=how == "publish", jobs=1)
+    finally:
+        publisher.SEGMENTS = saved
+    if how == "solid":
+        header = write_solid(out, base, target)
+    data = (out / DELTA_NAME).read_bytes()
+    digest_doc = {"path": DELTA_NAME, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    with open(out / DELTA_NAME, "rb") as f:
+        stored = read_header(f)  # what a reader parses: the kind and ops as written
+    signed = release_compressor(MANIFEST_LEVEL).compress(target.to_bytes())
+    doc = {
+        "description": (trees.__doc__ or "").strip().replace("\n    ", " "),
+        "kind": stored.kind.value,
+        "delta": digest_doc,
+        "header_json": stored.to_dict(),
+        "payload_start": stored.payload_start,
+        "base_manifest": json.loads(base.to_bytes()),
+        "target_manifest": json.loads(target.to_bytes()),
+        "signed_manifest": {"level": MANIFEST_LEVEL, "length": len(signed),
+                            "sha256": hashlib.sha256(signed).hexdigest()},
+        "target_files": {e.path: e.sha256 for e in target.entries if e.type is EntryType.FILE},
+        "encoders": encoder_versions(),
+        "segments": None if params is None else {"whole_max": params.whole_max, "size": params.size,
+                                                 "margin": params.margin},
+    }
+    assert header.kind == stored.kind
+    (out / "vector.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def write_solid(out: Path, base: Manifest, target: Manifest) -> DeltaHeader:
+    """The solid container of the two trees, as ``repo_tools.delta._smaller_solid`` writes it."""
+    parts = publisher.solid_patch(out / "base", base, out / "target", target, 1 << 30)
+    assert parts is not None, "liblzma is needed to write the solid vector"
+    header = DeltaHeader("1.0.0", "1.1.0", base.content, target.content, (),
+                         manifest=ManifestPatch(len(parts[0]), MANIFEST_LEVEL), solid=len(parts[1]))
+    with open(out / DELTA_NAME, "wb") as f:
+        write_delta(f, header, parts)
+    return header
+
+
+def main() -> None:
+    for name in VECTORS:
+        make_vector(name, HERE / name)
+        doc = json.loads((HERE / name / "vector.json").read_text())
+        ops = sorted({op["op"] for op in doc["header_json"].get("ops", [])})
+        print(f"{name}: {doc['kind']} {doc['delta']['length']} bytes, ops {', '.join(ops) or '-'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The delta test vectors (tests/data/delta_vectors, docs/DELTA-FORMAT.md "Test vectors"):
+
+(a) every vector applies with the real apply code (the manifest read from the delta and checked
+    against the signed manifest target, then the tree) and gives exactly the expected digests;
+(b) the publisher still writes byte-identical deltas for the same trees (when the encoder libraries
+    are the versions the vectors were made with: other versions may code the same data otherwise);
+(c) a small decoder written here from docs/DELTA-FORMAT.md alone, importing nothing of
+    ``pinnacle_updates``' delta code (only the codecs: zstd, raw LZMA2, the tar module), applies
+    every vector of the per-file and whole-archive kinds: the spec is complete enough to implement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import lzma
+import os
+import struct
+import tarfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import pyzstd
+
+from pinnacle_updates.formats.delta_apply import apply_delta, manifest_from_delta
+from pinnacle_updates.formats.index import Digest, Manifest, Release, TargetRef, UpdateType
+from pinnacle_updates.formats.tree import verify_tree
+
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "delta_vectors"
+NAMES = sorted(p.name for p in VECTORS.iterdir() if (p / "vector.json").is_file())
+
+
+def load(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((VECTORS / name / "vector.json").read_text())
+    return doc
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_vectors", VECTORS / "make_vectors.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def manifest(doc: dict[str, Any]) -> Manifest:
+    return Manifest.from_bytes(json.dumps(doc).encode())
+
+
+def release(doc: dict[str, Any]) -> Release:
+    target, signed = doc["target_manifest"], doc["signed_manifest"]
+    content = Digest.from_dict(target["content"], "content")
+    where = f"stable/any/{target['version']}"
+    return Release(target["version"], "any", UpdateType.MINOR, "2026-01-01T00:00:00Z", content,
+                   TargetRef(f"{where}/full.tar.zst", 1, "0" * 64),
+                   TargetRef(f"{where}/manifest.json.zst", signed["length"], signed["sha256"]))
+
+
+def files_of(root: Path) -> dict[str, str]:
+    """sha256 of every regular file below ``root`` (symlinks not followed)."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_there_are_vectors_of_every_container_kind() -> None:
+    kinds = {load(name)["kind"] for name in NAMES}
+    assert kinds == {"ops", "archive", "solid"}
+    ops = {op["op"] for name in NAMES for op in load(name)["header_json"].get("ops", [])}
+    assert ops >= {"copy", "zstd", "zstd-patch", "bsdiff-lzma", "zstd-segments"}
+
+
+# -- (a) the real apply code ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vector_applies_to_the_expected_digests(tmp_path: Path, name: str) -> None:
+    doc, here = load(name), VECTORS / name
+    delta = here / doc["delta"]["path"]
+    data = delta.read_bytes()
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (doc["delta"]["length"], doc["delta"]["sha256"])
+    base, target = manifest(doc["base_manifest"]), manifest(doc["target_manifest"])
+    carried, rebuilt = manifest_from_delta(delta, base, release(doc), here / "base")
+    assert carried == target  # rebuilt, compressed again, byte for byte the signed manifest target
+    dest = tmp_path / "slot"
+    dest.mkdir()
+    apply_delta(delta, here / "base", base, target, dest, rebuilt=rebuilt)
+    assert verify_tree(dest, target) == []
+    assert files_of(dest) == doc["target_files"]
+    # and without what the manifest reader decoded: the applier decodes the delta itself
+    again = tmp_path / "again"
+    again.mkdir()
+    apply_delta(delta, here / "base", base, target, again)
+    assert files_of(again) == doc["target_files"]
+
+
+# -- (b) the publisher still writes them ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_publisher_regenerates_the_vector_byte_for_byte(tmp_path: Path, name: str) -> None:
+    make = generator()
+    doc = load(name)
+    make.make_vector(name, tmp_path / name)
+    fresh = json.loads((tmp_path / name / "vector.json").read_text())
+    # the trees and manifests do not depend on any encoder
+    assert files_of(tmp_path / name / "base") == files_of(VECTORS / name / "base")
+    assert fresh["target_manifest"] == doc["target_manifest"] and fresh["base_manifest"] == doc["base_manifest"]
+    if fresh["encoders"] != doc["encoders"]:
+        pytest.skip(f"encoders {fresh['encoders']} differ from the vectors' {doc['encoders']}: "
+                    "the bytes may differ and still be valid (test (a) applies them)")
+    assert fresh == doc, "the publisher now writes other bytes: if intended, rerun make_vectors.py"
+    assert (tmp_path / name / doc["delta"]["path"]).read_bytes() == (VECTORS / name / doc["delta"]["path"]).read_bytes()
+
+
+# -- (c) an independent decoder, from docs/DELTA-FORMAT.md only -----------------------------------
+
+MAGIC = b"PDELTA3\n"
+
+
+def canonical(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def window_log(prefix: int, size: int) -> int:
+    return min(31, max(10, (prefix + size - 1).bit_length()))
+
+
+def zstd_frame(frame: bytes, prefix: bytes, size: int) -> bytes:
+    """One zstd frame of exactly ``size`` bytes, ``prefix`` as raw prefix (spec: "Codecs")."""
+    zdict = pyzstd.ZstdDict(prefix, is_raw=True).as_prefix if len(prefix) >= 8 else None
+    d = pyzstd.ZstdDecompressor(zstd_dict=zdict, option={pyzstd.DParameter.windowLogMax: max(
+        window_log(len(prefix), size), 27 if not prefix else 10)})
+    out = d.decompress(frame, size + 1)
+    assert len(out) == size and d.eof and not d.unused_data
+    return out
+
+
+def uleb(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def raw_lzma2(data: bytes, length: int, size: int) -> bytes:
+    """A bsdiff-lzma block: raw LZMA2, dictionary the next power of two of min(length, size)
+    within 64 KiB..64 MiB."""
+    dict_size = min(64 << 20, max(1 << 16, 1 << max(0, min(length, size) - 1).bit_length()))
+    d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}])
+    out = d.decompress(data, length + 1)
+    assert len(out) == length and d.eof and not d.unused_data
+    return out
+
+
+def offtin(b: bytes) -> int:
+    value = int.from_bytes(b, "little") & ~(1 << 63)
+    return -value if b[7] & 0x80 else value
+
+
+def bspatch(old: bytes, control: bytes, diff: bytes, extra: bytes, size: int) -> bytes:
+    new, oldpos, di, ei = bytearray(), 0, 0, 0
+    for t in range(0, len(control), 24):
+        x, y, z = (offtin(control[t + k : t + k + 8]) for k in (0, 8, 16))
+        for j in range(x):
+            o = oldpos + j
+            new.append((diff[di + j] + (old[o] if 0 <= o < len(old) else 0)) & 0xFF)
+        di += x
+        oldpos += x
+        new += extra[ei : ei + y]
+        ei += y
+        oldpos += z
+    assert len(new) == size
+    return bytes(new)
+
+
+def bsdiff_lzma(old: bytes, patch: bytes, size: int) -> bytes:
+    assert patch[:4] == b"BSL1"
+    pos, fields = 4, []
+    for _ in range(5):
+        value, pos = uleb(patch, pos)
+        fields.append(value)
+    control_n, control_packed, diff_n, diff_packed, extra_n = fields
+    cut = (pos, pos + control_packed, pos + control_packed + diff_packed, len(patch))
+    planes = raw_lzma2(patch[cut[0] : cut[1]], control_n, size)
+    diff = raw_lzma2(patch[cut[1] : cut[2]], diff_n, size)
+    extra = raw_lzma2(patch[cut[2] : cut[3]], extra_n, size)
+    count = control_n // 24
+    control = bytearray(control_n)
+    for k in range(24):
+        control[k::24] = planes[k * count : (k + 1) * count]
+    return bspatch(old, bytes(control), diff, extra, size)
+
+
+def segments(old: bytes, data: bytes, size: int) -> bytes:
+    out, pos = bytearray(), 0
+    while pos < len(data):
+        base_offset, base_length, n, length = struct.unpack(">QQQQ", data[pos : pos + 32])
+        pos += 32
+        out += zstd_frame(data[pos : pos + length], old[base_offset : base_offset + base_length], n)
+        pos += length
+    assert len(out) == size
+    return bytes(out)
+
+
+def canonical_tar(root: Path, entries: list[dict[str, Any]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            info = tarfile.TarInfo(e["path"])
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", e["mode"]
+            if e["type"] == "file":
+                info.size = e["size"]
+                tar.addfile(info, io.BytesIO((root / e["path"]).read_bytes()))
+            else:
+                info.type = tarfile.DIRTYPE if e["type"] == "dir" else tarfile.SYMTYPE
+                info.linkname = e.get("link", "")
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def decode_op(kind: str, old: bytes, data: bytes, size: int) -> bytes:
+    """One per-file op's output (spec: "Ops")."""
+    if kind == "copy":
+        return old
+    if kind in ("zstd", "zstd-patch"):
+        return zstd_frame(data, old, size)  # ``old`` is empty for zstd
+    if kind == "bsdiff-lzma":
+        return bsdiff_lzma(old, data, size)
+    assert kind == "zstd-segments", kind
+    return segments(old, data, size)
+
+
+def decode(delta: bytes, base_root: Path, base_manifest: dict[str, Any], content_length: int) -> dict[str, bytes]:
+    """Every target file's bytes rebuilt from ``delta`` (per-file and whole-archive kinds)."""
+    assert delta[:8] == MAGIC
+    (h,) = struct.unpack(">Q", delta[8:16])
+    frame = delta[16 : 16 + h]
+    header = json.loads(zstd_frame(frame, b"", pyzstd.get_frame_info(frame).decompressed_size))
+    assert header["format"] == 3
+    payload = 16 + h
+    if "archive" in header:
+        old_tar = canonical_tar(base_root, base_manifest["entries"])
+        end = payload + header["archive"]["length"]
+        assert end == len(delta)
+        new_tar = zstd_frame(delta[payload:end], old_tar, content_length)
+        with tarfile.open(fileobj=io.BytesIO(new_tar)) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    m_len = header["manifest"]["length"]
+    m_frame = delta[payload : payload + m_len]
+    target = json.loads(zstd_frame(m_frame, canonical(base_manifest), pyzstd.get_frame_info(m_frame).decompressed_size))
+    sizes = {e["path"]: e["size"] for e in target["entries"] if e["type"] == "file"}
+    out, pos = {}, payload + m_len
+    for op in header["ops"]:
+        kind, path = op["op"], op["path"]
+        old = (base_root / op.get("base", path)).read_bytes() if kind != "zstd" else b""
+        data = delta[pos : pos + op.get("length", 0)]
+        pos += op.get("length", 0)
+        out[path] = decode_op(kind, old, data, sizes[path])
+    assert pos == len(delta)
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if load(n)["kind"] in ("ops", "archive")])
+def test_an_independent_decoder_written_from_the_spec_applies_the_vector(name: str) -> None:
+    doc = load(name)
+    delta = (VECTORS / name / doc["delta"]["path"]).read_bytes()
+    out = decode(delta, VECTORS / name / "base", doc["base_manifest"], doc["target_manifest"]["content"]["length"])
+    assert {path: hashlib.sha256(data).hexdigest() for path, data in out.items()} == doc["target_files"]
