@@ -9,6 +9,7 @@ tgz; each is unpacked to a directory that plays the role of one release's build 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -33,10 +34,17 @@ class Pair:
     old: str
     new: str
     kind: str
+    key: str = ""  # what --pairs selects; the package name unless two pairs share a package
+    sha256: tuple[tuple[str, str], ...] = ()  # (version, sha256 of its package file): checked after download
 
     @property
     def label(self) -> str:
         return f"{self.name} {self.old}->{self.new}"
+
+    @property
+    def id(self) -> str:
+        """The name ``--pairs`` selects this pair by."""
+        return self.key or self.name
 
 
 # Smallest first: --quick takes the first two.
@@ -46,6 +54,14 @@ PAIRS: tuple[Pair, ...] = (
     Pair("ruff", "pypi", "0.6.8", "0.6.9", "large native executable"),
     Pair("numpy", "pypi", "2.0.2", "2.1.0", "minor jump, .so + Python"),
     Pair("scipy", "pypi", "1.14.0", "1.14.1", ".so-heavy, >100 MB unpacked"),
+    # Issue 23: the two kinds of update the first corpus missed (after the original five, so --quick keeps its
+    # pairs): a patch release of a large JS bundle, and a pure-Python patch release with a few changed lines.
+    Pair("typescript", "npm", "5.6.2", "5.6.3", "patch release, large JS bundles", key="typescript-patch",
+         sha256=(("5.6.2", "6e954963e7689a13573927021cf1fe2d7f85d7808eba49f03f84cb5d77cdd6bf"),
+                 ("5.6.3", "ef67f8d8ad895858024b7339d3e34bf112cae3c5db1f538c3079038b17ae30fa"))),
+    Pair("idna", "pypi", "3.9", "3.10", "pure Python, small diff",
+         sha256=(("3.9", "69297d5da0cc9281c77efffb4e730254dd45943f45bbfb461de5991713989b1e"),
+                 ("3.10", "946d195a0d259cbba61165e88e65941f16e9b36ea6ddb97f00452bae8b1287d3"))),
 )
 
 
@@ -54,6 +70,7 @@ def _download(pair: Pair, version: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     found = _package_file(pair, version, dest)
     if found:
+        _verify(pair, version, found)
         return found
     if pair.source == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
@@ -67,7 +84,21 @@ def _download(pair: Pair, version: str, dest: Path) -> Path:
     found = _package_file(pair, version, dest)
     if not found:
         raise SystemExit(f"download of {pair.name} {version} left no package file in {dest}")
+    _verify(pair, version, found)
     return found
+
+
+def _verify(pair: Pair, version: str, archive: Path) -> None:
+    """The package file has the sha256 the pair records (when it records one): a registry that served other bytes
+    under the same version would silently change every figure measured on it. A mismatch removes the file."""
+    want = dict(pair.sha256).get(version)
+    if want is None:
+        return
+    with open(archive, "rb") as f:
+        got = hashlib.file_digest(f, "sha256").hexdigest()
+    if got != want:
+        archive.unlink()
+        raise SystemExit(f"{archive.name}: sha256 {got}, expected {want} (file removed; not measured)")
 
 
 def _package_file(pair: Pair, version: str, dest: Path) -> Path | None:

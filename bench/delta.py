@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from pinnacle_updates.formats.index import EntryType, Manifest  # noqa: E402
 from pinnacle_updates.repo_tools import publish as ops  # noqa: E402
 from pinnacle_updates.repo_tools.artifact import build_artifact  # noqa: E402
 from pinnacle_updates.repo_tools.keys import KeyStore, create_keys  # noqa: E402
+from pinnacle_updates.repo_tools.serve import _Handler as _StaticHandler  # noqa: E402
 from pinnacle_updates.repo_tools.store import Repository  # noqa: E402
 
 TUFUP_VERSION = "0.10.0"
@@ -59,6 +62,10 @@ CHANNEL, PLATFORM = "stable", "linux-x86_64"
 STEP_TIMEOUT = 1500.0
 BSDIFF_LIMIT = 20 << 30
 MiB = 1 << 20
+ANCHOR_RATIO = 1.1
+ANCHOR_SLACK = 2048
+"""Issue 23, item 1: a client's all-included download is at most 1.1x the best plain anchor, or that best + 2 KiB on
+tiny updates, whichever is larger."""
 
 BSDIFF_CHILD = """
 import sys, bsdiff4
@@ -115,8 +122,17 @@ class Result:
     tufup_client_bytes: int | None = None
     tufup_client_duration: float | None = None
     tufup_client_walls: list[float] = field(default_factory=list)
+    ours_download: Download | None = None  # every byte of the measured update, as served (the last client run)
+    tufup_download: Download | None = None
     ours_client_walls: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def best_anchor(self) -> tuple[str, int] | None:
+        """The smallest plain anchor (issue 23): tufup's patch, whole-archive bsdiff4, zstd patch-from."""
+        sizes = [(name, n) for name, n in (("tufup patch", self.tufup), ("bsdiff4 whole", self.bsdiff),
+                                           ("zstd patch-from", self.zstd)) if n is not None]
+        return min(sizes, key=lambda x: x[1]) if sizes else None
 
     @property
     def best_whole(self) -> int | None:
@@ -147,33 +163,132 @@ def run_child(cmd: Sequence[str], what: str, cwd: Path | None = None, timeout: f
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, stdout)
 
 
-class Server:
-    """``pinnacle-release serve DIR --port 0`` (a plain static server on 127.0.0.1), for both clients."""
+@dataclass
+class Served:
+    """One answered request: what was asked for and the bytes sent (``body``: the response body; ``wire``: status
+    line, headers and body, everything the client read from the socket)."""
+
+    path: str
+    status: int
+    body: int
+    wire: int
+
+
+def classify(path: str) -> str:
+    """What a served path is, for the byte accounting: a TUF role (``root``, ``timestamp``, ``snapshot``,
+    ``targets`` or ``delegated role``), or a target: the channel ``index``, a ``manifest``, a ``delta``, a ``full``
+    artifact, tufup's ``patch`` or ``archive``; anything else is ``other``."""
+    name = path.split("?", 1)[0].rstrip("/").rpartition("/")[2]
+    if "/metadata/" in path or path.startswith("metadata/"):
+        role = name.removesuffix(".json").split(".", 1)[-1] if name[:1].isdigit() else name.removesuffix(".json")
+        return role if role in ("root", "timestamp", "snapshot", "targets") else "delegated role"
+    for suffix, kind in ((".pdelta", "delta"), ("manifest.json.zst", "manifest"), ("index.json", "index"),
+                         ("full.tar.zst", "full"), (".patch", "patch"), (".tar.gz", "archive")):
+        if name.endswith(suffix):
+            return kind
+    return "other"
+
+
+@dataclass
+class Download:
+    """Every byte one client update read from the server, by kind (:func:`classify`); 404 answers (a client
+    probing for a newer root) count too."""
+
+    requests: list[Served] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(r.body for r in self.requests)
+
+    @property
+    def wire(self) -> int:
+        return sum(r.wire for r in self.requests)
+
+    def by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.requests:
+            kind = classify(r.path)
+            out[kind] = out.get(kind, 0) + r.body
+        return out
+
+    def describe(self) -> str:
+        """``timestamp 1,234 + ... = total`` in a fixed order, metadata first."""
+        order = ["root", "timestamp", "snapshot", "targets", "delegated role", "index", "manifest", "delta", "patch",
+                 "full", "archive", "other"]
+        kinds = self.by_kind()
+        parts = [f"{k} {kinds[k]:,}" for k in order if kinds.get(k)]
+        return " + ".join(parts) + f" ({len(self.requests)} requests)"
+
+
+class _CountingHandler(_StaticHandler):
+    """The repository's static handler (``pinnacle-release serve``: same cache headers, ranges, 404s), counting
+    the bytes of every answer into its server's ``served`` list."""
+
+    server: CountingServer
+
+    def setup(self) -> None:
+        super().setup()
+        self._wire = self._mark = 0
+        raw = self.wfile
+        handler = self
+
+        class Counted:
+            """The socket's write side, counting."""
+
+            def write(self, data: bytes) -> int:
+                handler._wire += len(data)
+                return raw.write(data)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(raw, name)
+
+        self.wfile = Counted()  # type: ignore[assignment]
+
+    def end_headers(self) -> None:
+        super().end_headers()  # flushes the status line and headers to wfile: what follows is the body
+        self._mark = self._wire
+
+    def handle_one_request(self) -> None:
+        self._wire = self._mark = 0
+        super().handle_one_request()
+        if getattr(self, "command", None) and self._wire:
+            with self.server.lock:
+                self.server.served.append(Served(self.path, self._status, self._wire - self._mark, self._wire))
+
+
+class CountingServer(ThreadingHTTPServer):
+    """The bench's HTTP server, in a thread of the bench: serves a repository directory on 127.0.0.1 like
+    ``pinnacle-release serve`` and records every answer (:class:`Served`), so the byte figures are what the
+    clients really read, metadata and index included."""
+
+    daemon_threads = True
 
     def __init__(self, directory: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "pinnacle_updates.repo_tools", "serve", str(directory),
-                                      "--port", "0"],
-                                     cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("serving "):
-            self.close()
-            raise BenchError(f"static server did not start: {line!r}")
-        self.url = line.split()[1]
+        super().__init__(("127.0.0.1", 0), functools.partial(_CountingHandler, directory=str(directory)))
+        self.lock = threading.Lock()
+        self.served: list[Served] = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def take(self) -> Download:
+        """What was served since the last call (and forget it)."""
+        with self.lock:
+            out, self.served = self.served, []
+        return Download(out)
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.shutdown()
+        self.server_close()
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> CountingServer:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+Server = CountingServer
 
 
 # ---------------------------------------------------------------------------------------------------- tools
@@ -305,8 +420,10 @@ def measure_tufup(python: Path, pair: Pair, old_dir: Path, new_dir: Path, work: 
             (client / "targets").mkdir()
             shutil.copyfile(work / "repo" / "metadata" / "root.json", client / "metadata" / "root.json")
             shutil.copyfile(targets / f"bench-{pair.old}.tar.gz", client / "targets" / f"bench-{pair.old}.tar.gz")
+            server.take()
             run = run_child([str(python), driver, "update", str(work), server.url, pair.old, client.name],
                             "tufup client update")
+            result.tufup_download = server.take()
             report = json.loads(run.stdout.strip().splitlines()[-1])
             runs.append(run)
             durations.append(float(report["seconds"]))
@@ -364,59 +481,76 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
                           *extra, "--json", str(source)], f"pinnacle-release publish {version}", cwd=ROOT)
 
     publish(pair.old, old_dir)
-    result.ours_publish = publish(pair.new, new_dir)
-    release = repo.channel_index(repo.load(), CHANNEL).releases[-1]
-    result.full = release.full.length
-    delta = release.delta_from(pair.old)
-    if delta is not None:
-        result.ours_delta = delta.target.length
-        with open(repo.target_location(delta.target.path, delta.target.sha256), "rb") as f:
-            header = read_header(f)
-        match header.kind:
-            case ContainerKind.WHOLE_ARCHIVE:
-                kind = "whole-archive"
-            case ContainerKind.SOLID:
-                kind = f"solid (LZMA stream {header.solid or 0:,} B)"
-            case ContainerKind.SHARED:
-                kind = (f"per-file ({len(header.ops)} ops; bsdiff blocks in shared streams, "
-                        f"{sum(header.shared or ()):,} B)")
-            case ContainerKind.PER_FILE:
-                kind = f"per-file ({len(header.ops)} ops)"
-        if header.manifest is not None and header.manifest.length is None:
-            manifest = f"read from the rebuilt tar (signed manifest {release.manifest.length:,} B)"
-        elif header.kind is ContainerKind.SOLID:
-            manifest = f"skeleton patch {header.manifest_length:,} B (signed manifest {release.manifest.length:,} B)"
-        else:
-            manifest = f"patch {header.manifest_length:,} B of {release.manifest.length:,}"
-        result.ours_kind = f"{kind}; manifest {manifest}"
-    elif deltas:
-        result.notes.append("ours: the publisher listed no delta from the old release (not clearly smaller?)")
-
     runs: list[Run] = []
     durations: list[float] = []
     with Server(repo_dir) as server:
-        for n in range(client_runs):
-            run, last = _ours_client(client, pair, repo_dir, server.url, work / f"client{n}", new_dir)
+        # Each client installs the old release while it is the newest, as a user's would have, so the measured
+        # update fetches what a real one does: new TUF metadata, the channel index, then the delta.
+        clients = [_ours_client_prepare(client, pair, repo_dir, server.url, work / f"client{n}")
+                   for n in range(client_runs)]
+        result.ours_publish = publish(pair.new, new_dir)
+        _describe_delta(repo, pair, result)
+        for cmd in clients:
+            run, last = _ours_client_update(cmd, pair, server, new_dir, result)
             runs.append(run)
             durations.append(float(last.get("duration", 0.0)))
             result.ours_bytes = int(last["bytes"])
             result.ours_path = _describe_path(last)
-            shutil.rmtree(work / f"client{n}")
+            shutil.rmtree(Path(cmd[2]))
     result.ours_client, result.ours_client_walls = median_run(runs), [r.wall for r in runs]
     result.ours_client_duration = statistics.median(durations)
 
 
-def _ours_client(script: Path, pair: Pair, repo_dir: Path, url: str, install_dir: Path,
-                 new_dir: Path) -> tuple[Run, dict[str, Any]]:
-    """A fresh client installs the old release (full), then updates to the new one (measured); the update's history
-    record. The installed slot is checked against the release's files. ``script`` is the installed
-    ``pinnacle-update``, run outside the source tree."""
+def _describe_delta(repo: Repository, pair: Pair, result: Result) -> None:
+    """The published delta's size and kind (from its header) into ``result``."""
+    release = repo.channel_index(repo.load(), CHANNEL).releases[-1]
+    result.full = release.full.length
+    delta = release.delta_from(pair.old)
+    if delta is None:
+        result.notes.append("ours: the publisher listed no delta from the old release (not clearly smaller?)")
+        return
+    result.ours_delta = delta.target.length
+    with open(repo.target_location(delta.target.path, delta.target.sha256), "rb") as f:
+        header = read_header(f)
+    match header.kind:
+        case ContainerKind.WHOLE_ARCHIVE:
+            kind = "whole-archive"
+        case ContainerKind.SOLID:
+            kind = f"solid (LZMA stream {header.solid or 0:,} B)"
+        case ContainerKind.SHARED:
+            kind = (f"per-file ({len(header.ops)} ops; bsdiff blocks in shared streams, "
+                    f"{sum(header.shared or ()):,} B)")
+        case ContainerKind.PER_FILE:
+            kind = f"per-file ({len(header.ops)} ops)"
+    if header.manifest is not None and header.manifest.length is None:
+        manifest = f"read from the rebuilt tar (signed manifest {release.manifest.length:,} B)"
+    elif header.kind is ContainerKind.SOLID:
+        manifest = f"skeleton patch {header.manifest_length:,} B (signed manifest {release.manifest.length:,} B)"
+    else:
+        manifest = f"patch {header.manifest_length:,} B of {release.manifest.length:,}"
+    result.ours_kind = f"{kind}; manifest {manifest}"
+
+
+def _ours_client_prepare(script: Path, pair: Pair, repo_dir: Path, url: str, install_dir: Path) -> list[str]:
+    """A fresh client (``script`` is the installed ``pinnacle-update``, run outside the source tree) that installs
+    the old release (full); its command prefix."""
     client = [str(script), "--install-dir", str(install_dir)]
     cwd = install_dir.parent
     run_child([*client, "init", "--repo", url, "--root", str(repo_dir / "metadata" / "1.root.json"),
                "--channel", CHANNEL, "--platform", PLATFORM], "pinnacle-update init", cwd=cwd)
     run_child([*client, "install", pair.old, "--json"], f"pinnacle-update install {pair.old}", cwd=cwd)
+    return client
+
+
+def _ours_client_update(client: list[str], pair: Pair, server: CountingServer, new_dir: Path,
+                        result: Result) -> tuple[Run, dict[str, Any]]:
+    """The client updates to the new release (measured: time, and every byte the server sent it into
+    ``result.ours_download``); the update's history record. The installed slot is checked against the release's
+    files."""
+    cwd = Path(client[2]).parent
+    server.take()
     run = run_child([*client, "install", "--json"], f"pinnacle-update install {pair.new}", cwd=cwd)
+    result.ours_download = server.take()
     history = json.loads(run_child([*client, "history", "--json"], "pinnacle-update history", cwd=cwd).stdout)
     records = history if isinstance(history, list) else history.get("records", history.get("history", []))
     last = next((r for r in reversed(records) if r.get("version") == pair.new and r.get("outcome") == "committed"),
@@ -426,7 +560,7 @@ def _ours_client(script: Path, pair: Pair, repo_dir: Path, url: str, install_dir
     status = json.loads(run_child([*client, "status", "--json"], "pinnacle-update status", cwd=cwd).stdout)
     if status.get("version") != pair.new:
         raise BenchError(f"pinnacle-update status shows {status.get('version')}, not {pair.new}")
-    _check_tree(Path(status.get("current") or install_dir / "current"), new_dir, "pinnacle-update")
+    _check_tree(Path(status.get("current") or Path(client[2]) / "current"), new_dir, "pinnacle-update")
     return run, last
 
 
@@ -442,7 +576,7 @@ def measure_pair(pair: Pair, tmp: Path, zstd: str, tufup: Path, deltas: bool, me
     result = Result(pair)
     old_dir, new_dir = release_dir(pair, pair.old), release_dir(pair, pair.new)
     result.old_size, result.new_size = tree_size(old_dir), tree_size(new_dir)
-    work = tmp / pair.name
+    work = tmp / pair.id
     work.mkdir()
     try:
         print(f"== {pair.label}: canonical tars and full artifacts", flush=True)
@@ -479,6 +613,19 @@ def _bytes(n: int | None, full: int) -> str:
     return f"{n:,} ({_ratio(n, full)})" if n is not None else "n/a"
 
 
+def _total(d: Download | None) -> int | None:
+    return d.total if d is not None else None
+
+
+def _kinds(d: Download | None) -> str:
+    return d.describe() if d is not None else "n/a"
+
+
+def _anchor(r: Result) -> str:
+    best = r.best_anchor
+    return f"{best[1]:,} ({best[0]})" if best else "n/a"
+
+
 def _num(x: float | None) -> str:
     return f"{x:.2f}" if x is not None else "n/a"
 
@@ -501,7 +648,16 @@ def table(results: Sequence[Result]) -> str:
         ("unpacked old -> new (MiB)", [f"{r.old_size / MiB:.1f} -> {r.new_size / MiB:.1f}" for r in results]),
         ("files: same / changed / new", [f"{r.files_same} / {r.files_changed} / {r.files_new}" for r in results]),
         ("full artifact (full.tar.zst) bytes", [f"{r.full:,}" for r in results]),
-        ("**ours**: client downloaded bytes (/full)", [_bytes(r.ours_bytes, r.full) for r in results]),
+        ("**ours: all-included client bytes** (/full)", [_bytes(_total(r.ours_download), r.full) for r in results]),
+        ("ours: all-included, by kind (bodies as served)", [_kinds(r.ours_download) for r in results]),
+        ("**tufup: all-included client bytes** (/full)", [_bytes(_total(r.tufup_download), r.full)
+                                                          for r in results]),
+        ("tufup: all-included, by kind (bodies as served)", [_kinds(r.tufup_download) for r in results]),
+        ("**all-included ours / tufup**", [_ratio(_total(r.ours_download), _total(r.tufup_download))
+                                           for r in results]),
+        ("best plain anchor (tufup patch, bsdiff4 whole, zstd patch-from): bytes", [_anchor(r) for r in results]),
+        ("ours: client downloaded bytes, targets only (history) (/full)", [_bytes(r.ours_bytes, r.full)
+                                                                           for r in results]),
         ("ours: delta target bytes (/full)", [_bytes(r.ours_delta, r.full) for r in results]),
         ("ours: delta kind; manifest inside it", [r.ours_kind or "n/a" for r in results]),
         ("bsdiff4 whole-archive bytes (/full)", [_bytes(r.bsdiff, r.full) for r in results]),
@@ -563,6 +719,17 @@ def goals(results: Sequence[Result]) -> tuple[list[str], bool]:
         return r.pair.label, ratio <= 0.25, (f"{r.ours_client.wall:.2f} s vs {r.tufup_client.wall:.2f} s "
                                              f"= {ratio:.2f}x, limit 0.25x")
 
+    def never_worse(r: Result) -> tuple[str, bool | None, str]:
+        best = r.best_anchor
+        ours = _total(r.ours_download)
+        if ours is None or best is None:
+            return r.pair.label, None, "not measured"
+        limit = max(int(ANCHOR_RATIO * best[1]), best[1] + ANCHOR_SLACK)
+        return r.pair.label, ours <= limit, (f"all-included {ours:,} B ({_kinds(r.ours_download)}); "
+                                             f"limit max(1.1 x, + 2 KiB) of {best[0]} {best[1]:,} = {limit:,}")
+
+    verdict("A1 (issue 23) every pair: all-included client bytes <= max(1.1x best plain anchor, best + 2 KiB)",
+            [never_worse(r) for r in results])
     verdict("G1 every pair: ours/full <= best whole-archive delta/full + 0.01", [bytes_vs_best(r) for r in results])
     verdict("G2 every pair: ours bytes <= 0.6x tufup's", [bytes_vs_tufup(r) for r in results])
     largest = max(results, key=lambda r: r.new_size)
@@ -714,9 +881,9 @@ def main() -> int:
     pairs = list(PAIRS)
     if args.pairs:
         wanted = set(args.pairs.split(","))
-        pairs = [p for p in pairs if p.name in wanted]
+        pairs = [p for p in pairs if p.id in wanted]
         if len(pairs) != len(wanted):
-            raise SystemExit(f"unknown pairs; choose from {', '.join(p.name for p in PAIRS)}")
+            raise SystemExit(f"unknown pairs; choose from {', '.join(p.id for p in PAIRS)}")
     if args.quick:
         pairs = pairs[:2]
     zstd, tufup = ensure_zstd(), ensure_tufup()
