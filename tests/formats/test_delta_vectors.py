@@ -6,7 +6,8 @@
     are the versions the vectors were made with: other versions may code the same data otherwise);
 (c) a small decoder written here from docs/DELTA-FORMAT.md alone, importing nothing of
     ``pinnacle_updates``' delta code (only the codecs: zstd, raw LZMA2, the tar module), applies
-    every vector of the per-file and whole-archive kinds: the spec is complete enough to implement.
+    every vector but the solid one (Python's lzma module has no preset dictionary; our client calls
+    liblzma for it): the spec is complete enough to implement.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def files_of(root: Path) -> dict[str, str]:
 
 def test_there_are_vectors_of_every_container_kind() -> None:
     kinds = {load(name)["kind"] for name in NAMES}
-    assert kinds == {"ops", "archive", "solid"}
+    assert kinds == {"ops", "shared", "archive", "solid"}
     ops = {op["op"] for name in NAMES for op in load(name)["header_json"].get("ops", [])}
-    assert ops >= {"copy", "zstd", "zstd-patch", "bsdiff-lzma", "zstd-segments"}
+    assert ops >= {"copy", "zstd", "zstd-patch", "bsdiff-lzma", "bsdiff-shared", "zstd-segments"}
 
 
 # -- (a) the real apply code ----------------------------------------------------------------------
@@ -197,11 +198,7 @@ def bsdiff_lzma(old: bytes, patch: bytes, size: int) -> bytes:
     planes = raw_lzma2(patch[cut[0] : cut[1]], control_n, size)
     diff = raw_lzma2(patch[cut[1] : cut[2]], diff_n, size)
     extra = raw_lzma2(patch[cut[2] : cut[3]], extra_n, size)
-    count = control_n // 24
-    control = bytearray(control_n)
-    for k in range(24):
-        control[k::24] = planes[k * count : (k + 1) * count]
-    return bspatch(old, bytes(control), diff, extra, size)
+    return bspatch(old, from_planes(planes), diff, extra, size)
 
 
 def segments(old: bytes, data: bytes, size: int) -> bytes:
@@ -262,18 +259,60 @@ def decode(delta: bytes, base_root: Path, base_manifest: dict[str, Any], content
     m_frame = delta[payload : payload + m_len]
     target = json.loads(zstd_frame(m_frame, canonical(base_manifest), pyzstd.get_frame_info(m_frame).decompressed_size))
     sizes = {e["path"]: e["size"] for e in target["entries"] if e["type"] == "file"}
-    out, pos = {}, payload + m_len
+    data, pos = {}, payload + m_len
+    for op in header["ops"]:
+        data[op["path"]] = delta[pos : pos + op.get("length", 0)]
+        pos += op.get("length", 0)
+    shared = shared_blocks(header, data, delta, pos, sizes)
+    out = {}
     for op in header["ops"]:
         kind, path = op["op"], op["path"]
         old = (base_root / op.get("base", path)).read_bytes() if kind != "zstd" else b""
-        data = delta[pos : pos + op.get("length", 0)]
-        pos += op.get("length", 0)
-        out[path] = decode_op(kind, old, data, sizes[path])
+        if kind == "bsdiff-shared":
+            planes, diff, extra = shared[path]
+            out[path] = bspatch(old, from_planes(planes), diff, extra, sizes[path])
+        else:
+            out[path] = decode_op(kind, old, data[path], sizes[path])
+    return out
+
+
+def shared_blocks(header: dict[str, Any], data: dict[str, bytes], delta: bytes, pos: int,
+                  sizes: dict[str, int]) -> dict[str, list[bytes]]:
+    """Each bsdiff-shared op's (planes, diff, extra), taken in op order from the three shared streams
+    after the ops' data (spec: "bsdiff-shared and the shared streams")."""
+    lengths = {}
+    for op in header["ops"]:
+        if op["op"] == "bsdiff-shared":
+            raw, at = data[op["path"]], 0
+            fields = []
+            for _ in range(3):
+                value, at = uleb(raw, at)
+                fields.append(value)
+            assert at == len(raw)
+            lengths[op["path"]] = fields
+    out: dict[str, list[bytes]] = {path: [] for path in lengths}
+    for s, name in enumerate(("control", "diff", "extra")):
+        n = header.get("shared", {}).get(name, 0)
+        total = sum(fields[s] for fields in lengths.values())
+        stream = raw_lzma2(delta[pos : pos + n], total, total) if lengths else b""
+        pos += n
+        at = 0
+        for path, fields in lengths.items():
+            out[path].append(stream[at : at + fields[s]])
+            at += fields[s]
     assert pos == len(delta)
     return out
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if load(n)["kind"] in ("ops", "archive")])
+def from_planes(planes: bytes) -> bytes:
+    count = len(planes) // 24
+    control = bytearray(len(planes))
+    for k in range(24):
+        control[k::24] = planes[k * count : (k + 1) * count]
+    return bytes(control)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if load(n)["kind"] != "solid"])
 def test_an_independent_decoder_written_from_the_spec_applies_the_vector(name: str) -> None:
     doc = load(name)
     delta = (VECTORS / name / doc["delta"]["path"]).read_bytes()

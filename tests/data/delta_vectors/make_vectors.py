@@ -93,13 +93,30 @@ def segments() -> tuple[Files, Files, dict[str, str]]:
     return {"data/blob.bin": blob}, {"data/blob.bin": edited(blob, 25_000, b"SEGMENTED") + noise("tail", 500)}, {}
 
 
-def executable() -> tuple[Files, Files, dict[str, str]]:
-    """Code whose addresses shifted: a table of 4-byte pointers, those after an insertion moved by
-    16 (bsdiff's approximate matches: ``bsdiff-lzma``)."""
-    words = [noise("op", 4)[:2] + struct.pack("<H", i % 5000) for i in range(10_000)]
+def pointer_table(seed: str, count: int, shift_from: int, insert_at: int) -> tuple[bytes, bytes]:
+    """Code whose addresses shifted: ``count`` 8-byte words, each an opcode-like half and a 4-byte
+    pointer; in the new version the pointers from word ``shift_from`` on move by 16 and 16 bytes are
+    inserted at ``insert_at`` (what bsdiff's approximate matches are for)."""
+    words = [noise(seed, 4)[:2] + struct.pack("<H", i % 5000) for i in range(count)]
     old = b"".join(w + struct.pack("<I", 0x400000 + 64 * i) for i, w in enumerate(words))
-    new = b"".join(w + struct.pack("<I", 0x400000 + 64 * i + (16 if i > 3000 else 0)) for i, w in enumerate(words))
-    return {"bin/tool": old}, {"bin/tool": new[:24_000] + b"\x90" * 16 + new[24_000:]}, {}
+    new = b"".join(w + struct.pack("<I", 0x400000 + 64 * i + (16 if i > shift_from else 0))
+                   for i, w in enumerate(words))
+    return old, new[:insert_at] + b"\x90" * 16 + new[insert_at:]
+
+
+def executable() -> tuple[Files, Files, dict[str, str]]:
+    """One executable-like file whose addresses shifted: ``bsdiff-lzma``."""
+    old, new = pointer_table("op", 10_000, 3000, 24_000)
+    return {"bin/tool": old}, {"bin/tool": new}, {}
+
+
+def shared() -> tuple[Files, Files, dict[str, str]]:
+    """Four such libraries: their bsdiff blocks in the three shared streams (``bsdiff-shared``)."""
+    base: Files = {}
+    target: Files = {}
+    for k in range(4):
+        base[f"lib/l{k}.so"], target[f"lib/l{k}.so"] = pointer_table(f"lib{k}", 2000, 500 + 100 * k, 4000 + 800 * k)
+    return base, target, {}
 
 
 def solid() -> tuple[Files, Files, dict[str, str]]:
@@ -119,6 +136,7 @@ VECTORS: dict[str, tuple[Callable[[], tuple[Files, Files, dict[str, str]]], str,
     # them, as ``publish`` runs it) or "solid" (the solid encoder alone), segment parameters)
     "per-file": (per_file, "per-file", None),
     "executable": (executable, "per-file", None),
+    "shared": (shared, "per-file", None),
     "whole-archive": (whole_archive, "publish", None),
     "segments": (segments, "per-file", SEGMENTS),
     "solid": (solid, "solid", None),
