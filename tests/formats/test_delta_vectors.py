@@ -146,14 +146,11 @@ def zstd_frame(frame: bytes, prefix: bytes, size: int) -> bytes:
 
 
 def uleb(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+    """Unsigned LEB128 at ``pos``: 7 bits a byte, least significant group first, high bit "more"."""
+    end = pos
+    while data[end] & 0x80:
+        end += 1
+    return sum((b & 0x7F) << (7 * i) for i, b in enumerate(data[pos : end + 1])), end + 1
 
 
 def raw_lzma2(data: bytes, length: int, size: int) -> bytes:
@@ -305,11 +302,9 @@ def shared_blocks(header: dict[str, Any], data: dict[str, bytes], delta: bytes, 
 
 
 def from_planes(planes: bytes) -> bytes:
-    count = len(planes) // 24
-    control = bytearray(len(planes))
-    for k in range(24):
-        control[k::24] = planes[k * count : (k + 1) * count]
-    return bytes(control)
+    """Tuple ``i``'s byte ``k`` is ``planes[k * t + i]`` (``t`` tuples)."""
+    t = len(planes) // 24
+    return bytes(planes[k * t + i] for i in range(t) for k in range(24))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if load(n)["kind"] != "solid"])

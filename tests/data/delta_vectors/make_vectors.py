@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import struct
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))  # run as a script from anywhere: the repository root
 
-from pinnacle_updates.formats.archive import release_compressor, write_canonical_tar  # noqa: E402
 from pinnacle_updates.formats.delta_format import (  # noqa: E402
     DeltaHeader,
     ManifestPatch,
@@ -37,7 +36,7 @@ from pinnacle_updates.formats.delta_format import (  # noqa: E402
 from pinnacle_updates.formats.delta_segments import SegmentParams  # noqa: E402
 from pinnacle_updates.formats.index import EntryType, Manifest  # noqa: E402
 from pinnacle_updates.repo_tools import delta as publisher  # noqa: E402
-from pinnacle_updates.repo_tools.artifact import scan_tree  # noqa: E402
+from pinnacle_updates.repo_tools.artifact import build_artifact  # noqa: E402
 
 MANIFEST_LEVEL = 19
 """zstd level of the signed manifest targets (the publisher's default)."""
@@ -170,14 +169,11 @@ def write_tree(root: Path, files: Files, links: dict[str, str]) -> None:
         (root / rel).symlink_to(link)
 
 
-def manifest_of(root: Path, version: str) -> Manifest:
-    entries = scan_tree(root)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        content = write_canonical_tar(fd, entries, lambda b: None)
-    finally:
-        os.close(fd)
-    return Manifest(version, content, tuple(entries))
+def release(root: Path, version: str, work: Path) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest of the tree ``root`` and its signed manifest target, as ``publish`` builds them
+    (``repo_tools.artifact.build_artifact``; the full artifact is not kept)."""
+    built = build_artifact(root, work / version, version, level=MANIFEST_LEVEL)
+    return built.manifest, {"level": MANIFEST_LEVEL, "length": built.manifest_length, "sha256": built.manifest_sha256}
 
 
 def make_vector(name: str, out: Path) -> None:
@@ -188,14 +184,15 @@ def make_vector(name: str, out: Path) -> None:
     out.mkdir(parents=True)
     write_tree(out / "base", base_files, {})
     write_tree(out / "target", target_files, links)
-    base, target = manifest_of(out / "base", "1.0.0"), manifest_of(out / "target", "1.1.0")
     saved = publisher.SEGMENTS
     publisher.SEGMENTS = params or saved
     try:
         with tempfile.TemporaryDirectory() as work:
+            (base, _), (target, signed) = release(out / "base", "1.0.0", Path(work)), release(out / "target",
+                                                                                               "1.1.0", Path(work))
             header, _ = publisher.build_delta(out / "base", base, out / "target", target, out / DELTA_NAME,
-                                                   Path(work), manifest_level=MANIFEST_LEVEL,
-                                                   whole_archive=how == "publish", jobs=1)
+                                              Path(work), manifest_level=MANIFEST_LEVEL,
+                                              whole_archive=how == "publish", jobs=1)
     finally:
         publisher.SEGMENTS = saved
     if how == "solid":
@@ -204,7 +201,6 @@ def make_vector(name: str, out: Path) -> None:
     digest_doc = {"path": DELTA_NAME, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     with open(out / DELTA_NAME, "rb") as f:
         stored = read_header(f)  # what a reader parses: the kind and ops as written
-    signed = release_compressor(MANIFEST_LEVEL).compress(target.to_bytes())
     doc = {
         "description": (trees.__doc__ or "").strip().replace("\n    ", " "),
         "kind": stored.kind.value,
@@ -213,8 +209,7 @@ def make_vector(name: str, out: Path) -> None:
         "payload_start": stored.payload_start,
         "base_manifest": json.loads(base.to_bytes()),
         "target_manifest": json.loads(target.to_bytes()),
-        "signed_manifest": {"level": MANIFEST_LEVEL, "length": len(signed),
-                            "sha256": hashlib.sha256(signed).hexdigest()},
+        "signed_manifest": signed,
         "target_files": {e.path: e.sha256 for e in target.entries if e.type is EntryType.FILE},
         "encoders": encoder_versions(),
         "segments": None if params is None else {"whole_max": params.whole_max, "size": params.size,
