@@ -36,7 +36,7 @@ import pyzstd
 from pinnacle_updates.formats import bsdiff_lzma
 from pinnacle_updates.formats.delta_apply import DeltaError, apply_delta, manifest_from_delta
 from pinnacle_updates.formats.delta_format import read_header
-from pinnacle_updates.formats.index import Digest, Manifest, ManifestEntry, Release, TargetRef, UpdateType
+from pinnacle_updates.formats.index import Digest, EntryType, Manifest, ManifestEntry, Release, TargetRef, UpdateType
 from tests.conftest import tree_digest
 
 VECTORS = Path(__file__).resolve().parents[1] / "data" / "delta_vectors"
@@ -257,20 +257,31 @@ def test_ops_naming_paths_outside_the_trees_are_refused(tmp_path: Path, what: st
     assert message is not None and re.search(match, message), message
 
 
-@pytest.mark.parametrize("path", ["../escape", "/tmp/escape", "lib/../../escape"])
-def test_a_target_manifest_with_an_escaping_path_writes_nothing(tmp_path: Path, path: str) -> None:
-    """The target manifest is signed; should one still name a path outside the tree, the tree rules
-    refuse it before anything is written."""
+ESCAPING = {
+    "../": (ManifestEntry("../escape", EntryType.FILE, 0o644, 3, "0" * 64), "segment '..' is not allowed"),
+    "absolute": (ManifestEntry("/tmp/escape", EntryType.FILE, 0o644, 3, "0" * 64), "absolute path"),
+    "inner ..": (ManifestEntry("lib/../../escape", EntryType.FILE, 0o644, 3, "0" * 64), "segment '..'"),
+    "symlink out": (ManifestEntry("zz", EntryType.SYMLINK, 0o777, link="../../outside"), "points outside the tree"),
+    "symlink absolute": (ManifestEntry("zz", EntryType.SYMLINK, 0o777, link="/etc"), "target is absolute"),
+    "file below a symlink": (ManifestEntry("lib/link/x", EntryType.FILE, 0o644, 3, "0" * 64),
+                             "parent lib/link is not a directory"),
+}
+
+
+@pytest.mark.parametrize("what", ESCAPING)
+def test_a_target_manifest_with_an_escaping_path_writes_nothing(tmp_path: Path, what: str) -> None:
+    """The target manifest is signed; should one still name a path outside the tree (directly, or
+    through a symlink), the tree rules refuse it before anything is written."""
     vec = vector("per-file")
-    forged = Manifest(vec.target.version, vec.target.content, (
-        *vec.target.entries, ManifestEntry(path, vec.target.entries[-1].type, 0o644, 3, "0" * 64)))
+    forged = Manifest(vec.target.version, vec.target.content, tuple(sorted(
+        (*vec.target.entries, ESCAPING[what][0]), key=lambda e: e.path.encode())))
     delta = tmp_path / "d.pdelta"
     delta.write_bytes(vec.data)
     dest = tmp_path / "slot"
     dest.mkdir()
     with pytest.raises(DeltaError, match=r"^delta from 1\.0\.0: target manifest 1\.1\.0 rejected: ") as info:
         apply_delta(delta, vec.root / "base", vec.base, forged, dest)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and ESCAPING[what][1] in str(info.value)
     assert os.listdir(dest) == [] and sorted(os.listdir(tmp_path)) == ["d.pdelta", "slot"]
 
 
