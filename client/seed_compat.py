@@ -141,7 +141,7 @@ MAPPING: tuple[Rule, ...] = (
     Rule("notification_settings.notify_on_success", "notify_on: 'success'", _notify("success")),
     Rule("notification_settings.notify_on_failure", "notify_on: 'failure'", _notify("failure")),
     # publisher-side settings: a client cannot set them
-    Rule("rollout_strategy.*", "ignored with a warning: pinnacle-release publish --rollout/--rollout-percent; "
+    Rule("rollout_strategy.*", "ignored with a warning: pinnacle-release publish --rollout/--percent; "
          "health_check_interval is pinnacle-release watch --interval",
          _ignored(f"{_PUBLISHER} (pinnacle-release publish --rollout; health_check_interval is "
                   "pinnacle-release watch --interval)")),
