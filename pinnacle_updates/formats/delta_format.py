@@ -347,7 +347,8 @@ class DeltaHeader:
             doc = load_object(_decompress_header(data, max_header), "delta header", max_bytes=max_header)
         except FormatError as exc:
             raise DeltaFormatError(str(exc)) from None
-        if doc.get("format") != DELTA_FORMAT:
+        version = doc.get("format")
+        if type(version) is not int or version != DELTA_FORMAT:  # 3.0 == 3 in Python: one encoding only
             raise DeltaFormatError(f"delta header: unsupported format {doc.get('format')!r} (reads {DELTA_FORMAT})")
         unknown = sorted(set(doc) - {"format", "from", "to", "from_content", "to_content", "manifest", *ContainerKind})
         if unknown:

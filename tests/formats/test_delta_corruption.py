@@ -213,6 +213,8 @@ CASES = [
     ("per-file", "unknown op", lambda v: rebuild(v, set_op("op", "xdelta")), r"unknown op 'xdelta'"),
     ("per-file", "unknown header field", lambda v: rebuild(v, set_path("extra", value=1)), r"unexpected field"),
     ("per-file", "format 4", lambda v: rebuild(v, set_path("format", value=4)), r"unsupported format 4"),
+    ("per-file", "format 3.0", lambda v: rebuild(v, set_path("format", value=3.0)), r"unsupported format 3\.0"),
+    ("per-file", "format true", lambda v: rebuild(v, set_path("format", value=True)), r"unsupported format True"),
     ("per-file", "container PDELTA4", lambda v: b"PDELTA4\n" + v.data[8:], r"unsupported delta container"),
     ("per-file", "base equal to path", lambda v: rebuild(v, set_op("base", "bin/app", "zstd-patch")),
      r"'base' equal to 'path' must be omitted"),
