@@ -79,6 +79,45 @@ def test_there_are_vectors_of_every_container_kind() -> None:
     assert ops >= {"copy", "zstd", "zstd-patch", "bsdiff-lzma", "bsdiff-shared", "zstd-segments"}
 
 
+MIB = 1 << 20
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "DELTA-FORMAT.md"
+
+
+def test_the_spec_states_the_limits_the_code_enforces() -> None:
+    """Each limit docs/DELTA-FORMAT.md states, next to the constant the code enforces it with: a change
+    of either fails here until the other follows."""
+    from pinnacle_updates.client.delta.plan import MAX_CHAIN
+    from pinnacle_updates.formats import bsdiff_lzma, delta_format, delta_segments, lzma_dict
+    from pinnacle_updates.formats.delta_apply.streams import ZSTD_WINDOW_LOG
+
+    text = " ".join(SPEC.read_text().split())
+    stated = [
+        (delta_format.MAGIC, b"PDELTA3\n", '"PDELTA3\\n"'),
+        (delta_format.DELTA_FORMAT, 3, "MUST be `3`"),
+        (delta_format.MAX_HEADER, 64 * MIB, "`H ≤ MAX_HEADER` (64 MiB)"),
+        (delta_format.MANIFEST_MAX, 64 * MIB, "at most 64 MiB, checked before decoding"),
+        (delta_format.ZSTD_LEVEL_MAX, 22, "`1 ≤ L ≤ 22`"),
+        (delta_format.ARCHIVE_MAX, 128 * MIB, "`ARCHIVE_MAX` = 128 MiB"),
+        ((delta_format.ZSTD_WINDOWLOG_MIN, delta_format.ZSTD_WINDOWLOG_MAX), (10, 31), "min(31, max(10,"),
+        (delta_format.patch_window_log(1000, 24), 10, "bitlen(p + n - 1)"),
+        (ZSTD_WINDOW_LOG, 27, "window log at most 27"),
+        (delta_segments.WHOLE_PATCH_MAX, 64 * MIB, "`WHOLE_PATCH_MAX` = 64 MiB"),
+        (delta_segments.SEGMENT_MAX, 32 * MIB, "≤ SEGMENT_MAX` (32 MiB)"),
+        ((delta_segments.PREFIX_MIN, delta_segments.SEGMENT_BASE_MAX), (8, 64 * MIB),
+         "`PREFIX_MIN (8) ≤ base_length ≤ SEGMENT_BASE_MAX (64 MiB)`"),
+        (delta_segments.RECORD.format, ">QQQQ", "u64 BE base_offset, u64 BE base_length, u64 BE size, u64 BE length"),
+        (bsdiff_lzma.MAGIC, b"BSL1", '"BSL1"'),
+        (bsdiff_lzma.control_max(3200), 24 * (100 + 1024), "24 \u00d7 (size \u00f7 32 + 1024)"),
+        ((bsdiff_lzma.DICT_MIN, bsdiff_lzma.DICT_MAX), (64 << 10, 64 * MIB), "min(64 MiB, max(64 KiB,"),
+        ((lzma_dict.DICT_MIN, lzma_dict.DICT_MAX), (4 << 10, 1536 * MIB), "min(1536 MiB, max(4 KiB, D + S))"),
+        (delta_format.SOLID_SHA256, "0" * 64, '"sha256": "000…0"` (64 zeros)'),
+        (MAX_CHAIN, 8, "a chain of at most 8"),
+    ]
+    for code, spec_value, words in stated:
+        assert code == spec_value, (code, spec_value, words)
+        assert words in text, f"docs/DELTA-FORMAT.md no longer says {words!r}"
+
+
 # -- (a) the real apply code ----------------------------------------------------------------------
 
 
