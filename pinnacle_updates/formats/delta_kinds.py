@@ -30,7 +30,7 @@ class OpKind(StrEnum):
     """How one target file of a per-file delta is produced (the op's ``"op"`` field)."""
 
     COPY = "copy"  # the base file ``base`` has the target's sha256: no bytes in the payload
-    BSDIFF4 = "bsdiff4"  # bsdiff4 (BSDIFF40) patch against the base file (read; no longer written)
+    BSDIFF4 = "bsdiff4"  # bsdiff4 (BSDIFF40) patch against the base file (written where bz2 codes it smallest)
     BSDIFF_LZMA = "bsdiff-lzma"  # bsdiff4's blocks coded smaller (formats.bsdiff_lzma) against the base file
     BSDIFF_SHARED = "bsdiff-shared"  # the same blocks, taken from the delta's shared streams (header "shared")
     ZSTD_PATCH = "zstd-patch"  # one zstd frame compressed with the base file as raw prefix

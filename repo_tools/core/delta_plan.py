@@ -23,7 +23,9 @@ Encoders, by a memory budget in bytes (what the process may still add to its res
 ``zstd`` is always a candidate (a patch does not always beat plain compression, e.g. on small or
 rewritten files); ``zstd-patch`` when :func:`zstd_patch_memory` fits; ``bsdiff-lzma`` (bsdiff4's matches, coded
 smaller: :mod:`formats.bsdiff_lzma`) when :func:`bsdiff_lzma_memory` (about 17x the old file,
-measured) fits. The I/O layer runs every candidate
+measured) fits, and then ``bsdiff4`` (the same matches in stock ``BSDIFF40``, bz2 coded: several
+times smaller when a few bytes changed in a large file, where LZMA pays for every 273 bytes of the
+zero runs in bsdiff's diff block; the publisher codes it only then). The I/O layer runs every candidate
 and keeps the smallest output; ties go to the earlier candidate (cheaper to apply).
 
 Large files (base or target above ``SegmentParams.whole_max``, at most
@@ -288,8 +290,12 @@ def _encoders(
                 candidates.append(kind)
             else:
                 skipped.append(f"{kind.value} needs {need // MIB} MiB > budget {budget // MIB} MiB")
-    # bsdiff-lzma is never alone: a patch over the format's control bound is not written.
-    if candidates in ([], [OpKind.BSDIFF_LZMA]) or entry.size <= PLAIN_ZSTD_MAX or match == "similar-size":
+        if OpKind.BSDIFF_LZMA in candidates:
+            candidates.append(OpKind.BSDIFF4)  # bsdiff-lzma's matches coded with bz2: it must run after it
+    # bsdiff-lzma is never alone: a patch over the format's control bound is not written (nor is bsdiff4
+    # always: only when its blocks are mostly zeros).
+    alone = candidates in ([], [OpKind.BSDIFF_LZMA, OpKind.BSDIFF4])
+    if alone or entry.size <= PLAIN_ZSTD_MAX or match == "similar-size":
         candidates.insert(0, OpKind.ZSTD)
     return FilePlan(entry, base, match, tuple(candidates), tuple(skipped))
 

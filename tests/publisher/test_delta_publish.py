@@ -390,7 +390,7 @@ def test_plan_matches_renames_versioned_paths_and_new_files() -> None:
     assert plan["pkg-1.3.dist-info/RECORD"].base.path == "pkg-1.2.dist-info/RECORD"  # type: ignore[union-attr]
     assert plan["lib/libfoo.so.1.3"].match == "normalised-path"
     assert plan["lib/libbar.so"].match == "path"
-    assert plan["lib/libbar.so"].candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA)
+    assert plan["lib/libbar.so"].candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA, OpKind.BSDIFF4)
     assert (plan["brand-new.txt"].base, plan["brand-new.txt"].candidates) == (None, (OpKind.ZSTD,))
     assert normalise_path("lib/libfoo.so.1.2") == normalise_path("lib/libfoo.so.10.3.1") == "lib/libfoo.so.#"
 
@@ -449,7 +449,8 @@ def test_plan_similar_size_fallback() -> None:
     base = _manifest("1", {"bin/tool-a.so": (900 * k, SHA_A)})
     target = _manifest("2", {"bin/renamed.so": (1000 * k, SHA_B)})
     guess = plan_delta(base, target, 2 << 30).files[0]
-    assert guess.candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA)  # plain zstd kept for a guess
+    # plain zstd kept for a guess
+    assert guess.candidates == (OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA, OpKind.BSDIFF4)
 
 
 @pytest.mark.parametrize(("base", "target"), [
@@ -544,7 +545,7 @@ def test_published_delta_rebuilds_the_release(tmp_path: Path, repo: Repository, 
     assert kinds["share/empty"] is OpKind.COPY
     assert kinds["share/new.txt"] is OpKind.ZSTD
     for changed in ("lib/libfoo.so.1.3", "pkg-1.3.dist-info/RECORD", "share/text.txt", "share/data.bin"):
-        assert kinds[changed] in (OpKind.BSDIFF_LZMA, OpKind.ZSTD_PATCH), changed
+        assert kinds[changed] in (OpKind.BSDIFF_LZMA, OpKind.ZSTD_PATCH, OpKind.BSDIFF4), changed
     assert {op.base for op in header.ops if op.path == "lib/libfoo.so.1.3"} == {"lib/libfoo.so.1.2"}
 
     for n, delta in enumerate({location, per_file}):

@@ -70,7 +70,7 @@ def check_whole_file(t: OpTarget) -> None:
 
 
 def write_bsdiff4(t: OpTarget) -> Written:
-    """``bsdiff4`` (read, no longer written): :func:`bspatch`."""
+    """``bsdiff4`` (stock BSDIFF40; the publisher writes it where bz2 codes it smallest): :func:`bspatch`."""
     data = bspatch(t.source.base_bytes(t.op), t.source.payload_bytes(t.op), t.entry, t.source.label)
     return create_file(t.dest_fd, t.entry, io.BytesIO(data).read)
 
