@@ -55,6 +55,7 @@ def test_counts_bodies_by_kind(bench: ModuleType, tmp_path: Path) -> None:
     }
     assert len(missing.content) > 0  # a 404's body is downloaded too
     assert download.total == sum(kinds.values())
+    assert download.targets == 1344 + 700 + 10240 + 100 + 77  # index, manifest, delta, patch: no TUF roles
     assert download.wire > download.total  # status lines and headers on top
     assert download.describe().startswith("root ")
     assert download.describe().endswith(f"({len(files) + 2} requests)")
@@ -72,6 +73,8 @@ def test_anchor_limit(bench: ModuleType) -> None:
     lines, ok = bench.goals([r])
     assert any(line.startswith("- A1") and "FAIL" in line for line in lines) and not ok
     small = bench.Result(pair, full=10_000, tufup=1_000, bsdiff=900, zstd=950)
-    small.ours_download = bench.Download([bench.Served("/metadata/timestamp.json", 200, 900 + 2048, 3_100)])
+    small.ours_download = bench.Download([bench.Served("/targets/a.pdelta", 200, 900 + 2048, 3_100),
+                                          bench.Served("/metadata/timestamp.json", 200, 1, 100)])
     lines, _ = bench.goals([small])
-    assert any(line.startswith("- A1") and "PASS" in line for line in lines)
+    assert any(line.startswith("- A1 ") and "PASS" in line for line in lines)  # targets only
+    assert any(line.startswith("- A1+") and "FAIL" in line for line in lines)  # one byte of metadata too many
