@@ -201,11 +201,8 @@ class Download:
 
     @property
     def total(self) -> int:
+        """Body bytes of every answer (``Served.wire`` adds status lines and headers)."""
         return sum(r.body for r in self.requests)
-
-    @property
-    def wire(self) -> int:
-        return sum(r.wire for r in self.requests)
 
     @property
     def targets(self) -> int:

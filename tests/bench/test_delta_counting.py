@@ -56,7 +56,7 @@ def test_counts_bodies_by_kind(bench: ModuleType, tmp_path: Path) -> None:
     assert len(missing.content) > 0  # a 404's body is downloaded too
     assert download.total == sum(kinds.values())
     assert download.targets == 1344 + 700 + 10240 + 100 + 77  # index, manifest, delta, patch: no TUF roles
-    assert download.wire > download.total  # status lines and headers on top
+    assert sum(r.wire for r in download.requests) > download.total  # status lines and headers on top
     assert download.describe().startswith("root ")
     assert download.describe().endswith(f"({len(files) + 2} requests)")
 

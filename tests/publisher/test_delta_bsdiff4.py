@@ -4,7 +4,6 @@ client rebuilds them, and a corrupt one is refused with one line."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,7 @@ from pinnacle_updates.repo_tools.artifact import build_artifact
 from pinnacle_updates.repo_tools.core.delta_plan import plan_delta
 from pinnacle_updates.repo_tools.delta import BSDIFF4_TRY_MAX, build_delta
 from tests.conftest import tree_digest, write_tree
-
-
-def _blob(seed: int, size: int) -> bytes:
-    rnd = random.Random(seed)
-    words = [rnd.randbytes(rnd.randint(3, 12)) for _ in range(2000)]
-    out = bytearray()
-    while len(out) < size:
-        out += b"".join(rnd.choices(words, k=4096))
-    return bytes(out[:size])
+from tests.publisher.test_delta_publish import _blob
 
 
 def _manifest(root: Path, out: Path, version: str) -> Manifest:
@@ -73,7 +64,7 @@ def test_rewritten_file_gets_no_bsdiff4(tmp_path: Path) -> None:
     """Blocks that are not mostly zeros: bz2 is not even run (bsdiff-lzma codes them smaller)."""
     v1, v2 = _pair(tmp_path, {}, rewrite=_blob(2, 3 << 20))
     delta, _, _ = _build(tmp_path, v1, v2)
-    assert 3 << 20 > BSDIFF4_TRY_MAX
+    assert BSDIFF4_TRY_MAX < 3 << 20
     with open(delta, "rb") as f:
         header = read_header(f)
     assert OpKind.BSDIFF4 not in {op.op for op in header.ops}
