@@ -3,9 +3,11 @@
 For each pair of consecutive releases of a public package (see ``bench/corpus.py``), measured in one run:
 
 * full artifact: our ``full.tar.zst`` of the new release (canonical tar, zstd level 10);
-* ours: ``pinnacle-release publish --deltas 1`` into a fresh repository (delta length from the signed channel
-  index; publish CPU and peak RSS of the new release's publish), then ``pinnacle-update`` installs the old release
-  and updates to the new one over HTTP on 127.0.0.1 (bytes from ``history --json``, wall time and peak RSS);
+* ours: ``pinnacle-release publish --deltas 1`` of the old release into a fresh repository, ``pinnacle-update``
+  installs it over HTTP on 127.0.0.1, then the new release is published (delta length from the signed channel
+  index; publish CPU and peak RSS) and the client updates to it (wall time and peak RSS);
+* every byte both clients read during the update, all included (TUF metadata, channel index, manifests, deltas;
+  tufup's metadata and patch): counted per answer by the bench's own HTTP server (:class:`CountingServer`);
 * whole-archive bsdiff4: ``bsdiff4.diff`` of the two canonical uncompressed tars (CPU, peak RSS);
 * ``zstd -19 --long=31 --patch-from=OLD.tar NEW.tar`` (CPU, peak RSS);
 * tufup 0.10.0 in its own venv: ``add_bundle`` + ``publish_changes`` for both releases (patch bytes, CPU and
@@ -806,12 +808,17 @@ MEASURED = """\
   wall time, user+sys CPU of all its threads and peak RSS, which include building the full artifact, the manifest and
   the delta, and signing; with two jobs the wall time is below the CPU time). Delta size is the signed
   `deltas[].length` of the channel index. The client (installed, see below): `pinnacle-update init` against the
-  repository served by `pinnacle-release serve` on 127.0.0.1, `install OLD`, then `install` (measured: wall time
+  repository served on 127.0.0.1, `install OLD` while the old release is the newest, then (after the new publish)
+  `install` (measured: wall time
   and peak RSS of that process, from start to exit, which covers TUF refresh, download, delta apply into the inactive
   slot, per-file and manifest verification, swap and commit). "client downloaded bytes" is the `bytes` of that
   install in `pinnacle-update history --json` (target bytes: the delta, which carries the new manifest as a patch of
   the installed one or, whole-archive, rebuilds it from the target tar; or the signed manifest plus the artifact; not
-  TUF metadata). "delta kind" is read from the published delta's header: per-file ops (bsdiff blocks perhaps in
+  TUF metadata). "all-included" is every response body the bench's server (`pinnacle-release serve`'s handler, in
+  a thread of the bench, counting; issue 23) sent during the measured update, by kind: TUF roles (a 404 for the next
+  root included), channel index, manifest, delta; tufup's client, prepared with only `root.json`, likewise.
+  A1 checks index + manifest + delta, A1+ everything, against the best of tufup's patch, whole-archive bsdiff4 and
+  zstd patch-from. "delta kind" is read from the published delta's header: per-file ops (bsdiff blocks perhaps in
   shared streams), one whole-archive zstd patch-from frame, or one solid LZMA stream (the publisher keeps the smallest).
 - **bsdiff4 whole-archive**: `bsdiff4.diff(old_tar, new_tar)` on the two canonical uncompressed tars, in a child
   process (wall, CPU, peak RSS). **zstd**: `zstd -19 --long=31 --patch-from=OLD.tar NEW.tar` (CLI, one thread).
