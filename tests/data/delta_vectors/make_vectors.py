@@ -4,9 +4,10 @@
 Each vector ``<name>/`` holds ``base/`` and ``target/`` (the two release trees), ``from-1.0.0.pdelta``
 (the delta our publisher writes for them: ``repo_tools.delta.build_delta``, the code ``publish``
 runs) and ``vector.json``: both manifests and the signed manifest target of the target release (its
-zstd level, length and sha256; both from ``repo_tools.artifact.build_artifact``, as ``publish``), the container kind, the ops, and the sha256 of the delta and of every
-target file. The trees are generated from fixed seeds, so the whole directory is a function of this
-script and the publisher's encoders (tests/formats/test_delta_vectors.py regenerates it and compares).
+zstd level, length and sha256; both from ``repo_tools.artifact.build_artifact``, as ``publish``), the
+container kind, the ops, and the sha256 of the delta and of every target file. The trees are
+generated from fixed seeds, so the whole directory is a function of this script and the
+publisher's encoders (tests/formats/test_delta_vectors.py regenerates it and compares).
 
 Nothing below a vector's ``base/`` or ``target/`` is a Python file, and no directory is empty (git
 keeps neither empty directories nor modes beyond the execute bit; manifests normalise modes).
