@@ -7,19 +7,20 @@ Layout (docs/ARCHITECTURE.md, "Deltas")::
 The header names the base and target releases (version and canonical-content digest) and how the
 target manifest comes (``manifest``, see :class:`ManifestPatch`; optional in the format, always
 written by the publisher): as a patch against the base manifest at the start of the payload, or, in
-the whole-archive kind, derived from the target tar it rebuilds. The payload then holds either
-one op per *file* entry of the target manifest, in manifest order (the per-file kind, ``ops``), or
-one zstd frame rebuilding the whole canonical tar of the target from the base's (the whole-archive
-kind, ``archive``), or one raw LZMA2 stream of every target file that is not a base file, with the
-base files as its preset dictionary (the solid kind, ``solid``; its manifest patch is a *skeleton*,
-see :func:`solid_layout`). Data ops (every op but ``copy``) own ``length`` bytes of the payload
-each, contiguous, in op order, right after the manifest patch; a per-file delta may then have three
-*shared* LZMA streams (``shared``) holding the bsdiff blocks of its ``bsdiff-shared`` ops, in op order
-(``formats.bsdiff_lzma``); the payload ends exactly at the end of the file, so a delta has no
-unused, overlapping or trailing bytes to hide anything in; offsets are therefore implied, never
-stored. An op's ``base`` is stored only when it differs from its ``path``. The
-header frame declares its decompressed size, which is bounded (``MAX_HEADER``) before anything is
-decompressed.
+the whole-archive kind, derived from the target tar it rebuilds. The payload then holds either one
+op per *file* entry of the target manifest, in manifest order (the per-file kind, ``ops``), or one
+zstd frame rebuilding the whole canonical tar of the target from the base's (the whole-archive kind,
+``archive``), or one stock bsdiff4 (``BSDIFF40``) patch doing the same (``archive-bsdiff4``: where a
+few bytes changed, bz2 codes bsdiff's zero runs smaller than zstd), or one raw LZMA2 stream of every
+target file that is not a base file, with the base files as its preset dictionary (the solid kind,
+``solid``; its manifest patch is a *skeleton*, see :func:`solid_layout`). Data ops (every op but
+``copy``) own ``length`` bytes of the payload each, contiguous, in op order, right after the
+manifest patch; a per-file delta may then have three *shared* LZMA streams (``shared``) holding the
+bsdiff blocks of its ``bsdiff-shared`` ops, in op order (``formats.bsdiff_lzma``); the payload ends
+exactly at the end of the file, so a delta has no unused, overlapping or trailing bytes to hide
+anything in; offsets are therefore implied, never stored. An op's ``base`` is stored only when it
+differs from its ``path``. The header frame declares its decompressed size, which is bounded
+(``MAX_HEADER``) before anything is decompressed.
 
 The kinds of ops and of containers are named in :mod:`pinnacle_updates.formats.delta_kinds`
 (``OpKind``, ``ContainerKind``; :attr:`DeltaHeader.kind` classifies a header), which also says where
@@ -186,7 +187,8 @@ class DeltaHeader:
     :func:`read_header` (and by :func:`write_delta` callers through ``encode``); not serialised.
     ``manifest``: the target manifest patch at the start of the payload, or derived from the archive
     (``manifest.length`` None), or None: not carried;
-    ``archive``: the length of the whole-archive frame, ``solid``: the length of the solid LZMA stream
+    ``archive``: the length of the whole-archive frame (``archive_bsdiff4``: of the whole-archive
+    bsdiff4 patch), ``solid``: the length of the solid LZMA stream
     (both None: the per-file kind, with ``ops``); ``shared``: the lengths of the per-file kind's shared
     control, diff and extra streams, after the ops' data."""
 
@@ -200,6 +202,7 @@ class DeltaHeader:
     archive: int | None = None
     solid: int | None = None
     shared: tuple[int, int, int] | None = None
+    archive_bsdiff4: int | None = None
 
     @property
     def kind(self) -> ContainerKind:
@@ -208,6 +211,8 @@ class DeltaHeader:
         fields; :meth:`check_layout` refuses headers where the fields disagree."""
         if self.archive is not None:
             return ContainerKind.WHOLE_ARCHIVE
+        if self.archive_bsdiff4 is not None:
+            return ContainerKind.WHOLE_ARCHIVE_BSDIFF4
         if self.solid is not None:
             return ContainerKind.SOLID
         return ContainerKind.SHARED if self.shared is not None else ContainerKind.PER_FILE
@@ -222,7 +227,7 @@ class DeltaHeader:
         """Bytes of payload: the manifest patch, then the ops' data (contiguous), the archive frame or
         the solid stream."""
         if not self.kind.has_ops:
-            return self.manifest_length + (self.archive or 0) + (self.solid or 0)
+            return self.manifest_length + (self.archive or 0) + (self.archive_bsdiff4 or 0) + (self.solid or 0)
         return self.manifest_length + sum(op.length for op in self.ops) + sum(self.shared or ())
 
     def manifest_range(self) -> tuple[int, int]:
@@ -230,9 +235,9 @@ class DeltaHeader:
         return self.payload_start, self.payload_start + self.manifest_length
 
     def archive_range(self) -> tuple[int, int]:
-        """Absolute ``(start, end)`` file offsets of the whole-archive frame."""
+        """Absolute ``(start, end)`` file offsets of the whole-archive frame or bsdiff4 patch."""
         start = self.payload_start + self.manifest_length
-        return start, start + (self.archive or 0)
+        return start, start + (self.archive or 0) + (self.archive_bsdiff4 or 0)
 
     def shared_ranges(self) -> list[tuple[int, int]]:
         """Absolute ``(start, end)`` file offsets of the shared control, diff and extra streams."""
@@ -266,6 +271,8 @@ class DeltaHeader:
         kind = self.kind
         if kind is ContainerKind.WHOLE_ARCHIVE:
             out[kind.value] = {"length": self.archive}
+        elif kind is ContainerKind.WHOLE_ARCHIVE_BSDIFF4:
+            out[kind.value] = {"length": self.archive_bsdiff4}
         elif kind is ContainerKind.SOLID:
             out[kind.value] = {"length": self.solid}
         else:
@@ -284,11 +291,13 @@ class DeltaHeader:
         """Data ops must own contiguous payload ranges in op order, right after the manifest patch;
         a whole-archive or solid header has no ops; only a whole-archive one may derive the manifest
         from the archive, and a solid one must carry its skeleton."""
-        if self.archive is not None and self.ops:
+        if (self.archive is not None or self.archive_bsdiff4 is not None) and self.ops:
             raise DeltaFormatError("a whole-archive delta has no ops")
-        if self.solid is not None and (self.ops or self.archive is not None):
+        if self.archive is not None and self.archive_bsdiff4 is not None:
+            raise DeltaFormatError("a whole-archive delta has one archive patch")
+        if self.solid is not None and (self.ops or self.archive is not None or self.archive_bsdiff4 is not None):
             raise DeltaFormatError("a solid delta has neither ops nor an archive")
-        kind = self.kind  # from here on at most one of archive and solid, and neither with ops
+        kind = self.kind  # from here on at most one of the archives and solid, and neither with ops
         if kind.needs_manifest_patch and (self.manifest is None or self.manifest.length is None):
             raise DeltaFormatError("a solid delta must carry its skeleton manifest patch")
         uses_shared = any(op.op is OpKind.BSDIFF_SHARED for op in self.ops)
@@ -355,12 +364,16 @@ class DeltaHeader:
             raise DeltaFormatError(f"delta header: unexpected field(s) {', '.join(map(repr, unknown))}")
         manifest = ManifestPatch.from_dict(doc["manifest"], "delta header.manifest") if "manifest" in doc else None
         archive = _payload_length(doc.get("archive"), "archive") if "archive" in doc else None
+        bsdiff_name = ContainerKind.WHOLE_ARCHIVE_BSDIFF4.value
+        archive_bsdiff4 = _payload_length(doc.get(bsdiff_name), bsdiff_name) if bsdiff_name in doc else None
         solid = _payload_length(doc.get("solid"), "solid") if "solid" in doc else None
         shared = _shared_lengths(doc["shared"]) if "shared" in doc else None
-        whole = archive is not None or solid is not None
-        raw_ops = doc.get("ops", [] if whole else None)
-        if not isinstance(raw_ops, list) or (whole and "ops" in doc) or (archive is not None and solid is not None):
-            raise DeltaFormatError("delta header: needs exactly one of 'ops' (a list), 'archive' or 'solid'")
+        wholes = sum(x is not None for x in (archive, archive_bsdiff4, solid))
+        raw_ops = doc.get("ops", [] if wholes else None)
+        if not isinstance(raw_ops, list) or (wholes and "ops" in doc) or wholes > 1:
+            raise DeltaFormatError(
+                f"delta header: needs exactly one of 'ops' (a list), 'archive', '{bsdiff_name}' or 'solid'"
+            )
         try:
             base_version, version = _str(doc, "from", "delta header"), _str(doc, "to", "delta header")
             parse_version(base_version)
@@ -376,6 +389,7 @@ class DeltaHeader:
                 archive=archive,
                 solid=solid,
                 shared=shared,
+                archive_bsdiff4=archive_bsdiff4,
             )
         except DeltaFormatError:
             raise

@@ -64,6 +64,7 @@ class ContainerKind(StrEnum):
     PER_FILE = "ops"  # one op per target file, their data after the manifest patch
     SHARED = "shared"  # per-file, and the bsdiff-shared ops' blocks in three shared LZMA streams after the data
     WHOLE_ARCHIVE = "archive"  # one zstd frame of the target's canonical tar, the base's as prefix
+    WHOLE_ARCHIVE_BSDIFF4 = "archive-bsdiff4"  # one stock BSDIFF40 patch of the target tar against the base's
     SOLID = "solid"  # one LZMA stream of every file that is not a base file, the base files as dictionary
 
     @property
@@ -75,7 +76,13 @@ class ContainerKind(StrEnum):
     def manifest_from_tar(self) -> bool:
         """Whether the target manifest may be left out of the payload (``{"level": L}`` without
         ``length``): the client reads it from the target tar the frame rebuilds."""
-        return self is ContainerKind.WHOLE_ARCHIVE
+        return self.whole_archive
+
+    @property
+    def whole_archive(self) -> bool:
+        """Whether the payload is one patch rebuilding the target's canonical tar from the base's (zstd
+        frame or bsdiff4 patch): the client rebuilds the base tar, decodes, extracts by the canonical layout."""
+        return self in (ContainerKind.WHOLE_ARCHIVE, ContainerKind.WHOLE_ARCHIVE_BSDIFF4)
 
     @property
     def needs_manifest_patch(self) -> bool:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import importlib.util
 import io
@@ -74,7 +75,7 @@ def files_of(root: Path) -> dict[str, str]:
 
 def test_there_are_vectors_of_every_container_kind() -> None:
     kinds = {load(name)["kind"] for name in NAMES}
-    assert kinds == {"ops", "shared", "archive", "solid"}
+    assert kinds == {"ops", "shared", "archive", "archive-bsdiff4", "solid"}
     ops = {op["op"] for name in NAMES for op in load(name)["header_json"].get("ops", [])}
     assert ops >= {"copy", "zstd", "zstd-patch", "bsdiff-lzma", "bsdiff-shared", "zstd-segments"}
 
@@ -223,6 +224,16 @@ def bspatch(old: bytes, control: bytes, diff: bytes, extra: bytes, size: int) ->
     return bytes(new)
 
 
+def bsdiff40(old: bytes, patch: bytes, size: int) -> bytes:
+    """Stock bsdiff4 (spec: "BSDIFF40"): 32-byte header, then three bzip2 streams."""
+    assert patch[:8] == b"BSDIFF40"
+    len_control, len_diff, len_new = (offtin(patch[k : k + 8]) for k in (8, 16, 24))
+    assert len_new == size
+    cut = (32, 32 + len_control, 32 + len_control + len_diff, len(patch))
+    control, diff, extra = (bz2.decompress(patch[cut[i] : cut[i + 1]]) for i in range(3))
+    return bspatch(old, control, diff, extra, size)
+
+
 def bsdiff_lzma(old: bytes, patch: bytes, size: int) -> bytes:
     assert patch[:4] == b"BSL1"
     pos, fields = 4, []
@@ -272,6 +283,8 @@ def decode_op(kind: str, old: bytes, data: bytes, size: int) -> bytes:
         return zstd_frame(data, old, size)  # ``old`` is empty for zstd
     if kind == "bsdiff-lzma":
         return bsdiff_lzma(old, data, size)
+    if kind == "bsdiff4":
+        return bsdiff40(old, data, size)
     assert kind == "zstd-segments", kind
     return segments(old, data, size)
 
@@ -284,11 +297,15 @@ def decode(delta: bytes, base_root: Path, base_manifest: dict[str, Any], content
     header = json.loads(zstd_frame(frame, b"", pyzstd.get_frame_info(frame).decompressed_size))
     assert header["format"] == 3
     payload = 16 + h
-    if "archive" in header:
+    for kind in ("archive", "archive-bsdiff4"):
+        if kind not in header:
+            continue
         old_tar = canonical_tar(base_root, base_manifest["entries"])
-        end = payload + header["archive"]["length"]
+        end = payload + header[kind]["length"]
         assert end == len(delta)
-        new_tar = zstd_frame(delta[payload:end], old_tar, content_length)
+        patch = delta[payload:end]
+        new_tar = (zstd_frame(patch, old_tar, content_length) if kind == "archive"
+                   else bsdiff40(old_tar, patch, content_length))
         with tarfile.open(fileobj=io.BytesIO(new_tar)) as tar:
             return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
     m_len = header["manifest"]["length"]

@@ -162,6 +162,9 @@ CONTAINER_APPLIERS: Mapping[ContainerKind, ContainerApplier] = {
     ContainerKind.SHARED: ContainerApplier(apply_per_file, manifest_from_patch, _shared_memory),
     ContainerKind.WHOLE_ARCHIVE: ContainerApplier(whole_archive.apply_whole_archive,
                                                   whole_archive.whole_archive_manifest, whole_archive.decode_memory),
+    ContainerKind.WHOLE_ARCHIVE_BSDIFF4: ContainerApplier(whole_archive.apply_whole_archive,
+                                                          whole_archive.whole_archive_manifest,
+                                                          whole_archive.bsdiff4_decode_memory),
     ContainerKind.SOLID: ContainerApplier(solid.apply_solid, solid.solid_manifest, solid.decode_memory),
 }
 

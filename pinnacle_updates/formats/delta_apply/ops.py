@@ -188,26 +188,33 @@ class Shared:
 def bspatch(base: bytes, patch: bytes, entry: ManifestEntry, label: str) -> bytes:
     """bsdiff4 ``patch`` applied to ``base``, refusing before any allocation a patch that declares
     another output size than the manifest, and bounding each decompressed block by that size."""
-    name = show_path(entry.path)
+    where = f"{label}: {show_path(entry.path)}"
+    return bspatch_bounded(base, patch, entry.size, BSDIFF4_TUPLE * (entry.size + 1), where)
+
+
+def bspatch_bounded(base: bytes, patch: bytes, size: int, control_limit: int, where: str) -> bytes:
+    """bsdiff4 ``patch`` applied to ``base``: it must declare exactly ``size`` output bytes (the
+    signed size, checked before any allocation); the control block decompresses to at most
+    ``control_limit`` bytes, the diff and extra blocks to at most ``size`` each."""
     if len(patch) < 32 or patch[:8] != b"BSDIFF40":
-        raise DeltaError(f"{label}: {name}: not a bsdiff4 patch")
+        raise DeltaError(f"{where}: not a bsdiff4 patch")
     len_control, len_diff, len_new = (bsdiff4.core.decode_int64(patch[i : i + 8]) for i in (8, 16, 24))
-    if len_new != entry.size:
-        raise DeltaError(
-            f"{label}: {name}: patch declares {len_new} output bytes, the signed size is {entry.size}"
-        )
+    if len_new != size:
+        raise DeltaError(f"{where}: patch declares {len_new} output bytes, the signed size is {size}")
     if len_control < 0 or len_diff < 0 or 32 + len_control + len_diff > len(patch):
-        raise DeltaError(f"{label}: {name}: bsdiff4 patch is truncated or malformed")
+        raise DeltaError(f"{where}: bsdiff4 patch is truncated or malformed")
     blocks = (patch[32 : 32 + len_control], patch[32 + len_control : 32 + len_control + len_diff],
               patch[32 + len_control + len_diff :])  # fmt: skip
-    limits = (BSDIFF4_TUPLE * (entry.size + 1), entry.size, entry.size)
+    limits = (control_limit, size, size)
     try:
-        control, diff, extra = (_bunzip_bounded(b, n, f"{label}: {name}") for b, n in zip(blocks, limits, strict=True))
+        control, diff, extra = (_bunzip_bounded(b, n, where) for b, n in zip(blocks, limits, strict=True))
         if len(control) % BSDIFF4_TUPLE:
-            raise DeltaError(f"{label}: {name}: bsdiff4 control block is malformed")
+            raise DeltaError(f"{where}: bsdiff4 control block is malformed")
         out: bytes = bsdiff4.core.patch(base, len_new, control, diff, extra)
+    except DeltaError:
+        raise  # already one line naming the block (DeltaError is a ValueError)
     except (ValueError, OSError, MemoryError) as exc:
-        raise DeltaError(f"{label}: {name}: bad bsdiff4 patch ({exc})") from exc
+        raise DeltaError(f"{where}: bad bsdiff4 patch ({exc})") from exc
     return out
 
 
@@ -287,6 +294,7 @@ class _SegmentStream:
 
 
 __all__ = [
-    "BSDIFF4_TUPLE", "OpTarget", "Shared", "Written", "bspatch", "check_whole_file", "write_bsdiff4",
+    "BSDIFF4_TUPLE", "OpTarget", "Shared", "Written", "bspatch", "bspatch_bounded", "check_whole_file",
+    "write_bsdiff4",
     "write_bsdiff_lzma", "write_bsdiff_shared", "write_copy", "write_segments", "write_zstd",
 ]

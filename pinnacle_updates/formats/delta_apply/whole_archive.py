@@ -1,5 +1,7 @@
-"""The whole-archive kind on the client: one zstd frame rebuilding the target's canonical tar, with
-the base's canonical tar (written again from the base tree) as prefix."""
+"""The whole-archive kinds on the client: one zstd frame rebuilding the target's canonical tar, with
+the base's canonical tar (written again from the base tree) as prefix (``archive``), or one stock
+bsdiff4 patch of the target tar against that base tar (``archive-bsdiff4``, decoded whole in memory,
+every block bounded by the signed sizes: :func:`bsdiff4_tar`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pinnacle_updates.formats import delta_format
+from pinnacle_updates.formats import bsdiff_lzma, delta_format
 from pinnacle_updates.formats.archive import (
     ArchiveError,
     TreeChanged,
@@ -23,6 +25,7 @@ from pinnacle_updates.formats.tree import extract_canonical
 from .errors import DeltaError
 from .jobs import ApplyJob, ManifestJob, Rebuilt
 from .manifest import manifest_from_patch
+from .ops import bspatch_bounded
 from .streams import DIR_FLAGS, ZstdStream, decode_all, decoder_window_log, holes, limited
 
 
@@ -35,7 +38,8 @@ def apply_whole_archive(job: ApplyJob) -> None:
     same way, without hashing its files a second time.
     Memory: the base tar (held twice while zstd takes its copy) and a decoder window of
     ``patch_window_log`` of both sizes, all bounded by ``ARCHIVE_MAX`` of signed sizes
-    (:func:`decode_memory`).
+    (:func:`decode_memory`). The ``archive-bsdiff4`` kind decodes the whole target tar in memory
+    first (:func:`bsdiff4_tar`, :func:`bsdiff4_decode_memory`), then extracts it the same way.
 
     Neither tar is hashed as a whole (each would be one more pass over every byte): the base tar is
     exact once each base file matched its sha256, and the output is checked by its known layout
@@ -47,17 +51,21 @@ def apply_whole_archive(job: ApplyJob) -> None:
     written; an output byte that depended on a zero is in a file not written, or fails its hash."""
     label, base, target = job.label, job.base, job.target
     tar = job.rebuilt.tar if job.rebuilt is not None else None
+    check_hashes = tar is None  # a tar the manifest reader rebuilt had its files hashed there
+    zstd: ZstdStream | None = None
     if tar is None:
         check_archive_size(base, target.content, label)
         old = base_tar(job.source.base_fd, base, holes(base, job.skip), label)
-        zstd = ZstdStream(job.source.payload_reader_range(*job.header.archive_range(), "the archive"), old,
-                          target.content.length, f"{label}: archive")
+        if job.header.kind is ContainerKind.WHOLE_ARCHIVE_BSDIFF4:
+            patch = job.source.payload_range_bytes(*job.header.archive_range(), "the archive")
+            tar = bsdiff4_tar(old, patch, target.content.length, label)
+        else:
+            zstd = ZstdStream(job.source.payload_reader_range(*job.header.archive_range(), "the archive"), old,
+                              target.content.length, f"{label}: archive")
         del old
-        read: Callable[[int], bytes] = zstd.read
-    else:
-        zstd, read = None, io.BytesIO(tar).read
+    read: Callable[[int], bytes] = zstd.read if zstd is not None else io.BytesIO(tar or b"").read
     try:
-        extract_canonical(read, job.dest_fd, target, job.skip, hashed=tar is None)  # ``tar``'s files are hashed
+        extract_canonical(read, job.dest_fd, target, job.skip, hashed=check_hashes)
         if zstd is not None:
             zstd.finish()
     except DeltaError:
@@ -87,6 +95,23 @@ def check_archive_size(base: Manifest, content: Digest, label: str) -> None:
             f"{label}: whole-archive delta over {base.content.length + content.length} bytes of tars "
             f"(limit {delta_format.ARCHIVE_MAX})"
         )
+
+
+def bsdiff4_tar(old: bytes | bytearray, patch: bytes, size: int, label: str) -> bytes:
+    """The target tar of an ``archive-bsdiff4`` delta: ``patch`` (stock ``BSDIFF40``) applied to the
+    base tar ``old``; it must declare exactly the signed ``size``, its control block at most
+    ``bsdiff_lzma.control_max(size)`` bytes (what the publisher writes at most), diff and extra
+    blocks at most ``size`` each. Its bytes are then checked by the canonical layout and every
+    file's sha256, like the zstd frame's output."""
+    return bspatch_bounded(bytes(old), patch, size, bsdiff_lzma.control_max(size), f"{label}: the archive patch")
+
+
+def bsdiff4_decode_memory(base: Manifest, target: Manifest) -> int:
+    """At most: the base tar (twice while it is copied for bsdiff4), the patch (within the delta, at
+    most both tars), the control block (``control_max``), the diff and extra blocks and the output
+    (each the target tar), and the target tar kept when the manifest is read from it."""
+    old, new = base.content.length, target.content.length
+    return 2 * old + (old + new) + bsdiff_lzma.control_max(new) + 4 * new
 
 
 def decode_memory(base: Manifest, target: Manifest) -> int:
@@ -129,10 +154,15 @@ def archive_tar(job: ManifestJob) -> bytes | None:
         return None
     start, end = job.header.archive_range()
     job.f.seek(start)
+    if job.header.kind is ContainerKind.WHOLE_ARCHIVE_BSDIFF4:
+        patch = job.f.read(end - start)
+        if len(patch) != end - start:
+            raise DeltaError(f"{label}: delta truncated inside the archive patch")
+        return bsdiff4_tar(old, patch, content.length, label)
     stream = ZstdStream(limited(job.f.read, end - start), old, content.length, f"{label}: archive")
     del old
     return decode_all(stream, content.length, f"{label}: the archive")
 
 
-__all__ = ["apply_whole_archive", "archive_tar", "base_tar", "check_archive_size", "decode_memory",
-           "whole_archive_manifest"]
+__all__ = ["apply_whole_archive", "archive_tar", "base_tar", "bsdiff4_decode_memory", "bsdiff4_tar",
+           "check_archive_size", "decode_memory", "whole_archive_manifest"]

@@ -87,6 +87,15 @@ def whole_archive() -> tuple[Files, Files, dict[str, str]]:
     return base, target, {}
 
 
+def whole_archive_bsdiff4() -> tuple[Files, Files, dict[str, str]]:
+    """Forty unchanged text files and one executable-like file whose addresses shifted: one stock
+    bsdiff4 patch over the tars (``archive-bsdiff4``) beats one op per file and the zstd frame."""
+    base: Files = {f"share/doc{i:02d}.txt": text(f"d{i}", 5) for i in range(40)}
+    target: Files = dict(base)
+    base["bin/tool"], target["bin/tool"] = pointer_table("ab", 6000, 2000, 30000)
+    return base, target, {}
+
+
 def segments() -> tuple[Files, Files, dict[str, str]]:
     """A file above the (lowered, see ``SEGMENTS``) whole-file limit: ``zstd-segments``."""
     blob = noise("seg", 40_000)
@@ -138,6 +147,7 @@ VECTORS: dict[str, tuple[Callable[[], tuple[Files, Files, dict[str, str]]], str,
     "executable": (executable, "per-file", None),
     "shared": (shared, "per-file", None),
     "whole-archive": (whole_archive, "publish", None),
+    "whole-archive-bsdiff4": (whole_archive_bsdiff4, "publish", None),
     "segments": (segments, "per-file", SEGMENTS),
     "solid": (solid, "solid", None),
 }
