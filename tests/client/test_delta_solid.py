@@ -251,7 +251,10 @@ def translations(version: str, edits: int) -> dict[str, bytes | str]:
             for lang in ("de", "fr", "it", "ja", "ko", "pl", "ru", "tr")}
 
 
-def test_publisher_keeps_the_solid_kind_where_it_is_smallest(tmp_path: Path) -> None:
+def test_publisher_keeps_the_solid_kind_where_it_is_smallest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Off: on these translations whole-archive bsdiff4 codes the 400 edits smaller still (2,908 against
+    # 3,299 B, measured); this test is about solid against per-file and the zstd whole-archive frame.
+    monkeypatch.setattr("pinnacle_updates.repo_tools.delta.ARCHIVE_BSDIFF4_TRY_MAX", 0)
     base_root = write_tree(tmp_path / "base", translations("1.0.0", 0))
     root = write_tree(tmp_path / "new", translations("1.1.0", 400))
     base, target = (base_root, manifest_of(base_root, "1.0.0")), (root, manifest_of(root, "1.1.0"))

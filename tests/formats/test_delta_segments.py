@@ -113,10 +113,11 @@ def test_large_files_are_segmented_never_patched_whole() -> None:
     assert plan["big.pack"].memory == segments_memory(100 * MIB, 101 * MIB) < 400 * MIB
     # Under WHOLE_PATCH_MAX a file is patched whole by bsdiff-lzma, but zstd patch-from over 64 MiB of window
     # loses its matches at level 19 (ZSTD_PATCH_TOTAL_MAX): segments take its place.
-    assert plan["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS, OpKind.BSDIFF_LZMA)
+    assert plan["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS, OpKind.BSDIFF_LZMA, OpKind.BSDIFF4)
     assert plan["mid.so"].memory == bsdiff_lzma_memory(40 * MIB, 40 * MIB)
     near = _manifest("2", {"big.pack": (101 * MIB, "b" * 64), "mid.so": (24 * MIB, "b" * 64)})
-    assert plan_delta(base, near, 64 << 30).files[1].candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA)
+    near_plan = plan_delta(base, near, 64 << 30).files[1]
+    assert near_plan.candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA, OpKind.BSDIFF4)
     small = {f.entry.path: f for f in plan_delta(base, target, 64 << 30, SMALL).files}
     assert small["mid.so"].candidates == (OpKind.ZSTD_SEGMENTS,)
 
