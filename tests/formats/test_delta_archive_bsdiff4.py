@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from pinnacle_updates.formats.delta_apply.whole_archive import bsdiff4_decode_me
 from pinnacle_updates.formats.delta_format import read_header
 from pinnacle_updates.formats.delta_kinds import ContainerKind
 from pinnacle_updates.repo_tools import delta as publisher
+from tests import helpers_client as hc
+from tests.client.test_delta_client import assert_fell_back, delta_file, forge_delta, install, installed_ok
 from tests.formats.test_delta_corruption import REPO, Client, Vector, rebuild, set_path, vector
 
 NAME = "whole-archive-bsdiff4"
@@ -204,3 +207,48 @@ def test_a_container_that_is_not_smaller_is_not_kept(tmp_path: Path) -> None:
     assert publish(tmp_path, vec) is ContainerKind.WHOLE_ARCHIVE
     assert publisher.archive_bsdiff4_patch(vec.root / "base", vec.base, vec.root / "target", vec.target,
                                            1 << 30) is not None
+
+
+# -- through the real publisher CLI, TUF client and installer ---------------------------------------
+
+
+def publish_vector_trees(tmp_path: Path) -> hc.Repo:
+    """The vector's trees (plus what the installer's health check and ``installed_ok`` read) published as
+    1.0.0 and 1.1.0 with ``pinnacle-release publish``; 1.1.0 carries a delta from 1.0.0."""
+    vec = vector(NAME)
+    repo = hc.make_repo(tmp_path / "pub")
+    for version, side in (("1.0.0", "base"), ("1.1.0", "target")):
+        files: dict[str, bytes | str] = {
+            str(p.relative_to(vec.root / side)): p.read_bytes() for p in (vec.root / side).rglob("*") if p.is_file()}
+        files.update({"healthy": "ok\n", "VERSION": f"{version}\n"})
+        src = tmp_path / f"src-{version}"
+        hc.write_tree(src, files)
+        hc.release_cli("publish", str(repo.dir), str(src), "--keys", str(repo.keys), "--channel", "stable",
+                       "--version", version, "--type", "patch", "--platform", "any", "--deltas", "1")
+    return repo
+
+
+def test_the_client_installs_a_published_archive_bsdiff4_delta_and_falls_back_from_an_unknown_kind(
+    tmp_path: Path,
+) -> None:
+    """End to end: ``publish`` picks the kind for these trees, the installer takes the delta (TUF-verified
+    download, manifest from the rebuilt tar, no manifest download) and the slot verifies. Then the same
+    delta re-signed with the container field renamed to a kind this client does not know (what a client
+    from before ``archive-bsdiff4`` sees): the installer falls back to the full artifact, one line."""
+    repo = publish_vector_trees(tmp_path)
+    assert read_header(io.BytesIO(delta_file(repo, "1.1.0", "1.0.0").read_bytes())).kind.value == KIND
+    d = tmp_path / "inst"
+    ins = hc.init_client(d, str(repo.dir), repo)
+    ins.install("1.0.0")
+    install(d, "1.1.0")
+    record = installed_ok(d, "1.1.0")
+    assert record["path"] == "delta" and "fallback_reason" not in record, record
+
+    d2 = tmp_path / "inst2"
+    hc.init_client(d2, str(repo.dir), repo).install("1.0.0")
+    vec = vector(NAME)
+    forge_delta(repo, "1.1.0", "1.0.0", lambda data: rebuild(replace(vec, data=data), lambda doc: doc.update(
+        {"archive-xdelta": doc.pop(KIND)})))
+    _, watch, _ = install(d2, "1.1.0")
+    assert_fell_back(d2, watch, r"unexpected field\(s\) 'archive-xdelta'")
+
