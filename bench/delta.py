@@ -524,6 +524,8 @@ def _describe_delta(repo: Repository, pair: Pair, result: Result) -> None:
     match header.kind:
         case ContainerKind.WHOLE_ARCHIVE:
             kind = "whole-archive"
+        case ContainerKind.WHOLE_ARCHIVE_BSDIFF4:
+            kind = f"whole-archive bsdiff4 (patch {header.archive_bsdiff4 or 0:,} B)"
         case ContainerKind.SOLID:
             kind = f"solid (LZMA stream {header.solid or 0:,} B)"
         case ContainerKind.SHARED:
