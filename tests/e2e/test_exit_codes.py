@@ -9,6 +9,7 @@ makes it bad (refused, with the exact command that overrides it)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -286,9 +287,9 @@ def _interrupted(w: World) -> None:
         # start-up on a loaded 2-core machine can take many seconds: interrupt it only once it waits for the
         # lock (a SIGINT during start-up is a different case), and never hang the suite if it does not get there
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not _waits_for_lock(proc.pid):
+        while time.monotonic() < deadline and proc.poll() is None and not _waits_for_lock(proc.pid, d / "lock"):
             time.sleep(0.1)
-        waiting = _waits_for_lock(proc.pid)
+        waiting = _waits_for_lock(proc.pid, d / "lock")
         proc.send_signal(signal.SIGINT if waiting else signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
         assert waiting, ("the install never waited for the lock", proc.returncode, out, err)
@@ -296,10 +297,10 @@ def _interrupted(w: World) -> None:
     assert err.strip().endswith("pinnacle-update: error: interrupted") and "Traceback" not in err
 
 
-def _waits_for_lock(pid: int) -> bool:
-    """The process is blocked in flock (its wait channel), i.e. past start-up and waiting for the lock."""
+def _waits_for_lock(pid: int, lock: Path) -> bool:
+    """The process has opened ``lock``, i.e. it is past start-up and trying it (it polls: fsutil.exclusive_lock)."""
     try:
-        return "lock" in Path(f"/proc/{pid}/wchan").read_text()
+        return any(os.readlink(fd) == str(lock) for fd in Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return False
 
