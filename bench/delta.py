@@ -257,12 +257,26 @@ class _CountingHandler(_StaticHandler):
         super().end_headers()  # flushes the status line and headers to wfile: what follows is the body
         self._mark = self._wire
 
+    def parse_request(self) -> bool:
+        # A request has been read: until its answer is recorded, take() waits for it (a client has its
+        # last body before handle_one_request below records it).
+        self._busy = True
+        with self.server.lock:
+            self.server.in_flight += 1
+        return super().parse_request()
+
     def handle_one_request(self) -> None:
         self._wire = self._mark = 0
-        super().handle_one_request()
-        if getattr(self, "command", None) and self._wire:
+        self._busy = False
+        try:
+            super().handle_one_request()
+        finally:
             with self.server.lock:
-                self.server.served.append(Served(self.path, self._status, self._wire - self._mark, self._wire))
+                if getattr(self, "command", None) and self._wire:
+                    self.server.served.append(Served(self.path, self._status, self._wire - self._mark, self._wire))
+                if self._busy:
+                    self.server.in_flight -= 1
+                    self.server.idle.notify_all()
 
 
 class CountingServer(ThreadingHTTPServer):
@@ -275,14 +289,17 @@ class CountingServer(ThreadingHTTPServer):
     def __init__(self, directory: Path) -> None:
         super().__init__(("127.0.0.1", 0), functools.partial(_CountingHandler, directory=str(directory)))
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.in_flight = 0
         self.served: list[Served] = []
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server_address[1]}/"
 
     def take(self) -> Download:
-        """What was served since the last call (and forget it)."""
+        """What was served since the last call (and forget it), once every answer begun is recorded."""
         with self.lock:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout=10)
             out, self.served = self.served, []
         return Download(out)
 

@@ -282,8 +282,11 @@ def _checks_failed(w: World) -> None:
 def _interrupted(w: World) -> None:
     d = _copy(w, "interrupted")
     with hold_lock(d):
+        # Python turns SIGINT into KeyboardInterrupt only when it starts with SIGINT at its default: a suite run
+        # as a background job (`make test &`, nohup) hands its children SIGINT ignored, as a shell should
         proc = subprocess.Popen([PY, "-m", "pinnacle_updates.client", "--install-dir", str(d), "install", "--wait"],
-                                cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         # start-up on a loaded 2-core machine can take many seconds: interrupt it only once it waits for the
         # lock (a SIGINT during start-up is a different case), and never hang the suite if it does not get there
         deadline = time.monotonic() + 120
