@@ -122,9 +122,8 @@ def error_group(
         def invoke(self, ctx: click.Context) -> Any:
             try:
                 return super().invoke(ctx)
-            except Failure as exc:
-                exc.as_json, exc.after_result = bool(ctx.meta.get(_JSON)), bool(ctx.meta.get(_PRINTED))
-                raise
+            except Failure as exc:  # raised by a command itself: shown like the rest below
+                failure = exc
             except errors as exc:
                 failure = Failure(program, str(exc), getattr(exc, "exit_code", ExitCode.INTERNAL), tuple(details(exc)))
             except OSError as exc:  # last resort: a file error no library layer translated is still one line
