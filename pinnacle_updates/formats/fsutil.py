@@ -208,10 +208,6 @@ def tail_lines(path: str | os.PathLike[str], limit: int) -> list[bytes]:
     return data.split(b"\n")[1 if start else 0:]
 
 
-LOCK_POLL_SECONDS = 0.2
-"""The longest pause between two tries of a waiting ``exclusive_lock``."""
-
-
 class LockBusyError(OSError):
     """Another process holds the lock."""
 
@@ -225,21 +221,13 @@ def exclusive_lock(path: str | os.PathLike[str], wait: bool = False, record_pid:
     """
     fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # a FIFO planted there must not hang or lock
     try:
-        pause = 0.01
-        while True:
-            # Never a blocking flock, even when waiting: Ctrl-C may be delivered to any thread of the
-            # process, and a main thread blocked in flock is woken only by a signal sent to it; a short
-            # sleep between tries lets the interpreter see the signal within LOCK_POLL_SECONDS.
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                if not wait:
-                    raise LockBusyError(errno.EWOULDBLOCK, f"{path} is held by another process") from exc
-            time.sleep(pause)
-            pause = min(pause * 2, LOCK_POLL_SECONDS)
+        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+        try:
+            fcntl.flock(fd, flags)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LockBusyError(errno.EWOULDBLOCK, f"{path} is held by another process") from exc
+            raise
         if record_pid:  # lets a refused caller name the holder
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
