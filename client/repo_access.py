@@ -152,8 +152,8 @@ def _private(path: Path, what: str) -> None:
         mode = path.stat().st_mode
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if mode & 0o077:
-        raise ConfigError(f"{what} {path} is readable by other users (mode {mode & 0o777:o}): chmod 600 it")
+    if problem := fsutil.open_to_others(mode):
+        raise ConfigError(f"{what} {path} {problem}: chmod 600 it")
 
 
 def _readable(path: Path, what: str) -> None:

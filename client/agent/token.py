@@ -31,11 +31,8 @@ def load_or_create(install_dir: Path, *, rotate: bool = False) -> str:
     if not rotate:
         try:
             st = path.stat()
-            if st.st_mode & 0o077:
-                raise ConfigError(
-                    f"{path} is readable by other users (mode {st.st_mode & 0o777:o}); "
-                    "rotate it with `pinnacle-update token --rotate`"
-                )
+            if problem := fsutil.open_to_others(st.st_mode):
+                raise ConfigError(f"{path} {problem}; rotate it with `pinnacle-update token --rotate`")
             token = fsutil.read_regular(path, 4096).decode("ascii").strip()  # a planted FIFO must not hang
             if len(token) >= 32:
                 return token

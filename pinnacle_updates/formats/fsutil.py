@@ -208,6 +208,12 @@ def tail_lines(path: str | os.PathLike[str], limit: int) -> list[bytes]:
     return data.split(b"\n")[1 if start else 0:]
 
 
+def open_to_others(mode: int) -> str:
+    """'' when a secret file's ``st_mode`` keeps it from other users, else why not (one phrase): the one
+    rule for every secret file (tokens, ingest keys, repository credentials)."""
+    return f"is readable by other users (mode {mode & 0o777:o})" if mode & 0o077 else ""
+
+
 class LockBusyError(OSError):
     """Another process holds the lock."""
 

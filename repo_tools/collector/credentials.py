@@ -27,9 +27,8 @@ _MIN_LENGTH = 16
 def _read_secret(path: Path, what: str) -> str:
     try:
         mode = path.stat().st_mode
-        if mode & 0o077:
-            raise KeyStoreError(f"{what} {path} is readable by other users (mode {mode & 0o777:o}): "
-                                f"chmod 600 it, or delete it for a new one")
+        if problem := fsutil.open_to_others(mode):
+            raise KeyStoreError(f"{what} {path} {problem}: chmod 600 it, or delete it for a new one")
         text = fsutil.read_regular(path, _MAX).decode("utf-8").strip()  # a planted FIFO must not hang
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyStoreError(f"cannot read the {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
