@@ -31,6 +31,7 @@ from pinnacle_updates.formats.index import (
     FormatError,
     Manifest,
     Release,
+    compressed_index_path,
     index_path,
     parse_version,
     record_from_bytes,
@@ -436,13 +437,14 @@ class _Auditor:
             self.problem(f"{name}: no channel index {ipath} in signed targets")
             return
         try:
-            index = ChannelIndex.from_bytes(read_regular(self.repo.target_location(ipath, info.hashes["sha256"])))
+            data = read_regular(self.repo.target_location(ipath, info.hashes["sha256"]))
+            index = ChannelIndex.from_bytes(data)
         except (OSError, FormatError) as exc:
             self.problem(f"{name}: channel index unreadable ({exc})")
             return
         if index.channel != name:
             self.problem(f"{ipath}: names channel '{index.channel}'")
-        referenced = {ipath}
+        referenced = {ipath, *self.compressed_index(name, targets, data)}
         seen: set[tuple[str, str]] = set()
         for release in index.releases:
             self.report.releases += 1
@@ -460,6 +462,30 @@ class _Auditor:
             self.manifest(name, release)
         for path in sorted(set(targets) - referenced):
             self.problem(f"{name}: signed target {path} is not referenced by the channel index")
+
+    def compressed_index(self, name: str, targets: dict[str, Any], data: bytes) -> set[str]:
+        """``index.json.zst``, when the role lists it, must decompress to exactly ``index.json``'s
+        ``data``: new clients read only the compressed one, older ones only the JSON, and both must
+        see the same index. Returns the path when listed (a target the index accounts for)."""
+        zpath = compressed_index_path(name)
+        info = targets.get(zpath)
+        if info is None:
+            return set()
+        out = bytearray()
+        try:
+            with open_regular(self.repo.target_location(zpath, info.hashes["sha256"])) as f, \
+                    zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as reader:
+                while len(out) <= len(data) and (chunk := reader.read(CHUNK_SIZE)):
+                    out += chunk
+        except FileNotFoundError:
+            pass  # target_file has reported the missing file
+        except (OSError, zstandard.ZstdError) as exc:
+            self.problem(f"{zpath}: not readable as zstd ({exc})")
+        else:
+            if out != data:
+                self.problem(f"{zpath}: decompresses to other bytes than {index_path(name)} "
+                             "(clients that read it would see another index)")
+        return {zpath}
 
     def read_manifest(self, release: Release) -> Manifest:
         """The stored manifest of ``release``; raises ``OSError``, ``zstandard.ZstdError`` or ``FormatError``."""

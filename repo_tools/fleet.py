@@ -167,7 +167,7 @@ def set_feedback(
             what = "names this collector" if feedback is not None else "names no collector"
             raise PublishRefused(f"{channel}: the signed index already {what}; nothing to do")
         live, files, bins = _windowed(repo, state, channel, md, replace(index, feedback=feedback, updated=_iso(when)))
-        files.append(_set_index(md, channel, live))
+        files.extend(_set_index(md, channel, live))
         versions = _commit(repo, keys, state, _Change(files, {channel: md, **bins}), when)
     return {"channel": channel, "action": "feedback set" if feedback is not None else "feedback cleared",
             # the key is public (it is in the signed index) but still not echoed into CI logs
@@ -215,7 +215,7 @@ def _edit(
         if check is not None:
             check(whole)
         live, files, bins = _windowed(repo, state, channel, md, whole, unarchived=edited)
-        files.append(_set_index(md, channel, live))
+        files.extend(_set_index(md, channel, live))
         versions = _commit(repo, keys, state, _Change(files, {channel: md, **bins}), now)
     releases = [
         {"version": r.version, "platform": r.platform, **controls_summary(r, now)} for r in [*changed.values(), *edited]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import zstandard
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Role, Targets
 
@@ -27,6 +28,7 @@ from pinnacle_updates.formats.index import (
     UpdateType,
     check_channel,
     check_platform,
+    compressed_index_path,
     index_path,
     parse_version,
     release_dir,
@@ -129,11 +131,30 @@ def _trusted_signers(keys: KeyStore, state: RepoState, role: str) -> list[Signer
     return keys.signers_for(role, trusted.keyids, trusted.threshold)
 
 
-def _set_index(md: Metadata[Targets], channel: str, index: ChannelIndex) -> tuple[str, str, bytes]:
+INDEX_ZSTD_LEVEL = 19
+"""Level of ``index.json.zst``: every update downloads it, and at a few KiB any level costs
+microseconds; 19 rather than 22 keeps the encoder's window (and memory) small."""
+
+
+def _set_index(md: Metadata[Targets], channel: str, index: ChannelIndex) -> list[tuple[str, str, bytes]]:
+    """The one place a channel index is written: sign it into ``md`` as ``index.json`` (which clients
+    from before the compressed index read) and as ``index.json.zst``, zstd of exactly those bytes
+    (one frame, content size declared, no checksum: TUF's hashes cover it, and the client checks the
+    decompressed bytes against ``index.json``'s signed hashes); the target files to write."""
     data = index.to_bytes()
-    target = meta.target_file(index_path(channel), len(data), _sha256_bytes(data))
-    md.signed.targets[target.path] = target
-    return target.path, target.hashes["sha256"], data
+    packed = _index_compressor().compress(data)
+    files: list[tuple[str, str, bytes]] = []
+    for path, content in ((index_path(channel), data), (compressed_index_path(channel), packed)):
+        target = meta.target_file(path, len(content), _sha256_bytes(content))
+        md.signed.targets[target.path] = target
+        files.append((target.path, target.hashes["sha256"], content))
+    return files
+
+
+def _index_compressor() -> zstandard.ZstdCompressor:
+    # Single-threaded with fixed parameters: the same index always gives the same frame.
+    return zstandard.ZstdCompressor(level=INDEX_ZSTD_LEVEL, threads=0, write_content_size=True,
+                                    write_checksum=False)
 
 
 def _windowed(
@@ -233,8 +254,8 @@ def new_channel(repo: Repository, channel: str, signers: Sequence[Signer], days:
     """A channel role's first version, an empty signed index, written (``init``, ``channel add``);
     ``(1, bytes)`` for the snapshot. Nothing refers to it until the snapshot does."""
     md = meta.new_channel_role(meta.expiry(now, days))
-    path, sha, data = _set_index(md, channel, ChannelIndex(channel=channel, updated=_iso(now)))
-    repo.add_target_bytes(path, sha, data)
+    for path, sha, data in _set_index(md, channel, ChannelIndex(channel=channel, updated=_iso(now))):
+        repo.add_target_bytes(path, sha, data)
     meta.sign(md, signers)
     return 1, repo.write_metadata(channel, md)
 
@@ -365,7 +386,7 @@ def publish(repo: Repository, keys: KeyStore, request: PublishRequest, now: date
                 md.signed.targets[ref.path] = meta.target_file(ref.path, ref.length, ref.sha256)
             live, records, bins = _windowed(repo, state, request.channel, md, index.with_release(release, _iso(now)))
             files.extend(records)
-            files.append(_set_index(md, request.channel, live))
+            files.extend(_set_index(md, request.channel, live))
             versions = _commit(repo, keys, state, _Change(files, {request.channel: md, **bins}), now, progress)
     return {"channel": request.channel, "release": release.to_dict(), "metadata_versions": versions,
             "deltas": [d.to_dict() for d in built_deltas]}
@@ -434,7 +455,7 @@ def promote(
             promoted.append(new_release.to_dict())
         live, records, bins = _windowed(repo, state, dest_channel, md, index)
         files.extend(records)
-        files.append(_set_index(md, dest_channel, live))
+        files.extend(_set_index(md, dest_channel, live))
         versions = _commit(repo, keys, state, _Change(files, {dest_channel: md, **bins}), now)
     return {"from": source_channel, "to": dest_channel, "releases": promoted, "metadata_versions": versions}
 

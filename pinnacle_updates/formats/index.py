@@ -5,7 +5,8 @@ formats through the same code, so there is one definition of each.
 
 Target paths inside a channel (all TUF targets of the channel's delegated role)::
 
-    <channel>/index.json                                   the channel index
+    <channel>/index.json                                   the channel index (canonical JSON)
+    <channel>/index.json.zst                               the same bytes, zstd (one frame, size declared)
     <channel>/<platform>/<version>/full.tar.zst            the full artifact (zstd of the canonical tar)
     <channel>/<platform>/<version>/manifest.json.zst       the file manifest (zstd of JSON)
     <channel>/<platform>/<version>/from-<v>.pdelta         deltas from earlier releases
@@ -15,6 +16,13 @@ The index lists the channel's *live* releases: the newest few per platform, and 
 Older releases are archived: their targets and an archive record (the release's index entry)
 move to hashed-bin roles the channel delegates, so a client reaches any old release by its path
 while what it downloads per update does not grow with the channel's history.
+
+The publisher writes the index twice, as JSON and zstd-compressed, both signed targets of the
+channel role, every time it writes it. A client fetches ``index.json.zst`` when the role lists it
+(less than half the bytes), decompresses it within a bound and checks the result against the signed
+length and hashes of ``index.json`` before parsing; it reads ``index.json`` from a repository
+whose role lists no ``.zst``. Clients released before the compressed index read only
+``index.json``, which is why the publisher keeps writing it.
 """
 
 from __future__ import annotations
@@ -139,6 +147,12 @@ def release_dir(channel: str, platform: str, version: str) -> str:
 
 def index_path(channel: str) -> str:
     return f"{channel}/index.json"
+
+
+def compressed_index_path(channel: str) -> str:
+    """Target path of the channel index compressed (one zstd frame of exactly ``index_path``'s bytes),
+    which clients fetch instead of the JSON when the channel role lists it."""
+    return f"{index_path(channel)}.zst"
 
 
 def record_path(channel: str, platform: str, version: str) -> str:
