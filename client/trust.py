@@ -4,9 +4,12 @@ only the product's view on top of it.
 * ``refresh()`` runs the TUF client workflow (root chain, timestamp, snapshot, top-level targets)
   with a fresh ``Updater`` bootstrapped from the root shipped with the client. Trust state
   (verified metadata, rollback protection) lives in ngclient's metadata directory, not here.
-* ``channel_index()`` downloads ``<channel>/index.json`` as a verified target and checks that every
-  artifact it names is a target signed for that channel with the same length and sha256, so
-  nothing read from the index later can point outside signed metadata.
+* ``channel_index()`` downloads ``<channel>/index.json.zst`` as a verified target when the channel
+  role lists it (decompressed within ``INDEX_MAX_BYTES``, and the result checked against the signed
+  length and hashes of ``<channel>/index.json``), else ``<channel>/index.json`` (a repository from
+  before the compressed index), and checks that every artifact the index names is a target signed
+  for that channel with the same length and sha256, so nothing read from the index later can point
+  outside signed metadata.
 * Hashes: targets metadata may list any hash algorithm python-tuf computes (sha256, sha512,
   sha384, blake2b-256, sha3-256, ...); ngclient verifies every one it lists and asks for the file
   by the first in the signed file's order (``<hash>.<name>``; canonical JSON sorts them). The
@@ -56,6 +59,7 @@ from pinnacle_updates.formats.index import (
     TargetRef,
     check_channel,
     check_platform,
+    compressed_index_path,
     index_path,
     parse_version,
     record_from_bytes,
@@ -66,6 +70,10 @@ from pinnacle_updates.formats.rollout import SIGNED_AT_FIELD
 MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 """A signed manifest that decompresses to more than this is refused (a zstd bomb needs no key
 compromise to hurt if the publisher's tooling is buggy; 64 MiB is ~500k entries)."""
+
+INDEX_MAX_BYTES = DOCUMENT_MAX
+"""A signed ``index.json.zst`` that decompresses to more than this is refused, by the manifests'
+rule: no more than the JSON parser would accept as a document (64 MiB)."""
 
 Progress = Callable[[int, int], None]
 
@@ -151,13 +159,10 @@ class RepositoryClient:
         except FormatError as exc:
             raise RepositoryError(str(exc)) from exc
         path = index_path(channel)
-        local = self._download(self._signed(path), None)
         try:
-            index = ChannelIndex.from_bytes(local.read_bytes())
+            index = ChannelIndex.from_bytes(self._index_bytes(channel))
         except FormatError as exc:
             raise RepositoryError(f"channel index {path} is unusable: {exc}") from exc
-        except OSError as exc:
-            raise StateError(f"cannot read the cached {path}: {_os_reason(exc)}") from exc
         if index.channel != channel:
             raise TrustError(f"channel index {path} claims to be channel {index.channel!r}: refused")
         for release in index.releases:
@@ -167,6 +172,32 @@ class RepositoryClient:
                     raise TrustError(f"{where} points outside its channel at {ref.path}: refused")
                 self._signed_ref(ref, where)
         return index
+
+    def _index_bytes(self, channel: str) -> bytes:
+        """The bytes of the channel's signed ``index.json``: decompressed from the verified
+        ``index.json.zst`` when the channel role lists one (never downloading the JSON), else the
+        verified ``index.json`` itself."""
+        path = index_path(channel)
+        packed = compressed_index_path(channel)
+        packed_info = self._listed(packed)
+        if packed_info is None:  # an older publisher: the JSON only
+            local = self._download(self._signed(path), None)
+            try:
+                return local.read_bytes()
+            except OSError as exc:
+                raise StateError(f"cannot read the cached {path}: {_os_reason(exc)}") from exc
+        data = _decompress_bounded(self._download(packed_info, None), packed, INDEX_MAX_BYTES, "channel index")
+        plain = self._listed(path)
+        if plain is not None:
+            # The JSON's signed length and hashes bind what the .zst holds to what older clients read.
+            _signed_hashes(plain.hashes, path)
+            try:
+                plain.verify_length_and_hashes(data)
+            except tuf_exc.LengthOrHashMismatchError:
+                how = f"{len(data)} bytes, {plain.length} signed" if len(data) != plain.length else "another hash"
+                raise TrustError(f"channel index {packed} decompresses to other bytes than the signed {path} "
+                                 f"({how}): refused") from None
+        return data
 
     def channels(self) -> list[str]:
         """The channels this repository offers, sorted: the roles its verified top-level targets
@@ -272,7 +303,7 @@ class RepositoryClient:
                 continue
             target = unquote(entry.name)
             temp = entry.name.startswith(TEMP_PREFIX)
-            if not temp and (entry.name in keep_names or target.endswith("/index.json")):
+            if not temp and (entry.name in keep_names or _is_index(target)):
                 continue
             try:
                 os.unlink(entry.path)
@@ -295,14 +326,18 @@ class RepositoryClient:
     def _signed(self, path: str) -> TargetFile:
         """The signed ``TargetFile`` for ``path`` (walking the delegations, or vouched for by a
         verified archive record), or TrustError."""
+        info = self._listed(path)
+        if info is None:
+            raise TrustError(f"{path} is not listed in signed metadata")
+        return info
+
+    def _listed(self, path: str) -> TargetFile | None:
+        """The signed ``TargetFile`` for ``path``, or None when no signed metadata lists it."""
         if path in self._vouched:
             return self._vouched[path]
         updater = self._require_updater()
         with self._seam(updater):
-            info = updater.get_targetinfo(path)
-        if info is None:
-            raise TrustError(f"{path} is not listed in signed metadata")
-        return info
+            return updater.get_targetinfo(path)
 
     def _signed_ref(self, ref: TargetRef, where: str) -> TargetFile:
         """The signed ``TargetFile`` for ``ref``; refuses a ref whose length or sha256 disagree with
@@ -600,8 +635,14 @@ def cache_name(target_path: str) -> str:
     return quote(target_path, safe="")
 
 
-def _decompress_bounded(path: Path, name: str, limit: int) -> bytes:
-    """zstd-decompress ``path``, refusing more than ``limit`` bytes of output."""
+def _is_index(target: str) -> bool:
+    """A channel index target, JSON or compressed (kept in the cache: every check reads one)."""
+    channel = target.partition("/")[0]
+    return target in (index_path(channel), compressed_index_path(channel))
+
+
+def _decompress_bounded(path: Path, name: str, limit: int, what: str = "manifest") -> bytes:
+    """zstd-decompress ``path`` (the ``what`` target ``name``), refusing more than ``limit`` bytes of output."""
     out = bytearray()
     try:
         dctx = zstandard.ZstdDecompressor()
@@ -610,10 +651,10 @@ def _decompress_bounded(path: Path, name: str, limit: int) -> bytes:
                 out += chunk
                 if len(out) > limit:
                     raise RepositoryError(
-                        f"manifest {name} decompresses to more than {limit // (1 << 20)} MiB: refused"
+                        f"{what} {name} decompresses to more than {limit // (1 << 20)} MiB: refused"
                     )
     except zstandard.ZstdError as exc:
-        raise RepositoryError(f"manifest {name} is not valid zstd data: {exc}") from exc
+        raise RepositoryError(f"{what} {name} is not valid zstd data: {exc}") from exc
     except OSError as exc:
         raise StateError(f"cannot read the cached {name}: {_os_reason(exc)}") from exc
     return bytes(out)

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.core import metadata as meta
@@ -52,8 +53,8 @@ def _publish_v2(repo: Repository, keystore: KeyStore, source) -> dict:  # type: 
     return ops.publish(repo, keystore, request)
 
 
-def _assert_refused(client: Client, *needles: str) -> None:
-    """``install`` fails with one line naming the problem and the running v1 is untouched."""
+def _assert_refused(client: Client, *needles: str) -> int:
+    """``install`` fails with one line naming the problem and the running v1 is untouched; its exit code."""
     status = client.status()
     slot = client.dir / "slots" / status["slot"]
     before = tree_digest(slot), tree_digest(client.dir / "data")
@@ -69,6 +70,7 @@ def _assert_refused(client: Client, *needles: str) -> None:
     assert (client.dir / "current").resolve() == slot.resolve()
     verify = client("verify", check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    return proc.returncode
 
 
 def _target_file(repo: Repository, target_path: str) -> Path:
@@ -105,9 +107,10 @@ def test_tampered_manifest(running_v1: Client, repo: Repository, keystore: KeySt
 def test_channel_index_altered_after_signing(running_v1: Client, repo: Repository, keystore: KeyStore,
                                              source) -> None:
     _publish_v2(repo, keystore, source)
-    path = _target_file(repo, "stable/index.json")
-    path.write_bytes(path.read_bytes().replace(b'"type":"patch"', b'"type":"hotfix"'))
-    _assert_refused(running_v1, "index.json")
+    # The client reads the compressed index (tests/client/test_compressed_index.py has the JSON-only repository).
+    altered = _target_file(repo, "stable/index.json").read_bytes().replace(b'"type":"patch"', b'"type":"hotfix"')
+    _target_file(repo, "stable/index.json.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(altered))
+    _assert_refused(running_v1, "target stable/index.json.zst failed verification")
 
 
 def _resign_timestamp(repo: Repository, keystore: KeyStore, expires_in: timedelta,

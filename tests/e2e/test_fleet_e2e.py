@@ -9,6 +9,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import zstandard
+
 from pinnacle_updates.client import AutoUpdater
 from pinnacle_updates.client import config as config_mod
 from pinnacle_updates.client.installer import Installer
@@ -147,21 +149,24 @@ def test_tampered_rollout_fields_are_refused_by_tuf(tmp_path: Path) -> None:
         c("install", "1.0.0")
         assert not json.loads(c("check", "--json").stdout)["update_available"]
         state = Repository(repo.dir).load()
-        info = state.channels["stable"].signed.targets["stable/index.json"]
-        stored = Repository(repo.dir).target_location("stable/index.json", info.hashes["sha256"])
-        original = stored.read_bytes()
+        targets = state.channels["stable"].signed.targets
+        location = Repository(repo.dir).target_location
+        original = location("stable/index.json", targets["stable/index.json"].hashes["sha256"]).read_bytes()
+        # the compressed index is what the client reads
+        stored = location("stable/index.json.zst", targets["stable/index.json.zst"].hashes["sha256"])
+        packed = stored.read_bytes()
         for old, new in ((b'"percent":0', b'"percent":100'), (b'"state":"active"', b'"state":"complete"'),
                          (b'"percent":0', b'"percent":0.0')):
             assert original.replace(old, new) != original
-            stored.write_bytes(original.replace(old, new))
-            for cached in (c.dir / "cache").glob("*index.json"):
+            stored.write_bytes(zstandard.ZstdCompressor(level=19).compress(original.replace(old, new)))
+            for cached in (c.dir / "cache").glob("*index.json*"):
                 cached.unlink()  # as on a client that has not fetched this index yet
             proc = c("install", check=False)
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
             assert "stable/index.json" in lines[0]
             assert c.status()["version"] == "1.0.0"
-        stored.write_bytes(original)
+        stored.write_bytes(packed)
 
 
 def _src(repo: Repo, version: str) -> Path:
