@@ -105,6 +105,7 @@ DELTA_MAX_RATIO = 0.8
 """A delta is published only if it is at most this fraction of the full artifact. Above it the
 client saves under 20% of the download yet pays for reading base files and applying patches, and
 has one more way to fail; it is also the point where tufup gives up on patches."""
+from .profiling import part
 PATCH_LEVEL = 19
 """zstd level of ``zstd`` and ``zstd-patch`` ops: bytes on the wire are what every device pays."""
 DEFAULT_MEMORY_BUDGET = 2 << 30
@@ -207,7 +208,8 @@ def build_deltas(
         base_dir = staging / f"base-{base.version}"
         base_dir.mkdir()
         try:
-            extract_release(repo.target_location(base.full.path, base.full.sha256), base_dir, base_manifest)
+            with part("extract"):
+                extract_release(repo.target_location(base.full.path, base.full.sha256), base_dir, base_manifest)
         except ArchiveError as exc:
             raise RepositoryStateError(f"cannot use release {base.version} as a delta base: {exc}") from exc
         out = staging / f"from-{base.version}.pdelta"
@@ -306,7 +308,8 @@ def build_delta(
         whole: tuple[DeltaHeader, Iterable[bytes]] | None = None
         # what the loop left resident counts too (the allocator keeps freed pages); so does the archive's
         # reserve, in full while it may still run
-        with_shared = shared.variant(header, min(available - reserve, memory_budget - current_rss()))
+        with part(ContainerKind.SHARED.value):
+            with_shared = shared.variant(header, min(available - reserve, memory_budget - current_rss()))
         if with_shared is not None:
             header, streams = with_shared
             whole = header, _shared_payload(mpatch, payload, header, shared, streams)
@@ -319,7 +322,7 @@ def build_delta(
             whole = _smaller_archive_bsdiff4(whole[0] if whole else header, base_root, base, source, target,
                                              memory_budget) or whole
         payload.seek(0)
-        with open(out, "wb") as f:
+        with part("container"), open(out, "wb") as f:
             if whole is not None:
                 header = whole[0]
                 write_delta(f, header, whole[1])
@@ -337,6 +340,7 @@ def manifest_patch(base: Manifest, target: Manifest) -> bytes:
     return zstd_patch(base.to_bytes(), target.to_bytes())
 
 
+@part("manifest-patch")
 ARCHIVE_LEVEL = 22
 """zstd level of the whole-archive frame when the budget allows it (:data:`ARCHIVE_LEVEL_MEMORY`
 more than level 19, whatever the input size, measured; the decoder's memory is the same): 6% fewer
@@ -363,6 +367,7 @@ def archive_patch(
     """The whole-archive candidate: one zstd patch-from frame (:func:`zstd_patch`, at
     :data:`ARCHIVE_LEVEL` when :func:`archive_memory` at that level fits ``memory_budget``, else at
     level 19) of the target's canonical tar with the base's canonical tar as prefix, both rebuilt
+@part(ContainerKind.WHOLE_ARCHIVE.value)
     from the trees (every file checked against its manifest). ``None`` when the two tars together
     exceed :data:`~formats.delta_format.ARCHIVE_MAX` (the client's memory bound) or no level fits."""
     if not archive_possible(base, target):
@@ -381,6 +386,7 @@ def _canonical_tar(root: Path, manifest: Manifest, error: type[Exception], what:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         digest = write_canonical_tar(fd, manifest.entries, out.extend)
+@part("tar")
     except TreeChanged as exc:
         raise error(f"{what} changed while building the delta: {exc}") from exc
     finally:
@@ -396,6 +402,7 @@ def solid_patch(
     """The solid candidate (``formats.delta_format.solid_layout``): the skeleton manifest (the target's,
     with :data:`~formats.delta_format.SOLID_SHA256` for every file the stream rebuilds) as a zstd patch
     against the base manifest, and the raw LZMA2 stream of those files with the base files as preset
+@part(ContainerKind.SOLID.value)
     dictionary (:func:`formats.lzma_dict.compress`). ``None`` when liblzma is not available here, the
     tars exceed :data:`~formats.delta_format.ARCHIVE_MAX` (the client's bound) or the encoder does not
     fit ``memory_budget``."""
@@ -461,6 +468,7 @@ def archive_bsdiff4_patch(
     """The whole-archive bsdiff4 candidate: one stock ``BSDIFF40`` patch (bz2 blocks) of the target's
     canonical tar against the base's, both rebuilt from the trees. ``None`` when the tars exceed
     :data:`~formats.delta_format.ARCHIVE_MAX`, the encoder does not fit ``memory_budget``, or the
+@part(ContainerKind.WHOLE_ARCHIVE_BSDIFF4.value)
     control block is longer than clients accept (``bsdiff_lzma.control_max`` of the target tar)."""
     if not archive_possible(base, target) or archive_bsdiff4_memory(base, target) > memory_budget:
         return None
@@ -544,6 +552,7 @@ class _Tree:
             data = f.readall()
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise self._changed(entry)
+    @part("read")
         return data
 
     def zstd(self, entry: ManifestEntry, out: BinaryIO) -> None:
@@ -650,7 +659,7 @@ def _encode_candidate(kind: OpKind, path: Path, inputs: _FileInputs) -> Blocks |
     """Write ``kind``'s encoding of ``inputs`` into the scratch file ``path`` (empty: no output)."""
     encode = OP_ENCODERS[kind].encode
     assert encode is not None, f"the plan lists {kind}, which has no encoder"
-    with open(path, "wb") as f:
+    with part(kind.value), open(path, "wb") as f:
         return encode(inputs, f)
 
 
@@ -663,7 +672,8 @@ def _encode_zstd_patch(inputs: _FileInputs, out: BinaryIO) -> None:
 
 
 def _encode_bsdiff_lzma(inputs: _FileInputs, out: BinaryIO) -> Blocks | None:
-    control, diff, extra = bsdiff4.core.diff(inputs.old, inputs.new)
+    with part("bsdiff-matches"):  # the suffix sort and matching: most of bsdiff's time
+        control, diff, extra = bsdiff4.core.diff(inputs.old, inputs.new)
     inputs.raw.append((control, diff, extra))
     try:
         out.write(bsdiff_lzma.pack(control, diff, extra, len(inputs.new)))

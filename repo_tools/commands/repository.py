@@ -15,6 +15,7 @@ from pinnacle_updates.formats.cliutil import emit
 from pinnacle_updates.formats.fleet import describe_controls
 from pinnacle_updates.formats.index import DEFAULT_SKIP_RAMP_TYPES, UpdateType
 
+from .. import profiling
 from .. import publish as ops
 from ..audit import verify_repository
 from ..core.expiry import expiring, parse_time
@@ -96,6 +97,9 @@ def init_cmd(repo_dir: Path, keys_dir: Path, expires: tuple[str, ...], compressi
 @click.option("--sync-to", "sync_dest", default=None, metavar="DEST",
               help="Then `sync` the repository to DEST (a directory or s3://BUCKET/PREFIX).")
 @click.option("--endpoint-url", default=None, help="With --sync-to s3://: the S3 API of a store other than AWS.")
+@click.option("--profile", "profile", is_flag=True,
+              help="Print one 'profile:' line to stderr at the end: wall and CPU seconds per phase and per delta "
+                   "candidate, and the peak RSS.")
 @click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
 @json_option
 def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, update_type: str, platform: str,
@@ -103,7 +107,7 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
                 memory_budget: str, jobs: int,
                 min_version: str | None, ramp: bool | None, ab_test_percentage: float | None,
                 rollout_file: Path | None, rollout_percent: float | None, sync_dest: str | None,
-                endpoint_url: str | None, source_dir: Path, as_json: bool) -> None:
+                endpoint_url: str | None, profile: bool, source_dir: Path, as_json: bool) -> None:
     """Build SOURCE_DIR into a release and publish it in a channel."""
     try:
         text = notes.read_text(encoding="utf-8") if notes else ""
@@ -114,7 +118,12 @@ def publish_cmd(repo_dir: Path, keys_dir: Path, channel: str, version: str, upda
                                  rollout=schedule_option(rollout_file, rollout_percent), min_version=min_version,
                                  ramp=ramp, ab_test_percentage=ab_test_percentage, migration=migration)
     shown = progress.for_cli(PROGRAM, as_json)
-    result = ops.publish(Repository(repo_dir), keystore(keys_dir), request, progress=shown)
+    timer = profiling.Profile() if profile else None
+    with profiling.recording(timer):
+        result = ops.publish(Repository(repo_dir), keystore(keys_dir), request,
+                             progress=timer.wrap(shown) if timer else shown)
+    if timer:
+        click.echo(timer.line(), err=True)
     full = result["release"]["full"]
     lines = [f"published {channel} {version} ({platform}, {update_type}): {full['path']} "
              f"{full['length']} bytes sha256 {full['sha256'][:16]}"]
