@@ -204,7 +204,8 @@ def classify(path: str) -> str:
         role = name.removesuffix(".json").split(".", 1)[-1] if name[:1].isdigit() else name.removesuffix(".json")
         return role if role in ("root", "timestamp", "snapshot", "targets") else "delegated role"
     for suffix, kind in ((".pdelta", "delta"), ("manifest.json.zst", "manifest"), ("index.json", "index"),
-                         ("full.tar.zst", "full"), (".patch", "patch"), (".tar.gz", "archive")):
+                         ("index.json.zst", "index"), ("full.tar.zst", "full"), (".patch", "patch"),
+                         (".tar.gz", "archive")):
         if name.endswith(suffix):
             return kind
     return "other"
