@@ -18,6 +18,12 @@ seam and nothing else:
   that breaks off (here, or in a process that was killed) continues with ``Range: bytes=N-``.
   The kept bytes are yielded first, so ngclient hashes the whole file before anything uses it.
   Metadata is never resumed (its names are not content addresses).
+* compressed answers, bounded: requests say ``Accept-Encoding: gzip`` (a server may then send the
+  JSON metadata and channel index gzipped: about 40% fewer bytes per update; TUF checks the decoded
+  bytes as ever) and this seam decodes gzip itself, never more than ``chunk_size`` bytes of output
+  per step, so ngclient's length limit stops a decompression bomb after one chunk. Any other
+  ``Content-Encoding`` is refused: httpx would decode zstd or deflate whatever was asked, in one
+  unbounded step.
 
 Errors leave this module only as ``tuf.api.exceptions.DownloadError`` subclasses (the contract
 of ``FetcherInterface``); ``client.trust`` turns them into the client's own errors.
@@ -34,6 +40,7 @@ import random
 import re
 import ssl
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +65,42 @@ USER_AGENT = f"pinnacle-updates/{_client_version()}"
 # HTTP answers worth another attempt: the server (or a proxy/CDN in front of it) is overloaded
 # or briefly broken. Everything else >= 400 is final.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+ACCEPT_ENCODING = "gzip"
+"""The only content coding asked for and accepted (:class:`_BoundedDecoder`); httpx would otherwise
+announce and decode zstd and deflate too, each without a bound on one step's output."""
+
+
+class _BoundedDecoder:
+    """Decodes a response body by its ``Content-Encoding`` (none/identity, or gzip) into pieces of at
+    most ``limit`` bytes: one compressed network read can never expand into more than that at once."""
+
+    def __init__(self, url: str, encoding: str, limit: int) -> None:
+        codings = [c.strip().lower() for c in encoding.split(",") if c.strip().lower() not in ("", "identity")]
+        if codings not in ([], ["gzip"], ["x-gzip"]):
+            raise DownloadError(f"{url}: the server sent Content-Encoding {encoding!r}; only gzip is accepted")
+        self._url = url
+        self._limit = max(1, limit)
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if codings else None
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._inflate is None:
+            yield data
+            return
+        try:
+            while data:
+                out = self._inflate.decompress(data, self._limit)
+                data = self._inflate.unconsumed_tail
+                if out:
+                    yield out
+                if self._inflate.eof:
+                    break
+        except zlib.error as exc:
+            raise DownloadError(f"{self._url}: the gzip body is corrupt: {exc}") from exc
+
+    def finish(self) -> None:
+        if self._inflate is not None and not self._inflate.eof:
+            raise DownloadError(f"{self._url}: the gzip body ended early")
 
 PARTIAL_MAX_AGE = 7 * 86400
 """Seconds after which an abandoned partial download is deleted (when another one starts)."""
@@ -294,7 +337,7 @@ class HttpxFetcher(FetcherInterface):
             access = self.access
             self._client = httpx.Client(
                 timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
-                headers={"User-Agent": s.user_agent},
+                headers={"User-Agent": s.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
                 follow_redirects=True,
                 event_hooks={"request": [access.authorize]} if access is not None and access.headers else None,
                 **_connection_options(access.tls_context if access is not None and access.has_tls else _tls_context),
@@ -408,9 +451,12 @@ class HttpxFetcher(FetcherInterface):
         """The body in ``chunk_size`` pieces, or (``as_received``) in the pieces the network
         delivers, so that nothing received is held back in a buffer when the transfer breaks."""
         try:
-            for chunk in response.iter_bytes(None if as_received else self.settings.chunk_size):
-                self._count(chunk)
-                yield chunk
+            decoder = _BoundedDecoder(url, response.headers.get("Content-Encoding", ""), self.settings.chunk_size)
+            for raw in response.iter_raw(None if as_received else self.settings.chunk_size):
+                for chunk in decoder.feed(raw):
+                    self._count(chunk)
+                    yield chunk
+            decoder.finish()
         except httpx.TimeoutException as exc:
             raise SlowRetrievalError(f"{url}: the body stalled ({_kind(exc)})") from exc
         except httpx.HTTPError as exc:

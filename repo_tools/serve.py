@@ -4,6 +4,10 @@ The repository needs no server logic; this only serves files, with the cache hea
 should use (``repo_tools.hosting.cache_control_for``, the rule nginx gets too): ``timestamp.json``
 and error answers are never cached, every other file is immutable under consistent snapshots.
 
+JSON answers are gzipped for a client that accepts it (``repo_tools.hosting.gzip_worthwhile``,
+the rule nginx gets too), with ``Vary: Accept-Encoding``; a range request gets the plain file's bytes.
+Error answers carry a one-line text body (a client probes for the next root on every refresh).
+
 Single byte ranges (``Range: bytes=N-``, ``bytes=N-M``, ``bytes=-S``) are answered with 206 and
 ``Content-Range`` so that an interrupted client download resumes (416 when the range starts past
 the end); anything else in a ``Range`` header is ignored and the whole file sent, as RFC 9110
@@ -13,6 +17,8 @@ allows.
 from __future__ import annotations
 
 import functools
+import gzip
+import io
 import os
 import re
 import sys
@@ -20,7 +26,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .hosting import cache_control_for
+from .hosting import GZIP_LEVEL, accepts_gzip, cache_control_for, content_type_for, gzip_worthwhile
 
 _RANGE = re.compile(r"^bytes=(?P<start>\d*)-(?P<end>\d*)$")
 
@@ -70,14 +76,40 @@ class _Slice:
 class _Handler(SimpleHTTPRequestHandler):
     quiet = True
     _status = 200
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
 
     def send_response_only(self, code: int, message: str | None = None) -> None:
         self._status = code
         super().send_response_only(code, message)
 
     def end_headers(self) -> None:
-        self.send_header("Cache-Control", cache_control_for(self.path.split("?", 1)[0], self._status))
+        url_path = self.path.split("?", 1)[0]
+        self.send_header("Cache-Control", cache_control_for(url_path, self._status))
+        if self._status < 400 and content_type_for(url_path) == "application/json":
+            self.send_header("Vary", "Accept-Encoding")  # caches keep the gzipped and the plain answer apart
         super().end_headers()
+
+    def _gzipped(self, path: str) -> io.BytesIO | None:
+        """The gzipped answer for a JSON file when the client accepts gzip (headers sent), else None."""
+        if not accepts_gzip(self.headers.get("Accept-Encoding")):
+            return None
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+                stamp = os.fstat(f.fileno()).st_mtime
+        except OSError:
+            return None
+        if not gzip_worthwhile(self.path.split("?", 1)[0], len(data)):
+            return None
+        body = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Last-Modified", self.date_time_string(int(stamp)))
+        self.end_headers()
+        return io.BytesIO(body)
 
     def send_head(self) -> Any:
         """The plain answer, or a 206/416 for a single byte range of a file; 404 for dot files
@@ -87,8 +119,10 @@ class _Handler(SimpleHTTPRequestHandler):
             return None
         wanted = self.headers.get("Range")
         path = self.translate_path(self.path)
-        if wanted is None or not os.path.isfile(path):
+        if not os.path.isfile(path):
             return super().send_head()
+        if wanted is None:
+            return self._gzipped(path) or super().send_head()
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed by do_GET/do_HEAD via the returned object
         except OSError:

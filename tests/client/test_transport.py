@@ -242,7 +242,7 @@ def test_a_body_longer_than_signed_is_not_kept(ranged: RangeServer, tmp_path: Pa
 
 
 def test_metadata_is_never_resumed(ranged: RangeServer, tmp_path: Path) -> None:
-    ranged.drop_after = 100_000
+    ranged.drop_after = 1_000  # of the gzipped body: JSON goes gzipped
     f = resumable(tmp_path / "partial")
     with pytest.raises(DownloadError, match="transfer broke off"):
         list(f.fetch(f"{ranged.url}2.snapshot.json"))

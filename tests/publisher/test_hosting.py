@@ -131,6 +131,8 @@ def test_both_servers_send_the_same_status_headers_and_bytes(published: hc.Repo)
     probes: dict[str, tuple[str, str, dict[str, str]]] = {
         "timestamp": ("GET", "/metadata/timestamp.json", {}),
         "timestamp HEAD": ("HEAD", "/metadata/timestamp.json", {}),
+        "timestamp plain": ("GET", "/metadata/timestamp.json", {"Accept-Encoding": "identity"}),
+        "timestamp gzip refused": ("GET", "/metadata/timestamp.json", {"Accept-Encoding": "gzip;q=0, zstd"}),
         "root": ("GET", "/metadata/1.root.json", {}),
         "next root": ("GET", "/metadata/2.root.json", {}),  # every refresh probes for a new root
         "target": ("GET", target, {}),
@@ -153,20 +155,29 @@ def test_both_servers_send_the_same_status_headers_and_bytes(published: hc.Repo)
                 for name, (method, path, headers) in probes.items():
                     r = http.request(method, path, headers=headers)
                     ok = r.status_code < 400
+                    coded = r.headers.get("Content-Encoding")
+                    # nginx sends a gzipped answer chunked (no length); the Python server gives its length.
                     answers[kind][name] = (r.status_code, r.headers.get("Cache-Control"),
                                            r.headers.get("Content-Range"), r.content if ok else b"",
-                                           r.headers.get("Content-Length") if ok else None)
+                                           r.headers.get("Content-Length") if ok and not coded else None,
+                                           coded, r.headers.get("Vary") if ok else None)
         finally:
             served.stop()
     assert answers["nginx"] == answers["python"]
     got = answers["nginx"]
+    # JSON goes gzipped to a client that accepts it (httpx does), plain to one that does not; never a target
+    assert got["timestamp"][5:] == got["root"][5:] == ("gzip", "Accept-Encoding")
+    assert got["timestamp plain"][5:] == (None, "Accept-Encoding")
+    assert got["timestamp plain"][3] == got["timestamp"][3]
+    assert got["target"][5] is None
     assert got["timestamp"][:3] == got["timestamp HEAD"][:3] == (200, NO_STORE, None)
     assert got["root"][:2] == (200, IMMUTABLE) and got["next root"][:2] == (404, NO_STORE)
-    assert got["target"] == got["two ranges"] == (200, IMMUTABLE, None, body, str(len(body)))
-    assert got["rest"] == (206, IMMUTABLE, f"bytes 1000-{len(body) - 1}/{len(body)}", body[1000:],
+    assert got["target"][:5] == got["two ranges"][:5] == (200, IMMUTABLE, None, body, str(len(body)))
+    assert got["rest"][:5] == (206, IMMUTABLE, f"bytes 1000-{len(body) - 1}/{len(body)}", body[1000:],
                            str(len(body) - 1000))
     assert got["suffix"][2:4] == (f"bytes {len(body) - 5}-{len(body) - 1}/{len(body)}", body[-5:])
-    assert got["target HEAD"] == (200, IMMUTABLE, None, b"", str(len(body)))
+    assert got["target HEAD"][:5] == (200, IMMUTABLE, None, b"", str(len(body)))
+    assert got["timestamp gzip refused"][5] is None
     assert {got[k][:2] for k in ("trailing slash", "top", "directory", "lock file")} == {(404, NO_STORE)}
 
 
