@@ -563,20 +563,37 @@ def measure_ours(pair: Pair, old_dir: Path, new_dir: Path, work: Path, result: R
     with Server(repo_dir) as server:
         # Each client installs the old release while it is the newest, as a user's would have, so the measured
         # update fetches what a real one does: new TUF metadata, the channel index, then the delta.
+        # Twice as many: the command line's updates (whole process), then the warm in-process ones.
         clients = [_ours_client_prepare(client, pair, repo_dir, server.url, work / f"client{n}")
-                   for n in range(client_runs)]
+                   for n in range(2 * client_runs)]
         result.ours_publish = publish(pair.new, new_dir)
         result.ours_profile = profile_line(result.ours_publish)
         _describe_delta(repo, pair, result)
-        for cmd in clients:
+        for cmd in clients[:client_runs]:
             run, last = _ours_client_update(cmd, pair, server, new_dir, result)
             runs.append(run)
-            durations.append(float(last.get("duration", 0.0)))
             result.ours_bytes = int(last["bytes"])
             result.ours_path = _describe_path(last)
             shutil.rmtree(Path(cmd[2]))
+        for cmd in clients[client_runs:]:
+            durations.append(_ours_in_process(cmd, client, pair, new_dir))
+            shutil.rmtree(Path(cmd[2]))
+        server.take()
     result.ours_client, result.ours_client_walls = median_run(runs), [r.wall for r in runs]
     result.ours_client_duration = statistics.median(durations)
+
+
+def _ours_in_process(cmd: list[str], script: Path, pair: Pair, new_dir: Path) -> float:
+    """One update timed in-process, warm (``bench/ours_driver.py`` in the client venv, through the public API);
+    its seconds. The installed slot is checked against the release's files."""
+    install_dir = Path(cmd[2])
+    run = run_child([str(script.parent / "python"), str(BENCH / "ours_driver.py"), str(install_dir)],
+                    f"ours_driver update to {pair.new}", cwd=install_dir.parent)
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    if report.get("version") != pair.new:
+        raise BenchError(f"ours_driver installed {report.get('version')}, not {pair.new}")
+    _check_tree(install_dir / "current", new_dir, "pinnacle-update (in-process)")
+    return float(report["seconds"])
 
 
 def _describe_delta(repo: Repository, pair: Pair, result: Result) -> None:
@@ -955,9 +972,11 @@ MEASURED = """\
   as their users install them: tufup from its venv, `pinnacle-update` from `bench/.cache/client-venv`, where the
   bench pip-installs this tree (not editable; runtime dependencies only; byte-compiled) at the start of each run.
   Each client update runs `--client-runs` times (default 3), each in a fresh client directory; the table keeps the
-  median and lists all. "in-process" is the time after imports: for ours the `duration` of the update's history
-  record (TUF refresh to commit), for tufup the driver's timer around `check_for_updates()` and
-  `download_and_apply_update()`.
+  median and lists all. "in-process" is the time after imports, both clients warm: for ours
+  `bench/ours_driver.py` (in the client venv, on as many other fresh clients) imports every client and formats
+  module, then times `AutoUpdater(dir).install()` (the public API the CLI and the agent call: TUF refresh to
+  commit); for tufup its driver's timer around `check_for_updates()` and `download_and_apply_update()`, after
+  importing `tufup.client`.
 - **Under a memory budget** (issue 23, item 5): both releases are published again into another fresh repository with
   `--memory-budget 512M`; the delta's signed length is compared with the unbounded one (the default budget, 2G).
 - **Where the publish time went**: the measured publish runs with `--profile`; its one `profile:` line (stderr) is
