@@ -99,13 +99,13 @@ from .core.delta_plan import (
     zstd_patch_memory,
 )
 from .errors import PublishRefused, RepositoryStateError, UnsafeInputError
+from .profiling import part
 from .store import Repository
 
 DELTA_MAX_RATIO = 0.8
 """A delta is published only if it is at most this fraction of the full artifact. Above it the
 client saves under 20% of the download yet pays for reading base files and applying patches, and
 has one more way to fail; it is also the point where tufup gives up on patches."""
-from .profiling import part
 PATCH_LEVEL = 19
 """zstd level of ``zstd`` and ``zstd-patch`` ops: bytes on the wire are what every device pays."""
 DEFAULT_MEMORY_BUDGET = 2 << 30
@@ -334,13 +334,13 @@ def build_delta(
     return header, digest
 
 
+@part("manifest-patch")
 def manifest_patch(base: Manifest, target: Manifest) -> bytes:
     """The target manifest's canonical JSON as one zstd patch-from frame against the base
     manifest's (:func:`zstd_patch`: its size declared, which the client bounds before decoding)."""
     return zstd_patch(base.to_bytes(), target.to_bytes())
 
 
-@part("manifest-patch")
 ARCHIVE_LEVEL = 22
 """zstd level of the whole-archive frame when the budget allows it (:data:`ARCHIVE_LEVEL_MEMORY`
 more than level 19, whatever the input size, measured; the decoder's memory is the same): 6% fewer
@@ -361,13 +361,13 @@ def archive_possible(base: Manifest, target: Manifest) -> bool:
     return base.content.length + target.content.length <= ARCHIVE_MAX
 
 
+@part(ContainerKind.WHOLE_ARCHIVE.value)
 def archive_patch(
     base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> bytes | None:
     """The whole-archive candidate: one zstd patch-from frame (:func:`zstd_patch`, at
     :data:`ARCHIVE_LEVEL` when :func:`archive_memory` at that level fits ``memory_budget``, else at
     level 19) of the target's canonical tar with the base's canonical tar as prefix, both rebuilt
-@part(ContainerKind.WHOLE_ARCHIVE.value)
     from the trees (every file checked against its manifest). ``None`` when the two tars together
     exceed :data:`~formats.delta_format.ARCHIVE_MAX` (the client's memory bound) or no level fits."""
     if not archive_possible(base, target):
@@ -380,13 +380,13 @@ def archive_patch(
     return zstd_patch(old, new, level)
 
 
+@part("tar")
 def _canonical_tar(root: Path, manifest: Manifest, error: type[Exception], what: str) -> bytes:
     """The canonical tar of the tree at ``root``, which must be exactly ``manifest``."""
     out = bytearray()
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         digest = write_canonical_tar(fd, manifest.entries, out.extend)
-@part("tar")
     except TreeChanged as exc:
         raise error(f"{what} changed while building the delta: {exc}") from exc
     finally:
@@ -396,13 +396,13 @@ def _canonical_tar(root: Path, manifest: Manifest, error: type[Exception], what:
     return bytes(out)
 
 
+@part(ContainerKind.SOLID.value)
 def solid_patch(
     base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> tuple[bytes, bytes] | None:
     """The solid candidate (``formats.delta_format.solid_layout``): the skeleton manifest (the target's,
     with :data:`~formats.delta_format.SOLID_SHA256` for every file the stream rebuilds) as a zstd patch
     against the base manifest, and the raw LZMA2 stream of those files with the base files as preset
-@part(ContainerKind.SOLID.value)
     dictionary (:func:`formats.lzma_dict.compress`). ``None`` when liblzma is not available here, the
     tars exceed :data:`~formats.delta_format.ARCHIVE_MAX` (the client's bound) or the encoder does not
     fit ``memory_budget``."""
@@ -462,13 +462,13 @@ def archive_bsdiff4_memory(base: Manifest, target: Manifest) -> int:
     return bsdiff4_memory(old, new) + old + 4 * new
 
 
+@part(ContainerKind.WHOLE_ARCHIVE_BSDIFF4.value)
 def archive_bsdiff4_patch(
     base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> bytes | None:
     """The whole-archive bsdiff4 candidate: one stock ``BSDIFF40`` patch (bz2 blocks) of the target's
     canonical tar against the base's, both rebuilt from the trees. ``None`` when the tars exceed
     :data:`~formats.delta_format.ARCHIVE_MAX`, the encoder does not fit ``memory_budget``, or the
-@part(ContainerKind.WHOLE_ARCHIVE_BSDIFF4.value)
     control block is longer than clients accept (``bsdiff_lzma.control_max`` of the target tar)."""
     if not archive_possible(base, target) or archive_bsdiff4_memory(base, target) > memory_budget:
         return None
@@ -546,13 +546,13 @@ class _Tree:
     def _changed(self, entry: ManifestEntry) -> UnsafeInputError:
         return UnsafeInputError(f"{self.root} changed while building the delta: {show_path(entry.path)}")
 
+    @part("read")
     def read(self, entry: ManifestEntry) -> bytes:
         """The whole file, which must have ``entry``'s size and sha256."""
         with os.fdopen(open_beneath(self.fd, entry.path, os.O_RDONLY), "rb", buffering=0) as f:
             data = f.readall()
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise self._changed(entry)
-    @part("read")
         return data
 
     def zstd(self, entry: ManifestEntry, out: BinaryIO) -> None:
