@@ -637,7 +637,7 @@ def forge_delta(repo: Repo, version: str, base: str, mutate: Callable[[bytes], b
         new = replace(release, deltas=tuple(forged if d is ref else d for d in release.deltas))
         index = replace(index, releases=tuple(new if r is release else r for r in index.releases))
         role.signed.targets[ref.target.path] = meta.target_file(ref.target.path, len(data), sha)
-        files = [(ref.target.path, sha, data), ops._set_index(role, "stable", index)]
+        files = [(ref.target.path, sha, data), *ops._set_index(role, "stable", index)]
         ops._commit(store, keys, state, ops._Change(files, {"stable": role}), ops.utcnow())
 
 

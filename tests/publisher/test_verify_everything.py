@@ -44,7 +44,7 @@ def _superseded_indexes(repo: Repository) -> list[Path]:
 def test_clean_repository_hashes_superseded_targets(three_releases: Repository) -> None:
     report = verify_repository(three_releases.path, ops.utcnow())
     assert report.problems == [] and report.warnings == []
-    assert report.superseded_targets == 3  # the older indexes: every other target is still live
+    assert report.superseded_targets == 6  # the older indexes (JSON and .zst): every other target is still live
     on_disk = [p for p in three_releases.targets_dir.rglob("*") if p.is_file()]
     assert report.checked_targets == len(on_disk)
 
