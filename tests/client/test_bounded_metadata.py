@@ -14,7 +14,7 @@ import pytest
 from pinnacle_updates.client.errors import UpdateError
 from pinnacle_updates.client.installer import Installer
 from pinnacle_updates.formats.fsutil import TEMP_PREFIX
-from pinnacle_updates.formats.index import ChannelIndex, index_path
+from pinnacle_updates.formats.index import ChannelIndex, compressed_index_path, index_path
 from pinnacle_updates.repo_tools import fleet, rotate
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.archive import Archive
@@ -55,12 +55,12 @@ def _index(repository: Repository, channel: str = "stable") -> ChannelIndex:
 
 def _update_metadata_bytes(repository: Repository, channel: str = "stable") -> int:
     """What a client that already trusts the previous state downloads to update: timestamp,
-    snapshot, the channel role and the channel index."""
+    snapshot, the channel role and the channel index (compressed)."""
     state = repository.load()
     md = repository.metadata_dir
     snapshot = md / f"{state.timestamp.signed.snapshot_meta.version}.snapshot.json"
     role = md / f"{state.channels[channel].signed.version}.{channel}.json"
-    info = state.channels[channel].signed.targets[index_path(channel)]
+    info = state.channels[channel].signed.targets[compressed_index_path(channel)]
     return sum(p.stat().st_size for p in (md / "timestamp.json", snapshot, role)) + info.length
 
 
@@ -89,7 +89,8 @@ def test_the_index_and_channel_role_keep_only_the_live_window(tmp_path: Path, ke
     state = repository.load()
     index = _index(repository)
     assert [r.version for r in index.releases] == versions[-WINDOW:]
-    live_targets = {ref.path for r in index.releases for ref in r.targets()} | {index_path("stable")}
+    live_targets = {ref.path for r in index.releases for ref in r.targets()} | {index_path("stable"),
+                                                                                 compressed_index_path("stable")}
     assert set(state.channels["stable"].signed.targets) == live_targets
     archive = Archive(repository, state, "stable", state.channels["stable"])
     assert [r.version for r in archive.records()] == versions[:-WINDOW]
