@@ -45,3 +45,15 @@ def resign(repository: Repository, keystore: KeyStore, edit: Callable[[dict[str,
     snapshot_bytes = repository.write_metadata("snapshot", meta.sign(snapshot, keystore.signers("snapshot")))
     timestamp = meta.timestamp_of(state.timestamp, snapshot.signed.version, snapshot_bytes, meta.expiry(now, 1), now)
     repository.write_metadata("timestamp", meta.sign(timestamp, keystore.signers("timestamp")), versioned=False)
+
+
+def sign_target(repository: Repository, keystore: KeyStore, target_path: str, data: bytes) -> None:
+    """Store ``data`` and list it as ``target_path`` in the channel role, re-signed with the repository's
+    own keys (a publisher's bug or a stolen channel key: the signature is valid)."""
+    info = TargetFile.from_data(target_path, data, ["sha256"])
+    stored(repository, info).write_bytes(data)
+
+    def edit(targets: dict[str, TargetFile]) -> None:
+        targets[target_path] = info
+
+    resign(repository, keystore, edit)

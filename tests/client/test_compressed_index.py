@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from tuf.api.metadata import TargetFile
 
 from pinnacle_updates.client import trust
 from pinnacle_updates.client.errors import RepositoryError, TrustError
@@ -23,7 +22,7 @@ from pinnacle_updates.client.trust import RepositoryClient, cache_name
 from pinnacle_updates.formats.index import ChannelIndex, compressed_index_path, index_path
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-from tests.client.repo_edits import CHANNEL, publish_versions, resign
+from tests.client.repo_edits import CHANNEL, publish_versions, resign, sign_target
 from tests.client.test_client_attacks import Client, _assert_refused, _publish_v2, _target_file
 from tests.client.test_client_attacks import running_v1 as running_v1  # the fixture: v1 installed and served
 from tests.nginx_server import NginxServer
@@ -50,16 +49,7 @@ def _drop_packed(repository: Repository, keystore: KeyStore) -> None:
 
 
 def _sign_packed(repository: Repository, keystore: KeyStore, packed: bytes) -> None:
-    """Sign ``packed`` as the channel's ``index.json.zst`` with the repository's own keys (a publisher
-    bug or a stolen channel key, not a mirror: the signature is valid)."""
-    info = TargetFile.from_data(PACKED, packed, ["sha256"])
-    stored = repository.target_location(PACKED, info.hashes["sha256"])
-    stored.write_bytes(packed)
-
-    def edit(targets: dict[str, TargetFile]) -> None:
-        targets[PACKED] = info
-
-    resign(repository, keystore, edit)
+    sign_target(repository, keystore, PACKED, packed)
 
 
 # -- a new repository: the compressed index only ------------------------------------------------

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
-from tuf.api.metadata import TargetFile
 
 from pinnacle_updates.formats.exitcodes import ExitCode
 from pinnacle_updates.formats.index import ChannelIndex, Feedback, compressed_index_path, index_path
@@ -26,7 +25,7 @@ from pinnacle_updates.repo_tools.core import metadata as meta
 from pinnacle_updates.repo_tools.errors import VerificationFailed
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
-from tests.client.repo_edits import resign
+from tests.client.repo_edits import resign, sign_target
 from tests.conftest import run_cli
 
 Source = Callable[..., Path]
@@ -97,14 +96,7 @@ def test_the_compressed_index_is_deterministic(repo: Repository) -> None:
 
 
 def _sign_packed(repo: Repository, keys: KeyStore, packed: bytes) -> None:
-    path = compressed_index_path("stable")
-    info = TargetFile.from_data(path, packed, ["sha256"])
-    repo.target_location(path, info.hashes["sha256"]).write_bytes(packed)
-
-    def edit(targets: dict[str, TargetFile]) -> None:
-        targets[path] = info
-
-    resign(repo, keys, edit)
+    sign_target(repo, keys, compressed_index_path("stable"), packed)
 
 
 def test_verify_reports_a_compressed_index_that_is_not_the_json(
