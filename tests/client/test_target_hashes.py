@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tuf.api.metadata import TargetFile
@@ -26,7 +27,7 @@ from tuf.api.metadata import TargetFile
 from pinnacle_updates.client.errors import TrustError, UpdateError
 from pinnacle_updates.client.transport import HttpxFetcher
 from pinnacle_updates.client.trust import BROKEN_HASHES, RepositoryClient
-from pinnacle_updates.formats.index import ChannelIndex, index_path
+from pinnacle_updates.formats.index import ChannelIndex, compressed_index_path, index_path
 from pinnacle_updates.repo_tools.keys import KeyStore
 from pinnacle_updates.repo_tools.store import Repository
 from tests.client.repo_edits import CHANNEL, publish_versions, resign, stored
@@ -52,7 +53,7 @@ def _rehash(repository: Repository, keystore: KeyStore, algorithms: list[str]) -
 
 
 def _edit_index(repository: Repository, keystore: KeyStore, change: Callable[[dict[str, object]], None]) -> None:
-    """Rewrite the channel index (pinnacle's own signed target) and sign its new hashes."""
+    """Rewrite the channel index (pinnacle's own signed target, JSON and compressed) and sign its new hashes."""
     path = index_path(CHANNEL)
 
     def edit(targets: dict[str, TargetFile]) -> None:
@@ -60,9 +61,10 @@ def _edit_index(repository: Repository, keystore: KeyStore, change: Callable[[di
         doc = json.loads(stored(repository, old).read_bytes())
         change(doc)
         data = ChannelIndex.from_bytes(json.dumps(doc).encode()).to_bytes()
-        new = TargetFile.from_data(path, data, list(old.hashes))
-        stored(repository, new).write_bytes(data)
-        targets[path] = new
+        for target, content in ((path, data), (compressed_index_path(CHANNEL), zstandard.compress(data))):
+            new = TargetFile.from_data(target, content, list(old.hashes))
+            stored(repository, new).write_bytes(content)
+            targets[target] = new
 
     resign(repository, keystore, edit)
 
