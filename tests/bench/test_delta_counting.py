@@ -38,7 +38,8 @@ def test_counts_bodies_by_kind(bench: ModuleType, tmp_path: Path) -> None:
     for name, data in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
-    with bench.CountingServer(tmp_path) as server, httpx.Client(base_url=server.url) as client:
+    plain = {"Accept-Encoding": "identity"}  # the bodies as stored; a gzipped answer is counted below
+    with bench.CountingServer(tmp_path) as server, httpx.Client(base_url=server.url, headers=plain) as client:
         for name, data in files.items():
             got = client.get(name)
             assert got.status_code == 200 and got.content == data
@@ -48,6 +49,10 @@ def test_counts_bodies_by_kind(bench: ModuleType, tmp_path: Path) -> None:
         assert ranged.status_code == 206 and len(ranged.content) == 100
         download = server.take()
         assert server.take().requests == []  # take() forgets what it returned
+        zipped = client.get("metadata/timestamp.json", headers={"Accept-Encoding": "gzip"})
+        assert zipped.headers["Content-Encoding"] == "gzip" and zipped.content == files["metadata/timestamp.json"]
+        assert server.take().by_kind() == {"timestamp": int(zipped.headers["Content-Length"])}  # bytes as sent
+        assert int(zipped.headers["Content-Length"]) < 100
     kinds = download.by_kind()
     assert kinds == {
         "timestamp": 513, "snapshot": 850, "targets": 99, "delegated role": 1189, "index": 1344, "manifest": 700,
