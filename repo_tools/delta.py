@@ -82,7 +82,13 @@ from pinnacle_updates.formats.delta_format import (
     write_delta,
 )
 from pinnacle_updates.formats.delta_kinds import ContainerKind, DeltaKind, OpKind
-from pinnacle_updates.formats.delta_segments import DEFAULT_SEGMENTS, SegmentParams, read_region, regions
+from pinnacle_updates.formats.delta_segments import (
+    DEFAULT_SEGMENTS,
+    SegmentParams,
+    bsdiff_data_max,
+    read_region,
+    regions,
+)
 from pinnacle_updates.formats.index import DeltaRef, Digest, FormatError, Manifest, ManifestEntry, Release, TargetRef
 from pinnacle_updates.formats.progress import NULL, Progress
 from pinnacle_updates.formats.tree import extract_release
@@ -708,6 +714,26 @@ def _encode_segments(inputs: _FileInputs, out: BinaryIO) -> None:
     write_segments(inputs.old_tree, inputs.item.base, inputs.new_tree, inputs.item.entry, out, SEGMENTS)
 
 
+def _encode_bsdiff_segments(inputs: _FileInputs, out: BinaryIO) -> None:
+    """bsdiff-lzma window by window, at the plan's windows (the largest its budget allows); nothing when a
+    window's patch breaks the format's bounds (never the only candidate)."""
+    assert inputs.item.base is not None and inputs.item.windows is not None
+    try:
+        write_segments(inputs.old_tree, inputs.item.base, inputs.new_tree, inputs.item.entry, out,
+                       inputs.item.windows, bsdiff_segment)
+    except DeltaFormatError:
+        out.truncate(0)
+
+
+def bsdiff_segment(region: bytes, data: bytes) -> bytes:
+    """One ``bsdiff-segments`` segment: the ``bsdiff-lzma`` patch of ``data`` against ``region``, within the
+    length a reader accepts (``formats.delta_segments.bsdiff_data_max``)."""
+    patch = bsdiff_lzma.encode(region, data)
+    if len(patch) > bsdiff_data_max(len(data)):
+        raise DeltaFormatError(f"a {len(patch)}-byte bsdiff patch of a {len(data)}-byte segment is over the bound")
+    return patch
+
+
 class _SharedSpool:
     """The raw bsdiff blocks (control as planes, diff, extra) of every op kept as ``bsdiff-lzma``, in
     op order, spooled to three scratch files: coded at the end as the delta's shared streams
@@ -804,11 +830,12 @@ def chunks(f: BinaryIO) -> Iterator[bytes]:
 
 def write_segments(
     old_tree: _Tree, base: ManifestEntry, new_tree: _Tree, entry: ManifestEntry, out: BinaryIO,
-    params: SegmentParams = DEFAULT_SEGMENTS,
+    params: SegmentParams = DEFAULT_SEGMENTS, code: Callable[[bytes, bytes], bytes] | None = None,
 ) -> None:
     """Write the ``zstd-segments`` data rebuilding ``entry`` from ``base``: for each of
-    :func:`~formats.delta_segments.regions`, its record and one frame (:func:`segment_frame`) of the
-    segment with its base region, read with ``pread``, as prefix. One region and one segment are in
+    :func:`~formats.delta_segments.regions`, its record and one frame (``code``, by default
+    :func:`segment_frame`; :func:`bsdiff_segment` for ``bsdiff-segments``) of the segment with its base
+    region, read with ``pread``, as prefix. One region and one segment are in
     memory at a time. The base file is hashed first and the new file while it is read: either not
     matching its entry raises like :meth:`_Tree.read`."""
     old_fd = open_beneath(old_tree.fd, base.path, os.O_RDONLY)
@@ -824,7 +851,7 @@ def write_segments(
                 if len(data) != seg.size or len(region) != seg.base_length:
                     raise (new_tree._changed(entry) if len(data) != seg.size else old_tree._changed(base))
                 digest.update(data)
-                frame = segment_frame(region, data)
+                frame = (code or segment_frame)(region, data)
                 del region, data
                 out.write(replace(seg, length=len(frame)).record())
                 out.write(frame)
@@ -878,6 +905,7 @@ OP_ENCODERS: dict[OpKind, OpEncoder] = {
     OpKind.ZSTD_PATCH: OpEncoder(_encode_zstd_patch, ENCODER_MEMORY[OpKind.ZSTD_PATCH]),
     OpKind.ZSTD: OpEncoder(_encode_zstd, ENCODER_MEMORY[OpKind.ZSTD]),
     OpKind.ZSTD_SEGMENTS: OpEncoder(_encode_segments, ENCODER_MEMORY[OpKind.ZSTD_SEGMENTS]),
+    OpKind.BSDIFF_SEGMENTS: OpEncoder(_encode_bsdiff_segments, ENCODER_MEMORY[OpKind.BSDIFF_SEGMENTS]),
 }
 
 UNLIMITED = 1 << 62

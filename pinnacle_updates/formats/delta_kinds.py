@@ -36,6 +36,7 @@ class OpKind(StrEnum):
     ZSTD_PATCH = "zstd-patch"  # one zstd frame compressed with the base file as raw prefix
     ZSTD = "zstd"  # one plain zstd frame of the whole file (a new file)
     ZSTD_SEGMENTS = "zstd-segments"  # a large file: zstd frames per segment, base regions as prefix (delta_segments)
+    BSDIFF_SEGMENTS = "bsdiff-segments"  # the same segment framing, each segment a bsdiff-lzma patch of its region
 
     @property
     def has_base(self) -> bool:
@@ -50,7 +51,8 @@ class OpKind(StrEnum):
     @property
     def whole_file(self) -> bool:
         """Whether applying it holds the whole base file and output in memory: refused on either side of
-        ``delta_segments.WHOLE_PATCH_MAX`` (larger files come as ``zstd-segments``)."""
+        ``delta_segments.WHOLE_PATCH_MAX`` (larger files come as ``zstd-segments``; the ``*-segments`` kinds
+        hold one base region and one segment at a time)."""
         return self in _WHOLE_FILE
 
 

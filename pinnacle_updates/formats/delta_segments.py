@@ -23,6 +23,13 @@ range lies inside the base file's signed size; the sizes add up to exactly the o
 (a record going past it is refused before its frame is read); each frame decodes to exactly its ``size``
 and the records and frames end exactly at the end of the op's data. The output's sha256 comes from the
 signed target manifest, as for every op. Pure apart from :func:`read_region` (a ``pread`` loop).
+
+``bsdiff-segments`` ops use the same records with another codec: each segment's ``length`` bytes are one
+``bsdiff-lzma`` patch (:mod:`formats.bsdiff_lzma`) whose old bytes are the base region (empty when
+base_length is 0) and whose output is the segment's ``size`` bytes. The patch is read whole, so a reader
+also refuses a ``length`` over :func:`bsdiff_data_max` of the segment's size before reading it. A publisher
+writes them where whole-file bsdiff does not fit its memory budget: a window's suffix sort needs 17x the
+region, not the file.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+
+from .bsdiff_lzma import control_max
 
 MIB = 1 << 20
 WHOLE_PATCH_MAX = 64 * MIB
@@ -119,6 +128,13 @@ def parse_record(data: bytes, base_size: int, remaining: int, where: str) -> Seg
     return seg
 
 
+def bsdiff_data_max(size: int) -> int:
+    """The longest ``bsdiff-segments`` segment data (one ``bsdiff-lzma`` patch) for ``size`` output bytes: its
+    raw blocks' bound (control within ``control_max``, diff and extra ``size`` together) and as much again for
+    the coding's framing, which no real patch comes near (LZMA2 adds a few bytes per 64 KiB)."""
+    return control_max(size) + 2 * size
+
+
 def read_region(fd: int, seg: Segment) -> bytes:
     """The base region of ``seg`` read from the file ``fd`` (shorter only if the file ends early)."""
     parts, got = [], 0
@@ -133,5 +149,5 @@ def read_region(fd: int, seg: Segment) -> bytes:
 
 __all__ = [
     "DEFAULT_SEGMENTS", "PREFIX_MIN", "RECORD", "SEGMENT_BASE_MAX", "SEGMENT_MAX", "WHOLE_PATCH_MAX", "Segment",
-    "SegmentError", "SegmentParams", "parse_record", "read_region", "regions",
+    "SegmentError", "SegmentParams", "bsdiff_data_max", "parse_record", "read_region", "regions",
 ]

@@ -28,6 +28,13 @@ times smaller when a few bytes changed in a large file, where LZMA pays for ever
 zero runs in bsdiff's diff block; the publisher codes it only then). The I/O layer runs every candidate
 and keeps the smallest output; ties go to the earlier candidate (cheaper to apply).
 
+When whole-file bsdiff does not fit the budget, ``bsdiff-segments`` takes its place
+(:func:`bsdiff_windows`): the same coding, run per window, a segment of the new file against the
+region of the base at its offsets widened by half a segment on each side, with the windows as large as
+the budget allows (bsdiff's suffix array is 17x the region). A budget that cuts bsdiff out of a
+30 MB executable then costs a few percent of its patch instead of falling back to zstd's (twice as
+large on ruff). The whole files zstd-patch reads are held meanwhile and come off the windows' budget.
+
 Large files (base or target above ``SegmentParams.whole_max``, at most
 :data:`formats.delta_segments.WHOLE_PATCH_MAX`) are never patched whole, whatever the budget: the
 client would need both files in memory. They get ``zstd-segments`` (bounded memory on both sides,
@@ -75,7 +82,8 @@ class FilePlan:
     """What to do for one target file: ``copy`` from ``base``, or run ``candidates`` (smallest wins).
 
     ``base`` is ``None`` for a new file; ``match`` says why the base was chosen ("sha256", "path",
-    "normalised-path", "similar-size" or "new"); ``skipped`` names encoders the budget ruled out, with the need.
+    "normalised-path", "similar-size" or "new"); ``skipped`` names encoders the budget ruled out, with the need;
+    ``windows``: the segments of a ``bsdiff-segments`` candidate (:func:`bsdiff_windows`).
     """
 
     entry: ManifestEntry
@@ -83,6 +91,7 @@ class FilePlan:
     match: str
     candidates: tuple[OpKind, ...]
     skipped: tuple[str, ...] = ()
+    windows: SegmentParams | None = None
 
     @property
     def is_copy(self) -> bool:
@@ -91,15 +100,23 @@ class FilePlan:
     @property
     def memory(self) -> int:
         """Estimated peak bytes of the most demanding candidate."""
-        old = self.base.size if self.base else 0
-        return max((encoder_memory(kind, old, self.entry.size) for kind in self.candidates), default=0)
+        return max((self.need(kind) for kind in self.candidates), default=0)
+
+    def need(self, kind: OpKind) -> int:
+        """Estimated peak bytes of the candidate ``kind`` here: ``bsdiff-segments`` at this plan's windows,
+        plus both whole files when zstd-patch is a candidate too (the publisher reads them for it first)."""
+        old, new = (self.base.size if self.base else 0), self.entry.size
+        if kind is not OpKind.BSDIFF_SEGMENTS:
+            return encoder_memory(kind, old, new)
+        held = old + new if OpKind.ZSTD_PATCH in self.candidates else 0
+        return held + bsdiff_segments_memory(old, new, self.windows or DEFAULT_SEGMENTS)
 
     @property
     def memory_side_by_side(self) -> int:
         """Estimated peak bytes when the zstd patch runs beside the other candidates, which run in turn
         (each estimate counts both inputs, which the encoders share: an overestimate)."""
         old, new = (self.base.size if self.base else 0), self.entry.size
-        others = (encoder_memory(kind, old, new) for kind in self.candidates if kind is not OpKind.ZSTD_PATCH)
+        others = (self.need(kind) for kind in self.candidates if kind is not OpKind.ZSTD_PATCH)
         return encoder_memory(OpKind.ZSTD_PATCH, old, new) + max(others, default=0)
 
 
@@ -128,6 +145,29 @@ def zstd_patch_memory(old: int, new: int) -> int:
     return int(ZSTD_PATCH_PER_BYTE * (old + new)) + ZSTD_PATCH_FIXED
 
 
+def bsdiff_segments_memory(old: int, new: int, windows: SegmentParams = DEFAULT_SEGMENTS) -> int:
+    """``bsdiff-segments``: bsdiff-lzma of one segment against its base region at a time (``windows``),
+    whatever the file sizes."""
+    return bsdiff_lzma_memory(min(old, windows.size + 2 * windows.margin), min(new, windows.size))
+
+
+WINDOW_MIN = 1 * MIB
+"""The smallest ``bsdiff-segments`` segment the planner uses (or the configured segment size, if
+smaller): at 1 MiB the encoder needs about 70 MiB, less than plain zstd's level 19."""
+
+
+def bsdiff_windows(budget: int, segments: SegmentParams = DEFAULT_SEGMENTS) -> SegmentParams | None:
+    """The largest ``bsdiff-segments`` windows whose encoder fits ``budget``: segments of at most
+    ``segments.size`` bytes (in whole MiB, or ``segments.size`` itself), each against the base region at its
+    offsets widened by half a segment on each side (at most ``segments.margin``); ``None`` when not even
+    :data:`WINDOW_MIN` fits."""
+    for size in (segments.size, *range((segments.size - 1) // MIB * MIB, WINDOW_MIN - 1, -MIB)):
+        windows = SegmentParams(segments.whole_max, size, min(segments.margin, size // 2))
+        if bsdiff_segments_memory(size + 2 * windows.margin, size, windows) <= budget:
+            return windows
+    return None
+
+
 def segments_memory(old: int, new: int) -> int:
     """``zstd-segments``: one patch-from of a base region and a segment at a time (both at most the
     format's limits, whatever the file sizes); level 12 needs less than this level-19 estimate."""
@@ -142,6 +182,7 @@ ENCODER_MEMORY: Mapping[OpKind, Callable[[int, int], int]] = {
     OpKind.ZSTD_PATCH: zstd_patch_memory,
     OpKind.ZSTD: lambda old, new: ZSTD_MEMORY,
     OpKind.ZSTD_SEGMENTS: segments_memory,
+    OpKind.BSDIFF_SEGMENTS: bsdiff_segments_memory,  # at the largest windows; a plan's are in FilePlan.need
 }
 """Each op kind's encoder memory estimate (inputs and output included), from the base and target
 file sizes: what the planner budgets with, and the ``memory`` of the publisher's registry
@@ -282,6 +323,7 @@ def _encoders(
         return _segmented(entry, base, match, budget, segments)
     candidates = []
     skipped = []
+    windows = None
     if base.size >= ZSTD_PREFIX_MIN:
         zstd_kind = OpKind.ZSTD_PATCH if base.size + entry.size <= ZSTD_PATCH_TOTAL_MAX else OpKind.ZSTD_SEGMENTS
         for kind in (zstd_kind, OpKind.BSDIFF_LZMA):
@@ -292,12 +334,17 @@ def _encoders(
                 skipped.append(f"{kind.value} needs {need // MIB} MiB > budget {budget // MIB} MiB")
         if OpKind.BSDIFF_LZMA in candidates:
             candidates.append(OpKind.BSDIFF4)  # bsdiff-lzma's matches coded with bz2: it must run after it
-    # bsdiff-lzma is never alone: a patch over the format's control bound is not written (nor is bsdiff4
-    # always: only when its blocks are mostly zeros).
-    alone = candidates in ([], [OpKind.BSDIFF_LZMA, OpKind.BSDIFF4])
+        else:
+            held = base.size + entry.size if OpKind.ZSTD_PATCH in candidates else 0
+            windows = bsdiff_windows(budget - held, segments)
+            if windows is not None:
+                candidates.append(OpKind.BSDIFF_SEGMENTS)
+    # bsdiff is never alone: a patch (or a window's) over the format's control bound is not written (nor is
+    # bsdiff4 always: only when its blocks are mostly zeros).
+    alone = not {OpKind.ZSTD_PATCH, OpKind.ZSTD_SEGMENTS} & set(candidates)
     if alone or entry.size <= PLAIN_ZSTD_MAX or match == "similar-size":
         candidates.insert(0, OpKind.ZSTD)
-    return FilePlan(entry, base, match, tuple(candidates), tuple(skipped))
+    return FilePlan(entry, base, match, tuple(candidates), tuple(skipped), windows)
 
 
 def _segmented(entry: ManifestEntry, base: ManifestEntry, match: str, budget: int, segments: SegmentParams) -> FilePlan:
@@ -314,7 +361,7 @@ def _segmented(entry: ManifestEntry, base: ManifestEntry, match: str, budget: in
 
 
 __all__ = [
-    "ENCODER_MEMORY", "SIDE_BY_SIDE", "SIMILAR_MIN", "SIMILAR_RATIO", "DeltaPlan", "FilePlan", "PlanError",
-    "bsdiff4_memory", "bsdiff_lzma_memory", "encoder_memory", "extension", "normalise_path", "plan_delta",
-    "segments_memory", "zstd_patch_memory",
+    "ENCODER_MEMORY", "SIDE_BY_SIDE", "SIMILAR_MIN", "SIMILAR_RATIO", "WINDOW_MIN", "DeltaPlan", "FilePlan",
+    "PlanError", "bsdiff4_memory", "bsdiff_lzma_memory", "bsdiff_segments_memory", "bsdiff_windows",
+    "encoder_memory", "extension", "normalise_path", "plan_delta", "segments_memory", "zstd_patch_memory",
 ]

@@ -41,7 +41,8 @@ def test_the_registries_split_ops_and_containers_by_type() -> None:
 
 def test_the_planner_only_proposes_kinds_the_publisher_can_encode() -> None:
     written = {kind for kind, encoder in publisher.OP_ENCODERS.items() if encoder.encode is not None}
-    assert written == {OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA, OpKind.BSDIFF4, OpKind.ZSTD_SEGMENTS}
+    assert written == {OpKind.ZSTD, OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA, OpKind.BSDIFF4, OpKind.ZSTD_SEGMENTS,
+                       OpKind.BSDIFF_SEGMENTS}
     for kind, encoder in publisher.OP_ENCODERS.items():
         assert (encoder.encode is None) == bool(encoder.note), kind  # a kind without an encoder says why
 

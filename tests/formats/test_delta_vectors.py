@@ -21,6 +21,7 @@ import lzma
 import os
 import struct
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -77,7 +78,7 @@ def test_there_are_vectors_of_every_container_kind() -> None:
     kinds = {load(name)["kind"] for name in NAMES}
     assert kinds == {"ops", "shared", "archive", "archive-bsdiff4", "solid"}
     ops = {op["op"] for name in NAMES for op in load(name)["header_json"].get("ops", [])}
-    assert ops >= {"copy", "zstd", "zstd-patch", "bsdiff-lzma", "bsdiff-shared", "zstd-segments"}
+    assert ops >= {"copy", "zstd", "zstd-patch", "bsdiff-lzma", "bsdiff-shared", "zstd-segments", "bsdiff-segments"}
 
 
 MIB = 1 << 20
@@ -107,6 +108,8 @@ def test_the_spec_states_the_limits_the_code_enforces() -> None:
         ((delta_segments.PREFIX_MIN, delta_segments.SEGMENT_BASE_MAX), (8, 64 * MIB),
          "`PREFIX_MIN (8) ≤ base_length ≤ SEGMENT_BASE_MAX (64 MiB)`"),
         (delta_segments.RECORD.format, ">QQQQ", "u64 BE base_offset, u64 BE base_length, u64 BE size, u64 BE length"),
+        (delta_segments.bsdiff_data_max(1000), bsdiff_lzma.control_max(1000) + 2000,
+         "`bsdiff_data_max(size) = control_max(size) + 2 \u00d7 size`"),
         (bsdiff_lzma.MAGIC, b"BSL1", '"BSL1"'),
         (bsdiff_lzma.control_max(3200), 24 * (100 + 1024), "24 \u00d7 (size \u00f7 32 + 1024)"),
         ((bsdiff_lzma.DICT_MIN, bsdiff_lzma.DICT_MAX), (64 << 10, 64 * MIB), "min(64 MiB, max(64 KiB,"),
@@ -248,12 +251,14 @@ def bsdiff_lzma(old: bytes, patch: bytes, size: int) -> bytes:
     return bspatch(old, from_planes(planes), diff, extra, size)
 
 
-def segments(old: bytes, data: bytes, size: int) -> bytes:
+def segments(old: bytes, data: bytes, size: int, patch: Callable[[bytes, bytes, int], bytes] | None = None) -> bytes:
+    """zstd-segments, or with ``patch`` (a BSL1 patch of the region) bsdiff-segments."""
     out, pos = bytearray(), 0
     while pos < len(data):
         base_offset, base_length, n, length = struct.unpack(">QQQQ", data[pos : pos + 32])
         pos += 32
-        out += zstd_frame(data[pos : pos + length], old[base_offset : base_offset + base_length], n)
+        region = old[base_offset : base_offset + base_length]
+        out += patch(region, data[pos : pos + length], n) if patch else zstd_frame(data[pos : pos + length], region, n)
         pos += length
     assert len(out) == size
     return bytes(out)
@@ -285,6 +290,8 @@ def decode_op(kind: str, old: bytes, data: bytes, size: int) -> bytes:
         return bsdiff_lzma(old, data, size)
     if kind == "bsdiff4":
         return bsdiff40(old, data, size)
+    if kind == "bsdiff-segments":
+        return segments(old, data, size, bsdiff_lzma)
     assert kind == "zstd-segments", kind
     return segments(old, data, size)
 

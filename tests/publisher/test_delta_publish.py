@@ -486,9 +486,11 @@ def test_plan_memory_budget_picks_encoders() -> None:
     assert bsdiff4_memory(big, big) == 17 * big + big + 32 * MIB
     assert bsdiff_lzma_memory(big, big) == bsdiff4_memory(big, big)  # LZMA's 11 x 32 MiB come after bsdiff's peak
     assert OpKind.BSDIFF_LZMA in candidates(bsdiff_lzma_memory(big, big))
-    # Large changed files skip plain zstd while a patch encoder fits; it is the fallback otherwise.
-    assert candidates(bsdiff_lzma_memory(big, big) - 1) == (OpKind.ZSTD_PATCH,)
-    assert candidates(zstd_patch_memory(big, big) - 1) == (OpKind.ZSTD,)
+    # Large changed files skip plain zstd while a patch encoder fits; it is the fallback otherwise. Where
+    # whole-file bsdiff does not fit, it runs per window (bsdiff-segments, never alone).
+    assert candidates(bsdiff_lzma_memory(big, big) - 1) == (OpKind.ZSTD_PATCH, OpKind.BSDIFF_SEGMENTS)
+    assert candidates(zstd_patch_memory(big, big) - 1) == (OpKind.ZSTD, OpKind.BSDIFF_SEGMENTS)
+    assert candidates(ZSTD_MEMORY) == (OpKind.ZSTD, OpKind.BSDIFF_SEGMENTS)  # 2 MiB windows fit in 128 MiB
     assert "bsdiff-lzma needs" in plan_delta(base, target, 256 * MIB).files[0].skipped[-1]
     with pytest.raises(PlanError, match="below the 128 MiB"):
         plan_delta(base, target, ZSTD_MEMORY - 1)

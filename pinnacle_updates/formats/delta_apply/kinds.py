@@ -92,6 +92,13 @@ def _segments_memory(old: int, new: int) -> int:
     return _zstd_patch_memory(min(old, delta_segments.SEGMENT_BASE_MAX), min(new, delta_segments.SEGMENT_MAX))
 
 
+def _bsdiff_segments_memory(old: int, new: int) -> int:
+    """One base region, one segment's patch (``bsdiff_data_max``) and :func:`_bsdiff_lzma_memory` of the
+    segment against the region, whatever the file sizes."""
+    region, size = min(old, delta_segments.SEGMENT_BASE_MAX), min(new, delta_segments.SEGMENT_MAX)
+    return delta_segments.bsdiff_data_max(size) + _bsdiff_lzma_memory(region, size)
+
+
 OP_APPLIERS: Mapping[OpKind, OpApplier] = {
     OpKind.COPY: OpApplier(write_copy, "copied", lambda old, new: CHUNK_SIZE),
     OpKind.BSDIFF4: OpApplier(write_bsdiff4, "patched", _bsdiff4_memory),
@@ -100,6 +107,7 @@ OP_APPLIERS: Mapping[OpKind, OpApplier] = {
     OpKind.ZSTD_PATCH: OpApplier(write_zstd, "patched", _zstd_patch_memory),
     OpKind.ZSTD: OpApplier(write_zstd, "decompressed", lambda old, new: 1 << decoder_window_log(0, new)),
     OpKind.ZSTD_SEGMENTS: OpApplier(write_segments, "patched", _segments_memory),
+    OpKind.BSDIFF_SEGMENTS: OpApplier(write_segments, "patched", _bsdiff_segments_memory),
 }
 
 

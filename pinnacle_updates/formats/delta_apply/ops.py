@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import bsdiff4.core
 
 from pinnacle_updates.formats import bsdiff_lzma, delta_format, delta_segments
-from pinnacle_updates.formats.archive import copy_hashed, show_path
+from pinnacle_updates.formats.archive import CHUNK_SIZE, copy_hashed, show_path
 from pinnacle_updates.formats.delta_kinds import OpKind
 from pinnacle_updates.formats.index import Digest, Manifest, ManifestEntry
 
@@ -103,16 +103,18 @@ def write_zstd(t: OpTarget) -> Written:
 
 
 def write_segments(t: OpTarget) -> Written:
-    """``zstd-segments``: the base file is hashed against the base manifest first (streamed), then
-    each segment is decoded with its base region (``pread``) as prefix. Memory: one region and one
-    segment at a time, whatever the file sizes."""
+    """``zstd-segments`` and ``bsdiff-segments``: the base file is hashed against the base manifest first
+    (streamed), then each segment is decoded with its base region (``pread``): as zstd's prefix, or as the
+    old bytes of its bsdiff-lzma patch. Memory: one region and one segment at a time, whatever the file
+    sizes."""
     base = t.source.base_entry(t.op)
     fd = t.source.open_base(t.op)
     try:
         got, overflow = copy_hashed(lambda n: os.read(fd, n), None, base.size)
         if overflow or got != Digest(base.size, base.sha256):
             raise t.source.modified(base, got, overflow)
-        stream = _SegmentStream(t.source.payload_reader(t.op), t.op.length, fd, base.size, t.entry.size, t.where)
+        stream = _SegmentStream(t.source.payload_reader(t.op), t.op.length, fd, base.size, t.entry.size, t.where,
+                                t.op.op is OpKind.BSDIFF_SEGMENTS)
         got, overflow = create_file(t.dest_fd, t.entry, stream.read)
         if not overflow:
             stream.finish()
@@ -233,12 +235,14 @@ def _bunzip_bounded(data: bytes, limit: int, where: str) -> bytes:
 
 
 class _SegmentStream:
-    """The output of a ``zstd-segments`` op, segment after segment. Each record is checked
-    (``delta_segments.parse_record``: sizes, base range, the signed size not exceeded) before its
-    frame is read; each frame must decode to exactly its declared size."""
+    """The output of a ``zstd-segments`` op (or, with ``bsdiff``, a ``bsdiff-segments`` one), segment after
+    segment. Each record is checked (``delta_segments.parse_record``: sizes, base range, the signed size not
+    exceeded; a bsdiff patch's length within ``bsdiff_data_max``) before its data is read; each segment must
+    decode to exactly its declared size."""
 
     def __init__(
-        self, data: Callable[[int], bytes], length: int, base_fd: int, base_size: int, size: int, where: str
+        self, data: Callable[[int], bytes], length: int, base_fd: int, base_size: int, size: int, where: str,
+        bsdiff: bool = False,
     ) -> None:
         self._data = data
         self._left = length  # op data bytes not taken yet
@@ -247,7 +251,8 @@ class _SegmentStream:
         self._undeclared = size  # output bytes no record has declared yet
         self._where = where
         self._count = 0
-        self._frame: ZstdStream | None = None
+        self._bsdiff = bsdiff
+        self._frame: ZstdStream | _Patched | None = None
         self._due = 0  # output bytes the current frame still owes
 
     def read(self, n: int) -> bytes:
@@ -284,13 +289,39 @@ class _SegmentStream:
             raise DeltaError(str(exc)) from None
         if seg.length > self._left:
             raise DeltaError(f"{where}: a {seg.length}-byte frame runs past the op's data ({self._left} left)")
+        if self._bsdiff and seg.length > delta_segments.bsdiff_data_max(seg.size):
+            raise DeltaError(f"{where}: a {seg.length}-byte bsdiff patch for {seg.size} bytes is over the "
+                             f"{delta_segments.bsdiff_data_max(seg.size)}-byte bound")
         self._left -= seg.length
         self._undeclared -= seg.size
         prefix = delta_segments.read_region(self._base_fd, seg) if seg.base_length else None
         if prefix is not None and len(prefix) != seg.base_length:
             raise DeltaError(f"{where}: the base file shrank while being read")
-        self._frame = ZstdStream(limited(self._data, seg.length), prefix, seg.size, where)
+        data = limited(self._data, seg.length)
+        self._frame = _Patched(data, seg, prefix or b"", where) if self._bsdiff else ZstdStream(
+            data, prefix, seg.size, where)
         self._due = seg.size
+
+
+class _Patched:
+    """One ``bsdiff-segments`` segment: its patch read whole (the caller bounded its length) and applied to
+    its base region; read like a :class:`ZstdStream`."""
+
+    def __init__(self, data: Callable[[int], bytes], seg: delta_segments.Segment, old: bytes, where: str) -> None:
+        parts, left = [], seg.length
+        while left and (chunk := data(min(left, CHUNK_SIZE))):
+            parts.append(chunk)
+            left -= len(chunk)
+        try:
+            self._out = io.BytesIO(bsdiff_lzma.patch(old, b"".join(parts), seg.size))
+        except delta_format.DeltaFormatError as exc:
+            raise DeltaError(f"{where}: {exc}") from None
+
+    def read(self, n: int) -> bytes:
+        return self._out.read(n)
+
+    def finish(self) -> None:
+        """Nothing to check: the patch produced exactly the segment's size, and its data was its length."""
 
 
 __all__ = [

@@ -34,10 +34,12 @@ from pinnacle_updates.formats.delta_format import (  # noqa: E402
     read_header,
     write_delta,
 )
+from pinnacle_updates.formats.delta_kinds import OpKind  # noqa: E402
 from pinnacle_updates.formats.delta_segments import SegmentParams  # noqa: E402
 from pinnacle_updates.formats.index import EntryType, Manifest  # noqa: E402
 from pinnacle_updates.repo_tools import delta as publisher  # noqa: E402
 from pinnacle_updates.repo_tools.artifact import build_artifact  # noqa: E402
+from pinnacle_updates.repo_tools.core import delta_plan  # noqa: E402
 
 MANIFEST_LEVEL = 19
 """zstd level of the signed manifest targets (the publisher's default)."""
@@ -102,6 +104,14 @@ def segments() -> tuple[Files, Files, dict[str, str]]:
     return {"data/blob.bin": blob}, {"data/blob.bin": edited(blob, 25_000, b"SEGMENTED") + noise("tail", 500)}, {}
 
 
+def bsdiff_segments() -> tuple[Files, Files, dict[str, str]]:
+    """A file whose whole-file bsdiff the publisher's memory budget does not cover (priced out, see
+    ``WINDOWS``): ``bsdiff-segments``, bsdiff per 8 KiB window against its 16 KiB base region."""
+    blob = noise("bsw", 40_000)
+    new = edited(blob, 12_000, b"WINDOWED")
+    return {"lib/big.so": blob}, {"lib/big.so": new[:30_000] + noise("ins", 300) + new[30_000:]}, {}
+
+
 def pointer_table(seed: str, count: int, shift_from: int, insert_at: int) -> tuple[bytes, bytes]:
     """Code whose addresses shifted: ``count`` 8-byte words, each an opcode-like half and a 4-byte
     pointer; in the new version the pointers from word ``shift_from`` on move by 16 and 16 bytes are
@@ -139,16 +149,22 @@ def solid() -> tuple[Files, Files, dict[str, str]]:
 
 SEGMENTS = SegmentParams(whole_max=16_384, size=8_192, margin=2_048)
 """The ``segments`` vector's publisher parameters: tiny files segmented as a 64 MiB one would be."""
+WINDOWS = SegmentParams(whole_max=65_536, size=8_192, margin=4_096)
+"""The ``bsdiff-segments`` vector's: files up to 64 KiB patched whole when the budget allows, 8 KiB windows.
+That vector is built ("windows") with whole-file bsdiff and zstd-patch priced out of the budget, as a 512 MiB
+budget prices them out of a 30 MB executable."""
 
 VECTORS: dict[str, tuple[Callable[[], tuple[Files, Files, dict[str, str]]], str, SegmentParams | None]] = {
     # name: (trees, how: "per-file" (build_delta without the whole-tree candidates), "publish" (with
-    # them, as ``publish`` runs it) or "solid" (the solid encoder alone), segment parameters)
+    # them, as ``publish`` runs it), "windows" (per-file, whole-file bsdiff and zstd-patch priced out of the
+    # budget) or "solid" (the solid encoder alone), segment parameters)
     "per-file": (per_file, "per-file", None),
     "executable": (executable, "per-file", None),
     "shared": (shared, "per-file", None),
     "whole-archive": (whole_archive, "publish", None),
     "whole-archive-bsdiff4": (whole_archive_bsdiff4, "publish", None),
     "segments": (segments, "per-file", SEGMENTS),
+    "bsdiff-segments": (bsdiff_segments, "windows", WINDOWS),
     "solid": (solid, "solid", None),
 }
 
@@ -197,6 +213,9 @@ def make_vector(name: str, out: Path) -> None:
     write_tree(out / "target", target_files, links)
     saved = publisher.SEGMENTS
     publisher.SEGMENTS = params or saved
+    priced = (OpKind.BSDIFF_LZMA, OpKind.ZSTD_PATCH) if how == "windows" else ()
+    memory = {kind: delta_plan.ENCODER_MEMORY[kind] for kind in priced}
+    delta_plan.ENCODER_MEMORY.update({kind: lambda old, new: 1 << 60 for kind in priced})  # type: ignore[attr-defined]
     try:
         with tempfile.TemporaryDirectory() as work:
             (base, _), (target, signed) = release(out / "base", "1.0.0", Path(work)), release(out / "target",
@@ -206,6 +225,7 @@ def make_vector(name: str, out: Path) -> None:
                                               whole_archive=how == "publish", jobs=1)
     finally:
         publisher.SEGMENTS = saved
+        delta_plan.ENCODER_MEMORY.update(memory)  # type: ignore[attr-defined]
     if how == "solid":
         header = write_solid(out, base, target)
     data = (out / DELTA_NAME).read_bytes()
