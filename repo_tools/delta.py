@@ -84,8 +84,10 @@ from pinnacle_updates.formats.delta_format import (
 from pinnacle_updates.formats.delta_kinds import ContainerKind, DeltaKind, OpKind
 from pinnacle_updates.formats.delta_segments import (
     DEFAULT_SEGMENTS,
+    Segment,
     SegmentParams,
     bsdiff_data_max,
+    matched_regions,
     read_region,
     regions,
 )
@@ -98,6 +100,7 @@ from .audit import MAX_MANIFEST_BYTES
 from .core.delta_plan import (
     ENCODER_MEMORY,
     SIDE_BY_SIDE,
+    WHOLE_INPUTS,
     FilePlan,
     PlanError,
     bsdiff4_memory,
@@ -624,7 +627,7 @@ def _encode_best(
     choice and bytes are the same."""
     blocks: Blocks | None = None
     inputs = _FileInputs(item, old_tree, new_tree)
-    if item.base is not None and SIDE_BY_SIDE & set(item.candidates):
+    if item.base is not None and WHOLE_INPUTS & set(item.candidates):
         inputs = replace(inputs, old=old_tree.read(item.base), new=new_tree.read(item.entry))
     scratch = {kind: work / f"candidate.{kind.value}" for kind in item.candidates}
     job: Future[Blocks | None] | None = None
@@ -718,9 +721,10 @@ def _encode_bsdiff_segments(inputs: _FileInputs, out: BinaryIO) -> None:
     """bsdiff-lzma window by window, at the plan's windows (the largest its budget allows); nothing when a
     window's patch breaks the format's bounds (never the only candidate)."""
     assert inputs.item.base is not None and inputs.item.windows is not None
+    segs = matched_regions(inputs.old, inputs.new, inputs.item.windows)  # both files held: WHOLE_INPUTS
     try:
         write_segments(inputs.old_tree, inputs.item.base, inputs.new_tree, inputs.item.entry, out,
-                       inputs.item.windows, bsdiff_segment)
+                       inputs.item.windows, bsdiff_segment, segs)
     except DeltaFormatError:
         out.truncate(0)
 
@@ -831,13 +835,14 @@ def chunks(f: BinaryIO) -> Iterator[bytes]:
 def write_segments(
     old_tree: _Tree, base: ManifestEntry, new_tree: _Tree, entry: ManifestEntry, out: BinaryIO,
     params: SegmentParams = DEFAULT_SEGMENTS, code: Callable[[bytes, bytes], bytes] | None = None,
+    segs: Sequence[Segment] | None = None,
 ) -> None:
-    """Write the ``zstd-segments`` data rebuilding ``entry`` from ``base``: for each of
-    :func:`~formats.delta_segments.regions`, its record and one frame (``code``, by default
+    """Write the ``zstd-segments`` data rebuilding ``entry`` from ``base``: for each of ``segs`` (by default
+    :func:`~formats.delta_segments.regions`), its record and one frame (``code``, by default
     :func:`segment_frame`; :func:`bsdiff_segment` for ``bsdiff-segments``) of the segment with its base
-    region, read with ``pread``, as prefix. One region and one segment are in
-    memory at a time. The base file is hashed first and the new file while it is read: either not
-    matching its entry raises like :meth:`_Tree.read`."""
+    region, read with ``pread``, as prefix. One region and one segment are in memory at a time. The base
+    file is hashed first and the new file while it is read: either not matching its entry raises like
+    :meth:`_Tree.read`."""
     old_fd = open_beneath(old_tree.fd, base.path, os.O_RDONLY)
     try:
         got, overflow = copy_hashed(lambda n: os.read(old_fd, n), None, base.size)
@@ -845,7 +850,7 @@ def write_segments(
             raise old_tree._changed(base)
         digest = hashlib.sha256()
         with os.fdopen(open_beneath(new_tree.fd, entry.path, os.O_RDONLY), "rb") as new:
-            for seg in regions(base.size, entry.size, params):
+            for seg in regions(base.size, entry.size, params) if segs is None else segs:
                 data = new.read(seg.size)
                 region = read_region(old_fd, seg)
                 if len(data) != seg.size or len(region) != seg.base_length:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .bsdiff_lzma import control_max
@@ -91,20 +92,50 @@ class SegmentParams:
 DEFAULT_SEGMENTS = SegmentParams()
 
 
-def regions(base_size: int, size: int, params: SegmentParams = DEFAULT_SEGMENTS) -> list[Segment]:
+def regions(
+    base_size: int, size: int, params: SegmentParams = DEFAULT_SEGMENTS, moved: Callable[[int, int], int] | None = None
+) -> list[Segment]:
     """The segments (``length`` still 0) of a ``size``-byte file patched against a ``base_size``-byte base:
     consecutive pieces of ``params.size`` bytes; each one's region is the base bytes at the same offsets
-    widened by ``params.margin`` on both sides, shifted to stay inside the base (so the end of a grown file
-    is patched against the end of the base), and empty when the base is shorter than :data:`PREFIX_MIN`."""
+    (moved by ``moved(start, size)`` of the segment, when given) widened by ``params.margin`` on both sides,
+    shifted to stay inside the base (so the end of a grown file is patched against the end of the base), and
+    empty when the base is shorter than :data:`PREFIX_MIN`."""
     out = []
     for start in range(0, size, params.size):
         n = min(params.size, size - start)
         length = min(n + 2 * params.margin, base_size)
-        offset = max(0, min(start - params.margin, base_size - length))
+        shift = moved(start, n) if moved is not None and length >= PREFIX_MIN else 0
+        offset = max(0, min(start + shift - params.margin, base_size - length))
         if length < PREFIX_MIN:
             offset = length = 0
         out.append(Segment(offset, length, n))
     return out
+
+
+ANCHORS = 64
+"""Samples per segment that :func:`matched_regions` looks up in the base."""
+ANCHOR = 32
+"""Bytes of one sample: long enough to occur once in a real binary unless the content is the same."""
+
+
+def matched_regions(old: bytes, new: bytes, params: SegmentParams = DEFAULT_SEGMENTS) -> list[Segment]:
+    """:func:`regions` of ``new`` against ``old``, each region moved to where its segment's content is in the
+    base: by the offset most of :data:`ANCHORS` evenly spaced samples of the segment are found at (the first
+    occurrence of each, if any; samples of fewer than 8 distinct bytes, such as padding, are skipped; ties go
+    to the earlier sample's offset; none found: not moved). A library rebuilt with code added or dropped
+    before a segment moves its content by more than any margin (numpy 2.0.2 -> 2.1.0's OpenBLAS: 36 -> 22 MB),
+    which the same offsets would miss."""
+
+    def moved(start: int, size: int) -> int:
+        votes: dict[int, int] = {}
+        for i in range(ANCHORS):
+            at = start + i * size // ANCHORS
+            sample = new[at : at + ANCHOR]
+            if len(sample) == ANCHOR and len(set(sample)) >= 8 and (found := old.find(sample)) >= 0:
+                votes[found - at] = votes.get(found - at, 0) + 1
+        return max(votes, key=votes.__getitem__, default=0)  # the first of equals: dicts keep insertion order
+
+    return regions(len(old), len(new), params, moved)
 
 
 def parse_record(data: bytes, base_size: int, remaining: int, where: str) -> Segment:
@@ -148,6 +179,7 @@ def read_region(fd: int, seg: Segment) -> bytes:
 
 
 __all__ = [
-    "DEFAULT_SEGMENTS", "PREFIX_MIN", "RECORD", "SEGMENT_BASE_MAX", "SEGMENT_MAX", "WHOLE_PATCH_MAX", "Segment",
-    "SegmentError", "SegmentParams", "bsdiff_data_max", "parse_record", "read_region", "regions",
+    "ANCHOR", "ANCHORS", "DEFAULT_SEGMENTS", "PREFIX_MIN", "RECORD", "SEGMENT_BASE_MAX", "SEGMENT_MAX",
+    "WHOLE_PATCH_MAX", "Segment", "SegmentError", "SegmentParams", "bsdiff_data_max", "matched_regions",
+    "parse_record", "read_region", "regions",
 ]

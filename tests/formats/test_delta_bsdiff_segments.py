@@ -25,6 +25,8 @@ from pinnacle_updates.formats.delta_segments import (
     Segment,
     SegmentParams,
     bsdiff_data_max,
+    matched_regions,
+    regions,
 )
 from pinnacle_updates.formats.index import Digest, EntryType, Manifest, ManifestEntry
 from pinnacle_updates.formats.tree import verify_tree
@@ -81,7 +83,7 @@ def test_a_file_whole_bsdiff_does_not_fit_gets_bsdiff_segments_beside_zstd_patch
     [item] = plan_delta(base, target, budget).files
     assert bsdiff_lzma_memory(30 * MIB, 30 * MIB) > budget
     assert item.candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF_SEGMENTS)
-    assert item.windows == bsdiff_windows(budget - 60 * MIB)  # both files are held for zstd-patch meanwhile
+    assert item.windows == bsdiff_windows(budget - 60 * MIB)  # both files are held (windows are looked up)
     assert item.memory <= budget and item.need(OpKind.BSDIFF_SEGMENTS) <= budget
     # without zstd-patch (it does not fit either) plain zstd is the candidate that always writes something
     [low] = plan_delta(base, target, zstd_patch_memory(30 * MIB, 30 * MIB) - 1).files
@@ -95,6 +97,30 @@ def test_where_whole_file_bsdiff_fits_or_files_are_segmented_nothing_changes() -
     plan = {f.entry.path: f for f in plan_delta(base, target, 2 << 30).files}
     assert plan["mid.so"].candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF_LZMA, OpKind.BSDIFF4)
     assert plan["big.pack"].candidates == (OpKind.ZSTD_SEGMENTS,) and plan["big.pack"].windows is None
+
+
+def test_matched_regions_follow_content_moved_past_the_margin() -> None:
+    old = noise("lib", 200_000)
+    new = old[120_000:] + noise("added", 3000) + old[:120_000]  # a rebuilt library: its halves swapped
+    plain, matched = regions(len(old), len(new), SMALL), matched_regions(old, new, SMALL)
+    assert [(s.base_length, s.size) for s in matched] == [(s.base_length, s.size) for s in plain]
+    start = 0
+    for seg in matched:  # each segment's content lies inside its region, 8 KiB of margin on each side
+        content = new[start : start + seg.size]
+        if noise("added", 3000) not in content and start + seg.size <= 80_000:
+            at = old.find(content)
+            assert seg.base_offset <= at and at + seg.size <= seg.base_offset + seg.base_length, (start, seg)
+        start += seg.size
+    assert matched[0].base_offset == 120_000 - SMALL.margin and plain[0].base_offset == 0
+    assert matched_regions(old, old, SMALL) == regions(len(old), len(old), SMALL)  # nothing moved
+    zeros = bytes(100_000)  # no sample with 8 distinct bytes: the same offsets
+    assert matched_regions(zeros, zeros[:50_000], SMALL) == regions(100_000, 50_000, SMALL)
+
+    def patched(segs: list[Segment]) -> int:
+        return sum(len(bsdiff_segment(old[s.base_offset : s.base_offset + s.base_length],
+                                      new[i * SMALL.size : i * SMALL.size + s.size])) for i, s in enumerate(segs))
+
+    assert patched(matched) < 12_000 < 100_000 < patched(plain)  # 3,000 new bytes and 13 windows; most of 203 KB
 
 
 # -- publisher and client on real trees ------------------------------------------------------------------
