@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .bsdiff_lzma import control_max
@@ -92,50 +91,70 @@ class SegmentParams:
 DEFAULT_SEGMENTS = SegmentParams()
 
 
-def regions(
-    base_size: int, size: int, params: SegmentParams = DEFAULT_SEGMENTS, moved: Callable[[int, int], int] | None = None
-) -> list[Segment]:
+def regions(base_size: int, size: int, params: SegmentParams = DEFAULT_SEGMENTS) -> list[Segment]:
     """The segments (``length`` still 0) of a ``size``-byte file patched against a ``base_size``-byte base:
     consecutive pieces of ``params.size`` bytes; each one's region is the base bytes at the same offsets
-    (moved by ``moved(start, size)`` of the segment, when given) widened by ``params.margin`` on both sides,
-    shifted to stay inside the base (so the end of a grown file is patched against the end of the base), and
-    empty when the base is shorter than :data:`PREFIX_MIN`."""
-    out = []
-    for start in range(0, size, params.size):
-        n = min(params.size, size - start)
-        length = min(n + 2 * params.margin, base_size)
-        shift = moved(start, n) if moved is not None and length >= PREFIX_MIN else 0
-        offset = max(0, min(start + shift - params.margin, base_size - length))
-        if length < PREFIX_MIN:
-            offset = length = 0
-        out.append(Segment(offset, length, n))
-    return out
+    widened by ``params.margin`` on both sides, shifted to stay inside the base (so the end of a grown file
+    is patched against the end of the base), and empty when the base is shorter than :data:`PREFIX_MIN`."""
+    return [_placed(start, min(params.size, size - start), 0, base_size, params.margin)
+            for start in range(0, size, params.size)]
 
 
-ANCHORS = 64
-"""Samples per segment that :func:`matched_regions` looks up in the base."""
+def _placed(start: int, size: int, shift: int, base_size: int, margin: int) -> Segment:
+    """The segment of ``size`` bytes at ``start``: its region the base bytes at its offsets moved by ``shift``,
+    widened by ``margin`` on both sides and kept inside the base (empty when the base is too short)."""
+    length = min(size + 2 * margin, base_size)
+    if length < PREFIX_MIN:
+        return Segment(0, 0, size)
+    return Segment(max(0, min(start + shift - margin, base_size - length)), length, size)
+
+
+BLOCKS = 8
+""":func:`matched_regions` looks content up in blocks of a segment's size / BLOCKS."""
+ANCHORS = 16
+"""Samples per block that :func:`matched_regions` looks up in the base."""
 ANCHOR = 32
 """Bytes of one sample: long enough to occur once in a real binary unless the content is the same."""
 
 
 def matched_regions(old: bytes, new: bytes, params: SegmentParams = DEFAULT_SEGMENTS) -> list[Segment]:
-    """:func:`regions` of ``new`` against ``old``, each region moved to where its segment's content is in the
-    base: by the offset most of :data:`ANCHORS` evenly spaced samples of the segment are found at (the first
-    occurrence of each, if any; samples of fewer than 8 distinct bytes, such as padding, are skipped; ties go
-    to the earlier sample's offset; none found: not moved). A library rebuilt with code added or dropped
-    before a segment moves its content by more than any margin (numpy 2.0.2 -> 2.1.0's OpenBLAS: 36 -> 22 MB),
-    which the same offsets would miss."""
+    """Segments of ``new`` (at most ``params.size`` bytes) whose regions follow its content in ``old``.
 
-    def moved(start: int, size: int) -> int:
-        votes: dict[int, int] = {}
-        for i in range(ANCHORS):
-            at = start + i * size // ANCHORS
-            sample = new[at : at + ANCHOR]
-            if len(sample) == ANCHOR and len(set(sample)) >= 8 and (found := old.find(sample)) >= 0:
-                votes[found - at] = votes.get(found - at, 0) + 1
-        return max(votes, key=votes.__getitem__, default=0)  # the first of equals: dicts keep insertion order
+    ``new`` is cut into blocks of ``params.size // BLOCKS`` bytes; a block's *shift* is the offset (base
+    position minus new position) most of its :data:`ANCHORS` evenly spaced samples are first found at in
+    ``old`` (samples of fewer than 8 distinct bytes, such as padding, are skipped; ties go to the earlier
+    sample's; none found, as for new content: no shift). Consecutive blocks make one segment while it stays
+    within ``params.size`` and each block's shift is within ``params.margin`` of the segment's first, so its
+    region (the segment's offsets moved by that shift, widened by the margin) holds every block's content. A
+    library rebuilt with code added or dropped moves its pieces by more than any margin, each its own way
+    (numpy 2.0.2 -> 2.1.0's OpenBLAS, 36 -> 22 MB: by up to 12.9 MB), which the same offsets would miss."""
+    block = max(1, params.size // BLOCKS)
+    out: list[Segment] = []
+    start = length = 0
+    first: int | None = None
+    for at in range(0, len(new), block):
+        n = min(block, len(new) - at)
+        shift = _shift(old, new, at, n)
+        apart = shift is not None and first is not None and abs(shift - first) > params.margin
+        if length and (length + n > params.size or apart):
+            out.append(_placed(start, length, first or 0, len(old), params.margin))
+            start, length, first = at, 0, None
+        length += n
+        first = shift if first is None else first
+    if length:
+        out.append(_placed(start, length, first or 0, len(old), params.margin))
+    return out
 
-    return regions(len(old), len(new), params, moved)
+
+def _shift(old: bytes, new: bytes, start: int, size: int) -> int | None:
+    """The block ``new[start:start + size]``'s shift in ``old`` (see :func:`matched_regions`), or None."""
+    votes: dict[int, int] = {}
+    for i in range(ANCHORS):
+        at = start + i * size // ANCHORS
+        sample = new[at : at + ANCHOR]
+        if len(sample) == ANCHOR and len(set(sample)) >= 8 and (found := old.find(sample)) >= 0:
+            votes[found - at] = votes.get(found - at, 0) + 1
+    return max(votes, key=votes.__getitem__, default=None)  # the first of equals: dicts keep insertion order
 
 
 def parse_record(data: bytes, base_size: int, remaining: int, where: str) -> Segment:
@@ -179,7 +198,7 @@ def read_region(fd: int, seg: Segment) -> bytes:
 
 
 __all__ = [
-    "ANCHOR", "ANCHORS", "DEFAULT_SEGMENTS", "PREFIX_MIN", "RECORD", "SEGMENT_BASE_MAX", "SEGMENT_MAX",
+    "ANCHOR", "ANCHORS", "BLOCKS", "DEFAULT_SEGMENTS", "PREFIX_MIN", "RECORD", "SEGMENT_BASE_MAX", "SEGMENT_MAX",
     "WHOLE_PATCH_MAX", "Segment", "SegmentError", "SegmentParams", "bsdiff_data_max", "matched_regions",
     "parse_record", "read_region", "regions",
 ]

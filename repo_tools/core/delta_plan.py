@@ -108,11 +108,11 @@ class FilePlan:
 
     def need(self, kind: OpKind) -> int:
         """Estimated peak bytes of the candidate ``kind`` here: ``bsdiff-segments`` at this plan's windows,
-        plus both whole files, which it holds (:data:`WHOLE_INPUTS`)."""
+        plus both whole files, which it holds (:data:`WHOLE_INPUTS`), and :data:`WINDOW_HEADROOM`."""
         old, new = (self.base.size if self.base else 0), self.entry.size
         if kind is not OpKind.BSDIFF_SEGMENTS:
             return encoder_memory(kind, old, new)
-        return old + new + bsdiff_segments_memory(old, new, self.windows or DEFAULT_SEGMENTS)
+        return old + new + WINDOW_HEADROOM + bsdiff_segments_memory(old, new, self.windows or DEFAULT_SEGMENTS)
 
     @property
     def memory_side_by_side(self) -> int:
@@ -157,6 +157,10 @@ def bsdiff_segments_memory(old: int, new: int, windows: SegmentParams = DEFAULT_
 WINDOW_MIN = 1 * MIB
 """The smallest ``bsdiff-segments`` segment the planner uses (or the configured segment size, if
 smaller): at 1 MiB the encoder needs about 70 MiB, less than plain zstd's level 19."""
+WINDOW_HEADROOM = 64 * MIB
+"""Kept free below the budget when sizing ``bsdiff-segments`` windows, which fill what is left by design: the
+plan is made from the resident size before the first file, and the allocator keeps pages earlier files'
+encoders freed (numpy 2.0.2 -> 2.1.0 at 512M reached OpenBLAS 41 MiB above its start: a 512.7 MiB peak without)."""
 
 
 def bsdiff_windows(budget: int, segments: SegmentParams = DEFAULT_SEGMENTS) -> SegmentParams | None:
@@ -338,7 +342,8 @@ def _encoders(
         if OpKind.BSDIFF_LZMA in candidates:
             candidates.append(OpKind.BSDIFF4)  # bsdiff-lzma's matches coded with bz2: it must run after it
         else:
-            windows = bsdiff_windows(budget - base.size - entry.size, segments)  # both files held (WHOLE_INPUTS)
+            # both files held (WHOLE_INPUTS), and headroom for what earlier files left resident
+            windows = bsdiff_windows(budget - base.size - entry.size - WINDOW_HEADROOM, segments)
             if windows is not None:
                 candidates.append(OpKind.BSDIFF_SEGMENTS)
     # bsdiff is never alone: a patch (or a window's) over the format's control bound is not written (nor is
@@ -363,7 +368,8 @@ def _segmented(entry: ManifestEntry, base: ManifestEntry, match: str, budget: in
 
 
 __all__ = [
-    "ENCODER_MEMORY", "SIDE_BY_SIDE", "SIMILAR_MIN", "SIMILAR_RATIO", "WHOLE_INPUTS", "WINDOW_MIN", "DeltaPlan",
-    "FilePlan", "PlanError", "bsdiff4_memory", "bsdiff_lzma_memory", "bsdiff_segments_memory", "bsdiff_windows",
-    "encoder_memory", "extension", "normalise_path", "plan_delta", "segments_memory", "zstd_patch_memory",
+    "ENCODER_MEMORY", "SIDE_BY_SIDE", "SIMILAR_MIN", "SIMILAR_RATIO", "WHOLE_INPUTS", "WINDOW_HEADROOM",
+    "WINDOW_MIN", "DeltaPlan", "FilePlan", "PlanError", "bsdiff4_memory", "bsdiff_lzma_memory",
+    "bsdiff_segments_memory", "bsdiff_windows", "encoder_memory", "extension", "normalise_path", "plan_delta",
+    "segments_memory", "zstd_patch_memory",
 ]

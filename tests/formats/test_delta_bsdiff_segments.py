@@ -34,6 +34,7 @@ from pinnacle_updates.repo_tools import delta as rdelta
 from pinnacle_updates.repo_tools import publish as ops
 from pinnacle_updates.repo_tools.core import delta_plan
 from pinnacle_updates.repo_tools.core.delta_plan import (
+    WINDOW_HEADROOM,
     ZSTD_MEMORY,
     bsdiff_lzma_memory,
     bsdiff_segments_memory,
@@ -83,7 +84,7 @@ def test_a_file_whole_bsdiff_does_not_fit_gets_bsdiff_segments_beside_zstd_patch
     [item] = plan_delta(base, target, budget).files
     assert bsdiff_lzma_memory(30 * MIB, 30 * MIB) > budget
     assert item.candidates == (OpKind.ZSTD_PATCH, OpKind.BSDIFF_SEGMENTS)
-    assert item.windows == bsdiff_windows(budget - 60 * MIB)  # both files are held (windows are looked up)
+    assert item.windows == bsdiff_windows(budget - 60 * MIB - WINDOW_HEADROOM)  # both files held, and headroom
     assert item.memory <= budget and item.need(OpKind.BSDIFF_SEGMENTS) <= budget
     # without zstd-patch (it does not fit either) plain zstd is the candidate that always writes something
     [low] = plan_delta(base, target, zstd_patch_memory(30 * MIB, 30 * MIB) - 1).files
