@@ -115,6 +115,9 @@ ANCHORS = 16
 """Samples per block that :func:`matched_regions` looks up in the base."""
 ANCHOR = 32
 """Bytes of one sample: long enough to occur once in a real binary unless the content is the same."""
+VOTES_MIN = 2
+"""Samples that must agree on a block's shift: one alone is as often a chance match elsewhere (ruff's
+executable, rebuilt all over, has most blocks with a few samples found, each at another offset)."""
 
 
 def matched_regions(old: bytes, new: bytes, params: SegmentParams = DEFAULT_SEGMENTS) -> list[Segment]:
@@ -123,11 +126,12 @@ def matched_regions(old: bytes, new: bytes, params: SegmentParams = DEFAULT_SEGM
     ``new`` is cut into blocks of ``params.size // BLOCKS`` bytes; a block's *shift* is the offset (base
     position minus new position) most of its :data:`ANCHORS` evenly spaced samples are first found at in
     ``old`` (samples of fewer than 8 distinct bytes, such as padding, are skipped; ties go to the earlier
-    sample's; none found, as for new content: no shift). Consecutive blocks make one segment while it stays
-    within ``params.size`` and each block's shift is within ``params.margin`` of the segment's first, so its
-    region (the segment's offsets moved by that shift, widened by the margin) holds every block's content. A
-    library rebuilt with code added or dropped moves its pieces by more than any margin, each its own way
-    (numpy 2.0.2 -> 2.1.0's OpenBLAS, 36 -> 22 MB: by up to 12.9 MB), which the same offsets would miss."""
+    sample's; fewer than :data:`VOTES_MIN` agreeing, as for new content: no shift). Consecutive blocks make
+    one segment while it stays within ``params.size`` and each block's shift is within ``params.margin`` of the
+    segment's first, so its region (the segment's offsets moved by that shift, widened by the margin) holds
+    every block's content. A library rebuilt with code added or dropped moves its pieces by more than any
+    margin, each its own way (numpy 2.0.2 -> 2.1.0's OpenBLAS, 36 -> 22 MB: by up to 12.9 MB), which the same
+    offsets would miss."""
     block = max(1, params.size // BLOCKS)
     out: list[Segment] = []
     start = length = 0
@@ -154,7 +158,8 @@ def _shift(old: bytes, new: bytes, start: int, size: int) -> int | None:
         sample = new[at : at + ANCHOR]
         if len(sample) == ANCHOR and len(set(sample)) >= 8 and (found := old.find(sample)) >= 0:
             votes[found - at] = votes.get(found - at, 0) + 1
-    return max(votes, key=votes.__getitem__, default=None)  # the first of equals: dicts keep insertion order
+    best = max(votes, key=votes.__getitem__, default=None)  # the first of equals: dicts keep insertion order
+    return best if best is not None and votes[best] >= VOTES_MIN else None
 
 
 def parse_record(data: bytes, base_size: int, remaining: int, where: str) -> Segment:
@@ -199,6 +204,6 @@ def read_region(fd: int, seg: Segment) -> bytes:
 
 __all__ = [
     "ANCHOR", "ANCHORS", "BLOCKS", "DEFAULT_SEGMENTS", "PREFIX_MIN", "RECORD", "SEGMENT_BASE_MAX", "SEGMENT_MAX",
-    "WHOLE_PATCH_MAX", "Segment", "SegmentError", "SegmentParams", "bsdiff_data_max", "matched_regions",
+    "VOTES_MIN", "WHOLE_PATCH_MAX", "Segment", "SegmentError", "SegmentParams", "bsdiff_data_max", "matched_regions",
     "parse_record", "read_region", "regions",
 ]
