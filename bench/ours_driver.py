@@ -33,7 +33,10 @@ def warm() -> int:
                 continue
             importlib.import_module(info.name)
             count += 1
-    for name in ("httpx", "zstandard", "bsdiff4", "tarfile", "lzma", "bz2"):
+    # httpx imports its connection machinery (httpcore's, h11) on the first request; requests, which tufup's
+    # client uses, imports all of it up front.
+    for name in ("httpx", "httpcore._sync.connection", "httpcore._sync.http11", "h11", "zstandard", "bsdiff4",
+                 "tarfile", "lzma", "bz2"):
         importlib.import_module(name)
     return count
 
