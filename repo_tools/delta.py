@@ -766,9 +766,10 @@ def _encode_zstd_patch(inputs: _FileInputs, out: BinaryIO) -> None:
     out.write(zstd_patch(inputs.old, inputs.new))
 
 
-PATCH_TRIAL_MIN = 1 << 20
+PATCH_TRIAL_MIN = 256 << 10
 """Files of at least this many bytes get their ``zstd-patch`` candidate only where its trial frame may win
-(:data:`TRIAL_BOUND`); on smaller ones it costs little."""
+(:data:`TRIAL_BOUND`); on smaller ones it costs little. From 1 MiB down to 256 KiB: scipy 1.14.0 -> 1.14.1's
+delta CPU 64 -> 56 s for 27 more bytes (1,228,603 -> 1,228,630); numpy's delta the same bytes."""
 
 
 @part("zstd-patch-trial")
