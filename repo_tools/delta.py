@@ -117,6 +117,7 @@ from .core.delta_plan import (
 from .errors import PublishRefused, RepositoryStateError, UnsafeInputError
 from .profiling import part
 from .store import Repository
+from .tar_bsdiff import composed_memory, composed_patch
 
 DELTA_MAX_RATIO = 0.8
 """A delta is published only if it is at most this fraction of the full artifact. Above it the
@@ -509,10 +510,20 @@ smaller, and the suffix sort of the whole base tar (17x its size in memory, abou
 21 MB tar) would be spent for nothing."""
 
 
+ARCHIVE_BSDIFF4_SORT_MAX = 1 << 20
+"""Tars up to this many bytes (base and target each) get the whole-tar suffix sort (under a second and 40 MiB
+there), which also finds matches across files (the vector's trees: 289 B against 328 B composed; idna 3.9 ->
+3.10: 2,317 B against 2,426 B). Larger ones get the patch composed from per-file matches
+(``repo_tools.tar_bsdiff``): typescript 5.6.2 -> 5.6.3 590 B against 551 B, in 4.8 s of CPU instead of 16 s
+and bounded by the largest changed file instead of 17x the tar."""
+
+
 def archive_bsdiff4_memory(base: Manifest, target: Manifest) -> int:
-    """Peak bytes :func:`archive_bsdiff4_patch` adds: bsdiff4 over both tars (its suffix array),
-    the tars held, and the blocks and patch (at most the target tar each)."""
+    """Peak bytes :func:`archive_bsdiff4_patch` adds: small tars, bsdiff4 over both tars (its suffix array),
+    the tars held, and the blocks and patch (at most the target tar each); else the composed patch's."""
     old, new = base.content.length, target.content.length
+    if max(old, new) > ARCHIVE_BSDIFF4_SORT_MAX:
+        return composed_memory(base, target)
     return bsdiff4_memory(old, new) + old + 4 * new
 
 
@@ -521,11 +532,15 @@ def archive_bsdiff4_patch(
     base_root: Path, base: Manifest, source: Path, target: Manifest, memory_budget: int
 ) -> bytes | None:
     """The whole-archive bsdiff4 candidate: one stock ``BSDIFF40`` patch (bz2 blocks) of the target's
-    canonical tar against the base's, both rebuilt from the trees. ``None`` when the tars exceed
+    canonical tar against the base's, both rebuilt from the trees (above :data:`ARCHIVE_BSDIFF4_SORT_MAX`,
+    composed from per-file matches without building them). ``None`` when the tars exceed
     :data:`~formats.delta_format.ARCHIVE_MAX`, the encoder does not fit ``memory_budget``, or the
     control block is longer than clients accept (``bsdiff_lzma.control_max`` of the target tar)."""
     if not archive_possible(base, target) or archive_bsdiff4_memory(base, target) > memory_budget:
         return None
+    if max(base.content.length, target.content.length) > ARCHIVE_BSDIFF4_SORT_MAX:
+        with _Tree(base_root) as old_tree, _Tree(source) as new_tree:
+            return composed_patch(base, target, old_tree.read, new_tree.read)
     old = _canonical_tar(base_root, base, RepositoryStateError, "the extracted base")
     new = _canonical_tar(source, target, UnsafeInputError, "the source")
     control, diff, extra = bsdiff4.core.diff(old, new)

@@ -1,0 +1,180 @@
+"""The ``archive-bsdiff4`` patch composed from per-file matches, without a suffix sort of the whole tar.
+
+A stock ``BSDIFF40`` patch is a list of control tuples (x bytes added from the old file and the diff
+block, y bytes copied from the extra block, then the old pointer moved by z) plus the two blocks; nothing
+obliges the tuples to come from one suffix sort of the whole old file. The canonical tars' layout is a
+pure function of the manifests (``formats.archive``: each entry's :func:`tar_header` blocks, a file's
+bytes, zero padding to 512 bytes, two zero blocks and zeros to the 10 KiB record), so each target
+member is placed against the base tar without building either tar:
+
+- a header: against the base header of the same path (else of the base file the plan matched), byte by
+  byte (mostly zeros in the diff block: the size and checksum fields differ); else the extra block;
+- a file whose sha256 is a base file's: one run against that base file's bytes, all zeros in the diff;
+- a changed file with a base file (``core.delta_plan``'s matching): bsdiff4 of the two files, its tuples
+  moved to tar offsets; a new file: the extra block;
+- padding and the trailer: zeros against zeros where the old pointer is in a base padding or the
+  trailer, else the extra block.
+
+Runs that follow on in both tars share one tuple, so an unchanged stretch of members costs one tuple.
+Memory: the diff and extra blocks (at most the target tar) and one changed file's bsdiff4 at a time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import tarfile
+from collections.abc import Callable
+
+import bsdiff4.core
+import bsdiff4.format
+
+from pinnacle_updates.formats import bsdiff_lzma
+from pinnacle_updates.formats.archive import padding, tar_header
+from pinnacle_updates.formats.index import EntryType, Manifest, ManifestEntry
+
+from .core.delta_plan import bsdiff4_memory, plan_delta
+
+_UNBOUNDED = 1 << 62
+Read = Callable[[ManifestEntry], bytes]
+
+
+class _Layout:
+    """Where each member of a manifest's canonical tar lies: header offset and bytes, data offset."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.header: dict[str, tuple[int, bytes]] = {}
+        self.data: dict[str, int] = {}
+        self.zeros: list[tuple[int, int]] = []  # (start, end) of the padding runs and the trailer, ascending
+        pos = 0
+        for e in manifest.entries:
+            head = tar_header(e)
+            self.header[e.path] = (pos, head)
+            pos += len(head)
+            if e.type is EntryType.FILE:
+                self.data[e.path] = pos
+                pos += e.size
+                if pad := padding(e.size):
+                    self.zeros.append((pos, pos + pad))
+                pos += pad
+        self.trailer = pos
+        self.length = pos + 2 * tarfile.BLOCKSIZE
+        self.length += -self.length % tarfile.RECORDSIZE
+        self.zeros.append((pos, self.length))
+        self._starts = [start for start, _ in self.zeros]
+
+    def zero_run(self, pos: int, n: int) -> bool:
+        """True when the base tar holds ``n`` zero bytes from ``pos`` (within one padding or the trailer)."""
+        i = bisect.bisect_right(self._starts, pos) - 1
+        return i >= 0 and pos + n <= self.zeros[i][1]
+
+
+class _Patch:
+    """The control tuples and blocks, built run by run; adjacent runs share a tuple."""
+
+    def __init__(self) -> None:
+        self.control: list[list[int]] = [[0, 0, 0]]
+        self.diff = bytearray()
+        self.extra = bytearray()
+        self.old = 0  # the old pointer after the current tuple's x bytes
+        self.new = 0
+
+    def add(self, n: int, old: int, diff: bytes | None = None) -> None:
+        """``n`` target bytes from the base tar at ``old``, plus ``diff`` (``None``: all zeros)."""
+        if n <= 0:
+            return
+        last = self.control[-1]
+        if last[1] or old != self.old:
+            last[2] = old - self.old
+            self.control.append([0, 0, 0])
+            last = self.control[-1]
+        last[0] += n
+        if diff is None:
+            self.diff += bytes(n)
+        else:
+            self.diff += diff
+        self.old = old + n
+        self.new += n
+
+    def copy(self, data: bytes) -> None:
+        """``data`` from the extra block."""
+        if data:
+            self.control[-1][1] += len(data)
+            self.extra += data
+            self.new += len(data)
+
+    def zeros(self, n: int, base: _Layout) -> None:
+        """``n`` zero bytes: against the base zeros where the old pointer is in some, else extra."""
+        if base.zero_run(self.old, n) and not self.control[-1][1]:
+            self.add(n, self.old)
+        else:
+            self.copy(bytes(n))
+
+
+def _delta(new: bytes, old: bytes) -> bytes:
+    return bytes((a - b) & 0xFF for a, b in zip(new, old, strict=True))
+
+
+def composed_memory(base: Manifest, target: Manifest) -> int:
+    """Peak bytes :func:`composed_patch` adds: the diff and extra blocks and the patch (the target tar
+    each at most), and the largest changed file's bsdiff4 with both files held."""
+    largest = max((bsdiff4_memory(p.base.size, p.entry.size) + p.base.size + 3 * p.entry.size
+                   for p in plan_delta(base, target, _UNBOUNDED).files if p.base is not None and not p.is_copy),
+                  default=0)
+    return 3 * target.content.length + largest
+
+
+def composed_patch(base: Manifest, target: Manifest, read_old: Read, read_new: Read) -> bytes | None:
+    """The stock ``BSDIFF40`` patch of ``target``'s canonical tar against ``base``'s (module docstring).
+    ``read_old``/``read_new`` return a file's bytes, checked against its entry. ``None`` when the control
+    block would be longer than clients accept (``bsdiff_lzma.control_max`` of the target tar)."""
+    old_tar, new_tar = _Layout(base), _Layout(target)
+    matched = {p.entry.path: p.base for p in plan_delta(base, target, _UNBOUNDED).files if p.base is not None}
+    out = _Patch()
+    for e in target.entries:
+        head = tar_header(e)
+        base_file = matched.get(e.path)
+        against = old_tar.header.get(e.path) or (old_tar.header[base_file.path] if base_file else None)
+        if against is None:
+            out.copy(head)
+        else:
+            at, old_head = against
+            n = min(len(head), len(old_head))
+            out.add(n, at, _delta(head[:n], old_head[:n]))
+            out.copy(head[n:])
+        if e.type is not EntryType.FILE:
+            continue
+        if base_file is None:
+            out.copy(read_new(e))
+        elif base_file.sha256 == e.sha256:
+            out.add(e.size, old_tar.data[base_file.path])
+        else:
+            _changed(out, old_tar.data[base_file.path], read_old(base_file), read_new(e))
+        out.zeros(padding(e.size), old_tar)
+    tail = new_tar.length - new_tar.trailer
+    if old_tar.zero_run(out.old, tail) and not out.control[-1][1]:
+        out.add(tail, out.old)
+    else:
+        n = min(tail, old_tar.length - old_tar.trailer)
+        out.add(n, old_tar.trailer)
+        out.copy(bytes(tail - n))
+    assert out.new == new_tar.length == target.content.length
+    if bsdiff_lzma.TUPLE * len(out.control) > bsdiff_lzma.control_max(out.new):
+        return None
+    control = b"".join(bsdiff4.core.encode_int64(v) for t in out.control for v in t)
+    patch = io.BytesIO()
+    bsdiff4.format.write_patch(patch, out.new, control, bytes(out.diff), bytes(out.extra))
+    return patch.getvalue()
+
+
+def _changed(out: _Patch, at: int, old: bytes, new: bytes) -> None:
+    """bsdiff4's tuples of ``new`` against ``old`` (whose bytes start at ``at`` in the base tar)."""
+    control, diff, extra = bsdiff4.core.diff(old, new)  # control: int64 triples, bsdiff's sign-magnitude
+    pos = d = x_ = 0
+    for i in range(0, len(control), 24):
+        x, y, z = (bsdiff4.core.decode_int64(control[j:j + 8]) for j in range(i, i + 24, 8))
+        out.add(x, at + pos, diff[d:d + x])
+        out.copy(extra[x_:x_ + y])
+        d += x
+        x_ += y
+        pos += x + z
