@@ -117,7 +117,7 @@ from .core.delta_plan import (
 from .errors import PublishRefused, RepositoryStateError, UnsafeInputError
 from .profiling import part
 from .store import Repository
-from .tar_bsdiff import composed_memory, composed_patch
+from .tar_bsdiff import composed_memory, composed_patch, remember
 
 DELTA_MAX_RATIO = 0.8
 """A delta is published only if it is at most this fraction of the full artifact. Above it the
@@ -822,6 +822,8 @@ def _encode_bsdiff4(inputs: _FileInputs, out: BinaryIO) -> None:
     control, diff, extra = inputs.raw[0]
     if len(diff) - diff.count(0) + len(extra) - extra.count(0) > BSDIFF4_TRY_MAX:
         return
+    assert inputs.item.base is not None
+    remember(inputs.item.base.sha256, inputs.item.entry.sha256, control, diff, extra)  # the composed archive-bsdiff4
     bsdiff4.format.write_patch(out, len(inputs.new), control, diff, extra)
 
 

@@ -21,6 +21,7 @@ from pinnacle_updates.formats.delta_format import read_header
 from pinnacle_updates.formats.delta_kinds import ContainerKind
 from pinnacle_updates.formats.index import Manifest
 from pinnacle_updates.repo_tools import delta as publisher
+from pinnacle_updates.repo_tools import tar_bsdiff
 from pinnacle_updates.repo_tools.artifact import build_artifact
 from pinnacle_updates.repo_tools.core.delta_plan import bsdiff4_memory
 from pinnacle_updates.repo_tools.errors import UnsafeInputError
@@ -172,7 +173,12 @@ def test_publisher_picks_composed_archive_bsdiff4_at_512m_and_the_client_applies
     dest.mkdir()
     apply_delta(out, v1, base, target, dest)
     assert tree_digest(dest) == tree_digest(v2)
-    # the same bytes as composing directly: the publisher did not fall back to the whole-tar sort
+    # the per-file bsdiff4 candidate's blocks of the bundle were kept for the composed patch (not sorted twice)
+    bundle = {e.path: e for e in base.entries}["lib/bundle.js"], {e.path: e for e in target.entries}["lib/bundle.js"]
+    assert (bundle[0].sha256, bundle[1].sha256) in tar_bsdiff._known
+    # the same bytes as composing afresh (sorting every changed file again): the publisher did not fall back to
+    # the whole-tar sort, and the kept blocks are bsdiff4's own
+    tar_bsdiff._known.clear()
     start, end = written.archive_range()
     assert out.read_bytes()[start:end] == composed(v1, base, v2, target)
 
