@@ -506,8 +506,8 @@ ARCHIVE_BSDIFF4_TRY_MAX = 64 << 10
 many bytes: a small change, where bsdiff's diff block is almost all zeros, which bz2 codes in a few
 bytes, and where a per-file header (one op per file) outweighs the data (typescript 5.6.2 -> 5.6.3:
 551 B of patch against a 1,878 B per-file delta). On larger changes LZMA and zstd code the same matches
-smaller, and the suffix sort of the whole base tar (17x its size in memory, about 18 s on typescript's
-21 MB tar) would be spent for nothing."""
+smaller, and building it (a suffix sort of small tars, :data:`ARCHIVE_BSDIFF4_SORT_MAX`; the tar's layout
+and each changed file's bsdiff4 on larger ones) would be spent for nothing."""
 
 
 ARCHIVE_BSDIFF4_SORT_MAX = 1 << 20
