@@ -12,8 +12,8 @@ member is placed against the base tar without building either tar:
 - a file whose sha256 is a base file's: one run against that base file's bytes, all zeros in the diff;
 - a changed file with a base file (``core.delta_plan``'s matching): bsdiff4 of the two files, its tuples
   moved to tar offsets; a new file: the extra block;
-- padding and the trailer: zeros against zeros where the old pointer is in a base padding or the
-  trailer, else the extra block.
+- padding and the trailer: zeros against the base zeros as far as the old pointer is in a base padding
+  or the trailer, the rest in the extra block.
 
 Runs that follow on in both tars share one tuple, so an unchanged stretch of members costs one tuple.
 Memory: the diff and extra blocks (at most the target tar) and one changed file's bsdiff4 at a time.
@@ -95,8 +95,12 @@ class _Layout:
 
     def zero_run(self, pos: int, n: int) -> bool:
         """True when the base tar holds ``n`` zero bytes from ``pos`` (within one padding or the trailer)."""
+        return self.zeros_at(pos) >= n
+
+    def zeros_at(self, pos: int) -> int:
+        """How many zero bytes the base tar holds from ``pos`` (as far as one padding or the trailer goes)."""
         i = bisect.bisect_right(self._starts, pos) - 1
-        return i >= 0 and pos + n <= self.zeros[i][1]
+        return max(0, self.zeros[i][1] - pos) if i >= 0 else 0
 
 
 class _Patch:
@@ -134,11 +138,10 @@ class _Patch:
             self.new += len(data)
 
     def zeros(self, n: int, base: _Layout) -> None:
-        """``n`` zero bytes: against the base zeros where the old pointer is in some, else extra."""
-        if base.zero_run(self.old, n) and not self.control[-1][1]:
-            self.add(n, self.old)
-        else:
-            self.copy(bytes(n))
+        """``n`` zero bytes: against the base zeros as far as the old pointer is in some, the rest extra."""
+        have = min(n, base.zeros_at(self.old))
+        self.add(have, self.old)
+        self.copy(bytes(n - have))
 
 
 def _delta(new: bytes, old: bytes) -> bytes:
