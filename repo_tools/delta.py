@@ -514,8 +514,9 @@ ARCHIVE_BSDIFF4_SORT_MAX = 1 << 20
 """Tars up to this many bytes (base and target each) get the whole-tar suffix sort (under a second and 40 MiB
 there), which also finds matches across files (the vector's trees: 289 B against 328 B composed; idna 3.9 ->
 3.10: 2,317 B against 2,426 B). Larger ones get the patch composed from per-file matches
-(``repo_tools.tar_bsdiff``): typescript 5.6.2 -> 5.6.3 566 B against 551 B, in 5 s of CPU instead of 16 s
-and bounded by the largest changed file instead of 17x the tar."""
+(``repo_tools.tar_bsdiff``): typescript 5.6.2 -> 5.6.3 566 B against 551 B, in 0.2 s of CPU instead of 16 s
+(the per-file candidates' bsdiff4 blocks reused; 5 s when each changed file is sorted again) and bounded by the
+largest changed file instead of 17x the tar."""
 
 
 def archive_bsdiff4_memory(base: Manifest, target: Manifest) -> int:
