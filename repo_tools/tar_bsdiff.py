@@ -41,8 +41,9 @@ from .core.delta_plan import bsdiff4_memory, plan_delta
 _UNBOUNDED = 1 << 62
 Read = Callable[[ManifestEntry], bytes]
 
-KNOWN_MAX = 256
-"""Per-file bsdiff4 results kept for the composed patch (:func:`remember`), newest first."""
+KNOWN_BYTES_MAX = 16 << 20
+"""Packed bytes of the per-file bsdiff4 results kept for the composed patch (:func:`remember`); the oldest go
+first (a mostly-zero result packs to a few KiB, at most about ``BSDIFF4_TRY_MAX``)."""
 _known: OrderedDict[tuple[str, str], tuple[bytes, bytes, bytes]] = OrderedDict()
 _known_lock = threading.Lock()
 
@@ -57,7 +58,7 @@ def remember(old_sha256: str, new_sha256: str, control: bytes, diff: bytes, extr
     with _known_lock:
         _known[old_sha256, new_sha256] = packed
         _known.move_to_end((old_sha256, new_sha256))
-        while len(_known) > KNOWN_MAX:
+        while sum(len(part) for kept in _known.values() for part in kept) > KNOWN_BYTES_MAX:
             _known.popitem(last=False)
 
 

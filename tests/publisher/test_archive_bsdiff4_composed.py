@@ -198,3 +198,17 @@ def test_the_composed_patch_is_not_built_beyond_the_memory_budget(tmp_path: Path
     need = publisher.archive_bsdiff4_memory(base, target)
     assert publisher.archive_bsdiff4_patch(v1, base, v2, target, need - 1) is None
     assert publisher.archive_bsdiff4_patch(v1, base, v2, target, need) == composed(v1, base, v2, target)
+
+
+def test_kept_per_file_blocks_are_bounded_and_returned_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-file results kept for the composed patch never hold more than ``KNOWN_BYTES_MAX`` packed bytes
+    (the oldest go first), and what comes back is exactly what was kept."""
+    monkeypatch.setattr(tar_bsdiff, "KNOWN_BYTES_MAX", 10_000)
+    monkeypatch.setattr(tar_bsdiff, "_known", type(tar_bsdiff._known)())
+    rnd = random.Random(1)
+    kept = [(f"old{i}", f"new{i}", rnd.randbytes(24), bytes(5000), rnd.randbytes(4000)) for i in range(5)]
+    for blocks in kept:
+        tar_bsdiff.remember(*blocks)
+    assert sum(len(p) for v in tar_bsdiff._known.values() for p in v) <= 10_000
+    assert tar_bsdiff._recall("old0", "new0") is None
+    assert tar_bsdiff._recall("old4", "new4") == kept[4][2:]
