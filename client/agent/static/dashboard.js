@@ -487,8 +487,13 @@ async function loadStatus() {
     schedule(5000);
   }
 }
+let historyAsked = 0;  // answers can arrive out of order (a filter changed while a poll was out): keep the last asked
 async function loadHistory() {
-  try { renderHistory(await api("GET", historyQuery())); } catch (e) { $("history-count").textContent = "history: " + e.message; }
+  const mine = ++historyAsked;
+  try {
+    const data = await api("GET", historyQuery());
+    if (mine === historyAsked) renderHistory(data);
+  } catch (e) { if (mine === historyAsked) $("history-count").textContent = "history: " + e.message; }
 }
 async function loadAnalytics() { try { renderAnalytics(await api("GET", "/api/updates/analytics")); } catch (e) { /* next poll */ } }
 async function loadBackups() { try { renderBackups(await api("GET", "/api/backups")); } catch (e) { /* next poll */ } }
