@@ -96,18 +96,19 @@ class _Handler(SimpleHTTPRequestHandler):
             return None
         try:
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                # Decided before reading: every target (artifacts of hundreds of MB) comes through here.
+                if not gzip_worthwhile(self.path.split("?", 1)[0], st.st_size):
+                    return None
                 data = f.read()
-                stamp = os.fstat(f.fileno()).st_mtime
         except OSError:
-            return None
-        if not gzip_worthwhile(self.path.split("?", 1)[0], len(data)):
             return None
         body = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Last-Modified", self.date_time_string(int(stamp)))
+        self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
         self.end_headers()
         return io.BytesIO(body)
 
