@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
+from pinnacle_updates._lean_imports import restore_aws_kms_signer
 from pinnacle_updates.formats import boundedjson
 from pinnacle_updates.formats.fsutil import atomic_write, read_regular
 from pinnacle_updates.formats.index import CHANNELS, FormatError, check_channel
@@ -226,6 +227,8 @@ def key_file_signer(path: Path, role: str, passphrase: PassphraseProvider | None
 
 def signer_from_uri(uri: str, public: SSlibKey) -> Signer:
     """Any securesystemslib signer (file2:, awskms:, gcpkms:, azurekms:, hsm:, ...) for ``public``."""
+    if uri.startswith("awskms:"):
+        restore_aws_kms_signer()  # securesystemslib was imported with boto3 hidden (start-up time)
     try:
         return Signer.from_priv_key_uri(uri, public)
     except Exception as exc:
