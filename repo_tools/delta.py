@@ -484,6 +484,11 @@ def solid_memory(base: Manifest, target: Manifest) -> int:
     return lzma_dict.encoder_memory(layout.dictionary_size, layout.size) + layout.dictionary_size
 
 
+def _length(header: DeltaHeader) -> int:
+    """Bytes of the container ``header`` describes: the header as written and its payload (what candidates compare)."""
+    return len(header.encode()) + header.payload_length
+
+
 def _smaller_solid(
     best: tuple[DeltaHeader, Iterable[bytes]], base_root: Path, base: Manifest, source: Path, target: Manifest,
     memory_budget: int,
@@ -496,7 +501,7 @@ def _smaller_solid(
     level = header.manifest.level if header.manifest is not None else DEFAULT_LEVEL
     solid = DeltaHeader(header.base_version, header.version, header.base_content, header.content, (),
                         manifest=ManifestPatch(len(parts[0]), level), solid=len(parts[1]))
-    if len(solid.encode()) + solid.payload_length >= len(header.encode()) + header.payload_length:
+    if _length(solid) >= _length(header):
         return None
     return solid, list(parts)
 
@@ -559,7 +564,7 @@ def _smaller_archive_bsdiff4(
     """The ``archive-bsdiff4`` header and patch when ``best`` (the smallest container so far) is at
     most :data:`ARCHIVE_BSDIFF4_TRY_MAX` bytes and this container is smaller still (ties: ``best``).
     Like the zstd whole-archive kind it carries no manifest patch (same ``level``)."""
-    size = len(best.encode()) + best.payload_length
+    size = _length(best)
     if size > ARCHIVE_BSDIFF4_TRY_MAX:
         return None
     patch = archive_bsdiff4_patch(base_root, base, source, target, memory_budget - current_rss())
@@ -568,7 +573,7 @@ def _smaller_archive_bsdiff4(
     manifest = replace(best.manifest, length=None) if best.manifest is not None else None
     whole = DeltaHeader(best.base_version, best.version, best.base_content, best.content, (),
                         manifest=manifest, archive_bsdiff4=len(patch))
-    if len(whole.encode()) + whole.payload_length >= size:
+    if _length(whole) >= size:
         return None
     return whole, [patch]
 
@@ -578,10 +583,6 @@ SOLID_TRIAL_BOUND = 0.75
 it was 0.79 (typescript 5.5.4 -> 5.6.2) and 0.76 (ruff 0.6.8 -> 0.6.9) of the trial. Thinner than
 :data:`TRIAL_BOUND`, which also covers level 19; the frame costs as much as the trial is cheap (11 s of CPU on
 typescript, where solid wins by 6%)."""
-
-
-def _length(header: DeltaHeader) -> int:
-    return len(header.encode()) + header.payload_length
 
 
 def _whole_kinds(
@@ -608,7 +609,7 @@ def _smaller_whole_archive(header: DeltaHeader, frame: bytes | None) -> tuple[De
     manifest = replace(header.manifest, length=None) if header.manifest is not None else None
     whole = DeltaHeader(header.base_version, header.version, header.base_content, header.content, (),
                         manifest=manifest, archive=len(frame))
-    if len(whole.encode()) + whole.payload_length >= len(header.encode()) + header.payload_length:
+    if _length(whole) >= _length(header):
         return None
     return whole, [frame]
 
@@ -903,7 +904,7 @@ class _SharedSpool:
             ops.append(replace(op, offset=offset) if op.op.has_data else op)
             offset += op.length if op.op.has_data else 0
         shared = replace(header, ops=tuple(ops), shared=(len(streams[0]), len(streams[1]), len(streams[2])))
-        if len(shared.encode()) + shared.payload_length >= len(header.encode()) + header.payload_length:
+        if _length(shared) >= _length(header):
             return None
         return shared, streams
 
