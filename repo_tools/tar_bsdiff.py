@@ -44,8 +44,40 @@ Read = Callable[[ManifestEntry], bytes]
 KNOWN_BYTES_MAX = 16 << 20
 """Packed bytes of the per-file bsdiff4 results kept for the composed patch (:func:`remember`); the oldest go
 first (a mostly-zero result packs to a few KiB, at most about ``BSDIFF4_TRY_MAX``)."""
-_known: OrderedDict[tuple[str, str], tuple[bytes, bytes, bytes]] = OrderedDict()
-_known_lock = threading.Lock()
+
+_Packed = tuple[bytes, bytes, bytes]
+
+
+class _Kept:
+    """The kept results, oldest first, with their packed size kept beside them: a publish of thousands of small
+    changes remembers as many, and summing every entry again on each would be quadratic."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[str, str], _Packed] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, key: tuple[str, str], packed: _Packed) -> None:
+        with self._lock:
+            self._drop(self._entries.pop(key, None))
+            self._entries[key] = packed
+            self._bytes += sum(map(len, packed))
+            while self._bytes > KNOWN_BYTES_MAX:
+                self._drop(self._entries.popitem(last=False)[1])
+
+    def get(self, key: tuple[str, str]) -> _Packed | None:
+        with self._lock:
+            return self._entries.get(key)
+
+    def packed_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def _drop(self, packed: _Packed | None) -> None:
+        self._bytes -= sum(map(len, packed)) if packed is not None else 0
+
+
+_known = _Kept()
 
 
 def remember(old_sha256: str, new_sha256: str, control: bytes, diff: bytes, extra: bytes) -> None:
@@ -54,17 +86,11 @@ def remember(old_sha256: str, new_sha256: str, control: bytes, diff: bytes, extr
     most of the composed patch's time: 5.1 of 5.3 s on typescript 5.6.2 -> 5.6.3). Only mostly-zero blocks
     come here (``BSDIFF4_TRY_MAX``): zlib at level 1 keeps them in a few KiB. Keyed by content, so a result
     is never applied to other bytes (bsdiff4 is deterministic: the same tuples as sorting again)."""
-    packed = control, zlib.compress(diff, 1), zlib.compress(extra, 1)
-    with _known_lock:
-        _known[old_sha256, new_sha256] = packed
-        _known.move_to_end((old_sha256, new_sha256))
-        while sum(len(part) for kept in _known.values() for part in kept) > KNOWN_BYTES_MAX:
-            _known.popitem(last=False)
+    _known.put((old_sha256, new_sha256), (control, zlib.compress(diff, 1), zlib.compress(extra, 1)))
 
 
-def _recall(old_sha256: str, new_sha256: str) -> tuple[bytes, bytes, bytes] | None:
-    with _known_lock:
-        found = _known.get((old_sha256, new_sha256))
+def _recall(old_sha256: str, new_sha256: str) -> _Packed | None:
+    found = _known.get((old_sha256, new_sha256))
     if found is None:
         return None
     return found[0], zlib.decompress(found[1]), zlib.decompress(found[2])

@@ -10,6 +10,7 @@ import bz2
 import os
 import random
 import time
+import zlib
 from pathlib import Path
 
 import bsdiff4
@@ -30,6 +31,13 @@ from tests.conftest import tree_digest, write_tree
 from tests.publisher.test_delta_publish import _blob
 
 MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kept_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no per-file results kept: a kept result spares composing from reading a file,
+    and one test's publish must not decide what another reads."""
+    monkeypatch.setattr(tar_bsdiff, "_known", tar_bsdiff._Kept())
 
 
 def manifests(tmp: Path, v1: Path, v2: Path) -> tuple[Manifest, Manifest]:
@@ -153,7 +161,9 @@ def large_tree_pair(tmp: Path) -> tuple[Path, Path]:
     return v1, v2
 
 
-def test_publisher_picks_composed_archive_bsdiff4_at_512m_and_the_client_applies_it(tmp_path: Path) -> None:
+def test_publisher_picks_composed_archive_bsdiff4_at_512m_and_the_client_applies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     v1, v2 = large_tree_pair(tmp_path)
     base, target = manifests(tmp_path, v1, v2)
     assert target.content.length > publisher.ARCHIVE_BSDIFF4_SORT_MAX
@@ -175,10 +185,10 @@ def test_publisher_picks_composed_archive_bsdiff4_at_512m_and_the_client_applies
     assert tree_digest(dest) == tree_digest(v2)
     # the per-file bsdiff4 candidate's blocks of the bundle were kept for the composed patch (not sorted twice)
     bundle = {e.path: e for e in base.entries}["lib/bundle.js"], {e.path: e for e in target.entries}["lib/bundle.js"]
-    assert (bundle[0].sha256, bundle[1].sha256) in tar_bsdiff._known
+    assert tar_bsdiff._known.get((bundle[0].sha256, bundle[1].sha256)) is not None
     # the same bytes as composing afresh (sorting every changed file again): the publisher did not fall back to
     # the whole-tar sort, and the kept blocks are bsdiff4's own
-    tar_bsdiff._known.clear()
+    monkeypatch.setattr(tar_bsdiff, "_known", tar_bsdiff._Kept())
     start, end = written.archive_range()
     assert out.read_bytes()[start:end] == composed(v1, base, v2, target)
 
@@ -204,11 +214,19 @@ def test_kept_per_file_blocks_are_bounded_and_returned_exactly(monkeypatch: pyte
     """The per-file results kept for the composed patch never hold more than ``KNOWN_BYTES_MAX`` packed bytes
     (the oldest go first), and what comes back is exactly what was kept."""
     monkeypatch.setattr(tar_bsdiff, "KNOWN_BYTES_MAX", 10_000)
-    monkeypatch.setattr(tar_bsdiff, "_known", type(tar_bsdiff._known)())
     rnd = random.Random(1)
     kept = [(f"old{i}", f"new{i}", rnd.randbytes(24), bytes(5000), rnd.randbytes(4000)) for i in range(5)]
     for blocks in kept:
         tar_bsdiff.remember(*blocks)
-    assert sum(len(p) for v in tar_bsdiff._known.values() for p in v) <= 10_000
+    assert tar_bsdiff._known.packed_bytes() <= 10_000
+
+    def packed_survivors() -> int:  # a fresh sum over what is kept now
+        return sum(len(b[2]) + len(zlib.compress(b[3], 1)) + len(zlib.compress(b[4], 1))
+                   for b in kept if tar_bsdiff._known.get((b[0], b[1])) is not None)
+
+    assert tar_bsdiff._known.packed_bytes() == packed_survivors() > 0  # the count kept beside them is theirs
+    tar_bsdiff.remember(*kept[4])  # remembered again: counted once, nothing else evicted
+    assert tar_bsdiff._known.packed_bytes() == packed_survivors()
+    assert tar_bsdiff._known.get(("old3", "new3")) is not None
     assert tar_bsdiff._recall("old0", "new0") is None
     assert tar_bsdiff._recall("old4", "new4") == kept[4][2:]
